@@ -1,0 +1,93 @@
+"""Checkpoints: what `tf.train.Saver` did in the course, plus the stored model config.
+
+A checkpoint folder holds `model.ckpt-<step>.{index,data-*}` files managed by
+`tf.train.CheckpointManager`, and `model_config.json`, which says how to rebuild the
+model (and on which dataset it trained), so evaluation and export need no flags for it.
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from mnist_dnn.errors import CheckpointError, UsageError
+from mnist_dnn.models import ModelConfig, create_model, make_config
+
+CONFIG_FILE = "model_config.json"
+CHECKPOINT_NAME = "model.ckpt"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What a checkpoint folder was trained as: the model and its dataset."""
+
+    model: ModelConfig
+    dataset: str = "mnist"
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self.model), "dataset": self.dataset}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        fields = json.loads(text)
+        model = make_config(fields["name"], fields["hidden_units"], fields.get("dropout", 0.0))
+        return cls(model, fields["dataset"])
+
+
+def config_path(ckpt_dir: str) -> str:
+    return os.path.join(ckpt_dir, CONFIG_FILE)
+
+
+def load_run_config(ckpt_dir: str) -> RunConfig:
+    path = config_path(ckpt_dir)
+    try:
+        with open(path) as f:
+            return RunConfig.from_json(f.read())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: is {ckpt_dir} a folder written by mnist_dnn.train?") from None
+    except (ValueError, KeyError, TypeError, UsageError) as e:
+        raise CheckpointError(f"{path} is malformed ({e}); restore it or train again") from None
+
+
+def save_run_config(ckpt_dir: str, config: RunConfig) -> None:
+    """Writes the config atomically (temporary file, then rename)."""
+    os.makedirs(ckpt_dir, exist_ok=True)
+    tmp = config_path(ckpt_dir) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json())
+    os.replace(tmp, config_path(ckpt_dir))
+
+
+def latest_checkpoint(ckpt_dir: str) -> str:
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"--ckpt_dir {ckpt_dir} does not exist; train first or point it at a checkpoint folder")
+    path = tf.train.latest_checkpoint(ckpt_dir)
+    if path is None:
+        raise CheckpointError(f"--ckpt_dir {ckpt_dir} holds no checkpoint; train first or point it elsewhere")
+    return path
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step in a checkpoint's name, as in `model.ckpt-1000`."""
+    return int(path.rsplit("-", 1)[1])
+
+
+def restore_model(ckpt_dir: str, checkpoint: str | None = None) -> tuple[keras.Model, RunConfig, str, int]:
+    """Rebuilds the stored model and restores its weights; fails unless all are restored.
+
+    Returns (model, run config, checkpoint path, step).
+    """
+    config = load_run_config(ckpt_dir)
+    path = checkpoint or latest_checkpoint(ckpt_dir)
+    model = create_model(config.model)
+    step = tf.Variable(0, dtype=tf.int64)
+    try:
+        # The optimizer's slots are in the file too: not needed here, hence expect_partial.
+        status = tf.train.Checkpoint(step=step, model=model).restore(path).expect_partial()
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+        message = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"cannot restore {path} into {config.model}: {message}") from None
+    return model, config, path, int(step.numpy())

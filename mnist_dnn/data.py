@@ -1,0 +1,260 @@
+"""MNIST-format data: TFDS loading, offline import of IDX files, tf.data pipelines.
+
+The source of truth is always a prepared TFDS dataset (`mnist` by default) in
+`data_dir`. Online, TFDS downloads and prepares it. Offline, `import_idx` prepares the
+very same dataset (name, version, features, splits) from the four IDX files, without the
+network and without TFDS's registered download checksums.
+"""
+
+import dataclasses
+import gzip
+import math
+import os
+import socket
+import urllib.parse
+import zlib
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mnist_dnn.errors import DataError, UsageError
+
+DATASETS = ("mnist", "fashion_mnist", "kmnist")
+IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"
+IMAGE_SIZE = 28
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+NUM_CLASSES = 10
+VALIDATION_SIZE = 5000
+_IDX_PREFIXES = {"train": "train", "test": "t10k"}
+_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"
+    data_dir: str | None = None  # None: TFDS's default (~/tensorflow_datasets)
+    idx_dir: str | None = None  # offline source of the four IDX files
+    validation_size: int = VALIDATION_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A whole split in memory: images uint8 [N, 784], labels int32 [N]."""
+
+    images: tf.Tensor
+    labels: tf.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# --- IDX files ---------------------------------------------------------------------------
+
+
+def _idx_path(idx_dir: str, stem: str) -> str:
+    for name in (stem + ".gz", stem):
+        path = os.path.join(idx_dir, name)
+        if os.path.isfile(path):
+            return path
+    raise DataError(
+        f"{idx_dir} has no {stem}.gz or {stem}: --idx_dir must hold the four MNIST IDX files"
+    )
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path}: {e}; replace it with an intact copy") from None
+
+
+def read_idx(path: str, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
+    """Reads one IDX file of unsigned bytes, checking its header against what MNIST has."""
+    raw = _read_bytes(path)
+    ndim = 1 + len(item_shape)
+    header_size = 4 * (1 + ndim)
+    if len(raw) < header_size:
+        raise DataError(f"{path} is too short to be an IDX file ({len(raw)} bytes)")
+    found_magic = int.from_bytes(raw[:4], "big")
+    if found_magic != magic:
+        raise DataError(
+            f"{path} has IDX magic number {found_magic:#010x}, expected {magic:#010x}: "
+            "is it the right file?"
+        )
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if dims[1:] != item_shape:
+        raise DataError(f"{path} holds items of shape {dims[1:]}, expected {item_shape}")
+    expected_size = header_size + math.prod(dims)
+    if len(raw) != expected_size:
+        raise DataError(
+            f"{path} has {len(raw)} bytes but its header announces {expected_size}: "
+            "the file is truncated or damaged"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header_size).reshape(dims)
+
+
+def read_idx_split(idx_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, 28, 28] and labels [N] of the 'train' or 'test' split of an IDX folder."""
+    prefix = _IDX_PREFIXES[split]
+    images_path = _idx_path(idx_dir, f"{prefix}-images-idx3-ubyte")
+    labels_path = _idx_path(idx_dir, f"{prefix}-labels-idx1-ubyte")
+    images = read_idx(images_path, _IMAGES_MAGIC, (IMAGE_SIZE, IMAGE_SIZE))
+    labels = read_idx(labels_path, _LABELS_MAGIC, ())
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+    if len(labels) == 0:
+        raise DataError(f"{labels_path} holds no examples")
+    if labels.max() >= NUM_CLASSES:
+        raise DataError(f"{labels_path} has label {labels.max()}; labels must be 0..9")
+    return images, labels
+
+
+# --- Preparing the TFDS dataset ----------------------------------------------------------
+
+
+def _builder_class(dataset: str):
+    if dataset not in DATASETS:
+        raise UsageError(f"unknown --dataset={dataset!r}; choose one of: {', '.join(DATASETS)}")
+    return tfds.builder_cls(dataset)
+
+
+def _offline_builder_class(dataset: str, idx_dir: str):
+    """The dataset's own TFDS builder, fed from local IDX files instead of its URLs."""
+    base = _builder_class(dataset)
+
+    class OfflineBuilder(base, skip_registration=True):
+        name = base.name
+
+        def _split_generators(self, dl_manager):
+            return [
+                tfds.core.SplitGenerator(name=split, gen_kwargs={"split": split})
+                for split in _IDX_PREFIXES
+            ]
+
+        def _generate_examples(self, split):
+            images, labels = read_idx_split(idx_dir, split)
+            # Same keys as TFDS's own builder, so the stored order matches TFDS's.
+            for index, (image, label) in enumerate(zip(images, labels)):
+                yield index, {"image": image[..., None], "label": int(label)}
+
+    return OfflineBuilder
+
+
+def import_idx(config: DataConfig) -> tfds.core.DatasetBuilder:
+    """Prepares the TFDS dataset in `config.data_dir` from `config.idx_dir`."""
+    if not os.path.isdir(config.idx_dir):
+        raise DataError(f"--idx_dir {config.idx_dir} is not a folder; point it at the MNIST IDX files")
+    for split in _IDX_PREFIXES:  # fail on bad files before TFDS creates anything
+        read_idx_split(config.idx_dir, split)
+    builder = _offline_builder_class(config.dataset, config.idx_dir)(data_dir=config.data_dir)
+    print(f"Importing {config.dataset} from {config.idx_dir} into {builder.data_dir} (once)", flush=True)
+    builder.download_and_prepare()
+    return builder
+
+
+def _download_host(dataset: str) -> str:
+    return urllib.parse.urlparse(_builder_class(dataset).URL).hostname
+
+
+def _check_reachable(host: str) -> None:
+    # TFDS retries an unreachable host for minutes; a quick probe fails fast instead.
+    try:
+        socket.create_connection((host, 443), timeout=10).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot reach {host} ({e})") from None
+
+
+def _not_available(config: DataConfig, reason: str) -> DataError:
+    return DataError(
+        f"{config.dataset} is not prepared in --data_dir ({config.data_dir or 'TFDS default'}) "
+        f"and could not be downloaded: {reason}. Offline, pass --idx_dir=FOLDER (or set "
+        f"{IDX_DIR_ENV}) to a folder with the four IDX files, or --data_dir to a prepared copy."
+    )
+
+
+def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
+    """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded."""
+    builder = _builder_class(config.dataset)(data_dir=config.data_dir)
+    if builder.is_prepared():
+        return builder
+    if config.idx_dir:
+        return import_idx(config)
+    try:
+        _check_reachable(_download_host(config.dataset))
+        builder.download_and_prepare()
+    except (OSError, ImportError) as e:  # requests' ConnectionError is an OSError
+        raise _not_available(config, str(e).splitlines()[0]) from None
+    return builder
+
+
+def load_splits(config: DataConfig) -> dict[str, Split]:
+    """Train (first N - validation_size of TFDS train), validation (the rest) and test."""
+    tfds.disable_progress_bar()
+    builder = prepare(config)
+    train = _load_split(builder, "train")
+    cut = train.size - config.validation_size
+    if cut <= 0:
+        raise DataError(f"train split has {train.size} examples, fewer than the validation size")
+    return {
+        "train": Split(train.images[:cut], train.labels[:cut]),
+        "validation": Split(train.images[cut:], train.labels[cut:]),
+        "test": _load_split(builder, "test"),
+    }
+
+
+def _load_split(builder, split: str) -> Split:
+    arrays = builder.as_dataset(split=split, batch_size=-1)
+    images = tf.reshape(arrays["image"], [-1, NUM_PIXELS])
+    return Split(images, tf.cast(arrays["label"], tf.int32))
+
+
+# --- Pipelines ---------------------------------------------------------------------------
+
+
+def to_float(images: tf.Tensor) -> tf.Tensor:
+    """uint8 pixels to float32 in [0, 1]."""
+    return tf.cast(images, tf.float32) / 255.0
+
+
+def steps_per_epoch(split: Split, batch_size: int) -> int:
+    return math.ceil(split.size / batch_size)
+
+
+def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0) -> tf.data.Dataset:
+    """Endless (images, labels) batches, reshuffled every epoch, starting at `start_step`.
+
+    The whole split stays in memory as uint8 (the cache); each epoch's order is a
+    stateless permutation of (seed, epoch). So the batch at any step is a function of the
+    seed and the step alone, and a resumed run sees exactly the batches it would have
+    seen without a stop, while the checkpoint stores only the step.
+    The last batch of an epoch is smaller when the batch size does not divide the split.
+    """
+    epoch_steps = steps_per_epoch(split, batch_size)
+    start_epoch, skip = divmod(start_step, epoch_steps)
+
+    def epoch_indices(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(split.size), seed=tf.stack([tf.cast(seed, tf.int64), epoch])
+        )
+        return tf.data.Dataset.range(epoch_steps).map(
+            lambda i: order[i * batch_size : (i + 1) * batch_size]
+        )
+
+    def gather(indices):
+        return to_float(tf.gather(split.images, indices)), tf.gather(split.labels, indices)
+
+    batches = tf.data.Dataset.counter(start_epoch).flat_map(epoch_indices).skip(skip)
+    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batches(split: Split, batch_size: int) -> tf.data.Dataset:
+    """Every example once, in order; the last batch keeps the remainder."""
+    batches = tf.data.Dataset.from_tensor_slices((split.images, split.labels)).batch(batch_size)
+    return batches.map(lambda x, y: (to_float(x), y)).prefetch(tf.data.AUTOTUNE)

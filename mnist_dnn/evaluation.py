@@ -1,0 +1,39 @@
+"""Loss, accuracy and per-class accuracy of a model over a whole split."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mnist_dnn import data
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+    loss: float
+    accuracy: float
+    examples: int
+    per_class_accuracy: list[float]
+
+
+def make_predict_fn(model: keras.Model):
+    """A traced forward pass: float images [B, 784] to logits [B, 10]."""
+    return tf.function(
+        lambda images: model(images, training=False),
+        input_signature=[tf.TensorSpec([None, data.NUM_PIXELS], tf.float32)],
+    )
+
+
+def evaluate_split(predict_fn, split: data.Split, batch_size: int = 100) -> Metrics:
+    """Scores every example of the split once (the last batch keeps the remainder)."""
+    losses, predictions = [], []
+    for images, labels in data.eval_batches(split, batch_size):
+        logits = predict_fn(images)
+        losses.append(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits).numpy())
+        predictions.append(tf.argmax(logits, axis=1, output_type=tf.int32).numpy())
+    losses, predictions = np.concatenate(losses), np.concatenate(predictions)
+    labels = split.labels.numpy()
+    correct = predictions == labels
+    per_class = [float(correct[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(data.NUM_CLASSES)]
+    return Metrics(float(losses.mean()), float(correct.mean()), int(labels.size), per_class)

@@ -1,0 +1,107 @@
+"""The models, chosen by name. Each maps a float batch [B, 784] to logits [B, 10]."""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from mnist_dnn.data import NUM_CLASSES, NUM_PIXELS
+from mnist_dnn.errors import UsageError
+
+# The TF1 course's model names.
+ALIASES = {"DNN": "raw", "contrib_DNN": "dense", "LogisticRegression": "logistic"}
+DEFAULT_HIDDEN_UNITS = {"raw": (128,), "dense": (60, 30), "logistic": ()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; stored beside its checkpoints."""
+
+    name: str = "dense"
+    hidden_units: tuple[int, ...] = (60, 30)
+    dropout: float = 0.0
+
+
+class RawDNN(keras.Model):
+    """The course's DNN built from explicit weights: w1 784x128, b1, w2 128x10, b2.
+
+    Weights come from `add_weight` and are kept as named attributes: Keras 3 neither
+    trains a bare `tf.Variable` attribute nor checkpoints variables held in a list.
+    """
+
+    def __init__(self, hidden_units=(128,), seed=0, **kwargs):
+        super().__init__(name="raw", **kwargs)
+        sizes = [NUM_PIXELS, *hidden_units, NUM_CLASSES]
+        self.num_layers = len(sizes) - 1
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+            init = keras.initializers.GlorotUniform(seed=seed + i)
+            setattr(self, f"w{i}", self.add_weight(shape=(fan_in, fan_out), initializer=init, name=f"w{i}"))
+            setattr(self, f"b{i}", self.add_weight(shape=(fan_out,), initializer="zeros", name=f"b{i}"))
+
+    def call(self, inputs):
+        x = inputs
+        for i in range(1, self.num_layers + 1):
+            x = tf.matmul(x, getattr(self, f"w{i}")) + getattr(self, f"b{i}")
+            if i < self.num_layers:
+                x = tf.nn.relu(x)
+        return x
+
+
+def dense_dnn(hidden_units=(60, 30), seed=0, dropout=0.0) -> keras.Model:
+    """The course's layer-API DNN: Dense layers with ReLU, optional dropout."""
+    layers = [keras.Input((NUM_PIXELS,))]
+    for i, units in enumerate(hidden_units, start=1):
+        init = keras.initializers.GlorotUniform(seed=seed + i)
+        layers.append(keras.layers.Dense(units, activation="relu", kernel_initializer=init))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout, seed=seed + 100 + i))
+    out_init = keras.initializers.GlorotUniform(seed=seed + len(hidden_units) + 1)
+    layers.append(keras.layers.Dense(NUM_CLASSES, kernel_initializer=out_init))
+    return keras.Sequential(layers, name="dense")
+
+
+def logistic_regression(seed=0) -> keras.Model:
+    """Softmax regression: one affine map from pixels to logits."""
+    init = keras.initializers.GlorotUniform(seed=seed + 1)
+    return keras.Sequential(
+        [keras.Input((NUM_PIXELS,)), keras.layers.Dense(NUM_CLASSES, kernel_initializer=init)],
+        name="logistic",
+    )
+
+
+MODELS = ("raw", "dense", "logistic")
+
+
+def canonical_name(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in MODELS:
+        valid = ", ".join(MODELS + tuple(ALIASES))
+        raise UsageError(f"unknown --model={name!r}; choose one of: {valid}")
+    return name
+
+
+def make_config(name: str, hidden_units=None, dropout=0.0) -> ModelConfig:
+    """A validated ModelConfig; `hidden_units=None` means the model's default."""
+    name = canonical_name(name)
+    hidden = DEFAULT_HIDDEN_UNITS[name] if hidden_units is None else tuple(hidden_units)
+    if name == "logistic" and hidden:
+        raise UsageError("--model=logistic has no hidden layers; drop --hidden_units")
+    if any(units <= 0 for units in hidden):
+        raise UsageError(f"--hidden_units must be positive integers, got {list(hidden)}")
+    if not 0.0 <= dropout < 1.0:
+        raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
+    if dropout and name != "dense":
+        raise UsageError("--dropout is only supported by --model=dense")
+    return ModelConfig(name, hidden, dropout)
+
+
+def create_model(config: ModelConfig, seed: int = 0) -> keras.Model:
+    """Builds the model named by `config`, with its variables created."""
+    if config.name == "raw":
+        model = RawDNN(config.hidden_units, seed)
+    elif config.name == "dense":
+        model = dense_dnn(config.hidden_units, seed, config.dropout)
+    else:
+        model = logistic_regression(seed)
+    model(tf.zeros([1, NUM_PIXELS]))  # create every variable now, before any restore
+    return model

@@ -1,0 +1,60 @@
+"""Train an MNIST model: `python -m mnist_dnn.train --model=dense --optimizer=adam`."""
+
+from absl import flags
+
+from mnist_dnn import cli, data, models, training
+
+flags.DEFINE_string("model", "dense", f"Model: {', '.join(models.MODELS)} (or the course's {', '.join(models.ALIASES)}).")
+flags.DEFINE_list("hidden_units", None, "Hidden layer widths, e.g. 256,128 (default: the model's own).")
+flags.DEFINE_float("dropout", 0.0, "Dropout rate after each hidden layer (dense only).")
+flags.DEFINE_string("optimizer", "adam", f"Optimizer: {', '.join(training.OPTIMIZERS)}.")
+flags.DEFINE_float("learning_rate", training.TrainConfig.learning_rate, "Learning rate.")
+flags.DEFINE_integer("batch_size", training.TrainConfig.batch_size, "Training batch size.")
+flags.DEFINE_integer("max_steps", training.TrainConfig.max_steps, "Train until this global step.")
+flags.DEFINE_string("dataset", "mnist", f"TFDS dataset in MNIST format: {', '.join(data.DATASETS)}.")
+flags.DEFINE_integer("seed", 0, "Seed of initialization and data order.")
+# absl.logging defines a --log_dir for log files that we never write; ours is the course's
+# TensorBoard folder, so it replaces absl's.
+delattr(flags.FLAGS, "log_dir")
+flags.DEFINE_string("log_dir", None, "TensorBoard folder of this run (default: logs/<model>-<units>-<optimizer>-<lr>-b<batch>).")
+flags.DEFINE_integer("log_every", training.TrainConfig.log_every, "Print and log training metrics every N steps.")
+flags.DEFINE_integer("eval_every", training.TrainConfig.eval_every, "Evaluate on the validation set every N steps.")
+flags.DEFINE_integer("checkpoint_every", training.TrainConfig.checkpoint_every, "Save a checkpoint every N steps.")
+flags.DEFINE_integer("keep_checkpoints", training.TrainConfig.keep_checkpoints, "How many recent checkpoints to keep.")
+cli.define_data_flags()
+cli.define_ckpt_dir_flag()
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> training.TrainConfig:
+    hidden = None if FLAGS.hidden_units is None else cli.parse_int_list("hidden_units", FLAGS.hidden_units)
+    return training.TrainConfig(
+        model=models.make_config(FLAGS.model, hidden, FLAGS.dropout),
+        data=data.DataConfig(FLAGS.dataset, FLAGS.data_dir, cli.idx_dir(FLAGS)),
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        batch_size=FLAGS.batch_size,
+        max_steps=FLAGS.max_steps,
+        seed=FLAGS.seed,
+        ckpt_dir=FLAGS.ckpt_dir,
+        log_dir=FLAGS.log_dir,
+        log_every=FLAGS.log_every,
+        eval_every=FLAGS.eval_every,
+        checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints,
+    )
+
+
+def main(argv):
+    del argv
+    result = training.train(config_from_flags())
+    if result.stopped_by_signal:
+        return 128 + result.stopped_by_signal
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

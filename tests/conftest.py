@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny IDX folders written by the tests, and the real MNIST."""
+
+import gzip
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mnist_dnn import data
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+REAL_IDX_DIR = os.environ.get(data.IDX_DIR_ENV) or str(ROOT.parent / "shared" / "data" / "mnist")
+
+
+def write_idx(path, array: np.ndarray, magic: int) -> None:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(payload)
+
+
+def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable digits: label c lights up row band c, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for c in range(10):
+        images[labels == c, 2 + 2 * c : 4 + 2 * c, 4:24] = 255
+    return images, labels
+
+
+def write_idx_folder(folder, n_train=6000, n_test=500, gz=True) -> dict:
+    """Writes the four IDX files; returns the arrays written."""
+    os.makedirs(folder, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    arrays = {}
+    for split, prefix, n, seed in (("train", "train", n_train, 1), ("test", "t10k", n_test, 2)):
+        images, labels = synthetic_split(n, seed)
+        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte{suffix}"), images, 0x803)
+        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte{suffix}"), labels, 0x801)
+        arrays[split] = (images, labels)
+    return arrays
+
+
+@pytest.fixture(scope="session")
+def tiny_idx_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("idx")
+    write_idx_folder(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, tiny_idx_dir) -> data.DataConfig:
+    """The synthetic IDX folder, imported once into its own TFDS data_dir."""
+    config = data.DataConfig("mnist", str(tmp_path_factory.mktemp("tfds")), tiny_idx_dir)
+    data.prepare(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def real_data(tmp_path_factory) -> data.DataConfig:
+    """The real MNIST, imported once for the whole test session."""
+    if not os.path.isfile(os.path.join(REAL_IDX_DIR, "train-images-idx3-ubyte.gz")):
+        pytest.fail(f"the real MNIST is not at {REAL_IDX_DIR}; set {data.IDX_DIR_ENV}")
+    config = data.DataConfig("mnist", str(tmp_path_factory.mktemp("tfds_real")), REAL_IDX_DIR)
+    data.prepare(config)
+    return config
+
+
+def run_cli(module: str, *args, env_extra=None, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """Runs `python -m mnist_dnn.<module> args...` in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k != data.IDX_DIR_ENV}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", f"mnist_dnn.{module}", *args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout,
+    )
+
+
+def assert_one_line_error(result, exit_code: int, *fragments: str) -> None:
+    """A user error: the given exit code, no traceback, an 'error:' line with the fragments."""
+    assert result.returncode == exit_code, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

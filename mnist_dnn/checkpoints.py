@@ -79,8 +79,8 @@ def restore_model(ckpt_dir: str, checkpoint: str | None = None) -> tuple[keras.M
 
     Returns (model, run config, checkpoint path, step).
     """
-    config = load_run_config(ckpt_dir)
     path = checkpoint or latest_checkpoint(ckpt_dir)
+    config = load_run_config(ckpt_dir)
     model = create_model(config.model)
     step = tf.Variable(0, dtype=tf.int64)
     try:

@@ -181,6 +181,7 @@ def _not_available(config: DataConfig, reason: str) -> DataError:
 
 def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
     """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded."""
+    tfds.disable_progress_bar()
     builder = _builder_class(config.dataset)(data_dir=config.data_dir)
     if builder.is_prepared():
         return builder
@@ -196,7 +197,6 @@ def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
 
 def load_splits(config: DataConfig) -> dict[str, Split]:
     """Train (first N - validation_size of TFDS train), validation (the rest) and test."""
-    tfds.disable_progress_bar()
     builder = prepare(config)
     train = _load_split(builder, "train")
     cut = train.size - config.validation_size

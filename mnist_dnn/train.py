@@ -21,6 +21,8 @@ flags.DEFINE_integer("log_every", training.TrainConfig.log_every, "Print and log
 flags.DEFINE_integer("eval_every", training.TrainConfig.eval_every, "Evaluate on the validation set every N steps.")
 flags.DEFINE_integer("checkpoint_every", training.TrainConfig.checkpoint_every, "Save a checkpoint every N steps.")
 flags.DEFINE_integer("keep_checkpoints", training.TrainConfig.keep_checkpoints, "How many recent checkpoints to keep.")
+flags.DEFINE_integer("steps_per_call", training.TrainConfig.steps_per_call,
+                     "Train steps run inside one tf.function call (fewer Python round trips).")
 cli.define_data_flags()
 cli.define_ckpt_dir_flag()
 FLAGS = flags.FLAGS
@@ -42,6 +44,7 @@ def config_from_flags() -> training.TrainConfig:
         eval_every=FLAGS.eval_every,
         checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints,
+        steps_per_call=FLAGS.steps_per_call,
     )
 
 

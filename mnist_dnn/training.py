@@ -42,13 +42,14 @@ class TrainConfig:
     eval_every: int = 1000
     checkpoint_every: int = 1000
     keep_checkpoints: int = 5
+    steps_per_call: int = 100  # train steps per tf.function call
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown --optimizer={self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise UsageError(f"--learning_rate must be a positive number, got {self.learning_rate}")
-        for name in ("batch_size", "max_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        for name in ("batch_size", "max_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_call"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name} must be a positive integer, got {getattr(self, name)}")
 
@@ -82,13 +83,29 @@ def loss_fn(labels, logits):
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
 
 
-def make_train_step(model, optimizer, step, loss_metric, accuracy_metric):
-    """One optimization step as a `tf.function`, traced once for every batch size."""
+@dataclasses.dataclass(frozen=True)
+class TrainMetrics:
+    """Running training metrics since the last report."""
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, data.NUM_PIXELS], tf.float32),
-        tf.TensorSpec([None], tf.int32),
-    ])
+    loss: keras.metrics.Mean = dataclasses.field(default_factory=keras.metrics.Mean)
+    accuracy: keras.metrics.Metric = dataclasses.field(default_factory=keras.metrics.SparseCategoricalAccuracy)
+    examples: keras.metrics.Sum = dataclasses.field(default_factory=keras.metrics.Sum)
+
+    def update(self, loss, labels, logits):
+        batch = tf.shape(labels)[0]
+        self.loss.update_state(loss, sample_weight=batch)
+        self.accuracy.update_state(labels, logits)
+        self.examples.update_state(batch)
+
+    def reset(self):
+        for metric in (self.loss, self.accuracy, self.examples):
+            metric.reset_state()
+
+
+def make_train_step(model, optimizer, step, metrics: TrainMetrics):
+    """One optimization step on one batch, as a `tf.function`."""
+
+    @tf.function
     def train_step(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
@@ -96,11 +113,25 @@ def make_train_step(model, optimizer, step, loss_metric, accuracy_metric):
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         step.assign_add(1)
-        loss_metric.update_state(loss, sample_weight=tf.shape(labels)[0])
-        accuracy_metric.update_state(labels, logits)
-        return loss
+        metrics.update(loss, labels, logits)
 
     return train_step
+
+
+def make_train_loop(train_step):
+    """Runs `num_steps` train steps on batches from `iterator` in a single call.
+
+    Several steps per call (as Keras' steps_per_execution) keep Python out of the hot
+    loop. `num_steps` is a tensor and batches have shape [None, 784], so this traces
+    once, whatever the number of steps and the size of an epoch's last batch.
+    """
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+        for _ in tf.range(num_steps):
+            train_step(*next(iterator))
+
+    return train_loop
 
 
 @contextlib.contextmanager
@@ -136,78 +167,118 @@ def _log_scalars(writer, step, **scalars):
             tf.summary.scalar(name, value)
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Trains (or resumes) until `config.max_steps`, checkpointing on the way."""
-    config.validate()
-    _check_resumable(config)
-    splits = data.load_splits(config.data)
+@dataclasses.dataclass
+class TrainState:
+    """What a checkpoint holds: the global step, the model and the optimizer."""
 
+    step: tf.Variable
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    checkpoint: tf.train.Checkpoint
+
+
+def build_state(config: TrainConfig) -> TrainState:
     model = create_model(config.model, config.seed)
     optimizer = make_optimizer(config.optimizer, config.learning_rate)
     # Keras 3 creates optimizer slots lazily: build them now, or restore would drop them.
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, name="global_step")
-    ckpt = tf.train.Checkpoint(step=step, model=model, optimizer=optimizer)
+    return TrainState(step, model, optimizer, tf.train.Checkpoint(step=step, model=model, optimizer=optimizer))
+
+
+def _next_stop(current: int, config: TrainConfig) -> int:
+    """The next step at which the loop must leave the graph: report, evaluate, save or end."""
+    stops = [config.max_steps, current + config.steps_per_call]
+    stops += [(current // every + 1) * every for every in (config.log_every, config.eval_every, config.checkpoint_every)]
+    return min(stops)
+
+
+class _Reporter:
+    """Prints progress and writes the TensorBoard scalars of one run."""
+
+    def __init__(self, log_dir: str, predict_fn, validation_split: data.Split):
+        self.train_writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
+        self.validation_writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
+        self.predict_fn = predict_fn
+        self.validation_split = validation_split
+        self.interval_start = time.perf_counter()
+
+    def trace_graph(self, run_first_call):
+        """Runs the first call with graph tracing on, and stores the traced graph."""
+        tf.summary.trace_on(graph=True)
+        run_first_call()
+        with self.train_writer.as_default():
+            tf.summary.trace_export("train_step", step=0)
+
+    def train_metrics(self, step: int, metrics: TrainMetrics, learning_rate: float):
+        rate = float(metrics.examples.result()) / (time.perf_counter() - self.interval_start)
+        loss, accuracy = float(metrics.loss.result()), float(metrics.accuracy.result())
+        _log_scalars(self.train_writer, step, loss=loss, accuracy=accuracy, learning_rate=learning_rate)
+        print(f"step {step}: loss {loss:.4f}, train accuracy {accuracy:.2%}, {rate:,.0f} examples/s", flush=True)
+        metrics.reset()
+        self.interval_start = time.perf_counter()
+
+    def validation(self, step: int) -> evaluation.Metrics:
+        started = time.perf_counter()
+        metrics = evaluation.evaluate_split(self.predict_fn, self.validation_split)
+        _log_scalars(self.validation_writer, step, loss=metrics.loss, accuracy=metrics.accuracy)
+        print(f"step {step}: validation loss {metrics.loss:.4f}, accuracy {metrics.accuracy:.2%}", flush=True)
+        self.interval_start += time.perf_counter() - started  # keep examples/s about training
+        return metrics
+
+    def close(self):
+        self.train_writer.close()
+        self.validation_writer.close()
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Trains (or resumes) until `config.max_steps`, checkpointing on the way."""
+    config.validate()
+    _check_resumable(config)
+    splits = data.load_splits(config.data)
+    state = build_state(config)
     manager = tf.train.CheckpointManager(
-        ckpt, config.ckpt_dir, max_to_keep=config.keep_checkpoints, checkpoint_name=checkpoints.CHECKPOINT_NAME
+        state.checkpoint, config.ckpt_dir, max_to_keep=config.keep_checkpoints,
+        checkpoint_name=checkpoints.CHECKPOINT_NAME,
     )
     if manager.latest_checkpoint:
-        # Restoring replaces initialization; nothing may re-initialize afterwards.
-        ckpt.restore(manager.latest_checkpoint).assert_consumed()
-        print(f"Resumed from {manager.latest_checkpoint} at step {int(step)}", flush=True)
-    if int(step) >= config.max_steps:
-        print(f"Already finished: step {int(step)} >= --max_steps={config.max_steps}", flush=True)
-        return TrainResult(int(step), manager.latest_checkpoint, None)
+        # Restoring replaces initialization: nothing may re-initialize afterwards.
+        state.checkpoint.restore(manager.latest_checkpoint).assert_consumed()
+        print(f"Resumed from {manager.latest_checkpoint} at step {int(state.step)}", flush=True)
+    start_step = int(state.step)
+    if start_step >= config.max_steps:
+        print(f"Already finished: step {start_step} >= --max_steps={config.max_steps}", flush=True)
+        return TrainResult(start_step, manager.latest_checkpoint, None)
     checkpoints.save_run_config(config.ckpt_dir, config.run_config)
 
     log_dir = config.log_dir or default_log_dir(config)
-    train_writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
-    validation_writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
-    loss_metric, accuracy_metric = keras.metrics.Mean(), keras.metrics.SparseCategoricalAccuracy()
-    train_step = make_train_step(model, optimizer, step, loss_metric, accuracy_metric)
-    predict_fn = evaluation.make_predict_fn(model)
-    start_step = int(step)
-    batches = data.train_batches(splits["train"], config.batch_size, config.seed, start_step)
-    print(f"Training {config.model} with {config.optimizer} lr={config.learning_rate:g}, "
-          f"batch {config.batch_size}, to step {config.max_steps}; logs in {log_dir}", flush=True)
+    metrics = TrainMetrics()
+    train_loop = make_train_loop(make_train_step(state.model, state.optimizer, state.step, metrics))
+    reporter = _Reporter(log_dir, evaluation.make_predict_fn(state.model), splits["validation"])
+    iterator = iter(data.train_batches(splits["train"], config.batch_size, config.seed, start_step))
+    print(f"Training {config.model} with {config.optimizer} lr={config.learning_rate:g}, batch "
+          f"{config.batch_size}, from step {start_step} to {config.max_steps}; TensorBoard logs in {log_dir}",
+          flush=True)
 
-    def validate(current_step):
-        metrics = evaluation.evaluate_split(predict_fn, splits["validation"])
-        _log_scalars(validation_writer, current_step, loss=metrics.loss, accuracy=metrics.accuracy)
-        print(f"step {current_step}: validation loss {metrics.loss:.4f}, accuracy {metrics.accuracy:.2%}", flush=True)
-        return metrics
-
-    validation, examples, interval_start = None, 0, time.perf_counter()
+    current, validation, stopped_by = start_step, None, None
+    reporter.trace_graph(lambda: train_loop(iterator, tf.constant(1, tf.int64)))
     with stop_on_signals() as received:
-        tf.summary.trace_on(graph=True)
-        for images, labels in batches.take(config.max_steps - start_step):
-            train_step(images, labels)
-            current = int(step)
-            if current == start_step + 1:
-                with train_writer.as_default():
-                    tf.summary.trace_export("train_step", step=current)
-            examples += int(labels.shape[0])
-            if current % config.log_every == 0:
-                rate = examples / (time.perf_counter() - interval_start)
-                loss, accuracy = float(loss_metric.result()), float(accuracy_metric.result())
-                _log_scalars(train_writer, current, loss=loss, accuracy=accuracy,
-                             learning_rate=float(optimizer.learning_rate))
-                print(f"step {current}: loss {loss:.4f}, train accuracy {accuracy:.2%}, {rate:,.0f} examples/s", flush=True)
-                loss_metric.reset_state()
-                accuracy_metric.reset_state()
+        while True:
+            current = int(state.step)
+            if current % config.log_every == 0 or current == config.max_steps:
+                reporter.train_metrics(current, metrics, float(state.optimizer.learning_rate))
             if current % config.eval_every == 0 or current == config.max_steps:
-                validation = validate(current)
-            if current % config.checkpoint_every == 0 or received:
+                validation = reporter.validation(current)
+            if current % config.checkpoint_every == 0 or current == config.max_steps or received:
                 manager.save(checkpoint_number=current)
-            if current % config.log_every == 0:
-                examples, interval_start = 0, time.perf_counter()
-            if received:
-                print(f"Stopped by signal {received[0]} at step {current}; saved {manager.latest_checkpoint}. "
-                      "Run the same command to resume.", flush=True)
-                return TrainResult(current, manager.latest_checkpoint, validation, received[0])
-    if manager.latest_checkpoint != os.path.join(config.ckpt_dir, f"{checkpoints.CHECKPOINT_NAME}-{int(step)}"):
-        manager.save(checkpoint_number=int(step))
-    train_writer.flush()
-    validation_writer.flush()
-    print(f"Done at step {int(step)}; checkpoint {manager.latest_checkpoint}", flush=True)
-    return TrainResult(int(step), manager.latest_checkpoint, validation)
+            if current == config.max_steps or received:
+                stopped_by = received[0] if received else None
+                break
+            train_loop(iterator, tf.constant(_next_stop(current, config) - current, tf.int64))
+    reporter.close()
+    if stopped_by:
+        print(f"Stopped by signal {stopped_by} at step {current}; saved {manager.latest_checkpoint}. "
+              "Run the same command to resume.", flush=True)
+    else:
+        print(f"Done at step {current}; checkpoint {manager.latest_checkpoint}", flush=True)
+    return TrainResult(current, manager.latest_checkpoint, validation, stopped_by)

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnist_dnn import models, training
+from mnist_dnn.errors import UsageError
+
+ALL_MODELS = [models.make_config(name) for name in models.MODELS] + [models.make_config("dense", (32,), 0.2)]
+
+
+def test_course_names_are_aliases_and_unknown_names_list_the_valid_ones():
+    assert models.make_config("DNN").name == "raw"
+    assert models.make_config("contrib_DNN").name == "dense"
+    assert models.make_config("LogisticRegression").name == "logistic"
+    with pytest.raises(UsageError, match="raw, dense, logistic, DNN"):
+        models.make_config("cnn")
+
+
+def test_defaults_follow_the_course():
+    assert models.make_config("raw").hidden_units == (128,)
+    assert models.make_config("dense").hidden_units == (60, 30)
+    raw = models.create_model(models.make_config("raw"))
+    assert {v.path: tuple(v.shape) for v in raw.trainable_variables} == {
+        "raw/w1": (784, 128), "raw/b1": (128,), "raw/w2": (128, 10), "raw/b2": (10,)}
+
+
+@pytest.mark.parametrize("hidden, dropout, message", [
+    ((0, 10), 0.0, "positive"), ((10,), 1.0, "dropout"),
+])
+def test_bad_model_settings_are_refused(hidden, dropout, message):
+    with pytest.raises(UsageError, match=message):
+        models.make_config("dense", hidden, dropout)
+    with pytest.raises(UsageError, match="no hidden layers"):
+        models.make_config("logistic", (10,))
+
+
+@pytest.mark.parametrize("config", ALL_MODELS, ids=str)
+def test_models_map_float_batches_to_logits(config):
+    model = models.create_model(config)
+    logits = model(tf.random.uniform([5, 784]))
+    assert logits.shape == (5, 10) and logits.dtype == tf.float32
+
+
+@pytest.mark.parametrize("config", ALL_MODELS, ids=str)
+def test_one_training_step_changes_every_weight(config):
+    model = models.create_model(config)
+    optimizer = training.make_optimizer("sgd", 0.1)
+    before = [v.numpy().copy() for v in model.weights if v.trainable]
+    assert len(before) == 2 * (len(config.hidden_units) + 1)
+    step = tf.Variable(0, dtype=tf.int64)
+    train_step = training.make_train_step(model, optimizer, step, training.TrainMetrics())
+    images = tf.random.uniform([32, 784], seed=1)
+    train_step(images, tf.range(32) % 10)
+    after = [v.numpy() for v in model.weights if v.trainable]
+    for old, new in zip(before, after):
+        assert np.any(old != new), "a weight did not train"
+    assert int(step) == 1
+
+
+@pytest.mark.parametrize("config", ALL_MODELS, ids=str)
+def test_a_checkpoint_restores_every_weight_into_a_fresh_model(config, tmp_path):
+    trained = models.create_model(config, seed=1)
+    path = tf.train.Checkpoint(model=trained).write(str(tmp_path / "ckpt"))
+    fresh = models.create_model(config, seed=2)
+    assert any(np.any(a.numpy() != b.numpy()) for a, b in zip(trained.weights, fresh.weights))
+    tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
+    for a, b in zip(trained.weights, fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -5,7 +5,9 @@ A checkpoint folder holds `model.ckpt-<step>.{index,data-*}` files managed by
 model (and on which dataset it trained), so evaluation and export need no flags for it.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 
@@ -17,6 +19,9 @@ from mnist_dnn.models import ModelConfig, create_model, make_config
 
 CONFIG_FILE = "model_config.json"
 CHECKPOINT_NAME = "model.ckpt"
+LOCK_FILE = "train.lock"
+# What restoring a damaged or mismatched checkpoint raises (a truncated file: IndexError).
+RESTORE_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +92,24 @@ def restore_model(ckpt_dir: str, checkpoint: str | None = None) -> tuple[keras.M
         # The optimizer's slots are in the file too: not needed here, hence expect_partial.
         status = tf.train.Checkpoint(step=step, model=model).restore(path).expect_partial()
         status.assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
+    except RESTORE_ERRORS as e:
         message = str(e).strip().splitlines()[0]
         raise CheckpointError(f"cannot restore {path} into {config.model}: {message}") from None
     return model, config, path, int(step.numpy())
+
+
+@contextlib.contextmanager
+def exclusive_lock(ckpt_dir: str):
+    """Holds the folder's training lock; a second trainer on the folder is refused.
+
+    An flock dies with its process, so a killed trainer never leaves the folder locked.
+    """
+    path = os.path.join(ckpt_dir, LOCK_FILE)
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(
+                f"another training run is using {ckpt_dir} (it holds {path}); wait for it to end or pass another --ckpt_dir"
+            ) from None
+        yield

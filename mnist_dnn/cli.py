@@ -6,7 +6,7 @@ import sys
 from absl import app, flags, logging
 
 from mnist_dnn import data
-from mnist_dnn.errors import CheckpointError, DataError, UsageError
+from mnist_dnn.errors import Error, UsageError
 
 
 def define_data_flags() -> None:
@@ -58,7 +58,7 @@ def run(main) -> None:
     def report_errors(argv):
         try:
             return guarded_main(argv)
-        except (UsageError, DataError, CheckpointError) as e:
+        except Error as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
 

@@ -1,19 +1,25 @@
 """Errors that the command-line tools report as one line, without a traceback."""
 
 
-class UsageError(Exception):
-    """The user asked for something invalid (a flag, a path); exit code 2."""
+class Error(Exception):
+    """A failure the user can fix; the message says what was wrong and how to fix it."""
+
+    exit_code = 1
+
+
+class UsageError(Error):
+    """The user asked for something invalid (a flag, a path)."""
 
     exit_code = 2
 
 
-class DataError(Exception):
-    """Input data is missing, unreachable or malformed; exit code 1."""
-
-    exit_code = 1
+class DataError(Error):
+    """Input data is missing, unreachable or malformed."""
 
 
-class CheckpointError(Exception):
-    """A checkpoint folder is missing, incomplete or does not fit the model; exit code 1."""
+class CheckpointError(Error):
+    """A checkpoint folder is missing, incomplete, locked, unwritable or does not fit the model."""
 
-    exit_code = 1
+
+class TrainingError(Error):
+    """Training cannot go on (for example, the loss stopped being finite)."""

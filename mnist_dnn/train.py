@@ -23,6 +23,7 @@ flags.DEFINE_integer("checkpoint_every", training.TrainConfig.checkpoint_every, 
 flags.DEFINE_integer("keep_checkpoints", training.TrainConfig.keep_checkpoints, "How many recent checkpoints to keep.")
 flags.DEFINE_integer("steps_per_call", training.TrainConfig.steps_per_call,
                      "Train steps run inside one tf.function call (fewer Python round trips).")
+flags.DEFINE_boolean("deterministic", False, "Bit-identical reruns (tf.config.experimental.enable_op_determinism).")
 cli.define_data_flags()
 cli.define_ckpt_dir_flag()
 FLAGS = flags.FLAGS
@@ -45,6 +46,7 @@ def config_from_flags() -> training.TrainConfig:
         checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints,
         steps_per_call=FLAGS.steps_per_call,
+        deterministic=FLAGS.deterministic,
     )
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import signal
+import tempfile
 import time
 
 import keras
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 from mnist_dnn import checkpoints, data, evaluation
 from mnist_dnn.data import DataConfig
-from mnist_dnn.errors import UsageError
+from mnist_dnn.errors import CheckpointError, TrainingError, UsageError
 from mnist_dnn.models import ModelConfig, create_model
 
 OPTIMIZERS = {
@@ -43,6 +44,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 5
     steps_per_call: int = 100  # train steps per tf.function call
+    deterministic: bool = False  # bit-identical reruns: tf.config.experimental.enable_op_determinism
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -109,7 +111,8 @@ def make_train_step(model, optimizer, step, metrics: TrainMetrics):
     def train_step(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            loss = loss_fn(labels, logits)
+            # Fails the step before the update: the weights stay those of the last good step.
+            loss = tf.debugging.check_numerics(loss_fn(labels, logits), "non-finite loss")
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         step.assign_add(1)
@@ -183,7 +186,11 @@ def build_state(config: TrainConfig) -> TrainState:
     # Keras 3 creates optimizer slots lazily: build them now, or restore would drop them.
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, name="global_step")
-    return TrainState(step, model, optimizer, tf.train.Checkpoint(step=step, model=model, optimizer=optimizer))
+    # Keras 3 does not checkpoint a layer's random-seed state (dropout); saving it too
+    # lets a resumed run draw the same dropout masks as an uninterrupted one.
+    seed_state = list(model.non_trainable_variables)
+    checkpoint = tf.train.Checkpoint(step=step, model=model, optimizer=optimizer, seed_state=seed_state)
+    return TrainState(step, model, optimizer, checkpoint)
 
 
 def _next_stop(current: int, config: TrainConfig) -> int:
@@ -231,27 +238,69 @@ class _Reporter:
         self.validation_writer.close()
 
 
+def _restore_newest_complete(state: TrainState, manager: tf.train.CheckpointManager) -> None:
+    """Restores the newest checkpoint that reads back whole, skipping damaged ones.
+
+    Restoring replaces initialization: nothing may re-initialize afterwards.
+    """
+    for path in reversed(manager.checkpoints):
+        try:
+            state.checkpoint.restore(path).assert_consumed()
+        except checkpoints.RESTORE_ERRORS as e:
+            print(f"warning: skipping unreadable checkpoint {path}: {str(e).strip().splitlines()[0]}", flush=True)
+            continue
+        print(f"Resumed from {path} at step {int(state.step)}", flush=True)
+        return
+    if manager.checkpoints:
+        raise CheckpointError(f"no checkpoint in {manager.directory} can be restored; move them away to start over")
+
+
+def _save(manager: tf.train.CheckpointManager, step: int) -> None:
+    try:
+        manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as e:
+        raise CheckpointError(
+            f"cannot write a checkpoint to {manager.directory}: {str(e).strip().splitlines()[0]}; "
+            "free some space or fix its permissions, then resume (earlier checkpoints are intact)"
+        ) from None
+
+
+def _make_writable(flag: str, folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"--{flag} {folder} is not a writable folder ({e.strerror}); pass another one") from None
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Trains (or resumes) until `config.max_steps`, checkpointing on the way."""
     config.validate()
     _check_resumable(config)
     splits = data.load_splits(config.data)
+    log_dir = config.log_dir or default_log_dir(config)
+    for flag, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir)):
+        _make_writable(flag, folder)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()  # for the whole process
+    with checkpoints.exclusive_lock(config.ckpt_dir):
+        return _train_locked(config, splits, log_dir)
+
+
+def _train_locked(config: TrainConfig, splits: dict[str, data.Split], log_dir: str) -> TrainResult:
     state = build_state(config)
     manager = tf.train.CheckpointManager(
         state.checkpoint, config.ckpt_dir, max_to_keep=config.keep_checkpoints,
         checkpoint_name=checkpoints.CHECKPOINT_NAME,
     )
-    if manager.latest_checkpoint:
-        # Restoring replaces initialization: nothing may re-initialize afterwards.
-        state.checkpoint.restore(manager.latest_checkpoint).assert_consumed()
-        print(f"Resumed from {manager.latest_checkpoint} at step {int(state.step)}", flush=True)
+    _restore_newest_complete(state, manager)
     start_step = int(state.step)
     if start_step >= config.max_steps:
         print(f"Already finished: step {start_step} >= --max_steps={config.max_steps}", flush=True)
         return TrainResult(start_step, manager.latest_checkpoint, None)
     checkpoints.save_run_config(config.ckpt_dir, config.run_config)
 
-    log_dir = config.log_dir or default_log_dir(config)
     metrics = TrainMetrics()
     train_loop = make_train_loop(make_train_step(state.model, state.optimizer, state.step, metrics))
     reporter = _Reporter(log_dir, evaluation.make_predict_fn(state.model), splits["validation"])
@@ -260,8 +309,19 @@ def train(config: TrainConfig) -> TrainResult:
           f"{config.batch_size}, from step {start_step} to {config.max_steps}; TensorBoard logs in {log_dir}",
           flush=True)
 
+    def run_steps(num_steps: int) -> None:
+        try:
+            train_loop(iterator, tf.constant(num_steps, tf.int64))
+        except tf.errors.InvalidArgumentError as e:
+            if "non-finite loss" not in str(e):
+                raise
+            raise TrainingError(
+                f"the loss became NaN or infinite at step {int(state.step) + 1}; nothing was saved after it. "
+                f"Last good checkpoint: {manager.latest_checkpoint or 'none'}. Lower --learning_rate and rerun to resume"
+            ) from None
+
     current, validation, stopped_by = start_step, None, None
-    reporter.trace_graph(lambda: train_loop(iterator, tf.constant(1, tf.int64)))
+    reporter.trace_graph(lambda: run_steps(1))
     with stop_on_signals() as received:
         while True:
             current = int(state.step)
@@ -270,11 +330,11 @@ def train(config: TrainConfig) -> TrainResult:
             if current % config.eval_every == 0 or current == config.max_steps:
                 validation = reporter.validation(current)
             if current % config.checkpoint_every == 0 or current == config.max_steps or received:
-                manager.save(checkpoint_number=current)
+                _save(manager, current)
             if current == config.max_steps or received:
                 stopped_by = received[0] if received else None
                 break
-            train_loop(iterator, tf.constant(_next_stop(current, config) - current, tf.int64))
+            run_steps(_next_stop(current, config) - current)
     reporter.close()
     if stopped_by:
         print(f"Stopped by signal {stopped_by} at step {current}; saved {manager.latest_checkpoint}. "

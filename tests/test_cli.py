@@ -1,10 +1,12 @@
 """The command-line tools, run as a user runs them, in fresh processes."""
 
+import gzip
 import json
+import shutil
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, write_idx_folder
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -25,6 +27,14 @@ def test_bad_train_flags_are_one_line_usage_errors_that_write_nothing(tmp_path, 
                      f"--data_dir={tmp_path / 'tfds'}", *args, cwd=ROOT)
     assert_one_line_error(result, 2, *fragments)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_flagfile_with_an_unknown_flag_is_refused(tmp_path):
+    flagfile = tmp_path / "x.cfg"
+    flagfile.write_text("--model=raw\n--hidden=128\n")
+    result = run_cli("train", f"--flagfile={flagfile}", f"--ckpt_dir={tmp_path / 'c'}")
+    assert_one_line_error(result, 2, "hidden")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.cfg"]
 
 
 def test_flagfile_values_are_overridden_by_the_command_line(tmp_path):
@@ -55,3 +65,73 @@ def test_evaluate_refuses_a_checkpoint_of_another_architecture(tiny_data, tmp_pa
     (ckpt / "model_config.json").write_text(json.dumps({**config, "hidden_units": [17]}))
     result = run_cli("evaluate", f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={ckpt}")
     assert_one_line_error(result, 1, "cannot restore", "model.ckpt-5")
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tiny_data, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("trained") / "ckpt"
+    result = run_cli("train", f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={ckpt}", "--max_steps=10",
+                     "--checkpoint_every=5", f"--log_dir={ckpt}-logs", "--hidden_units=16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return ckpt
+
+
+def _truncate(path, size):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def _flip_bytes(path):
+    raw = bytearray(path.read_bytes())
+    for i in range(0, len(raw), 7):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+CHECKPOINT_DAMAGE = {
+    "truncated index": (lambda c: _truncate(c / "model.ckpt-10.index", 40), "cannot restore"),
+    "corrupted data": (lambda c: _flip_bytes(next(c.glob("model.ckpt-10.data-*"))), "cannot restore"),
+    "missing config": (lambda c: (c / "model_config.json").unlink(), "model_config.json is missing"),
+    "malformed config": (lambda c: (c / "model_config.json").write_text("{not json"), "is malformed"),
+    "config of another model": (lambda c: (c / "model_config.json").write_text(
+        json.dumps({"name": "raw", "hidden_units": [16], "dropout": 0.0, "dataset": "mnist"})), "cannot restore"),
+}
+
+
+@pytest.mark.parametrize("damage", CHECKPOINT_DAMAGE)
+def test_damaged_checkpoints_are_one_line_errors_that_modify_nothing(trained_ckpt, tiny_data, tmp_path, damage):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained_ckpt, ckpt)
+    corrupt, fragment = CHECKPOINT_DAMAGE[damage]
+    corrupt(ckpt)
+    before = _snapshot(ckpt)
+    result = run_cli("evaluate", f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={ckpt}",
+                     f"--checkpoint={ckpt / 'model.ckpt-10'}")
+    assert_one_line_error(result, 1, fragment)
+    assert _snapshot(ckpt) == before
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("no folder", "is not a folder"),
+    ("wrong magic", "magic number"),
+    ("truncated", "truncated"),
+])
+def test_a_bad_idx_folder_is_a_one_line_error_that_prepares_nothing(tmp_path, damage, fragment):
+    idx = tmp_path / "idx"
+    if damage != "no folder":
+        write_idx_folder(idx, n_train=20, n_test=10)
+        path = idx / "train-images-idx3-ubyte.gz"
+        raw = bytearray(gzip.decompress(path.read_bytes()))
+        if damage == "wrong magic":
+            raw[3] = 0x01
+        else:
+            raw = raw[:-100]
+        path.write_bytes(gzip.compress(bytes(raw)))
+    before = _snapshot(tmp_path)
+    result = run_cli("train", f"--idx_dir={idx}", f"--data_dir={tmp_path / 'tfds'}", f"--ckpt_dir={tmp_path / 'ckpt'}")
+    assert_one_line_error(result, 1, fragment)
+    assert _snapshot(tmp_path) == before and not (tmp_path / "tfds").exists()

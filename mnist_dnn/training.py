@@ -295,6 +295,8 @@ def _train_locked(config: TrainConfig, splits: dict[str, data.Split], log_dir: s
         checkpoint_name=checkpoints.CHECKPOINT_NAME,
     )
     _restore_newest_complete(state, manager)
+    # The checkpoint holds the optimizer's learning rate; the flag decides (to resume with a lower one).
+    state.optimizer.learning_rate = config.learning_rate
     start_step = int(state.step)
     if start_step >= config.max_steps:
         print(f"Already finished: step {start_step} >= --max_steps={config.max_steps}", flush=True)

@@ -142,3 +142,10 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_then_exits(tiny_data, tm
     saved = tf.train.latest_checkpoint(str(tmp_path / "ckpt"))
     step = checkpoints.checkpoint_step(saved)
     assert step >= 100 and f"at step {step}" in out
+
+
+def test_resume_uses_the_learning_rate_of_the_command_line(tiny_data, tmp_path):
+    training.train(tiny_config(tiny_data, tmp_path, max_steps=10, learning_rate=0.01))
+    result = training.train(tiny_config(tiny_data, tmp_path, max_steps=20, learning_rate=0.001))
+    reader = tf.train.load_checkpoint(result.checkpoint)
+    assert reader.get_tensor("optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE") == pytest.approx(0.001)

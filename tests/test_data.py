@@ -168,3 +168,12 @@ def test_missing_data_without_network_is_a_one_line_error(tmp_path):
                      env_extra=_offline_env(tmp_path), timeout=240)
     assert_one_line_error(result, 1, "--idx_dir", "MNIST_DNN_IDX_DIR", "--data_dir")
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_mnist_format_siblings_import_from_idx_files_too(tmp_path):
+    written = write_idx_folder(tmp_path / "idx", n_train=30, n_test=10)
+    config = data.DataConfig("fashion_mnist", str(tmp_path / "tfds"), str(tmp_path / "idx"), validation_size=10)
+    data.prepare(config)
+    test = tfds.load("fashion_mnist", data_dir=str(tmp_path / "tfds"), split="test", download=False, batch_size=-1)
+    assert sorted(test["label"].numpy().tolist()) == sorted(written["test"][1].tolist())
+    assert not (tmp_path / "tfds" / "mnist").exists()

@@ -2,7 +2,7 @@
 
 from absl import flags
 
-from mnist_dnn import cli, data, models, training
+from mnist_dnn import cli, data, distribute, models, training
 
 flags.DEFINE_string("model", "dense", f"Model: {', '.join(models.MODELS)} (or the course's {', '.join(models.ALIASES)}).")
 flags.DEFINE_list("hidden_units", None, "Hidden layer widths, e.g. 256,128 (default: the model's own).")
@@ -24,6 +24,10 @@ flags.DEFINE_integer("keep_checkpoints", training.TrainConfig.keep_checkpoints, 
 flags.DEFINE_integer("steps_per_call", training.TrainConfig.steps_per_call,
                      "Train steps run inside one tf.function call (fewer Python round trips).")
 flags.DEFINE_boolean("deterministic", False, "Bit-identical reruns (tf.config.experimental.enable_op_determinism).")
+flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
+                  "tf.distribute strategy: one device, all local devices (mirrored), or a TF_CONFIG cluster.")
+flags.DEFINE_list("devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 (default: all GPUs, else CPUs).")
+flags.DEFINE_integer("virtual_cpus", 0, "Split the CPU into N logical devices (to run --strategy=mirrored on a CPU).")
 cli.define_data_flags()
 cli.define_ckpt_dir_flag()
 FLAGS = flags.FLAGS
@@ -47,6 +51,9 @@ def config_from_flags() -> training.TrainConfig:
         keep_checkpoints=FLAGS.keep_checkpoints,
         steps_per_call=FLAGS.steps_per_call,
         deterministic=FLAGS.deterministic,
+        strategy=FLAGS.strategy,
+        devices=tuple(FLAGS.devices or ()),
+        virtual_cpus=FLAGS.virtual_cpus,
     )
 
 

@@ -12,7 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mnist_dnn import checkpoints, data, evaluation
+from mnist_dnn import checkpoints, data, distribute, evaluation
 from mnist_dnn.data import DataConfig
 from mnist_dnn.errors import CheckpointError, TrainingError, UsageError
 from mnist_dnn.models import ModelConfig, create_model
@@ -45,6 +45,9 @@ class TrainConfig:
     keep_checkpoints: int = 5
     steps_per_call: int = 100  # train steps per tf.function call
     deterministic: bool = False  # bit-identical reruns: tf.config.experimental.enable_op_determinism
+    strategy: str = "default"  # see distribute.STRATEGIES
+    devices: tuple[str, ...] = ()  # for "mirrored"; () means every GPU, or else every CPU
+    virtual_cpus: int = 0  # split the CPU into this many logical devices (0: off)
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -80,9 +83,9 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     return OPTIMIZERS[name](learning_rate)
 
 
-def loss_fn(labels, logits):
-    """Mean sparse softmax cross-entropy, on logits (never on softmax outputs)."""
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+def per_example_loss(labels, logits):
+    """Sparse softmax cross-entropy on logits (never on softmax outputs)."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,30 +96,40 @@ class TrainMetrics:
     accuracy: keras.metrics.Metric = dataclasses.field(default_factory=keras.metrics.SparseCategoricalAccuracy)
     examples: keras.metrics.Sum = dataclasses.field(default_factory=keras.metrics.Sum)
 
-    def update(self, loss, labels, logits):
-        batch = tf.shape(labels)[0]
-        self.loss.update_state(loss, sample_weight=batch)
+    def update(self, example_losses, labels, logits):
+        self.loss.update_state(example_losses)
         self.accuracy.update_state(labels, logits)
-        self.examples.update_state(batch)
+        self.examples.update_state(tf.shape(labels)[0])
 
     def reset(self):
         for metric in (self.loss, self.accuracy, self.examples):
             metric.reset_state()
 
 
-def make_train_step(model, optimizer, step, metrics: TrainMetrics):
-    """One optimization step on one batch, as a `tf.function`."""
+def make_train_step(model, optimizer, step, metrics: TrainMetrics, strategy=None):
+    """One optimization step on one (global) batch, as a `tf.function`.
+
+    Each replica averages its examples' losses over the GLOBAL batch, so the gradients that
+    the strategy sums across replicas are those of one device on the whole batch.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+
+    def replica_step(images, labels):
+        global_batch = tf.distribute.get_replica_context().all_reduce("sum", tf.shape(labels)[0])
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            example_losses = per_example_loss(labels, logits)
+            loss = tf.reduce_sum(example_losses) / tf.cast(global_batch, tf.float32)
+            # Fails the step before the update: the weights stay those of the last good step.
+            loss = tf.debugging.check_numerics(loss, "non-finite loss")
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        metrics.update(example_losses, labels, logits)
 
     @tf.function
     def train_step(images, labels):
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            # Fails the step before the update: the weights stay those of the last good step.
-            loss = tf.debugging.check_numerics(loss_fn(labels, logits), "non-finite loss")
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        strategy.run(replica_step, args=(images, labels))
         step.assign_add(1)
-        metrics.update(loss, labels, logits)
 
     return train_step
 
@@ -180,7 +193,12 @@ class TrainState:
     checkpoint: tf.train.Checkpoint
 
 
-def build_state(config: TrainConfig) -> TrainState:
+def build_state(config: TrainConfig, strategy=None) -> TrainState:
+    with (strategy or tf.distribute.get_strategy()).scope():
+        return _build_state(config)
+
+
+def _build_state(config: TrainConfig) -> TrainState:
     model = create_model(config.model, config.seed)
     optimizer = make_optimizer(config.optimizer, config.learning_rate)
     # Keras 3 creates optimizer slots lazily: build them now, or restore would drop them.
@@ -203,9 +221,12 @@ def _next_stop(current: int, config: TrainConfig) -> int:
 class _Reporter:
     """Prints progress and writes the TensorBoard scalars of one run."""
 
-    def __init__(self, log_dir: str, predict_fn, validation_split: data.Split):
-        self.train_writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
-        self.validation_writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
+    def __init__(self, log_dir: str | None, predict_fn, validation_split: data.Split):
+        """`log_dir=None` writes no summaries (the other workers of a cluster)."""
+        self.train_writer, self.validation_writer = (
+            (tf.summary.create_file_writer(os.path.join(log_dir, split)) for split in ("train", "validation"))
+            if log_dir else (tf.summary.create_noop_writer(), tf.summary.create_noop_writer())
+        )
         self.predict_fn = predict_fn
         self.validation_split = validation_split
         self.interval_start = time.perf_counter()
@@ -249,15 +270,34 @@ def _restore_newest_complete(state: TrainState, manager: tf.train.CheckpointMana
         except checkpoints.RESTORE_ERRORS as e:
             print(f"warning: skipping unreadable checkpoint {path}: {str(e).strip().splitlines()[0]}", flush=True)
             continue
-        print(f"Resumed from {path} at step {int(state.step)}", flush=True)
+        print(f"Resumed from {path} at step {int(state.step.numpy())}", flush=True)
         return
     if manager.checkpoints:
         raise CheckpointError(f"no checkpoint in {manager.directory} can be restored; move them away to start over")
 
 
+# What a collective op raises on the workers of a cluster when one of them dies.
+_LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                       tf.errors.AbortedError)
+
+
+@contextlib.contextmanager
+def _report_lost_workers(ckpt_dir: str):
+    try:
+        yield
+    except _LOST_WORKER_ERRORS as e:
+        resume_from = tf.train.latest_checkpoint(ckpt_dir) or "the start (no checkpoint yet)"
+        raise TrainingError(
+            f"lost contact with another worker of the cluster ({type(e).__name__}: it stopped or crashed); "
+            f"restart every worker with the same command to resume from {resume_from}"
+        ) from None
+
+
 def _save(manager: tf.train.CheckpointManager, step: int) -> None:
     try:
         manager.save(checkpoint_number=step)
+    except _LOST_WORKER_ERRORS:
+        raise
     except (OSError, tf.errors.OpError) as e:
         raise CheckpointError(
             f"cannot write a checkpoint to {manager.directory}: {str(e).strip().splitlines()[0]}; "
@@ -278,38 +318,48 @@ def train(config: TrainConfig) -> TrainResult:
     """Trains (or resumes) until `config.max_steps`, checkpointing on the way."""
     config.validate()
     _check_resumable(config)
+    # First: devices can only be configured before TensorFlow runs an op.
+    strategy = distribute.make_strategy(config.strategy, config.devices, config.virtual_cpus)
+    chief = distribute.is_chief(strategy)
     splits = data.load_splits(config.data)
     log_dir = config.log_dir or default_log_dir(config)
-    for flag, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir)):
-        _make_writable(flag, folder)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()  # for the whole process
+    if not chief:  # the other workers of a cluster save to a scratch folder, and log nothing
+        with tempfile.TemporaryDirectory(prefix="mnist_dnn-worker-") as scratch:
+            return _train_locked(config, strategy, splits, None, scratch)
+    for flag, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir)):
+        _make_writable(flag, folder)
     with checkpoints.exclusive_lock(config.ckpt_dir):
-        return _train_locked(config, splits, log_dir)
+        return _train_locked(config, strategy, splits, log_dir, config.ckpt_dir)
 
 
-def _train_locked(config: TrainConfig, splits: dict[str, data.Split], log_dir: str) -> TrainResult:
-    state = build_state(config)
+def _train_locked(config, strategy, splits, log_dir: str | None, save_dir: str) -> TrainResult:
+    """The run itself; `save_dir` is `config.ckpt_dir` except on a cluster's other workers."""
+    state = build_state(config, strategy)
     manager = tf.train.CheckpointManager(
-        state.checkpoint, config.ckpt_dir, max_to_keep=config.keep_checkpoints,
-        checkpoint_name=checkpoints.CHECKPOINT_NAME,
+        state.checkpoint, save_dir, max_to_keep=config.keep_checkpoints, checkpoint_name=checkpoints.CHECKPOINT_NAME,
     )
-    _restore_newest_complete(state, manager)
+    # Every worker resumes from the checkpoints in --ckpt_dir (the chief's).
+    _restore_newest_complete(state, tf.train.CheckpointManager(state.checkpoint, config.ckpt_dir, max_to_keep=None))
     # The checkpoint holds the optimizer's learning rate; the flag decides (to resume with a lower one).
     state.optimizer.learning_rate = config.learning_rate
-    start_step = int(state.step)
+    start_step = int(state.step.numpy())
     if start_step >= config.max_steps:
         print(f"Already finished: step {start_step} >= --max_steps={config.max_steps}", flush=True)
-        return TrainResult(start_step, manager.latest_checkpoint, None)
-    checkpoints.save_run_config(config.ckpt_dir, config.run_config)
+        return TrainResult(start_step, tf.train.latest_checkpoint(config.ckpt_dir), None)
+    if log_dir:
+        checkpoints.save_run_config(config.ckpt_dir, config.run_config)
 
-    metrics = TrainMetrics()
-    train_loop = make_train_loop(make_train_step(state.model, state.optimizer, state.step, metrics))
+    with strategy.scope():
+        metrics = TrainMetrics()
+    train_loop = make_train_loop(make_train_step(state.model, state.optimizer, state.step, metrics, strategy))
     reporter = _Reporter(log_dir, evaluation.make_predict_fn(state.model), splits["validation"])
-    iterator = iter(data.train_batches(splits["train"], config.batch_size, config.seed, start_step))
+    batches = data.train_batches(splits["train"], config.batch_size, config.seed, start_step)
+    iterator = iter(strategy.experimental_distribute_dataset(batches))
     print(f"Training {config.model} with {config.optimizer} lr={config.learning_rate:g}, batch "
-          f"{config.batch_size}, from step {start_step} to {config.max_steps}; TensorBoard logs in {log_dir}",
-          flush=True)
+          f"{config.batch_size} over {strategy.num_replicas_in_sync} replica(s), from step {start_step} to "
+          f"{config.max_steps}; TensorBoard logs in {log_dir or 'the chief worker'}", flush=True)
 
     def run_steps(num_steps: int) -> None:
         try:
@@ -318,17 +368,17 @@ def _train_locked(config: TrainConfig, splits: dict[str, data.Split], log_dir: s
             if "non-finite loss" not in str(e):
                 raise
             raise TrainingError(
-                f"the loss became NaN or infinite at step {int(state.step) + 1}; nothing was saved after it. "
+                f"the loss became NaN or infinite at step {int(state.step.numpy()) + 1}; nothing was saved after it. "
                 f"Last good checkpoint: {manager.latest_checkpoint or 'none'}. Lower --learning_rate and rerun to resume"
             ) from None
 
     current, validation, stopped_by = start_step, None, None
-    reporter.trace_graph(lambda: run_steps(1))
-    with stop_on_signals() as received:
+    with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received:
+        reporter.trace_graph(lambda: run_steps(1))
         while True:
-            current = int(state.step)
+            current = int(state.step.numpy())
             if current % config.log_every == 0 or current == config.max_steps:
-                reporter.train_metrics(current, metrics, float(state.optimizer.learning_rate))
+                reporter.train_metrics(current, metrics, config.learning_rate)
             if current % config.eval_every == 0 or current == config.max_steps:
                 validation = reporter.validation(current)
             if current % config.checkpoint_every == 0 or current == config.max_steps or received:

@@ -1,0 +1,102 @@
+"""tf.distribute: mirrored over virtual CPUs, and a two-worker cluster on localhost."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from conftest import ROOT, run_cli
+
+
+def _train_losses(log_dir):
+    acc = event_accumulator.EventAccumulator(str(log_dir / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    return np.array([float(tf.make_ndarray(event.tensor_proto)) for event in acc.Tensors("loss")])
+
+
+def test_mirrored_on_two_virtual_cpus_follows_the_single_device_loss_curve(tiny_data, tmp_path):
+    common = [f"--data_dir={tiny_data.data_dir}", "--max_steps=50", "--log_every=1", "--steps_per_call=5",
+              "--batch_size=64", "--hidden_units=32"]
+    for name, extra in (("one", []), ("mirrored", ["--strategy=mirrored", "--virtual_cpus=2"])):
+        result = run_cli("train", *common, *extra, f"--ckpt_dir={tmp_path / name}", f"--log_dir={tmp_path / (name + '-logs')}")
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert "over 2 replica(s)" in result.stdout
+    one, mirrored = _train_losses(tmp_path / "one-logs"), _train_losses(tmp_path / "mirrored-logs")
+    assert len(one) == len(mirrored) == 50
+    np.testing.assert_allclose(mirrored, one, rtol=1e-5)
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _start_cluster(args, scratch):
+    ports = _free_ports(2)
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(scratch)}
+        env.pop("MNIST_DNN_IDX_DIR", None)
+        processes.append(subprocess.Popen([sys.executable, "-m", "mnist_dnn.train", "--strategy=multi_worker", *args],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+    return processes
+
+
+def test_two_workers_train_to_one_checkpoint_folder_that_evaluate_restores(real_data, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    ckpt = tmp_path / "ckpt"
+    args = [f"--data_dir={real_data.data_dir}", f"--ckpt_dir={ckpt}", f"--log_dir={tmp_path / 'logs'}",
+            "--learning_rate=0.003", "--max_steps=400", "--checkpoint_every=100", "--eval_every=400"]
+    outputs = [p.communicate(timeout=400) for p in _start_cluster(args, scratch)]
+    for out, err in outputs:
+        assert "Done at step 400" in out, err[-2000:]
+    assert sorted(os.listdir(scratch)) == []  # the other worker's checkpoints were deleted
+    assert not (tmp_path / "logs" / "train").exists() or len(os.listdir(tmp_path / "logs" / "train")) == 1
+    evaluated = run_cli("evaluate", f"--ckpt_dir={ckpt}", f"--data_dir={real_data.data_dir}",
+                        f"--metrics_file={tmp_path / 'm.json'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["step"] == 400 and report["validation"]["accuracy"] >= 0.95
+
+
+def test_a_killed_worker_fails_the_cluster_clearly_and_a_restart_resumes(tiny_data, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    ckpt = tmp_path / "ckpt"
+    common = [f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={ckpt}", f"--log_dir={tmp_path / 'logs'}",
+              "--checkpoint_every=20", "--log_every=20", "--steps_per_call=10", "--eval_every=100000"]
+    chief, worker = _start_cluster([*common, "--max_steps=100000000"], scratch)
+    for line in chief.stdout:
+        if line.startswith("step 60:"):
+            break
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
+    started = time.monotonic()
+    out, err = chief.communicate(timeout=300)
+    assert chief.returncode == 1, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "lost contact with another worker" in errors[0], err[-2000:]
+    assert "Traceback" not in err
+    saved_step = int(errors[0].rsplit("model.ckpt-", 1)[1])
+    assert saved_step >= 40, errors[0]  # the save at step 60 may not have happened yet
+    print(f"cluster failure detected in {time.monotonic() - started:.1f} s")
+
+    restarted = _start_cluster([*common, f"--max_steps={saved_step + 40}"], scratch)
+    outputs = [p.communicate(timeout=300) for p in restarted]
+    for out, err in outputs:
+        assert f"Resumed from {ckpt}/model.ckpt-{saved_step}" in out, err[-2000:]
+        assert f"Done at step {saved_step + 40}" in out, err[-2000:]

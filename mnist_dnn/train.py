@@ -2,7 +2,7 @@
 
 from absl import flags
 
-from mnist_dnn import cli, data, models, training
+from mnist_dnn import cli, data, exporting, models, training
 
 flags.DEFINE_string("model", "dense", f"Model: {', '.join(models.MODELS)} (or the course's {', '.join(models.ALIASES)}).")
 flags.DEFINE_list("hidden_units", None, "Hidden layer widths, e.g. 256,128 (default: the model's own).")
@@ -23,6 +23,8 @@ flags.DEFINE_integer("checkpoint_every", training.TrainConfig.checkpoint_every, 
 flags.DEFINE_integer("keep_checkpoints", training.TrainConfig.keep_checkpoints, "How many recent checkpoints to keep.")
 flags.DEFINE_integer("steps_per_call", training.TrainConfig.steps_per_call,
                      "Train steps run inside one tf.function call (fewer Python round trips).")
+flags.DEFINE_string("export_dir", None, "At the end of a completed run, export a SavedModel version into this folder "
+                    "(e.g. exports/mnist), as mnist_dnn.export does.")
 cli.define_data_flags()
 cli.define_ckpt_dir_flag()
 FLAGS = flags.FLAGS
@@ -45,12 +47,16 @@ def config_from_flags() -> training.TrainConfig:
         checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints,
         steps_per_call=FLAGS.steps_per_call,
+        export_dir=FLAGS.export_dir,
     )
 
 
 def main(argv):
     del argv
-    result = training.train(config_from_flags())
+    config = config_from_flags()
+    if config.export_dir:
+        exporting.version_path(config.export_dir)  # fail now, not after training
+    result = training.train(config)
     if result.stopped_by_signal:
         return 128 + result.stopped_by_signal
 

@@ -11,7 +11,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mnist_dnn import checkpoints, data, evaluation
+from mnist_dnn import checkpoints, data, evaluation, exporting
 from mnist_dnn.data import DataConfig
 from mnist_dnn.errors import UsageError
 from mnist_dnn.models import ModelConfig, create_model
@@ -43,6 +43,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 5
     steps_per_call: int = 100  # train steps per tf.function call
+    export_dir: str | None = None  # if set, a completed run exports a SavedModel version there
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -64,6 +65,7 @@ class TrainResult:
     checkpoint: str | None
     validation: evaluation.Metrics | None
     stopped_by_signal: int | None = None  # the signal number, if one ended the run
+    export_path: str | None = None  # the SavedModel version written at the end, if any
 
 
 def default_log_dir(config: TrainConfig) -> str:
@@ -281,4 +283,8 @@ def train(config: TrainConfig) -> TrainResult:
               "Run the same command to resume.", flush=True)
     else:
         print(f"Done at step {current}; checkpoint {manager.latest_checkpoint}", flush=True)
-    return TrainResult(current, manager.latest_checkpoint, validation, stopped_by)
+    export_path = None
+    if config.export_dir and not stopped_by:
+        export_path = exporting.export_model(state.model, config.export_dir)
+        print(f"Exported a SavedModel to {export_path}", flush=True)
+    return TrainResult(current, manager.latest_checkpoint, validation, stopped_by, export_path)

@@ -7,9 +7,11 @@ model (and on which dataset it trained), so evaluation and export need no flags 
 
 import dataclasses
 import json
+import math
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.errors import CheckpointError, UsageError
@@ -91,3 +93,37 @@ def restore_model(ckpt_dir: str, checkpoint: str | None = None) -> tuple[keras.M
         message = str(e).strip().splitlines()[0]
         raise CheckpointError(f"cannot restore {path} into {config.model}: {message}") from None
     return model, config, path, int(step.numpy())
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableSummary:
+    """One value stored in a checkpoint, under its key (the object path to the variable)."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    min: float | None = None  # None when not numeric or empty
+    mean: float | None = None
+    max: float | None = None
+
+
+def read_variables(path: str) -> tuple[int | None, list[VariableSummary]]:
+    """The stored global step (None if absent) and every value in the checkpoint, by key."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        keys_and_shapes = tf.train.list_variables(path)
+    except (tf.errors.OpError, ValueError) as e:
+        message = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {message}") from None
+    dtypes = reader.get_variable_to_dtype_map()
+    summaries = []
+    for key, shape in keys_and_shapes:
+        dtype = dtypes[key]
+        summary = VariableSummary(key, tuple(shape), dtype.name)
+        if (dtype.is_floating or dtype.is_integer or dtype.is_bool) and math.prod(shape) > 0:
+            value = np.asarray(reader.get_tensor(key), dtype=np.float64)
+            summary = dataclasses.replace(summary, min=float(value.min()), mean=float(value.mean()), max=float(value.max()))
+        summaries.append(summary)
+    step_key = "step/.ATTRIBUTES/VARIABLE_VALUE"
+    step = int(reader.get_tensor(step_key)) if reader.has_tensor(step_key) else None
+    return step, summaries

@@ -24,6 +24,11 @@ class ServingModule(tf.Module):
     def __init__(self, model: keras.Model):
         super().__init__(name="mnist_serving")
         self.model = model
+        # Keras 3 variables wrap a tf.Variable that the SavedModel does not track through the
+        # model: tf.saved_model.load still works, but TF1-style loaders (TensorFlow Serving,
+        # `saved_model_cli run`) fail with "Could not find variable". Tracking the wrapped
+        # variables themselves (as keras.export.ExportArchive does) fixes that.
+        self.tf_variables = [variable.value for variable in model.variables]
 
     @tf.function(input_signature=[tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1], tf.uint8, name="images")])
     def serve_images(self, images):

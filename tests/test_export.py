@@ -17,6 +17,7 @@ from mnist_dnn import checkpoints, data, exporting, models, prediction, training
 from mnist_dnn.errors import DataError, UsageError
 
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")  # ships with TensorFlow
 
 # Loads the SavedModel in a process that never imports mnist_dnn, as a server would.
 STANDALONE_LOADER = textwrap.dedent("""
@@ -126,8 +127,7 @@ def _signature_block(shown: str, name: str) -> str:
 
 
 def test_saved_model_cli_lists_the_signatures(real_run):
-    cli_path = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    shown = subprocess.run([cli_path, "show", "--all", "--dir", real_run["result"].export_path],
+    shown = subprocess.run([SAVED_MODEL_CLI, "show", "--all", "--dir", real_run["result"].export_path],
                            capture_output=True, text=True, env={**os.environ, **QUIET}, timeout=300)
     assert shown.returncode == 0, shown.stderr[-2000:]
     outputs = ("outputs['classes'] tensor_info: dtype: DT_INT64 shape: (-1)",
@@ -138,6 +138,20 @@ def test_saved_model_cli_lists_the_signatures(real_run):
     assert "inputs['images'] tensor_info: dtype: DT_FLOAT shape: (-1, 784)" in flat
     for block in (serving, flat):
         assert all(output in block for output in outputs), block
+
+
+def test_saved_model_cli_run_serves_it_as_tensorflow_serving_would(real_run, tmp_path):
+    # saved_model_cli run loads through the TF1 session loader, like TensorFlow Serving's C++
+    # loader; Keras 3 variables that the SavedModel does not track fail there, not in tf.saved_model.load.
+    np.save(tmp_path / "digits.npy", real_run["images"][:50])
+    ran = subprocess.run([SAVED_MODEL_CLI, "run", "--dir", real_run["result"].export_path, "--tag_set", "serve",
+                          "--signature_def", "serving_default", "--inputs", f"images={tmp_path / 'digits.npy'}",
+                          "--outdir", str(tmp_path / "out")],
+                         capture_output=True, text=True, env={**os.environ, **QUIET}, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    expected = real_run["probabilities"][:50]
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "classes.npy"), expected.argmax(axis=1))
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "probabilities.npy"), expected, rtol=0, atol=1e-6)
 
 
 def test_export_cli_writes_the_next_version_and_never_overwrites(real_run):

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import keras
 import numpy as np
@@ -107,6 +108,11 @@ class VariableSummary:
     max: float | None = None
 
 
+def _natural_key(key: str) -> list:
+    """Sorts `optimizer/_variables/2` before `optimizer/_variables/10`."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", key))]
+
+
 def read_variables(path: str) -> tuple[int | None, list[VariableSummary]]:
     """The stored global step (None if absent) and every value in the checkpoint, by key."""
     try:
@@ -117,7 +123,7 @@ def read_variables(path: str) -> tuple[int | None, list[VariableSummary]]:
         raise CheckpointError(f"cannot read checkpoint {path}: {message}") from None
     dtypes = reader.get_variable_to_dtype_map()
     summaries = []
-    for key, shape in keys_and_shapes:
+    for key, shape in sorted(keys_and_shapes, key=lambda item: _natural_key(item[0])):
         dtype = dtypes[key]
         summary = VariableSummary(key, tuple(shape), dtype.name)
         if (dtype.is_floating or dtype.is_integer or dtype.is_bool) and math.prod(shape) > 0:

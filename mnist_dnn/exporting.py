@@ -27,7 +27,8 @@ class ServingModule(tf.Module):
         # Keras 3 variables wrap a tf.Variable that the SavedModel does not track through the
         # model: tf.saved_model.load still works, but TF1-style loaders (TensorFlow Serving,
         # `saved_model_cli run`) fail with "Could not find variable". Tracking the wrapped
-        # variables themselves (as keras.export.ExportArchive does) fixes that.
+        # variables themselves (as keras.export.ExportArchive does) fixes that; the weights
+        # are then stored twice in variables/ (through the model and here), a few hundred KB.
         self.tf_variables = [variable.value for variable in model.variables]
 
     @tf.function(input_signature=[tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1], tf.uint8, name="images")])

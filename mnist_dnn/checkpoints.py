@@ -9,9 +9,12 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
+import re
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.errors import CheckpointError, UsageError
@@ -113,3 +116,42 @@ def exclusive_lock(ckpt_dir: str):
                 f"another training run is using {ckpt_dir} (it holds {path}); wait for it to end or pass another --ckpt_dir"
             ) from None
         yield
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableSummary:
+    """One value stored in a checkpoint, under its key (the object path to the variable)."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    min: float | None = None  # None when not numeric or empty
+    mean: float | None = None
+    max: float | None = None
+
+
+def _natural_key(key: str) -> list:
+    """Sorts `optimizer/_variables/2` before `optimizer/_variables/10`."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", key))]
+
+
+def read_variables(path: str) -> tuple[int | None, list[VariableSummary]]:
+    """The stored global step (None if absent) and every value in the checkpoint, by key."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        keys_and_shapes = tf.train.list_variables(path)
+    except (tf.errors.OpError, ValueError) as e:
+        message = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {message}") from None
+    dtypes = reader.get_variable_to_dtype_map()
+    summaries = []
+    for key, shape in sorted(keys_and_shapes, key=lambda item: _natural_key(item[0])):
+        dtype = dtypes[key]
+        summary = VariableSummary(key, tuple(shape), dtype.name)
+        if (dtype.is_floating or dtype.is_integer or dtype.is_bool) and math.prod(shape) > 0:
+            value = np.asarray(reader.get_tensor(key), dtype=np.float64)
+            summary = dataclasses.replace(summary, min=float(value.min()), mean=float(value.mean()), max=float(value.max()))
+        summaries.append(summary)
+    step_key = "step/.ATTRIBUTES/VARIABLE_VALUE"
+    step = int(reader.get_tensor(step_key)) if reader.has_tensor(step_key) else None
+    return step, summaries

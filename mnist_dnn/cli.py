@@ -45,13 +45,17 @@ def _parse_flags(argv):
         sys.exit(2)
 
 
-def run(main) -> None:
-    """`absl.app.run` that reports user and data errors as one line and a non-zero exit."""
+def run(main, positional_args: bool = False) -> None:
+    """`absl.app.run` that reports user and data errors as one line and a non-zero exit.
+
+    Arguments other than flags are refused unless `positional_args` (then `main` gets them
+    in `argv[1:]`).
+    """
 
     def guarded_main(argv):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines drown the progress
-        if len(argv) > 1:
+        if len(argv) > 1 and not positional_args:
             raise UsageError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
         return main(argv)
 

@@ -2,7 +2,7 @@
 
 from absl import flags
 
-from mnist_dnn import cli, data, distribute, models, training
+from mnist_dnn import cli, data, distribute, exporting, models, training
 
 flags.DEFINE_string("model", "dense", f"Model: {', '.join(models.MODELS)} (or the course's {', '.join(models.ALIASES)}).")
 flags.DEFINE_list("hidden_units", None, "Hidden layer widths, e.g. 256,128 (default: the model's own).")
@@ -28,6 +28,8 @@ flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
                   "tf.distribute strategy: one device, all local devices (mirrored), or a TF_CONFIG cluster.")
 flags.DEFINE_list("devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 (default: all GPUs, else CPUs).")
 flags.DEFINE_integer("virtual_cpus", 0, "Split the CPU into N logical devices (to run --strategy=mirrored on a CPU).")
+flags.DEFINE_string("export_dir", None, "At the end of a completed run, export a SavedModel version into this folder "
+                    "(e.g. exports/mnist), as mnist_dnn.export does.")
 cli.define_data_flags()
 cli.define_ckpt_dir_flag()
 FLAGS = flags.FLAGS
@@ -54,12 +56,16 @@ def config_from_flags() -> training.TrainConfig:
         strategy=FLAGS.strategy,
         devices=tuple(FLAGS.devices or ()),
         virtual_cpus=FLAGS.virtual_cpus,
+        export_dir=FLAGS.export_dir,
     )
 
 
 def main(argv):
     del argv
-    result = training.train(config_from_flags())
+    config = config_from_flags()
+    if config.export_dir:
+        exporting.version_path(config.export_dir)  # fail now, not after training
+    result = training.train(config)
     if result.stopped_by_signal:
         return 128 + result.stopped_by_signal
 

@@ -12,7 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mnist_dnn import checkpoints, data, distribute, evaluation
+from mnist_dnn import checkpoints, data, distribute, evaluation, exporting
 from mnist_dnn.data import DataConfig
 from mnist_dnn.errors import CheckpointError, TrainingError, UsageError
 from mnist_dnn.models import ModelConfig, create_model
@@ -48,6 +48,7 @@ class TrainConfig:
     strategy: str = "default"  # see distribute.STRATEGIES
     devices: tuple[str, ...] = ()  # for "mirrored"; () means every GPU, or else every CPU
     virtual_cpus: int = 0  # split the CPU into this many logical devices (0: off)
+    export_dir: str | None = None  # if set, a completed run exports a SavedModel version there
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -69,6 +70,7 @@ class TrainResult:
     checkpoint: str | None
     validation: evaluation.Metrics | None
     stopped_by_signal: int | None = None  # the signal number, if one ended the run
+    export_path: str | None = None  # the SavedModel version written at the end, if any
 
 
 def default_log_dir(config: TrainConfig) -> str:
@@ -393,4 +395,8 @@ def _train_locked(config, strategy, splits, log_dir: str | None, save_dir: str) 
               "Run the same command to resume.", flush=True)
     else:
         print(f"Done at step {current}; checkpoint {manager.latest_checkpoint}", flush=True)
-    return TrainResult(current, manager.latest_checkpoint, validation, stopped_by)
+    export_path = None
+    if config.export_dir and not stopped_by and log_dir:  # on a cluster, the chief only
+        export_path = exporting.export_model(state.model, config.export_dir)
+        print(f"Exported a SavedModel to {export_path}", flush=True)
+    return TrainResult(current, manager.latest_checkpoint, validation, stopped_by, export_path)

@@ -1,0 +1,29 @@
+"""Export a checkpoint as a SavedModel version for TensorFlow Serving.
+
+`python -m mnist_dnn.export --ckpt_dir=checkpoints/ --export_dir=exports/mnist`
+"""
+
+from absl import flags
+
+from mnist_dnn import checkpoints, cli, exporting
+
+flags.DEFINE_string("export_dir", "exports/mnist", "Model folder; each export is a numbered version inside it.")
+flags.DEFINE_integer("version", None, "Version number to write (default: the next free one). Never overwritten.")
+cli.define_restore_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    exporting.version_path(FLAGS.export_dir, FLAGS.version)  # refuse before restoring anything
+    model, _, checkpoint, step = checkpoints.restore_model(FLAGS.ckpt_dir, FLAGS.checkpoint)
+    path = exporting.export_model(model, FLAGS.export_dir, FLAGS.version)
+    print(f"Exported {checkpoint} (step {step}) to {path}")
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,57 @@
+"""List what a checkpoint holds: every key with its shape, dtype and value range.
+
+`python -m mnist_dnn.inspect_checkpoint --ckpt_dir=checkpoints/ [--checkpoint=checkpoints/model.ckpt-1000]`
+
+What the course did with `tf.train.NewCheckpointReader`: a TF2 checkpoint names each value
+by the object path to it, e.g. `model/w1/.ATTRIBUTES/VARIABLE_VALUE`.
+"""
+
+import json
+import os
+
+from absl import flags
+
+from mnist_dnn import checkpoints, cli
+from mnist_dnn.errors import CheckpointError
+
+cli.define_restore_flags()
+FLAGS = flags.FLAGS
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"  # at most 12 characters
+
+
+def format_variables(summaries: list[checkpoints.VariableSummary]) -> str:
+    width = max([len("key")] + [len(s.key) for s in summaries])
+    lines = [f"{'key':<{width}}  {'shape':<12}{'dtype':<9}{'min':>13}{'mean':>13}{'max':>13}"]
+    for s in summaries:
+        shape = "[" + ", ".join(map(str, s.shape)) + "]"
+        lines.append(f"{s.key:<{width}}  {shape:<12}{s.dtype:<9}{_number(s.min):>13}{_number(s.mean):>13}{_number(s.max):>13}")
+    return "\n".join(lines)
+
+
+def describe_config(ckpt_dir: str) -> str:
+    """The stored configuration, or why there is none (a bare checkpoint still lists)."""
+    try:
+        return json.dumps(json.loads(checkpoints.load_run_config(ckpt_dir).to_json()))  # on one line
+    except CheckpointError as e:
+        return f"unavailable: {e}"
+
+
+def main(argv):
+    del argv
+    path = FLAGS.checkpoint or checkpoints.latest_checkpoint(FLAGS.ckpt_dir)
+    step, summaries = checkpoints.read_variables(path)
+    print(f"checkpoint {path} (step {'unknown' if step is None else step})")
+    print(f"configuration ({checkpoints.CONFIG_FILE}): {describe_config(os.path.dirname(path) or '.')}")
+    print(f"{len(summaries)} values:")
+    print(format_variables(summaries))
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

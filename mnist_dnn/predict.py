@@ -1,0 +1,39 @@
+"""Classify image files with an exported SavedModel.
+
+`python -m mnist_dnn.predict --model_dir=exports/mnist/1 digit.png [more files...]`
+"""
+
+import sys
+
+from absl import flags
+
+from mnist_dnn import cli, prediction
+from mnist_dnn.errors import DataError, UsageError
+
+flags.DEFINE_string("model_dir", "exports/mnist",
+                    "A SavedModel version folder (exports/mnist/1), or a model folder: its highest version.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    files = argv[1:]
+    if not files:
+        raise UsageError("no image files given: python -m mnist_dnn.predict --model_dir=exports/mnist/1 FILE [FILE...]")
+    classify = prediction.Classifier(FLAGS.model_dir)
+    readable = []
+    for file in files:
+        try:
+            readable.append((file, prediction.read_image(file)))
+        except DataError as e:
+            print(f"error: {file}: {e}", file=sys.stderr)
+    for (file, _), p in zip(readable, classify([image for _, image in readable])):
+        print(f"{file}: {p.digit} ({p.probability:.1%}), next best {p.runner_up} ({p.runner_up_probability:.1%})")
+    return 1 if len(readable) < len(files) else 0
+
+
+def run():
+    cli.run(main, positional_args=True)
+
+
+if __name__ == "__main__":
+    run()

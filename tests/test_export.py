@@ -1,0 +1,360 @@
+"""Export to a SavedModel, reload it without mnist_dnn, classify image files, inspect checkpoints."""
+
+import concurrent.futures
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from mnist_dnn import checkpoints, data, exporting, models, prediction, training
+from mnist_dnn.errors import DataError, UsageError
+
+QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")  # ships with TensorFlow
+
+# Loads the SavedModel in a process that never imports mnist_dnn, as a server would.
+STANDALONE_LOADER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+
+    model_dir, inputs, outputs = sys.argv[1:]
+    loaded = tf.saved_model.load(model_dir)
+    serve, flat = loaded.signatures["serving_default"], loaded.signatures["predict_flat"]
+    images = np.load(inputs)["images"]
+    results = {"classes": [], "probabilities": [], "flat_classes": [], "flat_probabilities": []}
+    for start in range(0, len(images), 100):  # the batches mnist_dnn.evaluate uses
+        batch = images[start:start + 100]
+        served = serve(images=tf.constant(batch))
+        flattened = flat(images=tf.constant(batch.reshape(-1, 784).astype(np.float32) / 255.0))
+        for prefix, out in (("", served), ("flat_", flattened)):
+            results[prefix + "classes"].append(out["classes"].numpy())
+            results[prefix + "probabilities"].append(out["probabilities"].numpy())
+    np.savez(outputs, **{k: np.concatenate(v) for k, v in results.items()})
+    print("mnist_dnn imported:", "mnist_dnn" in sys.modules)
+""")
+
+
+def tree(folder) -> dict:
+    """Every path under `folder` with its size and modification time."""
+    snapshot = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            snapshot[os.path.relpath(path, folder)] = (stat.st_size, stat.st_mtime_ns)
+    return snapshot
+
+
+# --- Trained on the real MNIST once for the module ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_run(real_data, tmp_path_factory):
+    """A short real training that exports at its end, and the test split."""
+    folder = tmp_path_factory.mktemp("real_run")
+    config = training.TrainConfig(
+        model=models.make_config("dense"), data=real_data, optimizer="adam", learning_rate=0.002,
+        max_steps=300, log_every=300, eval_every=300, checkpoint_every=300,
+        ckpt_dir=str(folder / "ckpt"), log_dir=str(folder / "logs"), export_dir=str(folder / "exports"),
+    )
+    result = training.train(config)
+    test = data.load_splits(real_data)["test"]
+    images = test.images.numpy().reshape(-1, 28, 28, 1)
+    model, _, _, _ = checkpoints.restore_model(config.ckpt_dir)
+    probabilities = tf.nn.softmax(model(data.to_float(test.images), training=False)).numpy()
+    return {"folder": folder, "config": config, "result": result, "images": images,
+            "labels": test.labels.numpy(), "probabilities": probabilities}
+
+
+@pytest.fixture(scope="module")
+def standalone_outputs(real_run):
+    """Both signatures on the whole test set, computed by the standalone loader."""
+    folder = real_run["folder"]
+    np.savez(folder / "inputs.npz", images=real_run["images"])
+    script = folder / "load_saved_model.py"
+    script.write_text(STANDALONE_LOADER)
+    loaded = subprocess.run(
+        [sys.executable, str(script), real_run["result"].export_path, str(folder / "inputs.npz"), str(folder / "outputs.npz")],
+        capture_output=True, text=True, cwd=folder, env={**os.environ, **QUIET}, timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert "mnist_dnn imported: False" in loaded.stdout
+    return dict(np.load(folder / "outputs.npz"))
+
+
+def test_training_exports_version_1_at_its_end(real_run):
+    result = real_run["result"]
+    assert result.step == 300 and result.stopped_by_signal is None
+    assert result.export_path == os.path.join(real_run["config"].export_dir, "1")
+    assert tf.saved_model.contains_saved_model(result.export_path)
+    assert not [name for name in os.listdir(real_run["config"].export_dir) if name.startswith(".tmp")]
+
+
+def test_standalone_saved_model_scores_what_evaluate_reports(real_run, standalone_outputs, real_data):
+    outputs = standalone_outputs
+    assert outputs["classes"].dtype == np.int64 and outputs["classes"].shape == (10000,)
+    assert outputs["probabilities"].dtype == np.float32 and outputs["probabilities"].shape == (10000, 10)
+
+    metrics_file = real_run["folder"] / "metrics.json"
+    evaluated = run_cli("evaluate", f"--ckpt_dir={real_run['config'].ckpt_dir}", f"--data_dir={real_data.data_dir}",
+                        f"--metrics_file={metrics_file}", cwd=ROOT)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads(metrics_file.read_text())
+    accuracy = float((outputs["classes"] == real_run["labels"]).mean())
+    assert accuracy == report["test"]["accuracy"]
+    assert accuracy > 0.9
+
+
+def test_both_signatures_match_the_restored_model(real_run, standalone_outputs):
+    expected = real_run["probabilities"]
+    for prefix in ("", "flat_"):
+        np.testing.assert_allclose(standalone_outputs[prefix + "probabilities"], expected, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(standalone_outputs[prefix + "classes"], expected.argmax(axis=1))
+
+
+def _signature_block(shown: str, name: str) -> str:
+    match = re.search(rf"signature_def\['{name}'\]:\n(.*?)Method name is", shown, re.S)
+    assert match, shown
+    return " ".join(match.group(1).split())
+
+
+def test_saved_model_cli_lists_the_signatures(real_run):
+    shown = subprocess.run([SAVED_MODEL_CLI, "show", "--all", "--dir", real_run["result"].export_path],
+                           capture_output=True, text=True, env={**os.environ, **QUIET}, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    outputs = ("outputs['classes'] tensor_info: dtype: DT_INT64 shape: (-1)",
+               "outputs['probabilities'] tensor_info: dtype: DT_FLOAT shape: (-1, 10)")
+    serving = _signature_block(shown.stdout, "serving_default")
+    assert "inputs['images'] tensor_info: dtype: DT_UINT8 shape: (-1, 28, 28, 1)" in serving
+    flat = _signature_block(shown.stdout, "predict_flat")
+    assert "inputs['images'] tensor_info: dtype: DT_FLOAT shape: (-1, 784)" in flat
+    for block in (serving, flat):
+        assert all(output in block for output in outputs), block
+
+
+def test_saved_model_cli_run_serves_it_as_tensorflow_serving_would(real_run, tmp_path):
+    # saved_model_cli run loads through the TF1 session loader, like TensorFlow Serving's C++
+    # loader; Keras 3 variables that the SavedModel does not track fail there, not in tf.saved_model.load.
+    np.save(tmp_path / "digits.npy", real_run["images"][:50])
+    ran = subprocess.run([SAVED_MODEL_CLI, "run", "--dir", real_run["result"].export_path, "--tag_set", "serve",
+                          "--signature_def", "serving_default", "--inputs", f"images={tmp_path / 'digits.npy'}",
+                          "--outdir", str(tmp_path / "out")],
+                         capture_output=True, text=True, env={**os.environ, **QUIET}, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    expected = real_run["probabilities"][:50]
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "classes.npy"), expected.argmax(axis=1))
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "probabilities.npy"), expected, rtol=0, atol=1e-6)
+
+
+def test_export_cli_writes_the_next_version_and_never_overwrites(real_run):
+    export_dir = real_run["config"].export_dir
+    args = [f"--ckpt_dir={real_run['config'].ckpt_dir}", f"--export_dir={export_dir}"]
+    exported = run_cli("export", *args, cwd=ROOT)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert "model.ckpt-300 (step 300)" in exported.stdout and os.path.join(export_dir, "2") in exported.stdout
+    assert sorted(os.listdir(export_dir)) == ["1", "2"]
+
+    before = tree(export_dir)
+    refused = run_cli("export", *args, "--version=1", cwd=ROOT)
+    assert_one_line_error(refused, 2, os.path.join(export_dir, "1"), "already exists")
+    assert tree(export_dir) == before
+
+
+# --- Versions, atomic writes, every model -------------------------------------------------
+
+
+def test_next_version_follows_the_highest_number(tmp_path):
+    assert exporting.version_path(str(tmp_path / "none")) == str(tmp_path / "none" / "1")
+    for name in ("1", "5", ".tmp-6-123", "latest", "²"):
+        (tmp_path / name).mkdir()
+    assert exporting.versions(str(tmp_path)) == [1, 5]
+    assert exporting.version_path(str(tmp_path)) == str(tmp_path / "6")
+    assert exporting.version_path(str(tmp_path), 3) == str(tmp_path / "3")
+    with pytest.raises(UsageError, match="already exists"):
+        exporting.version_path(str(tmp_path), 5)
+    with pytest.raises(UsageError, match="positive"):
+        exporting.version_path(str(tmp_path), 0)
+
+
+def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
+    model = models.create_model(models.make_config("logistic"))
+    real_save = tf.saved_model.save
+
+    def crash_halfway(module, path, signatures):
+        real_save(module, path, signatures=signatures)
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(tf.saved_model, "save", crash_halfway)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        exporting.export_model(model, str(tmp_path / "exports"))
+    assert os.listdir(tmp_path / "exports") == []
+
+
+@pytest.fixture(scope="module")
+def raw_run(tiny_data, tmp_path_factory):
+    """The raw model trained a few steps on the tiny data: a real checkpoint to inspect."""
+    folder = tmp_path_factory.mktemp("raw_run")
+    config = training.TrainConfig(
+        model=models.make_config("raw"), data=tiny_data, optimizer="sgd", learning_rate=0.1,
+        max_steps=10, log_every=10, eval_every=10, checkpoint_every=10,
+        ckpt_dir=str(folder / "ckpt"), log_dir=str(folder / "logs"),
+    )
+    return config, training.train(config)
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_every_model_exports_and_reloads(tiny_data, tmp_path, name):
+    model = models.create_model(models.make_config(name), seed=3)
+    images = data.load_splits(tiny_data)["test"].images[:64]
+    expected = tf.nn.softmax(model(data.to_float(images), training=False)).numpy()
+
+    loaded = tf.saved_model.load(exporting.export_model(model, str(tmp_path / "exports")))
+    assert set(loaded.signatures) == {"serving_default", "predict_flat"}
+    served = loaded.signatures["serving_default"](images=tf.reshape(images, [-1, 28, 28, 1]))
+    flat = loaded.signatures["predict_flat"](images=data.to_float(images))
+    for out in (served, flat):
+        np.testing.assert_allclose(out["probabilities"].numpy(), expected, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(out["classes"].numpy(), expected.argmax(axis=1))
+
+
+# --- Inspect ------------------------------------------------------------------------------
+
+
+def test_read_variables_summarizes_every_value_as_numpy_does(raw_run):
+    config, result = raw_run
+    step, summaries = checkpoints.read_variables(result.checkpoint)
+    assert step == 10
+    reader = tf.train.load_checkpoint(result.checkpoint)
+    by_key = {s.key: s for s in summaries}
+    assert set(by_key) == set(reader.get_variable_to_shape_map())
+    w1 = by_key["model/w1/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert (w1.shape, w1.dtype) == ((784, 128), "float32")
+    for key in ("model/w1/.ATTRIBUTES/VARIABLE_VALUE", "model/b2/.ATTRIBUTES/VARIABLE_VALUE"):
+        value = reader.get_tensor(key)
+        assert by_key[key].min == value.min() and by_key[key].max == value.max()
+        assert by_key[key].mean == pytest.approx(float(value.mean(dtype=np.float64)), rel=1e-9, abs=1e-15)
+
+
+def test_inspect_cli_lists_keys_shapes_dtypes_and_ranges(raw_run):
+    config, result = raw_run
+    shown = run_cli("inspect_checkpoint", f"--ckpt_dir={config.ckpt_dir}", env_extra=QUIET, cwd=ROOT)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"checkpoint {result.checkpoint} (step 10)" in shown.stdout
+    assert '"name": "raw", "hidden_units": [128]' in shown.stdout
+    reader = tf.train.load_checkpoint(result.checkpoint)
+    for key, shape in (("model/w1/.ATTRIBUTES/VARIABLE_VALUE", "[784, 128]"), ("model/b1/.ATTRIBUTES/VARIABLE_VALUE", "[128]")):
+        line = next(line for line in shown.stdout.splitlines() if line.startswith(key + " "))
+        fields = line[len(key):].split()
+        assert " ".join(fields[:-4]) == shape and fields[-4] == "float32", line
+        value = reader.get_tensor(key)
+        np.testing.assert_allclose([float(f) for f in fields[-3:]], [value.min(), value.mean(dtype=np.float64), value.max()],
+                                   rtol=1e-5, atol=1e-12)  # printed with 6 significant digits
+
+
+# --- Predict ------------------------------------------------------------------------------
+
+
+def write_bmp(path, gray: np.ndarray) -> None:
+    """A 24-bit BMP (TensorFlow decodes BMP but cannot encode it)."""
+    height, width = gray.shape
+    row_size = (3 * width + 3) // 4 * 4
+    rows = b"".join(np.repeat(row, 3).tobytes().ljust(row_size, b"\0") for row in gray[::-1])
+    header = b"BM" + (54 + len(rows)).to_bytes(4, "little") + bytes(4) + (54).to_bytes(4, "little")
+    info = b"".join(v.to_bytes(4, "little", signed=True) for v in (40, width, height))
+    info += (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + bytes(4) + len(rows).to_bytes(4, "little") + bytes(16)
+    with open(path, "wb") as f:
+        f.write(header + info + rows)
+
+
+def image_variants(folder, index: int, image: np.ndarray) -> list[str]:
+    """One MNIST digit [28, 28, 1] as files: as is, inverted, enlarged, in PNG, JPEG and BMP."""
+    big = tf.cast(tf.round(tf.image.resize(image, [100, 100])), tf.uint8)
+    files = {
+        f"{index}.png": tf.io.encode_png(image),
+        f"{index}-inverted.png": tf.io.encode_png(255 - image),
+        f"{index}-100.png": tf.io.encode_png(big),
+        f"{index}-100-inverted.jpg": tf.io.encode_jpeg(255 - big),
+        f"{index}-100.jpg": tf.io.encode_jpeg(big),
+    }
+    for name, contents in files.items():
+        tf.io.write_file(str(folder / name), contents)
+    write_bmp(folder / f"{index}-inverted.bmp", 255 - image[..., 0])
+    return [str(folder / name) for name in files] + [str(folder / f"{index}-inverted.bmp")]
+
+
+def test_read_image_gives_back_the_mnist_pixels(tmp_path, real_run):
+    image = real_run["images"][0]
+    for path in image_variants(tmp_path, 0, image):
+        pixels = prediction.read_image(path)
+        assert pixels.shape == (28, 28, 1) and pixels.dtype == np.uint8
+        if "-100" not in path and not path.endswith(".jpg"):  # lossless and full size: exact
+            np.testing.assert_array_equal(pixels, image, err_msg=path)
+    with pytest.raises(DataError, match="not an image"):
+        (tmp_path / "notes.txt").write_text("not a digit")
+        prediction.read_image(str(tmp_path / "notes.txt"))
+
+
+def test_predict_cli_classifies_files_as_the_model_classifies_the_digits(real_run, tmp_path):
+    probabilities = real_run["probabilities"]
+    confident = [i for i in range(len(probabilities)) if probabilities[i].max() > 0.99]
+    chosen = {}
+    for i in confident:  # one confident example of each of six digits
+        chosen.setdefault(int(probabilities[i].argmax()), i)
+        if len(chosen) == 6:
+            break
+    expected, files = {}, []
+    for digit, index in chosen.items():
+        for path in image_variants(tmp_path, index, real_run["images"][index]):
+            expected[path] = digit
+            files.append(path)
+    (tmp_path / "notes.txt").write_text("not a digit")
+    bad = [str(tmp_path / "missing.png"), str(tmp_path / "notes.txt")]
+
+    predicted = run_cli("predict", f"--model_dir={real_run['config'].export_dir}", *files[:3], *bad, *files[3:],
+                        env_extra=QUIET, cwd=ROOT)
+    assert predicted.returncode == 1, predicted.stderr[-2000:]
+    assert "Traceback" not in predicted.stderr
+    errors = [line for line in predicted.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {bad[0]}: No such file or directory",
+                      f"error: {bad[1]}: not an image TensorFlow can decode (PNG, JPEG, BMP or GIF)"]
+    lines = predicted.stdout.splitlines()
+    assert len(lines) == len(files)
+    for path, line in zip(files, lines):
+        match = re.fullmatch(rf"{re.escape(path)}: (\d) \((\d+\.\d)%\), next best (\d) \((\d+\.\d)%\)", line)
+        assert match, line
+        assert int(match.group(1)) == expected[path], line
+        assert float(match.group(2)) >= float(match.group(4))
+
+
+# --- Bad input through the CLI ------------------------------------------------------------
+
+
+def run_concurrently(calls) -> list[subprocess.CompletedProcess]:
+    """Runs independent CLI calls two at a time (each spends seconds importing TensorFlow)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda call: run_cli(*call, cwd=ROOT), calls))
+
+
+def test_bad_input_is_a_one_line_error_that_touches_nothing(tmp_path):
+    missing, empty, exports, digit = tmp_path / "missing", tmp_path / "empty", tmp_path / "exports", tmp_path / "digit.png"
+    empty.mkdir()
+    digit.write_bytes(tf.io.encode_png(np.zeros((28, 28, 1), np.uint8)).numpy())
+    cases = [
+        # Both share checkpoints.latest_checkpoint: one of its two failures each.
+        (("export", f"--ckpt_dir={missing}", f"--export_dir={exports}"), 1, "does not exist"),
+        (("inspect_checkpoint", f"--ckpt_dir={empty}"), 1, "holds no checkpoint"),
+        (("predict", f"--model_dir={empty}"), 2, "no image files given"),
+        (("predict", f"--model_dir={empty}", str(digit)), 2, "neither a SavedModel nor a folder of numbered versions"),
+    ]
+    before = tree(tmp_path)
+    for (call, exit_code, fragment), result in zip(cases, run_concurrently([call for call, _, _ in cases])):
+        assert_one_line_error(result, exit_code, fragment)
+    assert tree(tmp_path) == before

@@ -54,14 +54,15 @@ def test_sigkill_at_any_point_resumes_to_bit_identical_weights(tiny_data, tmp_pa
     rng = random.Random(0)
     killed_at = []
     for kill in range(KILLS):
-        process = _start(args)
+        # Every other run saves at every step, so its kill lands in the middle of a save.
+        process = _start(args + (["--checkpoint_every=1"] if kill % 2 else []))
         first = _wait_for_step(process)
         time.sleep(rng.uniform(0.0, 0.3))  # lands between steps, in saves, in validation
         process.send_signal(signal.SIGKILL)
         out, _ = process.communicate()
         steps = [int(line.split()[1].rstrip(":")) for line in out.splitlines() if line.startswith("step ")]
         killed_at.append(max(steps, default=first))
-    assert killed_at == sorted(killed_at) and killed_at[-1] < 400, killed_at
+    assert max(killed_at) < 400, killed_at  # every kill landed before the end
     finished = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "Resumed from" in finished.stdout

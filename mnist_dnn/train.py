@@ -1,8 +1,10 @@
 """Train an MNIST model: `python -m mnist_dnn.train --model=dense --optimizer=adam`."""
 
+import dataclasses
+
 from absl import flags
 
-from mnist_dnn import cli, data, models, training
+from mnist_dnn import cli, data, files, models, training
 
 flags.DEFINE_string("model", "dense", f"Model: {', '.join(models.MODELS)} (or the course's {', '.join(models.ALIASES)}).")
 flags.DEFINE_list("hidden_units", None, "Hidden layer widths, e.g. 256,128 (default: the model's own).")
@@ -24,6 +26,11 @@ flags.DEFINE_integer("keep_checkpoints", training.TrainConfig.keep_checkpoints, 
 flags.DEFINE_integer("steps_per_call", training.TrainConfig.steps_per_call,
                      "Train steps run inside one tf.function call (fewer Python round trips).")
 flags.DEFINE_boolean("deterministic", False, "Bit-identical reruns (tf.config.experimental.enable_op_determinism).")
+flags.DEFINE_integer("early_stopping_patience", 0,
+                     "Stop after this many evaluations (--eval_every) without a better validation accuracy; 0: off.")
+flags.DEFINE_boolean("diagnostics", True, "At each evaluation, write weight and gradient histograms, gradient norms, "
+                     "a confusion matrix and misclassified digits to <log_dir>/diagnostics.")
+flags.DEFINE_string("result_file", None, "At the end, write the run's figures (steps, examples/s, best) as JSON here.")
 cli.define_data_flags()
 cli.define_ckpt_dir_flag()
 FLAGS = flags.FLAGS
@@ -47,12 +54,23 @@ def config_from_flags() -> training.TrainConfig:
         keep_checkpoints=FLAGS.keep_checkpoints,
         steps_per_call=FLAGS.steps_per_call,
         deterministic=FLAGS.deterministic,
+        early_stopping_patience=FLAGS.early_stopping_patience,
+        diagnostics=FLAGS.diagnostics,
     )
+
+
+def result_json(result: training.TrainResult) -> dict:
+    fields = dataclasses.asdict(result)
+    fields["validation"] = None if result.validation is None else {
+        "loss": result.validation.loss, "accuracy": result.validation.accuracy}
+    return fields
 
 
 def main(argv):
     del argv
     result = training.train(config_from_flags())
+    if FLAGS.result_file:
+        files.write_json(FLAGS.result_file, result_json(result))
     if result.stopped_by_signal:
         return 128 + result.stopped_by_signal
 

@@ -12,7 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mnist_dnn import checkpoints, data, evaluation
+from mnist_dnn import best, checkpoints, data, diagnostics, evaluation
 from mnist_dnn.data import DataConfig
 from mnist_dnn.errors import CheckpointError, TrainingError, UsageError
 from mnist_dnn.models import ModelConfig, create_model
@@ -45,6 +45,8 @@ class TrainConfig:
     keep_checkpoints: int = 5
     steps_per_call: int = 100  # train steps per tf.function call
     deterministic: bool = False  # bit-identical reruns: tf.config.experimental.enable_op_determinism
+    early_stopping_patience: int = 0  # stop after this many evaluations without a better validation accuracy; 0: off
+    diagnostics: bool = True  # histograms, gradient norms and images in log_dir/diagnostics at each evaluation
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -54,6 +56,8 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_call"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        if self.early_stopping_patience < 0:
+            raise UsageError(f"--early_stopping_patience must be 0 (off) or positive, got {self.early_stopping_patience}")
 
     @property
     def run_config(self) -> checkpoints.RunConfig:
@@ -66,6 +70,10 @@ class TrainResult:
     checkpoint: str | None
     validation: evaluation.Metrics | None
     stopped_by_signal: int | None = None  # the signal number, if one ended the run
+    start_step: int = 0  # where this call started (resumed from)
+    examples_per_second: float | None = None  # training throughput of this call, validation excluded
+    early_stopped: bool = False
+    best: checkpoints.Best | None = None
 
 
 def default_log_dir(config: TrainConfig) -> str:
@@ -209,6 +217,11 @@ class _Reporter:
         self.predict_fn = predict_fn
         self.validation_split = validation_split
         self.interval_start = time.perf_counter()
+        self.examples, self.seconds = 0.0, 0.0  # totals of the reported intervals
+
+    @property
+    def examples_per_second(self) -> float | None:
+        return self.examples / self.seconds if self.seconds else None
 
     def trace_graph(self, run_first_call):
         """Runs the first call with graph tracing on, and stores the traced graph."""
@@ -218,7 +231,9 @@ class _Reporter:
             tf.summary.trace_export("train_step", step=0)
 
     def train_metrics(self, step: int, metrics: TrainMetrics, learning_rate: float):
-        rate = float(metrics.examples.result()) / (time.perf_counter() - self.interval_start)
+        seconds, examples = time.perf_counter() - self.interval_start, float(metrics.examples.result())
+        rate = examples / seconds
+        self.examples, self.seconds = self.examples + examples, self.seconds + seconds
         loss, accuracy = float(metrics.loss.result()), float(metrics.accuracy.result())
         _log_scalars(self.train_writer, step, loss=loss, accuracy=accuracy, learning_rate=learning_rate)
         print(f"step {step}: loss {loss:.4f}, train accuracy {accuracy:.2%}, {rate:,.0f} examples/s", flush=True)
@@ -298,14 +313,18 @@ def _train_locked(config: TrainConfig, splits: dict[str, data.Split], log_dir: s
     # The checkpoint holds the optimizer's learning rate; the flag decides (to resume with a lower one).
     state.optimizer.learning_rate = config.learning_rate
     start_step = int(state.step)
-    if start_step >= config.max_steps:
-        print(f"Already finished: step {start_step} >= --max_steps={config.max_steps}", flush=True)
-        return TrainResult(start_step, manager.latest_checkpoint, None)
+    keeper = best.BestKeeper(state.checkpoint, config.ckpt_dir, config.early_stopping_patience, config.eval_every)
+    if start_step >= config.max_steps or keeper.should_stop(start_step):
+        print(f"Already finished: step {start_step} >= --max_steps={config.max_steps}" if start_step >= config.max_steps
+              else f"Already {keeper.stop_message(start_step)}", flush=True)
+        return TrainResult(start_step, manager.latest_checkpoint, None, start_step=start_step,
+                           early_stopped=start_step < config.max_steps, best=keeper.best)
     checkpoints.save_run_config(config.ckpt_dir, config.run_config)
 
     metrics = TrainMetrics()
     train_loop = make_train_loop(make_train_step(state.model, state.optimizer, state.step, metrics))
     reporter = _Reporter(log_dir, evaluation.make_predict_fn(state.model), splits["validation"])
+    diagnose = diagnostics.Diagnostics(log_dir, state.model, loss_fn, splits["validation"], config.diagnostics)
     iterator = iter(data.train_batches(splits["train"], config.batch_size, config.seed, start_step))
     print(f"Training {config.model} with {config.optimizer} lr={config.learning_rate:g}, batch "
           f"{config.batch_size}, from step {start_step} to {config.max_steps}; TensorBoard logs in {log_dir}",
@@ -322,7 +341,7 @@ def _train_locked(config: TrainConfig, splits: dict[str, data.Split], log_dir: s
                 f"Last good checkpoint: {manager.latest_checkpoint or 'none'}. Lower --learning_rate and rerun to resume"
             ) from None
 
-    current, validation, stopped_by = start_step, None, None
+    current, validation, stopped_by, early_stop = start_step, None, None, False
     reporter.trace_graph(lambda: run_steps(1))
     with stop_on_signals() as received:
         while True:
@@ -331,16 +350,23 @@ def _train_locked(config: TrainConfig, splits: dict[str, data.Split], log_dir: s
                 reporter.train_metrics(current, metrics, float(state.optimizer.learning_rate))
             if current % config.eval_every == 0 or current == config.max_steps:
                 validation = reporter.validation(current)
-            if current % config.checkpoint_every == 0 or current == config.max_steps or received:
+                keeper.update(current, validation, _save)
+                diagnose.write(current, validation)
+                early_stop = keeper.should_stop(current) and current < config.max_steps
+            if current % config.checkpoint_every == 0 or current == config.max_steps or received or early_stop:
                 _save(manager, current)
-            if current == config.max_steps or received:
+            if current == config.max_steps or received or early_stop:
                 stopped_by = received[0] if received else None
                 break
             run_steps(_next_stop(current, config) - current)
     reporter.close()
-    if stopped_by:
+    diagnose.close()
+    if early_stop:
+        print(f"{keeper.stop_message(current)}; saved {manager.latest_checkpoint}", flush=True)
+    elif stopped_by:
         print(f"Stopped by signal {stopped_by} at step {current}; saved {manager.latest_checkpoint}. "
               "Run the same command to resume.", flush=True)
     else:
         print(f"Done at step {current}; checkpoint {manager.latest_checkpoint}", flush=True)
-    return TrainResult(current, manager.latest_checkpoint, validation, stopped_by)
+    return TrainResult(current, manager.latest_checkpoint, validation, stopped_by, start_step,
+                       reporter.examples_per_second, early_stop, keeper.best)

@@ -5,7 +5,7 @@
 
 from absl import flags
 
-from mnist_dnn import checkpoints, cli, data, evaluation, files
+from mnist_dnn import cli, evaluation, files
 from mnist_dnn.errors import UsageError
 
 flags.DEFINE_integer("batch_size", 100, "Evaluation batch size (every example counts, whatever it is).")
@@ -14,25 +14,7 @@ flags.DEFINE_boolean("confusion_matrix", False, "Also print the test confusion m
 cli.define_data_flags()
 cli.define_restore_flags()
 FLAGS = flags.FLAGS
-
-
-def evaluate_checkpoint(ckpt_dir, checkpoint=None, data_dir=None, idx_dir=None, batch_size=100, which="latest") -> dict:
-    """Restores a checkpoint (given, or the latest or best of `ckpt_dir`) and scores it on its
-    own dataset; returns the JSON-ready report."""
-    model, run_config, path, step = checkpoints.restore_model(ckpt_dir, checkpoint, which)
-    splits = data.load_splits(data.DataConfig(run_config.dataset, data_dir, idx_dir))
-    predict_fn = evaluation.make_predict_fn(model)
-    report = {"checkpoint": path, "step": step}
-    for name in ("validation", "test"):
-        metrics = evaluation.evaluate_split(predict_fn, splits[name], batch_size)
-        report[name] = {
-            "loss": metrics.loss,
-            "accuracy": metrics.accuracy,
-            "examples": metrics.examples,
-            "per_class_accuracy": metrics.per_class_accuracy,
-            "confusion_matrix": metrics.confusion_matrix,
-        }
-    return report
+evaluate_checkpoint = evaluation.evaluate_checkpoint  # the library function behind this tool
 
 
 def format_report(report: dict) -> str:

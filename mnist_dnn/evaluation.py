@@ -1,4 +1,4 @@
-"""Loss, accuracy and per-class accuracy of a model over a whole split."""
+"""Loss, accuracy, per-class accuracy and confusion matrix of a model over a whole split; scoring a checkpoint."""
 
 import dataclasses
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn import data
+from mnist_dnn import checkpoints, data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,3 +55,23 @@ def format_confusion_matrix(matrix: list[list[int]]) -> str:
              "     " + "".join(f"{c:>{width}}" for c in range(len(matrix)))]
     lines += [f"{t:>5}" + "".join(f"{n:>{width}}" for n in row) for t, row in enumerate(matrix)]
     return "\n".join(lines)
+
+
+def evaluate_checkpoint(ckpt_dir, checkpoint=None, data_dir=None, idx_dir=None, batch_size=100, which="latest",
+                        load_splits=data.load_splits) -> dict:
+    """Restores a checkpoint (given, or the latest or best of `ckpt_dir`) and scores it on its
+    own dataset; returns the JSON-ready report. `load_splits` may cache the data."""
+    model, run_config, path, step = checkpoints.restore_model(ckpt_dir, checkpoint, which)
+    splits = load_splits(data.DataConfig(run_config.dataset, data_dir, idx_dir))
+    predict_fn = make_predict_fn(model)
+    report = {"checkpoint": path, "step": step}
+    for name in ("validation", "test"):
+        metrics = evaluate_split(predict_fn, splits[name], batch_size)
+        report[name] = {
+            "loss": metrics.loss,
+            "accuracy": metrics.accuracy,
+            "examples": metrics.examples,
+            "per_class_accuracy": metrics.per_class_accuracy,
+            "confusion_matrix": metrics.confusion_matrix,
+        }
+    return report

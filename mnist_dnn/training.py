@@ -350,8 +350,10 @@ def _train_locked(config: TrainConfig, splits: dict[str, data.Split], log_dir: s
                 reporter.train_metrics(current, metrics, float(state.optimizer.learning_rate))
             if current % config.eval_every == 0 or current == config.max_steps:
                 validation = reporter.validation(current)
+                paused = time.perf_counter()
                 keeper.update(current, validation, _save)
                 diagnose.write(current, validation)
+                reporter.interval_start += time.perf_counter() - paused  # keep examples/s about training
                 early_stop = keeper.should_stop(current) and current < config.max_steps
             if current % config.checkpoint_every == 0 or current == config.max_steps or received or early_stop:
                 _save(manager, current)

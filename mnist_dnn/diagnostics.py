@@ -53,13 +53,14 @@ def labelled_tile(image: np.ndarray, true: int, predicted: int) -> np.ndarray:
 def misclassified_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """A grid image [H, W, 3] of the first misclassified examples, and their `true->predicted` names."""
     wrong = np.flatnonzero(labels != predictions)[:MAX_MISCLASSIFIED]
-    tiles = [labelled_tile(images[i], int(labels[i]), int(predictions[i])) for i in wrong]
+    tiles = [np.pad(labelled_tile(images[i], int(labels[i]), int(predictions[i])), ((1, 1), (1, 1), (0, 0)),
+                    constant_values=0.35) for i in wrong]  # a grey frame around each
     names = [f"{labels[i]}->{predictions[i]}" for i in wrong]
     if not tiles:
         return np.zeros((1, 1, 3), np.float32), names
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % GRID_COLUMNS)
     rows = [np.concatenate(tiles[r : r + GRID_COLUMNS], axis=1) for r in range(0, len(tiles), GRID_COLUMNS)]
-    return np.pad(np.concatenate(rows, axis=0), ((1, 1), (1, 1), (0, 0)), constant_values=0.5), names
+    return np.concatenate(rows, axis=0), names
 
 
 def confusion_image(matrix: list[list[int]]) -> np.ndarray:

@@ -12,18 +12,18 @@ skips finished runs and resumes an interrupted one. At the end: the report of
 
 from absl import flags
 
-_BEFORE = set(flags.FLAGS)
-from mnist_dnn import train  # noqa: E402  (defines the training flags that the sweep passes on)
-
-TRAIN_FLAGS = sorted(set(flags.FLAGS) - _BEFORE | {"log_dir"})
-
-from mnist_dnn import cli, reporting, sweeps  # noqa: E402
-from mnist_dnn.errors import UsageError  # noqa: E402
+from mnist_dnn import cli, reporting, sweeps
+from mnist_dnn import train  # noqa: F401  (defines the training flags that the sweep passes on)
+from mnist_dnn.errors import UsageError
 
 flags.DEFINE_multi_string("grid", [], "An axis of the grid: NAME=V1,V2,... (repeat for more axes); "
                           "list values join their elements with '-', e.g. hidden_units=128,256-128.")
 flags.DEFINE_string("root", None, "Folder of the sweep: one subfolder per run, sweep.json, report.{csv,md,png}.")
 FLAGS = flags.FLAGS
+SWEEP_FLAGS = ("grid", "root")
+# The flags of mnist_dnn.train: those the package defines (not TensorFlow's or absl's), but the sweep's own.
+TRAIN_FLAGS = sorted({f.name for module, defined in FLAGS.flags_by_module_dict().items()
+                      if module.startswith("mnist_dnn.") for f in defined} - set(SWEEP_FLAGS))
 
 
 def list_flags() -> set[str]:

@@ -1,4 +1,4 @@
-"""The best checkpoint, early stopping, --which=best and the confusion matrix."""
+"""The best checkpoint, early stopping and --which=best (the confusion matrix: test_sweep.py)."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from conftest import assert_one_line_error, run_cli
 from mnist_dnn import checkpoints, evaluation, training
+from mnist_dnn.errors import CheckpointError, UsageError
 from test_training import tiny_config
 
 
@@ -69,35 +70,6 @@ def test_early_stopping_stops_after_patience_evaluations_and_saves(tiny_data, tm
     assert "Already Stopped early at step 40" in capsys.readouterr().out
 
 
-def test_evaluate_which_best_and_the_confusion_matrix(real_data, tmp_path):
-    config = training.TrainConfig(data=real_data, max_steps=200, eval_every=100, checkpoint_every=100,
-                                  ckpt_dir=str(tmp_path / "ckpt"), log_dir=str(tmp_path / "logs"), diagnostics=False)
-    training.train(config)
-    best = _best_json(tmp_path)
-    metrics_file = tmp_path / "m.json"
-    result = run_cli("evaluate", f"--ckpt_dir={tmp_path / 'ckpt'}", f"--data_dir={real_data.data_dir}",
-                     "--which=best", "--confusion_matrix", f"--metrics_file={metrics_file}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(metrics_file.read_text())
-    assert report["step"] == best["step"] and f"best{os.sep}model.ckpt-{best['step']}" in report["checkpoint"]
-    assert report["validation"]["accuracy"] == best["validation"]["accuracy"]
-    matrix = np.array(report["test"]["confusion_matrix"])
-    assert matrix.shape == (10, 10) and matrix.sum() == 10000
-    test_labels = np.bincount(_test_labels(real_data), minlength=10)
-    np.testing.assert_array_equal(matrix.sum(axis=1), test_labels)  # rows are the true classes
-    assert np.trace(matrix) / 10000 == pytest.approx(report["test"]["accuracy"])
-    assert np.allclose(np.diag(matrix) / matrix.sum(axis=1), report["test"]["per_class_accuracy"])
-    printed = result.stdout.split("confusion matrix (test):\n")[1].splitlines()
-    assert printed[0].startswith("rows: true class")
-    assert [int(v) for v in printed[2].split()] == [0, *matrix[0]]
-    assert [int(v) for v in printed[11].split()] == [9, *matrix[9]]
-
-
-def _test_labels(config):
-    from mnist_dnn import data
-    return data.load_splits(config)["test"].labels.numpy()
-
-
 @pytest.mark.parametrize("args, code, fragment", [
     (["--which=best"], 1, "no best checkpoint"),
     (["--which=worst"], 2, "which"),
@@ -110,3 +82,18 @@ def test_which_errors_are_one_line(tiny_data, tmp_path, args, code, fragment):
     (ckpt / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-1"\n')
     result = run_cli("evaluate", f"--ckpt_dir={ckpt}", f"--data_dir={tiny_data.data_dir}", *args)
     assert_one_line_error(result, code, fragment)
+
+
+def test_a_negative_patience_is_refused_before_anything_is_written(tmp_path):
+    config = training.TrainConfig(ckpt_dir=str(tmp_path / "ckpt"), log_dir=str(tmp_path / "logs"),
+                                  early_stopping_patience=-1)
+    with pytest.raises(UsageError, match="--early_stopping_patience must be 0"):
+        training.train(config)
+    assert not os.listdir(tmp_path)
+
+
+def test_a_malformed_best_json_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text("{")
+    with pytest.raises(CheckpointError, match="best.json is malformed"):
+        checkpoints.read_best(str(tmp_path))

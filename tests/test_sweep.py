@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn import checkpoints, diagnostics, evaluation, reporting, sweeps
+from mnist_dnn import checkpoints, data, diagnostics, evaluation, reporting, sweeps
 from mnist_dnn.errors import UsageError
 
 RUNS = ["learning_rate=0.01,hidden_units=32", "learning_rate=0.01,hidden_units=64-32",
@@ -104,16 +104,35 @@ def test_the_report_ranks_all_runs_with_the_test_accuracy_of_their_best_checkpoi
     resumed = next(r for r in rows if r["run"] == RUNS[1])
     assert resumed["resumed_from_step"] == str(swept["interrupted_step"])
     metrics = root.parent / "m.json"
-    evaluated = run_cli("evaluate", f"--ckpt_dir={root / RUNS[1] / 'ckpt'}", "--which=best",
+    evaluated = run_cli("evaluate", f"--ckpt_dir={root / RUNS[1] / 'ckpt'}", "--which=best", "--confusion_matrix",
                         f"--data_dir={swept['real_data'].data_dir}", f"--metrics_file={metrics}")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert float(resumed["test_accuracy_of_best"]) == json.loads(metrics.read_text())["test"]["accuracy"]
+    report = json.loads(metrics.read_text())
+    assert float(resumed["test_accuracy_of_best"]) == report["test"]["accuracy"]
+    assert report["step"] == int(resumed["best_step"])
+    assert report["checkpoint"].endswith(os.path.join("ckpt", "best", f"model.ckpt-{resumed['best_step']}"))
+    check_confusion_matrix(report, evaluated.stdout, swept["real_data"])
     # Printed and in Markdown too, in the same order.
     printed = [line.split()[1:3] for line in swept["rerun"].stdout.splitlines() if line.strip()[:2] in ("1 ", "2 ", "3 ", "4 ")]
     assert printed == [[r["learning_rate"], r["hidden_units"]] for r in rows]
     markdown = (root / "report.md").read_text().splitlines()
     assert len(markdown) == 6 and markdown[0].startswith("| rank | learning_rate | hidden_units |")
     assert f"{float(rows[0]['test_accuracy_of_best']):.2%}" in markdown[2]
+
+
+def check_confusion_matrix(report, stdout, real_data):
+    """The printed and stored test confusion matrix agree with the labels and the accuracies."""
+    matrix = np.array(report["test"]["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 10000
+    labels = data.load_splits(real_data)["test"].labels.numpy()
+    np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(labels, minlength=10))  # rows: true classes
+    assert np.trace(matrix) / 10000 == pytest.approx(report["test"]["accuracy"])
+    np.testing.assert_allclose(np.diag(matrix) / matrix.sum(axis=1), report["test"]["per_class_accuracy"])
+    assert matrix.sum() - np.trace(matrix) > 0  # a real model makes mistakes: off-diagonal counts are there
+    printed = stdout.split("confusion matrix (test):\n")[1].splitlines()
+    assert printed[0].startswith("rows: true class")
+    assert [int(v) for v in printed[2].split()] == [0, *matrix[0]]
+    assert [int(v) for v in printed[11].split()] == [9, *matrix[9]]
 
 
 def test_report_png_shows_the_curves(swept):
@@ -126,7 +145,8 @@ def test_report_png_shows_the_curves(swept):
 
 def test_report_without_matplotlib_says_how_to_get_the_picture(swept, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
-    monkeypatch.setattr(evaluation, "evaluate_checkpoint", lambda *a, **k: {"test": {"accuracy": 0.5}})
+    asked = []
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", lambda *a, **k: asked.append(k["which"]) or {"test": {"accuracy": 0.5}})
     root = tmp_path / "runs"
     shutil.copytree(swept["root"], root, ignore=shutil.ignore_patterns("report.*"))
     lines = []
@@ -135,6 +155,7 @@ def test_report_without_matplotlib_says_how_to_get_the_picture(swept, monkeypatc
     table = lines[0].splitlines()
     assert table[0].split()[:3] == ["rank", "learning_rate", "hidden_units"] and len(table) == 5
     assert (root / "report.csv").exists() and not (root / "report.png").exists()
+    assert asked == ["best"] * 4  # the test accuracy is that of each run's best checkpoint
 
 
 def test_training_writes_image_and_histogram_diagnostics(swept):
@@ -206,3 +227,8 @@ def test_a_root_holding_another_sweep_is_refused(swept):
     other = {**stored, "grid": {**stored["grid"], "learning_rate": ["0.5", "0.01"]}}
     with pytest.raises(UsageError, match="holds another sweep"):
         sweeps.record(str(swept["root"]), other)
+
+
+def test_report_of_a_folder_that_is_no_sweep_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="sweep.json is missing"):
+        reporting.report(str(tmp_path))

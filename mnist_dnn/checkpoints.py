@@ -17,12 +17,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mnist_dnn import files
 from mnist_dnn.errors import CheckpointError, UsageError
 from mnist_dnn.models import ModelConfig, create_model, make_config
 
 CONFIG_FILE = "model_config.json"
 CHECKPOINT_NAME = "model.ckpt"
 LOCK_FILE = "train.lock"
+BEST_DIR = "best"  # ckpt_dir/best/: the best validation checkpoint, out of reach of the latest's pruning
+BEST_FILE = "best.json"
+WHICH = ("latest", "best")
 # What restoring a damaged or mismatched checkpoint raises (a truncated file: IndexError).
 RESTORE_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError)
 
@@ -77,17 +81,68 @@ def latest_checkpoint(ckpt_dir: str) -> str:
     return path
 
 
+def best_dir(ckpt_dir: str) -> str:
+    return os.path.join(ckpt_dir, BEST_DIR)
+
+
+@dataclasses.dataclass(frozen=True)
+class Best:
+    """The checkpoint with the best validation accuracy so far (`best/best.json`)."""
+
+    step: int
+    loss: float
+    accuracy: float
+
+
+def read_best(ckpt_dir: str) -> Best | None:
+    """The recorded best of a folder, or None if it has none yet."""
+    path = os.path.join(best_dir(ckpt_dir), BEST_FILE)
+    try:
+        with open(path) as f:
+            fields = json.load(f)
+        return Best(int(fields["step"]), float(fields["validation"]["loss"]), float(fields["validation"]["accuracy"]))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is malformed ({e}); delete {best_dir(ckpt_dir)} to start the best over") from None
+
+
+def write_best(ckpt_dir: str, best: Best) -> None:
+    """Writes best.json atomically (temporary file, then rename)."""
+    path = os.path.join(best_dir(ckpt_dir), BEST_FILE)
+    files.write_json(path, {"step": best.step, "validation": {"loss": best.loss, "accuracy": best.accuracy}})
+
+
+def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest") -> str:
+    """The checkpoint a tool reads: the given one, else the latest or the best of `ckpt_dir`."""
+    if which not in WHICH:
+        raise UsageError(f"--which must be one of {', '.join(WHICH)}, got {which!r}")
+    if checkpoint:
+        if which != "latest":
+            raise UsageError("pass either --checkpoint or --which=best, not both")
+        return checkpoint
+    if which == "latest":
+        return latest_checkpoint(ckpt_dir)
+    latest_checkpoint(ckpt_dir)  # the same errors for a missing or empty folder
+    path = tf.train.latest_checkpoint(best_dir(ckpt_dir))
+    if path is None:
+        raise CheckpointError(f"{ckpt_dir} has no best checkpoint yet (it is saved at each validation); "
+                              "train on, or use --which=latest")
+    return path
+
+
 def checkpoint_step(path: str) -> int:
     """The global step in a checkpoint's name, as in `model.ckpt-1000`."""
     return int(path.rsplit("-", 1)[1])
 
 
-def restore_model(ckpt_dir: str, checkpoint: str | None = None) -> tuple[keras.Model, RunConfig, str, int]:
+def restore_model(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest") -> tuple[keras.Model, RunConfig, str, int]:
     """Rebuilds the stored model and restores its weights; fails unless all are restored.
 
+    Reads `checkpoint`, or else the latest or best (`which`) of `ckpt_dir`.
     Returns (model, run config, checkpoint path, step).
     """
-    path = checkpoint or latest_checkpoint(ckpt_dir)
+    path = resolve_checkpoint(ckpt_dir, checkpoint, which)
     config = load_run_config(ckpt_dir)
     model = create_model(config.model)
     step = tf.Variable(0, dtype=tf.int64)

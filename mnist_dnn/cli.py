@@ -5,7 +5,7 @@ import sys
 
 from absl import app, flags, logging
 
-from mnist_dnn import data
+from mnist_dnn import checkpoints, data
 from mnist_dnn.errors import Error, UsageError
 
 
@@ -23,6 +23,9 @@ def define_restore_flags() -> None:
     """Flags of the tools that read a trained checkpoint."""
     define_ckpt_dir_flag()
     flags.DEFINE_string("checkpoint", None, "A given checkpoint (e.g. checkpoints/model.ckpt-1000) instead of the latest.")
+    flags.DEFINE_enum("which", "latest", checkpoints.WHICH,
+                      "Without --checkpoint: the latest checkpoint of --ckpt_dir, or the best by validation "
+                      "accuracy (ckpt_dir/best/).")
 
 
 def idx_dir(values) -> str | None:

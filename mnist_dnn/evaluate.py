@@ -3,36 +3,18 @@
 `python -m mnist_dnn.evaluate --ckpt_dir=checkpoints/`
 """
 
-import json
-import os
-
 from absl import flags
 
-from mnist_dnn import checkpoints, cli, data, evaluation
+from mnist_dnn import cli, evaluation, files
 from mnist_dnn.errors import UsageError
 
 flags.DEFINE_integer("batch_size", 100, "Evaluation batch size (every example counts, whatever it is).")
 flags.DEFINE_string("metrics_file", None, "Also write the figures as JSON to this file.")
+flags.DEFINE_boolean("confusion_matrix", False, "Also print the test confusion matrix (rows true class, columns predicted).")
 cli.define_data_flags()
 cli.define_restore_flags()
 FLAGS = flags.FLAGS
-
-
-def evaluate_checkpoint(ckpt_dir, checkpoint=None, data_dir=None, idx_dir=None, batch_size=100) -> dict:
-    """Restores a checkpoint and scores it on its own dataset; returns the JSON-ready report."""
-    model, run_config, path, step = checkpoints.restore_model(ckpt_dir, checkpoint)
-    splits = data.load_splits(data.DataConfig(run_config.dataset, data_dir, idx_dir))
-    predict_fn = evaluation.make_predict_fn(model)
-    report = {"checkpoint": path, "step": step}
-    for name in ("validation", "test"):
-        metrics = evaluation.evaluate_split(predict_fn, splits[name], batch_size)
-        report[name] = {
-            "loss": metrics.loss,
-            "accuracy": metrics.accuracy,
-            "examples": metrics.examples,
-            "per_class_accuracy": metrics.per_class_accuracy,
-        }
-    return report
+evaluate_checkpoint = evaluation.evaluate_checkpoint  # the library function behind this tool
 
 
 def format_report(report: dict) -> str:
@@ -46,23 +28,18 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Writes through a temporary file, so a failed write never leaves half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv):
     del argv
     if FLAGS.batch_size <= 0:
         raise UsageError(f"--batch_size must be a positive integer, got {FLAGS.batch_size}")
-    report = evaluate_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.data_dir, cli.idx_dir(FLAGS), FLAGS.batch_size)
+    report = evaluate_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.data_dir, cli.idx_dir(FLAGS),
+                                 FLAGS.batch_size, FLAGS.which)
     print(format_report(report))
+    if FLAGS.confusion_matrix:
+        print("confusion matrix (test):")
+        print(evaluation.format_confusion_matrix(report["test"]["confusion_matrix"]))
     if FLAGS.metrics_file:
-        write_json(FLAGS.metrics_file, report)
+        files.write_json(FLAGS.metrics_file, report)
 
 
 def run():

@@ -1,4 +1,4 @@
-"""Loss, accuracy and per-class accuracy of a model over a whole split."""
+"""Loss, accuracy, per-class accuracy and confusion matrix of a model over a whole split; scoring a checkpoint."""
 
 import dataclasses
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn import data
+from mnist_dnn import checkpoints, data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +15,8 @@ class Metrics:
     accuracy: float
     examples: int
     per_class_accuracy: list[float]
+    # confusion_matrix[true][predicted]: how many examples of class `true` were predicted as `predicted`.
+    confusion_matrix: list[list[int]] = dataclasses.field(default_factory=list)
 
 
 def make_predict_fn(model: keras.Model):
@@ -36,4 +38,40 @@ def evaluate_split(predict_fn, split: data.Split, batch_size: int = 100) -> Metr
     labels = split.labels.numpy()
     correct = predictions == labels
     per_class = [float(correct[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(data.NUM_CLASSES)]
-    return Metrics(float(losses.mean()), float(correct.mean()), int(labels.size), per_class)
+    return Metrics(float(losses.mean()), float(correct.mean()), int(labels.size), per_class,
+                   confusion_matrix(labels, predictions).tolist())
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """Counts [true class, predicted class], int64 [10, 10]."""
+    flat = labels.astype(np.int64) * data.NUM_CLASSES + predictions.astype(np.int64)
+    return np.bincount(flat, minlength=data.NUM_CLASSES**2).reshape(data.NUM_CLASSES, data.NUM_CLASSES)
+
+
+def format_confusion_matrix(matrix: list[list[int]]) -> str:
+    """A text table: rows are the true class, columns the predicted class."""
+    width = max(5, len(str(max(max(row) for row in matrix))) + 1)
+    lines = ["rows: true class, columns: predicted class",
+             "     " + "".join(f"{c:>{width}}" for c in range(len(matrix)))]
+    lines += [f"{t:>5}" + "".join(f"{n:>{width}}" for n in row) for t, row in enumerate(matrix)]
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(ckpt_dir, checkpoint=None, data_dir=None, idx_dir=None, batch_size=100, which="latest",
+                        load_splits=data.load_splits) -> dict:
+    """Restores a checkpoint (given, or the latest or best of `ckpt_dir`) and scores it on its
+    own dataset; returns the JSON-ready report. `load_splits` may cache the data."""
+    model, run_config, path, step = checkpoints.restore_model(ckpt_dir, checkpoint, which)
+    splits = load_splits(data.DataConfig(run_config.dataset, data_dir, idx_dir))
+    predict_fn = make_predict_fn(model)
+    report = {"checkpoint": path, "step": step}
+    for name in ("validation", "test"):
+        metrics = evaluate_split(predict_fn, splits[name], batch_size)
+        report[name] = {
+            "loss": metrics.loss,
+            "accuracy": metrics.accuracy,
+            "examples": metrics.examples,
+            "per_class_accuracy": metrics.per_class_accuracy,
+            "confusion_matrix": metrics.confusion_matrix,
+        }
+    return report

@@ -16,7 +16,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     exporting.version_path(FLAGS.export_dir, FLAGS.version)  # refuse before restoring anything
-    model, _, checkpoint, step = checkpoints.restore_model(FLAGS.ckpt_dir, FLAGS.checkpoint)
+    model, _, checkpoint, step = checkpoints.restore_model(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
     path = exporting.export_model(model, FLAGS.export_dir, FLAGS.version)
     print(f"Exported {checkpoint} (step {step}) to {path}")
 

@@ -41,7 +41,7 @@ def describe_config(ckpt_dir: str) -> str:
 
 def main(argv):
     del argv
-    path = FLAGS.checkpoint or checkpoints.latest_checkpoint(FLAGS.ckpt_dir)
+    path = checkpoints.resolve_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
     step, summaries = checkpoints.read_variables(path)
     print(f"checkpoint {path} (step {'unknown' if step is None else step})")
     print(f"configuration ({checkpoints.CONFIG_FILE}): {describe_config(os.path.dirname(path) or '.')}")

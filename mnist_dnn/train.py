@@ -1,8 +1,10 @@
 """Train an MNIST model: `python -m mnist_dnn.train --model=dense --optimizer=adam`."""
 
+import dataclasses
+
 from absl import flags
 
-from mnist_dnn import cli, data, distribute, exporting, models, training
+from mnist_dnn import cli, data, distribute, exporting, files, models, training
 
 flags.DEFINE_string("model", "dense", f"Model: {', '.join(models.MODELS)} (or the course's {', '.join(models.ALIASES)}).")
 flags.DEFINE_list("hidden_units", None, "Hidden layer widths, e.g. 256,128 (default: the model's own).")
@@ -30,6 +32,11 @@ flags.DEFINE_list("devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0
 flags.DEFINE_integer("virtual_cpus", 0, "Split the CPU into N logical devices (to run --strategy=mirrored on a CPU).")
 flags.DEFINE_string("export_dir", None, "At the end of a completed run, export a SavedModel version into this folder "
                     "(e.g. exports/mnist), as mnist_dnn.export does.")
+flags.DEFINE_integer("early_stopping_patience", 0,
+                     "Stop after this many evaluations (--eval_every) without a better validation accuracy; 0: off.")
+flags.DEFINE_boolean("diagnostics", True, "At each evaluation, write weight and gradient histograms, gradient norms, "
+                     "a confusion matrix and misclassified digits to <log_dir>/diagnostics.")
+flags.DEFINE_string("result_file", None, "At the end, write the run's figures (steps, examples/s, best) as JSON here.")
 cli.define_data_flags()
 cli.define_ckpt_dir_flag()
 FLAGS = flags.FLAGS
@@ -57,7 +64,16 @@ def config_from_flags() -> training.TrainConfig:
         devices=tuple(FLAGS.devices or ()),
         virtual_cpus=FLAGS.virtual_cpus,
         export_dir=FLAGS.export_dir,
+        early_stopping_patience=FLAGS.early_stopping_patience,
+        diagnostics=FLAGS.diagnostics,
     )
+
+
+def result_json(result: training.TrainResult) -> dict:
+    fields = dataclasses.asdict(result)
+    fields["validation"] = None if result.validation is None else {
+        "loss": result.validation.loss, "accuracy": result.validation.accuracy}
+    return fields
 
 
 def main(argv):
@@ -66,6 +82,8 @@ def main(argv):
     if config.export_dir:
         exporting.version_path(config.export_dir)  # fail now, not after training
     result = training.train(config)
+    if FLAGS.result_file:
+        files.write_json(FLAGS.result_file, result_json(result))
     if result.stopped_by_signal:
         return 128 + result.stopped_by_signal
 

@@ -12,7 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mnist_dnn import checkpoints, data, distribute, evaluation, exporting
+from mnist_dnn import best, checkpoints, data, diagnostics, distribute, evaluation, exporting
 from mnist_dnn.data import DataConfig
 from mnist_dnn.errors import CheckpointError, TrainingError, UsageError
 from mnist_dnn.models import ModelConfig, create_model
@@ -49,6 +49,8 @@ class TrainConfig:
     devices: tuple[str, ...] = ()  # for "mirrored"; () means every GPU, or else every CPU
     virtual_cpus: int = 0  # split the CPU into this many logical devices (0: off)
     export_dir: str | None = None  # if set, a completed run exports a SavedModel version there
+    early_stopping_patience: int = 0  # stop after this many evaluations without a better validation accuracy; 0: off
+    diagnostics: bool = True  # histograms, gradient norms and images in log_dir/diagnostics at each evaluation
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -58,6 +60,8 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_call"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        if self.early_stopping_patience < 0:
+            raise UsageError(f"--early_stopping_patience must be 0 (off) or positive, got {self.early_stopping_patience}")
 
     @property
     def run_config(self) -> checkpoints.RunConfig:
@@ -71,6 +75,10 @@ class TrainResult:
     validation: evaluation.Metrics | None
     stopped_by_signal: int | None = None  # the signal number, if one ended the run
     export_path: str | None = None  # the SavedModel version written at the end, if any
+    start_step: int = 0  # where this call started (resumed from)
+    examples_per_second: float | None = None  # training throughput of this call, validation excluded
+    early_stopped: bool = False
+    best: checkpoints.Best | None = None
 
 
 def default_log_dir(config: TrainConfig) -> str:
@@ -88,6 +96,10 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
 def per_example_loss(labels, logits):
     """Sparse softmax cross-entropy on logits (never on softmax outputs)."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+
+
+def mean_loss(labels, logits):
+    return tf.reduce_mean(per_example_loss(labels, logits))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +244,11 @@ class _Reporter:
         self.predict_fn = predict_fn
         self.validation_split = validation_split
         self.interval_start = time.perf_counter()
+        self.examples, self.seconds = 0.0, 0.0  # totals of the reported intervals
+
+    @property
+    def examples_per_second(self) -> float | None:
+        return self.examples / self.seconds if self.seconds else None
 
     def trace_graph(self, run_first_call):
         """Runs the first call with graph tracing on, and stores the traced graph."""
@@ -241,7 +258,9 @@ class _Reporter:
             tf.summary.trace_export("train_step", step=0)
 
     def train_metrics(self, step: int, metrics: TrainMetrics, learning_rate: float):
-        rate = float(metrics.examples.result()) / (time.perf_counter() - self.interval_start)
+        seconds, examples = time.perf_counter() - self.interval_start, float(metrics.examples.result())
+        rate = examples / seconds
+        self.examples, self.seconds = self.examples + examples, self.seconds + seconds
         loss, accuracy = float(metrics.loss.result()), float(metrics.accuracy.result())
         _log_scalars(self.train_writer, step, loss=loss, accuracy=accuracy, learning_rate=learning_rate)
         print(f"step {step}: loss {loss:.4f}, train accuracy {accuracy:.2%}, {rate:,.0f} examples/s", flush=True)
@@ -347,9 +366,14 @@ def _train_locked(config, strategy, splits, log_dir: str | None, save_dir: str) 
     # The checkpoint holds the optimizer's learning rate; the flag decides (to resume with a lower one).
     state.optimizer.learning_rate = config.learning_rate
     start_step = int(state.step.numpy())
-    if start_step >= config.max_steps:
-        print(f"Already finished: step {start_step} >= --max_steps={config.max_steps}", flush=True)
-        return TrainResult(start_step, tf.train.latest_checkpoint(config.ckpt_dir), None)
+    # Every worker knows the best so far from --ckpt_dir; a cluster's other workers save theirs aside.
+    keeper = best.BestKeeper(state.checkpoint, save_dir, config.early_stopping_patience, config.eval_every,
+                             resume_from=config.ckpt_dir)
+    if start_step >= config.max_steps or keeper.should_stop(start_step):
+        print(f"Already finished: step {start_step} >= --max_steps={config.max_steps}" if start_step >= config.max_steps
+              else f"Already {keeper.stop_message(start_step)}", flush=True)
+        return TrainResult(start_step, tf.train.latest_checkpoint(config.ckpt_dir), None, start_step=start_step,
+                           early_stopped=start_step < config.max_steps, best=keeper.best)
     if log_dir:
         checkpoints.save_run_config(config.ckpt_dir, config.run_config)
 
@@ -357,6 +381,8 @@ def _train_locked(config, strategy, splits, log_dir: str | None, save_dir: str) 
         metrics = TrainMetrics()
     train_loop = make_train_loop(make_train_step(state.model, state.optimizer, state.step, metrics, strategy))
     reporter = _Reporter(log_dir, evaluation.make_predict_fn(state.model), splits["validation"])
+    diagnose = diagnostics.Diagnostics(log_dir, state.model, mean_loss, splits["validation"],
+                                       config.diagnostics and log_dir is not None)
     batches = data.train_batches(splits["train"], config.batch_size, config.seed, start_step)
     iterator = iter(strategy.experimental_distribute_dataset(batches))
     print(f"Training {config.model} with {config.optimizer} lr={config.learning_rate:g}, batch "
@@ -374,7 +400,7 @@ def _train_locked(config, strategy, splits, log_dir: str | None, save_dir: str) 
                 f"Last good checkpoint: {manager.latest_checkpoint or 'none'}. Lower --learning_rate and rerun to resume"
             ) from None
 
-    current, validation, stopped_by = start_step, None, None
+    current, validation, stopped_by, early_stop = start_step, None, None, False
     with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received:
         reporter.trace_graph(lambda: run_steps(1))
         while True:
@@ -383,14 +409,22 @@ def _train_locked(config, strategy, splits, log_dir: str | None, save_dir: str) 
                 reporter.train_metrics(current, metrics, config.learning_rate)
             if current % config.eval_every == 0 or current == config.max_steps:
                 validation = reporter.validation(current)
-            if current % config.checkpoint_every == 0 or current == config.max_steps or received:
+                paused = time.perf_counter()
+                keeper.update(current, validation, _save)
+                diagnose.write(current, validation)
+                reporter.interval_start += time.perf_counter() - paused  # keep examples/s about training
+                early_stop = keeper.should_stop(current) and current < config.max_steps
+            if current % config.checkpoint_every == 0 or current == config.max_steps or received or early_stop:
                 _save(manager, current)
-            if current == config.max_steps or received:
+            if current == config.max_steps or received or early_stop:
                 stopped_by = received[0] if received else None
                 break
             run_steps(_next_stop(current, config) - current)
     reporter.close()
-    if stopped_by:
+    diagnose.close()
+    if early_stop:
+        print(f"{keeper.stop_message(current)}; saved {manager.latest_checkpoint}", flush=True)
+    elif stopped_by:
         print(f"Stopped by signal {stopped_by} at step {current}; saved {manager.latest_checkpoint}. "
               "Run the same command to resume.", flush=True)
     else:
@@ -399,4 +433,5 @@ def _train_locked(config, strategy, splits, log_dir: str | None, save_dir: str) 
     if config.export_dir and not stopped_by and log_dir:  # on a cluster, the chief only
         export_path = exporting.export_model(state.model, config.export_dir)
         print(f"Exported a SavedModel to {export_path}", flush=True)
-    return TrainResult(current, manager.latest_checkpoint, validation, stopped_by, export_path)
+    return TrainResult(current, manager.latest_checkpoint, validation, stopped_by, export_path, start_step,
+                       reporter.examples_per_second, early_stop, keeper.best)

@@ -1,0 +1,29 @@
+"""Rank the runs of a sweep: `python -m mnist_dnn.report --root=runs/lr-width`.
+
+Prints the table (best validation accuracy first; test accuracy of each run's best
+checkpoint) and writes report.csv, report.md and report.png (with matplotlib) in --root.
+"""
+
+from absl import flags
+
+from mnist_dnn import cli, reporting
+from mnist_dnn.errors import UsageError
+
+flags.DEFINE_string("root", None, "Folder of a sweep (written by mnist_dnn.sweep).")
+cli.define_data_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    if not FLAGS.root:
+        raise UsageError("--root is required: the folder of a sweep, e.g. --root=runs/lr-width")
+    reporting.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

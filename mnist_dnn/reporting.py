@@ -1,0 +1,168 @@
+"""The report of a sweep: its runs ranked by best validation accuracy, and their curves.
+
+Writes `report.csv`, `report.md` and (with matplotlib, the `plots` extra) `report.png`
+into the sweep's root, and returns the rows.
+"""
+
+import csv
+import dataclasses
+import functools
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from mnist_dnn import checkpoints, data, evaluation, files, sweeps
+
+PLOTS_HINT = "install matplotlib (pip install -e '.[plots]') to draw report.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    params: dict
+    status: str  # done, unfinished, not started
+    steps: int | None = None
+    best_accuracy: float | None = None  # validation
+    best_step: int | None = None
+    test_accuracy: float | None = None  # of the best checkpoint
+    wall_time_s: float | None = None  # of the attempt that finished the run
+    examples_per_second: float | None = None
+    resumed_from_step: int | None = None
+
+
+def _latest_step(ckpt_dir: str) -> int | None:
+    path = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    return checkpoints.checkpoint_step(path) if path else None
+
+
+def collect_row(root: str, name: str, params: dict, data_dir=None, idx_dir=None, load_splits=data.load_splits) -> Row:
+    folder = sweeps.run_dir(root, name)
+    ckpt_dir = os.path.join(folder, "ckpt")
+    done_path = os.path.join(folder, sweeps.DONE_FILE)
+    if not os.path.isdir(ckpt_dir):
+        return Row(name, params, "not started")
+    best = checkpoints.read_best(ckpt_dir)
+    test_accuracy = None
+    if best is not None:
+        test_accuracy = evaluation.evaluate_checkpoint(ckpt_dir, data_dir=data_dir, idx_dir=idx_dir, which="best",
+                                                       load_splits=load_splits)["test"]["accuracy"]
+    fields = dict(best_accuracy=best and best.accuracy, best_step=best and best.step, test_accuracy=test_accuracy)
+    if not os.path.exists(done_path):
+        return Row(name, params, "unfinished", _latest_step(ckpt_dir), **fields)
+    done = files.read_json(done_path)
+    return Row(name, params, "done", done["steps"], wall_time_s=done["wall_time_s"],
+               examples_per_second=done["examples_per_second"], resumed_from_step=done["resumed_from_step"], **fields)
+
+
+def collect(root: str, data_dir=None, idx_dir=None) -> tuple[list[str], list[Row]]:
+    """The varied flag names and the rows, best validation accuracy first (runs without one last)."""
+    sweep = sweeps.load(root)
+    load_once = functools.lru_cache(maxsize=None)(data.load_splits)  # the runs share their dataset
+    rows = [collect_row(root, r["name"], r["params"], data_dir, idx_dir, load_once) for r in sweep["runs"]]
+    rows.sort(key=lambda r: -r.best_accuracy if r.best_accuracy is not None else math.inf)
+    return list(sweep["grid"]), rows
+
+
+COLUMNS = ("status", "steps", "best val acc", "best step", "test acc (best)", "wall s", "examples/s")
+
+
+def cells(row: Row) -> list[str]:
+    def fmt(value, spec):
+        return "" if value is None else format(value, spec)
+
+    wall = fmt(row.wall_time_s, ".1f")
+    if row.resumed_from_step:
+        wall += f" (from step {row.resumed_from_step})"
+    return [row.status, fmt(row.steps, "d"), fmt(row.best_accuracy, ".2%"), fmt(row.best_step, "d"),
+            fmt(row.test_accuracy, ".2%"), wall, fmt(row.examples_per_second, ",.0f")]
+
+
+def table(names: list[str], rows: list[Row]) -> list[list[str]]:
+    header = ["rank", *names, *COLUMNS]
+    return [header] + [[str(i), *(r.params[n] for n in names), *cells(r)] for i, r in enumerate(rows, 1)]
+
+
+def format_text(grid: list[list[str]]) -> str:
+    widths = [max(len(row[c]) for row in grid) for c in range(len(grid[0]))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)).rstrip() for row in grid)
+
+
+def format_markdown(grid: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(row) + " |" for row in grid]
+    lines.insert(1, "|" + "---|" * len(grid[0]))
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: str, names: list[str], rows: list[Row]) -> None:
+    """Plain numbers (fractions, seconds), one row per run, in rank order."""
+    fields = ["rank", *names, "status", "steps", "best_val_accuracy", "best_step", "test_accuracy_of_best",
+              "wall_time_s", "examples_per_second", "resumed_from_step", "run"]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        for i, r in enumerate(rows, 1):
+            writer.writerow([i, *(r.params[n] for n in names), r.status, r.steps, r.best_accuracy, r.best_step,
+                             r.test_accuracy, r.wall_time_s, r.examples_per_second, r.resumed_from_step, r.name])
+    os.replace(tmp, path)
+
+
+def read_scalars(event_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a scalar summary (stored as tensors) in a run's event files."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    if not os.path.isdir(event_dir):
+        return np.zeros(0, int), np.zeros(0)
+    acc = event_accumulator.EventAccumulator(event_dir, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    if tag not in acc.Tags()["tensors"]:
+        return np.zeros(0, int), np.zeros(0)
+    by_step = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}  # a resume rewrites steps
+    steps = np.array(sorted(by_step), int)
+    return steps, np.array([by_step[s] for s in steps])
+
+
+def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
+    """Draws validation accuracy and training loss against step for every run; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    for row in rows:
+        logs = os.path.join(sweeps.run_dir(root, row.name), "logs")
+        label = ", ".join(f"{n}={row.params[n]}" for n in names)
+        line, = left.plot(*read_scalars(os.path.join(logs, "validation"), "accuracy"), marker=".", label=label)
+        right.plot(*read_scalars(os.path.join(logs, "train"), "loss"), color=line.get_color(), label=label)
+    left.set(title="validation accuracy", xlabel="step")
+    right.set(title="training loss", xlabel="step", yscale="log")
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
+    left.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path + ".tmp.png")
+    plt.close(figure)
+    os.replace(path + ".tmp.png", path)
+    return True
+
+
+def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
+    """Prints the ranked table and writes report.csv, report.md and report.png into `root`."""
+    names, rows = collect(root, data_dir, idx_dir)
+    grid = table(names, rows)
+    out(format_text(grid))
+    write_csv(os.path.join(root, "report.csv"), names, rows)
+    files.write_text(os.path.join(root, "report.md"), format_markdown(grid))
+    written = [os.path.join(root, n) for n in ("report.csv", "report.md")]
+    png = os.path.join(root, "report.png")
+    if plot(root, names, rows, png):
+        written.append(png)
+    else:
+        out(f"No picture: {PLOTS_HINT}.")
+    out(f"Wrote {', '.join(written)}")
+    return rows

@@ -1,0 +1,75 @@
+"""Run a grid of training runs, then rank them.
+
+`python -m mnist_dnn.sweep --flagfile=configs/default.cfg --grid=learning_rate=0.01,0.001
+    --grid=hidden_units=128,256-128 --root=runs/lr-width`
+
+Every training flag (from the command line or flagfiles) is passed to each run; each
+--grid=NAME=V1,V2,... adds an axis (a list-valued flag joins one value's elements with
+`-`). Runs go to --root/<combination>/{ckpt,logs,train.log}. Rerunning the same command
+skips finished runs and resumes an interrupted one. At the end: the report of
+`python -m mnist_dnn.report --root=...`.
+"""
+
+from absl import flags
+
+from mnist_dnn import cli, reporting, sweeps
+from mnist_dnn import train  # noqa: F401  (defines the training flags that the sweep passes on)
+from mnist_dnn.errors import UsageError
+
+flags.DEFINE_multi_string("grid", [], "An axis of the grid: NAME=V1,V2,... (repeat for more axes); "
+                          "list values join their elements with '-', e.g. hidden_units=128,256-128.")
+flags.DEFINE_string("root", None, "Folder of the sweep: one subfolder per run, sweep.json, report.{csv,md,png}.")
+FLAGS = flags.FLAGS
+SWEEP_FLAGS = ("grid", "root")
+# The flags of mnist_dnn.train: those the package defines (not TensorFlow's or absl's), but the sweep's own.
+TRAIN_FLAGS = sorted({f.name for module, defined in FLAGS.flags_by_module_dict().items()
+                      if module.startswith("mnist_dnn.") for f in defined} - set(SWEEP_FLAGS))
+
+
+def list_flags() -> set[str]:
+    return {name for name in TRAIN_FLAGS if isinstance(FLAGS[name].parser, flags.ListParser)}
+
+
+def check_value(name: str, value: str) -> None:
+    """Parses a grid value as the training flag would (types, lists, enums)."""
+    if name not in TRAIN_FLAGS:
+        raise UsageError(f"--grid names --{name}, which is not a flag of mnist_dnn.train")
+    try:
+        parsed = FLAGS[name].parser.parse(value)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--grid value {value!r} is not valid for --{name}: {e}") from None
+    if name == "hidden_units":
+        cli.parse_int_list(name, parsed)
+
+
+def base_args(grid_names) -> list[str]:
+    """The training flags given (command line or flagfiles), but those of the grid and those the
+    sweep sets per run (--ckpt_dir, --log_dir, --result_file: a single run's flagfile may set them)."""
+    skipped = set(grid_names) | set(sweeps.RUN_FLAGS)
+    return [FLAGS[n].serialize() for n in TRAIN_FLAGS if FLAGS[n].present and n not in skipped]
+
+
+def main(argv):
+    del argv
+    if not FLAGS.root:
+        raise UsageError("--root is required: the folder of the sweep's runs, e.g. --root=runs/lr-width")
+    lists = list_flags()
+    axes = [sweeps.parse_axis(spec, lists, check_value) for spec in FLAGS.grid]
+    sweeps.check_axes(axes)
+    args = base_args({a.name for a in axes})
+    runs = sweeps.expand(axes, lists)
+    sweeps.record(FLAGS.root, sweeps.describe(axes, args, runs))
+    print(f"Sweep of {len(runs)} runs in {FLAGS.root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}",
+          flush=True)
+    try:
+        sweeps.run_all(FLAGS.root, runs, args, out=lambda line: print(line, flush=True))
+    finally:
+        reporting.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

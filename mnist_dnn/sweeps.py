@@ -1,0 +1,197 @@
+"""Sweeps: every combination of a grid of training flags, each as its own run, resumably.
+
+A grid axis is written `NAME=V1,V2,...`: values are separated by commas. A list-valued
+flag (`hidden_units`) writes the elements of one value joined by `-`, as run folder names
+do: `hidden_units=128,256-128` is two values, [128] and [256, 128].
+
+Each run is `python -m mnist_dnn.train <base flags> <its combination>` in a subprocess,
+one after another, in `root/<name>/` with `ckpt/`, `logs/` and `train.log`, where the name
+is the combination, e.g. `learning_rate=0.1,hidden_units=256-128`. A run that ends well
+gets a `done.json` (wall time, examples/s, steps, best); running the sweep again skips
+those, resumes an interrupted run from its checkpoint (train resumes by itself) and starts
+the others. `root/sweep.json` records the sweep, so a different one is refused there.
+"""
+
+import dataclasses
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from mnist_dnn import files
+from mnist_dnn.errors import Error, UsageError
+
+SWEEP_FILE = "sweep.json"
+DONE_FILE = "done.json"
+RESULT_FILE = "result.json"
+LOG_FILE = "train.log"
+# Flags the sweep sets for each run; a grid or base flag cannot set them.
+RUN_FLAGS = ("ckpt_dir", "log_dir", "result_file")
+
+
+class SweepError(Error):
+    """Some runs of a sweep failed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    name: str
+    values: tuple[str, ...]  # as written in the grid, e.g. "256-128"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str  # the folder name, e.g. "learning_rate=0.1,hidden_units=256-128"
+    params: dict  # flag name -> value as written in the grid
+    args: tuple[str, ...]  # the flags for train, e.g. ("--learning_rate=0.1", "--hidden_units=256,128")
+
+
+def parse_axis(spec: str, list_flags, check_value) -> Axis:
+    """Parses `NAME=V1,V2`; `check_value(name, value)` raises UsageError on a bad value."""
+    name, sep, values = spec.partition("=")
+    name = name.strip().lstrip("-")
+    if not sep or not name or not values:
+        raise UsageError(f"--grid={spec!r} must be NAME=VALUE1,VALUE2,... e.g. learning_rate=0.1,0.01")
+    if name in RUN_FLAGS:
+        raise UsageError(f"--grid cannot vary --{name}: the sweep sets it for every run under --root")
+    parts = tuple(v.strip() for v in values.split(","))
+    if any(not v for v in parts):
+        raise UsageError(f"--grid={spec!r} has an empty value; separate values with single commas")
+    if len(set(parts)) != len(parts):
+        raise UsageError(f"--grid={spec!r} repeats a value")
+    for value in parts:
+        check_value(name, value.replace("-", ",") if name in list_flags else value)
+    return Axis(name, parts)
+
+
+def check_axes(axes: list[Axis]) -> None:
+    names = [a.name for a in axes]
+    if not axes:
+        raise UsageError("give at least one --grid=NAME=VALUE1,VALUE2,...")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UsageError(f"--grid gives {', '.join(repeated)} more than once; put all values in one --grid")
+
+
+def expand(axes: list[Axis], list_flags) -> list[Run]:
+    """Every combination, the first axis varying slowest."""
+    runs = []
+    for combination in itertools.product(*(a.values for a in axes)):
+        params = {a.name: v for a, v in zip(axes, combination)}
+        name = ",".join(f"{k}={v}" for k, v in params.items())
+        args = tuple(f"--{k}={v.replace('-', ',') if k in list_flags else v}" for k, v in params.items())
+        runs.append(Run(name, params, args))
+    return runs
+
+
+def describe(axes: list[Axis], base_args: list[str], runs: list[Run]) -> dict:
+    return {"grid": {a.name: list(a.values) for a in axes}, "base_args": list(base_args),
+            "runs": [{"name": r.name, "params": r.params} for r in runs]}
+
+
+def record(root: str, description: dict) -> None:
+    """Writes root/sweep.json, or checks that the root holds this very sweep."""
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, SWEEP_FILE)
+    if os.path.exists(path):
+        stored = files.read_json(path)
+        if stored != description:
+            raise UsageError(f"{root} holds another sweep ({path}: grid {stored.get('grid')}, base flags "
+                             f"{stored.get('base_args')}); pass another --root or the same flags")
+        return
+    files.write_json(path, description)
+
+
+def load(root: str) -> dict:
+    path = os.path.join(root, SWEEP_FILE)
+    if not os.path.isfile(path):
+        raise UsageError(f"{path} is missing: is --root={root} a folder written by mnist_dnn.sweep?")
+    return files.read_json(path)
+
+
+def run_dir(root: str, name: str) -> str:
+    return os.path.join(root, name)
+
+
+def _die_with_parent():
+    """In the child: get SIGTERM if the sweep dies, even by SIGKILL, so the run saves and stops."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: an orphaned run goes on to its end
+
+
+def train_command(root: str, run: Run, base_args: list[str]) -> list[str]:
+    folder = run_dir(root, run.name)
+    return [sys.executable, "-m", "mnist_dnn.train", *base_args, *run.args,
+            f"--ckpt_dir={os.path.join(folder, 'ckpt')}", f"--log_dir={os.path.join(folder, 'logs')}",
+            f"--result_file={os.path.join(folder, RESULT_FILE)}"]
+
+
+def _wait_forwarding_signals(child: subprocess.Popen) -> int:
+    """Waits for the run; Ctrl-C or SIGTERM to the sweep reach it, and it saves before it stops."""
+    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def execute(root: str, run: Run, base_args: list[str]) -> int:
+    """Runs (or resumes) one run, its output appended to its train.log; writes done.json on success."""
+    folder = run_dir(root, run.name)
+    os.makedirs(folder, exist_ok=True)
+    command = train_command(root, run, base_args)
+    started = time.perf_counter()
+    with open(os.path.join(folder, LOG_FILE), "a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        code = _wait_forwarding_signals(child)
+    wall = time.perf_counter() - started
+    if code == 0:
+        result = files.read_json(os.path.join(folder, RESULT_FILE))
+        files.write_json(os.path.join(folder, DONE_FILE), {
+            "wall_time_s": wall, "examples_per_second": result["examples_per_second"], "steps": result["step"],
+            "resumed_from_step": result["start_step"], "early_stopped": result["early_stopped"],
+            "best": result["best"], "command": command,
+        })
+    return code
+
+
+def last_error(root: str, name: str) -> str:
+    with open(os.path.join(run_dir(root, name), LOG_FILE)) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["(empty log)"])[-1]
+
+
+def run_all(root: str, runs: list[Run], base_args: list[str], out=print) -> None:
+    """Runs every unfinished run in order; raises SweepError naming the failed ones."""
+    failed = []
+    for i, run in enumerate(runs, 1):
+        folder = run_dir(root, run.name)
+        prefix = f"[{i}/{len(runs)}] {run.name}:"
+        if os.path.exists(os.path.join(folder, DONE_FILE)):
+            out(f"{prefix} done already, skipped")
+            continue
+        resuming = os.path.isdir(os.path.join(folder, "ckpt"))
+        out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(folder, LOG_FILE)})")
+        code = execute(root, run, base_args)
+        if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            raise SweepError(f"interrupted during {run.name} (it saved a checkpoint); run the same command to resume")
+        if code:
+            out(f"{prefix} failed (exit {code}): {last_error(root, run.name)}")
+            failed.append(run.name)
+        else:
+            done = files.read_json(os.path.join(folder, DONE_FILE))
+            out(f"{prefix} done in {done['wall_time_s']:.1f} s")
+    if failed:
+        raise SweepError(f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed)}); see their {LOG_FILE}, "
+                         "fix the cause and run the same command again to retry them")

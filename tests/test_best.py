@@ -1,0 +1,99 @@
+"""The best checkpoint, early stopping and --which=best (the confusion matrix: test_sweep.py)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import assert_one_line_error, run_cli
+from mnist_dnn import checkpoints, evaluation, training
+from mnist_dnn.errors import CheckpointError, UsageError
+from test_training import tiny_config
+
+
+def _best_json(tmp_path):
+    return json.loads((tmp_path / "ckpt" / "best" / "best.json").read_text())
+
+
+def test_the_best_validation_checkpoint_is_kept_apart_from_the_pruned_latest(tiny_data, tmp_path, monkeypatch):
+    # A scripted validation accuracy: the best is at step 20, then it gets worse.
+    accuracies = iter([0.5, 0.9, 0.7, 0.6, 0.8])
+    real = evaluation.evaluate_split
+
+    def scripted(predict_fn, split, batch_size=100):
+        m = real(predict_fn, split, batch_size)
+        return evaluation.Metrics(m.loss, next(accuracies), m.examples, m.per_class_accuracy, m.confusion_matrix)
+
+    monkeypatch.setattr(evaluation, "evaluate_split", scripted)
+    result = training.train(tiny_config(tiny_data, tmp_path, max_steps=50, keep_checkpoints=1))
+    ckpt = str(tmp_path / "ckpt")
+    assert result.step == 50 and not result.early_stopped
+    assert tf.train.latest_checkpoint(ckpt).endswith("model.ckpt-50")
+    assert not os.path.exists(os.path.join(ckpt, "model.ckpt-20.index"))  # pruned from the latest...
+    assert checkpoints.resolve_checkpoint(ckpt, which="best").endswith(os.path.join("best", "model.ckpt-20"))
+    best = _best_json(tmp_path)
+    assert best["step"] == 20 and best["validation"]["accuracy"] == 0.9
+    assert result.best == checkpoints.Best(20, best["validation"]["loss"], 0.9)
+    # ...and its weights are those of step 20, not of the end.
+    model, _, path, step = checkpoints.restore_model(ckpt, which="best")
+    assert step == 20
+    reader = tf.train.load_checkpoint(result.checkpoint)
+    name = "optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE"
+    assert not np.array_equal(reader.get_tensor(name), tf.train.load_checkpoint(path).get_tensor(name))
+
+    # A resumed run remembers the best: a lower accuracy than 0.9 does not replace it.
+    accuracies = iter([0.85, 0.95])
+    monkeypatch.setattr(evaluation, "evaluate_split", lambda *a, **k: evaluation.Metrics(1.0, next(accuracies), 1, []))
+    training.train(tiny_config(tiny_data, tmp_path, max_steps=60, keep_checkpoints=1, diagnostics=False))
+    assert _best_json(tmp_path)["step"] == 20
+    training.train(tiny_config(tiny_data, tmp_path, max_steps=70, keep_checkpoints=1, diagnostics=False))
+    assert _best_json(tmp_path) == {"step": 70, "validation": {"loss": 1.0, "accuracy": 0.95}}
+    assert os.listdir(tmp_path / "ckpt" / "best") != [] and checkpoints.resolve_checkpoint(ckpt, which="best").endswith("-70")
+    assert len([n for n in os.listdir(tmp_path / "ckpt" / "best") if n.endswith(".index")]) == 1
+
+
+def test_early_stopping_stops_after_patience_evaluations_and_saves(tiny_data, tmp_path, monkeypatch, capsys):
+    accuracies = iter([0.5, 0.9, 0.8, 0.9, 0.95])
+    monkeypatch.setattr(evaluation, "evaluate_split", lambda *a, **k: evaluation.Metrics(1.0, next(accuracies), 1, []))
+    config = tiny_config(tiny_data, tmp_path, max_steps=100, early_stopping_patience=2, checkpoint_every=50,
+                         diagnostics=False)
+    result = training.train(config)
+    # best 0.9 at step 20; 30 and 40 are no better (a tie is no improvement): stop at 40.
+    assert result.early_stopped and result.step == 40
+    assert result.checkpoint.endswith("model.ckpt-40")
+    assert "Stopped early at step 40" in capsys.readouterr().out
+    # Run again: it says it already stopped and trains no further.
+    again = training.train(config)
+    assert again.step == 40 and again.early_stopped
+    assert "Already Stopped early at step 40" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--which=best"], 1, "no best checkpoint"),
+    (["--which=worst"], 2, "which"),
+    (["--which=best", "--checkpoint=x"], 2, "either --checkpoint or --which=best"),
+])
+def test_which_errors_are_one_line(tiny_data, tmp_path, args, code, fragment):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.ckpt-1.index").write_text("")
+    (ckpt / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-1"\n')
+    result = run_cli("evaluate", f"--ckpt_dir={ckpt}", f"--data_dir={tiny_data.data_dir}", *args)
+    assert_one_line_error(result, code, fragment)
+
+
+def test_a_negative_patience_is_refused_before_anything_is_written(tmp_path):
+    config = training.TrainConfig(ckpt_dir=str(tmp_path / "ckpt"), log_dir=str(tmp_path / "logs"),
+                                  early_stopping_patience=-1)
+    with pytest.raises(UsageError, match="--early_stopping_patience must be 0"):
+        training.train(config)
+    assert not os.listdir(tmp_path)
+
+
+def test_a_malformed_best_json_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text("{")
+    with pytest.raises(CheckpointError, match="best.json is malformed"):
+        checkpoints.read_best(str(tmp_path))

@@ -1,0 +1,234 @@
+"""Sweeps and their report, on the real MNIST: a 2x2 grid killed after its first run, then resumed."""
+
+import csv
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from mnist_dnn import checkpoints, data, diagnostics, evaluation, reporting, sweeps
+from mnist_dnn.errors import UsageError
+
+RUNS = ["learning_rate=0.01,hidden_units=32", "learning_rate=0.01,hidden_units=64-32",
+        "learning_rate=0.001,hidden_units=32", "learning_rate=0.001,hidden_units=64-32"]
+
+
+def sweep_command(base, root):
+    return [sys.executable, "-m", "mnist_dnn.sweep", f"--flagfile={base}", "--grid=learning_rate=0.01,0.001",
+            "--grid=hidden_units=32,64-32", f"--root={root}"]
+
+
+def wait_for(predicate, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def lock_is_free(ckpt_dir):
+    with open(os.path.join(ckpt_dir, checkpoints.LOCK_FILE), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+@pytest.fixture(scope="module")
+def swept(real_data, tmp_path_factory):
+    """Runs the sweep, SIGKILLs it during its second run, reruns the same command."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    base, root = tmp / "base.cfg", tmp / "runs"
+    # A single run's flagfile sets --ckpt_dir: the sweep replaces it for each run.
+    base.write_text(f"--model=dense\n--max_steps=200\n--eval_every=100\n--log_every=50\n--checkpoint_every=50\n"
+                    f"--ckpt_dir=elsewhere\n--data_dir={real_data.data_dir}\n")
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
+    with open(tmp / "first.log", "w") as log:
+        first = subprocess.Popen(sweep_command(base, root), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        second_ckpt = root / RUNS[1] / "ckpt"
+        wait_for(lambda: (second_ckpt / "checkpoint").exists() or first.poll() is not None)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    wait_for(lambda: lock_is_free(second_ckpt))  # the orphaned run got SIGTERM, saved and stopped
+    interrupted = {name: sorted(os.listdir(root / name)) if (root / name).exists() else None for name in RUNS}
+    interrupted_step = checkpoints.checkpoint_step(tf.train.latest_checkpoint(str(second_ckpt)))
+    rerun = subprocess.run(sweep_command(base, root), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return dict(root=root, interrupted=interrupted, interrupted_step=interrupted_step, rerun=rerun,
+                first_log=(tmp / "first.log").read_text(), real_data=real_data, base=base)
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(swept):
+    interrupted, rerun = swept["interrupted"], swept["rerun"]
+    assert "done.json" in interrupted[RUNS[0]], swept["first_log"][-3000:]
+    assert "done.json" not in interrupted[RUNS[1]] and "ckpt" in interrupted[RUNS[1]]
+    assert interrupted[RUNS[2]] is None and interrupted[RUNS[3]] is None
+    assert 0 < swept["interrupted_step"] < 200
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"[1/4] {RUNS[0]}: done already, skipped" in rerun.stdout
+    assert f"[2/4] {RUNS[1]}: resuming" in rerun.stdout
+    assert f"[3/4] {RUNS[2]}: starting" in rerun.stdout
+    log = (swept["root"] / RUNS[1] / "train.log").read_text()
+    assert f"Resumed from" in log and f"model.ckpt-{swept['interrupted_step']}" in log
+    for name in RUNS:
+        done = json.loads((swept["root"] / name / "done.json").read_text())
+        assert done["steps"] == 200 and done["wall_time_s"] > 0 and done["examples_per_second"] > 0
+        assert "--ckpt_dir=elsewhere" not in done["command"]
+        assert f"--ckpt_dir={swept['root'] / name / 'ckpt'}" in done["command"]
+    assert json.loads((swept["root"] / RUNS[1] / "done.json").read_text())["resumed_from_step"] == swept["interrupted_step"]
+
+
+def test_the_report_ranks_all_runs_with_the_test_accuracy_of_their_best_checkpoint(swept):
+    root = swept["root"]
+    with open(root / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["run"] for r in rows) == sorted(RUNS)
+    accuracies = [float(r["best_val_accuracy"]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True) and [r["rank"] for r in rows] == ["1", "2", "3", "4"]
+    for row in rows:
+        best = checkpoints.read_best(str(root / row["run"] / "ckpt"))
+        assert (row["status"], int(row["steps"])) == ("done", 200)
+        assert float(row["best_val_accuracy"]) == best.accuracy > 0.85 and int(row["best_step"]) == best.step
+        assert row["learning_rate"] + row["hidden_units"] in row["run"].replace("learning_rate=", "").replace(",hidden_units=", "")
+        assert float(row["wall_time_s"]) > 0 and float(row["examples_per_second"]) > 1000
+    # The table's test accuracy is what `evaluate --which=best` says, here on the resumed run.
+    resumed = next(r for r in rows if r["run"] == RUNS[1])
+    assert resumed["resumed_from_step"] == str(swept["interrupted_step"])
+    metrics = root.parent / "m.json"
+    evaluated = run_cli("evaluate", f"--ckpt_dir={root / RUNS[1] / 'ckpt'}", "--which=best", "--confusion_matrix",
+                        f"--data_dir={swept['real_data'].data_dir}", f"--metrics_file={metrics}")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads(metrics.read_text())
+    assert float(resumed["test_accuracy_of_best"]) == report["test"]["accuracy"]
+    assert report["step"] == int(resumed["best_step"])
+    assert report["checkpoint"].endswith(os.path.join("ckpt", "best", f"model.ckpt-{resumed['best_step']}"))
+    check_confusion_matrix(report, evaluated.stdout, swept["real_data"])
+    # Printed and in Markdown too, in the same order.
+    printed = [line.split()[1:3] for line in swept["rerun"].stdout.splitlines() if line.strip()[:2] in ("1 ", "2 ", "3 ", "4 ")]
+    assert printed == [[r["learning_rate"], r["hidden_units"]] for r in rows]
+    markdown = (root / "report.md").read_text().splitlines()
+    assert len(markdown) == 6 and markdown[0].startswith("| rank | learning_rate | hidden_units |")
+    assert f"{float(rows[0]['test_accuracy_of_best']):.2%}" in markdown[2]
+
+
+def check_confusion_matrix(report, stdout, real_data):
+    """The printed and stored test confusion matrix agree with the labels and the accuracies."""
+    matrix = np.array(report["test"]["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 10000
+    labels = data.load_splits(real_data)["test"].labels.numpy()
+    np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(labels, minlength=10))  # rows: true classes
+    assert np.trace(matrix) / 10000 == pytest.approx(report["test"]["accuracy"])
+    np.testing.assert_allclose(np.diag(matrix) / matrix.sum(axis=1), report["test"]["per_class_accuracy"])
+    assert matrix.sum() - np.trace(matrix) > 0  # a real model makes mistakes: off-diagonal counts are there
+    printed = stdout.split("confusion matrix (test):\n")[1].splitlines()
+    assert printed[0].startswith("rows: true class")
+    assert [int(v) for v in printed[2].split()] == [0, *matrix[0]]
+    assert [int(v) for v in printed[11].split()] == [9, *matrix[9]]
+
+
+def test_report_png_shows_the_curves(swept):
+    pytest.importorskip("matplotlib", reason="the test extra installs matplotlib")
+    image = tf.io.decode_png(tf.io.read_file(str(swept["root"] / "report.png")))
+    height, width = image.shape[:2]
+    assert 300 <= height <= 1000 and 600 <= width <= 2000
+    assert len(np.unique(image.numpy().reshape(-1, image.shape[2]), axis=0)) > 20  # not blank
+
+
+def test_report_without_matplotlib_says_how_to_get_the_picture(swept, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    asked = []
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", lambda *a, **k: asked.append(k["which"]) or {"test": {"accuracy": 0.5}})
+    root = tmp_path / "runs"
+    shutil.copytree(swept["root"], root, ignore=shutil.ignore_patterns("report.*"))
+    lines = []
+    rows = reporting.report(str(root), out=lines.append)
+    assert len(rows) == 4 and any(reporting.PLOTS_HINT in line for line in lines)
+    table = lines[0].splitlines()
+    assert table[0].split()[:3] == ["rank", "learning_rate", "hidden_units"] and len(table) == 5
+    assert (root / "report.csv").exists() and not (root / "report.png").exists()
+    assert asked == ["best"] * 4  # the test accuracy is that of each run's best checkpoint
+
+
+def test_training_writes_image_and_histogram_diagnostics(swept):
+    folder = swept["root"] / RUNS[1] / "logs" / "diagnostics"
+    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    assert {"confusion_matrix", "misclassified", "gradient_norm/global", "confusion_matrix_counts"} <= tags
+    assert any(t.startswith("weights/") for t in tags) and any(t.startswith("gradients/") for t in tags)
+    assert acc.SummaryMetadata("misclassified").plugin_data.plugin_name == "images"
+    assert [e.step for e in acc.Tensors("confusion_matrix")][-1] == 200
+    width, height, png = tf.make_ndarray(acc.Tensors("confusion_matrix")[-1].tensor_proto)
+    assert tf.io.decode_png(png).shape == (int(height), int(width), 3) == (160, 160, 3)
+    event = acc.Tensors("misclassified")[-1]
+    shown = acc.SummaryMetadata("misclassified").summary_description.split(": ")[1].split(", ")
+    assert 0 < len(shown) <= diagnostics.MAX_MISCLASSIFIED and all("->" in s for s in shown)
+    assert tf.io.decode_png(tf.make_ndarray(event.tensor_proto)[2]).shape[2] == 3
+
+
+def test_misclassified_grid_draws_true_and_predicted_digits():
+    images = np.zeros((5, 784), np.float32)
+    labels, predictions = np.array([1, 2, 3, 4, 5]), np.array([1, 7, 3, 0, 5])
+    grid, names = diagnostics.misclassified_grid(images, labels, predictions)
+    assert names == ["2->7", "4->0"]
+    tile = grid[1:-1, 1:31 - 1]  # first tile inside its frame: the digit, then the label strip
+    strip = tile[30:42]
+    green, red = strip[..., 1] > strip[..., 0], strip[..., 0] > strip[..., 1]
+    np.testing.assert_array_equal(green[:, 4:10][:10], diagnostics.glyph(2))
+    np.testing.assert_array_equal(red[:, 18:24][:10], diagnostics.glyph(7))
+
+
+@pytest.mark.parametrize("specs, expected", [
+    (["learning_rate=0.1,1e-3", "hidden_units=128,256-128"],
+     [("learning_rate=0.1,hidden_units=128", ("--learning_rate=0.1", "--hidden_units=128")),
+      ("learning_rate=0.1,hidden_units=256-128", ("--learning_rate=0.1", "--hidden_units=256,128")),
+      ("learning_rate=1e-3,hidden_units=128", ("--learning_rate=1e-3", "--hidden_units=128")),
+      ("learning_rate=1e-3,hidden_units=256-128", ("--learning_rate=1e-3", "--hidden_units=256,128"))]),
+])
+def test_grid_values_expand_to_every_combination(specs, expected):
+    axes = [sweeps.parse_axis(s, {"hidden_units"}, lambda name, value: None) for s in specs]
+    assert [(r.name, r.args) for r in sweeps.expand(axes, {"hidden_units"})] == expected
+
+
+@pytest.mark.parametrize("specs, fragment", [
+    (["learning_rate"], "must be NAME=VALUE1,VALUE2"),
+    (["learning_rate=0.1,,0.2"], "empty value"),
+    (["learning_rate=0.1,0.1"], "repeats a value"),
+    (["ckpt_dir=a,b"], "cannot vary --ckpt_dir"),
+    (["seed=1", "seed=2"], "more than once"),
+    ([], "at least one --grid"),
+])
+def test_malformed_grids_are_usage_errors(specs, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        sweeps.check_axes([sweeps.parse_axis(s, set(), lambda name, value: None) for s in specs])
+
+
+def test_bad_grid_values_are_one_line_usage_errors_that_write_nothing(tmp_path):
+    # Values are checked by the training flags' own parsers, before any run starts.
+    result = run_cli("sweep", f"--root={tmp_path / 'runs'}", "--grid=hidden_units=128:256-128", cwd=ROOT)
+    assert_one_line_error(result, 2, "--hidden_units must be comma-separated integers")
+    result = run_cli("sweep", f"--root={tmp_path / 'runs'}", "--grid=learning_rat=0.1", cwd=ROOT)
+    assert_one_line_error(result, 2, "not a flag of mnist_dnn.train")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_root_holding_another_sweep_is_refused(swept):
+    stored = json.loads((swept["root"] / "sweep.json").read_text())
+    sweeps.record(str(swept["root"]), stored)  # the same sweep: fine
+    other = {**stored, "grid": {**stored["grid"], "learning_rate": ["0.5", "0.01"]}}
+    with pytest.raises(UsageError, match="holds another sweep"):
+        sweeps.record(str(swept["root"]), other)
+
+
+def test_report_of_a_folder_that_is_no_sweep_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="sweep.json is missing"):
+        reporting.report(str(tmp_path))

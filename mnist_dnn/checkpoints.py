@@ -85,6 +85,12 @@ def best_dir(ckpt_dir: str) -> str:
     return os.path.join(ckpt_dir, BEST_DIR)
 
 
+def run_dir(checkpoint_path: str) -> str:
+    """The folder whose model_config.json describes a checkpoint: its own, or for `best/` its parent."""
+    folder = os.path.dirname(checkpoint_path) or "."
+    return os.path.dirname(folder) or "." if os.path.basename(folder) == BEST_DIR else folder
+
+
 @dataclasses.dataclass(frozen=True)
 class Best:
     """The checkpoint with the best validation accuracy so far (`best/best.json`)."""
@@ -143,7 +149,7 @@ def restore_model(ckpt_dir: str, checkpoint: str | None = None, which: str = "la
     Returns (model, run config, checkpoint path, step).
     """
     path = resolve_checkpoint(ckpt_dir, checkpoint, which)
-    config = load_run_config(ckpt_dir)
+    config = load_run_config(run_dir(path))
     model = create_model(config.model)
     step = tf.Variable(0, dtype=tf.int64)
     try:

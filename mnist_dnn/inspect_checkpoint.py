@@ -7,7 +7,6 @@ by the object path to it, e.g. `model/w1/.ATTRIBUTES/VARIABLE_VALUE`.
 """
 
 import json
-import os
 
 from absl import flags
 
@@ -44,7 +43,7 @@ def main(argv):
     path = checkpoints.resolve_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
     step, summaries = checkpoints.read_variables(path)
     print(f"checkpoint {path} (step {'unknown' if step is None else step})")
-    print(f"configuration ({checkpoints.CONFIG_FILE}): {describe_config(os.path.dirname(path) or '.')}")
+    print(f"configuration ({checkpoints.CONFIG_FILE}): {describe_config(checkpoints.run_dir(path))}")
     print(f"{len(summaries)} values:")
     print(format_variables(summaries))
 

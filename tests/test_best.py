@@ -97,3 +97,14 @@ def test_a_malformed_best_json_is_a_checkpoint_error(tmp_path):
     (tmp_path / "best" / "best.json").write_text("{")
     with pytest.raises(CheckpointError, match="best.json is malformed"):
         checkpoints.read_best(str(tmp_path))
+
+
+def test_a_checkpoint_is_rebuilt_from_the_config_of_its_own_run(tiny_data, tmp_path):
+    result = training.train(tiny_config(tiny_data, tmp_path, max_steps=20))
+    best_path = checkpoints.resolve_checkpoint(str(tmp_path / "ckpt"), which="best")
+    assert checkpoints.run_dir(best_path) == str(tmp_path / "ckpt")  # best/ is described by its parent
+    _, config, path, step = checkpoints.restore_model(str(tmp_path / "ckpt"), which="best")
+    assert path == best_path and config.model.hidden_units == (32,)
+    # An explicit checkpoint of another folder is rebuilt from that folder's config.
+    _, config, path, step = checkpoints.restore_model(str(tmp_path / "elsewhere"), checkpoint=result.checkpoint)
+    assert step == 20 and config.model.hidden_units == (32,)

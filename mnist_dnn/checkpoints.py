@@ -66,10 +66,7 @@ def load_run_config(ckpt_dir: str) -> RunConfig:
 def save_run_config(ckpt_dir: str, config: RunConfig) -> None:
     """Writes the config atomically (temporary file, then rename)."""
     os.makedirs(ckpt_dir, exist_ok=True)
-    tmp = config_path(ckpt_dir) + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json())
-    os.replace(tmp, config_path(ckpt_dir))
+    files.write_text(config_path(ckpt_dir), config.to_json())
 
 
 def latest_checkpoint(ckpt_dir: str) -> str:

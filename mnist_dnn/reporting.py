@@ -7,6 +7,7 @@ into the sweep's root, and returns the rows.
 import csv
 import dataclasses
 import functools
+import io
 import math
 import os
 
@@ -99,14 +100,13 @@ def write_csv(path: str, names: list[str], rows: list[Row]) -> None:
     """Plain numbers (fractions, seconds), one row per run, in rank order."""
     fields = ["rank", *names, "status", "steps", "best_val_accuracy", "best_step", "test_accuracy_of_best",
               "wall_time_s", "examples_per_second", "resumed_from_step", "run"]
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(fields)
-        for i, r in enumerate(rows, 1):
-            writer.writerow([i, *(r.params[n] for n in names), r.status, r.steps, r.best_accuracy, r.best_step,
-                             r.test_accuracy, r.wall_time_s, r.examples_per_second, r.resumed_from_step, r.name])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(fields)
+    for i, r in enumerate(rows, 1):
+        writer.writerow([i, *(r.params[n] for n in names), r.status, r.steps, r.best_accuracy, r.best_step,
+                         r.test_accuracy, r.wall_time_s, r.examples_per_second, r.resumed_from_step, r.name])
+    files.write_text(path, text.getvalue())
 
 
 def read_scalars(event_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:

@@ -267,12 +267,17 @@ class _Reporter:
         metrics.reset()
         self.interval_start = time.perf_counter()
 
-    def validation(self, step: int) -> evaluation.Metrics:
+    @contextlib.contextmanager
+    def paused(self):
+        """Leaves the time spent inside out of examples/s, which is about training."""
         started = time.perf_counter()
+        yield
+        self.interval_start += time.perf_counter() - started
+
+    def validation(self, step: int) -> evaluation.Metrics:
         metrics = evaluation.evaluate_split(self.predict_fn, self.validation_split)
         _log_scalars(self.validation_writer, step, loss=metrics.loss, accuracy=metrics.accuracy)
         print(f"step {step}: validation loss {metrics.loss:.4f}, accuracy {metrics.accuracy:.2%}", flush=True)
-        self.interval_start += time.perf_counter() - started  # keep examples/s about training
         return metrics
 
     def close(self):
@@ -348,14 +353,14 @@ def train(config: TrainConfig) -> TrainResult:
         tf.config.experimental.enable_op_determinism()  # for the whole process
     if not chief:  # the other workers of a cluster save to a scratch folder, and log nothing
         with tempfile.TemporaryDirectory(prefix="mnist_dnn-worker-") as scratch:
-            return _train_locked(config, strategy, splits, None, scratch)
+            return _run(config, strategy, splits, None, scratch)
     for flag, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir)):
         _make_writable(flag, folder)
     with checkpoints.exclusive_lock(config.ckpt_dir):
-        return _train_locked(config, strategy, splits, log_dir, config.ckpt_dir)
+        return _run(config, strategy, splits, log_dir, config.ckpt_dir)
 
 
-def _train_locked(config, strategy, splits, log_dir: str | None, save_dir: str) -> TrainResult:
+def _run(config, strategy, splits, log_dir: str | None, save_dir: str) -> TrainResult:
     """The run itself; `save_dir` is `config.ckpt_dir` except on a cluster's other workers."""
     state = build_state(config, strategy)
     manager = tf.train.CheckpointManager(
@@ -408,11 +413,10 @@ def _train_locked(config, strategy, splits, log_dir: str | None, save_dir: str) 
             if current % config.log_every == 0 or current == config.max_steps:
                 reporter.train_metrics(current, metrics, config.learning_rate)
             if current % config.eval_every == 0 or current == config.max_steps:
-                validation = reporter.validation(current)
-                paused = time.perf_counter()
-                keeper.update(current, validation, _save)
-                diagnose.write(current, validation)
-                reporter.interval_start += time.perf_counter() - paused  # keep examples/s about training
+                with reporter.paused():
+                    validation = reporter.validation(current)
+                    keeper.update(current, validation, _save)
+                    diagnose.write(current, validation)
                 early_stop = keeper.should_stop(current) and current < config.max_steps
             if current % config.checkpoint_every == 0 or current == config.max_steps or received or early_stop:
                 _save(manager, current)

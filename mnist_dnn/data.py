@@ -223,8 +223,27 @@ def to_float(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 255.0
 
 
-def steps_per_epoch(split: Split, batch_size: int) -> int:
-    return math.ceil(split.size / batch_size)
+def steps_per_epoch(size: int, batch_size: int) -> int:
+    return math.ceil(size / batch_size)
+
+
+def epoch_order(size: int, seed: int, epoch) -> tf.Tensor:
+    """The example indices of an epoch: a stateless permutation of (seed, epoch)."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(size), seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    )
+
+
+def padded_epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """`epoch_order` cut into full batches: indices [steps * batch_size] and weights (1, or 0 for padding).
+
+    A compiled loop needs one batch shape: the epoch's ragged last batch is padded with
+    weight-0 examples, so the weighted mean loss equals that of the smaller batch.
+    """
+    padding = steps_per_epoch(size, batch_size) * batch_size - size
+    order = tf.concat([epoch_order(size, seed, epoch), tf.zeros([padding], tf.int32)], 0)
+    weights = tf.concat([tf.ones([size]), tf.zeros([padding])], 0)
+    return order, weights
 
 
 def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0) -> tf.data.Dataset:
@@ -236,13 +255,11 @@ def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0)
     seen without a stop, while the checkpoint stores only the step.
     The last batch of an epoch is smaller when the batch size does not divide the split.
     """
-    epoch_steps = steps_per_epoch(split, batch_size)
+    epoch_steps = steps_per_epoch(split.size, batch_size)
     start_epoch, skip = divmod(start_step, epoch_steps)
 
     def epoch_indices(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(split.size), seed=tf.stack([tf.cast(seed, tf.int64), epoch])
-        )
+        order = epoch_order(split.size, seed, epoch)
         return tf.data.Dataset.range(epoch_steps).map(
             lambda i: order[i * batch_size : (i + 1) * batch_size]
         )

@@ -25,6 +25,8 @@ flags.DEFINE_integer("checkpoint_every", training.TrainConfig.checkpoint_every, 
 flags.DEFINE_integer("keep_checkpoints", training.TrainConfig.keep_checkpoints, "How many recent checkpoints to keep.")
 flags.DEFINE_integer("steps_per_call", training.TrainConfig.steps_per_call,
                      "Train steps run inside one tf.function call (fewer Python round trips).")
+flags.DEFINE_boolean("jit_compile", None, "Train with an XLA-compiled loop over the split in memory (the default on one "
+                     "device); --nojit_compile uses the tf.data pipeline, as --strategy=mirrored/multi_worker do.")
 flags.DEFINE_boolean("deterministic", False, "Bit-identical reruns (tf.config.experimental.enable_op_determinism).")
 flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
                   "tf.distribute strategy: one device, all local devices (mirrored), or a TF_CONFIG cluster.")
@@ -66,6 +68,7 @@ def config_from_flags() -> training.TrainConfig:
         export_dir=FLAGS.export_dir,
         early_stopping_patience=FLAGS.early_stopping_patience,
         diagnostics=FLAGS.diagnostics,
+        jit_compile=FLAGS.jit_compile,
     )
 
 

@@ -51,6 +51,11 @@ class TrainConfig:
     export_dir: str | None = None  # if set, a completed run exports a SavedModel version there
     early_stopping_patience: int = 0  # stop after this many evaluations without a better validation accuracy; 0: off
     diagnostics: bool = True  # histograms, gradient norms and images in log_dir/diagnostics at each evaluation
+    jit_compile: bool | None = None  # XLA-compiled loop over in-memory data; None: on for one device
+
+    @property
+    def compiled(self) -> bool:
+        return self.strategy == "default" if self.jit_compile is None else self.jit_compile
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -62,6 +67,8 @@ class TrainConfig:
                 raise UsageError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         if self.early_stopping_patience < 0:
             raise UsageError(f"--early_stopping_patience must be 0 (off) or positive, got {self.early_stopping_patience}")
+        if self.jit_compile and self.strategy != "default":
+            raise UsageError(f"--jit_compile runs on one device, not with --strategy={self.strategy}; drop one of them")
 
     @property
     def run_config(self) -> checkpoints.RunConfig:
@@ -110,14 +117,27 @@ class TrainMetrics:
     accuracy: keras.metrics.Metric = dataclasses.field(default_factory=keras.metrics.SparseCategoricalAccuracy)
     examples: keras.metrics.Sum = dataclasses.field(default_factory=keras.metrics.Sum)
 
-    def update(self, example_losses, labels, logits):
-        self.loss.update_state(example_losses)
-        self.accuracy.update_state(labels, logits)
-        self.examples.update_state(tf.shape(labels)[0])
+    def update(self, example_losses, labels, logits, weights):
+        self.loss.update_state(example_losses, sample_weight=weights)
+        self.accuracy.update_state(labels, logits, sample_weight=weights)
+        self.examples.update_state(tf.reduce_sum(weights))
 
     def reset(self):
         for metric in (self.loss, self.accuracy, self.examples):
             metric.reset_state()
+
+
+def train_on_batch(model, optimizer, metrics: TrainMetrics, images, labels, weights, total_weight):
+    """One optimization step on the loss summed with `weights` and divided by `total_weight`."""
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        example_losses = per_example_loss(labels, logits)
+        loss = tf.reduce_sum(example_losses * weights) / total_weight
+        # Fails the step before the update: the weights stay those of the last good step.
+        loss = tf.debugging.check_numerics(loss, "non-finite loss")
+    gradients = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    metrics.update(example_losses, labels, logits, weights)
 
 
 def make_train_step(model, optimizer, step, metrics: TrainMetrics, strategy=None):
@@ -130,15 +150,8 @@ def make_train_step(model, optimizer, step, metrics: TrainMetrics, strategy=None
 
     def replica_step(images, labels):
         global_batch = tf.distribute.get_replica_context().all_reduce("sum", tf.shape(labels)[0])
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            example_losses = per_example_loss(labels, logits)
-            loss = tf.reduce_sum(example_losses) / tf.cast(global_batch, tf.float32)
-            # Fails the step before the update: the weights stay those of the last good step.
-            loss = tf.debugging.check_numerics(loss, "non-finite loss")
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        metrics.update(example_losses, labels, logits)
+        weights = tf.ones_like(labels, tf.float32)
+        train_on_batch(model, optimizer, metrics, images, labels, weights, tf.cast(global_batch, tf.float32))
 
     @tf.function
     def train_step(images, labels):
@@ -162,6 +175,63 @@ def make_train_loop(train_step):
             train_step(*next(iterator))
 
     return train_loop
+
+
+def make_compiled_loop(model, optimizer, step, metrics: TrainMetrics, batch_size: int):
+    """Runs `num_steps` train steps of one epoch, from its batch `first`, as one XLA program.
+
+    The split (uint8, in memory) and the epoch's order are arguments of fixed shapes, so this
+    compiles once; an epoch's ragged last batch is a full one whose padding has weight 0
+    (`data.padded_epoch_order`). The same batches as `data.train_batches`, without tf.data.
+    """
+
+    @tf.function(jit_compile=True)
+    def train_loop(images, labels, order, weights, first, num_steps):
+        # A `while`, not `for ... in tf.range`: XLA would compile a range loop again for every new bound.
+        batch = first
+        while batch < first + num_steps:
+            begin = [batch * batch_size]
+            indices, batch_weights = tf.slice(order, begin, [batch_size]), tf.slice(weights, begin, [batch_size])
+            images_batch, labels_batch = data.to_float(tf.gather(images, indices)), tf.gather(labels, indices)
+            train_on_batch(model, optimizer, metrics, images_batch, labels_batch, batch_weights,
+                           tf.reduce_sum(batch_weights))
+            step.assign_add(1)
+            batch += 1
+
+    return train_loop
+
+
+class CompiledRunner:
+    """`run(num_steps)` with the compiled loop: one call per epoch segment, one order per epoch."""
+
+    def __init__(self, state: "TrainState", metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int):
+        self.step, self.split, self.batch_size, self.seed = state.step, split, batch_size, seed
+        self.loop = make_compiled_loop(state.model, state.optimizer, state.step, metrics, batch_size)
+        self.epoch_steps = data.steps_per_epoch(split.size, batch_size)
+        self.epoch, self.order = None, None
+
+    def __call__(self, num_steps: int) -> None:
+        current = int(self.step.numpy())
+        end = current + num_steps
+        while current < end:
+            epoch, first = divmod(current, self.epoch_steps)
+            if epoch != self.epoch:
+                self.epoch, self.order = epoch, data.padded_epoch_order(self.split.size, self.batch_size, self.seed, epoch)
+            count = min(end - current, self.epoch_steps - first)
+            self.loop(self.split.images, self.split.labels, *self.order, tf.constant(first), tf.constant(count))
+            current += count
+
+
+def make_runner(config: TrainConfig, state: "TrainState", metrics: TrainMetrics, split: data.Split,
+                strategy=None, start_step: int = 0):
+    """`run(num_steps)`: the compiled in-memory loop, or the tf.data pipeline (several devices)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if config.compiled:
+        return CompiledRunner(state, metrics, split, config.batch_size, config.seed)
+    loop = make_train_loop(make_train_step(state.model, state.optimizer, state.step, metrics, strategy))
+    batches = data.train_batches(split, config.batch_size, config.seed, start_step)
+    iterator = iter(strategy.experimental_distribute_dataset(batches))
+    return lambda num_steps: loop(iterator, tf.constant(num_steps, tf.int64))
 
 
 @contextlib.contextmanager
@@ -384,19 +454,18 @@ def _run(config, strategy, splits, log_dir: str | None, save_dir: str) -> TrainR
 
     with strategy.scope():
         metrics = TrainMetrics()
-    train_loop = make_train_loop(make_train_step(state.model, state.optimizer, state.step, metrics, strategy))
+    run_training_steps = make_runner(config, state, metrics, splits["train"], strategy, start_step)
     reporter = _Reporter(log_dir, evaluation.make_predict_fn(state.model), splits["validation"])
     diagnose = diagnostics.Diagnostics(log_dir, state.model, mean_loss, splits["validation"],
                                        config.diagnostics and log_dir is not None)
-    batches = data.train_batches(splits["train"], config.batch_size, config.seed, start_step)
-    iterator = iter(strategy.experimental_distribute_dataset(batches))
+    loop_kind = "an XLA-compiled loop" if config.compiled else "a tf.data pipeline"
     print(f"Training {config.model} with {config.optimizer} lr={config.learning_rate:g}, batch "
-          f"{config.batch_size} over {strategy.num_replicas_in_sync} replica(s), from step {start_step} to "
-          f"{config.max_steps}; TensorBoard logs in {log_dir or 'the chief worker'}", flush=True)
+          f"{config.batch_size} over {strategy.num_replicas_in_sync} replica(s) with {loop_kind}, from step "
+          f"{start_step} to {config.max_steps}; TensorBoard logs in {log_dir or 'the chief worker'}", flush=True)
 
     def run_steps(num_steps: int) -> None:
         try:
-            train_loop(iterator, tf.constant(num_steps, tf.int64))
+            run_training_steps(num_steps)
         except tf.errors.InvalidArgumentError as e:
             if "non-finite loss" not in str(e):
                 raise

@@ -1,19 +1,26 @@
 """Training speed of mnist_dnn's loop against Keras fit, PyTorch and JAX, side by side.
 
-    pip install -r benchmarks/requirements.txt      # PyTorch (CPU build); JAX optional
+    pip install -r benchmarks/requirements.txt      # PyTorch (CPU build) and JAX
     python benchmarks/speed.py --idx_dir=../shared/data/mnist [--out=benchmarks/speed.json]
 
-Every run uses the same data (MNIST's 55,000 training images, in memory as float32), the
-same model, Adam 1e-3 and batch 128, and runs in a process of its own (for its peak RSS):
-- throughput on 784-128-10: the first epoch's time (tracing and compilation included), then
-  the median examples/s of --repeats further epochs;
-- time to 98.0% test accuracy on 784-512-512-10 with dropout 0.2: training time from the start,
-  test accuracy checked after every epoch (evaluation time excluded), at most --max_epochs.
-mnist_dnn runs through its public API (the same train step, loop and tf.data pipeline as
-`mnist_dnn.train`). Ratios are to Keras `fit` with steps_per_execution=1, in the same run.
+Every run uses the same data (MNIST's 55,000 training images), model, optimizer (Adam) and
+batch, in a process of its own (for its peak RSS). Tasks:
+- throughput on 784-128-10 and on 784-512-512-10 with dropout 0.2 (Adam 1e-3, batch 128):
+  the first epoch's time (tracing and compilation included), then the median examples/s of
+  --repeats further epochs;
+- time to 97.5% test accuracy on 784-128-10 and to 98.0% on 784-512-512-10 (dropout 0.2):
+  training time from the start (compilation included), test accuracy checked after every epoch
+  (evaluation time excluded), at most --max_epochs;
+- time to 98.0% with configs/fast.cfg: mnist_dnn with that file's settings, and Keras fit at
+  its fastest on the same model with the same settings.
+mnist_dnn runs through its public API: the config and loop `mnist_dnn.train` uses (the XLA-
+compiled loop by default; mnist_dnn_pipeline is the --nojit_compile tf.data path). Keras fit
+trains in one `fit` call (a callback times the epochs). Ratios are to Keras `fit` with
+steps_per_execution=1, in the same run.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -25,9 +32,35 @@ import time
 
 import numpy as np
 
-BATCH, LEARNING_RATE = 128, 1e-3
-SMALL, LARGE = (128,), (512, 512)
-RUNNERS = ("keras_fit", "keras_fit_fast", "mnist_dnn", "torch_eager", "jax_scan")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST_CONFIG = os.path.join(ROOT, "configs", "fast.cfg")
+RUNNERS = ("keras_fit", "keras_fit_fast", "mnist_dnn", "mnist_dnn_pipeline", "torch_eager", "jax_scan")
+# Keras' mixed_bfloat16 policy (bf16 matmuls, float32 weights) in mnist_dnn's loop, on the large model only.
+BF16_RUNNERS = ("mnist_dnn_bf16", "mnist_dnn_pipeline_bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    hidden: tuple[int, ...]
+    dropout: float = 0.0
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+    target: float = 0.98  # test accuracy of the time-to-accuracy task
+
+
+SMALL = Setting((128,), target=0.975)
+LARGE = Setting((512, 512), 0.2)
+TASKS = {"small": SMALL, "large": LARGE}  # each: throughput, then time to target
+
+
+def fast_setting():
+    """configs/fast.cfg's model and hyperparameters, read as mnist_dnn.train reads them."""
+    from absl import flags
+    from mnist_dnn import train
+    flags.FLAGS(["speed", f"--flagfile={FAST_CONFIG}"])
+    config = train.config_from_flags()
+    assert config.optimizer == "adam", "the other runners train with Adam"
+    return Setting(config.model.hidden_units, config.model.dropout, config.learning_rate, config.batch_size), config
 
 
 def load_arrays(idx_dir, data_dir):
@@ -37,58 +70,78 @@ def load_arrays(idx_dir, data_dir):
     return splits, to_np(splits["train"]), to_np(splits["test"])
 
 
-# --- runners: each returns train_epoch(seconds) and test_accuracy() for a model ---------------
+# --- runners: each returns run(max_epochs, after_epoch) and test_accuracy() ---------------------
+# after_epoch() is called at the end of every epoch and returns True to stop.
 
 
-def keras_runner(hidden, dropout, train, test, steps_per_execution, jit):
+def epoch_loop(epoch):
+    def run(max_epochs, after_epoch):
+        for _ in range(max_epochs):
+            epoch()
+            if after_epoch():
+                return
+    return run
+
+
+def keras_runner(s: Setting, train, test, steps_per_execution, jit):
     import keras
     from mnist_dnn import models
-    model = models.create_model(models.make_config("dense", hidden, dropout))
-    model.compile(keras.optimizers.Adam(LEARNING_RATE), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    model = models.create_model(models.make_config("dense", s.hidden, s.dropout))
+    model.compile(keras.optimizers.Adam(s.learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   steps_per_execution=steps_per_execution, jit_compile=jit)
-    epoch = lambda: model.fit(*train, batch_size=BATCH, epochs=1, shuffle=True, verbose=0)
+
+    class AfterEpoch(keras.callbacks.Callback):
+        def __init__(self, after_epoch):
+            super().__init__()
+            self.after_epoch = after_epoch
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = self.after_epoch()
+
+    def run(max_epochs, after_epoch):
+        model.fit(*train, batch_size=s.batch_size, epochs=max_epochs, shuffle=True, verbose=0,
+                  callbacks=[AfterEpoch(after_epoch)])
+
     accuracy = lambda: float(np.mean(np.argmax(model.predict(test[0], batch_size=1000, verbose=0), 1) == test[1]))
-    return epoch, accuracy
+    return run, accuracy
 
 
-def mnist_dnn_runner(hidden, dropout, splits):
-    import tensorflow as tf
+def mnist_dnn_runner(s: Setting, splits, jit_compile, config=None):
     from mnist_dnn import data, evaluation, models, training
-    config = training.TrainConfig(model=models.make_config("dense", hidden, dropout), batch_size=BATCH,
-                                  learning_rate=LEARNING_RATE)
+    config = config or training.TrainConfig(model=models.make_config("dense", s.hidden, s.dropout),
+                                            batch_size=s.batch_size, learning_rate=s.learning_rate)
+    config = dataclasses.replace(config, jit_compile=jit_compile)
     state = training.build_state(config)
-    loop = training.make_train_loop(training.make_train_step(state.model, state.optimizer, state.step,
-                                                             training.TrainMetrics()))
-    iterator = iter(data.train_batches(splits["train"], BATCH, seed=0))
-    steps = data.steps_per_epoch(splits["train"], BATCH)
+    run_steps = training.make_runner(config, state, training.TrainMetrics(), splits["train"])
+    steps = data.steps_per_epoch(splits["train"].size, config.batch_size)
     predict = evaluation.make_predict_fn(state.model)
 
     def epoch():
         for _ in range(steps // config.steps_per_call):
-            loop(iterator, tf.constant(config.steps_per_call, tf.int64))
-        loop(iterator, tf.constant(steps % config.steps_per_call, tf.int64))
+            run_steps(config.steps_per_call)
+        run_steps(steps % config.steps_per_call)
         state.step.numpy()  # wait for the last step
 
-    return epoch, lambda: evaluation.evaluate_split(predict, splits["test"], 1000).accuracy
+    return epoch_loop(epoch), lambda: evaluation.evaluate_split(predict, splits["test"], 1000).accuracy
 
 
-def torch_runner(hidden, dropout, train, test):
+def torch_runner(s: Setting, train, test):
     import torch
     torch.manual_seed(0)
     layers, width = [], 784
-    for units in hidden:
-        layers += [torch.nn.Linear(width, units), torch.nn.ReLU()] + ([torch.nn.Dropout(dropout)] if dropout else [])
+    for units in s.hidden:
+        layers += [torch.nn.Linear(width, units), torch.nn.ReLU()] + ([torch.nn.Dropout(s.dropout)] if s.dropout else [])
         width = units
     model = torch.nn.Sequential(*layers, torch.nn.Linear(width, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
     x, y = torch.from_numpy(train[0]), torch.from_numpy(train[1]).long()
     xt, yt = torch.from_numpy(test[0]), torch.from_numpy(test[1]).long()
 
     def epoch():
         model.train()
         order = torch.randperm(len(x))
-        for i in range(0, len(x), BATCH):
-            idx = order[i:i + BATCH]
+        for i in range(0, len(x), s.batch_size):
+            idx = order[i:i + s.batch_size]
             optimizer.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             optimizer.step()
@@ -98,52 +151,52 @@ def torch_runner(hidden, dropout, train, test):
         with torch.no_grad():
             return float((model(xt).argmax(1) == yt).float().mean())
 
-    return epoch, accuracy
+    return epoch_loop(epoch), accuracy
 
 
-def jax_runner(hidden, dropout, train, test):
+def jax_runner(s: Setting, train, test):
     import jax
     import jax.numpy as jnp
-    import optax  # noqa: F401  (installed with the JAX extras of requirements.txt)
+    import optax
 
     key = jax.random.PRNGKey(0)
-    sizes = [784, *hidden, 10]
+    sizes = [784, *s.hidden, 10]
     params = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         key, sub = jax.random.split(key)
         limit = (6 / (fan_in + fan_out)) ** 0.5
         params.append((jax.random.uniform(sub, (fan_in, fan_out), minval=-limit, maxval=limit), jnp.zeros(fan_out)))
-    tx = optax.adam(LEARNING_RATE)
+    tx = optax.adam(s.learning_rate)
     opt_state = tx.init(params)
     x, y = jnp.asarray(train[0]), jnp.asarray(train[1])
-    full = len(x) // BATCH  # the ragged tail is dropped here: scan needs one shape
+    full = len(x) // s.batch_size  # the ragged tail is dropped here: scan needs one shape
 
     def logits_fn(p, xb, rng):
         for i, (w, b) in enumerate(p):
             xb = xb @ w + b
             if i < len(p) - 1:
                 xb = jax.nn.relu(xb)
-                if dropout and rng is not None:
+                if s.dropout and rng is not None:
                     rng, sub = jax.random.split(rng)
-                    xb = jnp.where(jax.random.bernoulli(sub, 1 - dropout, xb.shape), xb / (1 - dropout), 0)
+                    xb = jnp.where(jax.random.bernoulli(sub, 1 - s.dropout, xb.shape), xb / (1 - s.dropout), 0)
         return xb
 
     def loss_fn(p, xb, yb, rng):
         return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, xb, rng), yb).mean()
 
     @jax.jit
-    def run_epoch(p, s, rng):
+    def run_epoch(p, opt, rng):
         rng, sub = jax.random.split(rng)
-        order = jax.random.permutation(sub, len(x))[: full * BATCH].reshape(full, BATCH)
+        order = jax.random.permutation(sub, len(x))[: full * s.batch_size].reshape(full, s.batch_size)
 
         def step(carry, idx):
-            p, s, rng = carry
+            p, opt, rng = carry
             rng, sub = jax.random.split(rng)
             grads = jax.grad(loss_fn)(p, x[idx], y[idx], sub)
-            updates, s = tx.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s, rng), None
+            updates, opt = tx.update(grads, opt, p)
+            return (optax.apply_updates(p, updates), opt, rng), None
 
-        return jax.lax.scan(step, (p, s, rng), order)[0]
+        return jax.lax.scan(step, (p, opt, rng), order)[0]
 
     state = {"carry": (params, opt_state, key)}
 
@@ -155,48 +208,79 @@ def jax_runner(hidden, dropout, train, test):
         predictions = jnp.argmax(logits_fn(state["carry"][0], jnp.asarray(test[0]), None), 1)
         return float(jnp.mean(predictions == jnp.asarray(test[1])))
 
-    return epoch, accuracy
+    return epoch_loop(epoch), accuracy
 
 
-def make_runner(name, hidden, dropout, splits, train, test):
+def make_runner(name, setting, splits, train, test, config=None):
     if name == "keras_fit":
-        return keras_runner(hidden, dropout, train, test, 1, False)
+        return keras_runner(setting, train, test, 1, False)
     if name == "keras_fit_fast":
-        return keras_runner(hidden, dropout, train, test, 50, True)
-    if name == "mnist_dnn":
-        return mnist_dnn_runner(hidden, dropout, splits)
+        return keras_runner(setting, train, test, 50, True)
+    if name.startswith("mnist_dnn"):
+        if name.endswith("_bf16"):
+            import keras
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        return mnist_dnn_runner(setting, splits, "pipeline" not in name, config)
     if name == "torch_eager":
-        return torch_runner(hidden, dropout, train, test)
-    return jax_runner(hidden, dropout, train, test)
+        return torch_runner(setting, train, test)
+    return jax_runner(setting, train, test)
 
 
 # --- one measurement per process ----------------------------------------------------------
 
 
+class EpochClock:
+    """Training seconds per epoch, with the time spent in after_epoch() (evaluation) left out."""
+
+    def __init__(self):
+        self.epochs, self.resumed = [], time.perf_counter()
+
+    def lap(self):
+        self.epochs.append(time.perf_counter() - self.resumed)
+
+    def resume(self):
+        self.resumed = time.perf_counter()
+
+
+def throughput(run, examples, repeats):
+    clock = EpochClock()
+
+    def after_epoch():
+        clock.lap()
+        clock.resume()
+        return len(clock.epochs) > repeats
+
+    run(repeats + 1, after_epoch)
+    rates = [examples / seconds for seconds in clock.epochs[1:]]
+    return {"first_epoch_s": clock.epochs[0], "examples_per_s": statistics.median(rates), "rounds": rates}
+
+
+def time_to_accuracy(run, accuracy, target, max_epochs):
+    clock, reached = EpochClock(), {}
+
+    def after_epoch():
+        clock.lap()
+        if accuracy() >= target:
+            reached.update(seconds=sum(clock.epochs), epochs=len(clock.epochs))
+        clock.resume()
+        return bool(reached)
+
+    run(max_epochs, after_epoch)
+    return {"target": target, "reached": reached or None}
+
+
 def measure(name, task, args):
     splits, train, test = load_arrays(args.idx_dir, args.data_dir)
-    if task == "throughput":
-        epoch, _ = make_runner(name, SMALL, 0.0, splits, train, test)
-        started = time.perf_counter()
-        epoch()
-        first = time.perf_counter() - started
-        rates = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            epoch()
-            rates.append(len(train[1]) / (time.perf_counter() - started))
-        result = {"first_epoch_s": first, "examples_per_s": statistics.median(rates), "rounds": rates}
+    config = None
+    if task == "fast":
+        setting, config = fast_setting()
     else:
-        epoch, accuracy = make_runner(name, LARGE, 0.2, splits, train, test)
-        trained, reached = 0.0, None
-        for number in range(1, args.max_epochs + 1):
-            started = time.perf_counter()
-            epoch()
-            trained += time.perf_counter() - started
-            if accuracy() >= 0.98:
-                reached = {"seconds": trained, "epochs": number}
-                break
-        result = {"to_98": reached}
+        setting = TASKS[task.split("_")[0]]
+    run, accuracy = make_runner(name, setting, splits, train, test, config)
+    if task.endswith("_throughput"):
+        result = throughput(run, len(train[1]), args.repeats)
+    else:
+        result = time_to_accuracy(run, accuracy, setting.target, args.max_epochs)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -208,34 +292,56 @@ def available(name):
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
+def plan():
+    """(runner, task) pairs, in the order they run."""
+    tasks = [f"{size}_{kind}" for size in TASKS for kind in ("throughput", "accuracy")]
+    pairs = [(name, task) for task in tasks for name in RUNNERS]
+    pairs += [(name, "large_throughput") for name in BF16_RUNNERS]
+    return pairs + [("mnist_dnn", "fast"), ("keras_fit_fast", "fast")]
+
+
 def run_all(args):
     results = {}
-    for name in RUNNERS:
+    for name, task in plan():
         if not available(name):
             print(f"{name}: not installed, skipped", flush=True)
             continue
-        results[name] = {}
-        for task in ("throughput", "accuracy"):
-            command = [sys.executable, __file__, f"--worker={name}", f"--task={task}", f"--data_dir={args.data_dir}",
-                       f"--repeats={args.repeats}", f"--max_epochs={args.max_epochs}"]
-            if args.idx_dir:
-                command.append(f"--idx_dir={args.idx_dir}")
-            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            results[name][task] = json.loads(output.strip().splitlines()[-1])
-            print(name, task, results[name][task], flush=True)
+        command = [sys.executable, __file__, f"--worker={name}", f"--task={task}", f"--data_dir={args.data_dir}",
+                   f"--repeats={args.repeats}", f"--max_epochs={args.max_epochs}"]
+        if args.idx_dir:
+            command.append(f"--idx_dir={args.idx_dir}")
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        results.setdefault(name, {})[task] = json.loads(output.strip().splitlines()[-1])
+        print(name, task, results[name][task], flush=True)
     return results
 
 
+def _reached(result):
+    r = result["reached"]
+    return f"{r['seconds']:.1f} s ({r['epochs']} ep.)" if r else "not reached"
+
+
 def table(results):
-    base = results["keras_fit"]["throughput"]["examples_per_s"]
-    lines = ["| run | examples/s (784-128-10) | ratio to Keras fit | first epoch s | s to 98.0% (784-512-512-10) | peak RSS MB |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    base = {size: results["keras_fit"][f"{size}_throughput"]["examples_per_s"] for size in TASKS}
+    lines = ["| run | ex/s 784-128-10 (ratio) | first epoch s | ex/s 784-512-512-10 (ratio) | s to 97.5% (small) "
+             "| s to 98.0% (large) | s to 98.0% (configs/fast.cfg) | peak RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
-        t, a = r["throughput"], r["accuracy"]
-        to_98 = f"{a['to_98']['seconds']:.1f} ({a['to_98']['epochs']} epochs)" if a["to_98"] else "not reached"
-        rss = max(t["peak_rss_mb"], a["peak_rss_mb"])
-        lines.append(f"| {name} | {t['examples_per_s']:,.0f} | {t['examples_per_s'] / base:.2f} | "
-                     f"{t['first_epoch_s']:.2f} | {to_98} | {rss:,.0f} |")
+        if "small_throughput" not in r:
+            t = r["large_throughput"]
+            lines.append(f"| {name} | | | {t['examples_per_s']:,.0f} ({t['examples_per_s'] / base['large']:.2f}) | | | | "
+                         f"{t['peak_rss_mb']:,.0f} |")
+            continue
+        cells = [name]
+        for size in TASKS:
+            t = r[f"{size}_throughput"]
+            cells.append(f"{t['examples_per_s']:,.0f} ({t['examples_per_s'] / base[size]:.2f})")
+            if size == "small":
+                cells.append(f"{t['first_epoch_s']:.2f}")
+        cells += [_reached(r["small_accuracy"]), _reached(r["large_accuracy"])]
+        cells.append(_reached(r["fast"]) if "fast" in r else "")
+        cells.append(f"{max(v['peak_rss_mb'] for v in r.values()):,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -246,8 +352,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max_epochs", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/speed.json")
-    parser.add_argument("--worker", choices=RUNNERS)
-    parser.add_argument("--task", choices=("throughput", "accuracy"))
+    parser.add_argument("--worker", choices=RUNNERS + BF16_RUNNERS)
+    parser.add_argument("--task", choices=[f"{s}_{k}" for s in TASKS for k in ("throughput", "accuracy")] + ["fast"])
     args = parser.parse_args()
     if args.worker:
         return measure(args.worker, args.task, args)

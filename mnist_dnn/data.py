@@ -227,6 +227,29 @@ def steps_per_epoch(size: int, batch_size: int) -> int:
     return math.ceil(size / batch_size)
 
 
+def random_shift(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
+    """Moves each image [B, 784] by its own random (dy, dx) in [-max_shift, max_shift], filling with 0.
+
+    Stateless in `seed` (shape [2]): the same seed always gives the same shifts, so a resumed
+    run augments each step as an uninterrupted one does.
+    """
+    side = IMAGE_SIZE + 2 * max_shift
+    padded = tf.pad(tf.reshape(images, [-1, IMAGE_SIZE, IMAGE_SIZE]), [[0, 0], [max_shift] * 2, [max_shift] * 2])
+    # Shape [B, 2] so that image i gets the same offsets in a batch padded to any size; Philox
+    # gives the same numbers inside XLA as outside.
+    offsets = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed, 0, side - IMAGE_SIZE + 1, tf.int32,
+                                          alg="philox")
+    grid = tf.range(IMAGE_SIZE)
+    rows = tf.gather(padded, offsets[:, :1] + grid, batch_dims=1)  # [B, 28, side]
+    shifted = tf.gather(rows, offsets[:, 1:] + grid, axis=2, batch_dims=1)  # [B, 28, 28]
+    return tf.reshape(shifted, [-1, NUM_PIXELS])
+
+
+def shift_seed(seed: int, step) -> tf.Tensor:
+    """The random_shift seed of a training step."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64) + (1 << 32)])
+
+
 def epoch_order(size: int, seed: int, epoch) -> tf.Tensor:
     """The example indices of an epoch: a stateless permutation of (seed, epoch)."""
     return tf.random.experimental.stateless_shuffle(
@@ -246,7 +269,7 @@ def padded_epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> tup
     return order, weights
 
 
-def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0) -> tf.data.Dataset:
+def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0, augment_shift: int = 0) -> tf.data.Dataset:
     """Endless (images, labels) batches, reshuffled every epoch, starting at `start_step`.
 
     The whole split stays in memory as uint8 (the cache); each epoch's order is a
@@ -254,6 +277,7 @@ def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0)
     seed and the step alone, and a resumed run sees exactly the batches it would have
     seen without a stop, while the checkpoint stores only the step.
     The last batch of an epoch is smaller when the batch size does not divide the split.
+    `augment_shift > 0` moves each image by up to that many pixels (`random_shift`).
     """
     epoch_steps = steps_per_epoch(split.size, batch_size)
     start_epoch, skip = divmod(start_step, epoch_steps)
@@ -264,10 +288,14 @@ def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0)
             lambda i: order[i * batch_size : (i + 1) * batch_size]
         )
 
-    def gather(indices):
-        return to_float(tf.gather(split.images, indices)), tf.gather(split.labels, indices)
+    def gather(step, indices):
+        images = tf.gather(split.images, indices)
+        if augment_shift:
+            images = random_shift(images, augment_shift, shift_seed(seed, step))
+        return to_float(images), tf.gather(split.labels, indices)
 
     batches = tf.data.Dataset.counter(start_epoch).flat_map(epoch_indices).skip(skip)
+    batches = tf.data.Dataset.zip(tf.data.Dataset.counter(start_step), batches)
     return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

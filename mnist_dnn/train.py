@@ -11,6 +11,9 @@ flags.DEFINE_list("hidden_units", None, "Hidden layer widths, e.g. 256,128 (defa
 flags.DEFINE_float("dropout", 0.0, "Dropout rate after each hidden layer (dense only).")
 flags.DEFINE_string("optimizer", "adam", f"Optimizer: {', '.join(training.OPTIMIZERS)}.")
 flags.DEFINE_float("learning_rate", training.TrainConfig.learning_rate, "Learning rate.")
+flags.DEFINE_enum("lr_schedule", "constant", training.LR_SCHEDULES,
+                  "Learning rate schedule: constant, or cosine decay to 0 at --max_steps.")
+flags.DEFINE_integer("augment_shift", 0, "Move each training image by a random 0..N pixels in x and y (0: off).")
 flags.DEFINE_integer("batch_size", training.TrainConfig.batch_size, "Training batch size.")
 flags.DEFINE_integer("max_steps", training.TrainConfig.max_steps, "Train until this global step.")
 flags.DEFINE_string("dataset", "mnist", f"TFDS dataset in MNIST format: {', '.join(data.DATASETS)}.")
@@ -51,6 +54,8 @@ def config_from_flags() -> training.TrainConfig:
         data=data.DataConfig(FLAGS.dataset, FLAGS.data_dir, cli.idx_dir(FLAGS)),
         optimizer=FLAGS.optimizer,
         learning_rate=FLAGS.learning_rate,
+        lr_schedule=FLAGS.lr_schedule,
+        augment_shift=FLAGS.augment_shift,
         batch_size=FLAGS.batch_size,
         max_steps=FLAGS.max_steps,
         seed=FLAGS.seed,

@@ -28,12 +28,19 @@ OPTIMIZERS = {
 }
 
 
+LR_SCHEDULES = ("constant", "cosine")
+LR_VARIABLE = "optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE"  # in checkpoints of a constant rate
+MAX_SHIFT = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optimizer: str = "adam"
     learning_rate: float = 0.001
+    lr_schedule: str = "constant"  # or "cosine": decays to 0 at max_steps
+    augment_shift: int = 0  # move each training image by up to this many pixels (0: off)
     batch_size: int = 128
     max_steps: int = 5000
     seed: int = 0
@@ -60,6 +67,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown --optimizer={self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"unknown --lr_schedule={self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise UsageError(f"--learning_rate must be a positive number, got {self.learning_rate}")
         for name in ("batch_size", "max_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_call"):
@@ -67,6 +76,8 @@ class TrainConfig:
                 raise UsageError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         if self.early_stopping_patience < 0:
             raise UsageError(f"--early_stopping_patience must be 0 (off) or positive, got {self.early_stopping_patience}")
+        if not 0 <= self.augment_shift <= MAX_SHIFT:
+            raise UsageError(f"--augment_shift must be 0 (off) to {MAX_SHIFT} pixels, got {self.augment_shift}")
         if self.jit_compile and self.strategy != "default":
             raise UsageError(f"--jit_compile runs on one device, not with --strategy={self.strategy}; drop one of them")
 
@@ -93,16 +104,23 @@ def default_log_dir(config: TrainConfig) -> str:
     parts = [config.model.name, *map(str, config.model.hidden_units), config.optimizer, f"{config.learning_rate:g}", f"b{config.batch_size}"]
     if config.model.dropout:
         parts.append(f"drop{config.model.dropout:g}")
+    if config.lr_schedule != "constant":
+        parts.append(config.lr_schedule)
+    if config.augment_shift:
+        parts.append(f"shift{config.augment_shift}")
     return os.path.join("logs", "-".join(parts))
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, learning_rate: float, schedule: str = "constant", max_steps: int = 0):
+    """The optimizer by name; `schedule="cosine"` decays the learning rate to 0 at `max_steps`."""
+    if schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max_steps)
     return OPTIMIZERS[name](learning_rate)
 
 
 def per_example_loss(labels, logits):
-    """Sparse softmax cross-entropy on logits (never on softmax outputs)."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    """Sparse softmax cross-entropy on logits (never on softmax outputs), in float32 even under mixed precision."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))
 
 
 def mean_loss(labels, logits):
@@ -127,17 +145,19 @@ class TrainMetrics:
             metric.reset_state()
 
 
-def train_on_batch(model, optimizer, metrics: TrainMetrics, images, labels, weights, total_weight):
-    """One optimization step on the loss summed with `weights` and divided by `total_weight`."""
+class NonFiniteLoss(Exception):
+    """The loss of a step was NaN or infinite; that step updated nothing."""
+
+
+def loss_and_gradients(model, images, labels, weights, total_weight, check_numerics=False):
+    """The loss summed with `weights` and divided by `total_weight`, and its gradients."""
     with tf.GradientTape() as tape:
         logits = model(images, training=True)
         example_losses = per_example_loss(labels, logits)
         loss = tf.reduce_sum(example_losses * weights) / total_weight
-        # Fails the step before the update: the weights stay those of the last good step.
-        loss = tf.debugging.check_numerics(loss, "non-finite loss")
-    gradients = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-    metrics.update(example_losses, labels, logits, weights)
+        if check_numerics:  # raises before any update (XLA compiles this op away: see make_compiled_loop)
+            loss = tf.debugging.check_numerics(loss, "non-finite loss")
+    return loss, tape.gradient(loss, model.trainable_variables), example_losses, logits
 
 
 def make_train_step(model, optimizer, step, metrics: TrainMetrics, strategy=None):
@@ -151,7 +171,10 @@ def make_train_step(model, optimizer, step, metrics: TrainMetrics, strategy=None
     def replica_step(images, labels):
         global_batch = tf.distribute.get_replica_context().all_reduce("sum", tf.shape(labels)[0])
         weights = tf.ones_like(labels, tf.float32)
-        train_on_batch(model, optimizer, metrics, images, labels, weights, tf.cast(global_batch, tf.float32))
+        _, gradients, example_losses, logits = loss_and_gradients(
+            model, images, labels, weights, tf.cast(global_batch, tf.float32), check_numerics=True)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        metrics.update(example_losses, labels, logits, weights)
 
     @tf.function
     def train_step(images, labels):
@@ -177,26 +200,35 @@ def make_train_loop(train_step):
     return train_loop
 
 
-def make_compiled_loop(model, optimizer, step, metrics: TrainMetrics, batch_size: int):
+def make_compiled_loop(model, optimizer, step, metrics: TrainMetrics, batch_size: int, seed: int = 0,
+                       augment_shift: int = 0):
     """Runs `num_steps` train steps of one epoch, from its batch `first`, as one XLA program.
 
     The split (uint8, in memory) and the epoch's order are arguments of fixed shapes, so this
     compiles once; an epoch's ragged last batch is a full one whose padding has weight 0
     (`data.padded_epoch_order`). The same batches as `data.train_batches`, without tf.data.
+    Returns False if it stopped at a step whose loss was not finite (that step updated nothing).
     """
 
     @tf.function(jit_compile=True)
     def train_loop(images, labels, order, weights, first, num_steps):
+        batch, finite = first, tf.constant(True)
         # A `while`, not `for ... in tf.range`: XLA would compile a range loop again for every new bound.
-        batch = first
-        while batch < first + num_steps:
+        while finite and batch < first + num_steps:
             begin = [batch * batch_size]
             indices, batch_weights = tf.slice(order, begin, [batch_size]), tf.slice(weights, begin, [batch_size])
-            images_batch, labels_batch = data.to_float(tf.gather(images, indices)), tf.gather(labels, indices)
-            train_on_batch(model, optimizer, metrics, images_batch, labels_batch, batch_weights,
-                           tf.reduce_sum(batch_weights))
-            step.assign_add(1)
+            images_batch, labels_batch = tf.gather(images, indices), tf.gather(labels, indices)
+            if augment_shift:
+                images_batch = data.random_shift(images_batch, augment_shift, data.shift_seed(seed, step))
+            loss, gradients, example_losses, logits = loss_and_gradients(
+                model, data.to_float(images_batch), labels_batch, batch_weights, tf.reduce_sum(batch_weights))
+            finite = tf.math.is_finite(loss)
+            if finite:
+                optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+                metrics.update(example_losses, labels_batch, logits, batch_weights)
+                step.assign_add(1)
             batch += 1
+        return finite
 
     return train_loop
 
@@ -204,9 +236,11 @@ def make_compiled_loop(model, optimizer, step, metrics: TrainMetrics, batch_size
 class CompiledRunner:
     """`run(num_steps)` with the compiled loop: one call per epoch segment, one order per epoch."""
 
-    def __init__(self, state: "TrainState", metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int):
+    def __init__(self, state: "TrainState", metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
+                 augment_shift: int = 0):
         self.step, self.split, self.batch_size, self.seed = state.step, split, batch_size, seed
-        self.loop = make_compiled_loop(state.model, state.optimizer, state.step, metrics, batch_size)
+        self.loop = make_compiled_loop(state.model, state.optimizer, state.step, metrics, batch_size, seed,
+                                       augment_shift)
         self.epoch_steps = data.steps_per_epoch(split.size, batch_size)
         self.epoch, self.order = None, None
 
@@ -218,7 +252,8 @@ class CompiledRunner:
             if epoch != self.epoch:
                 self.epoch, self.order = epoch, data.padded_epoch_order(self.split.size, self.batch_size, self.seed, epoch)
             count = min(end - current, self.epoch_steps - first)
-            self.loop(self.split.images, self.split.labels, *self.order, tf.constant(first), tf.constant(count))
+            if not self.loop(self.split.images, self.split.labels, *self.order, tf.constant(first), tf.constant(count)):
+                raise NonFiniteLoss()
             current += count
 
 
@@ -227,11 +262,20 @@ def make_runner(config: TrainConfig, state: "TrainState", metrics: TrainMetrics,
     """`run(num_steps)`: the compiled in-memory loop, or the tf.data pipeline (several devices)."""
     strategy = strategy or tf.distribute.get_strategy()
     if config.compiled:
-        return CompiledRunner(state, metrics, split, config.batch_size, config.seed)
+        return CompiledRunner(state, metrics, split, config.batch_size, config.seed, config.augment_shift)
     loop = make_train_loop(make_train_step(state.model, state.optimizer, state.step, metrics, strategy))
-    batches = data.train_batches(split, config.batch_size, config.seed, start_step)
+    batches = data.train_batches(split, config.batch_size, config.seed, start_step, config.augment_shift)
     iterator = iter(strategy.experimental_distribute_dataset(batches))
-    return lambda num_steps: loop(iterator, tf.constant(num_steps, tf.int64))
+
+    def run(num_steps: int) -> None:
+        try:
+            loop(iterator, tf.constant(num_steps, tf.int64))
+        except tf.errors.InvalidArgumentError as e:
+            if "non-finite loss" in str(e):
+                raise NonFiniteLoss() from None
+            raise
+
+    return run
 
 
 @contextlib.contextmanager
@@ -259,6 +303,20 @@ def _check_resumable(config: TrainConfig) -> None:
             )
     elif os.path.isdir(ckpt_dir) and tf.train.latest_checkpoint(ckpt_dir):
         raise UsageError(f"{ckpt_dir} holds checkpoints but no {checkpoints.CONFIG_FILE}; pass another --ckpt_dir")
+    _check_same_schedule_kind(config)
+
+
+def _check_same_schedule_kind(config: TrainConfig) -> None:
+    """A constant learning rate is a variable of the optimizer, a schedule is not: they cannot restore each other."""
+    latest = tf.train.latest_checkpoint(config.ckpt_dir) if os.path.isdir(config.ckpt_dir) else None
+    try:
+        names = [name for name, _ in tf.train.list_variables(latest)] if latest else []
+    except checkpoints.RESTORE_ERRORS:
+        return  # damaged: resuming skips it
+    if names and (LR_VARIABLE in names) != (config.lr_schedule == "constant"):
+        trained_with = "a constant learning rate" if LR_VARIABLE in names else "a learning rate schedule"
+        raise UsageError(f"{latest} was trained with {trained_with}; resume with the same --lr_schedule, "
+                         "or pass another --ckpt_dir")
 
 
 def _log_scalars(writer, step, **scalars):
@@ -284,7 +342,7 @@ def build_state(config: TrainConfig, strategy=None) -> TrainState:
 
 def _build_state(config: TrainConfig) -> TrainState:
     model = create_model(config.model, config.seed)
-    optimizer = make_optimizer(config.optimizer, config.learning_rate)
+    optimizer = make_optimizer(config.optimizer, config.learning_rate, config.lr_schedule, config.max_steps)
     # Keras 3 creates optimizer slots lazily: build them now, or restore would drop them.
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, name="global_step")
@@ -438,8 +496,9 @@ def _run(config, strategy, splits, log_dir: str | None, save_dir: str) -> TrainR
     )
     # Every worker resumes from the checkpoints in --ckpt_dir (the chief's).
     _restore_newest_complete(state, tf.train.CheckpointManager(state.checkpoint, config.ckpt_dir, max_to_keep=None))
-    # The checkpoint holds the optimizer's learning rate; the flag decides (to resume with a lower one).
-    state.optimizer.learning_rate = config.learning_rate
+    if config.lr_schedule == "constant":
+        # The checkpoint holds the optimizer's learning rate; the flag decides (to resume with a lower one).
+        state.optimizer.learning_rate = config.learning_rate
     start_step = int(state.step.numpy())
     # Every worker knows the best so far from --ckpt_dir; a cluster's other workers save theirs aside.
     keeper = best.BestKeeper(state.checkpoint, save_dir, config.early_stopping_patience, config.eval_every,
@@ -466,9 +525,7 @@ def _run(config, strategy, splits, log_dir: str | None, save_dir: str) -> TrainR
     def run_steps(num_steps: int) -> None:
         try:
             run_training_steps(num_steps)
-        except tf.errors.InvalidArgumentError as e:
-            if "non-finite loss" not in str(e):
-                raise
+        except NonFiniteLoss:
             raise TrainingError(
                 f"the loss became NaN or infinite at step {int(state.step.numpy()) + 1}; nothing was saved after it. "
                 f"Last good checkpoint: {manager.latest_checkpoint or 'none'}. Lower --learning_rate and rerun to resume"
@@ -480,7 +537,7 @@ def _run(config, strategy, splits, log_dir: str | None, save_dir: str) -> TrainR
         while True:
             current = int(state.step.numpy())
             if current % config.log_every == 0 or current == config.max_steps:
-                reporter.train_metrics(current, metrics, config.learning_rate)
+                reporter.train_metrics(current, metrics, float(tf.convert_to_tensor(state.optimizer.learning_rate)))
             if current % config.eval_every == 0 or current == config.max_steps:
                 with reporter.paused():
                     validation = reporter.validation(current)

@@ -177,3 +177,36 @@ def test_mnist_format_siblings_import_from_idx_files_too(tmp_path):
     test = tfds.load("fashion_mnist", data_dir=str(tmp_path / "tfds"), split="test", download=False, batch_size=-1)
     assert sorted(test["label"].numpy().tolist()) == sorted(written["test"][1].tolist())
     assert not (tmp_path / "tfds" / "mnist").exists()
+
+
+def _one_dot_images(count, row=10, col=12):
+    images = np.zeros([count, 28, 28], np.uint8)
+    images[:, row, col] = 255
+    return tf.constant(images.reshape(count, 784))
+
+
+def test_random_shift_moves_each_image_by_at_most_max_shift_and_is_stateless():
+    shifted = data.random_shift(_one_dot_images(200), 2, data.shift_seed(0, 5)).numpy().reshape(200, 28, 28)
+    dots = np.array([np.argwhere(image)[0] for image in shifted])  # still one dot each: nothing lost
+    assert all(np.count_nonzero(image) == 1 for image in shifted)
+    moves = dots - [10, 12]
+    assert np.abs(moves).max() == 2 and len({tuple(m) for m in moves}) == 25  # every (dy, dx) in [-2, 2]^2
+    again = data.random_shift(_one_dot_images(200), 2, data.shift_seed(0, 5)).numpy().reshape(200, 28, 28)
+    other_step = data.random_shift(_one_dot_images(200), 2, data.shift_seed(0, 6)).numpy().reshape(200, 28, 28)
+    np.testing.assert_array_equal(again, shifted)
+    assert not np.array_equal(other_step, shifted)
+    compiled = tf.function(data.random_shift, jit_compile=True)
+    np.testing.assert_array_equal(compiled(_one_dot_images(200), 2, data.shift_seed(0, 5)).numpy().reshape(200, 28, 28),
+                                  shifted)
+
+
+def test_random_shift_fills_with_zeros_at_the_border():
+    shifted = data.random_shift(_one_dot_images(100, row=0, col=27), 3, data.shift_seed(1, 0)).numpy()
+    assert {np.count_nonzero(image) for image in shifted} == {0, 1}  # moved out, or still inside
+
+
+def test_padded_epoch_order_is_the_epoch_order_in_full_batches_with_zero_weight_padding():
+    order, weights = data.padded_epoch_order(10, 4, seed=3, epoch=2)
+    np.testing.assert_array_equal(order[:10], data.epoch_order(10, 3, 2))
+    assert order.shape == weights.shape == (12,)
+    np.testing.assert_array_equal(weights, [1] * 10 + [0] * 2)

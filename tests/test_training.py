@@ -28,6 +28,8 @@ def tiny_config(tiny_data, tmp_path, **overrides):
     ("optimizer", "adamax", "adam, adamw"), ("learning_rate", 0.0, "learning_rate"),
     ("learning_rate", -1.0, "learning_rate"), ("batch_size", 0, "batch_size"),
     ("max_steps", -5, "max_steps"), ("steps_per_call", 0, "steps_per_call"),
+    ("lr_schedule", "step", "constant, cosine"), ("augment_shift", 9, "augment_shift"),
+    ("augment_shift", -1, "augment_shift"),
 ])
 def test_out_of_range_settings_are_refused_before_anything_is_written(tmp_path, field, value, message):
     config = training.TrainConfig(ckpt_dir=str(tmp_path / "ckpt"), log_dir=str(tmp_path / "logs"), **{field: value})
@@ -149,3 +151,85 @@ def test_resume_uses_the_learning_rate_of_the_command_line(tiny_data, tmp_path):
     result = training.train(tiny_config(tiny_data, tmp_path, max_steps=20, learning_rate=0.001))
     reader = tf.train.load_checkpoint(result.checkpoint)
     assert reader.get_tensor("optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE") == pytest.approx(0.001)
+
+
+def test_jit_compile_with_several_devices_is_refused(tmp_path):
+    config = training.TrainConfig(ckpt_dir=str(tmp_path / "ckpt"), jit_compile=True, strategy="mirrored")
+    with pytest.raises(UsageError, match="--jit_compile runs on one device"):
+        training.train(config)
+
+
+def _final_weights(result):
+    reader = tf.train.load_checkpoint(result.checkpoint)
+    # The model's weights are stored once, under the optimizer that tracks them.
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith("optimizer/_trainable_variables/")}
+
+
+@pytest.mark.parametrize("augment_shift", [0, 2])
+def test_the_compiled_loop_trains_as_the_tf_data_pipeline_does(tiny_data, tmp_path, augment_shift):
+    # 40 steps of 64 over 1000 examples: two epoch ends with a batch of 40, same batches in both loops.
+    # SGD, because Adam would magnify float rounding differences in near-zero gradients.
+    results = [training.train(tiny_config(tiny_data, tmp_path / str(jit), jit_compile=jit, max_steps=40,
+                                          optimizer="sgd", learning_rate=0.1, augment_shift=augment_shift))
+               for jit in (True, False)]
+    compiled, pipeline = map(_final_weights, results)
+    assert len(compiled) > 3
+    for name in compiled:
+        np.testing.assert_allclose(compiled[name], pipeline[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert results[0].validation.loss == pytest.approx(results[1].validation.loss, rel=1e-4)
+
+
+def test_the_compiled_loop_compiles_once_over_ragged_epochs_and_varying_step_counts(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path)
+    state = training.build_state(config)
+    split = data.load_splits(tiny_data)["train"]  # 1000 examples: batches of 64 end with 40
+    run_steps = training.make_runner(config, state, training.TrainMetrics(), split)
+    for num_steps in (1, 7, 20, 3, 16):
+        run_steps(num_steps)
+    assert int(state.step) == 47  # crossed two epoch ends, each with a batch of 40
+    assert run_steps.loop.experimental_get_tracing_count() == 1
+
+
+def test_the_compiled_loop_stops_before_a_non_finite_step(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path)
+    state = training.build_state(config)
+    split = data.load_splits(tiny_data)["train"]
+    run_steps = training.make_runner(config, state, training.TrainMetrics(), split)
+    run_steps(3)
+    before = [v.numpy() for v in state.model.trainable_variables]
+    state.model.trainable_variables[0].assign(state.model.trainable_variables[0] * np.inf)
+    broken = [v.numpy() for v in state.model.trainable_variables]
+    with pytest.raises(training.NonFiniteLoss):
+        run_steps(5)
+    assert int(state.step) == 3
+    for old, new in zip(broken, state.model.trainable_variables):
+        np.testing.assert_array_equal(old, new.numpy())
+    assert not np.array_equal(before[0], broken[0])
+
+
+def _scalars(log_dir, tag):
+    acc = event_accumulator.EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+
+
+def test_cosine_schedule_decays_to_zero_at_max_steps_and_resumes_on_the_curve(tiny_data, tmp_path):
+    cosine = dict(lr_schedule="cosine", learning_rate=0.01, max_steps=40, keep_checkpoints=5)
+    whole = training.train(tiny_config(tiny_data, tmp_path / "whole", **cosine))
+    curve = _scalars(tmp_path / "whole" / "logs" / "train", "learning_rate")
+    assert curve[20] == pytest.approx(0.005, rel=1e-3) and curve[40] == pytest.approx(0.0, abs=1e-7)
+    # A run stopped at step 20: its folder as it was then.
+    stopped = tmp_path / "stopped" / "ckpt"
+    stopped.mkdir(parents=True)
+    for path in glob.glob(os.path.dirname(whole.checkpoint) + "/model.ckpt-20.*") + glob.glob(
+            os.path.dirname(whole.checkpoint) + "/" + checkpoints.CONFIG_FILE):
+        subprocess.run(["cp", path, str(stopped)], check=True)
+    tf.compat.v1.train.update_checkpoint_state(str(stopped), str(stopped / "model.ckpt-20"),
+                                               all_model_checkpoint_paths=[str(stopped / "model.ckpt-20")],
+                                               all_model_checkpoint_timestamps=[time.time()])
+    with pytest.raises(UsageError, match="learning rate schedule; resume with the same --lr_schedule"):
+        training.train(tiny_config(tiny_data, tmp_path / "stopped", max_steps=40, learning_rate=0.01))
+    training.train(tiny_config(tiny_data, tmp_path / "stopped", **cosine))
+    resumed = _scalars(tmp_path / "stopped" / "logs" / "train", "learning_rate")
+    assert resumed == pytest.approx({step: curve[step] for step in (30, 40)})

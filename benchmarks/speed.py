@@ -46,6 +46,7 @@ class Setting:
     learning_rate: float = 1e-3
     batch_size: int = 128
     target: float = 0.98  # test accuracy of the time-to-accuracy task
+    cosine_steps: int = 0  # if set, the learning rate decays to 0 over this many steps
 
 
 SMALL = Setting((128,), target=0.975)
@@ -60,7 +61,9 @@ def fast_setting():
     flags.FLAGS(["speed", f"--flagfile={FAST_CONFIG}"])
     config = train.config_from_flags()
     assert config.optimizer == "adam", "the other runners train with Adam"
-    return Setting(config.model.hidden_units, config.model.dropout, config.learning_rate, config.batch_size), config
+    cosine_steps = config.max_steps if config.lr_schedule == "cosine" else 0
+    return Setting(config.model.hidden_units, config.model.dropout, config.learning_rate, config.batch_size,
+                   cosine_steps=cosine_steps), config
 
 
 def load_arrays(idx_dir, data_dir):
@@ -87,7 +90,9 @@ def keras_runner(s: Setting, train, test, steps_per_execution, jit):
     import keras
     from mnist_dnn import models
     model = models.create_model(models.make_config("dense", s.hidden, s.dropout))
-    model.compile(keras.optimizers.Adam(s.learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    learning_rate = keras.optimizers.schedules.CosineDecay(s.learning_rate, s.cosine_steps) if s.cosine_steps \
+        else s.learning_rate
+    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   steps_per_execution=steps_per_execution, jit_compile=jit)
 
     class AfterEpoch(keras.callbacks.Callback):

@@ -66,3 +66,16 @@ def test_a_checkpoint_restores_every_weight_into_a_fresh_model(config, tmp_path)
     tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
     for a, b in zip(trained.weights, fresh.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_dropout_drops_at_its_rate_keeps_the_mean_and_is_off_at_inference():
+    layer = models.Dropout(0.25, seed=7)
+    ones = tf.ones([200, 500])
+    first, second = layer(ones, training=True).numpy(), layer(ones, training=True).numpy()
+    assert abs((first == 0).mean() - 0.25) < 0.01
+    np.testing.assert_allclose(np.unique(first), [0.0, 1 / 0.75], rtol=1e-6)
+    assert abs(first.mean() - 1.0) < 0.02
+    assert not np.array_equal(first, second)  # a new mask each call
+    np.testing.assert_array_equal(layer(ones, training=False).numpy(), ones.numpy())
+    compiled = tf.function(lambda x: layer(x, training=True), jit_compile=True)
+    assert abs((compiled(ones).numpy() == 0).mean() - 0.25) < 0.01

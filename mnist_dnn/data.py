@@ -246,7 +246,7 @@ def random_shift(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tenso
 
 
 def shift_seed(seed: int, step) -> tf.Tensor:
-    """The random_shift seed of a training step."""
+    """The random_shift seed of a training step (offset: never the (seed, epoch) of an epoch_order)."""
     return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64) + (1 << 32)])
 
 

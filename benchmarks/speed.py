@@ -89,11 +89,11 @@ def epoch_loop(epoch):
 
 def keras_runner(s: Setting, train, test, steps_per_execution, jit):
     import keras
-    from mnist_dnn import models
+    from mnist_dnn import models, training
     model = models.create_model(models.make_config("dense", s.hidden, s.dropout))
-    learning_rate = keras.optimizers.schedules.CosineDecay(s.learning_rate, s.cosine_steps) if s.cosine_steps \
-        else s.learning_rate
-    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    optimizer = training.make_optimizer("adam", s.learning_rate, "cosine" if s.cosine_steps else "constant",
+                                        s.cosine_steps)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   steps_per_execution=steps_per_execution, jit_compile=jit)
 
     class AfterEpoch(keras.callbacks.Callback):

@@ -8,11 +8,20 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
 
 from mnist_dnn import data
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REAL_IDX_DIR = os.environ.get(data.IDX_DIR_ENV) or str(ROOT.parent / "shared" / "data" / "mnist")
+
+
+def scalars(log_dir, tag: str) -> dict[int, float]:
+    """A TensorBoard scalar of one summary folder, {step: value}."""
+    acc = event_accumulator.EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {event.step: float(tf.make_ndarray(event.tensor_proto)) for event in acc.Tensors(tag)}
 
 
 def write_idx(path, array: np.ndarray, magic: int) -> None:

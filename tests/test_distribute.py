@@ -9,16 +9,12 @@ import sys
 import time
 
 import numpy as np
-import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, scalars
 
 
 def _train_losses(log_dir):
-    acc = event_accumulator.EventAccumulator(str(log_dir / "train"), size_guidance={"tensors": 0})
-    acc.Reload()
-    return np.array([float(tf.make_ndarray(event.tensor_proto)) for event in acc.Tensors("loss")])
+    return np.array(list(scalars(log_dir / "train", "loss").values()))
 
 
 def test_mirrored_on_two_virtual_cpus_follows_the_single_device_loss_curve(tiny_data, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import ROOT
+from conftest import ROOT, scalars
 from mnist_dnn import checkpoints, data, models, training
 from mnist_dnn.errors import UsageError
 
@@ -208,16 +208,10 @@ def test_the_compiled_loop_stops_before_a_non_finite_step(tiny_data, tmp_path):
     assert not np.array_equal(before[0], broken[0])
 
 
-def _scalars(log_dir, tag):
-    acc = event_accumulator.EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
-    acc.Reload()
-    return {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
-
-
 def test_cosine_schedule_decays_to_zero_at_max_steps_and_resumes_on_the_curve(tiny_data, tmp_path):
     cosine = dict(lr_schedule="cosine", learning_rate=0.01, max_steps=40, keep_checkpoints=5)
     whole = training.train(tiny_config(tiny_data, tmp_path / "whole", **cosine))
-    curve = _scalars(tmp_path / "whole" / "logs" / "train", "learning_rate")
+    curve = scalars(tmp_path / "whole" / "logs" / "train", "learning_rate")
     assert curve[20] == pytest.approx(0.005, rel=1e-3) and curve[40] == pytest.approx(0.0, abs=1e-7)
     # A run stopped at step 20: its folder as it was then.
     stopped = tmp_path / "stopped" / "ckpt"
@@ -231,5 +225,5 @@ def test_cosine_schedule_decays_to_zero_at_max_steps_and_resumes_on_the_curve(ti
     with pytest.raises(UsageError, match="learning rate schedule; resume with the same --lr_schedule"):
         training.train(tiny_config(tiny_data, tmp_path / "stopped", max_steps=40, learning_rate=0.01))
     training.train(tiny_config(tiny_data, tmp_path / "stopped", **cosine))
-    resumed = _scalars(tmp_path / "stopped" / "logs" / "train", "learning_rate")
+    resumed = scalars(tmp_path / "stopped" / "logs" / "train", "learning_rate")
     assert resumed == pytest.approx({step: curve[step] for step in (30, 40)})

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn import checkpoints, data, evaluation, exporting
+from mnist_dnn.lib import checkpoints, data, evaluation, serving
 
 
 def timed(fn, repeats):
@@ -42,7 +42,7 @@ def main():
     predict = evaluation.make_predict_fn(model)
     evaluate_s = timed(lambda: evaluation.evaluate_split(predict, splits["test"], 100), 5)
     with tempfile.TemporaryDirectory() as tmp:
-        serving = tf.saved_model.load(exporting.export_model(model, tmp)).signatures[exporting.SERVING_SIGNATURE]
+        serving = tf.saved_model.load(serving.export_model(model, tmp)).signatures[serving.SERVING_SIGNATURE]
         image = tf.constant(np.zeros((1, 28, 28, 1), np.uint8))
         single_ms = 1000 * timed(lambda: serving(images=image)["classes"].numpy(), 1000)
     print(json.dumps({"checkpoint": path, "evaluate_test_set_s": evaluate_s, "saved_model_batch_of_one_ms": single_ms}))

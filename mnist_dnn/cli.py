@@ -5,8 +5,8 @@ import sys
 
 from absl import app, flags, logging
 
-from mnist_dnn import checkpoints, data
-from mnist_dnn.errors import Error, UsageError
+from mnist_dnn.lib import checkpoints, data
+from mnist_dnn.lib.errors import Error, UsageError
 
 
 def define_data_flags() -> None:

@@ -5,8 +5,9 @@
 
 from absl import flags
 
-from mnist_dnn import cli, evaluation, files
-from mnist_dnn.errors import UsageError
+from mnist_dnn import cli
+from mnist_dnn.lib import evaluation, files
+from mnist_dnn.lib.errors import UsageError
 
 flags.DEFINE_integer("batch_size", 100, "Evaluation batch size (every example counts, whatever it is).")
 flags.DEFINE_string("metrics_file", None, "Also write the figures as JSON to this file.")

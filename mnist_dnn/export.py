@@ -5,7 +5,8 @@
 
 from absl import flags
 
-from mnist_dnn import checkpoints, cli, exporting
+from mnist_dnn import cli
+from mnist_dnn.lib import checkpoints, serving
 
 flags.DEFINE_string("export_dir", "exports/mnist", "Model folder; each export is a numbered version inside it.")
 flags.DEFINE_integer("version", None, "Version number to write (default: the next free one). Never overwritten.")
@@ -15,9 +16,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    exporting.version_path(FLAGS.export_dir, FLAGS.version)  # refuse before restoring anything
+    serving.version_path(FLAGS.export_dir, FLAGS.version)  # refuse before restoring anything
     model, _, checkpoint, step = checkpoints.restore_model(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
-    path = exporting.export_model(model, FLAGS.export_dir, FLAGS.version)
+    path = serving.export_model(model, FLAGS.export_dir, FLAGS.version)
     print(f"Exported {checkpoint} (step {step}) to {path}")
 
 

@@ -10,8 +10,9 @@ import json
 
 from absl import flags
 
-from mnist_dnn import checkpoints, cli
-from mnist_dnn.errors import CheckpointError
+from mnist_dnn import cli
+from mnist_dnn.lib import checkpoints
+from mnist_dnn.lib.errors import CheckpointError
 
 cli.define_restore_flags()
 FLAGS = flags.FLAGS

@@ -7,8 +7,9 @@ import sys
 
 from absl import flags
 
-from mnist_dnn import cli, prediction
-from mnist_dnn.errors import DataError, UsageError
+from mnist_dnn import cli
+from mnist_dnn.lib import classifier
+from mnist_dnn.lib.errors import DataError, UsageError
 
 flags.DEFINE_string("model_dir", "exports/mnist",
                     "A SavedModel version folder (exports/mnist/1), or a model folder: its highest version.")
@@ -19,11 +20,11 @@ def main(argv):
     files = argv[1:]
     if not files:
         raise UsageError("no image files given: python -m mnist_dnn.predict --model_dir=exports/mnist/1 FILE [FILE...]")
-    classify = prediction.Classifier(FLAGS.model_dir)
+    classify = classifier.Classifier(FLAGS.model_dir)
     readable = []
     for file in files:
         try:
-            readable.append((file, prediction.read_image(file)))
+            readable.append((file, classifier.read_image(file)))
         except DataError as e:
             print(f"error: {file}: {e}", file=sys.stderr)
     for (file, _), p in zip(readable, classify([image for _, image in readable])):

@@ -6,8 +6,9 @@ checkpoint) and writes report.csv, report.md and report.png (with matplotlib) in
 
 from absl import flags
 
-from mnist_dnn import cli, reporting
-from mnist_dnn.errors import UsageError
+from mnist_dnn import cli
+from mnist_dnn.lib import reports
+from mnist_dnn.lib.errors import UsageError
 
 flags.DEFINE_string("root", None, "Folder of a sweep (written by mnist_dnn.sweep).")
 cli.define_data_flags()
@@ -18,7 +19,7 @@ def main(argv):
     del argv
     if not FLAGS.root:
         raise UsageError("--root is required: the folder of a sweep, e.g. --root=runs/lr-width")
-    reporting.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
+    reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
 
 
 def run():

@@ -12,9 +12,10 @@ skips finished runs and resumes an interrupted one. At the end: the report of
 
 from absl import flags
 
-from mnist_dnn import cli, reporting, sweeps
+from mnist_dnn import cli
+from mnist_dnn.lib import reports, sweeps
 from mnist_dnn import train  # noqa: F401  (defines the training flags that the sweep passes on)
-from mnist_dnn.errors import UsageError
+from mnist_dnn.lib.errors import UsageError
 
 flags.DEFINE_multi_string("grid", [], "An axis of the grid: NAME=V1,V2,... (repeat for more axes); "
                           "list values join their elements with '-', e.g. hidden_units=128,256-128.")
@@ -64,7 +65,7 @@ def main(argv):
     try:
         sweeps.run_all(FLAGS.root, runs, args, out=lambda line: print(line, flush=True))
     finally:
-        reporting.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
+        reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
 
 
 def run():

@@ -4,7 +4,8 @@ import dataclasses
 
 from absl import flags
 
-from mnist_dnn import cli, data, distribute, exporting, files, models, training
+from mnist_dnn import cli
+from mnist_dnn.lib import data, distribute, serving, files, models, training
 
 flags.DEFINE_string("model", "dense", f"Model: {', '.join(models.MODELS)} (or the course's {', '.join(models.ALIASES)}).")
 flags.DEFINE_list("hidden_units", None, "Hidden layer widths, e.g. 256,128 (default: the model's own).")
@@ -88,7 +89,7 @@ def main(argv):
     del argv
     config = config_from_flags()
     if config.export_dir:
-        exporting.version_path(config.export_dir)  # fail now, not after training
+        serving.version_path(config.export_dir)  # fail now, not after training
     result = training.train(config)
     if FLAGS.result_file:
         files.write_json(FLAGS.result_file, result_json(result))

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from mnist_dnn import data
+from mnist_dnn.lib import data
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REAL_IDX_DIR = os.environ.get(data.IDX_DIR_ENV) or str(ROOT.parent / "shared" / "data" / "mnist")

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import assert_one_line_error, run_cli
-from mnist_dnn import checkpoints, evaluation, training
-from mnist_dnn.errors import CheckpointError, UsageError
+from mnist_dnn.lib import checkpoints, evaluation, training
+from mnist_dnn.lib.errors import CheckpointError, UsageError
 from test_training import tiny_config
 
 

@@ -8,8 +8,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from conftest import run_cli, synthetic_split, write_idx, write_idx_folder
-from mnist_dnn import data
-from mnist_dnn.errors import DataError, UsageError
+from mnist_dnn.lib import data
+from mnist_dnn.lib.errors import DataError, UsageError
 
 
 def test_read_idx_split_reads_gzip_and_plain_files_alike(tmp_path):

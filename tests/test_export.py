@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn import checkpoints, data, exporting, models, prediction, training
-from mnist_dnn.errors import DataError, UsageError
+from mnist_dnn.lib import checkpoints, data, serving, models, classifier, training
+from mnist_dnn.lib.errors import DataError, UsageError
 
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")  # ships with TensorFlow
@@ -172,16 +172,16 @@ def test_export_cli_writes_the_next_version_and_never_overwrites(real_run):
 
 
 def test_next_version_follows_the_highest_number(tmp_path):
-    assert exporting.version_path(str(tmp_path / "none")) == str(tmp_path / "none" / "1")
+    assert serving.version_path(str(tmp_path / "none")) == str(tmp_path / "none" / "1")
     for name in ("1", "5", ".tmp-6-123", "latest", "²"):
         (tmp_path / name).mkdir()
-    assert exporting.versions(str(tmp_path)) == [1, 5]
-    assert exporting.version_path(str(tmp_path)) == str(tmp_path / "6")
-    assert exporting.version_path(str(tmp_path), 3) == str(tmp_path / "3")
+    assert serving.versions(str(tmp_path)) == [1, 5]
+    assert serving.version_path(str(tmp_path)) == str(tmp_path / "6")
+    assert serving.version_path(str(tmp_path), 3) == str(tmp_path / "3")
     with pytest.raises(UsageError, match="already exists"):
-        exporting.version_path(str(tmp_path), 5)
+        serving.version_path(str(tmp_path), 5)
     with pytest.raises(UsageError, match="positive"):
-        exporting.version_path(str(tmp_path), 0)
+        serving.version_path(str(tmp_path), 0)
 
 
 def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
@@ -194,7 +194,7 @@ def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tf.saved_model, "save", crash_halfway)
     with pytest.raises(RuntimeError, match="disk gone"):
-        exporting.export_model(model, str(tmp_path / "exports"))
+        serving.export_model(model, str(tmp_path / "exports"))
     assert os.listdir(tmp_path / "exports") == []
 
 
@@ -216,7 +216,7 @@ def test_every_model_exports_and_reloads(tiny_data, tmp_path, name):
     images = data.load_splits(tiny_data)["test"].images[:64]
     expected = tf.nn.softmax(model(data.to_float(images), training=False)).numpy()
 
-    loaded = tf.saved_model.load(exporting.export_model(model, str(tmp_path / "exports")))
+    loaded = tf.saved_model.load(serving.export_model(model, str(tmp_path / "exports")))
     assert set(loaded.signatures) == {"serving_default", "predict_flat"}
     served = loaded.signatures["serving_default"](images=tf.reshape(images, [-1, 28, 28, 1]))
     flat = loaded.signatures["predict_flat"](images=data.to_float(images))
@@ -293,13 +293,13 @@ def image_variants(folder, index: int, image: np.ndarray) -> list[str]:
 def test_read_image_gives_back_the_mnist_pixels(tmp_path, real_run):
     image = real_run["images"][0]
     for path in image_variants(tmp_path, 0, image):
-        pixels = prediction.read_image(path)
+        pixels = classifier.read_image(path)
         assert pixels.shape == (28, 28, 1) and pixels.dtype == np.uint8
         if "-100" not in path and not path.endswith(".jpg"):  # lossless and full size: exact
             np.testing.assert_array_equal(pixels, image, err_msg=path)
     with pytest.raises(DataError, match="not an image"):
         (tmp_path / "notes.txt").write_text("not a digit")
-        prediction.read_image(str(tmp_path / "notes.txt"))
+        classifier.read_image(str(tmp_path / "notes.txt"))
 
 
 def test_predict_cli_classifies_files_as_the_model_classifies_the_digits(real_run, tmp_path):

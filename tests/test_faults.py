@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn import checkpoints
+from mnist_dnn.lib import checkpoints
 
 # Kill points tried by the SIGKILL test; the README quotes this number.
 KILLS = 6

@@ -3,7 +3,7 @@
 import json
 
 from conftest import ROOT, run_cli
-from mnist_dnn import models, training
+from mnist_dnn.lib import models, training
 
 
 def test_dense_adam_learns_mnist_and_evaluate_reports_the_same_accuracy(real_data, tmp_path):

@@ -16,8 +16,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn import checkpoints, data, diagnostics, evaluation, reporting, sweeps
-from mnist_dnn.errors import UsageError
+from mnist_dnn.lib import checkpoints, data, diagnostics, evaluation, reports, sweeps
+from mnist_dnn.lib.errors import UsageError
 
 RUNS = ["learning_rate=0.01,hidden_units=32", "learning_rate=0.01,hidden_units=64-32",
         "learning_rate=0.001,hidden_units=32", "learning_rate=0.001,hidden_units=64-32"]
@@ -150,8 +150,8 @@ def test_report_without_matplotlib_says_how_to_get_the_picture(swept, monkeypatc
     root = tmp_path / "runs"
     shutil.copytree(swept["root"], root, ignore=shutil.ignore_patterns("report.*"))
     lines = []
-    rows = reporting.report(str(root), out=lines.append)
-    assert len(rows) == 4 and any(reporting.PLOTS_HINT in line for line in lines)
+    rows = reports.report(str(root), out=lines.append)
+    assert len(rows) == 4 and any(reports.PLOTS_HINT in line for line in lines)
     table = lines[0].splitlines()
     assert table[0].split()[:3] == ["rank", "learning_rate", "hidden_units"] and len(table) == 5
     assert (root / "report.csv").exists() and not (root / "report.png").exists()
@@ -231,4 +231,4 @@ def test_a_root_holding_another_sweep_is_refused(swept):
 
 def test_report_of_a_folder_that_is_no_sweep_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="sweep.json is missing"):
-        reporting.report(str(tmp_path))
+        reports.report(str(tmp_path))

@@ -12,8 +12,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, scalars
-from mnist_dnn import checkpoints, data, models, training
-from mnist_dnn.errors import UsageError
+from mnist_dnn.lib import checkpoints, data, models, training
+from mnist_dnn.lib.errors import UsageError
 
 
 def tiny_config(tiny_data, tmp_path, **overrides):

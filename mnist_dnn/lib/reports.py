@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn import checkpoints, data, evaluation, files, sweeps
+from mnist_dnn.lib import checkpoints, data, evaluation, files, sweeps
 
 PLOTS_HINT = "install matplotlib (pip install -e '.[plots]') to draw report.png"
 

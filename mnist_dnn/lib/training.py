@@ -12,10 +12,10 @@ import time
 import keras
 import tensorflow as tf
 
-from mnist_dnn import best, checkpoints, data, diagnostics, distribute, evaluation, exporting
-from mnist_dnn.data import DataConfig
-from mnist_dnn.errors import CheckpointError, TrainingError, UsageError
-from mnist_dnn.models import ModelConfig, create_model
+from mnist_dnn.lib import best, checkpoints, data, diagnostics, distribute, evaluation, serving
+from mnist_dnn.lib.data import DataConfig
+from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError
+from mnist_dnn.lib.models import ModelConfig, create_model
 
 OPTIMIZERS = {
     "sgd": lambda lr: keras.optimizers.SGD(lr),
@@ -561,7 +561,7 @@ def _run(config, strategy, splits, log_dir: str | None, save_dir: str) -> TrainR
         print(f"Done at step {current}; checkpoint {manager.latest_checkpoint}", flush=True)
     export_path = None
     if config.export_dir and not stopped_by and log_dir:  # on a cluster, the chief only
-        export_path = exporting.export_model(state.model, config.export_dir)
+        export_path = serving.export_model(state.model, config.export_dir)
         print(f"Exported a SavedModel to {export_path}", flush=True)
     return TrainResult(current, manager.latest_checkpoint, validation, stopped_by, export_path, start_step,
                        reporter.examples_per_second, early_stop, keeper.best)

@@ -5,8 +5,8 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from mnist_dnn.data import NUM_CLASSES, NUM_PIXELS
-from mnist_dnn.errors import UsageError
+from mnist_dnn.lib.data import NUM_CLASSES, NUM_PIXELS
+from mnist_dnn.lib.errors import UsageError
 
 # The TF1 course's model names.
 ALIASES = {"DNN": "raw", "contrib_DNN": "dense", "LogisticRegression": "logistic"}

@@ -17,9 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn import files
-from mnist_dnn.errors import CheckpointError, UsageError
-from mnist_dnn.models import ModelConfig, create_model, make_config
+from mnist_dnn.lib import files
+from mnist_dnn.lib.errors import CheckpointError, UsageError
+from mnist_dnn.lib.models import ModelConfig, create_model, make_config
 
 CONFIG_FILE = "model_config.json"
 CHECKPOINT_NAME = "model.ckpt"

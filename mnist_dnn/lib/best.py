@@ -8,7 +8,7 @@ only replaces the best by a better one.
 
 import tensorflow as tf
 
-from mnist_dnn import checkpoints, evaluation
+from mnist_dnn.lib import checkpoints, evaluation
 
 
 class BestKeeper:

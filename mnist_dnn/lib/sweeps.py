@@ -20,8 +20,8 @@ import subprocess
 import sys
 import time
 
-from mnist_dnn import files
-from mnist_dnn.errors import Error, UsageError
+from mnist_dnn.lib import files
+from mnist_dnn.lib.errors import Error, UsageError
 
 SWEEP_FILE = "sweep.json"
 DONE_FILE = "done.json"

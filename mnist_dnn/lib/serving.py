@@ -11,8 +11,8 @@ import shutil
 import keras
 import tensorflow as tf
 
-from mnist_dnn import data
-from mnist_dnn.errors import UsageError
+from mnist_dnn.lib import data
+from mnist_dnn.lib.errors import UsageError
 
 SERVING_SIGNATURE = "serving_default"
 FLAT_SIGNATURE = "predict_flat"

@@ -9,7 +9,7 @@ import os
 
 import tensorflow as tf
 
-from mnist_dnn.errors import UsageError
+from mnist_dnn.lib.errors import UsageError
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 

@@ -10,8 +10,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn import data, exporting
-from mnist_dnn.errors import DataError, UsageError
+from mnist_dnn.lib import data, serving
+from mnist_dnn.lib.errors import DataError, UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,15 +55,15 @@ class Classifier:
     """The `serving_default` signature of a SavedModel (a version folder, or the latest in a model folder)."""
 
     def __init__(self, model_dir: str):
-        self.path = exporting.resolve_model_dir(model_dir)
+        self.path = serving.resolve_model_dir(model_dir)
         try:
             # Keep the loaded object: its signatures read variables it owns.
             self.loaded = tf.saved_model.load(self.path)
         except (OSError, ValueError, tf.errors.OpError) as e:
             raise UsageError(f"cannot load the SavedModel {self.path}: {str(e).strip().splitlines()[0]}") from None
-        if exporting.SERVING_SIGNATURE not in self.loaded.signatures:
-            raise UsageError(f"the SavedModel {self.path} has no {exporting.SERVING_SIGNATURE} signature")
-        self.signature = self.loaded.signatures[exporting.SERVING_SIGNATURE]
+        if serving.SERVING_SIGNATURE not in self.loaded.signatures:
+            raise UsageError(f"the SavedModel {self.path} has no {serving.SERVING_SIGNATURE} signature")
+        self.signature = self.loaded.signatures[serving.SERVING_SIGNATURE]
 
     def __call__(self, images: list[np.ndarray]) -> list[Prediction]:
         """Classifies uint8 [28, 28, 1] images."""

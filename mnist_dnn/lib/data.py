@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mnist_dnn.errors import DataError, UsageError
+from mnist_dnn.lib.errors import DataError, UsageError
 
 DATASETS = ("mnist", "fashion_mnist", "kmnist")
 IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn import checkpoints, data
+from mnist_dnn.lib import checkpoints, data
 
 
 @dataclasses.dataclass(frozen=True)

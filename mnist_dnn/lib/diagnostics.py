@@ -16,7 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn import data, evaluation
+from mnist_dnn.lib import data, evaluation
 
 GRADIENT_BATCH = 500
 MAX_MISCLASSIFIED = 24

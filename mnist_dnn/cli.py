@@ -1,29 +1,83 @@
 """What the entry points share: common flags and one-line errors instead of tracebacks."""
 
+import dataclasses
 import os
 import sys
+import types
+import typing
 
 from absl import app, flags, logging
 
-from mnist_dnn.lib import checkpoints, data
+from mnist_dnn.lib import config as config_lib
+from mnist_dnn.lib import data, run_dir
 from mnist_dnn.lib.errors import Error, UsageError
 
 
+def _flag_fields(config_class):
+    """(field, flag name) of every field that is a flag, nested configs included, in order."""
+    for field in dataclasses.fields(config_class):
+        if dataclasses.is_dataclass(field.default):
+            yield from _flag_fields(type(field.default))
+        elif field.metadata.get("flag") is not None:
+            yield field, field.metadata["flag"] or field.name
+
+
+def _kind(annotation) -> type:
+    """The flag type of a field's annotation: str, int, float, bool or tuple (a list flag)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return _kind(args[0])
+    return typing.get_origin(annotation) or annotation
+
+
+_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           bool: flags.DEFINE_boolean, tuple: flags.DEFINE_list}
+
+
+def define_config_flags(config_class, only: tuple[str, ...] | None = None, flag_values=flags.FLAGS) -> None:
+    """Declares a flag for each field of `config_class` (or those named in `only`), from its default and help."""
+    for field, name in _flag_fields(config_class):
+        if only is None or name in only:
+            default = field.default
+            default = list(default) if isinstance(default, tuple) and default else (None if default == () else default)
+            _DEFINE[_kind(field.type)](name, default, field.metadata["help"], flag_values=flag_values)
+
+
+def config_from_flags(config_class, values=flags.FLAGS):
+    """An instance of `config_class` from the parsed flags; unflagged fields keep their defaults."""
+    settings = {}
+    for field in dataclasses.fields(config_class):
+        if dataclasses.is_dataclass(field.default):
+            settings[field.name] = config_from_flags(type(field.default), values)
+        elif field.metadata.get("flag") is not None:
+            name = field.metadata["flag"] or field.name
+            settings[field.name] = _field_value(field, name, values[name].value)
+    return config_class(**settings)
+
+
+def _field_value(field, name: str, value):
+    """A list flag's strings as the field's tuple (of ints, for hidden_units)."""
+    if _kind(field.type) is not tuple:
+        return value
+    if value is None:
+        return field.default
+    tuples = [a for a in (field.type, *typing.get_args(field.type)) if typing.get_origin(a) is tuple]
+    return parse_int_list(name, value) if typing.get_args(tuples[0])[0] is int else tuple(value)
+
+
 def define_data_flags() -> None:
-    flags.DEFINE_string("data_dir", None, "TFDS data folder (default: TFDS's own, ~/tensorflow_datasets).")
-    flags.DEFINE_string("idx_dir", None, f"Offline: folder with the four MNIST IDX files (.gz or plain), "
-                        f"imported once into --data_dir. Default: ${data.IDX_DIR_ENV}.")
+    define_config_flags(config_lib.DataConfig)
 
 
 def define_ckpt_dir_flag() -> None:
-    flags.DEFINE_string("ckpt_dir", "checkpoints", "Folder of the run's checkpoints and model_config.json.")
+    define_config_flags(config_lib.TrainConfig, only=("ckpt_dir",))
 
 
 def define_restore_flags() -> None:
     """Flags of the tools that read a trained checkpoint."""
     define_ckpt_dir_flag()
     flags.DEFINE_string("checkpoint", None, "A given checkpoint (e.g. checkpoints/model.ckpt-1000) instead of the latest.")
-    flags.DEFINE_enum("which", "latest", checkpoints.WHICH,
+    flags.DEFINE_enum("which", "latest", run_dir.WHICH,
                       "Without --checkpoint: the latest checkpoint of --ckpt_dir, or the best by validation "
                       "accuracy (ckpt_dir/best/).")
 
@@ -38,6 +92,21 @@ def parse_int_list(name: str, values: list[str]) -> tuple[int, ...]:
         return tuple(int(v) for v in values)
     except ValueError:
         raise UsageError(f"--{name} must be comma-separated integers such as 256,128; got {','.join(values)}") from None
+
+
+def message(error: Error) -> str:
+    """The error's one line; a config field is named as the flag of the same name."""
+    if isinstance(error, config_lib.ConfigError):
+        return f"--{error.field} {error.problem}"
+    return str(error)
+
+
+def check_output_file(flag: str, path: str) -> None:
+    """Refuses an output file whose folder does not exist, before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"--{flag} {path}: {'is a folder' if os.path.isdir(path) else 'its folder does not exist or is not writable'}; "
+                         "pass a file in an existing folder")
 
 
 def _parse_flags(argv):
@@ -66,7 +135,7 @@ def run(main, positional_args: bool = False) -> None:
         try:
             return guarded_main(argv)
         except Error as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {message(e)}", file=sys.stderr)
             sys.exit(e.exit_code)
 
     app.run(report_errors, flags_parser=_parse_flags)

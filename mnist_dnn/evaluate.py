@@ -31,8 +31,10 @@ def format_report(report: dict) -> str:
 
 def main(argv):
     del argv
-    if FLAGS.batch_size <= 0:
-        raise UsageError(f"--batch_size must be a positive integer, got {FLAGS.batch_size}")
+    if not 0 < FLAGS.batch_size <= 65_536:
+        raise UsageError(f"--batch_size must be a whole number from 1 to 65,536; got {FLAGS.batch_size}")
+    if FLAGS.metrics_file:
+        cli.check_output_file("metrics_file", FLAGS.metrics_file)
     report = evaluate_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.data_dir, cli.idx_dir(FLAGS),
                                  FLAGS.batch_size, FLAGS.which)
     print(format_report(report))

@@ -11,7 +11,7 @@ import json
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import checkpoints
+from mnist_dnn.lib import checkpoints, run_dir
 from mnist_dnn.lib.errors import CheckpointError
 
 cli.define_restore_flags()
@@ -34,7 +34,7 @@ def format_variables(summaries: list[checkpoints.VariableSummary]) -> str:
 def describe_config(ckpt_dir: str) -> str:
     """The stored configuration, or why there is none (a bare checkpoint still lists)."""
     try:
-        return json.dumps(json.loads(checkpoints.load_run_config(ckpt_dir).to_json()))  # on one line
+        return json.dumps(json.loads(run_dir.RunDir(ckpt_dir).load_config().to_json()))  # on one line
     except CheckpointError as e:
         return f"unavailable: {e}"
 
@@ -44,7 +44,7 @@ def main(argv):
     path = checkpoints.resolve_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
     step, summaries = checkpoints.read_variables(path)
     print(f"checkpoint {path} (step {'unknown' if step is None else step})")
-    print(f"configuration ({checkpoints.CONFIG_FILE}): {describe_config(checkpoints.run_dir(path))}")
+    print(f"configuration ({run_dir.CONFIG_FILE}): {describe_config(run_dir.RunDir.of_checkpoint(path).path)}")
     print(f"{len(summaries)} values:")
     print(format_variables(summaries))
 

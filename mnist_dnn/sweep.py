@@ -14,7 +14,7 @@ from absl import flags
 
 from mnist_dnn import cli
 from mnist_dnn.lib import reports, sweeps
-from mnist_dnn import train  # noqa: F401  (defines the training flags that the sweep passes on)
+from mnist_dnn import train  # defines the training flags that the sweep passes on
 from mnist_dnn.lib.errors import UsageError
 
 flags.DEFINE_multi_string("grid", [], "An axis of the grid: NAME=V1,V2,... (repeat for more axes); "
@@ -50,15 +50,31 @@ def base_args(grid_names) -> list[str]:
     return [FLAGS[n].serialize() for n in TRAIN_FLAGS if FLAGS[n].present and n not in skipped]
 
 
+def run_config(run: sweeps.Run):
+    """The TrainConfig that `run` trains with: the flags given, then its combination."""
+    saved = {name: (FLAGS[name].value, FLAGS[name].present) for name in run.params}
+    try:
+        for arg in run.args:
+            name, value = arg[2:].split("=", 1)
+            FLAGS[name].parse(value)
+        return train.config_from_flags()
+    finally:
+        for name, (value, present) in saved.items():
+            FLAGS[name].value, FLAGS[name].present = value, present
+
+
 def main(argv):
     del argv
     if not FLAGS.root:
         raise UsageError("--root is required: the folder of the sweep's runs, e.g. --root=runs/lr-width")
+    sweeps.check_root(FLAGS.root)
     lists = list_flags()
     axes = [sweeps.parse_axis(spec, lists, check_value) for spec in FLAGS.grid]
     sweeps.check_axes(axes)
     args = base_args({a.name for a in axes})
     runs = sweeps.expand(axes, lists)
+    for run in runs:  # every combination passes train's own validation before anything is written
+        run_config(run).validate()
     sweeps.record(FLAGS.root, sweeps.describe(axes, args, runs))
     print(f"Sweep of {len(runs)} runs in {FLAGS.root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}",
           flush=True)

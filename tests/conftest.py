@@ -1,6 +1,11 @@
 """Shared fixtures: tiny IDX folders written by the tests, and the real MNIST."""
 
+import contextlib
+import dataclasses
 import gzip
+import hashlib
+import importlib
+import io
 import os
 import pathlib
 import subprocess
@@ -10,6 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
+
+from absl import flags
 
 from mnist_dnn.lib import data
 
@@ -98,3 +105,77 @@ def assert_one_line_error(result, exit_code: int, *fragments: str) -> None:
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+TOOLS = ("train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep", "report")
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolResult:
+    """What a tool run in-process printed and returned, as subprocess.CompletedProcess has it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _forget_tools() -> None:
+    """Removes the tools' modules and the flags they defined, so the next import defines them afresh."""
+    package = sys.modules["mnist_dnn"]
+    for tool in TOOLS:
+        sys.modules.pop(f"mnist_dnn.{tool}", None)
+        if hasattr(package, tool):
+            delattr(package, tool)  # or `from mnist_dnn import train` would find the old module
+    defined = {f.name for module, module_flags in flags.FLAGS.flags_by_module_dict().items()
+               if module.startswith("mnist_dnn") for f in module_flags}
+    for name in defined:
+        delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+
+
+def call_tool(tool: str, *args, env_extra=None) -> ToolResult:
+    """Runs `python -m mnist_dnn.<tool> args...` in this process: the same flags, main and error handling.
+
+    Each call imports the tool afresh (the tools define conflicting flags, as separate programs may).
+    """
+    _forget_tools()
+    module = importlib.import_module(f"mnist_dnn.{tool}")
+    out, err = io.StringIO(), io.StringIO()
+    env = {k: v for k, v in os.environ.items() if k != data.IDX_DIR_ENV}
+    env.update(env_extra or {})
+    code = 0
+    with _environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        sys.argv = [f"mnist_dnn.{tool}", *map(str, args)]
+        try:
+            module.run()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    _forget_tools()
+    return ToolResult(code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _environment(env: dict):
+    saved_env, saved_argv = dict(os.environ), list(sys.argv)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+
+
+def folder_hashes(*folders) -> dict:
+    """Every file and folder below `folders` with the SHA-256 of its bytes (None for a folder)."""
+    hashes = {}
+    for folder in folders:
+        for root, dirs, names in os.walk(folder):
+            for name in dirs:
+                hashes[os.path.join(root, name)] = None
+            for name in names:
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    hashes[path] = hashlib.sha256(f.read()).hexdigest()
+    return hashes

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import assert_one_line_error, run_cli
 from mnist_dnn.lib import checkpoints, evaluation, training
-from mnist_dnn.lib.errors import CheckpointError, UsageError
+from mnist_dnn.lib.run_dir import Best, RunDir
+from mnist_dnn.lib.errors import CheckpointError
 from test_training import tiny_config
 
 
@@ -35,7 +35,7 @@ def test_the_best_validation_checkpoint_is_kept_apart_from_the_pruned_latest(tin
     assert checkpoints.resolve_checkpoint(ckpt, which="best").endswith(os.path.join("best", "model.ckpt-20"))
     best = _best_json(tmp_path)
     assert best["step"] == 20 and best["validation"]["accuracy"] == 0.9
-    assert result.best == checkpoints.Best(20, best["validation"]["loss"], 0.9)
+    assert result.best == Best(20, best["validation"]["loss"], 0.9)
     # ...and its weights are those of step 20, not of the end.
     model, _, path, step = checkpoints.restore_model(ckpt, which="best")
     assert step == 20
@@ -67,42 +67,20 @@ def test_early_stopping_stops_after_patience_evaluations_and_saves(tiny_data, tm
     # Run again: it says it already stopped and trains no further.
     again = training.train(config)
     assert again.step == 40 and again.early_stopped
-    assert "Already Stopped early at step 40" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("args, code, fragment", [
-    (["--which=best"], 1, "no best checkpoint"),
-    (["--which=worst"], 2, "which"),
-    (["--which=best", "--checkpoint=x"], 2, "either --checkpoint or --which=best"),
-])
-def test_which_errors_are_one_line(tiny_data, tmp_path, args, code, fragment):
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "model.ckpt-1.index").write_text("")
-    (ckpt / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-1"\n')
-    result = run_cli("evaluate", f"--ckpt_dir={ckpt}", f"--data_dir={tiny_data.data_dir}", *args)
-    assert_one_line_error(result, code, fragment)
-
-
-def test_a_negative_patience_is_refused_before_anything_is_written(tmp_path):
-    config = training.TrainConfig(ckpt_dir=str(tmp_path / "ckpt"), log_dir=str(tmp_path / "logs"),
-                                  early_stopping_patience=-1)
-    with pytest.raises(UsageError, match="--early_stopping_patience must be 0"):
-        training.train(config)
-    assert not os.listdir(tmp_path)
+    assert "Already stopped early at step 40" in capsys.readouterr().out
 
 
 def test_a_malformed_best_json_is_a_checkpoint_error(tmp_path):
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "best.json").write_text("{")
     with pytest.raises(CheckpointError, match="best.json is malformed"):
-        checkpoints.read_best(str(tmp_path))
+        RunDir(str(tmp_path)).read_best()
 
 
 def test_a_checkpoint_is_rebuilt_from_the_config_of_its_own_run(tiny_data, tmp_path):
     result = training.train(tiny_config(tiny_data, tmp_path, max_steps=20))
     best_path = checkpoints.resolve_checkpoint(str(tmp_path / "ckpt"), which="best")
-    assert checkpoints.run_dir(best_path) == str(tmp_path / "ckpt")  # best/ is described by its parent
+    assert RunDir.of_checkpoint(best_path).path == str(tmp_path / "ckpt")  # best/ is described by its parent
     _, config, path, step = checkpoints.restore_model(str(tmp_path / "ckpt"), which="best")
     assert path == best_path and config.model.hidden_units == (32,)
     # An explicit checkpoint of another folder is rebuilt from that folder's config.

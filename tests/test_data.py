@@ -97,25 +97,26 @@ def _tiny_split(n=10):
     return data.Split(tf.reshape(tf.range(n * 784) % 256, [n, 784]).numpy().astype(np.uint8), tf.range(n) % 10)
 
 
-def test_train_batches_cover_each_epoch_once_in_a_new_order_with_a_ragged_last_batch():
+def test_train_batches_cover_each_epoch_once_in_a_new_order_with_a_padded_last_batch():
     split = _tiny_split(10)
     batches = list(data.train_batches(split, batch_size=4, seed=3).take(6))
-    assert [int(x.shape[0]) for x, _ in batches] == [4, 4, 2, 4, 4, 2]
-    epoch1 = np.concatenate([y.numpy() for _, y in batches[:3]])
-    epoch2 = np.concatenate([y.numpy() for _, y in batches[3:]])
+    assert [int(x.shape[0]) for x, _, _ in batches] == [4] * 6
+    assert [w.numpy().tolist() for _, _, w in batches[:3]] == [[1] * 4, [1] * 4, [1, 1, 0, 0]]
+    real = lambda part: np.concatenate([y.numpy()[w.numpy() > 0] for _, y, w in part])  # noqa: E731
+    epoch1, epoch2 = real(batches[:3]), real(batches[3:])
     assert sorted(epoch1) == sorted(epoch2) == list(range(10))
     assert list(epoch1) != list(epoch2)
-    x, y = batches[0]
+    x, y, _ = batches[0]
     assert x.dtype == tf.float32 and x.shape[1] == 784 and float(tf.reduce_max(x)) <= 1.0
     np.testing.assert_allclose(x.numpy(), tf.gather(split.images, y).numpy() / 255.0, rtol=1e-6)
 
 
 def test_train_batches_depend_only_on_seed_and_step():
     split = _tiny_split(10)
-    run = [y.numpy().tolist() for _, y in data.train_batches(split, 4, seed=3).take(8)]
-    again = [y.numpy().tolist() for _, y in data.train_batches(split, 4, seed=3).take(8)]
-    resumed = [y.numpy().tolist() for _, y in data.train_batches(split, 4, seed=3, start_step=5).take(3)]
-    other_seed = [y.numpy().tolist() for _, y in data.train_batches(split, 4, seed=4).take(8)]
+    run = [y.numpy().tolist() for _, y, _ in data.train_batches(split, 4, seed=3).take(8)]
+    again = [y.numpy().tolist() for _, y, _ in data.train_batches(split, 4, seed=3).take(8)]
+    resumed = [y.numpy().tolist() for _, y, _ in data.train_batches(split, 4, seed=3, start_step=5).take(3)]
+    other_seed = [y.numpy().tolist() for _, y, _ in data.train_batches(split, 4, seed=4).take(8)]
     assert run == again and resumed == run[5:] and other_seed != run
 
 

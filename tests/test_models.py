@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dnn.lib import models, training
+from mnist_dnn.lib import models, steps, training
 from mnist_dnn.lib.errors import UsageError
 
 ALL_MODELS = [models.make_config(name) for name in models.MODELS] + [models.make_config("dense", (32,), 0.2)]
@@ -47,14 +47,13 @@ def test_one_training_step_changes_every_weight(config):
     optimizer = training.make_optimizer("sgd", 0.1)
     before = [v.numpy().copy() for v in model.weights if v.trainable]
     assert len(before) == 2 * (len(config.hidden_units) + 1)
-    step = tf.Variable(0, dtype=tf.int64)
-    train_step = training.make_train_step(model, optimizer, step, training.TrainMetrics())
     images = tf.random.uniform([32, 784], seed=1)
-    train_step(images, tf.range(32) % 10)
+    with tf.GradientTape() as tape:
+        loss = steps.mean_loss(tf.range(32) % 10, model(images, training=True))
+    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
     after = [v.numpy() for v in model.weights if v.trainable]
     for old, new in zip(before, after):
         assert np.any(old != new), "a weight did not train"
-    assert int(step) == 1
 
 
 @pytest.mark.parametrize("config", ALL_MODELS, ids=str)

@@ -1,14 +1,10 @@
-"""Checkpoints: what `tf.train.Saver` did in the course, plus the stored model config.
+"""Reading trained checkpoints: what the course did with `tf.train.Saver.restore` and
+`tf.train.NewCheckpointReader`, for the tools that evaluate, export and inspect a run.
 
-A checkpoint folder holds `model.ckpt-<step>.{index,data-*}` files managed by
-`tf.train.CheckpointManager`, and `model_config.json`, which says how to rebuild the
-model (and on which dataset it trained), so evaluation and export need no flags for it.
+Which checkpoint and how to rebuild its model are the run folder's business (`run_dir`).
 """
 
-import contextlib
 import dataclasses
-import fcntl
-import json
 import math
 import os
 import re
@@ -17,103 +13,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import files
 from mnist_dnn.lib.errors import CheckpointError, UsageError
-from mnist_dnn.lib.models import ModelConfig, create_model, make_config
-
-CONFIG_FILE = "model_config.json"
-CHECKPOINT_NAME = "model.ckpt"
-LOCK_FILE = "train.lock"
-BEST_DIR = "best"  # ckpt_dir/best/: the best validation checkpoint, out of reach of the latest's pruning
-BEST_FILE = "best.json"
-WHICH = ("latest", "best")
-# What restoring a damaged or mismatched checkpoint raises (a truncated file: IndexError).
-RESTORE_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """What a checkpoint folder was trained as: the model and its dataset."""
-
-    model: ModelConfig
-    dataset: str = "mnist"
-
-    def to_json(self) -> str:
-        return json.dumps({**dataclasses.asdict(self.model), "dataset": self.dataset}, indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
-        fields = json.loads(text)
-        model = make_config(fields["name"], fields["hidden_units"], fields.get("dropout", 0.0))
-        return cls(model, fields["dataset"])
-
-
-def config_path(ckpt_dir: str) -> str:
-    return os.path.join(ckpt_dir, CONFIG_FILE)
-
-
-def load_run_config(ckpt_dir: str) -> RunConfig:
-    path = config_path(ckpt_dir)
-    try:
-        with open(path) as f:
-            return RunConfig.from_json(f.read())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: is {ckpt_dir} a folder written by mnist_dnn.train?") from None
-    except (ValueError, KeyError, TypeError, UsageError) as e:
-        raise CheckpointError(f"{path} is malformed ({e}); restore it or train again") from None
-
-
-def save_run_config(ckpt_dir: str, config: RunConfig) -> None:
-    """Writes the config atomically (temporary file, then rename)."""
-    os.makedirs(ckpt_dir, exist_ok=True)
-    files.write_text(config_path(ckpt_dir), config.to_json())
-
-
-def latest_checkpoint(ckpt_dir: str) -> str:
-    if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"--ckpt_dir {ckpt_dir} does not exist; train first or point it at a checkpoint folder")
-    path = tf.train.latest_checkpoint(ckpt_dir)
-    if path is None:
-        raise CheckpointError(f"--ckpt_dir {ckpt_dir} holds no checkpoint; train first or point it elsewhere")
-    return path
-
-
-def best_dir(ckpt_dir: str) -> str:
-    return os.path.join(ckpt_dir, BEST_DIR)
-
-
-def run_dir(checkpoint_path: str) -> str:
-    """The folder whose model_config.json describes a checkpoint: its own, or for `best/` its parent."""
-    folder = os.path.dirname(checkpoint_path) or "."
-    return os.path.dirname(folder) or "." if os.path.basename(folder) == BEST_DIR else folder
-
-
-@dataclasses.dataclass(frozen=True)
-class Best:
-    """The checkpoint with the best validation accuracy so far (`best/best.json`)."""
-
-    step: int
-    loss: float
-    accuracy: float
-
-
-def read_best(ckpt_dir: str) -> Best | None:
-    """The recorded best of a folder, or None if it has none yet."""
-    path = os.path.join(best_dir(ckpt_dir), BEST_FILE)
-    try:
-        with open(path) as f:
-            fields = json.load(f)
-        return Best(int(fields["step"]), float(fields["validation"]["loss"]), float(fields["validation"]["accuracy"]))
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is malformed ({e}); delete {best_dir(ckpt_dir)} to start the best over") from None
-
-
-def write_best(ckpt_dir: str, best: Best) -> None:
-    """Writes best.json atomically (temporary file, then rename)."""
-    path = os.path.join(best_dir(ckpt_dir), BEST_FILE)
-    files.write_json(path, {"step": best.step, "validation": {"loss": best.loss, "accuracy": best.accuracy}})
+from mnist_dnn.lib.models import create_model
+from mnist_dnn.lib.run_dir import RESTORE_ERRORS, WHICH, RunConfig, RunDir
 
 
 def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest") -> str:
@@ -123,30 +25,52 @@ def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str 
     if checkpoint:
         if which != "latest":
             raise UsageError("pass either --checkpoint or --which=best, not both")
-        return checkpoint
-    if which == "latest":
-        return latest_checkpoint(ckpt_dir)
-    latest_checkpoint(ckpt_dir)  # the same errors for a missing or empty folder
-    path = tf.train.latest_checkpoint(best_dir(ckpt_dir))
+        return _existing_checkpoint(checkpoint)
+    if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
+        raise UsageError(f"--ckpt_dir {ckpt_dir} is a file, not a run folder; point it at the folder train wrote")
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"--ckpt_dir {ckpt_dir} does not exist; train first or point it at a run folder")
+    run = RunDir(ckpt_dir)
+    path = run.latest() if which == "latest" else run.best_checkpoint()
+    if path is None and which == "latest":
+        raise CheckpointError(f"--ckpt_dir {ckpt_dir} holds no checkpoint; train first or point it elsewhere")
     if path is None:
         raise CheckpointError(f"{ckpt_dir} has no best checkpoint yet (it is saved at each validation); "
                               "train on, or use --which=latest")
     return path
 
 
-def checkpoint_step(path: str) -> int:
-    """The global step in a checkpoint's name, as in `model.ckpt-1000`."""
-    return int(path.rsplit("-", 1)[1])
+def _existing_checkpoint(path: str) -> str:
+    if os.path.isdir(path):
+        raise UsageError(f"--checkpoint {path} is a folder; name a checkpoint such as {os.path.join(path, 'model.ckpt-1000')}, "
+                         "or pass the folder as --ckpt_dir")
+    if not os.path.isfile(path + ".index"):
+        raise CheckpointError(f"--checkpoint {path} does not exist ({path}.index is missing); "
+                              "name one such as checkpoints/model.ckpt-1000")
+    return path
 
 
 def restore_model(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest") -> tuple[keras.Model, RunConfig, str, int]:
     """Rebuilds the stored model and restores its weights; fails unless all are restored.
 
-    Reads `checkpoint`, or else the latest or best (`which`) of `ckpt_dir`.
-    Returns (model, run config, checkpoint path, step).
+    Reads `checkpoint`, or else the latest or best (`which`) of `ckpt_dir`. If training pruned
+    the latest meanwhile, the newest one left is read. Returns (model, run config, path, step).
     """
-    path = resolve_checkpoint(ckpt_dir, checkpoint, which)
-    config = load_run_config(run_dir(path))
+    for _ in range(3):  # a trainer saving every step can prune the latest between lookup and read
+        path = resolve_checkpoint(ckpt_dir, checkpoint, which)
+        config = RunDir.of_checkpoint(path).load_config()
+        try:
+            return _restore(path, config)
+        except _Pruned:
+            continue
+    raise CheckpointError(f"the checkpoints of {ckpt_dir} kept being pruned by a running trainer; try again")
+
+
+class _Pruned(Exception):
+    pass
+
+
+def _restore(path: str, config: RunConfig):
     model = create_model(config.model)
     step = tf.Variable(0, dtype=tf.int64)
     try:
@@ -154,26 +78,11 @@ def restore_model(ckpt_dir: str, checkpoint: str | None = None, which: str = "la
         status = tf.train.Checkpoint(step=step, model=model).restore(path).expect_partial()
         status.assert_existing_objects_matched()
     except RESTORE_ERRORS as e:
-        message = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"cannot restore {path} into {config.model}: {message}") from None
+        if not os.path.exists(path + ".index"):
+            raise _Pruned() from None
+        message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot restore {path} into {config.describe()}: {message}") from None
     return model, config, path, int(step.numpy())
-
-
-@contextlib.contextmanager
-def exclusive_lock(ckpt_dir: str):
-    """Holds the folder's training lock; a second trainer on the folder is refused.
-
-    An flock dies with its process, so a killed trainer never leaves the folder locked.
-    """
-    path = os.path.join(ckpt_dir, LOCK_FILE)
-    with open(path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CheckpointError(
-                f"another training run is using {ckpt_dir} (it holds {path}); wait for it to end or pass another --ckpt_dir"
-            ) from None
-        yield
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,18 +107,19 @@ def read_variables(path: str) -> tuple[int | None, list[VariableSummary]]:
     try:
         reader = tf.train.load_checkpoint(path)
         keys_and_shapes = tf.train.list_variables(path)
-    except (tf.errors.OpError, ValueError) as e:
-        message = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"cannot read checkpoint {path}: {message}") from None
-    dtypes = reader.get_variable_to_dtype_map()
-    summaries = []
-    for key, shape in sorted(keys_and_shapes, key=lambda item: _natural_key(item[0])):
-        dtype = dtypes[key]
-        summary = VariableSummary(key, tuple(shape), dtype.name)
-        if (dtype.is_floating or dtype.is_integer or dtype.is_bool) and math.prod(shape) > 0:
-            value = np.asarray(reader.get_tensor(key), dtype=np.float64)
-            summary = dataclasses.replace(summary, min=float(value.min()), mean=float(value.mean()), max=float(value.max()))
-        summaries.append(summary)
-    step_key = "step/.ATTRIBUTES/VARIABLE_VALUE"
-    step = int(reader.get_tensor(step_key)) if reader.has_tensor(step_key) else None
+        summaries = [_summarize(reader, key, shape) for key, shape in sorted(keys_and_shapes, key=lambda kv: _natural_key(kv[0]))]
+        step_key = "step/.ATTRIBUTES/VARIABLE_VALUE"
+        step = int(reader.get_tensor(step_key)) if reader.has_tensor(step_key) else None
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
+        message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot read checkpoint {path} (damaged or incomplete): {message}") from None
     return step, summaries
+
+
+def _summarize(reader, key: str, shape) -> VariableSummary:
+    dtype = reader.get_variable_to_dtype_map()[key]
+    summary = VariableSummary(key, tuple(shape), dtype.name)
+    if (dtype.is_floating or dtype.is_integer or dtype.is_bool) and math.prod(shape) > 0:
+        value = np.asarray(reader.get_tensor(key), dtype=np.float64)
+        summary = dataclasses.replace(summary, min=float(value.min()), mean=float(value.mean()), max=float(value.max()))
+    return summary

@@ -18,9 +18,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mnist_dnn.lib.config import DATASETS, DataConfig  # noqa: F401 (DataConfig: part of this module's API)
 from mnist_dnn.lib.errors import DataError, UsageError
 
-DATASETS = ("mnist", "fashion_mnist", "kmnist")
 IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"
 IMAGE_SIZE = 28
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
@@ -29,14 +29,6 @@ VALIDATION_SIZE = 5000
 _IDX_PREFIXES = {"train": "train", "test": "t10k"}
 _IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    dataset: str = "mnist"
-    data_dir: str | None = None  # None: TFDS's default (~/tensorflow_datasets)
-    idx_dir: str | None = None  # offline source of the four IDX files
-    validation_size: int = VALIDATION_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,34 +261,41 @@ def padded_epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> tup
     return order, weights
 
 
-def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0, augment_shift: int = 0) -> tf.data.Dataset:
-    """Endless (images, labels) batches, reshuffled every epoch, starting at `start_step`.
+def gather_batch(images, labels, order, weights, batch_in_epoch, batch_size: int, step, seed: int,
+                 augment_shift: int = 0):
+    """The batch `batch_in_epoch` of an epoch's padded order: float images, labels, weights.
 
-    The whole split stays in memory as uint8 (the cache); each epoch's order is a
-    stateless permutation of (seed, epoch). So the batch at any step is a function of the
-    seed and the step alone, and a resumed run sees exactly the batches it would have
-    seen without a stop, while the checkpoint stores only the step.
-    The last batch of an epoch is smaller when the batch size does not divide the split.
-    `augment_shift > 0` moves each image by up to that many pixels (`random_shift`).
+    The one rule both training loops read batches by; `step` is the global step (for the shifts).
+    """
+    begin = [batch_in_epoch * batch_size]
+    indices, batch_weights = tf.slice(order, begin, [batch_size]), tf.slice(weights, begin, [batch_size])
+    batch_images = tf.gather(images, indices)
+    if augment_shift:
+        batch_images = random_shift(batch_images, augment_shift, shift_seed(seed, step))
+    return to_float(batch_images), tf.gather(labels, indices), batch_weights
+
+
+def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0, augment_shift: int = 0) -> tf.data.Dataset:
+    """Endless (images, labels, weights) batches, reshuffled every epoch, starting at `start_step`.
+
+    The whole split stays in memory as uint8; each epoch's order is a stateless permutation of
+    (seed, epoch). So the batch at any step is a function of the seed and the step alone, and a
+    resumed run sees exactly the batches it would have seen without a stop, while the
+    checkpoint stores only the step. Every batch has `batch_size` rows: an epoch's last one is
+    padded with weight-0 examples (`padded_epoch_order`).
     """
     epoch_steps = steps_per_epoch(split.size, batch_size)
     start_epoch, skip = divmod(start_step, epoch_steps)
 
-    def epoch_indices(epoch):
-        order = epoch_order(split.size, seed, epoch)
-        return tf.data.Dataset.range(epoch_steps).map(
-            lambda i: order[i * batch_size : (i + 1) * batch_size]
-        )
+    def epoch_batches(epoch):
+        order, weights = padded_epoch_order(split.size, batch_size, seed, epoch)
+        first = tf.where(epoch == start_epoch, tf.constant(skip, tf.int64), 0)
+        return tf.data.Dataset.range(first, epoch_steps).map(lambda i: gather_batch(
+            split.images, split.labels, order, weights, tf.cast(i, tf.int32), batch_size, epoch * epoch_steps + i, seed,
+            augment_shift))
 
-    def gather(step, indices):
-        images = tf.gather(split.images, indices)
-        if augment_shift:
-            images = random_shift(images, augment_shift, shift_seed(seed, step))
-        return to_float(images), tf.gather(split.labels, indices)
-
-    batches = tf.data.Dataset.counter(start_epoch).flat_map(epoch_indices).skip(skip)
-    batches = tf.data.Dataset.zip(tf.data.Dataset.counter(start_step), batches)
-    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    batches = tf.data.Dataset.counter(start_epoch).flat_map(epoch_batches)
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batches(split: Split, batch_size: int) -> tf.data.Dataset:

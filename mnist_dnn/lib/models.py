@@ -1,25 +1,10 @@
 """The models, chosen by name. Each maps a float batch [B, 784] to logits [B, 10]."""
 
-import dataclasses
-
 import keras
 import tensorflow as tf
 
+from mnist_dnn.lib.config import ALIASES, DEFAULT_HIDDEN_UNITS, MODELS, ModelConfig  # noqa: F401 (the registry)
 from mnist_dnn.lib.data import NUM_CLASSES, NUM_PIXELS
-from mnist_dnn.lib.errors import UsageError
-
-# The TF1 course's model names.
-ALIASES = {"DNN": "raw", "contrib_DNN": "dense", "LogisticRegression": "logistic"}
-DEFAULT_HIDDEN_UNITS = {"raw": (128,), "dense": (60, 30), "logistic": ()}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a model; stored beside its checkpoints."""
-
-    name: str = "dense"
-    hidden_units: tuple[int, ...] = (60, 30)
-    dropout: float = 0.0
 
 
 class RawDNN(keras.Model):
@@ -85,30 +70,11 @@ def logistic_regression(seed=0) -> keras.Model:
     )
 
 
-MODELS = ("raw", "dense", "logistic")
-
-
-def canonical_name(name: str) -> str:
-    name = ALIASES.get(name, name)
-    if name not in MODELS:
-        valid = ", ".join(MODELS + tuple(ALIASES))
-        raise UsageError(f"unknown --model={name!r}; choose one of: {valid}")
-    return name
-
-
 def make_config(name: str, hidden_units=None, dropout=0.0) -> ModelConfig:
     """A validated ModelConfig; `hidden_units=None` means the model's default."""
-    name = canonical_name(name)
-    hidden = DEFAULT_HIDDEN_UNITS[name] if hidden_units is None else tuple(hidden_units)
-    if name == "logistic" and hidden:
-        raise UsageError("--model=logistic has no hidden layers; drop --hidden_units")
-    if any(units <= 0 for units in hidden):
-        raise UsageError(f"--hidden_units must be positive integers, got {list(hidden)}")
-    if not 0.0 <= dropout < 1.0:
-        raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
-    if dropout and name != "dense":
-        raise UsageError("--dropout is only supported by --model=dense")
-    return ModelConfig(name, hidden, dropout)
+    config = ModelConfig(name, hidden_units, dropout)
+    config.validate()
+    return config
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> keras.Model:

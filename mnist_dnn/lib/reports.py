@@ -14,7 +14,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import checkpoints, data, evaluation, files, sweeps
+from mnist_dnn.lib import data, evaluation, files, sweeps
+from mnist_dnn.lib.run_dir import RunDir
 
 PLOTS_HINT = "install matplotlib (pip install -e '.[plots]') to draw report.png"
 
@@ -34,8 +35,8 @@ class Row:
 
 
 def _latest_step(ckpt_dir: str) -> int | None:
-    path = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
-    return checkpoints.checkpoint_step(path) if path else None
+    steps = RunDir(ckpt_dir).steps()
+    return steps[-1] if steps else None
 
 
 def collect_row(root: str, name: str, params: dict, data_dir=None, idx_dir=None, load_splits=data.load_splits) -> Row:
@@ -44,7 +45,7 @@ def collect_row(root: str, name: str, params: dict, data_dir=None, idx_dir=None,
     done_path = os.path.join(folder, sweeps.DONE_FILE)
     if not os.path.isdir(ckpt_dir):
         return Row(name, params, "not started")
-    best = checkpoints.read_best(ckpt_dir)
+    best = RunDir(ckpt_dir).read_best()
     test_accuracy = None
     if best is not None:
         test_accuracy = evaluation.evaluate_checkpoint(ckpt_dir, data_dir=data_dir, idx_dir=idx_dir, which="best",

@@ -21,7 +21,7 @@ import sys
 import time
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.errors import Error, UsageError
+from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 SWEEP_FILE = "sweep.json"
 DONE_FILE = "done.json"
@@ -91,24 +91,46 @@ def describe(axes: list[Axis], base_args: list[str], runs: list[Run]) -> dict:
             "runs": [{"name": r.name, "params": r.params} for r in runs]}
 
 
-def record(root: str, description: dict) -> None:
-    """Writes root/sweep.json, or checks that the root holds this very sweep."""
-    os.makedirs(root, exist_ok=True)
+def check_root(root: str) -> None:
+    """Refuses a --root that cannot hold a sweep, and a damaged sweep.json, before anything is written."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UsageError(f"--root {root} is a file; pass a folder for the sweep's runs")
     path = os.path.join(root, SWEEP_FILE)
     if os.path.exists(path):
-        stored = files.read_json(path)
+        _read_description(path)
+
+
+def _read_description(path: str) -> dict:
+    try:
+        description = files.read_json(path)
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{path} is not a readable sweep description ({e}); restore it, or pass another --root") from None
+    if not isinstance(description, dict) or not isinstance(description.get("runs"), list):
+        raise DataError(f"{path} is not a sweep description (no list of runs); restore it, or pass another --root")
+    return description
+
+
+def record(root: str, description: dict) -> None:
+    """Writes root/sweep.json, or checks that the root holds this very sweep."""
+    check_root(root)
+    path = os.path.join(root, SWEEP_FILE)
+    if os.path.exists(path):
+        stored = _read_description(path)
         if stored != description:
             raise UsageError(f"{root} holds another sweep ({path}: grid {stored.get('grid')}, base flags "
                              f"{stored.get('base_args')}); pass another --root or the same flags")
         return
+    os.makedirs(root, exist_ok=True)
     files.write_json(path, description)
 
 
 def load(root: str) -> dict:
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UsageError(f"--root {root} is a file, not a sweep folder; pass the folder mnist_dnn.sweep wrote")
     path = os.path.join(root, SWEEP_FILE)
     if not os.path.isfile(path):
         raise UsageError(f"{path} is missing: is --root={root} a folder written by mnist_dnn.sweep?")
-    return files.read_json(path)
+    return _read_description(path)
 
 
 def run_dir(root: str, name: str) -> str:
@@ -166,10 +188,13 @@ def execute(root: str, run: Run, base_args: list[str]) -> int:
 
 
 def last_error(root: str, name: str) -> str:
-    with open(os.path.join(run_dir(root, name), LOG_FILE)) as f:
-        lines = [line.strip() for line in f if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or ["(empty log)"])[-1]
+    """The run's error, as train wrote it to its result file; else the last line of its log."""
+    try:
+        return "error: " + files.read_json(os.path.join(run_dir(root, name), RESULT_FILE))["error"]
+    except (OSError, ValueError, KeyError, TypeError):
+        with open(os.path.join(run_dir(root, name), LOG_FILE)) as f:
+            lines = [line.strip() for line in f if line.strip()]
+        return (lines or ["(empty log)"])[-1]
 
 
 def run_all(root: str, runs: list[Run], base_args: list[str], out=print) -> None:

@@ -1,0 +1,166 @@
+"""The periodic work of a training run, as actions the controller calls: log training
+metrics (with progress), validate (best checkpoint, early stopping, diagnostics), save."""
+
+import contextlib
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
+
+from mnist_dnn.lib import diagnostics, evaluation
+from mnist_dnn.lib.run_dir import Best, RunDir
+
+
+def summary_writer(log_dir: str | None, name: str):
+    """A writer for `log_dir/name`; `log_dir=None` writes nothing (the other workers of a cluster)."""
+    return tf.summary.create_file_writer(os.path.join(log_dir, name)) if log_dir else tf.summary.create_noop_writer()
+
+
+def log_scalars(writer, step: int, **scalars) -> None:
+    with writer.as_default(step=step):
+        for name, value in scalars.items():
+            tf.summary.scalar(name, value)
+
+
+def write_run_summary(log_dir: str, hparams: dict, forward_graph) -> None:
+    """The run's hyperparameters (TensorBoard's HParams dashboard) and its model's forward graph (Graphs tab)."""
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default(step=0):
+        hparams_api.hparams(hparams, trial_id=os.path.basename(os.path.normpath(log_dir)))
+        tf.summary.graph(forward_graph)
+    writer.close()
+
+
+class Clock:
+    """Training time, without the pauses (validation, saving) that are not training."""
+
+    def __init__(self):
+        self.started = self.interval_start = time.perf_counter()
+        self.paused_seconds = 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        started = time.perf_counter()
+        yield
+        pause = time.perf_counter() - started
+        self.interval_start += pause
+        self.paused_seconds += pause
+
+    def lap(self) -> float:
+        """Seconds since the last lap, pauses excluded."""
+        now = time.perf_counter()
+        seconds, self.interval_start = now - self.interval_start, now
+        return seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started - self.paused_seconds
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+class TrainingLog:
+    """Training loss, accuracy, learning rate and examples/s: to TensorBoard, and as progress.
+
+    On a terminal, a progress bar (Keras' Progbar); otherwise one line per report, with
+    step/total, percent and ETA, fit for logs.
+    """
+
+    def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock,
+                 interactive: bool | None = None):
+        self.writer, self.metrics, self.optimizer, self.clock = writer, metrics, optimizer, clock
+        self.start_step, self.max_steps = start_step, max_steps
+        self.examples, self.seconds = 0.0, 0.0  # totals over the reports
+        interactive = sys.stdout.isatty() if interactive is None else interactive
+        self.bar = keras.utils.Progbar(max_steps - start_step, stateful_metrics=["loss", "accuracy", "examples/s"],
+                                       unit_name="step") if interactive else None
+
+    @property
+    def examples_per_second(self) -> float | None:
+        return self.examples / self.seconds if self.seconds else None
+
+    def __call__(self, step: int) -> None:
+        seconds, examples = self.clock.lap(), float(self.metrics.examples.result())
+        first = self.seconds == 0.0
+        self.examples, self.seconds = self.examples + examples, self.seconds + seconds
+        loss, accuracy = float(self.metrics.loss.result()), float(self.metrics.accuracy.result())
+        learning_rate = float(tf.convert_to_tensor(self.optimizer.learning_rate))
+        log_scalars(self.writer, step, loss=loss, accuracy=accuracy, learning_rate=learning_rate)
+        self.metrics.reset()
+        rate = examples / seconds if seconds else 0.0
+        if self.bar:
+            self.bar.update(step - self.start_step, [("loss", loss), ("accuracy", accuracy), ("examples/s", rate)])
+        else:
+            print(self._line(step, loss, accuracy, rate, first), flush=True)
+
+    def _line(self, step: int, loss: float, accuracy: float, rate: float, first: bool) -> str:
+        done = step - self.start_step
+        elapsed = self.clock.elapsed()
+        eta = elapsed / done * (self.max_steps - step) if done else 0.0
+        note = " (this interval includes compiling the loop)" if first else ""
+        return (f"step {step}/{self.max_steps} ({step / self.max_steps:.0%}): loss {loss:.4f}, train accuracy "
+                f"{accuracy:.2%}, {rate:,.0f} examples/s{note}; elapsed {_duration(elapsed)}, ETA {_duration(eta)}")
+
+    def message(self, text: str) -> None:
+        """A line between reports (validation, saves) that leaves the progress bar whole."""
+        print(("\n" if self.bar else "") + text, flush=True)
+
+
+def patience_exhausted(best: Best | None, step: int, patience: int, eval_every: int) -> bool:
+    """True once `patience` evaluations in a row have not beaten the best (0: never)."""
+    return bool(patience) and best is not None and step - best.step >= patience * eval_every
+
+
+class Validation:
+    """Scores the validation split; keeps the best checkpoint; decides early stopping; writes diagnostics.
+
+    `patience` counts evaluations (every `eval_every` steps) without a better accuracy; 0 is off.
+    Counting is by steps since the best, so it survives a resume without extra state.
+    """
+
+    def __init__(self, state, split, writer, save_best, best: Best | None, patience: int, eval_every: int,
+                 diagnose: diagnostics.Diagnostics, say=print):
+        self.state, self.split, self.writer, self.save_best, self.best = state, split, writer, save_best, best
+        self.patience, self.eval_every, self.diagnose, self.say = patience, eval_every, diagnose, say
+        self.predict_fn = evaluation.make_predict_fn(state.model)
+        self.last = None
+        self.stop_requested = False
+
+    def __call__(self, step: int) -> None:
+        metrics = evaluation.evaluate_split(self.predict_fn, self.split)
+        log_scalars(self.writer, step, loss=metrics.loss, accuracy=metrics.accuracy)
+        self.say(f"step {step}: validation loss {metrics.loss:.4f}, accuracy {metrics.accuracy:.2%}")
+        if self.best is None or metrics.accuracy > self.best.accuracy:
+            self.best = Best(step, metrics.loss, metrics.accuracy)
+            self.save_best(self.best)
+        self.diagnose.write(step, metrics)
+        self.last = metrics
+        self.stop_requested = self.should_stop(step)
+
+    def should_stop(self, step: int) -> bool:
+        return patience_exhausted(self.best, step, self.patience, self.eval_every)
+
+    def stop_message(self, step: int) -> str:
+        return (f"Stopped early at step {step}: no better validation accuracy in {self.patience} evaluations "
+                f"(--early_stopping_patience); best {self.best.accuracy:.2%} at step {self.best.step}")
+
+
+def checkpoint_saver(run_dir: RunDir, state, keep: int):
+    """`save(step)`: a checkpoint of the whole state, never of non-finite weights."""
+
+    def save(step: int) -> None:
+        run_dir.save(state.checkpoint, step, state.weights(), keep)
+
+    return save
+
+
+def best_saver(run_dir: RunDir, state):
+    def save(best: Best) -> None:
+        run_dir.save_best(state.checkpoint, best, state.weights())
+
+    return save

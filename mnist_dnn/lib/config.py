@@ -1,0 +1,170 @@
+"""What a run is made of, defined once: defaults, help and validation of every setting.
+
+The tools declare their flags from these fields (`cli.define_flags`), so a default or a
+help text exists in one place only. `validate()` is the one check that every entry point
+(train, sweep, the Python API) goes through; it raises `ConfigError` naming the field, which
+the command line reports under the flag of the same name.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from mnist_dnn.lib.errors import UsageError
+
+MODELS = ("raw", "dense", "logistic")
+ALIASES = {"DNN": "raw", "contrib_DNN": "dense", "LogisticRegression": "logistic"}  # the TF1 course's names
+DEFAULT_HIDDEN_UNITS = {"raw": (128,), "dense": (60, 30), "logistic": ()}
+DATASETS = ("mnist", "fashion_mnist", "kmnist")
+OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
+LR_SCHEDULES = ("constant", "cosine")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+MAX_SHIFT = 8
+# Bounds that keep a typo from asking for terabytes: a 784 x 10**8 weight matrix, a batch of 10**9.
+MAX_HIDDEN_UNITS = 65_536
+MAX_BATCH_SIZE = 65_536
+MAX_SEED = 2**31 - 1
+MAX_STEPS = 10**9
+
+
+class ConfigError(UsageError):
+    """A setting is out of range; `field` names it (the flag of the same name on the command line)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
+def setting(default, help: str, flag: str | None = "", **kwargs):
+    """A config field with its help text; `flag=None`: not a command-line flag, "": the field's name."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag}, **kwargs)
+
+
+def _choice(field: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(field, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive_int(field: str, value, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
+        raise ConfigError(field, f"must be a whole number from 1 to {maximum:,}; got {value!r}")
+
+
+def _float32_in(field: str, value, low: float, high: float, what: str) -> None:
+    """`value` within (low, high] as the float32 it becomes in the graph (1e39 is inf there)."""
+    with np.errstate(over="ignore"):
+        as_float32 = np.float32(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
+    if not (math.isfinite(as_float32) and low < as_float32 <= high):
+        raise ConfigError(field, f"must be {what}; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; stored beside its checkpoints."""
+
+    name: str = setting("dense", f"Model: {', '.join(MODELS)} (or the course's {', '.join(ALIASES)}).", flag="model")
+    hidden_units: tuple[int, ...] | None = setting(None, "Hidden layer widths, e.g. 256,128 (default: the model's own).")
+    dropout: float = setting(0.0, "Dropout rate after each hidden layer (dense only).")
+
+    def __post_init__(self):
+        # The course's names are aliases; no hidden_units means the model's own.
+        name = ALIASES.get(self.name, self.name)
+        object.__setattr__(self, "name", name)
+        if self.hidden_units is None and name in DEFAULT_HIDDEN_UNITS:
+            object.__setattr__(self, "hidden_units", DEFAULT_HIDDEN_UNITS[name])
+        elif self.hidden_units is not None:
+            object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
+
+    def validate(self) -> None:
+        _choice("model", self.name, MODELS + tuple(ALIASES))
+        if self.name == "logistic" and self.hidden_units:
+            raise ConfigError("hidden_units", "must be empty for the logistic model (it has no hidden layer)")
+        if self.name != "logistic" and not self.hidden_units:
+            raise ConfigError("hidden_units", f"must name at least one layer for --model={self.name}, e.g. 128")
+        for units in self.hidden_units:
+            _positive_int("hidden_units", units, MAX_HIDDEN_UNITS)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout!r}")
+        if self.dropout and self.name != "dense":
+            raise ConfigError("dropout", "is only supported by --model=dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = setting("mnist", f"TFDS dataset in MNIST format: {', '.join(DATASETS)}.")
+    data_dir: str | None = setting(None, "TFDS data folder (default: TFDS's own, ~/tensorflow_datasets).")
+    idx_dir: str | None = setting(None, "Offline: folder with the four MNIST IDX files (.gz or plain), imported once "
+                                  "into --data_dir. Default: $MNIST_DNN_IDX_DIR (for --dataset=mnist).")
+    validation_size: int = setting(5000, "Examples held out of TFDS train for validation.", flag=None)
+
+    def validate(self) -> None:
+        _choice("dataset", self.dataset, DATASETS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optimizer: str = setting("adam", f"Optimizer: {', '.join(OPTIMIZER_NAMES)}.")
+    learning_rate: float = setting(0.001, "Learning rate.")
+    lr_schedule: str = setting("constant", "Learning rate schedule: constant, or cosine (decays to 0 at --max_steps).")
+    augment_shift: int = setting(0, f"Move each training image by a random 0..N pixels in x and y (0: off, N <= {MAX_SHIFT}).")
+    batch_size: int = setting(128, "Training batch size.")
+    max_steps: int = setting(5000, "Train until this global step.")
+    seed: int = setting(0, "Seed of initialization and data order.")
+    ckpt_dir: str = setting("checkpoints", "Folder of the run's checkpoints and model_config.json.")
+    log_dir: str | None = setting(None, "TensorBoard folder of this run (default: logs/<model>-<units>-<optimizer>-<lr>-b<batch>).")
+    log_every: int = setting(100, "Print and log training metrics every N steps.")
+    eval_every: int = setting(1000, "Evaluate on the validation set every N steps.")
+    checkpoint_every: int = setting(1000, "Save a checkpoint every N steps.")
+    keep_checkpoints: int = setting(5, "How many recent checkpoints to keep.")
+    steps_per_call: int = setting(100, "Train steps run inside one tf.function call (fewer Python round trips).")
+    deterministic: bool = setting(False, "Bit-identical reruns (tf.config.experimental.enable_op_determinism).")
+    strategy: str = setting("default", "tf.distribute strategy: default (one device), mirrored (all local devices), "
+                            "or multi_worker (a TF_CONFIG cluster).")
+    devices: tuple[str, ...] = setting((), "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1 (default: all GPUs, else CPUs).")
+    virtual_cpus: int = setting(0, "Split the CPU into N logical devices (to run --strategy=mirrored on a CPU).")
+    export_dir: str | None = setting(None, "At the end of a completed run, export a SavedModel version into this folder "
+                                     "(e.g. exports/mnist), as mnist_dnn.export does.")
+    early_stopping_patience: int = setting(0, "Stop after this many evaluations (--eval_every) without a better "
+                                           "validation accuracy; 0: off.")
+    diagnostics: bool = setting(True, "At each evaluation, write weight and gradient histograms, gradient norms, "
+                                "a confusion matrix and misclassified digits to <log_dir>/diagnostics.")
+    jit_compile: bool | None = setting(None, "Train with an XLA-compiled loop over the split in memory (the default on one "
+                                       "device); --nojit_compile uses the tf.data pipeline, as several devices do.")
+
+    @property
+    def compiled(self) -> bool:
+        return self.strategy == "default" if self.jit_compile is None else self.jit_compile
+
+    def validate(self) -> None:
+        """Every setting, before anything is read or written."""
+        self.model.validate()
+        self.data.validate()
+        _choice("optimizer", self.optimizer, OPTIMIZER_NAMES)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _float32_in("learning_rate", self.learning_rate, 0.0, 1e6, "a positive number of at most 1e6")
+        _positive_int("batch_size", self.batch_size, MAX_BATCH_SIZE)
+        for field in ("max_steps", "log_every", "eval_every", "checkpoint_every", "steps_per_call"):
+            _positive_int(field, getattr(self, field), MAX_STEPS)
+        _positive_int("keep_checkpoints", self.keep_checkpoints, 10_000)
+        self._validate_ranges()
+        if self.jit_compile and self.strategy != "default":
+            raise ConfigError("jit_compile", f"runs on one device, not with --strategy={self.strategy}; drop one of them")
+        if self.devices and self.strategy != "mirrored":
+            raise ConfigError("devices", f"is for --strategy=mirrored, not --strategy={self.strategy}")
+
+    def _validate_ranges(self) -> None:
+        ranges = {"seed": (0, MAX_SEED), "augment_shift": (0, MAX_SHIFT), "virtual_cpus": (0, 64),
+                  "early_stopping_patience": (0, MAX_STEPS)}
+        for field, (low, high) in ranges.items():
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(field, f"must be a whole number from {low} to {high:,}; got {value!r}")
+
+    def resume_settings(self) -> dict:
+        """What an exact resume depends on besides the model: stored beside the checkpoints."""
+        return {"optimizer": self.optimizer, "lr_schedule": self.lr_schedule, "batch_size": self.batch_size,
+                "seed": self.seed, "augment_shift": self.augment_shift}

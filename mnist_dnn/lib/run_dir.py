@@ -1,0 +1,287 @@
+"""The run folder (`--ckpt_dir`): the one place that knows its layout and its rules.
+
+    model_config.json        how to rebuild the model, its dataset, what an exact resume needs
+    model.ckpt-<step>.index  checkpoints, as the course's tf.train.Saver named them
+    model.ckpt-<step>.data-00000-of-00001
+    checkpoint               TensorFlow's state file (written for other tools; never trusted here)
+    best/                    the checkpoint of the best validation accuracy, and best.json
+    train.lock               held by the one trainer of the folder
+
+Checkpoints are found from their own files, so a missing, empty or garbled state file loses
+nothing. A checkpoint file that exists is never written over, and no checkpoint is written
+whose weights are not all finite.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from mnist_dnn.lib import files
+from mnist_dnn.lib.config import ModelConfig
+from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError
+
+CONFIG_FILE = "model_config.json"
+CHECKPOINT_NAME = "model.ckpt"
+STATE_FILE = "checkpoint"
+LOCK_FILE = "train.lock"
+BEST_DIR = "best"
+BEST_FILE = "best.json"
+WHICH = ("latest", "best")
+# What restoring a damaged or mismatched checkpoint raises (a truncated file: IndexError).
+RESTORE_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError)
+_INDEX = re.compile(re.escape(CHECKPOINT_NAME) + r"-(\d+)\.index$")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What a run folder was trained as: the model, its dataset, and what an exact resume needs."""
+
+    model: ModelConfig
+    dataset: str = "mnist"
+    resume: dict = dataclasses.field(default_factory=dict)  # TrainConfig.resume_settings(); {} in older folders
+
+    def to_json(self) -> str:
+        fields = {**dataclasses.asdict(self.model), "dataset": self.dataset, "training": self.resume}
+        return json.dumps(fields, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        fields = json.loads(text)
+        if not isinstance(fields, dict):
+            raise ValueError(f"expected a JSON object, found {type(fields).__name__}")
+        missing = [key for key in ("name", "hidden_units", "dataset") if key not in fields]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        if not isinstance(fields["hidden_units"], list) or not isinstance(fields["dataset"], str):
+            raise ValueError("hidden_units must be a list and dataset a string")
+        resume = fields.get("training", {})
+        if not isinstance(resume, dict):
+            raise ValueError("training must be an object")
+        model = ModelConfig(fields["name"], tuple(fields["hidden_units"]), fields.get("dropout", 0.0))
+        model.validate()
+        return cls(model, fields["dataset"], resume)
+
+    def describe(self) -> str:
+        return f"{self.model.name} {'-'.join(map(str, self.model.hidden_units)) or '(no hidden layer)'} on {self.dataset}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Best:
+    """The checkpoint with the best validation accuracy so far (`best/best.json`)."""
+
+    step: int
+    loss: float
+    accuracy: float
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step in a checkpoint's name, as in `model.ckpt-1000`."""
+    return int(path.rsplit("-", 1)[1])
+
+
+def all_finite(variables) -> bool:
+    values = [np.asarray(v) for v in variables]
+    return all(np.isfinite(value).all() for value in values if np.issubdtype(value.dtype, np.floating))
+
+
+class RunDir:
+    """One run folder: checkpoints, best/, model_config.json, the lock."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.config_path = os.path.join(path, CONFIG_FILE)
+        self.best_dir = os.path.join(path, BEST_DIR)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint_path: str) -> "RunDir":
+        """The folder whose model_config.json describes a checkpoint: its own, or for `best/` its parent."""
+        folder = os.path.dirname(checkpoint_path) or "."
+        return cls(os.path.dirname(folder) or "." if os.path.basename(folder) == BEST_DIR else folder)
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def steps(self, folder: str | None = None) -> list[int]:
+        """Steps of the complete checkpoints (index and every data shard present), ascending."""
+        folder = folder or self.path
+        found = []
+        for index in glob.glob(os.path.join(glob.escape(folder), f"{CHECKPOINT_NAME}-*.index")):
+            match = _INDEX.search(os.path.basename(index))
+            if match and _has_all_shards(index[: -len(".index")]):
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    def checkpoint_path(self, step: int, folder: str | None = None) -> str:
+        return os.path.join(folder or self.path, f"{CHECKPOINT_NAME}-{step}")
+
+    def latest(self) -> str | None:
+        steps = self.steps() if os.path.isdir(self.path) else []
+        return self.checkpoint_path(steps[-1]) if steps else None
+
+    def restore_newest(self, checkpoint: tf.train.Checkpoint) -> str | None:
+        """Restores the newest checkpoint that reads back whole into `checkpoint`; None if there is none.
+
+        Each must match what the run builds, variable for variable (`assert_consumed`): a
+        checkpoint of another structure is skipped (and if none restores, the run stops rather
+        than train on a half-restored state). Restoring replaces initialization: nothing may
+        re-initialize afterwards.
+        """
+        steps = self.steps() if os.path.isdir(self.path) else []
+        for step in reversed(steps):
+            path = self.checkpoint_path(step)
+            try:
+                checkpoint.restore(path).assert_consumed()
+                return path
+            except AssertionError:
+                print(f"warning: skipping {path}: it does not match this run's model and optimizer", file=sys.stderr)
+            except RESTORE_ERRORS as e:
+                print(f"warning: skipping {path}: it is damaged ({_first_line(e)})", file=sys.stderr)
+        if steps:
+            raise CheckpointError(f"none of the {len(steps)} checkpoints in {self.path} restores into this run's "
+                                  "model and optimizer; pass another --ckpt_dir, or move them away to start over")
+        return None
+
+    def save(self, checkpoint: tf.train.Checkpoint, step: int, weights, keep: int) -> str:
+        """Writes `model.ckpt-<step>`, then forgets all but the newest `keep`. Never overwrites."""
+        path = self._write(checkpoint, step, weights, self.path)
+        steps = self.steps()
+        self._write_state_file(steps[-keep:])
+        for old in steps[:-keep]:
+            _remove_checkpoint(self.checkpoint_path(old))
+        return path
+
+    def _write(self, checkpoint, step: int, weights, folder: str) -> str:
+        path = self.checkpoint_path(step, folder)
+        if os.path.exists(path + ".index"):
+            raise CheckpointError(f"{path} exists already and is never written over; pass another --ckpt_dir")
+        if not all_finite(weights):
+            raise TrainingError(f"the weights at step {step} are not all finite, so they were not saved; "
+                                f"last good checkpoint: {self.latest() or 'none'}. Lower --learning_rate")
+        checkpoint.save_counter  # noqa: B018 (creates it, so it is written too: restoring expects it)
+        try:
+            return checkpoint.write(path)
+        except (OSError, tf.errors.OpError) as e:
+            _remove_temporary(path)
+            raise CheckpointError(f"cannot write a checkpoint to {folder}: {_first_line(e)}; free some space or fix "
+                                  "its permissions, then resume (earlier checkpoints are intact)") from None
+
+    def _write_state_file(self, steps: list[int]) -> None:
+        names = [f"{CHECKPOINT_NAME}-{s}" for s in steps]
+        lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
+        files.write_text(os.path.join(self.path, STATE_FILE), "\n".join(lines) + "\n")
+
+    def remove_leftovers(self) -> None:
+        """Removes the temporary folders of a save that a crash or a full disk interrupted."""
+        for leftover in glob.glob(os.path.join(glob.escape(self.path), f"{CHECKPOINT_NAME}-*_temp*")):
+            shutil.rmtree(leftover, ignore_errors=True) if os.path.isdir(leftover) else os.remove(leftover)
+
+    # --- the best checkpoint ----------------------------------------------------------------
+
+    def read_best(self) -> Best | None:
+        """The recorded best of the folder, or None if it has none yet."""
+        path = os.path.join(self.best_dir, BEST_FILE)
+        try:
+            with open(path) as f:
+                fields = json.load(f)
+            return Best(int(fields["step"]), float(fields["validation"]["loss"]), float(fields["validation"]["accuracy"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path} is malformed ({e}); delete {self.best_dir} to start the best over") from None
+
+    def save_best(self, checkpoint: tf.train.Checkpoint, best: Best, weights) -> None:
+        """Keeps one checkpoint in best/: the new one, then best.json naming it, then the old one goes."""
+        os.makedirs(self.best_dir, exist_ok=True)
+        older = self.steps(self.best_dir)
+        if best.step not in older:
+            self._write(checkpoint, best.step, weights, self.best_dir)
+        files.write_json(os.path.join(self.best_dir, BEST_FILE),
+                         {"step": best.step, "validation": {"loss": best.loss, "accuracy": best.accuracy}})
+        for step in older:
+            if step != best.step:
+                _remove_checkpoint(self.checkpoint_path(step, self.best_dir))
+
+    def best_checkpoint(self) -> str | None:
+        best = self.read_best()
+        if best is None or not os.path.isdir(self.best_dir) or best.step not in self.steps(self.best_dir):
+            return None
+        return self.checkpoint_path(best.step, self.best_dir)
+
+    # --- configuration and resume rules ------------------------------------------------------
+
+    def load_config(self) -> RunConfig:
+        try:
+            with open(self.config_path, encoding="utf-8") as f:
+                return RunConfig.from_json(f.read())
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.config_path} is missing: is {self.path} a folder written by "
+                                  "mnist_dnn.train?") from None
+        except IsADirectoryError:
+            raise CheckpointError(f"{self.config_path} is a folder, not the run's configuration file") from None
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, UsageError) as e:
+            raise CheckpointError(f"{self.config_path} is malformed ({e}); restore it or train again") from None
+
+    def save_config(self, config: RunConfig) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        files.write_text(self.config_path, config.to_json())
+
+    def check_resumable(self, config: RunConfig) -> None:
+        """Refuses, before writing anything, to continue a run with settings it was not trained with."""
+        if not os.path.exists(self.config_path):
+            if self.latest():
+                raise UsageError(f"{self.path} holds checkpoints but no {CONFIG_FILE}; pass another --ckpt_dir")
+            return
+        stored = self.load_config()
+        if (stored.model, stored.dataset) != (config.model, config.dataset):
+            raise UsageError(f"{self.path} holds a run of {stored.describe()}, not {config.describe()}; "
+                             "pass another --ckpt_dir or the same model and --dataset flags")
+        for name, value in stored.resume.items():
+            if config.resume.get(name, value) != value:
+                raise UsageError(f"{self.path} was trained with --{name}={value}, not --{name}={config.resume[name]}; "
+                                 f"resume with --{name}={value} (the resume would not be exact) or pass another --ckpt_dir")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Holds the folder's training lock; a second trainer on the folder is refused.
+
+        An flock dies with its process, so a killed trainer never leaves the folder locked.
+        """
+        path = os.path.join(self.path, LOCK_FILE)
+        with open(path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CheckpointError(f"another training run is using {self.path} (it holds {path}); wait for it "
+                                      "to end or pass another --ckpt_dir") from None
+            yield
+
+
+def _has_all_shards(prefix: str) -> bool:
+    shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
+    if not shards:
+        return False
+    total = int(shards[0].rsplit("-of-", 1)[1])
+    return len(shards) == total
+
+
+def _remove_checkpoint(prefix: str) -> None:
+    for path in glob.glob(glob.escape(prefix) + ".index") + glob.glob(glob.escape(prefix) + ".data-*"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _remove_temporary(prefix: str) -> None:
+    for leftover in glob.glob(glob.escape(prefix) + "_temp*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -1,0 +1,154 @@
+"""Training steps: one step body, run by two runners.
+
+`train_steps` is the loop both runners compile: for each step it reads a batch, computes the
+loss and gradients on every replica, and applies them only if the loss is finite (a step with
+a NaN or infinite loss updates nothing, and the loop stops there). The runners differ only in
+where batches come from:
+
+- `CompiledRunner` (one device, the default): the uint8 split and the epoch's order are
+  arguments of one XLA program, which gathers each batch itself;
+- `PipelineRunner` (several devices, or `--nojit_compile`): a `tf.data` pipeline distributed by
+  the strategy.
+
+Both read the batch at a step by the same rule (`data.gather_batch` over the epoch's padded
+order), so they train on the same examples in the same order.
+"""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from mnist_dnn.lib import data
+
+
+class NonFiniteLoss(Exception):
+    """The loss of a step was NaN or infinite; that step updated nothing."""
+
+
+def per_example_loss(labels, logits):
+    """Sparse softmax cross-entropy on logits (never on softmax outputs), in float32 even under mixed precision."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))
+
+
+def mean_loss(labels, logits):
+    return tf.reduce_mean(per_example_loss(labels, logits))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainMetrics:
+    """Running training metrics since the last report."""
+
+    loss: keras.metrics.Mean = dataclasses.field(default_factory=keras.metrics.Mean)
+    accuracy: keras.metrics.Metric = dataclasses.field(default_factory=keras.metrics.SparseCategoricalAccuracy)
+    examples: keras.metrics.Sum = dataclasses.field(default_factory=keras.metrics.Sum)
+
+    def update(self, example_losses, labels, logits, weights):
+        self.loss.update_state(example_losses, sample_weight=weights)
+        self.accuracy.update_state(labels, logits, sample_weight=weights)
+        self.examples.update_state(tf.reduce_sum(weights))
+
+    def reset(self):
+        for metric in (self.loss, self.accuracy, self.examples):
+            metric.reset_state()
+
+
+def _gradients(model, images, labels, weights):
+    """One replica's share: its weighted losses divided by the weight of the GLOBAL batch.
+
+    So the gradients that the strategy sums across replicas are those of one device on the
+    whole batch; padding examples (weight 0) count for nothing.
+    """
+    total_weight = tf.distribute.get_replica_context().all_reduce("sum", tf.reduce_sum(weights))
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        example_losses = per_example_loss(labels, logits)
+        loss = tf.reduce_sum(example_losses * weights) / total_weight
+    return loss, tape.gradient(loss, model.trainable_variables), example_losses, logits
+
+
+def train_steps(state, metrics: TrainMetrics, strategy, next_batch, num_steps):
+    """Runs up to `num_steps` steps on `next_batch(i)`; False if it stopped at a non-finite loss.
+
+    Call it inside a `tf.function`. The finiteness test sits outside the replicas' code, since a
+    condition around an optimizer update inside it cannot synchronize the replicas.
+    """
+    finite, i = tf.constant(True), tf.constant(0)
+    # A `while`, not `for ... in tf.range`: XLA would compile a range loop again for every new bound.
+    while finite and i < num_steps:
+        images, labels, weights = next_batch(i)
+        loss, gradients, example_losses, logits = strategy.run(
+            lambda x, y, w: _gradients(state.model, x, y, w), args=(images, labels, weights))
+        finite = tf.math.is_finite(strategy.reduce("sum", loss, axis=None))
+        if finite:
+            strategy.run(lambda g, y, w, e, z: _apply(state, metrics, g, y, w, e, z),
+                         args=(gradients, labels, weights, example_losses, logits))
+            state.step.assign_add(1)
+        i += 1
+    return finite
+
+
+def _apply(state, metrics, gradients, labels, weights, example_losses, logits):
+    state.optimizer.apply_gradients(zip(gradients, state.model.trainable_variables))
+    metrics.update(example_losses, labels, logits, weights)
+
+
+class CompiledRunner:
+    """`runner(num_steps)` as XLA programs over the split in memory: one call per epoch segment."""
+
+    def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
+                 augment_shift: int = 0):
+        self.step, self.split, self.batch_size, self.seed = state.step, split, batch_size, seed
+        self.epoch_steps = data.steps_per_epoch(split.size, batch_size)
+        self.epoch, self.order = None, None
+        strategy = tf.distribute.get_strategy()
+
+        @tf.function(jit_compile=True)
+        def loop(images, labels, order, weights, first, num_steps):
+            def next_batch(i):
+                return data.gather_batch(images, labels, order, weights, first + i, batch_size, state.step, seed,
+                                         augment_shift)
+
+            return train_steps(state, metrics, strategy, next_batch, num_steps)
+
+        self.loop = loop
+
+    def __call__(self, num_steps: int) -> None:
+        current = int(self.step.numpy())
+        end = current + num_steps
+        while current < end:
+            epoch, first = divmod(current, self.epoch_steps)
+            if epoch != self.epoch:
+                self.epoch, self.order = epoch, data.padded_epoch_order(self.split.size, self.batch_size, self.seed, epoch)
+            count = min(end - current, self.epoch_steps - first)
+            if not self.loop(self.split.images, self.split.labels, *self.order, tf.constant(first), tf.constant(count)):
+                raise NonFiniteLoss()
+            current += count
+
+
+class PipelineRunner:
+    """`runner(num_steps)` over a `tf.data` pipeline that the strategy spreads over its devices."""
+
+    def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
+                 augment_shift: int = 0, strategy=None, start_step: int = 0):
+        strategy = strategy or tf.distribute.get_strategy()
+        batches = data.train_batches(split, batch_size, seed, start_step, augment_shift)
+        self.iterator = iter(strategy.experimental_distribute_dataset(batches))
+
+        @tf.function
+        def loop(iterator, num_steps):
+            return train_steps(state, metrics, strategy, lambda i: next(iterator), num_steps)
+
+        self.loop = loop
+
+    def __call__(self, num_steps: int) -> None:
+        if not self.loop(self.iterator, tf.constant(num_steps)):
+            raise NonFiniteLoss()
+
+
+def make_runner(config, state, metrics: TrainMetrics, split: data.Split, strategy=None, start_step: int = 0):
+    """The compiled in-memory runner, or the tf.data pipeline (several devices, --nojit_compile)."""
+    settings = (state, metrics, split, config.batch_size, config.seed, config.augment_shift)
+    if config.compiled:
+        return CompiledRunner(*settings)
+    return PipelineRunner(*settings, strategy=strategy, start_step=start_step)

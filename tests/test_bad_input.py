@@ -1,0 +1,250 @@
+"""The bad-input catalogue: every tool, fed wrong flags, paths and files, in process.
+
+Each case asserts what the README promises for bad input: a non-zero exit (2 usage, 1 data
+or checkpoint), exactly one `error:` line naming the problem and the fix, no traceback, and
+no file created, changed or deleted (the folders are hashed before and after).
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import call_tool, folder_hashes
+from mnist_dnn.lib import config as config_lib
+from mnist_dnn.lib import training
+
+# (tool, args, exit code, fragment of the error line, damage done to the copied run first)
+TRAIN = [
+    (["--model=cnn"], 2, "--model must be one of raw, dense, logistic"),
+    (["--model="], 2, "--model must be one of"),
+    (["--hidden_units=256,x"], 2, "--hidden_units must be comma-separated integers"),
+    (["--hidden_units=256,0"], 2, "--hidden_units must be a whole number from 1"),
+    (["--hidden_units="], 2, "--hidden_units must name at least one layer"),
+    (["--hidden_units=100000000"], 2, "65,536"),
+    (["--model=logistic", "--hidden_units=10"], 2, "no hidden layer"),
+    (["--dropout=1.0"], 2, "--dropout must be in [0, 1)"),
+    (["--dropout=-0.1"], 2, "--dropout must be in [0, 1)"),
+    (["--dropout=x"], 2, "dropout"),
+    (["--model=raw", "--dropout=0.5"], 2, "only supported by --model=dense"),
+    (["--optimizer=adamax"], 2, "--optimizer must be one of sgd"),
+    (["--optimizer=lbfgs"], 2, "--optimizer must be one of"),
+    (["--learning_rate=0"], 2, "--learning_rate must be a positive number"),
+    (["--learning_rate=-1"], 2, "--learning_rate must be a positive number"),
+    (["--learning_rate=1e39"], 2, "--learning_rate must be a positive number"),
+    (["--learning_rate=nan"], 2, "--learning_rate must be a positive number"),
+    (["--learning_rate=inf"], 2, "--learning_rate must be a positive number"),
+    (["--learning_rate=fast"], 2, "learning_rate"),
+    (["--lr_schedule=step"], 2, "--lr_schedule must be one of constant, cosine"),
+    (["--augment_shift=9"], 2, "--augment_shift must be a whole number from 0 to 8"),
+    (["--augment_shift=-1"], 2, "--augment_shift must be"),
+    (["--batch_size=0"], 2, "--batch_size must be a whole number from 1"),
+    (["--batch_size=-3"], 2, "--batch_size must be"),
+    (["--batch_size=1000000000"], 2, "65,536"),
+    (["--batch_size=many"], 2, "batch_size"),
+    (["--max_steps=0"], 2, "--max_steps must be"),
+    (["--max_steps=-1"], 2, "--max_steps must be"),
+    (["--max_steps=100000000000000000000"], 2, "--max_steps must be"),
+    (["--seed=-1"], 2, "--seed must be a whole number from 0"),
+    (["--seed=100000000000000000000"], 2, "--seed must be"),
+    (["--log_every=0"], 2, "--log_every must be"),
+    (["--eval_every=0"], 2, "--eval_every must be"),
+    (["--checkpoint_every=0"], 2, "--checkpoint_every must be"),
+    (["--keep_checkpoints=0"], 2, "--keep_checkpoints must be"),
+    (["--steps_per_call=0"], 2, "--steps_per_call must be"),
+    (["--early_stopping_patience=-1"], 2, "--early_stopping_patience must be"),
+    (["--strategy=tpu"], 2, "--strategy must be one of default, mirrored, multi_worker"),
+    (["--strategy=multi_worker"], 2, "TF_CONFIG"),
+    (["--devices=/gpu:7"], 2, "--devices is for --strategy=mirrored"),
+    (["--virtual_cpus=-2"], 2, "--virtual_cpus must be"),
+    (["--jit_compile", "--strategy=mirrored"], 2, "--jit_compile runs on one device"),
+    (["--dataset=cifar10"], 2, "--dataset must be one of mnist, fashion_mnist"),
+    (["--flagfile={tmp}/missing.cfg"], 2, "missing.cfg"),
+    (["--no_such_flag=1"], 2, "no_such_flag"),
+    (["stray"], 2, "unexpected arguments"),
+    (["--ckpt_dir={file}"], 2, "--ckpt_dir"),
+    (["--ckpt_dir={file}/ckpt"], 2, "--ckpt_dir {file}/ckpt is under a file"),
+    (["--log_dir={file}"], 2, "--log_dir"),
+    (["--log_dir={file}/logs"], 2, "--log_dir {file}/logs is under a file"),
+    (["--export_dir={file}"], 2, "--export_dir"),
+    (["--result_file={tmp}/missing/r.json"], 2, "--result_file"),
+    (["--result_file={tmp}"], 2, "--result_file"),
+    (["--idx_dir={tmp}/no_idx", "--data_dir={tmp}/tfds"], 1, "is not a folder"),
+]
+RESUME = [  # on a copy of a trained run: a resume that would not be exact, or of something else
+    (["--optimizer=sgd"], 2, "was trained with --optimizer=adam, not --optimizer=sgd"),
+    (["--optimizer=adamw"], 2, "--optimizer=adam, not --optimizer=adamw"),
+    (["--optimizer=rmsprop"], 2, "--optimizer=adam"),
+    (["--batch_size=32"], 2, "--batch_size=64, not --batch_size=32"),
+    (["--seed=3"], 2, "--seed=0, not --seed=3"),
+    (["--augment_shift=1"], 2, "--augment_shift=0, not --augment_shift=1"),
+    (["--lr_schedule=cosine"], 2, "--lr_schedule=constant, not --lr_schedule=cosine"),
+    (["--hidden_units=17"], 2, "holds a run of dense 16 on mnist, not dense 17 on mnist"),
+    (["--model=raw"], 2, "not raw 16 on mnist"),
+    (["--dataset=fashion_mnist"], 2, "not dense 16 on fashion_mnist"),
+]
+EVALUATE = [
+    (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
+    (["--ckpt_dir={tmp}"], 1, "holds no checkpoint"),
+    (["--ckpt_dir={file}"], 2, "is a file, not a run folder"),
+    (["--ckpt_dir={run}", "--which=worst"], 2, "which"),
+    (["--ckpt_dir={run}", "--which=best", "--checkpoint={run}/model.ckpt-10"], 2, "either --checkpoint or --which=best"),
+    (["--ckpt_dir={run}", "--checkpoint={run}/model.ckpt-99"], 1, "model.ckpt-99 does not exist"),
+    (["--ckpt_dir={run}", "--checkpoint={file}"], 1, "does not exist"),
+    (["--ckpt_dir={run}", "--checkpoint={run}"], 2, "is a folder; name a checkpoint"),
+    (["--ckpt_dir={run}", "--batch_size=0"], 2, "--batch_size must be"),
+    (["--ckpt_dir={run}", "--metrics_file={tmp}/missing/m.json"], 2, "--metrics_file"),
+    (["--ckpt_dir={run}", "stray"], 2, "unexpected arguments"),
+    (["--ckpt_dir={run}", "--bogus"], 2, "bogus"),
+]
+DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export and inspect say
+    "no config": (lambda run: os.remove(f"{run}/model_config.json"), 1, "model_config.json is missing"),
+    "config not json": (lambda run: _write(f"{run}/model_config.json", "{not json"), 1, "is malformed"),
+    "config empty": (lambda run: _write(f"{run}/model_config.json", ""), 1, "is malformed"),
+    "config a list": (lambda run: _write(f"{run}/model_config.json", "[1, 2]"), 1, "is malformed"),
+    "config a number": (lambda run: _write(f"{run}/model_config.json", "7"), 1, "is malformed"),
+    "config without dataset": (lambda run: _edit_config(run, drop="dataset"), 1, "missing dataset"),
+    "config without name": (lambda run: _edit_config(run, drop="name"), 1, "missing name"),
+    "config with float units": (lambda run: _edit_config(run, hidden_units=[60.5, 30]), 1, "is malformed"),
+    "config with units as a number": (lambda run: _edit_config(run, hidden_units=16), 1, "is malformed"),
+    "config of another width": (lambda run: _edit_config(run, hidden_units=[17]), 1, "cannot restore"),
+    "config of another model": (lambda run: _edit_config(run, name="raw"), 1, "cannot restore"),
+    "config not utf-8": (lambda run: _write(f"{run}/model_config.json", b"\xff\xfe"), 1, "is malformed"),
+    "truncated index": (lambda run: _truncate(f"{run}/model.ckpt-10.index", 40), 1, "model.ckpt-10"),
+    "zeroed data": (lambda run: _zero(f"{run}/model.ckpt-10.data-00000-of-00001"), 1, "model.ckpt-10"),
+    "truncated data": (lambda run: _truncate(f"{run}/model.ckpt-10.data-00000-of-00001", 100), 1, "model.ckpt-10"),
+}
+EXPORT = [
+    (["--ckpt_dir={tmp}/nothing", "--export_dir={tmp}/exports"], 1, "does not exist"),
+    (["--ckpt_dir={run}", "--export_dir={file}"], 2, "--export_dir"),
+    (["--ckpt_dir={run}", "--export_dir={file}/exports"], 2, "--export_dir"),
+    (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--version=0"], 2, "--version must be"),
+    (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--version=-4"], 2, "--version must be"),
+    (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--which=worst"], 2, "which"),
+    (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--checkpoint={run}/model.ckpt-3"], 1, "does not exist"),
+    (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "stray"], 2, "unexpected arguments"),
+]
+INSPECT = [
+    (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
+    (["--ckpt_dir={file}"], 2, "is a file"),
+    (["--ckpt_dir={tmp}"], 1, "holds no checkpoint"),
+    (["--ckpt_dir={run}", "--which=worst"], 2, "which"),
+    (["--ckpt_dir={run}", "--checkpoint={run}/model.ckpt-3"], 1, "does not exist"),
+    (["--ckpt_dir={run}", "stray"], 2, "unexpected arguments"),
+]
+PREDICT = [
+    (["--model_dir={tmp}/nothing"], 2, "no image files given"),
+    (["--model_dir={tmp}/nothing", "{file}"], 2, "--model_dir"),
+    (["--model_dir={tmp}", "{file}"], 2, "neither a SavedModel"),
+]
+SWEEP = [
+    (["--grid=learning_rate=0.1,0.01"], 2, "--root is required"),
+    (["--root={file}", "--grid=learning_rate=0.1,0.01"], 2, "--root"),
+    (["--root={tmp}/sweep"], 2, "give at least one --grid"),
+    (["--root={tmp}/sweep", "--grid=learning_rate"], 2, "must be NAME=VALUE1,VALUE2"),
+    (["--root={tmp}/sweep", "--grid=learning_rate="], 2, "must be NAME=VALUE1,VALUE2"),
+    (["--root={tmp}/sweep", "--grid=learning_rate=0.1,,0.2"], 2, "has an empty value"),
+    (["--root={tmp}/sweep", "--grid=learning_rate=0.1,0.1"], 2, "repeats a value"),
+    (["--root={tmp}/sweep", "--grid=learning_rate=0.1", "--grid=learning_rate=0.2"], 2, "more than once"),
+    (["--root={tmp}/sweep", "--grid=ckpt_dir=a,b"], 2, "cannot vary --ckpt_dir"),
+    (["--root={tmp}/sweep", "--grid=no_such=1,2"], 2, "not a flag of mnist_dnn.train"),
+    (["--root={tmp}/sweep", "--grid=batch_size=0,-1"], 2, "--batch_size must be"),
+    (["--root={tmp}/sweep", "--grid=batch_size=x,2"], 2, "not valid for --batch_size"),
+    (["--root={tmp}/sweep", "--grid=model=cnn,dense"], 2, "--model must be one of"),
+    (["--root={tmp}/sweep", "--grid=learning_rate=nan,0.1"], 2, "--learning_rate must be"),
+    (["--root={tmp}/sweep", "--grid=optimizer=lbfgs,sgd"], 2, "--optimizer must be one of"),
+    (["--root={tmp}/sweep", "--grid=hidden_units=128,x-1"], 2, "--hidden_units"),
+    (["--root={tmp}/sweep", "--grid=model=logistic,dense", "--hidden_units=32"], 2, "no hidden layer"),
+    (["--root={tmp}/sweep", "--grid=dropout=0.1,0.2", "--model=raw"], 2, "only supported by --model=dense"),
+    (["--root={tmp}/sweep", "--grid=learning_rate=0.1,0.2", "stray"], 2, "unexpected arguments"),
+    (["--root={corrupt_sweep}", "--grid=learning_rate=0.1,0.2"], 1, "sweep.json"),
+]
+REPORT = [
+    ([], 2, "--root is required"),
+    (["--root={tmp}/nothing"], 2, "is missing"),
+    (["--root={file}"], 2, "--root"),
+    (["--root={corrupt_sweep}"], 1, "sweep.json"),
+    (["--root={tmp}", "stray"], 2, "unexpected arguments"),
+]
+
+CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAIN]
+         + [("train", ["--ckpt_dir={run}", "--log_dir={tmp}/logs", "--hidden_units=16", "--batch_size=64", *args],
+             code, fragment, None)
+            for args, code, fragment in RESUME]
+         + [("evaluate", args, code, fragment, None) for args, code, fragment in EVALUATE]
+         + [(tool, [*args, "--ckpt_dir={run}", "--checkpoint={run}/model.ckpt-10"], code, fragment, damage)
+            for damage, (_, code, fragment) in DAMAGED_RUN.items()
+            for tool, args in (("evaluate", []), ("export", ["--export_dir={tmp}/exports"]))]
+         + [("export", args, code, fragment, None) for args, code, fragment in EXPORT]
+         + [("inspect_checkpoint", args, code, fragment, None) for args, code, fragment in INSPECT]
+         + [("inspect_checkpoint", ["--ckpt_dir={run}"], 1, "model.ckpt-10", damage)
+            for damage in ("truncated index", "zeroed data", "truncated data")]
+         + [("predict", args, code, fragment, None) for args, code, fragment in PREDICT]
+         + [("sweep", args, code, fragment, None) for args, code, fragment in SWEEP]
+         + [("report", args, code, fragment, None) for args, code, fragment in REPORT])
+
+
+def _write(path, content):
+    with open(path, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
+
+
+def _edit_config(run, drop=None, **changes):
+    with open(f"{run}/model_config.json") as f:
+        fields = json.load(f)
+    fields.pop(drop, None)
+    _write(f"{run}/model_config.json", json.dumps({**fields, **changes}))
+
+
+def _truncate(path, size):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def _zero(path):
+    _write(path, b"\0" * os.path.getsize(path))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory) -> str:
+    """A tiny trained run folder (steps 5 and 10), shared by the cases that copy it."""
+    folder = tmp_path_factory.mktemp("trained")
+    config = training.TrainConfig(model=config_lib.ModelConfig("dense", (16,)), data=tiny_data, batch_size=64,
+                                  ckpt_dir=str(folder / "ckpt"), log_dir=str(folder / "logs"), max_steps=10,
+                                  checkpoint_every=5, eval_every=5, diagnostics=False)
+    training.train(config)
+    return str(folder / "ckpt")
+
+
+def test_the_catalogue_covers_every_tool_with_at_least_150_cases():
+    assert len(CASES) >= 150
+    assert {tool for tool, *_ in CASES} == {"train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep",
+                                            "report"}
+
+
+@pytest.mark.parametrize("tool, args, code, fragment, damage", CASES,
+                         ids=[f"{c[0]}:{' '.join(c[1])}:{c[4] or ''}" for c in CASES])
+def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragment, damage, tmp_path, tiny_data,
+                                                        trained):
+    places = {"tmp": str(tmp_path), "file": str(tmp_path / "afile"), "run": str(tmp_path / "run"),
+              "corrupt_sweep": str(tmp_path / "corrupt_sweep")}
+    _write(places["file"], "a file, not a folder")
+    if any("{run}" in a for a in args):
+        shutil.copytree(trained, places["run"])
+        if damage:
+            DAMAGED_RUN[damage][0](places["run"])
+    if any("{corrupt_sweep}" in a for a in args):
+        os.makedirs(places["corrupt_sweep"])
+        _write(os.path.join(places["corrupt_sweep"], "sweep.json"), "{broken")
+    args = [a.format(**places) for a in args]
+    if tool in ("train", "evaluate", "sweep", "report") and not any(a.startswith("--data_dir") for a in args):
+        args.append(f"--data_dir={tiny_data.data_dir}")
+    before = folder_hashes(tmp_path, trained, tiny_data.data_dir)
+    result = call_tool(tool, *args)
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert fragment.format(**places) in errors[0], errors[0]
+    assert folder_hashes(tmp_path, trained, tiny_data.data_dir) == before

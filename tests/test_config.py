@@ -1,0 +1,94 @@
+"""The configuration: one source of defaults and of validation; flags declared from it."""
+
+import dataclasses
+
+import pytest
+from absl import flags
+
+from mnist_dnn import cli
+from mnist_dnn.lib import config as config_lib
+from mnist_dnn.lib.config import ConfigError, DataConfig, ModelConfig, TrainConfig
+
+
+def test_course_names_are_aliases_and_models_get_their_default_widths():
+    assert ModelConfig("DNN") == ModelConfig("raw", (128,))
+    assert ModelConfig("contrib_DNN") == ModelConfig("dense", (60, 30))
+    assert ModelConfig("LogisticRegression").hidden_units == ()
+
+
+BAD_SETTINGS = [
+    ("optimizer", "adamax", "adam, adamw"), ("learning_rate", 0.0, "positive"), ("learning_rate", -1.0, "positive"),
+    ("learning_rate", 1e39, "positive"),  # finite in Python, inf in float32
+    ("learning_rate", float("nan"), "positive"), ("batch_size", 0, "1 to"), ("batch_size", 10**9, "65,536"),
+    ("max_steps", -5, "1 to"), ("steps_per_call", 0, "1 to"), ("log_every", 0, "1 to"), ("eval_every", -1, "1 to"),
+    ("checkpoint_every", 0, "1 to"), ("keep_checkpoints", 0, "1 to"), ("lr_schedule", "step", "constant, cosine"),
+    ("augment_shift", 9, "0 to 8"), ("augment_shift", -1, "0 to 8"), ("seed", 10**20, "0 to"), ("seed", -1, "0 to"),
+    ("early_stopping_patience", -1, "0 to"), ("strategy", "tpu", "default, mirrored"), ("virtual_cpus", -2, "0 to"),
+    ("batch_size", 12.5, "whole number"), ("max_steps", True, "whole number"),
+]
+
+
+@pytest.mark.parametrize("field, value, fragment", BAD_SETTINGS)
+def test_bad_settings_are_refused_naming_the_field(field, value, fragment):
+    with pytest.raises(ConfigError, match=fragment) as caught:
+        TrainConfig(**{field: value}).validate()
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize("model, fragment", [
+    (ModelConfig("cnn"), "raw, dense, logistic"), (ModelConfig("dense", ()), "at least one layer"),
+    (ModelConfig("dense", (0, 10)), "1 to"), (ModelConfig("dense", (10**8,)), "65,536"),
+    (ModelConfig("dense", (60.5, 30)), "whole number"), (ModelConfig("logistic", (10,)), "no hidden layer"),
+    (ModelConfig("dense", dropout=1.0), "[0, 1)"), (ModelConfig("raw", dropout=0.5), "only supported"),
+])
+def test_bad_model_settings_are_refused(model, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
+        TrainConfig(model=model).validate()
+
+
+def test_several_devices_rule_out_the_compiled_loop_and_devices_need_mirrored():
+    with pytest.raises(ConfigError, match="one device"):
+        TrainConfig(jit_compile=True, strategy="mirrored").validate()
+    with pytest.raises(ConfigError, match="mirrored"):
+        TrainConfig(devices=("/gpu:7",)).validate()
+    assert not TrainConfig(strategy="mirrored").compiled and TrainConfig().compiled
+
+
+def test_the_defaults_validate():
+    TrainConfig().validate()
+    TrainConfig(data=DataConfig("kmnist")).validate()
+
+
+@pytest.fixture
+def flag_values():
+    """A private FlagValues with the training flags declared from TrainConfig."""
+    values = flags.FlagValues()
+    cli.define_config_flags(TrainConfig, flag_values=values)
+    return values
+
+
+def test_every_field_is_a_flag_with_the_field_default(flag_values):
+    config = TrainConfig()
+    for name, default in [("model", "dense"), ("learning_rate", config.learning_rate), ("batch_size", 128),
+                          ("dataset", "mnist"), ("jit_compile", None), ("log_dir", None), ("hidden_units", None)]:
+        assert flag_values[name].default == default, name
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "data"}
+    assert fields <= set(flag_values)
+
+
+def test_flags_parse_into_the_config(flag_values):
+    flag_values(["prog", "--model=DNN", "--hidden_units=256,128", "--learning_rate=0.5", "--devices=/cpu:0,/cpu:1",
+                 "--nojit_compile", "--dataset=kmnist"])
+    config = cli.config_from_flags(TrainConfig, flag_values)
+    assert config.model == ModelConfig("raw", (256, 128)) and config.learning_rate == 0.5
+    assert config.devices == ("/cpu:0", "/cpu:1") and config.jit_compile is False and config.data.dataset == "kmnist"
+    assert config.data.validation_size == config_lib.DataConfig.validation_size  # not a flag: its default
+
+
+def test_no_flags_give_the_default_config(flag_values):
+    flag_values(["prog"])
+    assert cli.config_from_flags(TrainConfig, flag_values) == TrainConfig()
+
+
+def test_a_config_error_is_reported_as_the_flag_of_the_same_name():
+    assert cli.message(ConfigError("learning_rate", "must be positive")) == "--learning_rate must be positive"

@@ -1,0 +1,85 @@
+"""The step body and its two runners: the same batches, the same weights, the same NaN rule."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnist_dnn.lib import data, steps, training
+from mnist_dnn.lib.config import ModelConfig, TrainConfig
+from conftest import synthetic_split
+
+
+@pytest.fixture(scope="module")
+def split() -> data.Split:
+    images, labels = synthetic_split(300, seed=5)  # batches of 64: four full and one of 44 per epoch
+    return data.Split(tf.constant(images.reshape(-1, 784)), tf.constant(labels.astype(np.int32)))
+
+
+def config(**overrides):
+    settings = dict(model=ModelConfig("dense", (16,)), optimizer="sgd", learning_rate=0.1, batch_size=64)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def train(split, num_calls, **overrides):
+    cfg = config(**overrides)
+    state = training.build_state(cfg)
+    runner = steps.make_runner(cfg, state, steps.TrainMetrics(), split)
+    for num_steps in num_calls:
+        runner(num_steps)
+    return state, runner
+
+
+@pytest.mark.parametrize("augment_shift", [0, 2])
+def test_the_compiled_runner_trains_as_the_pipeline_runner_does(split, augment_shift):
+    calls = (3, 7, 4)  # 14 steps: crosses two epoch ends with their padded last batches
+    compiled, _ = train(split, calls, augment_shift=augment_shift)
+    pipeline, _ = train(split, calls, augment_shift=augment_shift, jit_compile=False)
+    assert int(compiled.step) == int(pipeline.step) == 14
+    for a, b in zip(compiled.model.weights, pipeline.model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_one_sgd_step_on_a_padded_batch_equals_plain_gradient_descent_on_its_real_examples(split):
+    """Independent check: the last batch of an epoch (44 real + 20 padding) against numpy."""
+    cfg = config(model=ModelConfig("logistic"), learning_rate=0.5)
+    state = training.build_state(cfg)
+    runner = steps.make_runner(cfg, state, steps.TrainMetrics(), split)
+    runner(4)
+    w, b = (v.numpy().astype(np.float64) for v in state.model.trainable_variables)
+    order = data.epoch_order(300, 0, 0).numpy()[256:]
+    x = split.images.numpy()[order].astype(np.float64) / 255.0
+    y = split.labels.numpy()[order]
+    logits = x @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1.0
+    runner(1)
+    new_w, new_b = (v.numpy() for v in state.model.trainable_variables)
+    np.testing.assert_allclose(new_w, w - 0.5 * x.T @ p / len(y), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(new_b, b - 0.5 * p.mean(0), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_a_non_finite_loss_stops_either_runner_before_it_updates_anything(split, jit_compile):
+    cfg = config(jit_compile=jit_compile)
+    state = training.build_state(cfg)
+    runner = steps.make_runner(cfg, state, steps.TrainMetrics(), split)
+    runner(2)
+    kernel = state.model.trainable_variables[0]
+    kernel.assign(tf.where(tf.range(kernel.shape[0])[:, None] == 0, np.nan, kernel))
+    before = [v.numpy().copy() for v in state.weights()]
+    with pytest.raises(steps.NonFiniteLoss):
+        runner(5)
+    assert int(state.step) == 2
+    for old, new in zip(before, state.weights()):
+        np.testing.assert_array_equal(old, np.asarray(new))
+
+
+def test_the_compiled_loop_traces_once_over_ragged_epochs_and_varying_step_counts(split):
+    _, runner = train(split, (1, 7, 3, 9, 2))
+    assert runner.loop.experimental_get_tracing_count() == 1
+
+
+def test_the_pipeline_loop_traces_once_over_varying_step_counts(split):
+    _, runner = train(split, (1, 7, 3, 9), jit_compile=False)
+    assert runner.loop.experimental_get_tracing_count() == 1

@@ -4,6 +4,7 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import types
 
 import numpy as np
@@ -153,17 +154,29 @@ def _offline_env(tmp_path):
     return {"PYTHONPATH": str(site) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+def test_the_offline_import_works_with_all_network_access_failing(tmp_path, monkeypatch):
+    for name in ("create_connection", "getaddrinfo"):
+        monkeypatch.setattr(socket, name, _refuse_network)
+    monkeypatch.setattr(socket.socket, "connect", _refuse_network)
+    write_idx_folder(tmp_path / "idx", n_train=40, n_test=12)
+    config = data.DataConfig("mnist", str(tmp_path / "tfds"), str(tmp_path / "idx"), validation_size=10)
+    data.import_idx(config, verify=False)  # the tools' path (prepare) verifies first, which needs no network either
+    assert data.load_splits(config)["test"].size == 12
+
+
+def _refuse_network(*args, **kwargs):
+    raise OSError("network disabled by the test")
+
+
 @pytest.mark.slow
-def test_offline_import_and_training_work_with_all_network_access_failing(tmp_path):
+def test_training_and_evaluation_on_a_prepared_dataset_work_with_all_network_access_failing(tmp_path, tiny_data):
     env = _offline_env(tmp_path)
-    result = run_cli("train", f"--idx_dir={REAL_IDX_DIR}", f"--data_dir={tmp_path / 'tfds'}",
-                     f"--ckpt_dir={tmp_path / 'ckpt'}", f"--log_dir={tmp_path / 'logs'}",
-                     "--max_steps=10", "--log_every=5", env_extra=env, timeout=600)
+    result = run_cli("train", f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={tmp_path / 'ckpt'}",
+                     f"--log_dir={tmp_path / 'logs'}", "--max_steps=10", "--log_every=5", env_extra=env, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Importing mnist" in result.stdout and "Done at step 10" in result.stdout
-    # Second run: the prepared dataset is read, no import, still no network.
-    result = run_cli("evaluate", f"--data_dir={tmp_path / 'tfds'}", f"--ckpt_dir={tmp_path / 'ckpt'}",
-                     env_extra=env, timeout=300)
+    assert "Importing" not in result.stdout and "Done at step 10" in result.stdout
+    result = run_cli("evaluate", f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={tmp_path / 'ckpt'}",
+                     env_extra=env, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Importing" not in result.stdout and "step 10" in result.stdout
 
@@ -309,11 +322,11 @@ def test_right_counts_with_wrong_labels_are_refused_and_nothing_is_written(tmp_p
 def test_the_mnist_variable_is_not_used_for_other_datasets(tmp_path, monkeypatch):
     monkeypatch.setenv(data.IDX_DIR_ENV, REAL_IDX_DIR)
     idx_dir = cli.idx_dir(types.SimpleNamespace(idx_dir=None))
-    assert data.DataConfig("mnist", None, idx_dir).idx_folder == REAL_IDX_DIR
     monkeypatch.setattr(data, "_check_reachable", _no_network)
     with pytest.raises(DataError, match=f"could not be downloaded: no network.*{data.IDX_DIR_ENV} is used for mnist only"):
         data.prepare(data.DataConfig("fashion_mnist", str(tmp_path / "fm_data"), idx_dir))
     assert not (tmp_path / "fm_data").exists()
+    assert data.DataConfig("mnist", None, idx_dir).idx_folder == REAL_IDX_DIR
     # An explicit --idx_dir is the run's own source, whatever the dataset (and it is checked as that dataset).
     assert cli.idx_dir(types.SimpleNamespace(idx_dir="folder")) == "folder"
     assert data.DataConfig("fashion_mnist", None, "folder").idx_folder == "folder"
@@ -363,7 +376,7 @@ def test_the_mnist_variable_does_not_feed_a_fashion_mnist_run(tmp_path):
     env = {data.IDX_DIR_ENV: REAL_IDX_DIR, **_offline_env(tmp_path)}
     before = _listing(tmp_path)
     result = run_cli("train", "--dataset=fashion_mnist", f"--data_dir={tmp_path / 'fm_data'}",
-                     f"--ckpt_dir={tmp_path / 'ckpt'}", env_extra=env)
+                     f"--ckpt_dir={tmp_path / 'ckpt'}", "--max_steps=1", env_extra=env)
     assert_one_line_error(result, 1, "fashion_mnist is not prepared", f"{data.IDX_DIR_ENV} is used for mnist only")
     assert "Importing" not in result.stdout and _listing(tmp_path) == before
 
@@ -378,7 +391,8 @@ def test_refused_data_is_a_one_line_error_that_writes_nothing(tmp_path, tiny_idx
     if case == "data_dir is a file":
         data_dir.write_text("not a folder")
     before = _listing(tmp_path)
-    result = run_cli("train", f"--idx_dir={tiny_idx_dir}", f"--data_dir={data_dir}", f"--ckpt_dir={tmp_path / 'ckpt'}")
+    result = run_cli("train", f"--idx_dir={tiny_idx_dir}", f"--data_dir={data_dir}", f"--ckpt_dir={tmp_path / 'ckpt'}",
+                     "--max_steps=1")
     assert_one_line_error(result, exit_code, fragment)
     assert _listing(tmp_path) == before
 

@@ -82,9 +82,16 @@ def define_restore_flags() -> None:
                       "accuracy (ckpt_dir/best/).")
 
 
-def idx_dir(values) -> str | None:
-    """--idx_dir, or else the MNIST_DNN_IDX_DIR environment variable."""
-    return values.idx_dir or os.environ.get(data.IDX_DIR_ENV) or None
+def idx_dir(values) -> str | data.DatasetIdxDir | None:
+    """--idx_dir (for the run's dataset, whichever it is), or else the MNIST_DNN_IDX_DIR variable.
+
+    The variable names MNIST, so it serves `mnist` only: a data.DatasetIdxDir, because tools
+    such as evaluate learn the dataset from the checkpoint, not from a flag.
+    """
+    if values.idx_dir:
+        return values.idx_dir
+    folder = os.environ.get(data.IDX_DIR_ENV)
+    return data.DatasetIdxDir(folder, "mnist") if folder else None
 
 
 def parse_int_list(name: str, values: list[str]) -> tuple[int, ...]:

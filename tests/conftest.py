@@ -71,9 +71,12 @@ def tiny_idx_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory, tiny_idx_dir) -> data.DataConfig:
-    """The synthetic IDX folder, imported once into its own TFDS data_dir."""
+    """The synthetic IDX folder, imported once into its own TFDS data_dir.
+
+    It is not the real MNIST, so it skips the check that users' imports pass (`verify=False`).
+    """
     config = data.DataConfig("mnist", str(tmp_path_factory.mktemp("tfds")), tiny_idx_dir)
-    data.prepare(config)
+    data.import_idx(config, verify=False)
     return config
 
 

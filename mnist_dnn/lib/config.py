@@ -91,12 +91,32 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DatasetIdxDir:
+    """An IDX folder that holds one named dataset and is used for that dataset only.
+
+    The default from the MNIST_DNN_IDX_DIR variable is one (for `mnist`): a tool such as
+    evaluate learns the dataset from the checkpoint, so only the library can tell whether it applies.
+    """
+
+    folder: str
+    dataset: str = "mnist"
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     dataset: str = setting("mnist", f"TFDS dataset in MNIST format: {', '.join(DATASETS)}.")
     data_dir: str | None = setting(None, "TFDS data folder (default: TFDS's own, ~/tensorflow_datasets).")
-    idx_dir: str | None = setting(None, "Offline: folder with the four MNIST IDX files (.gz or plain), imported once "
-                                  "into --data_dir. Default: $MNIST_DNN_IDX_DIR (for --dataset=mnist).")
+    # A folder (of `dataset`, whichever it is), or a DatasetIdxDir.
+    idx_dir: str | None = setting(None, "Offline: folder with the four IDX files of the dataset (.gz or plain), "
+                                  "checked and imported once into --data_dir. Default for mnist: $MNIST_DNN_IDX_DIR.")
     validation_size: int = setting(5000, "Examples held out of TFDS train for validation.", flag=None)
+
+    @property
+    def idx_folder(self) -> str | None:
+        """The IDX folder to import `dataset` from, if any."""
+        if isinstance(self.idx_dir, DatasetIdxDir):
+            return self.idx_dir.folder if self.idx_dir.dataset == self.dataset else None
+        return self.idx_dir
 
     def validate(self) -> None:
         _choice("dataset", self.dataset, DATASETS)

@@ -3,11 +3,13 @@
 The source of truth is always a prepared TFDS dataset (`mnist` by default) in
 `data_dir`. Online, TFDS downloads and prepares it. Offline, `import_idx` prepares the
 very same dataset (name, version, features, splits) from the four IDX files, without the
-network and without TFDS's registered download checksums.
+network and without TFDS's registered download checksums: instead it checks that the files
+hold the dataset they are imported as (`check_canonical`) before TFDS writes anything.
 """
 
 import dataclasses
 import gzip
+import hashlib
 import math
 import os
 import socket
@@ -18,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mnist_dnn.lib.config import DATASETS, DataConfig  # noqa: F401 (DataConfig: part of this module's API)
+from mnist_dnn.lib.config import DATASETS, DataConfig, DatasetIdxDir  # noqa: F401 (part of this module's API)
 from mnist_dnn.lib.errors import DataError, UsageError
 
 IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"
@@ -108,6 +110,74 @@ def read_idx_split(idx_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+# --- What the official files hold --------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CanonicalSplit:
+    """What one split of a dataset's official IDX files holds."""
+
+    label_counts: tuple[int, ...]  # examples of each class 0..9
+    # MD5 of the decompressed images and labels files, the checksums that users of these datasets
+    # publish (`gunzip -c FILE | md5sum`); None where none could be established.
+    images_md5: str | None = None
+    labels_md5: str | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(self.label_counts)
+
+
+# MD5 is enough to tell a mix-up of files, the risk here; it is no defence against forgery.
+CANONICAL = {
+    "mnist": {
+        "train": CanonicalSplit((5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+                                "6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624"),
+        "test": CanonicalSplit((980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+                               "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"),
+    },
+    "fashion_mnist": {
+        "train": CanonicalSplit((6000,) * 10, "f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9"),
+        "test": CanonicalSplit((1000,) * 10, "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"),
+    },
+    # Kuzushiji-MNIST is balanced, 6,000 / 1,000 of each class (its README); checksums: none to hand.
+    "kmnist": {"train": CanonicalSplit((6000,) * 10), "test": CanonicalSplit((1000,) * 10)},
+}
+
+
+def idx_md5(array: np.ndarray, magic: int) -> str:
+    """MD5 of the decompressed IDX file that holds `array` (its header follows from magic and shape)."""
+    digest = hashlib.md5(magic.to_bytes(4, "big"), usedforsecurity=False)
+    for dim in array.shape:
+        digest.update(dim.to_bytes(4, "big"))
+    digest.update(np.ascontiguousarray(array, np.uint8))
+    return digest.hexdigest()
+
+
+def _class_differences(found: tuple[int, ...], expected: tuple[int, ...]) -> str:
+    diffs = [f"class {c}: {f:,} instead of {e:,}" for c, (f, e) in enumerate(zip(found, expected)) if f != e]
+    return ", ".join(diffs[:3]) + (", ..." if len(diffs) > 3 else "")
+
+
+def check_canonical(dataset: str, idx_dir: str, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """Raises DataError, saying what differs, unless the arrays are the official `dataset` split."""
+    canonical = CANONICAL[dataset][split]
+    refused = f"{idx_dir} does not hold the official {dataset}: its {split} split ({_IDX_PREFIXES[split]}-*)"
+    fix = f"; point --idx_dir at the four original {dataset} IDX files"
+    if len(labels) != canonical.size:
+        raise DataError(f"{refused} has {len(labels):,} examples, {dataset} has {canonical.size:,}{fix}")
+    counts = tuple(np.bincount(labels, minlength=NUM_CLASSES).tolist())
+    if counts != canonical.label_counts:
+        raise DataError(f"{refused} has another label histogram ({_class_differences(counts, canonical.label_counts)})"
+                        f"{fix}")
+    if canonical.images_md5 is None:
+        return
+    found = idx_md5(images, _IMAGES_MAGIC), idx_md5(labels, _LABELS_MAGIC)
+    if found != (canonical.images_md5, canonical.labels_md5):
+        raise DataError(f"{refused}: its contents differ from the canonical {dataset} (MD5 of the decompressed "
+                        f"images and labels: {found[0]}, {found[1]}){fix}")
+
+
 # --- Preparing the TFDS dataset ----------------------------------------------------------
 
 
@@ -139,14 +209,24 @@ def _offline_builder_class(dataset: str, idx_dir: str):
     return OfflineBuilder
 
 
-def import_idx(config: DataConfig) -> tfds.core.DatasetBuilder:
-    """Prepares the TFDS dataset in `config.data_dir` from `config.idx_dir`."""
-    if not os.path.isdir(config.idx_dir):
-        raise DataError(f"--idx_dir {config.idx_dir} is not a folder; point it at the MNIST IDX files")
-    for split in _IDX_PREFIXES:  # fail on bad files before TFDS creates anything
-        read_idx_split(config.idx_dir, split)
-    builder = _offline_builder_class(config.dataset, config.idx_dir)(data_dir=config.data_dir)
-    print(f"Importing {config.dataset} from {config.idx_dir} into {builder.data_dir} (once)", flush=True)
+def import_idx(config: DataConfig, verify: bool = True) -> tfds.core.DatasetBuilder:
+    """Prepares the TFDS dataset in `config.data_dir` from the IDX folder `config.idx_folder`.
+
+    TFDS registers whatever it is given under the dataset's name and version, for every later
+    `tfds.load` of that data_dir: so the files must first prove to be the official ones
+    (`check_canonical`), and nothing is written when they are not. `verify=False` exists for
+    the tests alone, which import small synthetic folders; `prepare`, the path of the tools
+    and of library users, always verifies.
+    """
+    folder = config.idx_folder
+    if not folder or not os.path.isdir(folder):
+        raise DataError(f"--idx_dir {folder} is not a folder; point --idx_dir at the four {config.dataset} IDX files")
+    for split in _IDX_PREFIXES:  # refuse bad or foreign files before TFDS creates anything
+        images, labels = read_idx_split(folder, split)
+        if verify:
+            check_canonical(config.dataset, folder, split, images, labels)
+    builder = _offline_builder_class(config.dataset, folder)(data_dir=config.data_dir)
+    print(f"Importing {config.dataset} from {folder} into {builder.data_dir} (once)", flush=True)
     builder.download_and_prepare()
     return builder
 
@@ -164,20 +244,28 @@ def _check_reachable(host: str) -> None:
 
 
 def _not_available(config: DataConfig, reason: str) -> DataError:
+    unused = config.idx_dir if config.idx_dir and not config.idx_folder else None
+    note = f" ({IDX_DIR_ENV} is used for {unused.dataset} only)" if unused else ""
     return DataError(
         f"{config.dataset} is not prepared in --data_dir ({config.data_dir or 'TFDS default'}) "
         f"and could not be downloaded: {reason}. Offline, pass --idx_dir=FOLDER (or set "
-        f"{IDX_DIR_ENV}) to a folder with the four IDX files, or --data_dir to a prepared copy."
+        f"{IDX_DIR_ENV}, for mnist) to a folder with the four IDX files, or --data_dir to a prepared copy{note}."
     )
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+    if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UsageError(f"--data_dir {data_dir} is a file; pass a folder for the TFDS datasets (created if missing)")
 
 
 def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
     """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded."""
     tfds.disable_progress_bar()
+    _check_data_dir(config.data_dir)
     builder = _builder_class(config.dataset)(data_dir=config.data_dir)
     if builder.is_prepared():
         return builder
-    if config.idx_dir:
+    if config.idx_folder:
         return import_idx(config)
     try:
         _check_reachable(_download_host(config.dataset))

@@ -4,7 +4,8 @@ Conventions of the page (also what a writer of the page must follow):
 - ```python blocks run in both tiers, in page order, in one namespace (one Python session),
   with a temporary folder as the working directory.
 - ```python slow blocks need the full dataset, longer training or the files of a slow shell
-  command: only the slow tier runs them.
+  command: only the slow tier runs them. Their first line is a `# slow: why` comment, since a
+  rendered page does not show the fence's info string.
 - ```sh test blocks: the slow tier runs each line in a shell, in page order among the Python
   blocks and in the same folder, with this worktree's package and the real MNIST prepared for
   the tests (TFDS_DATA_DIR). Other ```sh blocks are shown, not run; plain ``` blocks are output.
@@ -103,6 +104,8 @@ def test_page_follows_its_conventions():
         assert block.language in ("python", "sh"), block
         allowed = {"python": {"slow"}, "sh": {"test"}}[block.language]
         assert block.tags <= allowed, block
+        if "slow" in block.tags:
+            assert block.code.startswith("# slow: "), block
     for old in FAST_OVERRIDES:
         assert text.count(old) == 1, old
     assert len(MEASURED.findall(text)) >= 6

@@ -109,6 +109,7 @@ def test_page_follows_its_conventions():
     for old in FAST_OVERRIDES:
         assert text.count(old) == 1, old
     assert len(MEASURED.findall(text)) >= 6
+    assert len(re.findall(r"\*\*\d[\d.]*%\*\*", text)) == len(MEASURED.findall(text)), "a bold figure without its check"
 
 
 def test_python_blocks_run_on_tiny_data(monkeypatch, tmp_path):

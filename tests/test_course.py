@@ -24,7 +24,6 @@ import ast
 import dataclasses
 import linecache
 import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -97,8 +96,8 @@ def slow_only_names(page_blocks: list[Block]) -> set[str]:
 
 
 def test_page_follows_its_conventions():
-    page_blocks = blocks(PAGE.read_text())
     text = PAGE.read_text()
+    page_blocks = blocks(text)
     assert sum(b.language == "python" for b in page_blocks) >= 15
     for block in page_blocks:
         assert block.language in ("python", "sh"), block

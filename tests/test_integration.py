@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from conftest import ROOT, run_cli
 from mnist_dnn.lib import models, training
+
+pytestmark = pytest.mark.slow  # real MNIST, subprocesses, several workers
 
 
 def test_dense_adam_learns_mnist_and_evaluate_reports_the_same_accuracy(real_data, tmp_path):

@@ -67,6 +67,7 @@ def swept(real_data, tmp_path_factory):
                 first_log=(tmp / "first.log").read_text(), real_data=real_data, base=base)
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_where_it_stopped(swept):
     interrupted, rerun = swept["interrupted"], swept["rerun"]
     assert "done.json" in interrupted[RUNS[0]], swept["first_log"][-3000:]
@@ -87,6 +88,7 @@ def test_a_killed_sweep_resumes_where_it_stopped(swept):
     assert json.loads((swept["root"] / RUNS[1] / "done.json").read_text())["resumed_from_step"] == swept["interrupted_step"]
 
 
+@pytest.mark.slow
 def test_the_report_ranks_all_runs_with_the_test_accuracy_of_their_best_checkpoint(swept):
     root = swept["root"]
     with open(root / "report.csv") as f:
@@ -135,6 +137,7 @@ def check_confusion_matrix(report, stdout, real_data):
     assert [int(v) for v in printed[11].split()] == [9, *matrix[9]]
 
 
+@pytest.mark.slow
 def test_report_png_shows_the_curves(swept):
     pytest.importorskip("matplotlib", reason="the test extra installs matplotlib")
     image = tf.io.decode_png(tf.io.read_file(str(swept["root"] / "report.png")))
@@ -143,6 +146,7 @@ def test_report_png_shows_the_curves(swept):
     assert len(np.unique(image.numpy().reshape(-1, image.shape[2]), axis=0)) > 20  # not blank
 
 
+@pytest.mark.slow
 def test_report_without_matplotlib_says_how_to_get_the_picture(swept, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     asked = []
@@ -158,6 +162,7 @@ def test_report_without_matplotlib_says_how_to_get_the_picture(swept, monkeypatc
     assert asked == ["best"] * 4  # the test accuracy is that of each run's best checkpoint
 
 
+@pytest.mark.slow
 def test_training_writes_image_and_histogram_diagnostics(swept):
     folder = swept["root"] / RUNS[1] / "logs" / "diagnostics"
     acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"tensors": 0})
@@ -212,6 +217,7 @@ def test_malformed_grids_are_usage_errors(specs, fragment):
         sweeps.check_axes([sweeps.parse_axis(s, set(), lambda name, value: None) for s in specs])
 
 
+@pytest.mark.slow
 def test_bad_grid_values_are_one_line_usage_errors_that_write_nothing(tmp_path):
     # Values are checked by the training flags' own parsers, before any run starts.
     result = run_cli("sweep", f"--root={tmp_path / 'runs'}", "--grid=hidden_units=128:256-128", cwd=ROOT)
@@ -221,6 +227,7 @@ def test_bad_grid_values_are_one_line_usage_errors_that_write_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_root_holding_another_sweep_is_refused(swept):
     stored = json.loads((swept["root"] / "sweep.json").read_text())
     sweeps.record(str(swept["root"]), stored)  # the same sweep: fine
@@ -229,6 +236,7 @@ def test_a_root_holding_another_sweep_is_refused(swept):
         sweeps.record(str(swept["root"]), other)
 
 
+@pytest.mark.slow
 def test_report_of_a_folder_that_is_no_sweep_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="sweep.json is missing"):
         reports.report(str(tmp_path))

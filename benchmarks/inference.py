@@ -42,9 +42,9 @@ def main():
     predict = evaluation.make_predict_fn(model)
     evaluate_s = timed(lambda: evaluation.evaluate_split(predict, splits["test"], 100), 5)
     with tempfile.TemporaryDirectory() as tmp:
-        serving = tf.saved_model.load(serving.export_model(model, tmp)).signatures[serving.SERVING_SIGNATURE]
+        signature = tf.saved_model.load(serving.export_model(model, tmp)).signatures[serving.SERVING_SIGNATURE]
         image = tf.constant(np.zeros((1, 28, 28, 1), np.uint8))
-        single_ms = 1000 * timed(lambda: serving(images=image)["classes"].numpy(), 1000)
+        single_ms = 1000 * timed(lambda: signature(images=image)["classes"].numpy(), 1000)
     print(json.dumps({"checkpoint": path, "evaluate_test_set_s": evaluate_s, "saved_model_batch_of_one_ms": single_ms}))
 
 

@@ -113,19 +113,19 @@ def keras_runner(s: Setting, train, test, steps_per_execution, jit):
 
 
 def mnist_dnn_runner(s: Setting, splits, jit_compile, config=None):
-    from mnist_dnn.lib import data, evaluation, models, training
+    from mnist_dnn.lib import data, evaluation, models, steps, training
     config = config or training.TrainConfig(model=models.make_config("dense", s.hidden, s.dropout),
                                             batch_size=s.batch_size, learning_rate=s.learning_rate)
     config = dataclasses.replace(config, jit_compile=jit_compile)
     state = training.build_state(config)
-    run_steps = training.make_runner(config, state, training.TrainMetrics(), splits["train"])
-    steps = data.steps_per_epoch(splits["train"].size, config.batch_size)
+    run_steps = steps.make_runner(config, state, steps.TrainMetrics(), splits["train"])
+    epoch_steps = data.steps_per_epoch(splits["train"].size, config.batch_size)
     predict = evaluation.make_predict_fn(state.model)
 
     def epoch():
-        for _ in range(steps // config.steps_per_call):
+        for _ in range(epoch_steps // config.steps_per_call):
             run_steps(config.steps_per_call)
-        run_steps(steps % config.steps_per_call)
+        run_steps(epoch_steps % config.steps_per_call)
         state.step.numpy()  # wait for the last step
 
     return epoch_loop(epoch), lambda: evaluation.evaluate_split(predict, splits["test"], 1000).accuracy

@@ -144,5 +144,8 @@ def run(main, positional_args: bool = False) -> None:
         except Error as e:
             print(f"error: {message(e)}", file=sys.stderr)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C before training started (training itself saves and stops)
+            print("error: interrupted (Ctrl-C) before any work was saved; run the command again", file=sys.stderr)
+            sys.exit(130)
 
     app.run(report_errors, flags_parser=_parse_flags)

@@ -23,8 +23,9 @@ def _train_losses(log_dir):
 
 
 def test_mirrored_on_two_virtual_cpus_follows_the_single_device_loss_curve(tiny_data, tmp_path):
+    # SGD: a wrong loss divisor on the replicas would scale every step (Adam would hide it in its normalization).
     common = [f"--data_dir={tiny_data.data_dir}", "--max_steps=50", "--log_every=1", "--steps_per_call=5",
-              "--batch_size=64", "--hidden_units=32"]
+              "--batch_size=64", "--hidden_units=32", "--optimizer=sgd", "--learning_rate=0.1"]
     # The single device runs the same tf.data loop as mirrored (the compiled loop is compared in test_training).
     for name, extra in (("one", ["--nojit_compile"]), ("mirrored", ["--strategy=mirrored", "--virtual_cpus=2"])):
         result = run_cli("train", *common, *extra, f"--ckpt_dir={tmp_path / name}", f"--log_dir={tmp_path / (name + '-logs')}")

@@ -16,7 +16,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn.lib import checkpoints, data, diagnostics, evaluation, reports, sweeps
+from mnist_dnn.lib import data, diagnostics, evaluation, reports, sweeps
+from mnist_dnn.lib.run_dir import RunDir
 from mnist_dnn.lib.errors import UsageError
 
 RUNS = ["learning_rate=0.01,hidden_units=32", "learning_rate=0.01,hidden_units=64-32",
@@ -36,12 +37,14 @@ def wait_for(predicate, timeout=120):
 
 
 def lock_is_free(ckpt_dir):
-    with open(os.path.join(ckpt_dir, checkpoints.LOCK_FILE), "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
+    folder = os.open(ckpt_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(folder)
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,7 @@ def swept(real_data, tmp_path_factory):
         first.wait()
     wait_for(lambda: lock_is_free(second_ckpt))  # the orphaned run got SIGTERM, saved and stopped
     interrupted = {name: sorted(os.listdir(root / name)) if (root / name).exists() else None for name in RUNS}
-    interrupted_step = checkpoints.checkpoint_step(tf.train.latest_checkpoint(str(second_ckpt)))
+    interrupted_step = RunDir(str(second_ckpt)).steps()[-1]
     rerun = subprocess.run(sweep_command(base, root), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     return dict(root=root, interrupted=interrupted, interrupted_step=interrupted_step, rerun=rerun,
                 first_log=(tmp / "first.log").read_text(), real_data=real_data, base=base)
@@ -97,7 +100,7 @@ def test_the_report_ranks_all_runs_with_the_test_accuracy_of_their_best_checkpoi
     accuracies = [float(r["best_val_accuracy"]) for r in rows]
     assert accuracies == sorted(accuracies, reverse=True) and [r["rank"] for r in rows] == ["1", "2", "3", "4"]
     for row in rows:
-        best = checkpoints.read_best(str(root / row["run"] / "ckpt"))
+        best = RunDir(str(root / row["run"] / "ckpt")).read_best()
         assert (row["status"], int(row["steps"])) == ("done", 200)
         assert float(row["best_val_accuracy"]) == best.accuracy > 0.85 and int(row["best_step"]) == best.step
         assert row["learning_rate"] + row["hidden_units"] in row["run"].replace("learning_rate=", "").replace(",hidden_units=", "")

@@ -5,7 +5,6 @@
     model.ckpt-<step>.data-00000-of-00001
     checkpoint               TensorFlow's state file (written for other tools; never trusted here)
     best/                    the checkpoint of the best validation accuracy, and best.json
-    train.lock               held by the one trainer of the folder
 
 Checkpoints are found from their own files, so a missing, empty or garbled state file loses
 nothing. A checkpoint file that exists is never written over, and no checkpoint is written
@@ -32,7 +31,6 @@ from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError
 CONFIG_FILE = "model_config.json"
 CHECKPOINT_NAME = "model.ckpt"
 STATE_FILE = "checkpoint"
-LOCK_FILE = "train.lock"
 BEST_DIR = "best"
 BEST_FILE = "best.json"
 WHICH = ("latest", "best")
@@ -252,16 +250,19 @@ class RunDir:
     def lock(self):
         """Holds the folder's training lock; a second trainer on the folder is refused.
 
-        An flock dies with its process, so a killed trainer never leaves the folder locked.
+        The lock is an flock on the folder itself: it dies with its process (a killed trainer never
+        leaves the folder locked), and unlike a lock file it cannot be deleted from under its holder.
         """
-        path = os.path.join(self.path, LOCK_FILE)
-        with open(path, "a") as lock:
+        folder = os.open(self.path, os.O_RDONLY)
+        try:
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise CheckpointError(f"another training run is using {self.path} (it holds {path}); wait for it "
-                                      "to end or pass another --ckpt_dir") from None
+                raise CheckpointError(f"another training run is using {self.path}; wait for it to end or pass "
+                                      "another --ckpt_dir") from None
             yield
+        finally:
+            os.close(folder)
 
 
 def _has_all_shards(prefix: str) -> bool:

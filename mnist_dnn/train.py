@@ -1,4 +1,11 @@
-"""Train an MNIST model: `python -m mnist_dnn.train --model=dense --optimizer=adam`."""
+"""Train an MNIST model: checkpoints go to --ckpt_dir, TensorBoard logs to --log_dir.
+
+A run stopped (Ctrl-C, a kill) resumes where it was when the same command runs again.
+
+Example (the shipped config that reaches 98% test accuracy quickest):
+
+    python -m mnist_dnn.train --preset=fast
+"""
 
 import dataclasses
 

@@ -28,7 +28,7 @@ TOOLS = {
     "export": ("mnist-dnn-export", ["--export_dir", "--version", "--ckpt_dir", "--which", "--checkpoint"]),
     "predict": ("mnist-dnn-predict", ["--model_dir"]),
     "inspect_checkpoint": ("mnist-dnn-inspect", ["--ckpt_dir", "--which", "--checkpoint"]),
-    "sweep": ("mnist-dnn-sweep", ["--grid", "--root", "--model", "--learning_rate", "--data_dir"]),
+    "sweep": ("mnist-dnn-sweep", ["--grid (repeatable)", "--root", "--model", "--learning_rate", "--data_dir"]),
     "report": ("mnist-dnn-report", ["--root", "--data_dir", "--idx_dir"]),
 }
 # What TensorFlow's C++ code prints when it starts (lines of its own log format, and the notices).
@@ -206,7 +206,7 @@ def test_every_tool_lists_its_flags_on_help(tool, form):
 @pytest.mark.slow
 def test_a_short_run_prints_no_tensorflow_startup_lines(tiny_data, tmp_path):
     result = run_cli("train", "--max_steps=20", "--log_every=10", f"--data_dir={tiny_data.data_dir}",
-                     f"--ckpt_dir={tmp_path / 'ckpt'}", f"--log_dir={tmp_path / 'logs'}", cwd=tmp_path)
+                     f"--ckpt_dir={tmp_path / 'ckpt'}", f"--log_dir={tmp_path / 'logs'}", cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "Done at step 20" in result.stdout
     assert result.stderr == ""

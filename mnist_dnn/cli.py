@@ -2,6 +2,7 @@
 
 import os
 import sys
+from typing import NoReturn
 
 from absl import app, flags, logging
 
@@ -49,7 +50,7 @@ def _parse_flags(argv):
         sys.exit(2)
 
 
-def _report(error: Error) -> None:
+def _report(error: Error) -> NoReturn:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(error.exit_code)
 

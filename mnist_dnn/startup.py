@@ -44,6 +44,9 @@ def wants_tf_logs(argv: list[str], environ) -> bool:
 @contextlib.contextmanager
 def _stderr_captured():
     """Points file descriptor 2 at a temporary file; on an exception, replays what it holds."""
+    if sys.stderr is None:  # started with descriptor 2 closed: nothing to keep quiet
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

@@ -1,7 +1,7 @@
 """mnist_dnn: deep neural networks for MNIST, the TensorFlow 2 / Keras 3 way."""
 
-import os
+from mnist_dnn import startup
 
-# Keep TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) off the terminal,
-# unless the user asked for it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# First, before any module of the package imports TensorFlow: keep its C++ start-up lines
+# (CUDA probing, CPU notices) off the terminal unless the user asked for them.
+startup.import_tensorflow()

@@ -5,9 +5,11 @@ import os
 import sys
 import types
 import typing
+from typing import NoReturn
 
 from absl import app, flags, logging
 
+from mnist_dnn import command_line
 from mnist_dnn.lib import config as config_lib
 from mnist_dnn.lib import data, run_dir
 from mnist_dnn.lib.errors import Error, UsageError
@@ -124,11 +126,29 @@ def _parse_flags(argv):
         sys.exit(2)
 
 
+def _report(error: Error) -> NoReturn:
+    print(f"error: {message(error)}", file=sys.stderr)
+    sys.exit(error.exit_code)
+
+
+def _command_line(main, positional_args: bool) -> list[str]:
+    """sys.argv with presets expanded; -h/--help prints the tool's help and exits 0."""
+    tool = sys.modules[main.__module__]
+    if command_line.wants_help(sys.argv):
+        print(command_line.help_text(tool, positional_args), end="")
+        sys.exit(0)
+    try:
+        return command_line.expand_presets(sys.argv)
+    except Error as e:
+        _report(e)
+
+
 def run(main, positional_args: bool = False) -> None:
     """`absl.app.run` that reports user and data errors as one line and a non-zero exit.
 
     Arguments other than flags are refused unless `positional_args` (then `main` gets them
-    in `argv[1:]`).
+    in `argv[1:]`). `-h`/`--help` print the tool's own help (its module docstring and flags);
+    `--preset=NAME` stands for `--flagfile=<the shipped configs/NAME.cfg>`.
     """
 
     def guarded_main(argv):
@@ -142,10 +162,9 @@ def run(main, positional_args: bool = False) -> None:
         try:
             return guarded_main(argv)
         except Error as e:
-            print(f"error: {message(e)}", file=sys.stderr)
-            sys.exit(e.exit_code)
+            _report(e)
         except KeyboardInterrupt:  # Ctrl-C before training started (training itself saves and stops)
             print("error: interrupted (Ctrl-C) before any work was saved; run the command again", file=sys.stderr)
             sys.exit(130)
 
-    app.run(report_errors, flags_parser=_parse_flags)
+    app.run(report_errors, argv=_command_line(main, positional_args), flags_parser=_parse_flags)

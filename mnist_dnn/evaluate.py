@@ -1,6 +1,8 @@
 """Evaluate a checkpoint on the whole validation and test sets.
 
-`python -m mnist_dnn.evaluate --ckpt_dir=checkpoints/`
+Example (the latest checkpoint of the run trained by `python -m mnist_dnn.train --preset=fast`):
+
+    python -m mnist_dnn.evaluate --ckpt_dir=checkpoints/fast
 """
 
 from absl import flags

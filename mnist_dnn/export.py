@@ -1,6 +1,8 @@
 """Export a checkpoint as a SavedModel version for TensorFlow Serving.
 
-`python -m mnist_dnn.export --ckpt_dir=checkpoints/ --export_dir=exports/mnist`
+Example (writes exports/mnist/1, then 2, ... on later exports):
+
+    python -m mnist_dnn.export --ckpt_dir=checkpoints/fast --export_dir=exports/mnist
 """
 
 from absl import flags

@@ -1,9 +1,11 @@
 """List what a checkpoint holds: every key with its shape, dtype and value range.
 
-`python -m mnist_dnn.inspect_checkpoint --ckpt_dir=checkpoints/ [--checkpoint=checkpoints/model.ckpt-1000]`
-
 What the course did with `tf.train.NewCheckpointReader`: a TF2 checkpoint names each value
 by the object path to it, e.g. `model/w1/.ATTRIBUTES/VARIABLE_VALUE`.
+
+Example (the latest checkpoint of a run; --which=best or --checkpoint=PATH for another):
+
+    python -m mnist_dnn.inspect_checkpoint --ckpt_dir=checkpoints/fast
 """
 
 import json

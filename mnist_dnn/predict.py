@@ -1,6 +1,8 @@
-"""Classify image files with an exported SavedModel.
+"""Classify image files (PNG, JPEG, BMP, GIF) with an exported SavedModel.
 
-`python -m mnist_dnn.predict --model_dir=exports/mnist/1 digit.png [more files...]`
+Example (the highest version in exports/mnist):
+
+    python -m mnist_dnn.predict --model_dir=exports/mnist digit.png
 """
 
 import sys

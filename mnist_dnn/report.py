@@ -1,7 +1,11 @@
-"""Rank the runs of a sweep: `python -m mnist_dnn.report --root=runs/lr-width`.
+"""Rank the runs of a sweep.
 
 Prints the table (best validation accuracy first; test accuracy of each run's best
 checkpoint) and writes report.csv, report.md and report.png (with matplotlib) in --root.
+
+Example:
+
+    python -m mnist_dnn.report --root=runs/sweep_example
 """
 
 from absl import flags

@@ -1,13 +1,15 @@
 """Run a grid of training runs, then rank them.
 
-`python -m mnist_dnn.sweep --flagfile=configs/default.cfg --grid=learning_rate=0.01,0.001
-    --grid=hidden_units=128,256-128 --root=runs/lr-width`
-
 Every training flag (from the command line or flagfiles) is passed to each run; each
 --grid=NAME=V1,V2,... adds an axis (a list-valued flag joins one value's elements with
 `-`). Runs go to --root/<combination>/{ckpt,logs,train.log}. Rerunning the same command
 skips finished runs and resumes an interrupted one. At the end: the report of
 `python -m mnist_dnn.report --root=...`.
+
+Example (learning rate 0.003, 0.001 x hidden units 60-30, 256-128, in runs/sweep_example;
+configs/sweep_example.cfg):
+
+    python -m mnist_dnn.sweep --preset=sweep_example
 """
 
 from absl import flags

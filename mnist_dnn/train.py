@@ -1,7 +1,12 @@
-"""Train an MNIST model: `python -m mnist_dnn.train --model=dense --optimizer=adam`.
+"""Train an MNIST model: checkpoints go to --ckpt_dir, TensorBoard logs to --log_dir.
 
-Every training flag is a field of `lib.config.TrainConfig` (its default and help live there);
-this tool reads them into a TrainConfig and calls `lib.training.train`.
+A run stopped (Ctrl-C, a kill) resumes where it was when the same command runs again.
+
+Example (the shipped config that reaches 98% test accuracy quickest):
+
+    python -m mnist_dnn.train --preset=fast
+
+Every training flag is a field of lib.config.TrainConfig (its default and help live there).
 """
 
 import dataclasses

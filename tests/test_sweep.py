@@ -176,7 +176,7 @@ def test_training_writes_image_and_histogram_diagnostics(swept):
     assert acc.SummaryMetadata("misclassified").plugin_data.plugin_name == "images"
     assert [e.step for e in acc.Tensors("confusion_matrix")][-1] == 200
     width, height, png = tf.make_ndarray(acc.Tensors("confusion_matrix")[-1].tensor_proto)
-    assert tf.io.decode_png(png).shape == (int(height), int(width), 3) == (160, 160, 3)
+    assert tf.io.decode_png(png).shape == (int(height), int(width), 3) == (196, 188, 3)
     event = acc.Tensors("misclassified")[-1]
     shown = acc.SummaryMetadata("misclassified").summary_description.split(": ")[1].split(", ")
     assert 0 < len(shown) <= diagnostics.MAX_MISCLASSIFIED and all("->" in s for s in shown)

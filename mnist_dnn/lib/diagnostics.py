@@ -4,7 +4,8 @@
 - `gradients/<variable>` (histograms) and `gradient_norm/<variable>`, `gradient_norm/global`
   (scalars): gradients of the loss on one validation batch (the first 500 images);
 - `confusion_matrix`: an image of the validation confusion matrix (rows true class, columns
-  predicted, each row scaled to its own count: white = all of that class), and
+  predicted, each row scaled to its own count: white = all of that class), its axes labelled
+  TRUE (green, left) and PREDICTED (red, top) with the class numbers, and
   `confusion_matrix_counts`, the counts as a text table;
 - `misclassified`: up to 24 misclassified validation digits, each above a strip showing its
   true class (green, left) and the predicted one (red, right), drawn with a built-in 3x5
@@ -23,20 +24,38 @@ MAX_MISCLASSIFIED = 24
 GRID_COLUMNS = 8
 _CELL = 16  # pixels per confusion-matrix cell
 _GLYPH_SCALE = 2
-# 3 wide x 5 high digits, one string per row.
+# 3 wide x 5 high digits and the letters of the axis titles, one string per row.
 _FONT = {
-    0: ("###", "#.#", "#.#", "#.#", "###"), 1: (".#.", "##.", ".#.", ".#.", "###"),
-    2: ("###", "..#", "###", "#..", "###"), 3: ("###", "..#", "###", "..#", "###"),
-    4: ("#.#", "#.#", "###", "..#", "..#"), 5: ("###", "#..", "###", "..#", "###"),
-    6: ("###", "#..", "###", "#.#", "###"), 7: ("###", "..#", ".#.", ".#.", ".#."),
-    8: ("###", "#.#", "###", "#.#", "###"), 9: ("###", "#.#", "###", "..#", "###"),
+    "0": ("###", "#.#", "#.#", "#.#", "###"), "1": (".#.", "##.", ".#.", ".#.", "###"),
+    "2": ("###", "..#", "###", "#..", "###"), "3": ("###", "..#", "###", "..#", "###"),
+    "4": ("#.#", "#.#", "###", "..#", "..#"), "5": ("###", "#..", "###", "..#", "###"),
+    "6": ("###", "#..", "###", "#.#", "###"), "7": ("###", "..#", ".#.", ".#.", ".#."),
+    "8": ("###", "#.#", "###", "#.#", "###"), "9": ("###", "#.#", "###", "..#", "###"),
+    "C": (".##", "#..", "#..", "#..", ".##"), "D": ("##.", "#.#", "#.#", "#.#", "##."),
+    "E": ("###", "#..", "##.", "#..", "###"), "I": ("###", ".#.", ".#.", ".#.", "###"),
+    "P": ("##.", "#.#", "##.", "#..", "#.."), "R": ("##.", "#.#", "##.", "#.#", "#.#"),
+    "T": ("###", ".#.", ".#.", ".#.", ".#."), "U": ("#.#", "#.#", "#.#", "#.#", "###"),
 }
+GLYPH_HEIGHT, GLYPH_WIDTH = 5 * _GLYPH_SCALE, 3 * _GLYPH_SCALE
+TRUE_COLOR, PREDICTED_COLOR = (0.2, 1.0, 0.2), (1.0, 0.25, 0.25)
+# The confusion image: a margin with the axis titles and class numbers, then the matrix.
+_GAP = 4
+MATRIX_TOP = _GAP + GLYPH_HEIGHT + _GAP + GLYPH_HEIGHT + _GAP  # PREDICTED, then column numbers
+MATRIX_LEFT = _GAP + GLYPH_WIDTH + _GAP + GLYPH_WIDTH + _GAP  # TRUE (one letter a line), then row numbers
 
 
-def glyph(digit: int) -> np.ndarray:
-    """The digit as a bool mask [5 * scale, 3 * scale]."""
-    mask = np.array([[c == "#" for c in row] for row in _FONT[digit]])
+def glyph(char) -> np.ndarray:
+    """The digit or capital letter as a bool mask [5 * scale, 3 * scale]."""
+    mask = np.array([[c == "#" for c in row] for row in _FONT[str(char)]])
     return np.kron(mask, np.ones((_GLYPH_SCALE, _GLYPH_SCALE), bool))
+
+
+def draw_text(canvas: np.ndarray, text: str, top: int, left: int, color, vertical: bool = False) -> None:
+    """Paints `text` into the RGB canvas, left to right (or one character a line), 2 pixels apart."""
+    for i, char in enumerate(text):
+        y = top + i * (GLYPH_HEIGHT + 2) if vertical else top
+        x = left if vertical else left + i * (GLYPH_WIDTH + 2)
+        canvas[y : y + GLYPH_HEIGHT, x : x + GLYPH_WIDTH][glyph(char)] = color
 
 
 def labelled_tile(image: np.ndarray, true: int, predicted: int) -> np.ndarray:
@@ -44,9 +63,8 @@ def labelled_tile(image: np.ndarray, true: int, predicted: int) -> np.ndarray:
     size = data.IMAGE_SIZE
     tile = np.zeros((size + 14, size, 3), np.float32)
     tile[:size] = image.reshape(size, size, 1)
-    for digit, left, color in ((true, 4, (0.2, 1.0, 0.2)), (predicted, size - 10, (1.0, 0.25, 0.25))):
-        mask = glyph(digit)
-        tile[size + 2 : size + 2 + mask.shape[0], left : left + mask.shape[1]][mask] = color
+    draw_text(tile, str(true), size + 2, 4, TRUE_COLOR)
+    draw_text(tile, str(predicted), size + 2, size - 10, PREDICTED_COLOR)
     return tile
 
 
@@ -64,12 +82,28 @@ def misclassified_grid(images: np.ndarray, labels: np.ndarray, predictions: np.n
 
 
 def confusion_image(matrix: list[list[int]]) -> np.ndarray:
-    """The confusion matrix as a grayscale RGB image [160, 160, 3], each row normalized."""
+    """The confusion matrix as an RGB image, each row normalized, with labelled axes.
+
+    Cell (t, p) is the square of `_CELL` pixels at (MATRIX_TOP + t * _CELL, MATRIX_LEFT + p * _CELL).
+    """
     counts = np.asarray(matrix, np.float32)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    classes = len(counts)
+    side = classes * _CELL
+    image = np.zeros((MATRIX_TOP + side + _GAP, MATRIX_LEFT + side + _GAP, 3), np.float32)
     # sqrt so that small error rates stay visible next to the bright diagonal
     cells = np.kron(np.sqrt(rates), np.ones((_CELL, _CELL), np.float32))
-    return np.repeat(cells[:, :, None], 3, axis=2)
+    image[MATRIX_TOP : MATRIX_TOP + side, MATRIX_LEFT : MATRIX_LEFT + side] = cells[:, :, None]
+    title = "PREDICTED"
+    draw_text(image, title, _GAP, MATRIX_LEFT + (side - len(title) * (GLYPH_WIDTH + 2)) // 2, PREDICTED_COLOR)
+    draw_text(image, "TRUE", MATRIX_TOP + (side - 4 * (GLYPH_HEIGHT + 2)) // 2, _GAP, TRUE_COLOR, vertical=True)
+    centering = (_CELL - GLYPH_WIDTH) // 2, (_CELL - GLYPH_HEIGHT) // 2
+    for c in range(classes):
+        draw_text(image, str(c), MATRIX_TOP - _GAP - GLYPH_HEIGHT, MATRIX_LEFT + c * _CELL + centering[0],
+                  PREDICTED_COLOR)
+        draw_text(image, str(c), MATRIX_TOP + c * _CELL + centering[1], MATRIX_LEFT - _GAP - GLYPH_WIDTH,
+                  TRUE_COLOR)
+    return image
 
 
 def counts_markdown(matrix: list[list[int]]) -> str:
@@ -114,8 +148,8 @@ class Diagnostics:
             tf.summary.scalar("gradient_norm/global", tf.linalg.global_norm(gradients))
             if metrics.confusion_matrix:
                 tf.summary.image("confusion_matrix", confusion_image(metrics.confusion_matrix)[None],
-                                 description="Validation confusion matrix: rows true class 0-9 (top to bottom), "
-                                 "columns predicted class 0-9 (left to right); brightness sqrt(row share).")
+                                 description="Validation confusion matrix: rows true class 0-9 (top to bottom, green), "
+                                 "columns predicted class 0-9 (left to right, red); brightness sqrt(row share).")
                 tf.summary.text("confusion_matrix_counts", counts_markdown(metrics.confusion_matrix))
             tf.summary.image("misclassified", grid[None],
                              description=f"First {len(names)} misclassified validation digits, row by row, "

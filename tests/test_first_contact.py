@@ -1,0 +1,267 @@
+"""First contact: help, presets, a quiet start, the installed package, the labelled confusion image."""
+
+import importlib.machinery
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+from absl import flags
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from mnist_dnn import command_line, startup
+from mnist_dnn.lib import diagnostics
+from mnist_dnn.lib.errors import UsageError
+
+# Each tool, its console script, and flags its help must list: its own and shared ones it uses.
+TOOLS = {
+    "train": ("mnist-dnn-train", ["--model", "--hidden_units", "--max_steps", "--[no]jit_compile", "--log_dir",
+                                  "--ckpt_dir", "--data_dir", "--idx_dir"]),
+    "evaluate": ("mnist-dnn-evaluate", ["--batch_size", "--metrics_file", "--[no]confusion_matrix", "--ckpt_dir",
+                                        "--which", "--checkpoint", "--data_dir", "--idx_dir"]),
+    "export": ("mnist-dnn-export", ["--export_dir", "--version", "--ckpt_dir", "--which", "--checkpoint"]),
+    "predict": ("mnist-dnn-predict", ["--model_dir"]),
+    "inspect_checkpoint": ("mnist-dnn-inspect", ["--ckpt_dir", "--which", "--checkpoint"]),
+    "sweep": ("mnist-dnn-sweep", ["--grid (repeatable)", "--root", "--model", "--learning_rate", "--data_dir"]),
+    "report": ("mnist-dnn-report", ["--root", "--data_dir", "--idx_dir"]),
+}
+# What TensorFlow's C++ code prints when it starts (lines of its own log format, and the notices).
+TF_STARTUP = re.compile(r"\.cc:\d+\]|absl::InitializeLog|cuInit|To enable the following instructions")
+
+
+def fake_tool(name="mnist_dnn.fake_tool"):
+    """A tool module and its flags in their own FlagValues, as absl files them."""
+    module = types.ModuleType(name, "Do a fake thing.\n\nExample:\n\n    python -m mnist_dnn.fake_tool --size=3\n")
+    key = sys.argv[0] if name == "__main__" else name
+    values = flags.FlagValues()
+    flags.DEFINE_integer("size", 2, "How big.", flag_values=values, module_name=key)
+    flags.DEFINE_boolean("fancy", True, "Fancy output.", flag_values=values, module_name=key)
+    flags.DEFINE_list("widths", ["3", "4"], "Widths.", flag_values=values, module_name=key)
+    flags.DEFINE_multi_string("axis", [], "An axis.", flag_values=values, module_name=key)
+    flags.DEFINE_string("ckpt_dir", "checkpoints", "Checkpoints.", flag_values=values, module_name="mnist_dnn.cli")
+    flags.DEFINE_string("data_dir", None, "Data.", flag_values=values, module_name="mnist_dnn.cli")
+    flags.DEFINE_float("rate", 0.5, "A training rate.", flag_values=values, module_name="mnist_dnn.train")
+    flags.DEFINE_string("xla_noise", "x", "Not ours.", flag_values=values, module_name="tensorflow.whatever")
+    return module, values
+
+
+def test_help_text_shows_the_docstring_and_the_flags_grouped_with_defaults():
+    module, values = fake_tool()
+    text = command_line.help_text(module, flag_values=values)
+    assert text.startswith("Do a fake thing.\n\nExample:\n\n    python -m mnist_dnn.fake_tool --size=3\n")
+    assert f"usage: {os.path.basename(sys.argv[0])} [flags]\n" in text
+    own, train, shared, general = (text.index(t) for t in (
+        "mnist_dnn.fake_tool flags:", "mnist_dnn.train flags:", "shared flags:", "presets, flagfiles and help:"))
+    assert own < train < shared < general
+    for entry in ("--size (default: 2)\n      How big.", "--[no]fancy (default: true)",
+                  "--widths (default: 3,4)", "--axis (repeatable) (default: none)"):
+        assert own < text.index(entry) < train, entry
+    assert train < text.index("--rate (default: 0.5)") < shared
+    assert shared < text.index("--ckpt_dir (default: checkpoints)") < general
+    assert shared < text.index("--data_dir (default: none)") < general
+    assert "xla_noise" not in text
+    for name in command_line.preset_names():
+        assert name in text[general:]
+
+
+def test_help_of_a_module_run_as_main_names_it_and_python_m(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/somewhere/mnist_dnn/fake_tool.py", "--help"])
+    module, values = fake_tool("__main__")
+    module.__spec__ = importlib.machinery.ModuleSpec("mnist_dnn.fake_tool", None)
+    text = command_line.help_text(module, positional_args=True, flag_values=values)
+    assert "usage: python -m mnist_dnn.fake_tool [flags] FILE...\n" in text
+    assert "mnist_dnn.fake_tool flags:\n  --axis (repeatable)" in text
+
+
+@pytest.mark.parametrize("argv, wanted", [
+    (["prog", "-h"], True), (["prog", "--model=raw", "--help"], True), (["prog", "--helpshort"], True),
+    (["prog", "-?"], True), (["prog", "--helpfull"], False), (["prog", "--", "-h"], False), (["prog"], False),
+])
+def test_help_is_asked_with_h_or_help(argv, wanted):
+    assert command_line.wants_help(argv) is wanted
+
+
+def test_shipped_presets_are_the_configs_folder():
+    assert command_line.configs_dir() == ROOT / "configs"
+    assert command_line.preset_names() == sorted(p.stem for p in (ROOT / "configs").glob("*.cfg"))
+    assert "fast" in command_line.preset_names()
+
+
+def test_a_preset_becomes_a_flagfile_at_its_place():
+    fast = f"--flagfile={ROOT / 'configs' / 'fast.cfg'}"
+    assert command_line.expand_presets(["p", "--seed=1", "--preset=fast", "--batch_size=32"]) == [
+        "p", "--seed=1", fast, "--batch_size=32"]
+    assert command_line.expand_presets(["p", "--preset", "fast", "x"]) == ["p", fast, "x"]
+    assert command_line.expand_presets(["p", "--", "--preset=nope"]) == ["p", "--", "--preset=nope"]
+
+
+@pytest.mark.parametrize("argv", [["p", "--preset=nope"], ["p", "--preset="], ["p", "--preset"]])
+def test_an_unknown_preset_is_a_usage_error_naming_the_valid_ones(argv):
+    with pytest.raises(UsageError, match="not a shipped config; choose one of: best, default, .*fast"):
+        command_line.expand_presets(argv)
+
+
+def test_flags_after_a_preset_override_it_and_flags_before_it_do_not():
+    values = flags.FlagValues()
+    for line in (ROOT / "configs" / "fast.cfg").read_text().splitlines():
+        if line.startswith("--"):
+            flags.DEFINE_string(line[2:].split("=")[0], None, "", flag_values=values)
+    values(command_line.expand_presets(["p", "--batch_size=32", "--preset=fast", "--hidden_units=64"]))
+    assert (values.batch_size, values.hidden_units, values.model) == ("16", "64", "dense")
+
+
+@pytest.mark.parametrize("argv, env, wanted", [
+    (["p"], {}, False),
+    (["p", "--verbosity=1"], {}, True),
+    (["p", "-v=2"], {}, True),
+    (["p", "--verbosity", "1"], {}, True),
+    (["p", "--verbosity=0"], {}, False),
+    (["p", "--verbosity=-1"], {}, False),
+    (["p", "v=3"], {}, False),
+    (["p"], {startup.TF_LOGS_ENV: "1"}, True),
+    (["p"], {startup.TF_LOGS_ENV: "0"}, False),
+])
+def test_tensorflow_logs_are_shown_only_when_asked(argv, env, wanted):
+    assert startup.wants_tf_logs(argv, env) is wanted
+
+
+def test_captured_stderr_is_dropped_unless_the_block_fails(capfd):
+    with startup._stderr_captured():
+        os.write(2, b"C++ noise\n")
+    os.write(2, b"ours after it\n")
+    assert capfd.readouterr().err == "ours after it\n"
+    with pytest.raises(ImportError):
+        with startup._stderr_captured():
+            os.write(2, b"why it failed\n")
+            raise ImportError("no luck")
+    assert capfd.readouterr().err == "why it failed\n"
+
+
+def test_the_confusion_image_has_the_matrix_and_labelled_axes():
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(0, 50, (10, 10)) + np.diag(rng.integers(500, 900, 10))
+    image = diagnostics.confusion_image(matrix.tolist())
+    top, left, cell = diagnostics.MATRIX_TOP, diagnostics.MATRIX_LEFT, 16
+    assert image.shape == (top + 160 + 4, left + 160 + 4, 3)
+    expected = np.sqrt(matrix / matrix.sum(axis=1, keepdims=True))
+    cells = image[top : top + 160, left : left + 160, 0]
+    np.testing.assert_allclose(cells[::cell, ::cell], expected, rtol=1e-6)
+    np.testing.assert_allclose(cells[cell - 1 :: cell, cell - 1 :: cell], expected, rtol=1e-6)
+    green = (image[..., 1] > 0.9) & (image[..., 0] < 0.5)
+    red = (image[..., 0] > 0.9) & (image[..., 1] < 0.5)
+    assert not (green | red)[top : top + 160, left : left + 160].any()  # the labels stay in the margin
+    h, w = diagnostics.GLYPH_HEIGHT, diagnostics.GLYPH_WIDTH
+    for c in range(10):  # row numbers left of the matrix (green), column numbers above it (red)
+        row_label = green[top + c * cell + (cell - h) // 2 :][:h, left - 4 - w : left - 4]
+        column_label = red[top - 4 - h : top - 4, left + c * cell + (cell - w) // 2 :][:, :w]
+        np.testing.assert_array_equal(row_label, diagnostics.glyph(c))
+        np.testing.assert_array_equal(column_label, diagnostics.glyph(c))
+    t = np.array([[1, 1, 1], [0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0]], bool).repeat(2, 0).repeat(2, 1)
+    np.testing.assert_array_equal(diagnostics.glyph("T"), t)
+    title = red[4 : 4 + h].any(axis=0)
+    assert np.flatnonzero(np.diff(title.astype(int)) == 1).size == len("PREDICTED")  # 9 separate letters
+    true_title = green[top : top + 160, 4 : 4 + w].any(axis=1)
+    assert np.flatnonzero(np.diff(true_title.astype(int)) == 1).size == len("TRUE")
+    np.testing.assert_array_equal(green[top:, 4 : 4 + w][np.flatnonzero(true_title)[0]:][:h], t)
+
+
+def console_script(name: str) -> str:
+    path = pathlib.Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: install the package (pip install -e .) into this Python's environment")
+    return str(path)
+
+
+def run_console_script(name: str, *args, **kwargs) -> subprocess.CompletedProcess:
+    """The installed console script, importing this checkout's code (as CI's editable install does)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([console_script(name), *args], capture_output=True, text=True, env=env, timeout=300,
+                          **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["python -m", "console script"])
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_every_tool_lists_its_flags_on_help(tool, form):
+    script, expected = TOOLS[tool]
+    if form == "python -m":
+        result, program = run_cli(tool, "--help"), f"python -m mnist_dnn.{tool}"
+    else:
+        result, program = run_console_script(script, "-h"), script
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"usage: {program} [flags]" in result.stdout
+    assert f"    python -m mnist_dnn.{tool} --" in result.stdout  # the docstring's example
+    for flag in expected:
+        assert f"  {flag} (default: " in result.stdout, flag
+    assert "shared flags:" in result.stdout or tool == "predict"
+    assert not TF_STARTUP.search(result.stderr), result.stderr
+
+
+@pytest.mark.slow
+def test_a_short_run_prints_no_tensorflow_startup_lines(tiny_data, tmp_path):
+    result = run_cli("train", "--max_steps=20", "--log_every=10", f"--data_dir={tiny_data.data_dir}",
+                     f"--ckpt_dir={tmp_path / 'ckpt'}", f"--log_dir={tmp_path / 'logs'}", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "Done at step 20" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ask", [["--verbosity=1"], []])
+def test_tensorflow_startup_lines_come_back_when_asked(ask):
+    env = {} if ask else {startup.TF_LOGS_ENV: "1"}
+    result = run_cli("evaluate", *ask, "--helpfull", env_extra=env)
+    assert TF_STARTUP.search(result.stderr), result.stderr
+
+
+@pytest.mark.slow
+def test_our_errors_and_later_python_errors_still_reach_stderr(tmp_path):
+    assert_one_line_error(run_cli("train", "--max_steps=0", f"--ckpt_dir={tmp_path / 'c'}"), 2, "--max_steps")
+    late = subprocess.run([sys.executable, "-c", "import mnist_dnn, sys; print('ours', file=sys.stderr); 1 / 0"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert late.stderr.startswith("ours\nTraceback") and "ZeroDivisionError" in late.stderr
+    assert not TF_STARTUP.search(late.stderr)
+
+
+@pytest.mark.slow
+def test_a_failed_tensorflow_import_shows_what_it_printed(tmp_path):
+    fake = tmp_path / "tensorflow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os\nos.write(2, b'libfoo.so: cannot open shared object\\n')\n"
+                                      "raise ImportError('DLL load failed')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-c", "import mnist_dnn"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("libfoo.so: cannot open shared object\nTraceback")
+    assert "ImportError: DLL load failed" in result.stderr
+
+
+@pytest.mark.slow
+def test_an_installed_package_runs_a_preset_from_any_folder(tiny_data, tmp_path):
+    """`pip install .` (not editable): the shipped configs are package data, found by --preset."""
+    source, target, work = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "checkpoints",
+                                                                "logs", "runs", "exports", "tests", "benchmarks"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", f"--target={target}",
+                              str(source)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    assert sorted(p.name for p in (target / "mnist_dnn" / "configs").glob("*.cfg")) == sorted(
+        p.name for p in (ROOT / "configs").glob("*.cfg"))
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    result = subprocess.run([str(target / "bin" / "mnist-dnn-train"), "--preset=fast", "--max_steps=20",
+                             "--batch_size=32", f"--data_dir={tiny_data.data_dir}", "--ckpt_dir=ckpt",
+                             "--log_dir=logs"], capture_output=True, text=True, env=env, cwd=work, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batch 32" in result.stdout and "Done at step 20" in result.stdout  # the flag after the preset wins
+    assert json.loads((work / "ckpt" / "model_config.json").read_text())["hidden_units"] == [512]  # fast.cfg's
+    unknown = subprocess.run([str(target / "bin" / "mnist-dnn-train"), "--preset=fastest"], capture_output=True,
+                             text=True, env=env, cwd=work, timeout=600)
+    assert_one_line_error(unknown, 2, "--preset=fastest", "fast")

@@ -39,7 +39,7 @@ def describe(path: str, p: classifier.Prediction, min_confidence: float) -> str:
     if FLAGS.json:
         return json.dumps({"file": path, "class": p.digit, "probabilities": list(p.probabilities), "confident": confident})
     line = f"{path}: {p.digit} ({p.probability:.1%}), next best {p.runner_up} ({p.runner_up_probability:.1%})"
-    return line if confident else f"{line}, uncertain (below {min_confidence:.0%})"
+    return line if confident else f"{line}, uncertain (below {100 * min_confidence:g}%)"
 
 
 def write_rest_request(readable: list[classifier.ImageFile], path: str) -> None:

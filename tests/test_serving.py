@@ -98,6 +98,14 @@ def test_litert_int8_is_full_integer_with_raw_pixels_in(dense_exports, tiny_data
     assert (outputs["classes"] == expected.argmax(axis=1)).mean() >= 0.9
 
 
+@needs_litert
+def test_litert_int8_input_is_raw_pixels_whatever_the_calibration_images(tmp_path):
+    model = models.create_model(models.make_config("logistic"), seed=1)
+    gray = np.random.default_rng(0).integers(10, 200, (20, 28, 28, 1)).astype(np.uint8)  # neither black nor white
+    path = serving.export_litert(model, str(tmp_path), quantize="int8", representative=gray)
+    assert litert.LiteRTModel(path).input_quantization() == (np.float32(1 / 255), 0)
+
+
 def test_litert_int8_file_is_under_30_percent_of_float(dense_exports):
     assert os.path.getsize(dense_exports["int8"]) <= 0.30 * os.path.getsize(dense_exports["float"])
 

@@ -21,8 +21,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
-import tensorflow as tf
 
 from mnist_dnn.lib import checkpoints, classifier, data, evaluation, litert, serving
 

@@ -47,7 +47,7 @@ def write_rest_request(readable: list[classifier.ImageFile], path: str) -> None:
         files.write_text(path, classifier.rest_request(FLAGS.rest_signature, readable))
     except OSError as e:
         raise UsageError(f"cannot write --rest_request {path}: {e.strerror}") from None
-    print(f"Wrote a {FLAGS.rest_signature} request for {len(readable)} images to {path}; send it with\n"
+    print(f"Wrote a {FLAGS.rest_signature} request for {len(readable)} image{'s' if len(readable) != 1 else ''} to {path}; send it with\n"
           f"  curl -d @{path} -H 'Content-Type: application/json' http://localhost:8501/v1/models/mnist:predict")
 
 

@@ -365,7 +365,11 @@ def test_bad_input_is_a_one_line_error_that_touches_nothing(tmp_path, raw_run):
         (("export", f"--ckpt_dir={missing}", f"--export_dir={exports}"), 1, "does not exist"),
         (("inspect_checkpoint", f"--ckpt_dir={empty}"), 1, "holds no checkpoint"),
         (("predict", f"--model_dir={empty}"), 2, "no image files given"),
-        (("predict", f"--model_dir={empty}", str(digit)), 2, "neither a SavedModel nor a folder of numbered versions"),
+        (("predict", f"--model_dir={empty}", str(digit)), 2, "neither a SavedModel, a .tflite file nor a folder of numbered versions"),
+        (("export", ckpt, f"--export_dir={tmp_path / 'file' / 'exports'}"), 2, f"{tmp_path / 'file'} is a file, not a folder"),
+        (("export", ckpt, f"--export_dir={tmp_path / 'dangling'}"), 2, "is a symbolic link to the missing"),
+        (("export", ckpt, f"--export_dir={exports}", f"--version={10**20}"), 2, "--version must be a positive integer of at most"),
+        (("export", ckpt, f"--export_dir={exports}", "--quantize=int8"), 2, "--quantize applies to --format=litert only"),
     ]
     before = tree(tmp_path)
     for (call, exit_code, fragment), result in zip(cases, run_concurrently([call for call, _, _ in cases])):

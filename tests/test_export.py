@@ -48,7 +48,7 @@ def tree(folder) -> dict:
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
             path = os.path.join(root, name)
-            stat = os.stat(path)
+            stat = os.lstat(path)  # a dangling symbolic link is an entry too
             snapshot[os.path.relpath(path, folder)] = (stat.st_size, stat.st_mtime_ns)
     return snapshot
 

@@ -140,7 +140,9 @@ def test_saved_model_cli_lists_the_signatures(real_run):
     assert "inputs['images'] tensor_info: dtype: DT_UINT8 shape: (-1, 28, 28, 1)" in serving
     flat = _signature_block(shown.stdout, "predict_flat")
     assert "inputs['images'] tensor_info: dtype: DT_FLOAT shape: (-1, 784)" in flat
-    for block in (serving, flat):
+    encoded = _signature_block(shown.stdout, "serving_bytes")
+    assert "inputs['image_bytes'] tensor_info: dtype: DT_STRING shape: (-1)" in encoded
+    for block in (serving, flat, encoded):
         assert all(output in block for output in outputs), block
 
 

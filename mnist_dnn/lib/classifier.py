@@ -48,7 +48,7 @@ def check_image(contents: bytes) -> None:
 
 
 def read_image(path: str) -> np.ndarray:
-    """A PNG, JPEG, BMP or GIF (its first frame) of any size as MNIST pixels: uint8 [28, 28, 1]."""
+    """A PNG, JPEG, BMP or GIF (its first frame) of up to images.MAX_PIXELS as MNIST pixels: uint8 [28, 28, 1]."""
     return read_image_file(path).pixels
 
 

@@ -263,8 +263,8 @@ def test_serving_bytes_gives_the_classes_of_predicts_pixels(dense_exports, tiny_
 
 def test_prediction_takes_the_models_class_and_the_best_other():
     p = np.array([0.1, 0.4, 0.0, 0.4, 0.1], np.float32)  # a tie, as quantized probabilities can have
-    prediction = classifier.Prediction.from_outputs(3, p)
-    assert (prediction.digit, prediction.runner_up) == (3, 1)
+    prediction = classifier.Prediction.from_outputs(1, p)
+    assert (prediction.digit, prediction.runner_up) == (1, 3)
     assert prediction.probability == prediction.runner_up_probability == pytest.approx(0.4)
     assert prediction.probabilities == tuple(float(v) for v in p)
 

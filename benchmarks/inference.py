@@ -11,7 +11,8 @@ as a SavedModel, a LiteRT float32 file and a LiteRT int8 file (`mnist_dnn.export
   ai-edge-litert interpreter's signature runner, as `mnist_dnn.predict` calls them);
 - a batch of all 10,000 test images: images per second, median of 5 calls of each;
 - scoring the test set with evaluation.evaluate_split (batch 100), median of 5.
-Prints one JSON object per checkpoint.
+Prints one JSON object per checkpoint (the figures of docs/serving.md: benchmarks/inference.json).
+Needs the litert extra (`pip install -e ".[litert]"`).
 """
 
 import argparse

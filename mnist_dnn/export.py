@@ -1,26 +1,50 @@
-"""Export a checkpoint as a SavedModel version for TensorFlow Serving.
+"""Export a checkpoint as a SavedModel version for TensorFlow Serving, or as a LiteRT file.
 
-Example (writes exports/mnist/1, then 2, ... on later exports):
+Examples (write exports/mnist/1, then 2, ... on later exports; LiteRT: exports/mnist_litert/N/):
 
     python -m mnist_dnn.export --ckpt_dir=checkpoints/fast --export_dir=exports/mnist
+    python -m mnist_dnn.export --ckpt_dir=checkpoints/fast --format=litert --quantize=int8
 """
 
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import checkpoints, serving
+from mnist_dnn.lib import checkpoints, data, litert, serving
+from mnist_dnn.lib.errors import UsageError
 
-flags.DEFINE_string("export_dir", "exports/mnist", "Model folder; each export is a numbered version inside it.")
+DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert"}
+
+flags.DEFINE_enum("format", "saved_model", serving.FORMATS,
+                  "saved_model: for TensorFlow Serving; litert: a .tflite file for phones and microcontrollers.")
+flags.DEFINE_enum("quantize", "none", litert.QUANTIZATIONS,
+                  "With --format=litert: int8 is full-integer post-training quantization, calibrated on "
+                  f"{litert.REPRESENTATIVE_IMAGES} training images (needs the dataset: --idx_dir or TFDS's).")
+flags.DEFINE_string("export_dir", None, "Model folder; each export is a numbered version inside it. "
+                    f"Default: {DEFAULT_EXPORT_DIRS['saved_model']}, or {DEFAULT_EXPORT_DIRS['litert']} for LiteRT.")
 flags.DEFINE_integer("version", None, "Version number to write (default: the next free one). Never overwritten.")
 cli.define_restore_flags()
+cli.define_data_flags()
 FLAGS = flags.FLAGS
+
+
+def representative_images(dataset: str):
+    """Calibration images for int8: drawn from the training split of the checkpoint's dataset."""
+    splits = data.load_splits(data.DataConfig(dataset, FLAGS.data_dir, cli.idx_dir(FLAGS)))
+    return litert.representative_images(splits["train"].images)
 
 
 def main(argv):
     del argv
-    serving.version_path(FLAGS.export_dir, FLAGS.version)  # refuse before restoring anything
-    model, _, checkpoint, step = checkpoints.restore_model(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
-    path = serving.export_model(model, FLAGS.export_dir, FLAGS.version)
+    if FLAGS.quantize != "none" and FLAGS.format != "litert":
+        raise UsageError("--quantize applies to --format=litert only")
+    export_dir = FLAGS.export_dir or DEFAULT_EXPORT_DIRS[FLAGS.format]
+    serving.version_path(export_dir, FLAGS.version, FLAGS.format)  # refuse before restoring anything
+    model, run_config, checkpoint, step = checkpoints.restore_model(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
+    if FLAGS.format == "saved_model":
+        path = serving.export_model(model, export_dir, FLAGS.version)
+    else:
+        representative = representative_images(run_config.dataset) if FLAGS.quantize == "int8" else None
+        path = serving.export_litert(model, export_dir, FLAGS.version, FLAGS.quantize, representative)
     print(f"Exported {checkpoint} (step {step}) to {path}")
 
 

@@ -1,37 +1,75 @@
-"""Classify image files (PNG, JPEG, BMP, GIF) with an exported SavedModel.
+"""Classify image files with an exported model (a SavedModel or a LiteRT file), or write a REST request for them.
 
 Example (the highest version in exports/mnist):
 
     python -m mnist_dnn.predict --model_dir=exports/mnist digit.png
 """
 
+import json
 import sys
 
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import classifier
+from mnist_dnn.lib import classifier, files, serving
 from mnist_dnn.lib.errors import DataError, UsageError
 
 flags.DEFINE_string("model_dir", "exports/mnist",
-                    "A SavedModel version folder (exports/mnist/1), or a model folder: its highest version.")
+                    "A SavedModel version folder (exports/mnist/1), a .tflite file, or a model folder: its highest version.")
+flags.DEFINE_bool("json", False, "Print one JSON object per file: file, class, probabilities, confident.")
+flags.DEFINE_float("min_confidence", 0.5, "Answers whose probability is below this are marked uncertain.")
+flags.DEFINE_string("rest_request", None, "Instead of classifying, write the JSON body of a TensorFlow Serving "
+                    "REST request (/v1/models/NAME:predict) for the files to this file.")
+flags.DEFINE_enum("rest_signature", serving.BYTES_SIGNATURE, [serving.BYTES_SIGNATURE, serving.SERVING_SIGNATURE],
+                  "The signature the REST request calls: the encoded files as {\"b64\": ...}, or their pixels.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    files = argv[1:]
-    if not files:
-        raise UsageError("no image files given: python -m mnist_dnn.predict --model_dir=exports/mnist/1 FILE [FILE...]")
-    classify = classifier.Classifier(FLAGS.model_dir)
+def read_files(paths: list[str]) -> list[classifier.ImageFile]:
+    """The files that are images; one error line on stderr for each of the others."""
     readable = []
-    for file in files:
+    for path in paths:
         try:
-            readable.append((file, classifier.read_image(file)))
+            readable.append(classifier.read_image_file(path))
         except DataError as e:
-            print(f"error: {file}: {e}", file=sys.stderr)
-    for (file, _), p in zip(readable, classify([image for _, image in readable])):
-        print(f"{file}: {p.digit} ({p.probability:.1%}), next best {p.runner_up} ({p.runner_up_probability:.1%})")
-    return 1 if len(readable) < len(files) else 0
+            print(f"error: {path}: {e}", file=sys.stderr)
+    return readable
+
+
+def describe(path: str, p: classifier.Prediction, min_confidence: float) -> str:
+    confident = p.probability >= min_confidence
+    if FLAGS.json:
+        return json.dumps({"file": path, "class": p.digit, "probabilities": list(p.probabilities), "confident": confident})
+    line = f"{path}: {p.digit} ({p.probability:.1%}), next best {p.runner_up} ({p.runner_up_probability:.1%})"
+    return line if confident else f"{line}, uncertain (below {100 * min_confidence:g}%)"
+
+
+def write_rest_request(readable: list[classifier.ImageFile], path: str) -> None:
+    try:
+        files.write_text(path, classifier.rest_request(FLAGS.rest_signature, readable))
+    except OSError as e:
+        raise UsageError(f"cannot write --rest_request {path}: {e.strerror}") from None
+    print(f"Wrote a {FLAGS.rest_signature} request for {len(readable)} image{'s' if len(readable) != 1 else ''} to {path}; send it with\n"
+          f"  curl -d @{path} -H 'Content-Type: application/json' http://localhost:8501/v1/models/mnist:predict")
+
+
+def main(argv):
+    paths = argv[1:]
+    if not paths:
+        raise UsageError("no image files given: python -m mnist_dnn.predict --model_dir=exports/mnist/1 FILE [FILE...]")
+    if not 0.0 <= FLAGS.min_confidence <= 1.0:
+        raise UsageError(f"--min_confidence must be between 0 and 1, got {FLAGS.min_confidence}")
+    if FLAGS.rest_request:
+        readable = read_files(paths)
+        if len(readable) < len(paths):
+            return 1  # a request must hold every file: nothing written
+        write_rest_request(readable, FLAGS.rest_request)
+        return 0
+    classify = classifier.Classifier(FLAGS.model_dir)
+    readable = read_files(paths)
+    for file, p in zip(readable, classify([file.pixels for file in readable])):
+        print(describe(file.path, p, FLAGS.min_confidence))
+    return 1 if len(readable) < len(paths) else 0
 
 
 def run():

@@ -48,7 +48,7 @@ def tree(folder) -> dict:
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
             path = os.path.join(root, name)
-            stat = os.stat(path)
+            stat = os.lstat(path)  # a dangling symbolic link is an entry too
             snapshot[os.path.relpath(path, folder)] = (stat.st_size, stat.st_mtime_ns)
     return snapshot
 
@@ -90,6 +90,7 @@ def standalone_outputs(real_run):
     return dict(np.load(folder / "outputs.npz"))
 
 
+@pytest.mark.slow
 def test_training_exports_version_1_at_its_end(real_run):
     result = real_run["result"]
     assert result.step == 300 and result.stopped_by_signal is None
@@ -98,6 +99,7 @@ def test_training_exports_version_1_at_its_end(real_run):
     assert not [name for name in os.listdir(real_run["config"].export_dir) if name.startswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_standalone_saved_model_scores_what_evaluate_reports(real_run, standalone_outputs, real_data):
     outputs = standalone_outputs
     assert outputs["classes"].dtype == np.int64 and outputs["classes"].shape == (10000,)
@@ -113,6 +115,7 @@ def test_standalone_saved_model_scores_what_evaluate_reports(real_run, standalon
     assert accuracy > 0.9
 
 
+@pytest.mark.slow
 def test_both_signatures_match_the_restored_model(real_run, standalone_outputs):
     expected = real_run["probabilities"]
     for prefix in ("", "flat_"):
@@ -126,6 +129,7 @@ def _signature_block(shown: str, name: str) -> str:
     return " ".join(match.group(1).split())
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_the_signatures(real_run):
     shown = subprocess.run([SAVED_MODEL_CLI, "show", "--all", "--dir", real_run["result"].export_path],
                            capture_output=True, text=True, env={**os.environ, **QUIET}, timeout=300)
@@ -136,10 +140,13 @@ def test_saved_model_cli_lists_the_signatures(real_run):
     assert "inputs['images'] tensor_info: dtype: DT_UINT8 shape: (-1, 28, 28, 1)" in serving
     flat = _signature_block(shown.stdout, "predict_flat")
     assert "inputs['images'] tensor_info: dtype: DT_FLOAT shape: (-1, 784)" in flat
-    for block in (serving, flat):
+    encoded = _signature_block(shown.stdout, "serving_bytes")
+    assert "inputs['image_bytes'] tensor_info: dtype: DT_STRING shape: (-1)" in encoded
+    for block in (serving, flat, encoded):
         assert all(output in block for output in outputs), block
 
 
+@pytest.mark.slow
 def test_saved_model_cli_run_serves_it_as_tensorflow_serving_would(real_run, tmp_path):
     # saved_model_cli run loads through the TF1 session loader, like TensorFlow Serving's C++
     # loader; Keras 3 variables that the SavedModel does not track fail there, not in tf.saved_model.load.
@@ -154,6 +161,7 @@ def test_saved_model_cli_run_serves_it_as_tensorflow_serving_would(real_run, tmp
     np.testing.assert_allclose(np.load(tmp_path / "out" / "probabilities.npy"), expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_export_cli_writes_the_next_version_and_never_overwrites(real_run):
     export_dir = real_run["config"].export_dir
     args = [f"--ckpt_dir={real_run['config'].ckpt_dir}", f"--export_dir={export_dir}"]
@@ -217,7 +225,7 @@ def test_every_model_exports_and_reloads(tiny_data, tmp_path, name):
     expected = tf.nn.softmax(model(data.to_float(images), training=False)).numpy()
 
     loaded = tf.saved_model.load(serving.export_model(model, str(tmp_path / "exports")))
-    assert set(loaded.signatures) == {"serving_default", "predict_flat"}
+    assert set(loaded.signatures) == {"serving_default", "predict_flat", "serving_bytes"}
     served = loaded.signatures["serving_default"](images=tf.reshape(images, [-1, 28, 28, 1]))
     flat = loaded.signatures["predict_flat"](images=data.to_float(images))
     for out in (served, flat):
@@ -243,6 +251,7 @@ def test_read_variables_summarizes_every_value_as_numpy_does(raw_run):
         assert by_key[key].mean == pytest.approx(float(value.mean(dtype=np.float64)), rel=1e-9, abs=1e-15)
 
 
+@pytest.mark.slow
 def test_inspect_cli_lists_keys_shapes_dtypes_and_ranges(raw_run):
     config, result = raw_run
     shown = run_cli("inspect_checkpoint", f"--ckpt_dir={config.ckpt_dir}", env_extra=QUIET, cwd=ROOT)
@@ -290,6 +299,7 @@ def image_variants(folder, index: int, image: np.ndarray) -> list[str]:
     return [str(folder / name) for name in files] + [str(folder / f"{index}-inverted.bmp")]
 
 
+@pytest.mark.slow
 def test_read_image_gives_back_the_mnist_pixels(tmp_path, real_run):
     image = real_run["images"][0]
     for path in image_variants(tmp_path, 0, image):
@@ -302,6 +312,7 @@ def test_read_image_gives_back_the_mnist_pixels(tmp_path, real_run):
         classifier.read_image(str(tmp_path / "notes.txt"))
 
 
+@pytest.mark.slow
 def test_predict_cli_classifies_files_as_the_model_classifies_the_digits(real_run, tmp_path):
     probabilities = real_run["probabilities"]
     confident = [i for i in range(len(probabilities)) if probabilities[i].max() > 0.99]
@@ -343,16 +354,24 @@ def run_concurrently(calls) -> list[subprocess.CompletedProcess]:
         return list(pool.map(lambda call: run_cli(*call, cwd=ROOT), calls))
 
 
-def test_bad_input_is_a_one_line_error_that_touches_nothing(tmp_path):
+@pytest.mark.slow
+def test_bad_input_is_a_one_line_error_that_touches_nothing(tmp_path, raw_run):
     missing, empty, exports, digit = tmp_path / "missing", tmp_path / "empty", tmp_path / "exports", tmp_path / "digit.png"
     empty.mkdir()
+    (tmp_path / "file").write_text("not a folder")
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    ckpt = f"--ckpt_dir={raw_run[0].ckpt_dir}"
     digit.write_bytes(tf.io.encode_png(np.zeros((28, 28, 1), np.uint8)).numpy())
     cases = [
         # Both share checkpoints.latest_checkpoint: one of its two failures each.
         (("export", f"--ckpt_dir={missing}", f"--export_dir={exports}"), 1, "does not exist"),
         (("inspect_checkpoint", f"--ckpt_dir={empty}"), 1, "holds no checkpoint"),
         (("predict", f"--model_dir={empty}"), 2, "no image files given"),
-        (("predict", f"--model_dir={empty}", str(digit)), 2, "neither a SavedModel nor a folder of numbered versions"),
+        (("predict", f"--model_dir={empty}", str(digit)), 2, "neither a SavedModel, a .tflite file nor a folder of numbered versions"),
+        (("export", ckpt, f"--export_dir={tmp_path / 'file' / 'exports'}"), 2, f"{tmp_path / 'file'} is a file, not a folder"),
+        (("export", ckpt, f"--export_dir={tmp_path / 'dangling'}"), 2, "is a symbolic link to the missing"),
+        (("export", ckpt, f"--export_dir={exports}", f"--version={10**20}"), 2, "--version must be a positive integer of at most"),
+        (("export", ckpt, f"--export_dir={exports}", "--quantize=int8"), 2, "--quantize applies to --format=litert only"),
     ]
     before = tree(tmp_path)
     for (call, exit_code, fragment), result in zip(cases, run_concurrently([call for call, _, _ in cases])):

@@ -1,16 +1,19 @@
-"""Classifying image files with an exported SavedModel, as a client of the server would.
+"""Classifying image files with an exported model (a SavedModel or a LiteRT file), as a client would.
 
 The image is brought to MNIST's form here (28x28 grayscale, light digit on a dark
-background); the SavedModel's `serving_default` signature does the rest (scaling,
-flattening) in its graph.
+background) by the same TensorFlow ops as the SavedModel's `serving_bytes` signature; the
+model's `serving_default` signature does the rest (scaling, flattening).
 """
 
+import base64
 import dataclasses
+import json
+import os
 
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import data, serving
+from mnist_dnn.lib import images, litert, serving
 from mnist_dnn.lib.errors import DataError, UsageError
 
 
@@ -20,58 +23,98 @@ class Prediction:
     probability: float
     runner_up: int
     runner_up_probability: float
+    probabilities: tuple[float, ...]
+
+    @classmethod
+    def from_outputs(cls, digit: int, p: np.ndarray) -> "Prediction":
+        """The model's class and probabilities (a quantized model's probabilities can tie: its class decides)."""
+        runner_up = max((c for c in range(len(p)) if c != digit), key=lambda c: p[c])
+        return cls(int(digit), float(p[digit]), runner_up, float(p[runner_up]), tuple(float(v) for v in p))
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DataError(e.strerror or str(e)) from None
+
+
+def check_image(contents: bytes) -> None:
+    """Refuses an image larger than images.MAX_PIXELS before it is decoded."""
+    height, width = (int(v) for v in images.image_size(tf.constant(contents)))
+    if height * width > images.MAX_PIXELS:
+        raise DataError(images.too_large_message(height, width))
 
 
 def read_image(path: str) -> np.ndarray:
-    """A PNG, JPEG, BMP or GIF (its first frame) of any size as MNIST pixels: uint8 [28, 28, 1]."""
+    """A PNG, JPEG, BMP or GIF (its first frame) of up to images.MAX_PIXELS as MNIST pixels: uint8 [28, 28, 1]."""
+    return read_image_file(path).pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+    path: str
+    contents: bytes  # as encoded in the file
+    pixels: np.ndarray  # as MNIST's: uint8 [28, 28, 1]
+
+
+def read_image_file(path: str) -> ImageFile:
+    contents = read_file(path)
     try:
-        with open(path, "rb") as f:
-            contents = f.read()
-    except OSError as e:
-        raise DataError(e.strerror or str(e)) from None
-    try:
-        image = tf.io.decode_image(contents, expand_animations=False)
+        check_image(contents)
+        return ImageFile(path, contents, images.decode_digit(tf.constant(contents)).numpy())
     except tf.errors.InvalidArgumentError:
-        raise DataError("not an image TensorFlow can decode (PNG, JPEG, BMP or GIF)") from None
-    return to_mnist(image).numpy()
+        raise DataError(f"not an image TensorFlow can decode ({images.FORMATS})") from None
 
 
-def to_mnist(image: tf.Tensor) -> tf.Tensor:
-    """uint8 [H, W, C] to [28, 28, 1]: grayscale, light on dark, resized."""
-    image = tf.cast(image, tf.float32)
-    if image.shape[-1] in (2, 4):  # an alpha channel: the image as a viewer shows it, on white
-        color, alpha = image[..., :-1], image[..., -1:] / 255.0
-        image = color * alpha + 255.0 * (1.0 - alpha)
-    if image.shape[-1] == 3:
-        image = tf.image.rgb_to_grayscale(image)
-    border = tf.concat([image[0], image[-1], image[:, 0], image[:, -1]], axis=0)
-    if tf.reduce_mean(border) > 127:  # a dark digit on a light background: MNIST's are light on dark
-        image = 255.0 - image
-    image = tf.image.resize(image, [data.IMAGE_SIZE, data.IMAGE_SIZE], antialias=True)
-    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+class SavedModelSignature:
+    """The `serving_default` signature of a SavedModel folder: uint8 [N, 28, 28, 1] in, its outputs as numpy."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            # Keep the loaded object: its signatures read variables it owns.
+            self.loaded = tf.saved_model.load(path)
+        except (OSError, ValueError, tf.errors.OpError) as e:
+            raise UsageError(f"cannot load the SavedModel {path}: {str(e).strip().splitlines()[0]}") from None
+        if serving.SERVING_SIGNATURE not in self.loaded.signatures:
+            raise UsageError(f"the SavedModel {path} has no {serving.SERVING_SIGNATURE} signature")
+        self.signature = self.loaded.signatures[serving.SERVING_SIGNATURE]
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: value.numpy() for name, value in self.signature(images=tf.constant(pixels)).items()}
 
 
 class Classifier:
-    """The `serving_default` signature of a SavedModel (a version folder, or the latest in a model folder)."""
+    """An exported model: a SavedModel or a .tflite file, or the latest version in a model folder."""
 
     def __init__(self, model_dir: str):
-        self.path = serving.resolve_model_dir(model_dir)
-        try:
-            # Keep the loaded object: its signatures read variables it owns.
-            self.loaded = tf.saved_model.load(self.path)
-        except (OSError, ValueError, tf.errors.OpError) as e:
-            raise UsageError(f"cannot load the SavedModel {self.path}: {str(e).strip().splitlines()[0]}") from None
-        if serving.SERVING_SIGNATURE not in self.loaded.signatures:
-            raise UsageError(f"the SavedModel {self.path} has no {serving.SERVING_SIGNATURE} signature")
-        self.signature = self.loaded.signatures[serving.SERVING_SIGNATURE]
+        path = serving.resolve_model(model_dir)
+        self.model = SavedModelSignature(path) if os.path.isdir(path) else litert.LiteRTModel(path)
+        self.path = path
 
-    def __call__(self, images: list[np.ndarray]) -> list[Prediction]:
+    def __call__(self, pixels: list[np.ndarray]) -> list[Prediction]:
         """Classifies uint8 [28, 28, 1] images."""
-        if not images:
+        if not pixels:
             return []
-        probabilities = self.signature(images=tf.constant(np.stack(images)))["probabilities"].numpy()
-        predictions = []
-        for p in probabilities:
-            second, first = np.argsort(p)[-2:]
-            predictions.append(Prediction(int(first), float(p[first]), int(second), float(p[second])))
-        return predictions
+        outputs = self.model(np.stack(pixels))
+        return [Prediction.from_outputs(c, p) for c, p in zip(outputs["classes"], outputs["probabilities"])]
+
+
+# --- TensorFlow Serving's REST API --------------------------------------------------------
+
+
+def rest_request(signature: str, files: list[ImageFile]) -> str:
+    """The JSON body of a `/v1/models/NAME:predict` request for these image files (row format).
+
+    `serving_bytes`: each file's bytes as TensorFlow Serving's binary value, {"b64": base64}.
+    `serving_default`: each file's MNIST pixels, 28x28x1 nested lists.
+    """
+    if signature == serving.BYTES_SIGNATURE:
+        instances = [{"b64": base64.b64encode(file.contents).decode("ascii")} for file in files]
+    elif signature == serving.SERVING_SIGNATURE:
+        instances = [file.pixels.tolist() for file in files]
+    else:
+        raise UsageError(f"--rest_signature must be {serving.BYTES_SIGNATURE} or {serving.SERVING_SIGNATURE}, got {signature!r}")
+    return json.dumps({"signature_name": signature, "instances": instances}, separators=(",", ":")) + "\n"

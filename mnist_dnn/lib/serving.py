@@ -1,21 +1,27 @@
-"""SavedModels for TensorFlow Serving: the serving signatures and numbered versions.
+"""Exported models: the serving signatures, LiteRT files, numbered versions, atomic writes.
 
 An export is a numbered version folder, `<export_dir>/<version>/`, the layout TensorFlow
-Serving watches. A version is written to a hidden temporary folder beside it and renamed
-into place, so a server never sees half of one.
+Serving watches: a SavedModel, or a LiteRT file (`model.tflite`, `model_int8.tflite`). A
+version is written to a hidden temporary folder beside it and renamed into place, so a server
+never sees half of one.
 """
 
+import glob
 import os
 import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import data
+from mnist_dnn.lib import data, images, litert
 from mnist_dnn.lib.errors import UsageError
 
 SERVING_SIGNATURE = "serving_default"
 FLAT_SIGNATURE = "predict_flat"
+BYTES_SIGNATURE = "serving_bytes"
+FORMATS = ("saved_model", "litert")
+MAX_VERSION = 2**63 - 1  # TensorFlow Serving reads versions as 64-bit integers
 
 
 class ServingModule(tf.Module):
@@ -34,20 +40,27 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1], tf.uint8, name="images")])
     def serve_images(self, images):
         """Raw pixels 0..255, as MNIST stores them: scaled and flattened as in training."""
-        flat = tf.reshape(data.to_float(images), [-1, data.NUM_PIXELS])
-        return self._outputs(flat)
+        return self.outputs(tf.reshape(data.to_float(images), [-1, data.NUM_PIXELS]))
 
     @tf.function(input_signature=[tf.TensorSpec([None, data.NUM_PIXELS], tf.float32, name="images")])
     def serve_flat(self, images):
         """Already flattened float pixels in [0, 1]."""
-        return self._outputs(images)
+        return self.outputs(images)
 
-    def _outputs(self, images):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_bytes(self, image_bytes):
+        """Encoded PNG, JPEG, BMP or GIF files, decoded and brought to MNIST's form as `predict` does."""
+        return self.serve_images(images.decode_digits(image_bytes))
+
+    def outputs(self, images):
         logits = self.model(images, training=False)
         return {"probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, axis=1, output_type=tf.int64)}
 
     def signatures(self) -> dict:
-        return {SERVING_SIGNATURE: self.serve_images, FLAT_SIGNATURE: self.serve_flat}
+        return {SERVING_SIGNATURE: self.serve_images, FLAT_SIGNATURE: self.serve_flat, BYTES_SIGNATURE: self.serve_bytes}
+
+
+# --- Numbered versions --------------------------------------------------------------------
 
 
 def versions(export_dir: str) -> list[int]:
@@ -57,31 +70,58 @@ def versions(export_dir: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(export_dir) if name.isascii() and name.isdigit())
 
 
-def version_path(export_dir: str, version: int | None = None) -> str:
-    """The folder a new export will go to; refuses an existing version or a bad number."""
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise UsageError(f"--export_dir {export_dir} is a file, not a folder")
+def version_format(folder: str) -> str | None:
+    """What a version folder holds: "saved_model", "litert" or None."""
+    if tf.saved_model.contains_saved_model(folder):
+        return "saved_model"
+    return "litert" if glob.glob(os.path.join(folder, "*" + litert.EXTENSION)) else None
+
+
+def check_export_dir(export_dir: str) -> None:
+    """Refuses an export_dir that is, or lies under, a file or a dangling symbolic link."""
+    path = os.path.abspath(export_dir)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    if os.path.isdir(path):
+        return
+    where = "" if path == os.path.abspath(export_dir) else f": {path}"
+    if os.path.islink(path):
+        raise UsageError(f"--export_dir {export_dir}{where} is a symbolic link to the missing {os.readlink(path)}; "
+                         "fix the link or pass another --export_dir")
+    raise UsageError(f"--export_dir {export_dir}{where} is a file, not a folder; pass another --export_dir")
+
+
+def _check_one_format(export_dir: str, export_format: str) -> None:
+    """TensorFlow Serving serves the highest version: a folder must not mix SavedModels and LiteRT files."""
+    held = {version_format(os.path.join(export_dir, str(v))) for v in versions(export_dir)} - {None, export_format}
+    if held:
+        other = held.pop()
+        raise UsageError(f"--export_dir {export_dir} holds {other} versions; give {export_format} exports their own "
+                         f"folder (e.g. --export_dir={export_dir.rstrip('/')}_{export_format})")
+
+
+def version_path(export_dir: str, version: int | None = None, export_format: str = "saved_model") -> str:
+    """The folder a new export will go to; refuses an existing version, a bad number or a bad export_dir."""
+    check_export_dir(export_dir)
+    _check_one_format(export_dir, export_format)
     if version is None:
         version = max(versions(export_dir), default=0) + 1
-    elif version <= 0:
-        raise UsageError(f"--version must be a positive integer, got {version}")
+    elif not 0 < version <= MAX_VERSION:
+        raise UsageError(f"--version must be a positive integer of at most {MAX_VERSION} "
+                         f"(TensorFlow Serving reads 64-bit versions), got {version}")
     path = os.path.join(export_dir, str(version))
-    if os.path.exists(path):
+    if os.path.lexists(path):
         raise UsageError(f"{path} already exists; pass another --version or remove it (versions are never overwritten)")
     return path
 
 
-def export_model(model: keras.Model, export_dir: str, version: int | None = None) -> str:
-    """Writes the model as SavedModel version `version` (default: the next free) of `export_dir`.
-
-    Returns the version folder. Written beside it first, then renamed into place.
-    """
-    path = version_path(export_dir, version)
+def _write_version(export_dir: str, version: int | None, export_format: str, write) -> str:
+    """Calls `write(folder)` on a hidden temporary folder, then renames it into the version's place."""
+    path = version_path(export_dir, version, export_format)
     tmp = os.path.join(export_dir, f".tmp-{os.path.basename(path)}-{os.getpid()}")
     os.makedirs(export_dir, exist_ok=True)
-    module = ServingModule(model)
     try:
-        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        write(tmp)
         try:
             os.rename(tmp, path)  # fails rather than replace a version written meanwhile
         except OSError as e:
@@ -91,14 +131,58 @@ def export_model(model: keras.Model, export_dir: str, version: int | None = None
     return path
 
 
-def resolve_model_dir(model_dir: str) -> str:
-    """A SavedModel folder as given, or else the highest numbered version inside it."""
-    if tf.saved_model.contains_saved_model(model_dir):
-        return model_dir
+def export_model(model: keras.Model, export_dir: str, version: int | None = None) -> str:
+    """Writes the model as SavedModel version `version` (default: the next free) of `export_dir`.
+
+    Returns the version folder.
+    """
+    module = ServingModule(model)
+    return _write_version(export_dir, version, "saved_model",
+                          lambda folder: tf.saved_model.save(module, folder, signatures=module.signatures()))
+
+
+def export_litert(model: keras.Model, export_dir: str, version: int | None = None, quantize: str = "none",
+                  representative: np.ndarray | None = None) -> str:
+    """Writes the model as a LiteRT file in version `version` of `export_dir`; returns the file's path.
+
+    `quantize="int8"`: full-integer quantization calibrated on `representative` uint8 images.
+    """
+    version_path(export_dir, version, "litert")  # refuse before converting
+    flatbuffer = litert.convert(ServingModule(model), quantize, representative)
+
+    def write(folder):
+        os.makedirs(folder)
+        with open(os.path.join(folder, litert.FILE_NAMES[quantize]), "wb") as f:
+            f.write(flatbuffer)
+
+    return os.path.join(_write_version(export_dir, version, "litert", write), litert.FILE_NAMES[quantize])
+
+
+# --- Finding an exported model ------------------------------------------------------------
+
+
+def _model_in(folder: str) -> str | None:
+    """The SavedModel folder itself, or its one LiteRT file; None if it holds neither."""
+    if tf.saved_model.contains_saved_model(folder):
+        return folder
+    found = sorted(glob.glob(os.path.join(folder, "*" + litert.EXTENSION)))
+    if len(found) > 1:
+        raise UsageError(f"{folder} holds {len(found)} LiteRT files; pass one of them as --model_dir")
+    return found[0] if found else None
+
+
+def resolve_model(model_dir: str) -> str:
+    """A SavedModel folder or a LiteRT file: as given, or the one in the highest numbered version."""
+    if os.path.isfile(model_dir):
+        return model_dir  # a LiteRT file; checked when loaded
+    found = _model_in(model_dir) if os.path.isdir(model_dir) else None
+    if found:
+        return found
     numbered = versions(model_dir)
     if numbered:
         latest = os.path.join(model_dir, str(numbered[-1]))
-        if tf.saved_model.contains_saved_model(latest):
-            return latest
-        raise UsageError(f"--model_dir {model_dir}: its latest version {latest} is not a SavedModel")
-    raise UsageError(f"--model_dir {model_dir} is neither a SavedModel nor a folder of numbered versions")
+        found = _model_in(latest)
+        if found:
+            return found
+        raise UsageError(f"--model_dir {model_dir}: its latest version {latest} holds neither a SavedModel nor a .tflite file")
+    raise UsageError(f"--model_dir {model_dir} is neither a SavedModel, a .tflite file nor a folder of numbered versions")

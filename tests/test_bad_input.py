@@ -5,6 +5,7 @@ or checkpoint), exactly one `error:` line naming the problem and the fix, no tra
 no file created, changed or deleted (the folders are hashed before and after).
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -210,7 +211,8 @@ def _zero(path):
 def trained(tiny_data, tmp_path_factory) -> str:
     """A tiny trained run folder (steps 5 and 10), shared by the cases that copy it."""
     folder = tmp_path_factory.mktemp("trained")
-    config = training.TrainConfig(model=config_lib.ModelConfig("dense", (16,)), data=tiny_data, batch_size=64,
+    small_validation = dataclasses.replace(tiny_data, validation_size=500)
+    config = training.TrainConfig(model=config_lib.ModelConfig("dense", (16,)), data=small_validation, batch_size=64,
                                   ckpt_dir=str(folder / "ckpt"), log_dir=str(folder / "logs"), max_steps=10,
                                   checkpoint_every=5, eval_every=5, diagnostics=False)
     training.train(config)

@@ -17,6 +17,7 @@ def _best_json(tmp_path):
     return json.loads((tmp_path / "ckpt" / "best" / "best.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_best_validation_checkpoint_is_kept_apart_from_the_pruned_latest(tiny_data, tmp_path, monkeypatch):
     # A scripted validation accuracy: the best is at step 20, then it gets worse.
     accuracies = iter([0.5, 0.9, 0.7, 0.6, 0.8])
@@ -54,6 +55,7 @@ def test_the_best_validation_checkpoint_is_kept_apart_from_the_pruned_latest(tin
     assert len([n for n in os.listdir(tmp_path / "ckpt" / "best") if n.endswith(".index")]) == 1
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_after_patience_evaluations_and_saves(tiny_data, tmp_path, monkeypatch, capsys):
     accuracies = iter([0.5, 0.9, 0.8, 0.9, 0.95])
     monkeypatch.setattr(evaluation, "evaluate_split", lambda *a, **k: evaluation.Metrics(1.0, next(accuracies), 1, []))

@@ -25,12 +25,12 @@ def test_defaults_follow_the_course():
 
 
 @pytest.mark.parametrize("hidden, dropout, message", [
-    ((0, 10), 0.0, "positive"), ((10,), 1.0, "dropout"),
+    ((0, 10), 0.0, "hidden_units must be a whole number from 1"), ((10,), 1.0, "dropout must be in"),
 ])
 def test_bad_model_settings_are_refused(hidden, dropout, message):
     with pytest.raises(UsageError, match=message):
         models.make_config("dense", hidden, dropout)
-    with pytest.raises(UsageError, match="no hidden layers"):
+    with pytest.raises(UsageError, match="no hidden layer"):
         models.make_config("logistic", (10,))
 
 

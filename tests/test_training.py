@@ -23,7 +23,9 @@ from mnist_dnn.lib.run_dir import RunDir
 
 
 def tiny_config(tiny_data, tmp_path, **overrides):
-    settings = dict(model=models.make_config("dense", (32,)), data=tiny_data, ckpt_dir=str(tmp_path / "ckpt"),
+    # 500 validation images (not the default 5,000): the checks are about the loop, not the score.
+    settings = dict(model=models.make_config("dense", (32,)), data=dataclasses.replace(tiny_data, validation_size=500),
+                    ckpt_dir=str(tmp_path / "ckpt"),
                     log_dir=str(tmp_path / "logs"), max_steps=30, log_every=10, eval_every=10,
                     checkpoint_every=10, keep_checkpoints=2, batch_size=64, steps_per_call=7, diagnostics=False)
     settings.update(overrides)
@@ -82,6 +84,7 @@ def test_progress_lines_carry_step_total_percent_and_eta_and_the_run_is_describe
     assert progress[1].startswith("step 20/20 (100%)") and "includes" not in progress[1]
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_step_exactly_as_an_uninterrupted_run(tiny_data, tmp_path):
     settings = dict(max_steps=40, deterministic=True, model=models.make_config("dense", (32,), 0.2), augment_shift=2)
     whole = training.train(tiny_config(tiny_data, tmp_path / "whole", **settings))
@@ -95,7 +98,8 @@ def test_resume_continues_from_the_saved_step_exactly_as_an_uninterrupted_run(ti
         np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name), err_msg=name)
 
 
-@pytest.mark.parametrize("damage", [b"", b"\0" * 100, b"\xff\xfe\xfd not utf-8", None])
+@pytest.mark.parametrize("damage", [None] + [pytest.param(d, marks=pytest.mark.slow)
+                                              for d in (b"", b"\0" * 100, b"\xff\xfe\xfd not utf-8")])
 def test_a_missing_or_damaged_state_file_resumes_from_the_newest_checkpoint_and_changes_none(tiny_data, tmp_path,
                                                                                                damage):
     training.train(tiny_config(tiny_data, tmp_path, max_steps=20))
@@ -142,6 +146,7 @@ def test_resuming_with_another_model_or_dataset_is_refused_and_touches_nothing(t
     assert folder_hashes(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_resume_uses_the_learning_rate_of_the_command_line(tiny_data, tmp_path):
     training.train(tiny_config(tiny_data, tmp_path, max_steps=10, learning_rate=0.01))
     result = training.train(tiny_config(tiny_data, tmp_path, max_steps=20, learning_rate=0.001))
@@ -149,6 +154,7 @@ def test_resume_uses_the_learning_rate_of_the_command_line(tiny_data, tmp_path):
     assert reader.get_tensor("optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE") == pytest.approx(0.001)
 
 
+@pytest.mark.slow
 def test_cosine_schedule_decays_to_zero_at_max_steps_and_resumes_on_the_curve(tiny_data, tmp_path):
     cosine = dict(lr_schedule="cosine", learning_rate=0.01, max_steps=40, keep_checkpoints=5)
     training.train(tiny_config(tiny_data, tmp_path / "whole", **cosine))
@@ -162,6 +168,7 @@ def test_cosine_schedule_decays_to_zero_at_max_steps_and_resumes_on_the_curve(ti
     assert {step: resumed[step] for step in (30, 40)} == pytest.approx({step: curve[step] for step in (30, 40)})
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_the_step_and_saves_no_non_finite_weights(tiny_data, tmp_path):
     result = call_tool("train", f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={tmp_path / 'ckpt'}",
                        f"--log_dir={tmp_path / 'logs'}", "--optimizer=sgd", "--learning_rate=1e6", "--max_steps=1000",
@@ -177,6 +184,7 @@ def test_a_diverging_run_stops_with_the_step_and_saves_no_non_finite_weights(tin
             assert not np.issubdtype(np.asarray(value).dtype, np.floating) or np.isfinite(value).all(), (step, name)
 
 
+@pytest.mark.slow
 def test_the_runner_step_count_matches_what_the_controller_asked(tiny_data, tmp_path):
     """steps_per_call smaller than every period: the runner returns at each multiple, nothing is skipped."""
     result = training.train(tiny_config(tiny_data, tmp_path, max_steps=25, steps_per_call=3, log_every=5))

@@ -67,15 +67,17 @@ def _gradients(model, images, labels, weights):
     return loss, tape.gradient(loss, model.trainable_variables), example_losses, logits
 
 
-def train_steps(state, metrics: TrainMetrics, strategy, next_batch, num_steps):
-    """Runs up to `num_steps` steps on `next_batch(i)`; False if it stopped at a non-finite loss.
+def train_steps(state, metrics: TrainMetrics, strategy, next_batch, num_steps, first=0):
+    """Runs up to `num_steps` steps on `next_batch(i)`, i from `first`; False if it stopped at a non-finite loss.
 
     Call it inside a `tf.function`. The finiteness test sits outside the replicas' code, since a
     condition around an optimizer update inside it cannot synchronize the replicas.
     """
-    finite, i = tf.constant(True), tf.constant(0)
+    # The batch index is a loop variable: were it `first + counter`, XLA would take the argument
+    # `first` for a compile-time constant (it feeds a slice) and compile anew for each value.
+    finite, i = tf.constant(True), tf.convert_to_tensor(first)
     # A `while`, not `for ... in tf.range`: XLA would compile a range loop again for every new bound.
-    while finite and i < num_steps:
+    while finite and i < first + num_steps:
         images, labels, weights = next_batch(i)
         loss, gradients, example_losses, logits = strategy.run(
             lambda x, y, w: _gradients(state.model, x, y, w), args=(images, labels, weights))
@@ -105,11 +107,11 @@ class CompiledRunner:
 
         @tf.function(jit_compile=True)
         def loop(images, labels, order, weights, first, num_steps):
-            def next_batch(i):
-                return data.gather_batch(images, labels, order, weights, first + i, batch_size, state.step, seed,
+            def next_batch(batch):
+                return data.gather_batch(images, labels, order, weights, batch, batch_size, state.step, seed,
                                          augment_shift)
 
-            return train_steps(state, metrics, strategy, next_batch, num_steps)
+            return train_steps(state, metrics, strategy, next_batch, num_steps, first)
 
         self.loop = loop
 

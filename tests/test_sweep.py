@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, scalars
 from mnist_dnn.lib import data, diagnostics, evaluation, reports, sweeps
 from mnist_dnn.lib.run_dir import RunDir
 from mnist_dnn.lib.errors import UsageError
@@ -147,6 +148,40 @@ def test_report_png_shows_the_curves(swept):
     height, width = image.shape[:2]
     assert 300 <= height <= 1000 and 600 <= width <= 2000
     assert len(np.unique(image.numpy().reshape(-1, image.shape[2]), axis=0)) > 20  # not blank
+
+
+@pytest.mark.slow
+def test_report_png_plots_each_runs_own_curves(swept, monkeypatch, tmp_path):
+    """The lines drawn are every run's validation accuracy and training loss, as TensorBoard stores them."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rows = [reports.Row(name, {"run": name}, "done") for name in RUNS]
+    assert reports.plot(str(swept["root"]), ["run"], rows, str(tmp_path / "report.png"))
+    accuracy_axes, loss_axes = figures[0].axes
+    for axes, split, tag in ((accuracy_axes, "validation", "accuracy"), (loss_axes, "train", "loss")):
+        drawn = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.get_lines()}
+        for name in RUNS:
+            expected = scalars(swept["root"] / name / "logs" / split, tag)
+            assert len(expected) >= 2
+            assert drawn[f"run={name}"] == (sorted(expected), [expected[k] for k in sorted(expected)])
+
+
+@pytest.mark.slow
+def test_every_run_of_a_sweep_shows_its_hyperparameters_in_tensorboard(swept):
+    for name in RUNS:
+        hparams = _hparams(swept["root"] / name / "logs")
+        assert hparams["learning_rate"] == pytest.approx(float(name.split(",")[0].split("=")[1]))
+        assert hparams["hidden_units"] == name.split("hidden_units=")[1]
+
+
+def _hparams(log_dir) -> dict:
+    acc = event_accumulator.EventAccumulator(str(log_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {k: (v.string_value or v.number_value) for k, v in info.hparams.items()}
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from absl import flags
 
@@ -29,6 +30,15 @@ def scalars(log_dir, tag: str) -> dict[int, float]:
     acc = event_accumulator.EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
     acc.Reload()
     return {event.step: float(tf.make_ndarray(event.tensor_proto)) for event in acc.Tensors(tag)}
+
+
+def hparams(log_dir) -> dict:
+    """The hyperparameters that TensorBoard's HParams plugin reads from a run's log folder."""
+    acc = event_accumulator.EventAccumulator(str(log_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {k: (v.string_value or v.number_value) for k, v in info.hparams.items()}
 
 
 def write_idx(path, array: np.ndarray, magic: int) -> None:

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import ROOT, assert_one_line_error, run_cli, scalars
+from conftest import ROOT, assert_one_line_error, hparams, run_cli, scalars
 from mnist_dnn.lib import data, diagnostics, evaluation, reports, sweeps
 from mnist_dnn.lib.run_dir import RunDir
 from mnist_dnn.lib.errors import UsageError
@@ -171,17 +170,9 @@ def test_report_png_plots_each_runs_own_curves(swept, monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_every_run_of_a_sweep_shows_its_hyperparameters_in_tensorboard(swept):
     for name in RUNS:
-        hparams = _hparams(swept["root"] / name / "logs")
-        assert hparams["learning_rate"] == pytest.approx(float(name.split(",")[0].split("=")[1]))
-        assert hparams["hidden_units"] == name.split("hidden_units=")[1]
-
-
-def _hparams(log_dir) -> dict:
-    acc = event_accumulator.EventAccumulator(str(log_dir))
-    acc.Reload()
-    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    return {k: (v.string_value or v.number_value) for k, v in info.hparams.items()}
+        stored = hparams(swept["root"] / name / "logs")
+        assert stored["learning_rate"] == pytest.approx(float(name.split(",")[0].split("=")[1]))
+        assert stored["hidden_units"] == name.split("hidden_units=")[1]
 
 
 @pytest.mark.slow

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import ROOT, call_tool, folder_hashes, scalars
+from conftest import ROOT, call_tool, folder_hashes, hparams, scalars
 from mnist_dnn.lib import models, training
 from mnist_dnn.lib.config import ModelConfig
 from mnist_dnn.lib.errors import UsageError
@@ -62,17 +61,8 @@ def test_training_writes_step_named_checkpoints_config_summaries_hparams_and_the
     run.Reload()
     graph_ops = {node.op for node in run.Graph().node}
     assert "MatMul" in graph_ops and "Relu" in graph_ops  # the model's forward pass
-    hparams = _hparams(tmp_path / "logs")
-    assert hparams["hidden_units"] == "32" and hparams["batch_size"] == 64 and hparams["optimizer"] == "adam"
-
-
-def _hparams(log_dir) -> dict:
-    """The hyperparameters that TensorBoard's HParams plugin reads from a run folder."""
-    acc = event_accumulator.EventAccumulator(str(log_dir))
-    acc.Reload()
-    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    return {k: (v.string_value or v.number_value) for k, v in info.hparams.items()}
+    stored = hparams(tmp_path / "logs")
+    assert stored["hidden_units"] == "32" and stored["batch_size"] == 64 and stored["optimizer"] == "adam"
 
 
 def test_progress_lines_carry_step_total_percent_and_eta_and_the_run_is_described(tiny_data, tmp_path, capsys):

@@ -17,7 +17,7 @@ import tensorflow as tf
 from mnist_dnn.lib import data, evaluation, files, sweeps
 from mnist_dnn.lib.run_dir import RunDir
 
-PLOTS_HINT = "install matplotlib (pip install -e '.[plots]') to draw report.png"
+PLOTS_HINT = "install matplotlib (pip install matplotlib, or the package's plots extra) to draw report.png"
 
 
 @dataclasses.dataclass(frozen=True)

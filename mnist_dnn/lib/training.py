@@ -87,7 +87,8 @@ def build_state(config: TrainConfig, strategy=None) -> TrainState:
     with (strategy or tf.distribute.get_strategy()).scope():
         model = create_model(config.model, config.seed)
         optimizer = make_optimizer(config.optimizer, config.learning_rate, config.lr_schedule, config.max_steps)
-        # Keras 3 creates optimizer slots lazily: build them now, or restore would drop them.
+        # Keras 3 creates optimizer slots lazily: build them now, so that restoring can check every
+        # slot against the checkpoint (assert_consumed) instead of filling them unchecked later.
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, name="global_step")
     # Keras 3 does not checkpoint a layer's random-seed state (dropout); saving it too

@@ -53,6 +53,17 @@ def test_checkpoints_are_found_from_their_files_whatever_the_state_file_holds(sa
         assert run.restore_newest(fresh.checkpoint).endswith("model.ckpt-30") and int(fresh.step) == 30
 
 
+def test_a_damaged_newest_checkpoint_is_set_aside_so_its_step_can_be_saved_again(saved):
+    run, state = saved
+    with open(run.checkpoint_path(30) + ".data-00000-of-00001", "r+b") as f:
+        f.truncate(100)
+    fresh = training.build_state(SMALL)
+    assert run.restore_newest(fresh.checkpoint, set_aside=True).endswith("model.ckpt-20") and int(fresh.step) == 20
+    assert run.steps() == [10, 20] and os.path.exists(run.checkpoint_path(30) + "-damaged.index")
+    run.save(fresh.checkpoint, 30, fresh.weights(), keep=5)
+    assert run.steps() == [10, 20, 30]
+
+
 def test_an_incomplete_checkpoint_is_not_counted(saved):
     run, _ = saved
     os.remove(run.checkpoint_path(30) + ".data-00000-of-00001")

@@ -124,13 +124,15 @@ class RunDir:
         steps = self.steps() if os.path.isdir(self.path) else []
         return self.checkpoint_path(steps[-1]) if steps else None
 
-    def restore_newest(self, checkpoint: tf.train.Checkpoint) -> str | None:
+    def restore_newest(self, checkpoint: tf.train.Checkpoint, set_aside: bool = False) -> str | None:
         """Restores the newest checkpoint that reads back whole into `checkpoint`; None if there is none.
 
         Each must match what the run builds, variable for variable (`assert_consumed`): a
         checkpoint of another structure is skipped (and if none restores, the run stops rather
-        than train on a half-restored state). Restoring replaces initialization: nothing may
-        re-initialize afterwards.
+        than train on a half-restored state). A damaged one is skipped too, and with `set_aside`
+        (the trainer that owns the folder) renamed `model.ckpt-<step>-damaged`, kept for a look
+        but out of the way of the save that will reach its step again. Restoring replaces
+        initialization: nothing may re-initialize afterwards.
         """
         steps = self.steps() if os.path.isdir(self.path) else []
         for step in reversed(steps):
@@ -141,7 +143,8 @@ class RunDir:
             except AssertionError:
                 print(f"warning: skipping {path}: it does not match this run's model and optimizer", file=sys.stderr)
             except RESTORE_ERRORS as e:
-                print(f"warning: skipping {path}: it is damaged ({_first_line(e)})", file=sys.stderr)
+                aside = _set_aside(path) if set_aside else "left in place"
+                print(f"warning: skipping {path}: it is damaged ({_first_line(e)}); {aside}", file=sys.stderr)
         if steps:
             raise CheckpointError(f"none of the {len(steps)} checkpoints in {self.path} restores into this run's "
                                   "model and optimizer; pass another --ckpt_dir, or move them away to start over")
@@ -277,6 +280,13 @@ def _remove_checkpoint(prefix: str) -> None:
     for path in glob.glob(glob.escape(prefix) + ".index") + glob.glob(glob.escape(prefix) + ".data-*"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
+
+
+def _set_aside(prefix: str) -> str:
+    """Renames a damaged checkpoint's files to `<prefix>-damaged.*`; says where they went."""
+    for path in glob.glob(glob.escape(prefix) + ".index") + glob.glob(glob.escape(prefix) + ".data-*"):
+        os.replace(path, prefix + "-damaged" + path[len(prefix):])
+    return f"moved aside to {os.path.basename(prefix)}-damaged"
 
 
 def _remove_temporary(prefix: str) -> None:

@@ -174,7 +174,7 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ru
     """The run itself; `save_to` is `config.ckpt_dir` except on a cluster's other workers."""
     state = build_state(config, strategy)
     chief_dir = RunDir(config.ckpt_dir)  # every worker resumes from the chief's checkpoints
-    resumed_from = chief_dir.restore_newest(state.checkpoint)
+    resumed_from = chief_dir.restore_newest(state.checkpoint, set_aside=log_dir is not None)
     if config.lr_schedule == "constant":
         # The checkpoint holds the optimizer's learning rate; the flag decides (to resume with a lower one).
         state.optimizer.learning_rate = config.learning_rate

@@ -58,6 +58,8 @@ TRAIN = [
     (["--strategy=tpu"], 2, "--strategy must be one of default, mirrored, multi_worker"),
     (["--strategy=multi_worker"], 2, "TF_CONFIG"),
     (["--devices=/gpu:7"], 2, "--devices is for --strategy=mirrored"),
+    (["--strategy=mirrored", "--devices=/gpu:7"], 2, "--devices names /gpu:7, which this machine does not have"),
+    (["--strategy=mirrored", "--devices=banana"], 2, "--devices names banana"),
     (["--virtual_cpus=-2"], 2, "--virtual_cpus must be"),
     (["--jit_compile", "--strategy=mirrored"], 2, "--jit_compile runs on one device"),
     (["--dataset=cifar10"], 2, "--dataset must be one of mnist, fashion_mnist"),

@@ -39,6 +39,7 @@ def make_strategy(name: str, devices: tuple[str, ...] = (), virtual_cpus: int = 
         # With no --devices: every GPU, or else every (virtual) CPU.
         devices = devices or tuple(d.name for d in tf.config.list_logical_devices("GPU")) or tuple(
             d.name for d in tf.config.list_logical_devices("CPU"))
+        _check_devices_exist(devices)
         return tf.distribute.MirroredStrategy(list(devices))
     if "TF_CONFIG" not in os.environ:
         raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable (see the README)")
@@ -47,6 +48,20 @@ def make_strategy(name: str, devices: tuple[str, ...] = (), virtual_cpus: int = 
     except ValueError as e:
         raise UsageError(f"TF_CONFIG is not valid JSON: {e}") from None
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _check_devices_exist(devices) -> None:
+    """Refuses a device this machine lacks (TensorFlow would quietly place its work elsewhere)."""
+    have = {(d.device_type, d.device_index) for d in map(tf.DeviceSpec.from_string,
+                                                             (x.name for x in tf.config.list_logical_devices()))}
+    for device in devices:
+        try:
+            spec = tf.DeviceSpec.from_string(device)
+        except ValueError:
+            spec = None
+        if spec is None or (spec.device_type, spec.device_index or 0) not in have:
+            names = ", ".join(sorted(f"/{t.lower()}:{i}" for t, i in have))
+            raise UsageError(f"--devices names {device}, which this machine does not have; it has {names}")
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib.errors import CheckpointError, UsageError
+from mnist_dnn.lib.errors import CheckpointError, UsageError, first_line
 from mnist_dnn.lib.models import create_model
 from mnist_dnn.lib.run_dir import RESTORE_ERRORS, WHICH, RunConfig, RunDir
 
@@ -80,8 +80,7 @@ def _restore(path: str, config: RunConfig):
     except RESTORE_ERRORS as e:
         if not os.path.exists(path + ".index"):
             raise _Pruned() from None
-        message = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"cannot restore {path} into {config.describe()}: {message}") from None
+        raise CheckpointError(f"cannot restore {path} into {config.describe()}: {first_line(e)}") from None
     return model, config, path, int(step.numpy())
 
 
@@ -111,8 +110,7 @@ def read_variables(path: str) -> tuple[int | None, list[VariableSummary]]:
         step_key = "step/.ATTRIBUTES/VARIABLE_VALUE"
         step = int(reader.get_tensor(step_key)) if reader.has_tensor(step_key) else None
     except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
-        message = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"cannot read checkpoint {path} (damaged or incomplete): {message}") from None
+        raise CheckpointError(f"cannot read checkpoint {path} (damaged or incomplete): {first_line(e)}") from None
     return step, summaries
 
 

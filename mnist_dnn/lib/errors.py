@@ -1,6 +1,11 @@
 """Errors that the command-line tools report as one line, without a traceback."""
 
 
+def first_line(error: Exception) -> str:
+    """The first line of an exception's message (TensorFlow's run to pages), or its type's name."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class Error(Exception):
     """A failure the user can fix; the message says what was wrong and how to fix it."""
 

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import data
-from mnist_dnn.lib.errors import UsageError
+from mnist_dnn.lib.errors import UsageError, first_line
 
 SIGNATURE = "serving_default"
 QUANTIZATIONS = ("none", "int8")
@@ -90,8 +90,7 @@ class LiteRTModel:
             self.interpreter = interpreter_type(model_path=path)
             self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         except (ValueError, RuntimeError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({reason}); export one with "
+            raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({first_line(e)}); export one with "
                              "python -m mnist_dnn.export --format=litert") from None
         inputs = self.runner.get_input_details()
         if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:

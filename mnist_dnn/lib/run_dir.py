@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from mnist_dnn.lib import files
 from mnist_dnn.lib.config import ModelConfig
-from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError
+from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError, first_line
 
 CONFIG_FILE = "model_config.json"
 CHECKPOINT_NAME = "model.ckpt"
@@ -144,7 +144,7 @@ class RunDir:
                 print(f"warning: skipping {path}: it does not match this run's model and optimizer", file=sys.stderr)
             except RESTORE_ERRORS as e:
                 aside = _set_aside(path) if set_aside else "left in place"
-                print(f"warning: skipping {path}: it is damaged ({_first_line(e)}); {aside}", file=sys.stderr)
+                print(f"warning: skipping {path}: it is damaged ({first_line(e)}); {aside}", file=sys.stderr)
         if steps:
             raise CheckpointError(f"none of the {len(steps)} checkpoints in {self.path} restores into this run's "
                                   "model and optimizer; pass another --ckpt_dir, or move them away to start over")
@@ -171,7 +171,7 @@ class RunDir:
             return checkpoint.write(path)
         except (OSError, tf.errors.OpError) as e:
             _remove_temporary(path)
-            raise CheckpointError(f"cannot write a checkpoint to {folder}: {_first_line(e)}; free some space or fix "
+            raise CheckpointError(f"cannot write a checkpoint to {folder}: {first_line(e)}; free some space or fix "
                                   "its permissions, then resume (earlier checkpoints are intact)") from None
 
     def _write_state_file(self, steps: list[int]) -> None:
@@ -292,7 +292,3 @@ def _set_aside(prefix: str) -> str:
 def _remove_temporary(prefix: str) -> None:
     for leftover in glob.glob(glob.escape(prefix) + "_temp*"):
         shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -11,7 +11,7 @@ from mnist_dnn import cli
 from mnist_dnn.lib import evaluation, files
 from mnist_dnn.lib.errors import UsageError
 
-flags.DEFINE_integer("batch_size", 100, "Evaluation batch size (every example counts, whatever it is).")
+flags.DEFINE_integer("batch_size", 1000, "Evaluation batch size (every example counts, whatever it is).")
 flags.DEFINE_string("metrics_file", None, "Also write the figures as JSON to this file.")
 flags.DEFINE_boolean("confusion_matrix", False, "Also print the test confusion matrix (rows true class, columns predicted).")
 cli.define_data_flags()

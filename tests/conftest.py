@@ -1,5 +1,6 @@
 """Shared fixtures: tiny IDX folders written by the tests, and the real MNIST."""
 
+import atexit
 import contextlib
 import dataclasses
 import gzip
@@ -8,8 +9,15 @@ import importlib
 import io
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
+
+# Before TensorFlow is imported: XLA's compiled programs go to a cache of this test session
+# (shared with the tools it starts), not the user's; trainings of the same tiny model reuse them.
+os.environ["MNIST_DNN_XLA_CACHE"] = tempfile.mkdtemp(prefix="mnist_dnn-tests-xla-")
+atexit.register(shutil.rmtree, os.environ["MNIST_DNN_XLA_CACHE"], ignore_errors=True)
 
 import numpy as np
 import pytest

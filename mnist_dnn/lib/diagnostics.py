@@ -16,6 +16,9 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.histogram.summary_v2 import histogram_pb
+from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 
 from mnist_dnn.lib import data, evaluation
 
@@ -126,26 +129,35 @@ class Diagnostics:
             return
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "diagnostics"))
         self.model, self.loss_fn = model, loss_fn
-        self.images = data.to_float(validation_split.images)
-        self.labels = validation_split.labels
-        self.predict_fn = evaluation.make_predict_fn(model)
+        self.images = validation_split.images.numpy().astype(np.float32) / 255.0
+        self.labels = validation_split.labels.numpy()
 
-    def write(self, step: int, metrics: evaluation.Metrics) -> None:
-        if not self.enabled:
-            return
+    def _variable_summaries(self) -> list[summary_pb2.Summary]:
+        """Histograms of the weights and of their gradients on the first validation images, and the norms.
+
+        Computed with numpy and TensorBoard's own protobuf helpers: as TensorFlow ops, run
+        eagerly, the histograms alone take about 0.15 s a call, and traced, seconds to trace.
+        """
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = self.model(self.images[:GRADIENT_BATCH], training=False)
             loss = self.loss_fn(self.labels[:GRADIENT_BATCH], logits)
-        gradients = tape.gradient(loss, variables)
-        predictions = tf.argmax(self.predict_fn(self.images), axis=1, output_type=tf.int32).numpy()
-        grid, names = misclassified_grid(self.images.numpy(), self.labels.numpy(), predictions)
+        gradients = [g.numpy() for g in tape.gradient(loss, variables)]
+        summaries = []
+        for variable, gradient in zip(variables, gradients):
+            summaries += [histogram_pb(f"weights/{_name(variable)}", variable.numpy()),
+                          histogram_pb(f"gradients/{_name(variable)}", gradient),
+                          scalar_pb(f"gradient_norm/{_name(variable)}", np.linalg.norm(gradient))]
+        global_norm = np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in gradients))
+        return summaries + [scalar_pb("gradient_norm/global", global_norm)]
+
+    def write(self, step: int, metrics: evaluation.Metrics) -> None:
+        """`metrics`: of the validation split at `step`, with its predictions."""
+        if not self.enabled:
+            return
+        grid, names = misclassified_grid(self.images, self.labels, metrics.predictions)
         with self.writer.as_default(step=step):
-            for variable, gradient in zip(variables, gradients):
-                tf.summary.histogram(f"weights/{_name(variable)}", variable)
-                tf.summary.histogram(f"gradients/{_name(variable)}", gradient)
-                tf.summary.scalar(f"gradient_norm/{_name(variable)}", tf.norm(gradient))
-            tf.summary.scalar("gradient_norm/global", tf.linalg.global_norm(gradients))
+            tf.summary.experimental.write_raw_pb([s.SerializeToString() for s in self._variable_summaries()])
             if metrics.confusion_matrix:
                 tf.summary.image("confusion_matrix", confusion_image(metrics.confusion_matrix)[None],
                                  description="Validation confusion matrix: rows true class 0-9 (top to bottom, green), "

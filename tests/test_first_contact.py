@@ -16,7 +16,7 @@ from absl import flags
 
 from conftest import ROOT, assert_one_line_error, run_cli
 from mnist_dnn import command_line, startup
-from mnist_dnn.lib import diagnostics
+from mnist_dnn.lib import data, diagnostics
 from mnist_dnn.lib.errors import UsageError
 
 # Each tool, its console script, and flags its help must list: its own and shared ones it uses.
@@ -265,3 +265,39 @@ def test_an_installed_package_runs_a_preset_from_any_folder(tiny_data, tmp_path)
     unknown = subprocess.run([str(target / "bin" / "mnist-dnn-train"), "--preset=fastest"], capture_output=True,
                              text=True, env=env, cwd=work, timeout=600)
     assert_one_line_error(unknown, 2, "--preset=fastest", "fast")
+
+
+def test_xla_programs_are_cached_per_cpu_under_the_users_cache_unless_told_otherwise(tmp_path):
+    home = {"XDG_CACHE_HOME": str(tmp_path)}
+    default = startup.xla_cache_folder(home)
+    assert os.path.dirname(default) == str(tmp_path / "mnist_dnn" / "xla") and len(os.path.basename(default)) == 12
+    assert startup.xla_cache_folder({**home, startup.XLA_CACHE_ENV: "/elsewhere"}) == "/elsewhere"
+    for off in ("off", "0", ""):
+        assert startup.xla_cache_folder({startup.XLA_CACHE_ENV: off}) is None
+
+
+def test_the_xla_cache_flag_joins_the_users_flags_and_never_replaces_theirs():
+    env = {startup.XLA_CACHE_ENV: "/c", "TF_XLA_FLAGS": "--tf_xla_auto_jit=2"}
+    startup.use_xla_cache(env)
+    assert env["TF_XLA_FLAGS"] == "--tf_xla_auto_jit=2 --tf_xla_persistent_cache_directory=/c"
+    theirs = {startup.XLA_CACHE_ENV: "/c", "TF_XLA_FLAGS": "--tf_xla_persistent_cache_directory=/mine"}
+    startup.use_xla_cache(theirs)
+    assert theirs["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine"
+    off = {startup.XLA_CACHE_ENV: "off"}
+    startup.use_xla_cache(off)
+    assert "TF_XLA_FLAGS" not in off
+
+
+@pytest.mark.slow
+def test_a_second_run_of_the_same_model_loads_the_compiled_loop_and_prints_nothing_about_it(tiny_data, tmp_path):
+    env = {startup.XLA_CACHE_ENV: str(tmp_path / "xla"), "TF_XLA_FLAGS": ""}  # not the test session's cache
+    # A run that decodes the dataset first (no array cache yet) traces TFDS functions before the loop,
+    # which renames the loop's program: it compiles its own copy, once.
+    data.load_splits(tiny_data)
+    programs = []
+    for run in ("first", "second"):
+        result = run_cli("train", "--max_steps=20", "--log_every=10", "--eval_every=20", f"--data_dir={tiny_data.data_dir}",
+                         f"--ckpt_dir={tmp_path / run}", f"--log_dir={tmp_path / run / 'logs'}", cwd=ROOT, env_extra=env)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        programs.append(sorted(os.listdir(tmp_path / "xla")))
+    assert programs[0] and programs[1] == programs[0]  # the second run compiled nothing new

@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import urllib.parse
+import zipfile
 import zlib
 
 import numpy as np
@@ -323,7 +324,7 @@ def _read_array_cache(builder, split: str) -> tuple[np.ndarray, np.ndarray] | No
     try:
         with np.load(path) as cached:
             key, images, labels = str(cached["key"]), cached["images"], cached["labels"]
-    except (OSError, ValueError, KeyError, EOFError, zlib.error):
+    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile):
         return None  # missing, or unreadable: decoded again from the records
     count = builder.info.splits[split].num_examples
     if (key != _record_files_key(builder, split) or images.shape != (count, NUM_PIXELS) or images.dtype != np.uint8

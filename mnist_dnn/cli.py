@@ -1,5 +1,6 @@
 """What the entry points share: common flags and one-line errors instead of tracebacks."""
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -167,4 +168,37 @@ def run(main, positional_args: bool = False) -> None:
             print("error: interrupted (Ctrl-C) before any work was saved; run the command again", file=sys.stderr)
             sys.exit(130)
 
-    app.run(report_errors, argv=_command_line(main, positional_args), flags_parser=_parse_flags)
+    try:
+        app.run(report_errors, argv=_command_line(main, positional_args), flags_parser=_parse_flags)
+    except SystemExit as e:
+        if _in_process_calls:
+            raise
+        _end_process(e.code)
+
+
+_in_process_calls = []
+
+
+@contextlib.contextmanager
+def in_process():
+    """Tools run in this block end with SystemExit, as `absl.app.run` does, and leave the process alive."""
+    _in_process_calls.append(True)
+    try:
+        yield
+    finally:
+        _in_process_calls.pop()
+
+
+def _end_process(code) -> NoReturn:
+    """Ends the process now, without Python's teardown of TensorFlow (over a second here).
+
+    That teardown does nothing a finished command needs: its files are closed, its
+    checkpoints and summaries written. Output is flushed first.
+    """
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)

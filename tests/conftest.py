@@ -27,6 +27,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from absl import flags
 
+from mnist_dnn import cli
 from mnist_dnn.lib import data
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -168,7 +169,8 @@ def call_tool(tool: str, *args, env_extra=None) -> ToolResult:
     with _environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         sys.argv = [f"mnist_dnn.{tool}", *map(str, args)]
         try:
-            module.run()
+            with cli.in_process():
+                module.run()
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     _forget_tools()

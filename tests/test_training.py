@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import ROOT, call_tool, folder_hashes, hparams, scalars
+from conftest import ROOT, call_tool, folder_hashes, hparams, run_cli, scalars
 from mnist_dnn.lib import models, training
 from mnist_dnn.lib.config import ModelConfig
 from mnist_dnn.lib.errors import UsageError
@@ -202,3 +203,22 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_then_exits(tiny_data, tm
     assert result["checkpoint"] == str(ckpt / f"model.ckpt-{result['step']}")
     assert RunDir(str(ckpt)).steps() == [result["step"]]
     assert f"Stopped by signal {signal.SIGTERM} at step {result['step']}" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["done", "diverged"])
+def test_the_process_ends_with_every_summary_on_disk(tiny_data, tmp_path, ending):
+    """The tools end their process without Python's teardown: the summaries must be flushed by then."""
+    lr, log_every = {"done": ("0.001", 10), "diverged": ("1e6", 1)}[ending]
+    result = run_cli("train", f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={tmp_path / 'ckpt'}",
+                     f"--log_dir={tmp_path / 'logs'}", "--optimizer=sgd", f"--learning_rate={lr}", "--max_steps=60",
+                     f"--log_every={log_every}", "--eval_every=20", "--batch_size=64", "--hidden_units=32")
+    assert result.returncode == {"done": 0, "diverged": 1}[ending], result.stderr
+    logged = sorted(scalars(tmp_path / "logs" / "train", "loss"))
+    printed = [int(line.split()[1].split("/")[0]) for line in result.stdout.splitlines() if line.startswith("step ")
+               and "/" in line.split()[1]]
+    stopped_at = 61 if ending == "done" else int(re.search(r"NaN or infinite at step (\d+)", result.stderr)[1])
+    assert logged == printed and logged[-1] == stopped_at - 1
+    if ending == "done":
+        assert sorted(scalars(tmp_path / "logs" / "validation", "accuracy")) == [20, 40, 60]
+        assert 60 in scalars(tmp_path / "logs" / "diagnostics", "gradient_norm/global")

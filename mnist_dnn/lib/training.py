@@ -190,7 +190,7 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ru
         chief_dir.save_config(run_config(config))
         actions.write_run_summary(log_dir, hparams(config), run.validation.predict_fn.get_concrete_function().graph)
     print(describe(config, strategy, start, log_dir), flush=True)
-    with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received:
+    with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received, contextlib.closing(run):
         end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
                              run.actions(), lambda: bool(received) or run.validation.stop_requested)
     return run.finish(end, received[0] if received else None, resumed_from)
@@ -249,9 +249,12 @@ class _Run:
 
         return run_steps
 
-    def finish(self, step: int, signal_number: int | None, resumed_from: str | None) -> TrainResult:
+    def close(self) -> None:
+        """Flushes and closes the summary files, however the run ended."""
         for closable in (self.train_writer, self.validation.writer, self.diagnose):
             closable.close()
+
+    def finish(self, step: int, signal_number: int | None, resumed_from: str | None) -> TrainResult:
         latest, early = self.save_to.latest(), self.validation.stop_requested and step < self.config.max_steps
         if early:
             print(f"{self.validation.stop_message(step)}; saved {latest}", flush=True)

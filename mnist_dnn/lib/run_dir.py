@@ -202,13 +202,30 @@ class RunDir:
         """Keeps one checkpoint in best/: the new one, then best.json naming it, then the old one goes."""
         os.makedirs(self.best_dir, exist_ok=True)
         older = self.steps(self.best_dir)
-        if best.step not in older:
+        if best.step not in older and not self._link_saved(best.step):
             self._write(checkpoint, best.step, weights, self.best_dir)
         files.write_json(os.path.join(self.best_dir, BEST_FILE),
                          {"step": best.step, "validation": {"loss": best.loss, "accuracy": best.accuracy}})
         for step in older:
             if step != best.step:
                 _remove_checkpoint(self.checkpoint_path(step, self.best_dir))
+
+    def _link_saved(self, step: int) -> bool:
+        """Hard-links the run's own checkpoint of `step` into best/ instead of writing it again.
+
+        Safe because checkpoint files are never written over: each name keeps its content
+        whatever happens to the other (pruned, set aside). False if there is none to link.
+        """
+        if step not in self.steps():
+            return False
+        source, target = self.checkpoint_path(step), self.checkpoint_path(step, self.best_dir)
+        try:
+            for path in _checkpoint_files(source):
+                os.link(path, target + path[len(source):])
+        except OSError:  # a file system without hard links: written instead
+            _remove_checkpoint(target)
+            return False
+        return True
 
     def best_checkpoint(self) -> str | None:
         best = self.read_best()
@@ -276,15 +293,20 @@ def _has_all_shards(prefix: str) -> bool:
     return len(shards) == total
 
 
+def _checkpoint_files(prefix: str) -> list[str]:
+    """The data shards, then the index (written last, so a checkpoint counts once it is there)."""
+    return glob.glob(glob.escape(prefix) + ".data-*") + glob.glob(glob.escape(prefix) + ".index")
+
+
 def _remove_checkpoint(prefix: str) -> None:
-    for path in glob.glob(glob.escape(prefix) + ".index") + glob.glob(glob.escape(prefix) + ".data-*"):
+    for path in _checkpoint_files(prefix):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
 
 
 def _set_aside(prefix: str) -> str:
     """Renames a damaged checkpoint's files to `<prefix>-damaged.*`; says where they went."""
-    for path in glob.glob(glob.escape(prefix) + ".index") + glob.glob(glob.escape(prefix) + ".data-*"):
+    for path in _checkpoint_files(prefix):
         os.replace(path, prefix + "-damaged" + path[len(prefix):])
     return f"moved aside to {os.path.basename(prefix)}-damaged"
 

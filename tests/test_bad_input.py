@@ -216,7 +216,7 @@ def trained(tiny_data, tmp_path_factory) -> str:
     small_validation = dataclasses.replace(tiny_data, validation_size=500)
     config = training.TrainConfig(model=config_lib.ModelConfig("dense", (16,)), data=small_validation, batch_size=64,
                                   ckpt_dir=str(folder / "ckpt"), log_dir=str(folder / "logs"), max_steps=10,
-                                  checkpoint_every=5, eval_every=5, diagnostics=False)
+                                  checkpoint_every=5, eval_every=5, diagnostics=False, jit_compile=False)
     training.train(config)
     return str(folder / "ckpt")
 

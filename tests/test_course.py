@@ -10,13 +10,15 @@ Conventions of the page (also what a writer of the page must follow):
   blocks and in the same folder, with this worktree's package and the real MNIST prepared for
   the tests (TFDS_DATA_DIR). Other ```sh blocks are shown, not run; plain ``` blocks are output.
 - Data: the blocks call `data.load_splits(...)` as a reader does; the tests replace
-  `mnist_dnn.lib.data.load_splits`: the fast tier by one that returns the conftest's synthetic
-  digits (1,000 train, 500 validation, 500 test images) without TFDS, the slow tier by one that
+  `mnist_dnn.lib.data.load_splits`: the tiny run by one that returns the conftest's synthetic
+  digits (1,000 train, 500 validation, 500 test images) without TFDS, the real run by one that
   reads the real MNIST the conftest prepared. Nothing is written to the reader's TFDS folder.
-- Steps: the fast tier rewrites the page's constants in FAST_OVERRIDES (each must occur once).
-- Figures: a figure written `**97.64%**<!-- measured: EXPR -->` is checked: the slow tier
+- Steps: the tiny run rewrites the page's constants in FAST_OVERRIDES (each must occur once).
+- Both runs are in the slow tier (the tiny one takes 10 s: `pytest tests/test_course.py -k tiny`
+  while editing the page).
+- Figures: a figure written `**97.64%**<!-- measured: EXPR -->` is checked: the real run
   evaluates EXPR in the blocks' namespace at the end and requires it within TOLERANCE
-  percentage points of the figure; the fast tier requires each EXPR to give a fraction in
+  percentage points of the figure; the tiny run requires each EXPR to give a fraction in
   [0, 1], unless it uses a name that only slow blocks assign.
 """
 
@@ -111,6 +113,7 @@ def test_page_follows_its_conventions():
     assert len(re.findall(r"\*\*\d[\d.]*%\*\*", text)) == len(MEASURED.findall(text)), "a bold figure without its check"
 
 
+@pytest.mark.slow  # 10 s: over the fast tier's budget; the page's code is about the library, tested fast elsewhere
 def test_python_blocks_run_on_tiny_data(monkeypatch, tmp_path):
     splits = tiny_splits()
     monkeypatch.setattr(data, "load_splits", lambda _ignored: splits)

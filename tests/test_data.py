@@ -406,11 +406,19 @@ def test_the_real_mnist_is_imported_as_tfds_mnist(real_data):
     assert np.bincount(splits["test"].labels.numpy()).tolist() == list(data.CANONICAL["mnist"]["test"].label_counts)
 
 
-def _fresh_prepared(tmp_path, n_train=40, n_test=12):
-    write_idx_folder(tmp_path / "idx", n_train=n_train, n_test=n_test)
-    config = data.DataConfig("mnist", str(tmp_path / "tfds"), str(tmp_path / "idx"), validation_size=10)
-    data.import_idx(config, verify=False)
-    return config
+@pytest.fixture(scope="module")
+def prepared_once(tmp_path_factory) -> str:
+    """A TFDS folder with a small dataset imported (and no array cache yet)."""
+    folder = tmp_path_factory.mktemp("prepared")
+    write_idx_folder(folder / "idx", n_train=40, n_test=12)
+    data.import_idx(data.DataConfig("mnist", str(folder / "tfds"), str(folder / "idx")), verify=False)
+    return str(folder / "tfds")
+
+
+@pytest.fixture
+def fresh_prepared(prepared_once, tmp_path) -> data.DataConfig:
+    shutil.copytree(prepared_once, tmp_path / "tfds", copy_function=shutil.copy2)  # keeps the records' times
+    return data.DataConfig("mnist", str(tmp_path / "tfds"), None, validation_size=10)
 
 
 def _count_tfds_reads(monkeypatch) -> list:
@@ -436,8 +444,8 @@ def _assert_splits_hold(splits, config):
     np.testing.assert_array_equal(splits["test"].images, tf.reshape(read["test"]["image"], [-1, 784]))
 
 
-def test_loaded_splits_are_cached_as_arrays_and_read_back_without_decoding(tmp_path, monkeypatch):
-    config = _fresh_prepared(tmp_path)
+def test_loaded_splits_are_cached_as_arrays_and_read_back_without_decoding(fresh_prepared, tmp_path, monkeypatch):
+    config = fresh_prepared
     reads = _count_tfds_reads(monkeypatch)
     first = data.load_splits(config)
     second = data.load_splits(config)
@@ -450,8 +458,9 @@ def test_loaded_splits_are_cached_as_arrays_and_read_back_without_decoding(tmp_p
 
 
 @pytest.mark.parametrize("change", ["damaged cache", "records rewritten"])
-def test_the_array_cache_is_not_trusted_when_damaged_or_older_than_the_records(tmp_path, monkeypatch, change):
-    config = _fresh_prepared(tmp_path)
+def test_the_array_cache_is_not_trusted_when_damaged_or_older_than_the_records(fresh_prepared, tmp_path, monkeypatch,
+                                                                                 change):
+    config = fresh_prepared
     data.load_splits(config)
     train_cache = next((tmp_path / "tfds").rglob(data.ARRAY_CACHE_PREFIX + "train.npz"))
     if change == "damaged cache":
@@ -466,8 +475,8 @@ def test_the_array_cache_is_not_trusted_when_damaged_or_older_than_the_records(t
     _assert_splits_hold(reloaded, config)
 
 
-def test_a_data_dir_that_cannot_take_the_cache_still_loads(tmp_path, monkeypatch):
-    config = _fresh_prepared(tmp_path)
+def test_a_data_dir_that_cannot_take_the_cache_still_loads(fresh_prepared, tmp_path, monkeypatch):
+    config = fresh_prepared
 
     def refuse(path, write):
         raise PermissionError(13, "read-only", path)

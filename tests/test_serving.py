@@ -40,7 +40,7 @@ def dense_exports(tiny_data, tmp_path_factory):
     """A dense model with random weights, its float and int8 LiteRT files and its SavedModel."""
     folder = tmp_path_factory.mktemp("dense_exports")
     model = models.create_model(models.make_config("dense"), seed=3)
-    representative = litert.representative_images(data.load_splits(tiny_data)["train"].images, count=100)
+    representative = litert.representative_images(data.load_splits(tiny_data)["train"].images, count=30)
     return {
         "model": model,
         "float": serving.export_litert(model, str(folder / "litert")),

@@ -29,7 +29,7 @@ def train(split, num_calls, **overrides):
     return state, runner
 
 
-@pytest.mark.parametrize("augment_shift", [0, 2])
+@pytest.mark.parametrize("augment_shift", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_the_compiled_runner_trains_as_the_pipeline_runner_does(split, augment_shift):
     calls = (3, 7, 4)  # 14 steps: crosses two epoch ends with their padded last batches
     compiled, _ = train(split, calls, augment_shift=augment_shift)

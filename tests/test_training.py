@@ -23,11 +23,14 @@ from mnist_dnn.lib.run_dir import RunDir
 
 
 def tiny_config(tiny_data, tmp_path, **overrides):
-    # 500 validation images (not the default 5,000): the checks are about the loop, not the score.
+    # 500 validation images (not the default 5,000): the checks are about the run, not the score.
+    # The tf.data runner (no XLA compilation: a second less per run) unless a test asks for the
+    # default (jit_compile=None); test_steps shows that both runners train alike.
     settings = dict(model=models.make_config("dense", (32,)), data=dataclasses.replace(tiny_data, validation_size=500),
                     ckpt_dir=str(tmp_path / "ckpt"),
                     log_dir=str(tmp_path / "logs"), max_steps=30, log_every=10, eval_every=10,
-                    checkpoint_every=10, keep_checkpoints=2, batch_size=64, steps_per_call=7, diagnostics=False)
+                    checkpoint_every=10, keep_checkpoints=2, batch_size=64, steps_per_call=7, diagnostics=False,
+                    jit_compile=False)
     settings.update(overrides)
     return training.TrainConfig(**settings)
 
@@ -67,7 +70,7 @@ def test_training_writes_step_named_checkpoints_config_summaries_hparams_and_the
 
 
 def test_progress_lines_carry_step_total_percent_and_eta_and_the_run_is_described(tiny_data, tmp_path, capsys):
-    training.train(tiny_config(tiny_data, tmp_path, max_steps=20))
+    training.train(tiny_config(tiny_data, tmp_path, max_steps=20, jit_compile=None))
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Training dense 784-32-10 with adam lr=0.001, batch 64, steps 0->20 on 1 CPU, XLA-compiled")
     progress = [line for line in out if line.startswith("step ") and "ETA" in line]
@@ -77,7 +80,8 @@ def test_progress_lines_carry_step_total_percent_and_eta_and_the_run_is_describe
 
 @pytest.mark.slow
 def test_resume_continues_from_the_saved_step_exactly_as_an_uninterrupted_run(tiny_data, tmp_path):
-    settings = dict(max_steps=40, deterministic=True, model=models.make_config("dense", (32,), 0.2), augment_shift=2)
+    settings = dict(max_steps=40, deterministic=True, model=models.make_config("dense", (32,), 0.2), augment_shift=2,
+                    jit_compile=None)
     whole = training.train(tiny_config(tiny_data, tmp_path / "whole", **settings))
     training.train(tiny_config(tiny_data, tmp_path / "parts", **{**settings, "max_steps": 17}))
     resumed = training.train(tiny_config(tiny_data, tmp_path / "parts", **settings))

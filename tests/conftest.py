@@ -14,10 +14,14 @@ import subprocess
 import sys
 import tempfile
 
-# Before TensorFlow is imported: XLA's compiled programs go to a cache of this test session
-# (shared with the tools it starts), not the user's; trainings of the same tiny model reuse them.
-os.environ["MNIST_DNN_XLA_CACHE"] = tempfile.mkdtemp(prefix="mnist_dnn-tests-xla-")
-atexit.register(shutil.rmtree, os.environ["MNIST_DNN_XLA_CACHE"], ignore_errors=True)
+# Before TensorFlow is imported: XLA's compiled programs go to the tests' own cache (shared with
+# the tools they start), not the user's: trainings of the same tiny model reuse them, and so does
+# the next test session. MNIST_DNN_TEST_XLA_CACHE=off starts every session cold.
+_XLA_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "mnist_dnn-xla"
+if os.environ.get("MNIST_DNN_TEST_XLA_CACHE") == "off":
+    _XLA_CACHE = pathlib.Path(tempfile.mkdtemp(prefix="mnist_dnn-tests-xla-"))
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ["MNIST_DNN_XLA_CACHE"] = str(_XLA_CACHE)
 
 import numpy as np
 import pytest

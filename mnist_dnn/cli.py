@@ -1,5 +1,6 @@
 """What the entry points share: common flags and one-line errors instead of tracebacks."""
 
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -190,14 +191,16 @@ def in_process():
 
 
 def _end_process(code) -> NoReturn:
-    """Ends the process now, without Python's teardown of TensorFlow (over a second here).
+    """Ends the process now, without Python's teardown of TensorFlow's modules (over a second here).
 
     That teardown does nothing a finished command needs: its files are closed, its
-    checkpoints and summaries written. Output is flushed first.
+    checkpoints and summaries written. The exit handlers still run (AutoGraph deletes its
+    temporary source files in one), and output is flushed.
     """
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
+    atexit._run_exitfuncs()  # noqa: SLF001 (the handlers `sys.exit` would run; no public name)
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()

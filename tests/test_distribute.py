@@ -46,16 +46,23 @@ def _free_ports(n):
     return ports
 
 
-def _start_cluster(args, scratch):
+def _start_cluster(args, scratch, results=None):
+    """Starts the two workers; with `results` (a folder), worker i writes its --result_file there as i.json."""
     ports = _free_ports(2)
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(scratch)}
         env.pop("MNIST_DNN_IDX_DIR", None)
-        processes.append(subprocess.Popen([sys.executable, "-m", "mnist_dnn.train", "--strategy=multi_worker", *args],
+        result_file = [f"--result_file={results / f'{index}.json'}"] if results else []
+        processes.append(subprocess.Popen([sys.executable, "-m", "mnist_dnn.train", "--strategy=multi_worker", *args,
+                                           *result_file],
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
     return processes
+
+
+def _results(folder) -> list[dict]:
+    return [json.loads((folder / f"{index}.json").read_text()) for index in range(2)]
 
 
 def test_two_workers_train_to_one_checkpoint_folder_that_evaluate_restores(real_data, tmp_path):
@@ -64,9 +71,8 @@ def test_two_workers_train_to_one_checkpoint_folder_that_evaluate_restores(real_
     ckpt = tmp_path / "ckpt"
     args = [f"--data_dir={real_data.data_dir}", f"--ckpt_dir={ckpt}", f"--log_dir={tmp_path / 'logs'}",
             "--learning_rate=0.003", "--max_steps=400", "--checkpoint_every=100", "--eval_every=400"]
-    outputs = [p.communicate(timeout=400) for p in _start_cluster(args, scratch)]
-    for out, err in outputs:
-        assert "Done at step 400" in out, err[-2000:]
+    outputs = [p.communicate(timeout=400) for p in _start_cluster(args, scratch, tmp_path)]
+    assert [result.get("step") for result in _results(tmp_path)] == [400, 400], [err[-2000:] for _, err in outputs]
     assert sorted(os.listdir(scratch)) == []  # the other worker's checkpoints were deleted
     assert len(os.listdir(tmp_path / "logs" / "train")) == 1  # summaries come from the chief only
     evaluated = run_cli("evaluate", f"--ckpt_dir={ckpt}", f"--data_dir={real_data.data_dir}",
@@ -98,8 +104,8 @@ def test_a_killed_worker_fails_the_cluster_clearly_and_a_restart_resumes(tiny_da
     assert saved_step >= 60, errors[0]
     print(f"cluster failure detected in {time.monotonic() - started:.1f} s")
 
-    restarted = _start_cluster([*common, f"--max_steps={saved_step + 40}"], scratch)
+    restarted = _start_cluster([*common, f"--max_steps={saved_step + 40}"], scratch, tmp_path)
     outputs = [p.communicate(timeout=300) for p in restarted]
-    for out, err in outputs:
-        assert f"Resumed from {ckpt}/model.ckpt-{saved_step}" in out, err[-2000:]
-        assert f"Done at step {saved_step + 40}" in out, err[-2000:]
+    for result, (_, err) in zip(_results(tmp_path), outputs):
+        assert result.get("resumed_from") == f"{ckpt}/model.ckpt-{saved_step}", err[-2000:]
+        assert (result["start_step"], result["step"]) == (saved_step, saved_step + 40)

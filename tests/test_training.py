@@ -212,12 +212,16 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_then_exits(tiny_data, tm
 @pytest.mark.slow
 @pytest.mark.parametrize("ending", ["done", "diverged"])
 def test_the_process_ends_with_every_summary_on_disk(tiny_data, tmp_path, ending):
-    """The tools end their process without Python's teardown: the summaries must be flushed by then."""
+    """The tools end their process without Python's teardown: the summaries must be flushed by then,
+    and the exit handlers run (AutoGraph removes its temporary files in one)."""
     lr, log_every = {"done": ("0.001", 10), "diverged": ("1e6", 1)}[ending]
+    (tmp_path / "tmp").mkdir()
     result = run_cli("train", f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={tmp_path / 'ckpt'}",
                      f"--log_dir={tmp_path / 'logs'}", "--optimizer=sgd", f"--learning_rate={lr}", "--max_steps=60",
-                     f"--log_every={log_every}", "--eval_every=20", "--batch_size=64", "--hidden_units=32")
+                     f"--log_every={log_every}", "--eval_every=20", "--batch_size=64", "--hidden_units=32",
+                     env_extra={"TMPDIR": str(tmp_path / "tmp")})
     assert result.returncode == {"done": 0, "diverged": 1}[ending], result.stderr
+    assert os.listdir(tmp_path / "tmp") == []
     logged = sorted(scalars(tmp_path / "logs" / "train", "loss"))
     printed = [int(line.split()[1].split("/")[0]) for line in result.stdout.splitlines() if line.startswith("step ")
                and "/" in line.split()[1]]

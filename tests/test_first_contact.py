@@ -248,7 +248,8 @@ def test_an_installed_package_runs_a_preset_from_any_folder(tiny_data, tmp_path)
     """`pip install .` (not editable): the shipped configs are package data, found by --preset."""
     source, target, work = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "checkpoints",
-                                                                "logs", "runs", "exports", "tests", "benchmarks"))
+                                                                "logs", "runs", "exports", "tests", "benchmarks",
+                                                                ".pytest_cache"))
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", f"--target={target}",
                               str(source)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]

@@ -113,20 +113,21 @@ def test_the_best_folder_holds_one_checkpoint_and_best_json_names_it(saved):
     assert RunDir.of_checkpoint(run.best_checkpoint()).path == run.path
 
 
-def test_a_best_of_a_saved_step_shares_its_files_and_outlives_their_pruning(saved):
+def test_the_save_of_a_best_step_links_its_files_and_each_outlives_the_others_removal(saved):
     run, state = saved
-    run.save_best(state.checkpoint, Best(20, 0.5, 0.8), state.weights())
-    saved_index, best_index = run.checkpoint_path(20) + ".index", run.checkpoint_path(20, run.best_dir) + ".index"
-    assert os.path.samefile(saved_index, best_index)  # linked, not written twice
     state.step.assign(40)
-    run.save(state.checkpoint, 40, state.weights(), keep=1)  # prunes model.ckpt-20 of the run
-    assert run.steps() == [40] and run.steps(run.best_dir) == [20]
-    fresh = training.build_state(SMALL)
-    fresh.checkpoint.restore(run.best_checkpoint()).assert_consumed()
-    assert int(fresh.step) == 20
+    run.save_best(state.checkpoint, Best(40, 0.5, 0.8), state.weights())  # validation first, then the save
+    run.save(state.checkpoint, 40, state.weights(), keep=1)
+    assert os.path.samefile(run.checkpoint_path(40) + ".index", run.checkpoint_path(40, run.best_dir) + ".index")
     state.step.assign(45)
-    run.save_best(state.checkpoint, Best(45, 0.3, 0.95), state.weights())  # no saved step 45: written
-    assert run.steps(run.best_dir) == [45] and not os.path.exists(run.checkpoint_path(45) + ".index")
+    run.save_best(state.checkpoint, Best(45, 0.4, 0.9), state.weights())  # removes best/model.ckpt-40
+    assert run.steps() == [40] and run.steps(run.best_dir) == [45]
+    fresh = training.build_state(SMALL)
+    fresh.checkpoint.restore(run.checkpoint_path(40)).assert_consumed()
+    assert int(fresh.step) == 40
+    # Only a checkpoint the same object wrote is linked (the state in memory, not an earlier run's).
+    RunDir(run.path).save(state.checkpoint, 45, state.weights(), keep=2)
+    assert not os.path.samefile(run.checkpoint_path(45) + ".index", run.checkpoint_path(45, run.best_dir) + ".index")
 
 
 def test_leftovers_of_an_interrupted_save_are_removed(saved):

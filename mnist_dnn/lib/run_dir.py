@@ -98,6 +98,7 @@ class RunDir:
         self.path = path
         self.config_path = os.path.join(path, CONFIG_FILE)
         self.best_dir = os.path.join(path, BEST_DIR)
+        self._written = {}  # folder -> the step this object last wrote a checkpoint of there
 
     @classmethod
     def of_checkpoint(cls, checkpoint_path: str) -> "RunDir":
@@ -152,7 +153,9 @@ class RunDir:
 
     def save(self, checkpoint: tf.train.Checkpoint, step: int, weights, keep: int) -> str:
         """Writes `model.ckpt-<step>`, then forgets all but the newest `keep`. Never overwrites."""
-        path = self._write(checkpoint, step, weights, self.path)
+        path = self.checkpoint_path(step)
+        if not self._link(step, self.best_dir, self.path):
+            path = self._write(checkpoint, step, weights, self.path)
         steps = self.steps()
         self._write_state_file(steps[-keep:])
         for old in steps[:-keep]:
@@ -168,7 +171,9 @@ class RunDir:
                                 f"last good checkpoint: {self.latest() or 'none'}. Lower --learning_rate")
         checkpoint.save_counter  # noqa: B018 (creates it, so it is written too: restoring expects it)
         try:
-            return checkpoint.write(path)
+            written = checkpoint.write(path)
+            self._written[folder] = step
+            return written
         except (OSError, tf.errors.OpError) as e:
             _remove_temporary(path)
             raise CheckpointError(f"cannot write a checkpoint to {folder}: {first_line(e)}; free some space or fix "
@@ -202,7 +207,7 @@ class RunDir:
         """Keeps one checkpoint in best/: the new one, then best.json naming it, then the old one goes."""
         os.makedirs(self.best_dir, exist_ok=True)
         older = self.steps(self.best_dir)
-        if best.step not in older and not self._link_saved(best.step):
+        if best.step not in older and not self._link(best.step, self.path, self.best_dir):
             self._write(checkpoint, best.step, weights, self.best_dir)
         files.write_json(os.path.join(self.best_dir, BEST_FILE),
                          {"step": best.step, "validation": {"loss": best.loss, "accuracy": best.accuracy}})
@@ -210,20 +215,29 @@ class RunDir:
             if step != best.step:
                 _remove_checkpoint(self.checkpoint_path(step, self.best_dir))
 
-    def _link_saved(self, step: int) -> bool:
-        """Hard-links the run's own checkpoint of `step` into best/ instead of writing it again.
+    def _link(self, step: int, source_folder: str, target_folder: str) -> bool:
+        """Hard-links the checkpoint of `step` from one folder of the run to the other, instead of
+        writing the same state twice (a best checkpoint, then the periodic save of its step).
 
-        Safe because checkpoint files are never written over: each name keeps its content
-        whatever happens to the other (pruned, set aside). False if there is none to link.
+        Only a checkpoint this object wrote (the state in memory now, not one of an earlier run
+        that reached the same step on another path). Safe because checkpoint files are never
+        written over: each name keeps its content whatever happens to the other (pruned, set
+        aside). False, and nothing changed, if there is none to link or the target has files of
+        that name.
         """
-        if step not in self.steps():
+        source, target = self.checkpoint_path(step, source_folder), self.checkpoint_path(step, target_folder)
+        if (self._written.get(source_folder) != step or step not in self.steps(source_folder)
+                or glob.glob(glob.escape(target) + ".*")):
             return False
-        source, target = self.checkpoint_path(step), self.checkpoint_path(step, self.best_dir)
+        linked = []
         try:
             for path in _checkpoint_files(source):
-                os.link(path, target + path[len(source):])
+                linked.append(target + path[len(source):])
+                os.link(path, linked[-1])
         except OSError:  # a file system without hard links: written instead
-            _remove_checkpoint(target)
+            for path in linked:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
             return False
         return True
 

@@ -229,10 +229,10 @@ class _Run:
         def paused(work):
             return lambda step: self._paused(work, step)
 
-        # Saving before validating: a best checkpoint of the same step is then a link to the saved one.
+        # Validation before saving: the save sees an early stop, and links a best checkpoint of its step.
         return [controller.Action(self.config.log_every, self.log, at_stop=True),
-                controller.Action(self.config.checkpoint_every, paused(self.save), at_stop=True),
-                controller.Action(self.config.eval_every, paused(self.validation))]
+                controller.Action(self.config.eval_every, paused(self.validation)),
+                controller.Action(self.config.checkpoint_every, paused(self.save), at_stop=True)]
 
     def _paused(self, work, step: int) -> None:
         with self.clock.paused():

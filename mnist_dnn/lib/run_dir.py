@@ -98,7 +98,7 @@ class RunDir:
         self.path = path
         self.config_path = os.path.join(path, CONFIG_FILE)
         self.best_dir = os.path.join(path, BEST_DIR)
-        self._written = {}  # folder -> the step this object last wrote a checkpoint of there
+        self._best_written = None  # the step of the best checkpoint this object wrote, if any
 
     @classmethod
     def of_checkpoint(cls, checkpoint_path: str) -> "RunDir":
@@ -153,14 +153,13 @@ class RunDir:
 
     def save(self, checkpoint: tf.train.Checkpoint, step: int, weights, keep: int) -> str:
         """Writes `model.ckpt-<step>`, then forgets all but the newest `keep`. Never overwrites."""
-        path = self.checkpoint_path(step)
-        if not self._link(step, self.best_dir, self.path):
-            path = self._write(checkpoint, step, weights, self.path)
+        if not self._link_best(step):
+            self._write(checkpoint, step, weights, self.path)
         steps = self.steps()
         self._write_state_file(steps[-keep:])
         for old in steps[:-keep]:
             _remove_checkpoint(self.checkpoint_path(old))
-        return path
+        return self.checkpoint_path(step)
 
     def _write(self, checkpoint, step: int, weights, folder: str) -> str:
         path = self.checkpoint_path(step, folder)
@@ -171,9 +170,7 @@ class RunDir:
                                 f"last good checkpoint: {self.latest() or 'none'}. Lower --learning_rate")
         checkpoint.save_counter  # noqa: B018 (creates it, so it is written too: restoring expects it)
         try:
-            written = checkpoint.write(path)
-            self._written[folder] = step
-            return written
+            return checkpoint.write(path)
         except (OSError, tf.errors.OpError) as e:
             _remove_temporary(path)
             raise CheckpointError(f"cannot write a checkpoint to {folder}: {first_line(e)}; free some space or fix "
@@ -207,26 +204,27 @@ class RunDir:
         """Keeps one checkpoint in best/: the new one, then best.json naming it, then the old one goes."""
         os.makedirs(self.best_dir, exist_ok=True)
         older = self.steps(self.best_dir)
-        if best.step not in older and not self._link(best.step, self.path, self.best_dir):
+        if best.step not in older:
             self._write(checkpoint, best.step, weights, self.best_dir)
+            self._best_written = best.step
         files.write_json(os.path.join(self.best_dir, BEST_FILE),
                          {"step": best.step, "validation": {"loss": best.loss, "accuracy": best.accuracy}})
         for step in older:
             if step != best.step:
                 _remove_checkpoint(self.checkpoint_path(step, self.best_dir))
 
-    def _link(self, step: int, source_folder: str, target_folder: str) -> bool:
-        """Hard-links the checkpoint of `step` from one folder of the run to the other, instead of
-        writing the same state twice (a best checkpoint, then the periodic save of its step).
+    def _link_best(self, step: int) -> bool:
+        """Hard-links the best checkpoint of `step` into the run folder instead of writing the
+        same state again (validation keeps the best, then the periodic save of its step comes).
 
-        Only a checkpoint this object wrote (the state in memory now, not one of an earlier run
-        that reached the same step on another path). Safe because checkpoint files are never
+        Only a best checkpoint this object wrote: the state in memory now, not one of an earlier
+        run that reached the same step on another path. Safe because checkpoint files are never
         written over: each name keeps its content whatever happens to the other (pruned, set
-        aside). False, and nothing changed, if there is none to link or the target has files of
-        that name.
+        aside). False, and nothing changed, if there is none to link or the run folder has files
+        of that name.
         """
-        source, target = self.checkpoint_path(step, source_folder), self.checkpoint_path(step, target_folder)
-        if (self._written.get(source_folder) != step or step not in self.steps(source_folder)
+        source, target = self.checkpoint_path(step, self.best_dir), self.checkpoint_path(step)
+        if (self._best_written != step or step not in self.steps(self.best_dir)
                 or glob.glob(glob.escape(target) + ".*")):
             return False
         linked = []

@@ -91,12 +91,30 @@ def xla_cache_folder(environ) -> str | None:
     return os.path.join(cache_home, "mnist_dnn", "xla", _this_cpu())
 
 
+def _can_hold(folder: str) -> bool:
+    """Whether `folder` is, or can be created as, a writable folder (checked without creating it)."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)
+
+
 def use_xla_cache(environ=os.environ) -> None:
-    """Adds XLA's persistent cache to TF_XLA_FLAGS (read when XLA first compiles), unless one is set."""
+    """Adds XLA's persistent cache to TF_XLA_FLAGS (read when XLA first compiles), unless one is set.
+
+    A folder XLA could not write would fail every compilation: then there is no cache (with a
+    warning if the user chose that folder).
+    """
     folder = xla_cache_folder(environ)
     flags = environ.get("TF_XLA_FLAGS", "")
-    if folder and _XLA_CACHE_FLAG not in flags:
-        environ["TF_XLA_FLAGS"] = f"{flags} {_XLA_CACHE_FLAG}={folder}".strip()
+    if not folder or _XLA_CACHE_FLAG in flags:
+        return
+    if not _can_hold(folder):
+        if environ.get(XLA_CACHE_ENV) is not None:
+            print(f"warning: {XLA_CACHE_ENV}={folder} is not a folder that can be written; compiling without "
+                  "the cache", file=sys.stderr)
+        return
+    environ["TF_XLA_FLAGS"] = f"{flags} {_XLA_CACHE_FLAG}={folder}".strip()
 
 
 def import_tensorflow() -> None:

@@ -289,6 +289,22 @@ def test_the_xla_cache_flag_joins_the_users_flags_and_never_replaces_theirs():
     assert "TF_XLA_FLAGS" not in off
 
 
+def test_an_xla_cache_folder_that_cannot_be_written_is_not_used(tmp_path, capsys):
+    """XLA fails every compilation on a cache it cannot write: the run goes without one."""
+    (tmp_path / "afile").write_text("")
+    before = sorted(os.listdir(tmp_path))
+    chosen = {startup.XLA_CACHE_ENV: str(tmp_path / "afile" / "xla")}
+    startup.use_xla_cache(chosen)
+    assert "TF_XLA_FLAGS" not in chosen and "is not a folder that can be written" in capsys.readouterr().err
+    default = {"XDG_CACHE_HOME": str(tmp_path / "afile")}  # the default place, under a file: quietly none
+    startup.use_xla_cache(default)
+    assert "TF_XLA_FLAGS" not in default and capsys.readouterr().err == ""
+    new = {startup.XLA_CACHE_ENV: str(tmp_path / "new" / "xla")}  # not there yet: XLA creates it
+    startup.use_xla_cache(new)
+    assert new["TF_XLA_FLAGS"].endswith(str(tmp_path / "new" / "xla"))
+    assert sorted(os.listdir(tmp_path)) == before  # nothing created by the check
+
+
 @pytest.mark.slow
 def test_a_second_run_of_the_same_model_loads_the_compiled_loop_and_prints_nothing_about_it(tiny_data, tmp_path):
     env = {startup.XLA_CACHE_ENV: str(tmp_path / "xla"), "TF_XLA_FLAGS": ""}  # not the test session's cache

@@ -38,6 +38,27 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 REAL_IDX_DIR = os.environ.get(data.IDX_DIR_ENV) or str(ROOT.parent / "shared" / "data" / "mnist")
 
 
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Ends a `pytest` process as the tools end theirs: without Python's teardown of TensorFlow.
+
+    That teardown takes seconds and checks nothing; the report is written by now. Not when
+    something else called `pytest.main()` in its own process.
+    """
+    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+    started_as_pytest = (main_spec is not None and main_spec.name == "pytest.__main__"
+                         or os.path.basename(sys.argv[0]) in ("pytest", "py.test"))
+    if started_as_pytest and _EXIT_STATUS in config.stash:
+        cli._end_process(config.stash[_EXIT_STATUS])
+
+
 def scalars(log_dir, tag: str) -> dict[int, float]:
     """A TensorBoard scalar of one summary folder, {step: value}."""
     acc = event_accumulator.EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
@@ -101,6 +122,42 @@ def tiny_data(tmp_path_factory, tiny_idx_dir) -> data.DataConfig:
     config = data.DataConfig("mnist", str(tmp_path_factory.mktemp("tfds")), tiny_idx_dir)
     data.import_idx(config, verify=False)
     return config
+
+
+def tiny_config(tiny_data, folder, **overrides):
+    """A short training on the tiny data, writing to `folder`/ckpt and `folder`/logs.
+
+    500 validation images (not the default 5,000): the checks are about the run, not the score.
+    The tf.data runner (no XLA compilation: a second less per run) unless a test asks for the
+    default (jit_compile=None); test_steps shows that both runners train alike.
+    """
+    from mnist_dnn.lib import config as config_lib, training
+
+    settings = dict(model=config_lib.ModelConfig("dense", (32,)),
+                    data=dataclasses.replace(tiny_data, validation_size=500), ckpt_dir=str(folder / "ckpt"),
+                    log_dir=str(folder / "logs"), max_steps=30, log_every=10, eval_every=10,
+                    checkpoint_every=10, keep_checkpoints=2, batch_size=64, steps_per_call=7, diagnostics=False,
+                    jit_compile=False)
+    settings.update(overrides)
+    return training.TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory):
+    """One finished run of `tiny_config` (checkpoints 20 and 30, best/, summaries): its folder and result.
+
+    Read it in place; copy it (`copy_run`) before anything that could write to it.
+    """
+    from mnist_dnn.lib import training
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    return folder, training.train(tiny_config(tiny_data, folder))
+
+
+def copy_run(tiny_run, destination):
+    """A copy of the shared tiny run's folder (ckpt/ and logs/) in `destination`."""
+    shutil.copytree(tiny_run[0], destination, dirs_exist_ok=True)
+    return destination
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ or checkpoint), exactly one `error:` line naming the problem and the fix, no tra
 no file created, changed or deleted (the folders are hashed before and after).
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -13,8 +12,6 @@ import shutil
 import pytest
 
 from conftest import call_tool, folder_hashes
-from mnist_dnn.lib import config as config_lib
-from mnist_dnn.lib import training
 
 # (tool, args, exit code, fragment of the error line, damage done to the copied run first)
 TRAIN = [
@@ -83,16 +80,16 @@ RESUME = [  # on a copy of a trained run: a resume that would not be exact, or o
     (["--seed=3"], 2, "--seed=0, not --seed=3"),
     (["--augment_shift=1"], 2, "--augment_shift=0, not --augment_shift=1"),
     (["--lr_schedule=cosine"], 2, "--lr_schedule=constant, not --lr_schedule=cosine"),
-    (["--hidden_units=17"], 2, "holds a run of dense 16 on mnist, not dense 17 on mnist"),
-    (["--model=raw"], 2, "not raw 16 on mnist"),
-    (["--dataset=fashion_mnist"], 2, "not dense 16 on fashion_mnist"),
+    (["--hidden_units=17"], 2, "holds a run of dense 32 on mnist, not dense 17 on mnist"),
+    (["--model=raw"], 2, "not raw 32 on mnist"),
+    (["--dataset=fashion_mnist"], 2, "not dense 32 on fashion_mnist"),
 ]
 EVALUATE = [
     (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
     (["--ckpt_dir={tmp}"], 1, "holds no checkpoint"),
     (["--ckpt_dir={file}"], 2, "is a file, not a run folder"),
     (["--ckpt_dir={run}", "--which=worst"], 2, "which"),
-    (["--ckpt_dir={run}", "--which=best", "--checkpoint={run}/model.ckpt-10"], 2, "either --checkpoint or --which=best"),
+    (["--ckpt_dir={run}", "--which=best", "--checkpoint={run}/model.ckpt-30"], 2, "either --checkpoint or --which=best"),
     (["--ckpt_dir={run}", "--checkpoint={run}/model.ckpt-99"], 1, "model.ckpt-99 does not exist"),
     (["--ckpt_dir={run}", "--checkpoint={file}"], 1, "does not exist"),
     (["--ckpt_dir={run}", "--checkpoint={run}"], 2, "is a folder; name a checkpoint"),
@@ -110,13 +107,13 @@ DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export 
     "config without dataset": (lambda run: _edit_config(run, drop="dataset"), 1, "missing dataset"),
     "config without name": (lambda run: _edit_config(run, drop="name"), 1, "missing name"),
     "config with float units": (lambda run: _edit_config(run, hidden_units=[60.5, 30]), 1, "is malformed"),
-    "config with units as a number": (lambda run: _edit_config(run, hidden_units=16), 1, "is malformed"),
+    "config with units as a number": (lambda run: _edit_config(run, hidden_units=32), 1, "is malformed"),
     "config of another width": (lambda run: _edit_config(run, hidden_units=[17]), 1, "cannot restore"),
     "config of another model": (lambda run: _edit_config(run, name="raw"), 1, "cannot restore"),
     "config not utf-8": (lambda run: _write(f"{run}/model_config.json", b"\xff\xfe"), 1, "is malformed"),
-    "truncated index": (lambda run: _truncate(f"{run}/model.ckpt-10.index", 40), 1, "model.ckpt-10"),
-    "zeroed data": (lambda run: _zero(f"{run}/model.ckpt-10.data-00000-of-00001"), 1, "model.ckpt-10"),
-    "truncated data": (lambda run: _truncate(f"{run}/model.ckpt-10.data-00000-of-00001", 100), 1, "model.ckpt-10"),
+    "truncated index": (lambda run: _truncate(f"{run}/model.ckpt-30.index", 40), 1, "model.ckpt-30"),
+    "zeroed data": (lambda run: _zero(f"{run}/model.ckpt-30.data-00000-of-00001"), 1, "model.ckpt-30"),
+    "truncated data": (lambda run: _truncate(f"{run}/model.ckpt-30.data-00000-of-00001", 100), 1, "model.ckpt-30"),
 }
 EXPORT = [
     (["--ckpt_dir={tmp}/nothing", "--export_dir={tmp}/exports"], 1, "does not exist"),
@@ -172,16 +169,16 @@ REPORT = [
 ]
 
 CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAIN]
-         + [("train", ["--ckpt_dir={run}", "--log_dir={tmp}/logs", "--hidden_units=16", "--batch_size=64", *args],
+         + [("train", ["--ckpt_dir={run}", "--log_dir={tmp}/logs", "--hidden_units=32", "--batch_size=64", *args],
              code, fragment, None)
             for args, code, fragment in RESUME]
          + [("evaluate", args, code, fragment, None) for args, code, fragment in EVALUATE]
-         + [(tool, [*args, "--ckpt_dir={run}", "--checkpoint={run}/model.ckpt-10"], code, fragment, damage)
+         + [(tool, [*args, "--ckpt_dir={run}", "--checkpoint={run}/model.ckpt-30"], code, fragment, damage)
             for damage, (_, code, fragment) in DAMAGED_RUN.items()
             for tool, args in (("evaluate", []), ("export", ["--export_dir={tmp}/exports"]))]
          + [("export", args, code, fragment, None) for args, code, fragment in EXPORT]
          + [("inspect_checkpoint", args, code, fragment, None) for args, code, fragment in INSPECT]
-         + [("inspect_checkpoint", ["--ckpt_dir={run}"], 1, "model.ckpt-10", damage)
+         + [("inspect_checkpoint", ["--ckpt_dir={run}"], 1, "model.ckpt-30", damage)
             for damage in ("truncated index", "zeroed data", "truncated data")]
          + [("predict", args, code, fragment, None) for args, code, fragment in PREDICT]
          + [("sweep", args, code, fragment, None) for args, code, fragment in SWEEP]
@@ -210,15 +207,9 @@ def _zero(path):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory) -> str:
-    """A tiny trained run folder (steps 5 and 10), shared by the cases that copy it."""
-    folder = tmp_path_factory.mktemp("trained")
-    small_validation = dataclasses.replace(tiny_data, validation_size=500)
-    config = training.TrainConfig(model=config_lib.ModelConfig("dense", (16,)), data=small_validation, batch_size=64,
-                                  ckpt_dir=str(folder / "ckpt"), log_dir=str(folder / "logs"), max_steps=10,
-                                  checkpoint_every=5, eval_every=5, diagnostics=False, jit_compile=False)
-    training.train(config)
-    return str(folder / "ckpt")
+def trained(tiny_run) -> str:
+    """The shared tiny run's checkpoint folder (steps 20 and 30): the cases copy it before damaging it."""
+    return str(tiny_run[0] / "ckpt")
 
 
 def test_the_catalogue_covers_every_tool_with_at_least_150_cases():

@@ -10,7 +10,7 @@ import tensorflow as tf
 from mnist_dnn.lib import checkpoints, evaluation, training
 from mnist_dnn.lib.run_dir import Best, RunDir
 from mnist_dnn.lib.errors import CheckpointError
-from test_training import tiny_config
+from conftest import tiny_config
 
 
 def _best_json(tmp_path):
@@ -79,12 +79,12 @@ def test_a_malformed_best_json_is_a_checkpoint_error(tmp_path):
         RunDir(str(tmp_path)).read_best()
 
 
-def test_a_checkpoint_is_rebuilt_from_the_config_of_its_own_run(tiny_data, tmp_path):
-    result = training.train(tiny_config(tiny_data, tmp_path, max_steps=20))
-    best_path = checkpoints.resolve_checkpoint(str(tmp_path / "ckpt"), which="best")
-    assert RunDir.of_checkpoint(best_path).path == str(tmp_path / "ckpt")  # best/ is described by its parent
-    _, config, path, step = checkpoints.restore_model(str(tmp_path / "ckpt"), which="best")
+def test_a_checkpoint_is_rebuilt_from_the_config_of_its_own_run(tiny_run, tmp_path):
+    folder, result = tiny_run
+    best_path = checkpoints.resolve_checkpoint(str(folder / "ckpt"), which="best")
+    assert RunDir.of_checkpoint(best_path).path == str(folder / "ckpt")  # best/ is described by its parent
+    _, config, path, step = checkpoints.restore_model(str(folder / "ckpt"), which="best")
     assert path == best_path and config.model.hidden_units == (32,)
     # An explicit checkpoint of another folder is rebuilt from that folder's config.
     _, config, path, step = checkpoints.restore_model(str(tmp_path / "elsewhere"), checkpoint=result.checkpoint)
-    assert step == 20 and config.model.hidden_units == (32,)
+    assert step == 30 and config.model.hidden_units == (32,)

@@ -15,24 +15,11 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import ROOT, call_tool, folder_hashes, hparams, run_cli, scalars
+from conftest import ROOT, call_tool, copy_run, folder_hashes, hparams, run_cli, scalars, tiny_config
 from mnist_dnn.lib import models, training
 from mnist_dnn.lib.config import ModelConfig
 from mnist_dnn.lib.errors import UsageError
 from mnist_dnn.lib.run_dir import RunDir
-
-
-def tiny_config(tiny_data, tmp_path, **overrides):
-    # 500 validation images (not the default 5,000): the checks are about the run, not the score.
-    # The tf.data runner (no XLA compilation: a second less per run) unless a test asks for the
-    # default (jit_compile=None); test_steps shows that both runners train alike.
-    settings = dict(model=models.make_config("dense", (32,)), data=dataclasses.replace(tiny_data, validation_size=500),
-                    ckpt_dir=str(tmp_path / "ckpt"),
-                    log_dir=str(tmp_path / "logs"), max_steps=30, log_every=10, eval_every=10,
-                    checkpoint_every=10, keep_checkpoints=2, batch_size=64, steps_per_call=7, diagnostics=False,
-                    jit_compile=False)
-    settings.update(overrides)
-    return training.TrainConfig(**settings)
 
 
 def test_every_optimizer_name_builds_that_optimizer():
@@ -51,21 +38,21 @@ def test_default_log_dir_names_the_hyperparameters():
     assert training.default_log_dir(config) == os.path.join("logs", "raw-10-20-sgd-0.1-b128")
 
 
-def test_training_writes_step_named_checkpoints_config_summaries_hparams_and_the_model_graph(tiny_data, tmp_path):
-    result = training.train(tiny_config(tiny_data, tmp_path))
+def test_training_writes_step_named_checkpoints_config_summaries_hparams_and_the_model_graph(tiny_run):
+    folder, result = tiny_run
     assert (result.step, result.start_step, result.resumed_from) == (30, 0, None)
     assert result.checkpoint.endswith("model.ckpt-30") and result.validation.accuracy > 0.5
-    names = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "ckpt" / "model.ckpt-*.index")))
+    names = sorted(os.path.basename(p) for p in glob.glob(str(folder / "ckpt" / "model.ckpt-*.index")))
     assert names == ["model.ckpt-20.index", "model.ckpt-30.index"]  # keep_checkpoints=2
-    stored = RunDir(str(tmp_path / "ckpt")).load_config()
+    stored = RunDir(str(folder / "ckpt")).load_config()
     assert stored.model == ModelConfig("dense", (32,)) and stored.resume["batch_size"] == 64
-    assert sorted(scalars(tmp_path / "logs" / "train", "loss")) == [10, 20, 30]
-    assert sorted(scalars(tmp_path / "logs" / "validation", "accuracy")) == [10, 20, 30]
-    run = event_accumulator.EventAccumulator(str(tmp_path / "logs"))
+    assert sorted(scalars(folder / "logs" / "train", "loss")) == [10, 20, 30]
+    assert sorted(scalars(folder / "logs" / "validation", "accuracy")) == [10, 20, 30]
+    run = event_accumulator.EventAccumulator(str(folder / "logs"))
     run.Reload()
     graph_ops = {node.op for node in run.Graph().node}
     assert "MatMul" in graph_ops and "Relu" in graph_ops  # the model's forward pass
-    stored = hparams(tmp_path / "logs")
+    stored = hparams(folder / "logs")
     assert stored["hidden_units"] == "32" and stored["batch_size"] == 64 and stored["optimizer"] == "adam"
 
 
@@ -95,49 +82,48 @@ def test_resume_continues_from_the_saved_step_exactly_as_an_uninterrupted_run(ti
 
 @pytest.mark.parametrize("damage", [None] + [pytest.param(d, marks=pytest.mark.slow)
                                               for d in (b"", b"\0" * 100, b"\xff\xfe\xfd not utf-8")])
-def test_a_missing_or_damaged_state_file_resumes_from_the_newest_checkpoint_and_changes_none(tiny_data, tmp_path,
-                                                                                               damage):
-    training.train(tiny_config(tiny_data, tmp_path, max_steps=20))
+def test_a_missing_or_damaged_state_file_resumes_from_the_newest_checkpoint_and_changes_none(tiny_run, tiny_data,
+                                                                                               tmp_path, damage):
+    copy_run(tiny_run, tmp_path)
     state_file = tmp_path / "ckpt" / "checkpoint"
     state_file.unlink() if damage is None else state_file.write_bytes(damage)
     checkpoint_files = lambda: {p: h for p, h in folder_hashes(tmp_path / "ckpt").items()  # noqa: E731
                                 if "model.ckpt" in p and os.path.dirname(p) == str(tmp_path / "ckpt")}
     before = checkpoint_files()
-    finished = training.train(tiny_config(tiny_data, tmp_path, max_steps=20))
-    assert (finished.start_step, finished.step) == (20, 20) and checkpoint_files() == before
-    resumed = training.train(tiny_config(tiny_data, tmp_path, max_steps=30))
-    assert resumed.start_step == 20 and resumed.step == 30
+    finished = training.train(tiny_config(tiny_data, tmp_path))
+    assert (finished.start_step, finished.step) == (30, 30) and checkpoint_files() == before
+    resumed = training.train(tiny_config(tiny_data, tmp_path, max_steps=40))
+    assert resumed.start_step == 30 and resumed.step == 40
     after = checkpoint_files()
-    assert all(after.get(path) == digest for path, digest in before.items() if "-20." in path)
+    assert all(after.get(path) == digest for path, digest in before.items() if "-30." in path)
 
 
-def test_restore_brings_back_adam_moments_and_step(tiny_data, tmp_path):
-    result = training.train(tiny_config(tiny_data, tmp_path, max_steps=10))
-    config = tiny_config(tiny_data, tmp_path)
-    fresh = training.build_state(config)
+def test_restore_brings_back_adam_moments_and_step(tiny_run, tiny_data, tmp_path):
+    folder, result = tiny_run
+    fresh = training.build_state(tiny_config(tiny_data, tmp_path))
     fresh.checkpoint.restore(result.checkpoint).assert_consumed()
-    assert int(fresh.step) == 10
+    assert int(fresh.step) == 30
     slots = [v for v in fresh.optimizer.variables if "momentum" in v.path or "velocity" in v.path]
     assert len(slots) == 2 * len(fresh.model.trainable_variables)
     assert all(np.any(v.numpy() != 0) for v in slots)
 
 
-def test_a_finished_run_says_so_and_writes_nothing(tiny_data, tmp_path, capsys):
-    training.train(tiny_config(tiny_data, tmp_path, max_steps=10))
+def test_a_finished_run_says_so_and_writes_nothing(tiny_run, tiny_data, tmp_path, capsys):
+    copy_run(tiny_run, tmp_path)
     before = folder_hashes(tmp_path)
-    result = training.train(tiny_config(tiny_data, tmp_path, max_steps=10))
-    assert result.step == result.start_step == 10 and "Already finished" in capsys.readouterr().out
+    result = training.train(tiny_config(tiny_data, tmp_path))
+    assert result.step == result.start_step == 30 and "Already finished" in capsys.readouterr().out
     assert folder_hashes(tmp_path) == before
 
 
-def test_resuming_with_another_model_or_dataset_is_refused_and_touches_nothing(tiny_data, tmp_path):
-    training.train(tiny_config(tiny_data, tmp_path, max_steps=10))
+def test_resuming_with_another_model_or_dataset_is_refused_and_touches_nothing(tiny_run, tiny_data, tmp_path):
+    copy_run(tiny_run, tmp_path)
     before = folder_hashes(tmp_path)
     with pytest.raises(UsageError, match="holds a run of dense 32 on mnist, not raw 128 on mnist"):
-        training.train(tiny_config(tiny_data, tmp_path, model=models.make_config("raw"), max_steps=20))
+        training.train(tiny_config(tiny_data, tmp_path, model=models.make_config("raw"), max_steps=40))
     with pytest.raises(UsageError, match="not dense 32 on fashion_mnist"):
         fashion = dataclasses.replace(tiny_data, dataset="fashion_mnist")
-        training.train(tiny_config(tiny_data, tmp_path, max_steps=20, data=fashion))
+        training.train(tiny_config(tiny_data, tmp_path, max_steps=40, data=fashion))
     assert folder_hashes(tmp_path) == before
 
 

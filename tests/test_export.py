@@ -237,11 +237,13 @@ def test_every_model_exports_and_reloads(tiny_data, tmp_path, name):
 # --- Inspect ------------------------------------------------------------------------------
 
 
-def test_read_variables_summarizes_every_value_as_numpy_does(raw_run):
-    config, result = raw_run
-    step, summaries = checkpoints.read_variables(result.checkpoint)
+def test_read_variables_summarizes_every_value_as_numpy_does(tmp_path):
+    state = training.build_state(training.TrainConfig(model=models.make_config("raw"), optimizer="adam"))
+    state.step.assign(10)
+    path = state.checkpoint.write(str(tmp_path / "model.ckpt-10"))
+    step, summaries = checkpoints.read_variables(path)
     assert step == 10
-    reader = tf.train.load_checkpoint(result.checkpoint)
+    reader = tf.train.load_checkpoint(path)
     by_key = {s.key: s for s in summaries}
     assert set(by_key) == set(reader.get_variable_to_shape_map())
     w1 = by_key["model/w1/.ATTRIBUTES/VARIABLE_VALUE"]

@@ -29,14 +29,34 @@ def train(split, num_calls, **overrides):
     return state, runner
 
 
-@pytest.mark.parametrize("augment_shift", [0, pytest.param(2, marks=pytest.mark.slow)])
-def test_the_compiled_runner_trains_as_the_pipeline_runner_does(split, augment_shift):
-    calls = (3, 7, 4)  # 14 steps: crosses two epoch ends with their padded last batches
-    compiled, _ = train(split, calls, augment_shift=augment_shift)
-    pipeline, _ = train(split, calls, augment_shift=augment_shift, jit_compile=False)
-    assert int(compiled.step) == int(pipeline.step) == 14
-    for a, b in zip(compiled.model.weights, pipeline.model.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+CALLS = (1, 7, 3, 9, 2)  # 22 steps of five-step epochs: four epoch ends with their padded last batches
+
+
+@pytest.fixture(scope="module")
+def compiled(split):
+    """The default (XLA-compiled) runner after CALLS: one compilation for the tests that read it."""
+    return train(split, CALLS)
+
+
+@pytest.fixture(scope="module")
+def pipeline(split):
+    """The tf.data runner after CALLS."""
+    return train(split, CALLS, jit_compile=False)
+
+
+def assert_same_weights(a, b):
+    assert int(a.step) == int(b.step) == sum(CALLS)
+    for x, y in zip(a.model.weights, b.model.weights):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_the_compiled_runner_trains_as_the_pipeline_runner_does(compiled, pipeline):
+    assert_same_weights(compiled[0], pipeline[0])
+
+
+@pytest.mark.slow
+def test_with_augmentation_the_compiled_runner_trains_as_the_pipeline_runner_does(split):
+    assert_same_weights(train(split, CALLS, augment_shift=2)[0], train(split, CALLS, augment_shift=2, jit_compile=False)[0])
 
 
 def test_one_sgd_step_on_a_padded_batch_equals_plain_gradient_descent_on_its_real_examples(split):
@@ -75,11 +95,11 @@ def test_a_non_finite_loss_stops_either_runner_before_it_updates_anything(split,
         np.testing.assert_array_equal(old, np.asarray(new))
 
 
-def test_the_compiled_loop_traces_once_over_ragged_epochs_and_varying_step_counts(split):
-    _, runner = train(split, (1, 7, 3, 9, 2))
+def test_the_compiled_loop_traces_once_over_ragged_epochs_and_varying_step_counts(compiled):
+    _, runner = compiled
     assert runner.loop.experimental_get_tracing_count() == 1
 
 
-def test_the_pipeline_loop_traces_once_over_varying_step_counts(split):
-    _, runner = train(split, (1, 7, 3, 9), jit_compile=False)
+def test_the_pipeline_loop_traces_once_over_varying_step_counts(pipeline):
+    _, runner = pipeline
     assert runner.loop.experimental_get_tracing_count() == 1

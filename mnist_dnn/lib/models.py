@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from mnist_dnn.lib.config import ALIASES, DEFAULT_HIDDEN_UNITS, MODELS, ModelConfig  # noqa: F401 (the registry)
+from mnist_dnn.lib import threefry
 from mnist_dnn.lib.data import NUM_CLASSES, NUM_PIXELS
 
 
@@ -33,19 +34,23 @@ class RawDNN(keras.Model):
 
 
 class Dropout(keras.layers.Dropout):
-    """keras.layers.Dropout drawing its masks with Philox.
+    """keras.layers.Dropout drawing its masks from `threefry.random_bits`.
 
-    Inside an XLA program on a CPU, the default algorithm (ThreeFry) made a training step of
-    784-512-10 about ten times slower; Philox costs little (see README, Speed).
+    Inside an XLA program on a CPU, Keras' default generator made a training step of 784-512-10
+    about ten times slower, and TensorFlow's Philox took about a quarter of a 784-512-512-10
+    step; these masks cost little (docs/speed.md).
     """
 
     def call(self, inputs, training=False):
         if not (training and self.rate > 0):
             return inputs
+        if self.noise_shape is not None:
+            raise ValueError("noise_shape is not supported by this Dropout")
         # As Keras does: its seed variable is int64, TensorFlow's stateless ops want int32 in XLA.
         seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
-        return tf.nn.experimental.stateless_dropout(inputs, self.rate, seed, rng_alg="philox",
-                                                    noise_shape=self.noise_shape)
+        threshold = tf.constant(min(int(self.rate * 2.0**32), 2**32 - 1), tf.uint32)
+        keep = threefry.random_bits(tf.shape(inputs), seed) >= threshold  # probability 1 - rate
+        return tf.where(keep, inputs / (1 - self.rate), tf.zeros_like(inputs))
 
 
 def dense_dnn(hidden_units=(60, 30), seed=0, dropout=0.0) -> keras.Model:

@@ -33,8 +33,18 @@ class RawDNN(keras.Model):
         return x
 
 
+def dropout(inputs, rate: float, seed):
+    """`inputs` with each element zeroed with probability `rate`, the rest scaled by 1 / (1 - rate).
+
+    A stateless function of `seed` (int32 [2]), its bits from `threefry.random_bits`.
+    """
+    threshold = tf.constant(min(int(rate * 2.0**32), 2**32 - 1), tf.uint32)
+    keep = threefry.random_bits(tf.shape(inputs), seed) >= threshold
+    return tf.where(keep, inputs / (1 - rate), tf.zeros_like(inputs))
+
+
 class Dropout(keras.layers.Dropout):
-    """keras.layers.Dropout drawing its masks from `threefry.random_bits`.
+    """keras.layers.Dropout drawing its masks with `dropout` above.
 
     Inside an XLA program on a CPU, Keras' default generator made a training step of 784-512-10
     about ten times slower, and TensorFlow's Philox took about a quarter of a 784-512-512-10
@@ -48,9 +58,7 @@ class Dropout(keras.layers.Dropout):
             raise ValueError("noise_shape is not supported by this Dropout")
         # As Keras does: its seed variable is int64, TensorFlow's stateless ops want int32 in XLA.
         seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
-        threshold = tf.constant(min(int(self.rate * 2.0**32), 2**32 - 1), tf.uint32)
-        keep = threefry.random_bits(tf.shape(inputs), seed) >= threshold  # probability 1 - rate
-        return tf.where(keep, inputs / (1 - self.rate), tf.zeros_like(inputs))
+        return dropout(inputs, self.rate, seed)
 
 
 def dense_dnn(hidden_units=(60, 30), seed=0, dropout=0.0) -> keras.Model:

@@ -1,0 +1,100 @@
+"""What one dropout mask costs inside an XLA program on this CPU.
+
+    python benchmarks/dropout_masks.py [--masks=300] [--rounds=5]
+
+Times a compiled loop that applies `--masks` dropout masks (rate 0.2) to one [128, 512] batch,
+the shape of a hidden layer of the large MLP in benchmarks/speed.py, and reports the cost per
+mask (median of rounds, the variants interleaved): mnist_dnn's `models.dropout` (what its Dropout layer
+draws: Threefry bits in uint32 ops), TensorFlow's `stateless_dropout` with Philox (what it used before), JAX's
+`random.bernoulli` as speed.py's JAX loop draws it (if JAX is installed), and the loop without a
+mask. Writes benchmarks/dropout_masks.json.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("MNIST_DNN_XLA_CACHE", "off")
+
+from mnist_dnn import startup  # noqa: E402 (sets the XLA flags before TensorFlow starts)
+
+startup.import_tensorflow()
+import tensorflow as tf  # noqa: E402
+
+from mnist_dnn.lib import models  # noqa: E402
+
+SHAPE, RATE = (128, 512), 0.2
+
+
+def tensorflow_loop(masks: int, apply):
+    @tf.function(jit_compile=True)
+    def loop(x):
+        total, i = tf.zeros(SHAPE), tf.constant(0)
+        while i < masks:
+            total += apply(x, tf.stack([i, 7 * i + 1]))
+            i += 1
+        return tf.reduce_sum(total)
+
+    x = tf.random.normal(SHAPE, seed=1)
+    return lambda: float(loop(x))
+
+
+def jax_loop(masks: int):
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def loop(x, key):
+        def body(_, carry):
+            total, key = carry
+            key, sub = jax.random.split(key)
+            return total + jnp.where(jax.random.bernoulli(sub, 1 - RATE, x.shape), x / (1 - RATE), 0), key
+
+        return jax.lax.fori_loop(0, masks, body, (jnp.zeros_like(x), key))[0].sum()
+
+    x = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
+    return lambda: float(loop(x, jax.random.PRNGKey(0)))
+
+
+def variants(masks: int) -> dict:
+    found = {
+        "mnist_dnn Dropout (Threefry in uint32 ops)": tensorflow_loop(masks, lambda x, s: models.dropout(x, RATE, s)),
+        "TensorFlow stateless_dropout, Philox": tensorflow_loop(
+            masks, lambda x, s: tf.nn.experimental.stateless_dropout(x, RATE, s, rng_alg="philox")),
+        "no mask (the loop alone)": tensorflow_loop(masks, lambda x, s: x / (1 - RATE) + tf.cast(s[0], tf.float32)),
+    }
+    try:
+        found["JAX random.bernoulli (speed.py's JAX loop)"] = jax_loop(masks)
+    except ImportError:
+        pass
+    return found
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--masks", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/dropout_masks.json")
+    args = parser.parse_args()
+    runs = variants(args.masks)
+    for run in runs.values():
+        run()  # compile
+    micros = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            micros[name].append((time.perf_counter() - started) / args.masks * 1e6)
+    medians = {name: statistics.median(values) for name, values in micros.items()}
+    with open(args.out, "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "shape": SHAPE, "rate": RATE,
+                   "masks": args.masks, "microseconds_per_mask": medians, "rounds": micros}, f, indent=2)
+    print("| variant | µs per [128, 512] mask (median) |\n| --- | --- |")
+    for name, value in medians.items():
+        print(f"| {name} | {value:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,16 +19,23 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run(command):
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+
+
 def run_seed(seed, args, scratch):
     folder = os.path.join(scratch, f"seed{seed}")
+    os.makedirs(folder)  # train writes --result_file into an existing folder only
     data_flags = [f"--data_dir={args.data_dir}"] + ([f"--idx_dir={args.idx_dir}"] if args.idx_dir else [])
     train = [sys.executable, "-m", "mnist_dnn.train", "--flagfile=configs/best.cfg", f"--seed={seed}",
              f"--ckpt_dir={folder}/ckpt", f"--log_dir={folder}/logs", f"--result_file={folder}/train.json", *data_flags]
     started = time.perf_counter()
-    subprocess.run(train, cwd=ROOT, check=True, capture_output=True)
+    _run(train)
     seconds = time.perf_counter() - started
-    subprocess.run([sys.executable, "-m", "mnist_dnn.evaluate", f"--ckpt_dir={folder}/ckpt",
-                    f"--metrics_file={folder}/eval.json", *data_flags], cwd=ROOT, check=True, capture_output=True)
+    _run([sys.executable, "-m", "mnist_dnn.evaluate", f"--ckpt_dir={folder}/ckpt", f"--metrics_file={folder}/eval.json",
+          *data_flags])
     with open(f"{folder}/eval.json") as f:
         report = json.load(f)
     with open(f"{folder}/train.json") as f:

@@ -32,7 +32,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import data
+from mnist_dnn.lib import config as config_lib
+from mnist_dnn.lib import data, training
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REAL_IDX_DIR = os.environ.get(data.IDX_DIR_ENV) or str(ROOT.parent / "shared" / "data" / "mnist")
@@ -131,8 +132,6 @@ def tiny_config(tiny_data, folder, **overrides):
     The tf.data runner (no XLA compilation: a second less per run) unless a test asks for the
     default (jit_compile=None); test_steps shows that both runners train alike.
     """
-    from mnist_dnn.lib import config as config_lib, training
-
     settings = dict(model=config_lib.ModelConfig("dense", (32,)),
                     data=dataclasses.replace(tiny_data, validation_size=500), ckpt_dir=str(folder / "ckpt"),
                     log_dir=str(folder / "logs"), max_steps=30, log_every=10, eval_every=10,
@@ -148,8 +147,6 @@ def tiny_run(tiny_data, tmp_path_factory):
 
     Read it in place; copy it (`copy_run`) before anything that could write to it.
     """
-    from mnist_dnn.lib import training
-
     folder = tmp_path_factory.mktemp("tiny_run")
     return folder, training.train(tiny_config(tiny_data, folder))
 

@@ -219,7 +219,7 @@ def raw_run(tiny_data, tmp_path_factory):
     return config, training.train(config)
 
 
-@pytest.mark.parametrize("name", models.MODELS)
+@pytest.mark.parametrize("name", [n if n == "dense" else pytest.param(n, marks=pytest.mark.slow) for n in models.MODELS])
 def test_every_model_exports_and_reloads(tiny_data, tmp_path, name):
     model = models.create_model(models.make_config(name), seed=3)
     images = data.load_splits(tiny_data)["test"].images[:64]

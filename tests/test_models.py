@@ -78,3 +78,8 @@ def test_dropout_drops_at_its_rate_keeps_the_mean_and_is_off_at_inference():
     np.testing.assert_array_equal(layer(ones, training=False).numpy(), ones.numpy())
     compiled = tf.function(lambda x: layer(x, training=True), jit_compile=True)
     assert abs((compiled(ones).numpy() == 0).mean() - 0.25) < 0.01
+
+
+def test_dropout_refuses_a_noise_shape_rather_than_ignore_it():
+    with pytest.raises(ValueError, match="noise_shape"):
+        models.Dropout(0.5, noise_shape=(None, 1))(tf.ones([4, 8]), training=True)

@@ -18,6 +18,8 @@ import os
 import sys
 import tempfile
 
+from mnist_dnn.lib import files
+
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
 _XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
@@ -93,9 +95,7 @@ def xla_cache_folder(environ) -> str | None:
 
 def _can_hold(folder: str) -> bool:
     """Whether `folder` is, or can be created as, a writable folder (checked without creating it)."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = files.nearest_existing(folder)
     return os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)
 
 

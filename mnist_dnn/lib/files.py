@@ -4,6 +4,14 @@ import json
 import os
 
 
+def nearest_existing(path: str) -> str:
+    """`path` made absolute, or its closest ancestor that exists (what a write there would meet)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
 def write_text(path: str, text: str) -> None:
     write_with(path, lambda f: f.write(text.encode()))
 

@@ -14,7 +14,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from mnist_dnn.lib import actions, controller, data, diagnostics, distribute, evaluation, serving, steps
+from mnist_dnn.lib import actions, controller, data, diagnostics, distribute, evaluation, files, serving, steps
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
 from mnist_dnn.lib.models import create_model
@@ -129,9 +129,7 @@ def _report_lost_workers(ckpt_dir: str):
 
 def _check_writable(field: str, folder: str) -> None:
     """Refuses a folder that cannot be created or written, before anything is created."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = files.nearest_existing(folder)
     if existing == os.path.abspath(folder) and not os.path.isdir(existing):
         raise UsageError(f"--{field} {folder} is a file, not a folder; pass another folder")
     if not os.path.isdir(existing):

@@ -11,7 +11,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -25,7 +28,7 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx's succe
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from conftest import call_tool
+from conftest import ROOT, call_tool
 from mnist_dnn.lib import data, models, rest, server, serving
 from mnist_dnn.lib.servables import ModelVersions
 
@@ -375,3 +378,40 @@ def test_binding_a_port_in_use_is_one_usage_error():
         taken.listen()
         with pytest.raises(server.UsageError, match="cannot listen on 127.0.0.1:"):
             server.bind("127.0.0.1", taken.getsockname()[1])
+
+
+# --- The command ----------------------------------------------------------------------------------
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp writes them) of the sockets listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            with open(table) as f:
+                for line in f.readlines()[1:]:
+                    local, state = line.split()[1], line.split()[3]
+                    if state == "0A" and int(local.split(":")[1], 16) == port:  # 0A: LISTEN
+                        found.add(local.split(":")[0])
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_the_command_serves_on_loopback_and_stops_cleanly(exported, stop):
+    process = subprocess.Popen([sys.executable, "-m", "mnist_dnn.serve", f"--model_dir={exported['dir']}", "--port=0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("Serving mnist version 1"), line
+        url = line.split(" at ")[1].split()[0]
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
+        assert httpx.post(url + PREDICT[1:], json={"instances": [ZEROS]}).status_code == 200
+        assert httpx.get(url).status_code == 200
+        process.send_signal(stop)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "Traceback" not in err and "error" not in err.lower(), (process.returncode, err)
+    assert out.strip().endswith("Stopped.")

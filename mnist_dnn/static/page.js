@@ -17,6 +17,7 @@ const preview = document.getElementById("digit28").getContext("2d");
 const statusLine = document.getElementById("status");
 const bars = [];
 let drawn = 0, answered = 0, cleared = 0, inFlight = false, lastSent = 0, timer = null;
+let modelLine = "";          // "Model mnist, version 2": the status line when nothing went wrong
 
 // --- Drawing -------------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ async function predict() {
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || response.statusText);
     if (generation >= cleared) showProbabilities(answer.predictions[0].probabilities);
-    showStatus("");
+    showStatus(modelLine);
   } catch (error) {
     showStatus(`The server did not answer: ${error.message}`, true);
   } finally {
@@ -227,9 +228,8 @@ function showStatus(text, isError = false) {
 async function showModel() {
   try {
     const status = await (await fetch(STATUS_URL)).json();
-    if (!statusLine.classList.contains("error")) {
-      showStatus(`Model ${MODEL}, version ${status.model_version_status[0].version}`);
-    }
+    modelLine = `Model ${MODEL}, version ${status.model_version_status[0].version}`;
+    if (!statusLine.classList.contains("error")) showStatus(modelLine);
   } catch (error) {
     showStatus(`The server did not answer: ${error.message}`, true);
   }

@@ -11,6 +11,7 @@ Example (Ctrl-C stops it):
     python -m mnist_dnn.serve --model_dir=exports/mnist --host=0.0.0.0   # reachable from a phone on the network
 """
 
+import gc
 import socket
 
 from mnist_dnn import cli
@@ -41,7 +42,11 @@ def main(argv):
     current = versions.current
     say(f"Serving {config.model_name} version {current.version} ({current.path}) at {addresses(config, port)}\n"
         f"  REST: http://{config.host}:{port}/v1/models/{config.model_name}:predict (Ctrl-C stops the server)")
-    server.serve(server.create_app(config, versions, say), sock)
+    # The loaded model is hundreds of thousands of Python objects that Python's garbage collector
+    # would go through again and again while a large request's JSON is parsed (ten times slower
+    # for 100 images): set them aside, now and after each new version.
+    gc.freeze()
+    server.serve(server.create_app(config, versions, say, after_switch=gc.freeze), sock)
     say("Stopped.")
     return 0
 

@@ -415,3 +415,31 @@ def test_the_command_serves_on_loopback_and_stops_cleanly(exported, stop):
         process.kill()
     assert process.returncode == 0 and "Traceback" not in err and "error" not in err.lower(), (process.returncode, err)
     assert out.strip().endswith("Stopped.")
+
+
+@pytest.mark.slow
+def test_an_installed_package_serves_its_page(exported, tmp_path):
+    """`pip install .` (not editable): the page's files are package data, served from the installed package."""
+    source, target = tmp_path / "src", tmp_path / "site"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "checkpoints",
+                                                                "logs", "runs", "exports", "tests", "benchmarks",
+                                                                "docs", ".pytest_cache"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", f"--target={target}",
+                              str(source)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    process = subprocess.Popen([str(target / "bin" / "mnist-dnn-serve"), f"--model_dir={exported['dir']}", "--port=0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(target)})
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("Serving mnist version 1"), (line, process.stderr.read() if process.poll() else "")
+        url = line.split(" at ")[1].split()[0]
+        page = httpx.get(url)
+        assert page.status_code == 200 and "Draw a digit" in page.text
+        for name in ("page.js", "page.css"):
+            served = httpx.get(f"{url}static/{name}")
+            assert served.status_code == 200 and served.text == (target / "mnist_dnn" / "static" / name).read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()

@@ -116,8 +116,9 @@ def run_predict(servable: Servable, body: bytes) -> str:
 class ModelServer:
     """The routes' state: the model's versions, the worker threads, the limits."""
 
-    def __init__(self, config: ServeConfig, versions: ModelVersions, say: Callable[[str], None]):
-        self.config, self.versions, self.say = config, versions, say
+    def __init__(self, config: ServeConfig, versions: ModelVersions, say: Callable[[str], None],
+                 after_switch: Callable[[], None]):
+        self.config, self.versions, self.say, self.after_switch = config, versions, say, after_switch
         self.model_calls = anyio.CapacityLimiter(config.model_threads)
 
     def servable(self, name: str, version: str | None) -> Servable:
@@ -156,7 +157,8 @@ class ModelServer:
         while True:
             await anyio.sleep(self.config.file_system_poll_wait_seconds)
             try:
-                await anyio.to_thread.run_sync(self.versions.refresh)
+                if await anyio.to_thread.run_sync(self.versions.refresh):
+                    self.after_switch()
             except OSError as e:  # the folder vanished or became unreadable: keep serving what is loaded
                 self.say(f"cannot look for new versions in {self.versions.model_dir}: {e.strerror or e}")
 
@@ -169,8 +171,10 @@ class ModelServer:
             tasks.cancel_scope.cancel()
 
 
-def create_app(config: ServeConfig, versions: ModelVersions, say: Callable[[str], None] = lambda line: None):
-    state = ModelServer(config, versions, say)
+def create_app(config: ServeConfig, versions: ModelVersions, say: Callable[[str], None] = lambda line: None,
+               after_switch: Callable[[], None] = lambda: None):
+    """The Starlette app; `after_switch` is called once a new version is served."""
+    state = ModelServer(config, versions, say, after_switch)
     routes = [Route("/", state.page),
               Route("/v1/models/{path:path}", state.models, methods=["GET", "POST"]),
               Mount("/static", StaticFiles(directory=str(static_folder())), name="static")]

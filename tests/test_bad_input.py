@@ -139,7 +139,7 @@ PREDICT = [
     (["--model_dir={tmp}", "{file}"], 2, "neither a SavedModel"),
 ]
 SERVE = [  # start-up errors: the server never starts serving
-    (["--model_dir={tmp}/nothing"], 1, "{tmp}/nothing holds no model"),
+    (["--model_dir={tmp}/nothing"], 1, "{tmp}/nothing does not exist"),
     (["--model_dir={tmp}"], 1, "holds no model"),
     (["--model_dir={file}"], 1, "cannot load the LiteRT file {file}"),
     (["--model_dir={tmp}/nothing", "--port=70000"], 2, "--port must be a whole number from 0 to 65535"),

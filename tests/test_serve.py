@@ -179,6 +179,7 @@ BAD_REQUESTS = [  # (path, body, status, fragment of the error)
     (PREDICT, b"{not json", 400, "JSON Parse error"),
     (PREDICT, b"\xff\xfe", 400, "JSON Parse error"),
     (PREDICT, b"[1, 2]", 400, "must be a JSON object"),
+    (PREDICT, b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
     (PREDICT, {"signature_name": "serving_default"}, 400, "Missing 'inputs' or 'instances' key"),
     (PREDICT, {"instances": [ZEROS], "inputs": [ZEROS]}, 400, "only one of 'inputs' or 'instances'"),
     (PREDICT, {"instances": []}, 400, "non-empty list"),

@@ -39,6 +39,8 @@ def parse_json(body: bytes) -> dict:
         request = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad_request(f"JSON Parse error: {e}") from None
+    except RecursionError:
+        raise bad_request("JSON Parse error: nested too deeply") from None
     if not isinstance(request, dict):
         raise bad_request("JSON Value: the request body must be a JSON object")
     return request

@@ -135,6 +135,8 @@ class ModelVersions:
             path = self.model_dir if os.path.isfile(self.model_dir) else _loadable(self.model_dir)
             folder = os.path.basename(os.path.normpath(self.model_dir if os.path.isdir(path) else os.path.dirname(path)))
             return load(path, int(folder) if folder.isdigit() else 1)
+        if not os.path.exists(self.model_dir):
+            raise DataError(f"{self.model_dir} does not exist; export a model there with python -m mnist_dnn.export")
         candidates = self.candidates()
         if not candidates:
             raise DataError(f"{self.model_dir} holds no model: neither a SavedModel, a .tflite file nor numbered "

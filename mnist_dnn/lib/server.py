@@ -147,6 +147,9 @@ class ModelServer:
             return Response(answer, media_type="application/json")
         except rest.RestError as e:
             return _error(e.status, str(e))
+        except Exception as e:  # a failure of the server's own: the client still gets TensorFlow Serving's body
+            self.say(f"error answering {request.method} {request.url.path}: {type(e).__name__}: {first_line(e)}")
+            return _error(500, f"{type(e).__name__}: {first_line(e)}")
 
     async def page(self, request: Request) -> Response:
         text = (static_folder() / "index.html").read_text(encoding="utf-8")

@@ -6,6 +6,8 @@ and check the answers against the Keras models themselves; the load test runs uv
 
 import base64
 import concurrent.futures
+import contextlib
+import dataclasses
 import importlib.util
 import io
 import json
@@ -299,22 +301,55 @@ def test_a_version_that_fails_to_load_is_retried_when_its_files_change(exported,
     assert versions.refresh() and versions.current.version == 2
 
 
-@pytest.fixture()
-def running_server(exported, tmp_path):
-    """uvicorn in a thread on a free loopback port, watching a copy of the model folder every 50 ms."""
-    model_dir = tmp_path / "mnist"
-    shutil.copytree(exported["dir"], model_dir)
-    config = server.ServeConfig(model_dir=str(model_dir), file_system_poll_wait_seconds=0.05).validate()
+@contextlib.contextmanager
+def uvicorn_thread(app):
+    """`app` served by uvicorn in a thread on a free loopback port: its URL."""
     sock = server.bind("127.0.0.1", 0)
-    uvicorn = server.uvicorn_server(server.create_app(config, ModelVersions(str(model_dir))))
+    uvicorn = server.uvicorn_server(app)
     thread = threading.Thread(target=uvicorn.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not uvicorn.started:
         time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", model_dir
-    uvicorn.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        uvicorn.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture()
+def running_server(exported, tmp_path):
+    """uvicorn on a copy of the model folder, watched every 50 ms."""
+    model_dir = tmp_path / "mnist"
+    shutil.copytree(exported["dir"], model_dir)
+    config = server.ServeConfig(model_dir=str(model_dir), file_system_poll_wait_seconds=0.05).validate()
+    with uvicorn_thread(server.create_app(config, ModelVersions(str(model_dir)))) as url:
+        yield url, model_dir
+
+
+def test_a_model_call_under_way_leaves_the_server_answering(exported, versions):
+    """The model runs in a worker thread: while one call hangs, status and the page are still answered."""
+    release, entered = threading.Event(), threading.Event()
+    signature = versions.current.signatures["serving_default"]
+
+    def hanging(inputs):
+        entered.set()
+        release.wait(30)
+        return signature.run(inputs)
+
+    hung = ModelVersions(str(exported["dir"]))
+    hung.current = dataclasses.replace(hung.current, signatures={
+        "serving_default": dataclasses.replace(signature, run=hanging)})
+    config = server.ServeConfig(model_dir=str(exported["dir"]), file_system_poll_wait_seconds=0)
+    with uvicorn_thread(server.create_app(config, hung)) as url, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.post, url + PREDICT, json={"instances": [ZEROS]}, timeout=30)
+        assert entered.wait(10)
+        assert httpx.get(url + "/v1/models/mnist", timeout=5).status_code == 200
+        assert httpx.get(url + "/", timeout=5).status_code == 200
+        assert not slow.done()
+        release.set()
+        assert slow.result().status_code == 200
 
 
 def test_no_request_fails_while_a_new_version_appears_under_load(running_server, exported, pixels):
@@ -398,16 +433,20 @@ def listening_addresses(port: int) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_the_command_serves_on_loopback_and_stops_cleanly(exported, stop):
-    process = subprocess.Popen([sys.executable, "-m", "mnist_dnn.serve", f"--model_dir={exported['dir']}", "--port=0"],
+@pytest.mark.parametrize("stop, host, listening", [(signal.SIGINT, None, "0100007F"), (signal.SIGTERM, None, "0100007F"),
+                                                   (signal.SIGTERM, "0.0.0.0", "00000000")],
+                         ids=["ctrl-c", "sigterm", "every-network"])
+def test_the_command_serves_on_loopback_unless_told_and_stops_cleanly(exported, stop, host, listening):
+    """127.0.0.1 only, unless --host says otherwise (read from /proc/net/tcp); exit 0 and no traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "mnist_dnn.serve", f"--model_dir={exported['dir']}", "--port=0",
+                                *([f"--host={host}"] if host else [])],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = process.stdout.readline()
         assert line.startswith("Serving mnist version 1"), line
         url = line.split(" at ")[1].split()[0]
         port = int(url.rstrip("/").rsplit(":", 1)[1])
-        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
+        assert listening_addresses(port) == {listening}
         assert httpx.post(url + PREDICT[1:], json={"instances": [ZEROS]}).status_code == 200
         assert httpx.get(url).status_code == 200
         process.send_signal(stop)

@@ -162,8 +162,9 @@ class ModelServer:
             try:
                 if await anyio.to_thread.run_sync(self.versions.refresh):
                     self.after_switch()
-            except OSError as e:  # the folder vanished or became unreadable: keep serving what is loaded
-                self.say(f"cannot look for new versions in {self.versions.model_dir}: {e.strerror or e}")
+            except Exception as e:  # e.g. the folder vanished: keep serving what is loaded, look again later
+                self.say(f"cannot look for new versions in {self.versions.model_dir}: {type(e).__name__}: "
+                         f"{first_line(e)}")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):

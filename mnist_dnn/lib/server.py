@@ -190,6 +190,7 @@ def create_app(config: ServeConfig, versions: ModelVersions, say: Callable[[str]
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port, or one error line (address in use, not an address of this machine)."""
+    sock = None
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                             flags=socket.AI_PASSIVE)[0]
@@ -198,6 +199,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
         sock.listen(1024)
     except OSError as e:
+        if sock is not None:
+            sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}; pass another --host or --port") from None
     return sock
 

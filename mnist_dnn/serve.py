@@ -42,9 +42,9 @@ def main(argv):
     current = versions.current
     say(f"Serving {config.model_name} version {current.version} ({current.path}) at {addresses(config, port)}\n"
         f"  REST: http://{config.host}:{port}/v1/models/{config.model_name}:predict (Ctrl-C stops the server)")
-    # The loaded model is hundreds of thousands of Python objects that Python's garbage collector
-    # would go through again and again while a large request's JSON is parsed (ten times slower
-    # for 100 images): set them aside, now and after each new version.
+    # TensorFlow and the loaded model are hundreds of thousands of Python objects that the garbage
+    # collector would go through again and again while a large request's JSON is parsed (most of
+    # the time of a 100-image request): set them aside, now and after each new version.
     gc.freeze()
     server.serve(server.create_app(config, versions, say, after_switch=gc.freeze), sock)
     say("Stopped.")

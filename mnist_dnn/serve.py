@@ -15,17 +15,16 @@ import gc
 import socket
 
 from mnist_dnn import cli
-from mnist_dnn.lib import server
-from mnist_dnn.lib.servables import ModelVersions
+from mnist_dnn.lib.serve_config import ServeConfig
 
-cli.define_config_flags(server.ServeConfig)
+cli.define_config_flags(ServeConfig)
 
 
 def say(line: str) -> None:
     print(line, flush=True)
 
 
-def addresses(config: server.ServeConfig, port: int) -> str:
+def addresses(config: ServeConfig, port: int) -> str:
     if config.host in ("0.0.0.0", "::", ""):
         return (f"http://127.0.0.1:{port}/ here, http://{socket.gethostname()}:{port}/ (or this machine's address) "
                 "from another device on the network")
@@ -35,7 +34,10 @@ def addresses(config: server.ServeConfig, port: int) -> str:
 
 def main(argv):
     del argv
-    config = cli.config_from_flags(server.ServeConfig).validate()
+    from mnist_dnn.lib import server  # after cli.run's quiet start-up: it imports TensorFlow
+    from mnist_dnn.lib.servables import ModelVersions
+
+    config = cli.config_from_flags(ServeConfig).validate()
     versions = ModelVersions(config.model_dir, say)
     sock = server.bind(config.host, config.port)
     port = sock.getsockname()[1]

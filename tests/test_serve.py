@@ -32,6 +32,9 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx's succe
 
 from conftest import ROOT, call_tool
 from mnist_dnn.lib import data, models, rest, server, serving
+from mnist_dnn.lib.config import ConfigError
+from mnist_dnn.lib.errors import UsageError
+from mnist_dnn.lib.serve_config import ServeConfig
 from mnist_dnn.lib.servables import ModelVersions
 
 needs_litert = pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,
@@ -67,7 +70,7 @@ def pixels():
 
 
 def client_for(model_dir, versions=None, **settings) -> TestClient:
-    config = server.ServeConfig(model_dir=str(model_dir), file_system_poll_wait_seconds=0, **settings).validate()
+    config = ServeConfig(model_dir=str(model_dir), file_system_poll_wait_seconds=0, **settings).validate()
     return TestClient(server.create_app(config, versions or ModelVersions(str(model_dir))))
 
 
@@ -272,7 +275,7 @@ def test_a_new_version_is_served_once_complete_and_a_half_written_one_never(expo
     model_dir = tmp_path / "mnist"
     shutil.copytree(exported["dir"], model_dir)
     versions = ModelVersions(str(model_dir))
-    with TestClient(server.create_app(server.ServeConfig(model_dir=str(model_dir)), versions)) as test_client:
+    with TestClient(server.create_app(ServeConfig(model_dir=str(model_dir)), versions)) as test_client:
         shutil.copytree(exported["spare"], model_dir / ".tmp-2-99")  # as export writes it, before its rename
         assert not versions.refresh() and answer_version(test_client, exported, pixels[0]) == 1
         os.makedirs(model_dir / "2")
@@ -323,7 +326,7 @@ def running_server(exported, tmp_path):
     """uvicorn on a copy of the model folder, watched every 50 ms."""
     model_dir = tmp_path / "mnist"
     shutil.copytree(exported["dir"], model_dir)
-    config = server.ServeConfig(model_dir=str(model_dir), file_system_poll_wait_seconds=0.05).validate()
+    config = ServeConfig(model_dir=str(model_dir), file_system_poll_wait_seconds=0.05).validate()
     with uvicorn_thread(server.create_app(config, ModelVersions(str(model_dir)))) as url:
         yield url, model_dir
 
@@ -341,7 +344,7 @@ def test_a_model_call_under_way_leaves_the_server_answering(exported, versions):
     hung = ModelVersions(str(exported["dir"]))
     hung.current = dataclasses.replace(hung.current, signatures={
         "serving_default": dataclasses.replace(signature, run=hanging)})
-    config = server.ServeConfig(model_dir=str(exported["dir"]), file_system_poll_wait_seconds=0)
+    config = ServeConfig(model_dir=str(exported["dir"]), file_system_poll_wait_seconds=0)
     with uvicorn_thread(server.create_app(config, hung)) as url, concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(httpx.post, url + PREDICT, json={"instances": [ZEROS]}, timeout=30)
         assert entered.wait(10)
@@ -403,8 +406,8 @@ def test_a_litert_model_is_served_through_the_same_api(exported, pixels, tmp_pat
 def test_settings_out_of_range_are_refused():
     for field, value in (("port", 70000), ("port", -1), ("model_name", "a/b"), ("max_request_bytes", 10),
                          ("file_system_poll_wait_seconds", -1), ("model_threads", 0)):
-        with pytest.raises(server.ConfigError) as error:
-            server.ServeConfig(**{field: value}).validate()
+        with pytest.raises(ConfigError) as error:
+            ServeConfig(**{field: value}).validate()
         assert error.value.field == field
 
 
@@ -412,7 +415,7 @@ def test_binding_a_port_in_use_is_one_usage_error():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        with pytest.raises(server.UsageError, match="cannot listen on 127.0.0.1:"):
+        with pytest.raises(UsageError, match="cannot listen on 127.0.0.1:"):
             server.bind("127.0.0.1", taken.getsockname()[1])
 
 

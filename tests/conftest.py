@@ -249,7 +249,7 @@ def _environment(env: dict):
 
 
 def folder_hashes(*folders) -> dict:
-    """Every file and folder below `folders` with the SHA-256 of its bytes (None for a folder)."""
+    """Every file and folder below `folders` with the SHA-256 of its bytes (None for a folder, the target for a link)."""
     hashes = {}
     for folder in folders:
         for root, dirs, names in os.walk(folder):
@@ -257,6 +257,9 @@ def folder_hashes(*folders) -> dict:
                 hashes[os.path.join(root, name)] = None
             for name in names:
                 path = os.path.join(root, name)
+                if os.path.islink(path):
+                    hashes[path] = f"-> {os.readlink(path)}"
+                    continue
                 with open(path, "rb") as f:
                     hashes[path] = hashlib.sha256(f.read()).hexdigest()
     return hashes

@@ -68,6 +68,11 @@ TRAIN = [
     (["--log_dir={file}"], 2, "--log_dir"),
     (["--log_dir={file}/logs"], 2, "--log_dir {file}/logs is under a file"),
     (["--export_dir={file}"], 2, "--export_dir"),
+    (["--ckpt_dir={loop}"], 2, "--ckpt_dir {loop} is a loop of symbolic links"),
+    (["--ckpt_dir={loop}/run"], 2, "--ckpt_dir {loop}/run is a loop of symbolic links (at {loop})"),
+    (["--log_dir={loop}"], 2, "--log_dir {loop} is a loop of symbolic links"),
+    (["--export_dir={loop}"], 2, "--export_dir {loop} is a loop of symbolic links"),
+    (["--ckpt_dir={dangling}"], 2, "--ckpt_dir {dangling} is a symbolic link to the missing"),
     (["--result_file={tmp}/missing/r.json"], 2, "--result_file"),
     (["--result_file={tmp}"], 2, "--result_file"),
     (["--idx_dir={tmp}/no_idx", "--data_dir={tmp}/tfds"], 1, "is not a folder"),
@@ -119,6 +124,7 @@ EXPORT = [
     (["--ckpt_dir={tmp}/nothing", "--export_dir={tmp}/exports"], 1, "does not exist"),
     (["--ckpt_dir={run}", "--export_dir={file}"], 2, "--export_dir"),
     (["--ckpt_dir={run}", "--export_dir={file}/exports"], 2, "--export_dir"),
+    (["--ckpt_dir={run}", "--export_dir={loop}"], 2, "--export_dir {loop} is a loop of symbolic links"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--version=0"], 2, "--version must be"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--version=-4"], 2, "--version must be"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--which=worst"], 2, "which"),
@@ -223,8 +229,12 @@ def test_the_catalogue_covers_every_tool_with_at_least_150_cases():
 def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragment, damage, tmp_path, tiny_data,
                                                         trained):
     places = {"tmp": str(tmp_path), "file": str(tmp_path / "afile"), "run": str(tmp_path / "run"),
-              "corrupt_sweep": str(tmp_path / "corrupt_sweep")}
+              "corrupt_sweep": str(tmp_path / "corrupt_sweep"), "loop": str(tmp_path / "loop1"),
+              "dangling": str(tmp_path / "dangling")}
     _write(places["file"], "a file, not a folder")
+    os.symlink("loop2", places["loop"])
+    os.symlink("loop1", tmp_path / "loop2")
+    os.symlink("gone", places["dangling"])
     if any("{run}" in a for a in args):
         shutil.copytree(trained, places["run"])
         if damage:

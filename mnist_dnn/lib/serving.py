@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import data, images, litert
+from mnist_dnn.lib import data, files, images, litert
+from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import UsageError
 
 SERVING_SIGNATURE = "serving_default"
@@ -78,17 +79,10 @@ def version_format(folder: str) -> str | None:
 
 
 def check_export_dir(export_dir: str) -> None:
-    """Refuses an export_dir that is, or lies under, a file or a dangling symbolic link."""
-    path = os.path.abspath(export_dir)
-    while not os.path.lexists(path):
-        path = os.path.dirname(path)
-    if os.path.isdir(path):
-        return
-    where = "" if path == os.path.abspath(export_dir) else f": {path}"
-    if os.path.islink(path):
-        raise UsageError(f"--export_dir {export_dir}{where} is a symbolic link to the missing {os.readlink(path)}; "
-                         "fix the link or pass another --export_dir")
-    raise UsageError(f"--export_dir {export_dir}{where} is a file, not a folder; pass another --export_dir")
+    """Refuses an export_dir that is, or lies under, a file or a symbolic link that leads nowhere."""
+    problem = files.folder_problem(export_dir)
+    if problem:
+        raise ConfigError("export_dir", f"{problem}; pass another folder")
 
 
 def _check_one_format(export_dir: str, export_format: str) -> None:

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from mnist_dnn.lib import actions, controller, data, diagnostics, distribute, evaluation, files, serving, steps
-from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
+from mnist_dnn.lib.config import OPTIMIZER_NAMES, ConfigError, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
 from mnist_dnn.lib.models import create_model
 from mnist_dnn.lib.run_dir import Best, RunConfig, RunDir
@@ -129,13 +129,9 @@ def _report_lost_workers(ckpt_dir: str):
 
 def _check_writable(field: str, folder: str) -> None:
     """Refuses a folder that cannot be created or written, before anything is created."""
-    existing = files.nearest_existing(folder)
-    if existing == os.path.abspath(folder) and not os.path.isdir(existing):
-        raise UsageError(f"--{field} {folder} is a file, not a folder; pass another folder")
-    if not os.path.isdir(existing):
-        raise UsageError(f"--{field} {folder} is under a file ({existing}); pass another folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--{field} {folder} is not writable ({existing}); pass another folder")
+    problem = files.folder_problem(folder)
+    if problem:
+        raise ConfigError(field, f"{problem}; pass another folder")
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -242,7 +238,7 @@ class _Run:
                 self.runner(num_steps)
             except steps.NonFiniteLoss:
                 raise TrainingError(
-                    f"the loss became NaN or infinite at step {self.state.current_step() + 1}; nothing was saved after "
+                    f"the loss or a gradient became NaN or infinite at step {self.state.current_step() + 1}; nothing was saved after "
                     f"it. Last good checkpoint: {self.save_to.latest() or 'none'}. Lower --learning_rate and rerun to "
                     "resume") from None
 

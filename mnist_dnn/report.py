@@ -11,7 +11,6 @@ Example:
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import reports
 from mnist_dnn.lib.errors import UsageError
 
 flags.DEFINE_string("root", None, "Folder of a sweep (written by mnist_dnn.sweep).")
@@ -23,6 +22,8 @@ def main(argv):
     del argv
     if not FLAGS.root:
         raise UsageError("--root is required: the folder of a sweep, e.g. --root=runs/lr-width")
+    from mnist_dnn.lib import reports  # after cli.run's quiet start-up: it imports TensorFlow
+
     reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
 
 

@@ -15,7 +15,7 @@ configs/sweep_example.cfg):
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import reports, sweeps
+from mnist_dnn.lib import sweeps
 from mnist_dnn import train  # defines the training flags that the sweep passes on
 from mnist_dnn.lib.errors import UsageError
 
@@ -67,6 +67,8 @@ def run_config(run: sweeps.Run):
 
 def main(argv):
     del argv
+    from mnist_dnn.lib import reports  # after cli.run's quiet start-up: it imports TensorFlow
+
     if not FLAGS.root:
         raise UsageError("--root is required: the folder of the sweep's runs, e.g. --root=runs/lr-width")
     sweeps.check_root(FLAGS.root)

@@ -14,7 +14,7 @@ import dataclasses
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import files, training
+from mnist_dnn.lib import files
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import Error
 
@@ -34,7 +34,8 @@ def config_from_flags() -> TrainConfig:
     return dataclasses.replace(config, data=data)
 
 
-def result_json(result: training.TrainResult) -> dict:
+def result_json(result) -> dict:
+    """A `training.TrainResult` as JSON."""
     fields = dataclasses.asdict(result)
     fields["validation"] = None if result.validation is None else {
         "loss": result.validation.loss, "accuracy": result.validation.accuracy}
@@ -43,6 +44,8 @@ def result_json(result: training.TrainResult) -> dict:
 
 def main(argv):
     del argv
+    from mnist_dnn.lib import training  # after cli.run's quiet start-up: it imports TensorFlow
+
     if FLAGS.result_file:
         cli.check_output_file("result_file", FLAGS.result_file)
     try:

@@ -22,6 +22,9 @@ if os.environ.get("MNIST_DNN_TEST_XLA_CACHE") == "off":
     _XLA_CACHE = pathlib.Path(tempfile.mkdtemp(prefix="mnist_dnn-tests-xla-"))
     atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ["MNIST_DNN_XLA_CACHE"] = str(_XLA_CACHE)
+from mnist_dnn import startup  # noqa: E402 (imports no TensorFlow)
+
+startup.use_xla_cache()  # as the tools do first: TensorFlow reads the flag when it starts
 
 import numpy as np
 import pytest

@@ -11,7 +11,9 @@ import shutil
 
 import pytest
 
-from conftest import call_tool, folder_hashes
+from conftest import ROOT, call_tool, folder_hashes, run_cli
+from mnist_dnn import startup
+from mnist_dnn.lib import data
 
 # (tool, args, exit code, fragment of the error line, damage done to the copied run first)
 TRAIN = [
@@ -253,3 +255,22 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     assert len(errors) == 1, result.stderr
     assert fragment.format(**places) in errors[0], errors[0]
     assert folder_hashes(tmp_path, trained, tiny_data.data_dir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_level", [None, "2", "3"])
+def test_a_second_run_that_loads_the_cached_loop_prints_nothing_on_stderr(log_level, tiny_data, tmp_path, monkeypatch):
+    """Not bad input, but a common shell setting: TF_CPP_MIN_LOG_LEVEL=2 let XLA's cache-hit ERROR lines through."""
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    env = {startup.XLA_CACHE_ENV: str(tmp_path / "xla"), "TF_XLA_FLAGS": ""}  # not the test session's cache
+    env.update({} if log_level is None else {"TF_CPP_MIN_LOG_LEVEL": log_level})
+    # A run that decodes the dataset first (no array cache yet) traces TFDS functions before the loop,
+    # which renames the loop's program: it compiles its own copy, once.
+    data.load_splits(tiny_data)
+    programs = []
+    for run in ("first", "second"):
+        result = run_cli("train", "--max_steps=20", "--log_every=10", "--eval_every=20", f"--data_dir={tiny_data.data_dir}",
+                         f"--ckpt_dir={tmp_path / run}", f"--log_dir={tmp_path / run / 'logs'}", cwd=ROOT, env_extra=env)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        programs.append(sorted(os.listdir(tmp_path / "xla" / startup.cpu_key())))
+    assert programs[0] and programs[1] == programs[0]  # the second run compiled nothing new

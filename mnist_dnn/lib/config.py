@@ -20,6 +20,13 @@ DATASETS = ("mnist", "fashion_mnist", "kmnist")
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+WHICH = ("latest", "best")  # which checkpoint of a run folder the tools read
+IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"  # the offline MNIST, for the tools that are not told --idx_dir
+# Exports: their formats, LiteRT quantizations and the SavedModel's signatures.
+EXPORT_FORMATS = ("saved_model", "litert")
+QUANTIZATIONS = ("none", "int8")
+REPRESENTATIVE_IMAGES = 1000  # training images that calibrate an int8 LiteRT model
+SERVING_SIGNATURE, FLAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "predict_flat", "serving_bytes"
 MAX_SHIFT = 8
 # Bounds that keep a typo from asking for terabytes: a 784 x 10**8 weight matrix, a batch of 10**9.
 MAX_HIDDEN_UNITS = 65_536

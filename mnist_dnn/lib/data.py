@@ -24,10 +24,9 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import DATASETS, DataConfig, DatasetIdxDir  # noqa: F401 (part of this module's API)
+from mnist_dnn.lib.config import DATASETS, IDX_DIR_ENV, DataConfig, DatasetIdxDir  # noqa: F401 (part of this module's API)
 from mnist_dnn.lib.errors import DataError, UsageError
 
-IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"
 IMAGE_SIZE = 28
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 NUM_CLASSES = 10
@@ -272,7 +271,6 @@ def _check_data_dir(data_dir: str | None) -> None:
 
 def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
     """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded."""
-    tfds.disable_progress_bar()
     _check_data_dir(config.data_dir)
     builder = _builder_class(config.dataset)(data_dir=config.data_dir)
     if builder.is_prepared():

@@ -9,9 +9,8 @@ import os
 
 import tensorflow as tf
 
+from mnist_dnn.lib.config import STRATEGIES
 from mnist_dnn.lib.errors import UsageError
-
-STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 def split_cpu(virtual_cpus: int) -> None:

@@ -8,13 +8,12 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import data
+from mnist_dnn.lib.config import QUANTIZATIONS, REPRESENTATIVE_IMAGES  # noqa: F401 (part of this module's API)
 from mnist_dnn.lib.errors import UsageError, first_line
 
 SIGNATURE = "serving_default"
-QUANTIZATIONS = ("none", "int8")
 FILE_NAMES = {"none": "model.tflite", "int8": "model_int8.tflite"}
 EXTENSION = ".tflite"
-REPRESENTATIVE_IMAGES = 1000
 INSTALL_HINT = 'running LiteRT models needs the ai-edge-litert package: pip install -e ".[litert]" (or pip install ai-edge-litert)'
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import ModelConfig
+from mnist_dnn.lib.config import WHICH, ModelConfig  # noqa: F401 (WHICH: part of this module's API)
 from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError, first_line
 
 CONFIG_FILE = "model_config.json"
@@ -33,7 +33,6 @@ CHECKPOINT_NAME = "model.ckpt"
 STATE_FILE = "checkpoint"
 BEST_DIR = "best"
 BEST_FILE = "best.json"
-WHICH = ("latest", "best")
 # What restoring a damaged or mismatched checkpoint raises (a truncated file: IndexError).
 RESTORE_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError)
 _INDEX = re.compile(re.escape(CHECKPOINT_NAME) + r"-(\d+)\.index$")

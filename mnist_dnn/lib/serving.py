@@ -15,13 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import data, files, images, litert
-from mnist_dnn.lib.config import ConfigError
+from mnist_dnn.lib.config import BYTES_SIGNATURE, EXPORT_FORMATS, FLAT_SIGNATURE, SERVING_SIGNATURE, ConfigError
 from mnist_dnn.lib.errors import UsageError
 
-SERVING_SIGNATURE = "serving_default"
-FLAT_SIGNATURE = "predict_flat"
-BYTES_SIGNATURE = "serving_bytes"
-FORMATS = ("saved_model", "litert")
+FORMATS = EXPORT_FORMATS
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving reads versions as 64-bit integers
 
 

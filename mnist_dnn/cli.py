@@ -111,6 +111,11 @@ def message(error: Error) -> str:
     return str(error)
 
 
+def say(line: str) -> None:
+    """The library's lines for the user, as a tool shows them: warnings on stderr, the rest on stdout."""
+    print(line, file=sys.stderr if line.startswith("warning: ") else sys.stdout, flush=True)
+
+
 def check_output_file(flag: str, path: str) -> None:
     """Refuses an output file whose folder does not exist, before any work is done."""
     folder = os.path.dirname(os.path.abspath(path))

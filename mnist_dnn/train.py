@@ -49,7 +49,7 @@ def main(argv):
     if FLAGS.result_file:
         cli.check_output_file("result_file", FLAGS.result_file)
     try:
-        result = training.train(config_from_flags())
+        result = training.train(config_from_flags(), say=cli.say)
     except Error as e:
         if FLAGS.result_file:  # for programs that run this tool (the sweep): the error, machine-readable
             files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code})

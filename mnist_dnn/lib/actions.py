@@ -71,9 +71,9 @@ class TrainingLog:
     step/total, percent and ETA, fit for logs.
     """
 
-    def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock,
+    def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock, say=print,
                  interactive: bool | None = None):
-        self.writer, self.metrics, self.optimizer, self.clock = writer, metrics, optimizer, clock
+        self.writer, self.metrics, self.optimizer, self.clock, self.say = writer, metrics, optimizer, clock, say
         self.start_step, self.max_steps = start_step, max_steps
         self.examples, self.seconds = 0.0, 0.0  # totals over the reports
         interactive = sys.stdout.isatty() if interactive is None else interactive
@@ -96,7 +96,7 @@ class TrainingLog:
         if self.bar:
             self.bar.update(step - self.start_step, [("loss", loss), ("accuracy", accuracy), ("examples/s", rate)])
         else:
-            print(self._line(step, loss, accuracy, rate, first), flush=True)
+            self.say(self._line(step, loss, accuracy, rate, first))
 
     def _line(self, step: int, loss: float, accuracy: float, rate: float, first: bool) -> str:
         done = step - self.start_step
@@ -108,7 +108,7 @@ class TrainingLog:
 
     def message(self, text: str) -> None:
         """A line between reports (validation, saves) that leaves the progress bar whole."""
-        print(("\n" if self.bar else "") + text, flush=True)
+        self.say(("\n" if self.bar else "") + text)
 
 
 def patience_exhausted(best: Best | None, step: int, patience: int, eval_every: int) -> bool:

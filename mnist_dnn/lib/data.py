@@ -220,7 +220,7 @@ def _offline_builder_class(dataset: str, idx_dir: str):
     return OfflineBuilder
 
 
-def import_idx(config: DataConfig, verify: bool = True) -> tfds.core.DatasetBuilder:
+def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.DatasetBuilder:
     """Prepares the TFDS dataset in `config.data_dir` from the IDX folder `config.idx_folder`.
 
     TFDS registers whatever it is given under the dataset's name and version, for every later
@@ -237,7 +237,7 @@ def import_idx(config: DataConfig, verify: bool = True) -> tfds.core.DatasetBuil
         if verify:
             check_canonical(config.dataset, folder, split, images, labels)
     builder = _offline_builder_class(config.dataset, folder)(data_dir=config.data_dir)
-    print(f"Importing {config.dataset} from {folder} into {builder.data_dir} (once)", flush=True)
+    say(f"Importing {config.dataset} from {folder} into {builder.data_dir} (once)")
     builder.download_and_prepare()
     return builder
 
@@ -269,14 +269,16 @@ def _check_data_dir(data_dir: str | None) -> None:
         raise UsageError(f"--data_dir {data_dir} is a file; pass a folder for the TFDS datasets (created if missing)")
 
 
-def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
-    """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded."""
+def prepare(config: DataConfig, say=print) -> tfds.core.DatasetBuilder:
+    """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded.
+
+    `say(line)` tells of an import (the one output line of this module)."""
     _check_data_dir(config.data_dir)
     builder = _builder_class(config.dataset)(data_dir=config.data_dir)
     if builder.is_prepared():
         return builder
     if config.idx_folder:
-        return import_idx(config)
+        return import_idx(config, say=say)
     try:
         _check_reachable(_download_host(config.dataset))
         builder.download_and_prepare()
@@ -285,9 +287,9 @@ def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def load_splits(config: DataConfig) -> dict[str, Split]:
+def load_splits(config: DataConfig, say=print) -> dict[str, Split]:
     """Train (first N - validation_size of TFDS train), validation (the rest) and test."""
-    builder = prepare(config)
+    builder = prepare(config, say)
     train = _load_split(builder, "train")
     cut = train.size - config.validation_size
     if cut <= 0:

@@ -1,8 +1,9 @@
-"""Small files written atomically: a failed or killed write never leaves half a file."""
+"""Files and folders written atomically: a failed or killed write never leaves half of one."""
 
 import errno
 import json
 import os
+import shutil
 
 
 def nearest_existing(path: str) -> str:
@@ -52,6 +53,21 @@ def write_with(path: str, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_folder(path: str, write) -> None:
+    """Calls `write(folder)` on a hidden temporary folder beside `path`, then renames it to `path`.
+
+    The rename fails (OSError) rather than replace a folder that appeared meanwhile. A crash's
+    leftover is a hidden `.tmp-` folder, never a half-written `path`.
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(parent, f".tmp-{name}-{os.getpid()}")
+    try:
+        write(tmp)
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename
 
 
 def write_json(path: str, payload) -> None:

@@ -146,9 +146,10 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
         axes.grid(alpha=0.3)
     left.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path + ".tmp.png")
-    plt.close(figure)
-    os.replace(path + ".tmp.png", path)
+    try:
+        files.write_with(path, lambda f: figure.savefig(f, format="png"))
+    finally:
+        plt.close(figure)
     return True
 
 

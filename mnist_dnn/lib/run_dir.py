@@ -13,13 +13,11 @@ whose weights are not all finite.
 
 import contextlib
 import dataclasses
-import fcntl
 import glob
 import json
 import os
 import re
 import shutil
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -124,7 +122,7 @@ class RunDir:
         steps = self.steps() if os.path.isdir(self.path) else []
         return self.checkpoint_path(steps[-1]) if steps else None
 
-    def restore_newest(self, checkpoint: tf.train.Checkpoint, set_aside: bool = False) -> str | None:
+    def restore_newest(self, checkpoint: tf.train.Checkpoint, set_aside: bool = False, say=print) -> str | None:
         """Restores the newest checkpoint that reads back whole into `checkpoint`; None if there is none.
 
         Each must match what the run builds, variable for variable (`assert_consumed`): a
@@ -132,7 +130,8 @@ class RunDir:
         than train on a half-restored state). A damaged one is skipped too, and with `set_aside`
         (the trainer that owns the folder) renamed `model.ckpt-<step>-damaged`, kept for a look
         but out of the way of the save that will reach its step again. Restoring replaces
-        initialization: nothing may re-initialize afterwards.
+        initialization: nothing may re-initialize afterwards. A skipped checkpoint is told to
+        `say` as a line starting `warning: `.
         """
         steps = self.steps() if os.path.isdir(self.path) else []
         for step in reversed(steps):
@@ -141,10 +140,10 @@ class RunDir:
                 checkpoint.restore(path).assert_consumed()
                 return path
             except AssertionError:
-                print(f"warning: skipping {path}: it does not match this run's model and optimizer", file=sys.stderr)
+                say(f"warning: skipping {path}: it does not match this run's model and optimizer")
             except RESTORE_ERRORS as e:
                 aside = _set_aside(path) if set_aside else "left in place"
-                print(f"warning: skipping {path}: it is damaged ({first_line(e)}); {aside}", file=sys.stderr)
+                say(f"warning: skipping {path}: it is damaged ({first_line(e)}); {aside}")
         if steps:
             raise CheckpointError(f"none of the {len(steps)} checkpoints in {self.path} restores into this run's "
                                   "model and optimizer; pass another --ckpt_dir, or move them away to start over")
@@ -284,6 +283,8 @@ class RunDir:
         The lock is an flock on the folder itself: it dies with its process (a killed trainer never
         leaves the folder locked), and unlike a lock file it cannot be deleted from under its holder.
         """
+        import fcntl  # (here: a module-level import would stop evaluate and export importing on Windows)
+
         folder = os.open(self.path, os.O_RDONLY)
         try:
             try:

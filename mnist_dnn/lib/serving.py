@@ -8,7 +8,6 @@ never sees half of one.
 
 import glob
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -109,16 +108,11 @@ def version_path(export_dir: str, version: int | None = None, export_format: str
 def _write_version(export_dir: str, version: int | None, export_format: str, write) -> str:
     """Calls `write(folder)` on a hidden temporary folder, then renames it into the version's place."""
     path = version_path(export_dir, version, export_format)
-    tmp = os.path.join(export_dir, f".tmp-{os.path.basename(path)}-{os.getpid()}")
     os.makedirs(export_dir, exist_ok=True)
     try:
-        write(tmp)
-        try:
-            os.rename(tmp, path)  # fails rather than replace a version written meanwhile
-        except OSError as e:
-            raise UsageError(f"cannot move the export into {path}: {e.strerror}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after a rename; a crash's leftovers are hidden
+        files.write_folder(path, write)  # the rename fails rather than replace a version written meanwhile
+    except OSError as e:
+        raise UsageError(f"cannot write the export {path}: {e.strerror or e}") from None
     return path
 
 

@@ -134,8 +134,12 @@ def _check_writable(field: str, folder: str) -> None:
         raise ConfigError(field, f"{problem}; pass another folder")
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Trains (or resumes) until `config.max_steps`, checkpointing on the way."""
+def train(config: TrainConfig, say=print) -> TrainResult:
+    """Trains (or resumes) until `config.max_steps`, checkpointing on the way.
+
+    `say(line)` receives every line for the user: what trains, progress, validation, how the run
+    ended; warnings start with `warning: `.
+    """
     config.validate()
     log_dir = config.log_dir or default_log_dir(config)
     for field, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir), ("export_dir", config.export_dir)):
@@ -147,62 +151,63 @@ def train(config: TrainConfig) -> TrainResult:
     run_dir.check_resumable(run_config(config))
     # First: devices can only be configured before TensorFlow runs an op.
     strategy = distribute.make_strategy(config.strategy, config.devices, config.virtual_cpus)
-    splits = data.load_splits(config.data)
+    splits = data.load_splits(config.data, say)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()  # for the whole process
     if not distribute.is_chief(strategy):  # the other workers of a cluster save to a scratch folder, and log nothing
         with tempfile.TemporaryDirectory(prefix="mnist_dnn-worker-") as scratch:
-            return _run(config, strategy, splits, None, RunDir(scratch))
+            return _run(config, strategy, splits, None, RunDir(scratch), say)
     for folder in (config.ckpt_dir, log_dir):
         os.makedirs(folder, exist_ok=True)
     with run_dir.lock():
         run_dir.remove_leftovers()
-        return _run(config, strategy, splits, log_dir, run_dir)
+        return _run(config, strategy, splits, log_dir, run_dir, say)
 
 
 def run_config(config: TrainConfig) -> RunConfig:
     return RunConfig(config.model, config.data.dataset, config.resume_settings())
 
 
-def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: RunDir) -> TrainResult:
+def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: RunDir, say) -> TrainResult:
     """The run itself; `save_to` is `config.ckpt_dir` except on a cluster's other workers."""
     state = build_state(config, strategy)
     chief_dir = RunDir(config.ckpt_dir)  # every worker resumes from the chief's checkpoints
-    resumed_from = chief_dir.restore_newest(state.checkpoint, set_aside=log_dir is not None)
+    resumed_from = chief_dir.restore_newest(state.checkpoint, set_aside=log_dir is not None, say=say)
     if config.lr_schedule == "constant":
         # The checkpoint holds the optimizer's learning rate; the flag decides (to resume with a lower one).
         state.optimizer.learning_rate = config.learning_rate
     start = state.current_step()
     if resumed_from:
-        print(f"Resumed from {resumed_from} at step {start}", flush=True)
+        say(f"Resumed from {resumed_from} at step {start}")
     best = chief_dir.read_best()
     if start >= config.max_steps or actions.patience_exhausted(best, start, config.early_stopping_patience,
                                                                 config.eval_every):
-        return _already_finished(config, start, best, save_to, resumed_from)
-    run = _Run(config, state, strategy, splits, log_dir, save_to, best)
+        return _already_finished(config, start, best, save_to, resumed_from, say)
+    run = _Run(config, state, strategy, splits, log_dir, save_to, best, say)
     if log_dir:
         chief_dir.save_config(run_config(config))
         actions.write_run_summary(log_dir, hparams(config), run.validation.predict_fn.get_concrete_function().graph)
-    print(describe(config, strategy, start, log_dir), flush=True)
+    say(describe(config, strategy, start, log_dir))
     with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received, contextlib.closing(run):
         end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
                              run.actions(), lambda: bool(received) or run.validation.stop_requested)
     return run.finish(end, received[0] if received else None, resumed_from)
 
 
-def _already_finished(config, start: int, best: Best | None, save_to: RunDir, resumed_from: str | None) -> TrainResult:
+def _already_finished(config, start: int, best: Best | None, save_to: RunDir, resumed_from: str | None,
+                      say) -> TrainResult:
     """A rerun of a finished (or early-stopped) run: it says so, and writes nothing."""
     early = start < config.max_steps
-    print(f"Already stopped early at step {start}: no better validation accuracy in "
+    say(f"Already stopped early at step {start}: no better validation accuracy in "
           f"{config.early_stopping_patience} evaluations; best {best.accuracy:.2%} at step {best.step}" if early else
-          f"Already finished: step {start} >= --max_steps={config.max_steps}", flush=True)
+        f"Already finished: step {start} >= --max_steps={config.max_steps}")
     return TrainResult(start, start, save_to.latest(), resumed_from, best=best, early_stopped=early)
 
 
 class _Run:
     """The parts of one run that its actions share, and how it ends."""
 
-    def __init__(self, config, state, strategy, splits, log_dir, save_to: RunDir, best: Best | None):
+    def __init__(self, config, state, strategy, splits, log_dir, save_to: RunDir, best: Best | None, say):
         self.config, self.state, self.log_dir, self.save_to = config, state, log_dir, save_to
         self.start = state.current_step()
         with strategy.scope():
@@ -211,7 +216,7 @@ class _Run:
         self.clock = actions.Clock()
         self.train_writer, validation_writer = (actions.summary_writer(log_dir, name) for name in ("train", "validation"))
         self.log = actions.TrainingLog(self.train_writer, self.metrics, state.optimizer, self.start, config.max_steps,
-                                       self.clock)
+                                       self.clock, say)
         self.diagnose = diagnostics.Diagnostics(log_dir, state.model, steps.mean_loss, splits["validation"],
                                                 config.diagnostics and log_dir is not None)
         self.validation = actions.Validation(state, splits["validation"], validation_writer,
@@ -252,16 +257,16 @@ class _Run:
     def finish(self, step: int, signal_number: int | None, resumed_from: str | None) -> TrainResult:
         latest, early = self.save_to.latest(), self.validation.stop_requested and step < self.config.max_steps
         if early:
-            print(f"{self.validation.stop_message(step)}; saved {latest}", flush=True)
+            self.log.message(f"{self.validation.stop_message(step)}; saved {latest}")
         elif signal_number:
-            print(f"Stopped by signal {signal_number} at step {step}; saved {latest}. Run the same command to resume.",
-                  flush=True)
+            self.log.message(f"Stopped by signal {signal_number} at step {step}; saved {latest}. Run the same command "
+                             "to resume.")
         else:
-            print(f"Done at step {step}; checkpoint {latest}", flush=True)
+            self.log.message(f"Done at step {step}; checkpoint {latest}")
         export_path = None
         if self.config.export_dir and not signal_number and self.log_dir:  # on a cluster, the chief only
             export_path = serving.export_model(self.state.model, self.config.export_dir)
-            print(f"Exported a SavedModel to {export_path}", flush=True)
+            self.log.message(f"Exported a SavedModel to {export_path}")
         return TrainResult(step, self.start, latest, resumed_from, self.validation.last, self.validation.best,
                            signal_number, early, export_path, self.log.examples_per_second)
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from mnist_dnn.lib import data, files, images, litert
 from mnist_dnn.lib.config import BYTES_SIGNATURE, EXPORT_FORMATS, FLAT_SIGNATURE, SERVING_SIGNATURE, ConfigError
-from mnist_dnn.lib.errors import UsageError
+from mnist_dnn.lib.errors import Error, UsageError
 
 FORMATS = EXPORT_FORMATS
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving reads versions as 64-bit integers
@@ -112,7 +112,7 @@ def _write_version(export_dir: str, version: int | None, export_format: str, wri
     try:
         files.write_folder(path, write)  # the rename fails rather than replace a version written meanwhile
     except OSError as e:
-        raise UsageError(f"cannot write the export {path}: {e.strerror or e}") from None
+        raise Error(f"cannot write the export {path}: {e.strerror or e}; nothing was left behind") from None
     return path
 
 

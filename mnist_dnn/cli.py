@@ -4,6 +4,7 @@ import atexit
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -104,16 +105,21 @@ def parse_int_list(name: str, values: list[str]) -> tuple[int, ...]:
         raise UsageError(f"--{name} must be comma-separated integers such as 256,128; got {','.join(values)}") from None
 
 
-def message(error: Error) -> str:
-    """The error's one line; a config field is named as the flag of the same name."""
-    if isinstance(error, config_lib.ConfigError):
-        return f"--{error.field} {error.problem}"
-    return str(error)
+def as_flags(text: str, flag_values=flags.FLAGS) -> str:
+    """The library's text as the command line says it: a setting it names as `name` is the flag --name."""
+    return re.sub(r"`([a-z][a-z_]*)`", lambda m: f"--{m[1]}" if m[1] in flag_values else m[0], text)
+
+
+def message(error: Error, flag_values=flags.FLAGS) -> str:
+    """The error's one line; the settings it names are named as their flags."""
+    if error.field:
+        return f"--{error.field} {as_flags(error.problem, flag_values)}"
+    return as_flags(str(error), flag_values)
 
 
 def say(line: str) -> None:
     """The library's lines for the user, as a tool shows them: warnings on stderr, the rest on stdout."""
-    print(line, file=sys.stderr if line.startswith("warning: ") else sys.stdout, flush=True)
+    print(as_flags(line), file=sys.stderr if line.startswith("warning: ") else sys.stdout, flush=True)
 
 
 def check_output_file(flag: str, path: str) -> None:

@@ -40,7 +40,7 @@ def describe_config(ckpt_dir: str) -> str:
     try:
         return json.dumps(json.loads(run_dir.RunDir(ckpt_dir).load_config().to_json()))  # on one line
     except CheckpointError as e:
-        return f"unavailable: {e}"
+        return f"unavailable: {cli.message(e)}"
 
 
 def main(argv):

@@ -34,7 +34,7 @@ def read_files(paths: list[str]) -> list:
         try:
             readable.append(classifier.read_image_file(path))
         except DataError as e:
-            print(f"error: {path}: {e}", file=sys.stderr)
+            print(f"error: {path}: {cli.message(e)}", file=sys.stderr)
     return readable
 
 

@@ -24,7 +24,7 @@ def main(argv):
         raise UsageError("--root is required: the folder of a sweep, e.g. --root=runs/lr-width")
     from mnist_dnn.lib import reports  # after cli.run's quiet start-up: it imports TensorFlow
 
-    reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
+    reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=cli.say)
 
 
 def run():

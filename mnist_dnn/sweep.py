@@ -83,9 +83,9 @@ def main(argv):
     print(f"Sweep of {len(runs)} runs in {FLAGS.root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}",
           flush=True)
     try:
-        sweeps.run_all(FLAGS.root, runs, args, out=lambda line: print(line, flush=True))
+        sweeps.run_all(FLAGS.root, runs, args, out=cli.say)
     finally:
-        reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
+        reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=cli.say)
 
 
 def run():

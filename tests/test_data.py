@@ -339,7 +339,7 @@ def _no_network(host):
 
 def test_a_data_dir_that_is_a_file_is_a_usage_error(tmp_path, tiny_idx_dir):
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(UsageError, match="--data_dir .* is a file"):
+    with pytest.raises(UsageError, match="`data_dir` .* is a file"):
         data.prepare(data.DataConfig("mnist", str(tmp_path / "file"), tiny_idx_dir))
     assert (tmp_path / "file").read_text() == "not a folder"
 

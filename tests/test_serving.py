@@ -281,7 +281,7 @@ def test_rest_request_bodies_hold_the_files_bytes_or_pixels(tiny_data, tmp_path)
     as_pixels = json.loads(classifier.rest_request("serving_default", files))
     assert as_pixels["signature_name"] == "serving_default"
     np.testing.assert_array_equal(np.array(as_pixels["instances"], np.uint8), pixels)  # inverted back
-    with pytest.raises(UsageError, match="--rest_signature"):
+    with pytest.raises(UsageError, match="`rest_signature` must be"):
         classifier.rest_request("predict_flat", files)
 
 

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from mnist_dnn.lib import diagnostics, evaluation
+from mnist_dnn.lib import diagnostics, evaluation, serving
 from mnist_dnn.lib.run_dir import Best, RunDir
 
 
@@ -147,7 +147,7 @@ class Validation:
 
     def stop_message(self, step: int) -> str:
         return (f"Stopped early at step {step}: no better validation accuracy in {self.patience} evaluations "
-                f"(--early_stopping_patience); best {self.best.accuracy:.2%} at step {self.best.step}")
+                f"(`early_stopping_patience`); best {self.best.accuracy:.2%} at step {self.best.step}")
 
 
 def checkpoint_saver(run_dir: RunDir, state, keep: int):
@@ -164,3 +164,20 @@ def best_saver(run_dir: RunDir, state):
         run_dir.save_best(state.checkpoint, best, state.weights())
 
     return save
+
+
+class EndOfRunExport:
+    """At the end of a completed or early-stopped run, a SavedModel version as `mnist_dnn.export` writes it.
+
+    Not when a signal stops the run: a run stopped half way is no model to serve.
+    """
+
+    def __init__(self, model, export_dir: str, signalled, say):
+        self.model, self.export_dir, self.signalled, self.say = model, export_dir, signalled, say
+        self.path = None  # the version written
+
+    def __call__(self, step: int) -> None:
+        if self.signalled() or self.path:
+            return
+        self.path = serving.export_model(self.model, self.export_dir)
+        self.say(f"Exported a SavedModel to {self.path}")

@@ -59,7 +59,7 @@ def _idx_path(idx_dir: str, stem: str) -> str:
         if os.path.isfile(path):
             return path
     raise DataError(
-        f"{idx_dir} has no {stem}.gz or {stem}: --idx_dir must hold the four MNIST IDX files"
+        f"{idx_dir} has no {stem}.gz or {stem}: `idx_dir` must hold the four MNIST IDX files"
     )
 
 
@@ -168,7 +168,7 @@ def check_canonical(dataset: str, idx_dir: str, split: str, images: np.ndarray, 
     """Raises DataError, saying what differs, unless the arrays are the official `dataset` split."""
     canonical = CANONICAL[dataset][split]
     refused = f"{idx_dir} does not hold the official {dataset}: its {split} split ({_IDX_PREFIXES[split]}-*)"
-    fix = f"; point --idx_dir at the four original {dataset} IDX files"
+    fix = f"; point `idx_dir` at the four original {dataset} IDX files"
     if len(labels) != canonical.size:
         raise DataError(f"{refused} has {len(labels):,} examples, {dataset} has {canonical.size:,}{fix}")
     counts = tuple(np.bincount(labels, minlength=NUM_CLASSES).tolist())
@@ -194,7 +194,7 @@ assert tuple(_BUILDERS) == DATASETS
 
 def _builder_class(dataset: str):
     if dataset not in DATASETS:
-        raise UsageError(f"unknown --dataset={dataset!r}; choose one of: {', '.join(DATASETS)}")
+        raise UsageError(f"unknown `dataset`={dataset!r}; choose one of: {', '.join(DATASETS)}")
     return _BUILDERS[dataset]
 
 
@@ -231,7 +231,7 @@ def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.
     """
     folder = config.idx_folder
     if not folder or not os.path.isdir(folder):
-        raise DataError(f"--idx_dir {folder} is not a folder; point --idx_dir at the four {config.dataset} IDX files")
+        raise DataError(f"`idx_dir` {folder} is not a folder; point `idx_dir` at the four {config.dataset} IDX files")
     for split in _IDX_PREFIXES:  # refuse bad or foreign files before TFDS creates anything
         images, labels = read_idx_split(folder, split)
         if verify:
@@ -258,15 +258,15 @@ def _not_available(config: DataConfig, reason: str) -> DataError:
     unused = config.idx_dir if config.idx_dir and not config.idx_folder else None
     note = f" ({IDX_DIR_ENV} is used for {unused.dataset} only)" if unused else ""
     return DataError(
-        f"{config.dataset} is not prepared in --data_dir ({config.data_dir or 'TFDS default'}) "
-        f"and could not be downloaded: {reason}. Offline, pass --idx_dir=FOLDER (or set "
-        f"{IDX_DIR_ENV}, for mnist) to a folder with the four IDX files, or --data_dir to a prepared copy{note}."
+        f"{config.dataset} is not prepared in `data_dir` ({config.data_dir or 'TFDS default'}) "
+        f"and could not be downloaded: {reason}. Offline, pass `idx_dir`=FOLDER (or set "
+        f"{IDX_DIR_ENV}, for mnist) to a folder with the four IDX files, or `data_dir` to a prepared copy{note}."
     )
 
 
 def _check_data_dir(data_dir: str | None) -> None:
     if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UsageError(f"--data_dir {data_dir} is a file; pass a folder for the TFDS datasets (created if missing)")
+        raise UsageError(f"`data_dir` {data_dir} is a file; pass a folder for the TFDS datasets (created if missing)")
 
 
 def prepare(config: DataConfig, say=print) -> tfds.core.DatasetBuilder:

@@ -67,7 +67,7 @@ def convert(serving_module: tf.Module, quantize: str = "none", representative: n
         return convert_float(serving_module)
     if quantize == "int8":
         return convert_int8(serving_module, representative)
-    raise UsageError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    raise UsageError(f"`quantize` must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
 
 
 def interpreter_class():
@@ -90,11 +90,11 @@ class LiteRTModel:
             self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         except (ValueError, RuntimeError) as e:
             raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({first_line(e)}); export one with "
-                             "python -m mnist_dnn.export --format=litert") from None
+                             "python -m mnist_dnn.export `format`=litert") from None
         inputs = self.runner.get_input_details()
         if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
             raise UsageError(f"{path}: its {SIGNATURE} signature does not take uint8 images; "
-                             "export one with python -m mnist_dnn.export --format=litert")
+                             "export one with python -m mnist_dnn.export `format`=litert")
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """`probabilities` float32 [N, 10] and `classes` int64 [N]."""

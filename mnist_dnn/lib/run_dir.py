@@ -146,7 +146,7 @@ class RunDir:
                 say(f"warning: skipping {path}: it is damaged ({first_line(e)}); {aside}")
         if steps:
             raise CheckpointError(f"none of the {len(steps)} checkpoints in {self.path} restores into this run's "
-                                  "model and optimizer; pass another --ckpt_dir, or move them away to start over")
+                                  "model and optimizer; pass another `ckpt_dir`, or move them away to start over")
         return None
 
     def save(self, checkpoint: tf.train.Checkpoint, step: int, weights, keep: int) -> str:
@@ -162,10 +162,10 @@ class RunDir:
     def _write(self, checkpoint, step: int, weights, folder: str) -> str:
         path = self.checkpoint_path(step, folder)
         if os.path.exists(path + ".index"):
-            raise CheckpointError(f"{path} exists already and is never written over; pass another --ckpt_dir")
+            raise CheckpointError(f"{path} exists already and is never written over; pass another `ckpt_dir`")
         if not all_finite(weights):
             raise TrainingError(f"the weights at step {step} are not all finite, so they were not saved; "
-                                f"last good checkpoint: {self.latest() or 'none'}. Lower --learning_rate")
+                                f"last good checkpoint: {self.latest() or 'none'}. Lower `learning_rate`")
         checkpoint.save_counter  # noqa: B018 (creates it, so it is written too: restoring expects it)
         try:
             return checkpoint.write(path)
@@ -265,16 +265,16 @@ class RunDir:
         """Refuses, before writing anything, to continue a run with settings it was not trained with."""
         if not os.path.exists(self.config_path):
             if self.latest():
-                raise UsageError(f"{self.path} holds checkpoints but no {CONFIG_FILE}; pass another --ckpt_dir")
+                raise UsageError(f"{self.path} holds checkpoints but no {CONFIG_FILE}; pass another `ckpt_dir`")
             return
         stored = self.load_config()
         if (stored.model, stored.dataset) != (config.model, config.dataset):
             raise UsageError(f"{self.path} holds a run of {stored.describe()}, not {config.describe()}; "
-                             "pass another --ckpt_dir or the same model and --dataset flags")
+                             "pass another `ckpt_dir` or the same model and `dataset` flags")
         for name, value in stored.resume.items():
             if config.resume.get(name, value) != value:
                 raise UsageError(f"{self.path} was trained with --{name}={value}, not --{name}={config.resume[name]}; "
-                                 f"resume with --{name}={value} (the resume would not be exact) or pass another --ckpt_dir")
+                                 f"resume with --{name}={value} (the resume would not be exact) or pass another `ckpt_dir`")
 
     @contextlib.contextmanager
     def lock(self):
@@ -291,7 +291,7 @@ class RunDir:
                 fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise CheckpointError(f"another training run is using {self.path}; wait for it to end or pass "
-                                      "another --ckpt_dir") from None
+                                      "another `ckpt_dir`") from None
             yield
         finally:
             os.close(folder)

@@ -86,8 +86,8 @@ def _check_one_format(export_dir: str, export_format: str) -> None:
     held = {version_format(os.path.join(export_dir, str(v))) for v in versions(export_dir)} - {None, export_format}
     if held:
         other = held.pop()
-        raise UsageError(f"--export_dir {export_dir} holds {other} versions; give {export_format} exports their own "
-                         f"folder (e.g. --export_dir={export_dir.rstrip('/')}_{export_format})")
+        raise UsageError(f"`export_dir` {export_dir} holds {other} versions; give {export_format} exports their own "
+                         f"folder (e.g. `export_dir`={export_dir.rstrip('/')}_{export_format})")
 
 
 def version_path(export_dir: str, version: int | None = None, export_format: str = "saved_model") -> str:
@@ -97,11 +97,11 @@ def version_path(export_dir: str, version: int | None = None, export_format: str
     if version is None:
         version = max(versions(export_dir), default=0) + 1
     elif not 0 < version <= MAX_VERSION:
-        raise UsageError(f"--version must be a positive integer of at most {MAX_VERSION} "
+        raise UsageError(f"`version` must be a positive integer of at most {MAX_VERSION} "
                          f"(TensorFlow Serving reads 64-bit versions), got {version}")
     path = os.path.join(export_dir, str(version))
     if os.path.lexists(path):
-        raise UsageError(f"{path} already exists; pass another --version or remove it (versions are never overwritten)")
+        raise UsageError(f"{path} already exists; pass another `version` or remove it (versions are never overwritten)")
     return path
 
 
@@ -152,7 +152,7 @@ def _model_in(folder: str) -> str | None:
         return folder
     found = sorted(glob.glob(os.path.join(folder, "*" + litert.EXTENSION)))
     if len(found) > 1:
-        raise UsageError(f"{folder} holds {len(found)} LiteRT files; pass one of them as --model_dir")
+        raise UsageError(f"{folder} holds {len(found)} LiteRT files; pass one of them as `model_dir`")
     return found[0] if found else None
 
 
@@ -169,5 +169,5 @@ def resolve_model(model_dir: str) -> str:
         found = _model_in(latest)
         if found:
             return found
-        raise UsageError(f"--model_dir {model_dir}: its latest version {latest} holds neither a SavedModel nor a .tflite file")
-    raise UsageError(f"--model_dir {model_dir} is neither a SavedModel, a .tflite file nor a folder of numbered versions")
+        raise UsageError(f"`model_dir` {model_dir}: its latest version {latest} holds neither a SavedModel nor a .tflite file")
+    raise UsageError(f"`model_dir` {model_dir} is neither a SavedModel, a .tflite file nor a folder of numbered versions")

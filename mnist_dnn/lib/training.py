@@ -190,7 +190,7 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ru
     say(describe(config, strategy, start, log_dir))
     with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received, contextlib.closing(run):
         end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
-                             run.actions(), lambda: bool(received) or run.validation.stop_requested)
+                             run.actions(lambda: bool(received)), lambda: bool(received) or run.validation.stop_requested)
     return run.finish(end, received[0] if received else None, resumed_from)
 
 
@@ -200,7 +200,7 @@ def _already_finished(config, start: int, best: Best | None, save_to: RunDir, re
     early = start < config.max_steps
     say(f"Already stopped early at step {start}: no better validation accuracy in "
           f"{config.early_stopping_patience} evaluations; best {best.accuracy:.2%} at step {best.step}" if early else
-        f"Already finished: step {start} >= --max_steps={config.max_steps}")
+        f"Already finished: step {start} >= `max_steps`={config.max_steps}")
     return TrainResult(start, start, save_to.latest(), resumed_from, best=best, early_stopped=early)
 
 
@@ -223,15 +223,21 @@ class _Run:
                                              actions.best_saver(save_to, state), best, config.early_stopping_patience,
                                              config.eval_every, self.diagnose, say=self.log.message)
         self.save = actions.checkpoint_saver(save_to, state, config.keep_checkpoints)
+        self.export = None
 
-    def actions(self) -> list[controller.Action]:
+    def actions(self, signalled) -> list[controller.Action]:
+        """The periodic work; `signalled()` tells whether a signal is stopping the run."""
         def paused(work):
             return lambda step: self._paused(work, step)
 
         # Validation before saving: the save sees an early stop, and links a best checkpoint of its step.
-        return [controller.Action(self.config.log_every, self.log, at_stop=True),
-                controller.Action(self.config.eval_every, paused(self.validation)),
-                controller.Action(self.config.checkpoint_every, paused(self.save), at_stop=True)]
+        periodic = [controller.Action(self.config.log_every, self.log, at_stop=True),
+                    controller.Action(self.config.eval_every, paused(self.validation)),
+                    controller.Action(self.config.checkpoint_every, paused(self.save), at_stop=True)]
+        if self.config.export_dir and self.log_dir:  # on a cluster, the chief only
+            self.export = actions.EndOfRunExport(self.state.model, self.config.export_dir, signalled, self.log.message)
+            periodic.append(controller.Action(self.config.max_steps, paused(self.export), at_stop=True))
+        return periodic
 
     def _paused(self, work, step: int) -> None:
         with self.clock.paused():
@@ -243,9 +249,9 @@ class _Run:
                 self.runner(num_steps)
             except steps.NonFiniteLoss:
                 raise TrainingError(
-                    f"the loss or a gradient became NaN or infinite at step {self.state.current_step() + 1}; nothing was saved after "
-                    f"it. Last good checkpoint: {self.save_to.latest() or 'none'}. Lower --learning_rate and rerun to "
-                    "resume") from None
+                    f"the loss or a gradient became NaN or infinite at step {self.state.current_step() + 1}; nothing "
+                    f"was saved after it. Last good checkpoint: {self.save_to.latest() or 'none'}. Lower "
+                    "`learning_rate` and rerun to resume") from None
 
         return run_steps
 
@@ -263,10 +269,7 @@ class _Run:
                              "to resume.")
         else:
             self.log.message(f"Done at step {step}; checkpoint {latest}")
-        export_path = None
-        if self.config.export_dir and not signal_number and self.log_dir:  # on a cluster, the chief only
-            export_path = serving.export_model(self.state.model, self.config.export_dir)
-            self.log.message(f"Exported a SavedModel to {export_path}")
+        export_path = self.export.path if self.export else None
         return TrainResult(step, self.start, latest, resumed_from, self.validation.last, self.validation.best,
                            signal_number, early, export_path, self.log.examples_per_second)
 

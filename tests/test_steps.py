@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dnn.lib import data, steps, training
+from mnist_dnn.lib import batches, data, steps, training
 from mnist_dnn.lib.config import ModelConfig, TrainConfig
 from conftest import synthetic_split
 
@@ -67,7 +67,7 @@ def test_one_sgd_step_on_a_padded_batch_equals_plain_gradient_descent_on_its_rea
     runner = steps.make_runner(cfg, state, steps.TrainMetrics(), split)
     runner(4)
     w, b = (v.numpy().astype(np.float64) for v in state.model.trainable_variables)
-    order = data.epoch_order(300, 0, 0).numpy()[256:]
+    order = batches.epoch_order(300, 0, 0).numpy()[256:]
     x = split.images.numpy()[order].astype(np.float64) / 255.0
     y = split.labels.numpy()[order]
     logits = x @ w + b

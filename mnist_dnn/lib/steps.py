@@ -13,7 +13,7 @@ The runners differ only in where batches come from:
 - `PipelineRunner` (several devices, or `--nojit_compile`): a `tf.data` pipeline distributed by
   the strategy.
 
-Both read the batch at a step by the same rule (`data.gather_batch` over the epoch's padded
+Both read the batch at a step by the same rule (`batches.gather_batch` over the epoch's padded
 order), so they train on the same examples in the same order.
 """
 
@@ -22,7 +22,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from mnist_dnn.lib import data
+from mnist_dnn.lib import batches, data
 
 
 class NonFiniteLoss(Exception):
@@ -111,14 +111,14 @@ class CompiledRunner:
     def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
                  augment_shift: int = 0):
         self.step, self.split, self.batch_size, self.seed = state.step, split, batch_size, seed
-        self.epoch_steps = data.steps_per_epoch(split.size, batch_size)
+        self.epoch_steps = batches.steps_per_epoch(split.size, batch_size)
         self.epoch, self.order = None, None
         strategy = tf.distribute.get_strategy()
 
         @tf.function(jit_compile=True)
         def loop(images, labels, order, weights, first, num_steps):
             def next_batch(batch):
-                return data.gather_batch(images, labels, order, weights, batch, batch_size, state.step, seed,
+                return batches.gather_batch(images, labels, order, weights, batch, batch_size, state.step, seed,
                                          augment_shift)
 
             return train_steps(state, metrics, strategy, next_batch, num_steps, first)
@@ -131,7 +131,7 @@ class CompiledRunner:
         while current < end:
             epoch, first = divmod(current, self.epoch_steps)
             if epoch != self.epoch:
-                self.epoch, self.order = epoch, data.padded_epoch_order(self.split.size, self.batch_size, self.seed, epoch)
+                self.epoch, self.order = epoch, batches.padded_epoch_order(self.split.size, self.batch_size, self.seed, epoch)
             count = min(end - current, self.epoch_steps - first)
             if not self.loop(self.split.images, self.split.labels, *self.order, tf.constant(first), tf.constant(count)):
                 raise NonFiniteLoss()
@@ -144,8 +144,8 @@ class PipelineRunner:
     def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
                  augment_shift: int = 0, strategy=None, start_step: int = 0):
         strategy = strategy or tf.distribute.get_strategy()
-        batches = data.train_batches(split, batch_size, seed, start_step, augment_shift)
-        self.iterator = iter(strategy.experimental_distribute_dataset(batches))
+        dataset = batches.train_batches(split, batch_size, seed, start_step, augment_shift)
+        self.iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
         @tf.function
         def loop(iterator, num_steps):

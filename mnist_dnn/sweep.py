@@ -12,6 +12,8 @@ configs/sweep_example.cfg):
     python -m mnist_dnn.sweep --preset=sweep_example
 """
 
+import sys
+
 from absl import flags
 
 from mnist_dnn import cli
@@ -81,7 +83,8 @@ def main(argv):
     print(f"Sweep of {len(runs)} runs in {FLAGS.root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}",
           flush=True)
     try:
-        sweeps.run_all(FLAGS.root, runs, args, out=lambda line: print(line, flush=True))
+        sweeps.run_all(FLAGS.root, runs, args, [sys.executable, "-m", train.__name__],
+                       out=lambda line: print(line, flush=True))
     finally:
         reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
 

@@ -121,15 +121,17 @@ class Validation:
 
     `patience` counts evaluations (every `eval_every` steps) without a better accuracy; 0 is off.
     Counting is by steps since the best, so it survives a resume without extra state.
+    `on_result(step, metrics)` (a search's pruner) gets each result; True requests the stop (`pruned`).
     """
 
     def __init__(self, state, split, writer, save_best, best: Best | None, patience: int, eval_every: int,
-                 diagnose: diagnostics.Diagnostics, say=print):
+                 diagnose: diagnostics.Diagnostics, say=print, on_result=None):
         self.state, self.split, self.writer, self.save_best, self.best = state, split, writer, save_best, best
         self.patience, self.eval_every, self.diagnose, self.say = patience, eval_every, diagnose, say
         self.predict_fn = evaluation.make_predict_fn(state.model)
+        self.on_result = on_result
         self.last = None
-        self.stop_requested = False
+        self.stop_requested = self.pruned = False
 
     def __call__(self, step: int) -> None:
         metrics = evaluation.evaluate_split(self.predict_fn, self.split)
@@ -140,7 +142,8 @@ class Validation:
             self.save_best(self.best)
         self.diagnose.write(step, metrics)
         self.last = metrics
-        self.stop_requested = self.should_stop(step)
+        self.pruned = bool(self.on_result and self.on_result(step, metrics))
+        self.stop_requested = self.pruned or self.should_stop(step)
 
     def should_stop(self, step: int) -> bool:
         return patience_exhausted(self.best, step, self.patience, self.eval_every)

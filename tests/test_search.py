@@ -6,16 +6,24 @@ MNIST (a SIGKILLed search resumed, two searches sharing a root) and a real Postg
 
 import csv
 import dataclasses
+import glob
 import json
 import os
+import pwd
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import optuna
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
+from test_sweep import lock_is_free, wait_for
 from mnist_dnn.lib import reports, search, studies, trials
 from mnist_dnn.lib.config import ConfigError, ModelConfig
 from mnist_dnn.lib.run_dir import RunDir
@@ -178,3 +186,128 @@ def test_the_report_of_a_search_root_ranks_its_trials_and_draws_optunas_pictures
     for name in ("optimization_history.png", "param_importances.png"):
         image = tf.io.decode_png(tf.io.read_file(os.path.join(root, name))).numpy()
         assert image.shape[0] >= 300 and len(np.unique(image.reshape(-1, image.shape[2]), axis=0)) > 20
+
+
+# --- The tool in subprocesses: a SIGKILLed search resumed by two searches at once; PostgreSQL. ---
+
+def search_command(base, root, *extra):
+    return [sys.executable, "-m", "mnist_dnn.search", f"--flagfile={base}", f"--root={root}", "--sampler=random",
+            "--pruner=none", "--space=learning_rate=loguniform:1e-3:1e-2", "--space=hidden_units=choice:16,32",
+            *extra]
+
+
+def trial_states(root, storage=None):
+    study = studies.load_from_root(str(root)) if storage is None else optuna.load_study(study_name="mnist_dnn",
+                                                                                        storage=storage)
+    return study.get_trials()
+
+
+@pytest.fixture(scope="module")
+def killed_then_shared(real_data, tmp_path_factory):
+    """A search of 6 trials on 2 workers, SIGKILLed once a trial has a checkpoint; then two searches at once."""
+    tmp = tmp_path_factory.mktemp("search_kill")
+    base, root = tmp / "base.cfg", tmp / "root"
+    base.write_text(f"--model=dense\n--max_steps=300\n--eval_every=100\n--log_every=100\n--checkpoint_every=100\n"
+                    f"--nodiagnostics\n--data_dir={real_data.data_dir}\n--trials=6\n--workers=2\n--search_seed=0\n")
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
+    with open(tmp / "first.log", "w") as log:
+        first = subprocess.Popen(search_command(base, root), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: any(root.glob("trial-*/ckpt/checkpoint")) or first.poll() is not None, timeout=300)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    for ckpt in root.glob("trial-*/ckpt"):
+        wait_for(lambda: lock_is_free(str(ckpt)))  # the orphaned workers got SIGTERM, saved and stopped
+    after_kill = [(t.number, t.state.name, t.user_attrs.get("folder")) for t in trial_states(root)]
+    checkpoints = {ckpt.parent.name: RunDir(str(ckpt)).steps() for ckpt in root.glob("trial-*/ckpt")}
+    both = [subprocess.Popen(search_command(base, root), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in both]
+    return dict(root=root, after_kill=after_kill, checkpoints=checkpoints, outputs=outputs,
+                codes=[p.returncode for p in both], first_log=(tmp / "first.log").read_text())
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_its_trials_and_two_searches_share_the_rest(killed_then_shared):
+    run = killed_then_shared
+    assert run["codes"] == [0, 0], run["outputs"]
+    interrupted = [folder for number, state, folder in run["after_kill"] if state == "FAIL"]
+    assert interrupted and all(state in ("FAIL", "WAITING", "COMPLETE") for _, state, _ in run["after_kill"])
+    final = trial_states(run["root"])
+    complete = [t for t in final if t.state.name == "COMPLETE"]
+    folders = [t.user_attrs["folder"] for t in complete]
+    assert len(complete) == 6 and len(set(folders)) == 6  # --trials in total; no trial trained twice
+    assert sorted(p.name for p in run["root"].glob("trial-*")) == sorted(folders)  # no folder shared or left over
+    for folder in interrupted:  # queued again, trained in its own folder, from its checkpoint
+        with open(run["root"] / folder / "result.json") as f:
+            result = TrainResult.from_json(f.read())
+        steps = run["checkpoints"].get(folder) or [0]
+        assert result.step == 300 and result.start_step == steps[-1]
+    assert any(r.start_step > 0 for r in [TrainResult.from_json((run["root"] / f / "result.json").read_text())
+                                         for f in interrupted])
+    assert all(" complete: " in out for out in run["outputs"]), run["outputs"]  # both contributed
+    assert all("Best trial:" in out for out in run["outputs"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return shutil.which(name) or (found[-1] if found else None)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server of its own on a loopback port in a temporary folder, stopped after the tests.
+
+    .ci/run installs the server (the Debian package postgresql). As root, the server runs as the
+    package's postgres user, since PostgreSQL refuses to run as root.
+    """
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL server here (initdb, pg_ctl); .ci/run installs it: apt-get install postgresql")
+    as_user = []
+    folder = tempfile.mkdtemp(prefix="mnist_dnn-pg-")
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root without a postgres user to run the server as")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    os.chmod(folder, 0o755)
+    data, port = os.path.join(folder, "data"), _free_port()
+    subprocess.run([*as_user, initdb, "-D", data, "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_user, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(folder, "log"), "-w", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_roots_share_one_study_on_postgresql(postgres, tiny_data, tmp_path):
+    """Two machines (two roots) on one PostgreSQL study: the second runs only what the first left."""
+    base = tmp_path / "base.cfg"
+    base.write_text(f"--hidden_units=16\n--max_steps=30\n--eval_every=10\n--log_every=10\n--checkpoint_every=10\n"
+                    f"--batch_size=64\n--nodiagnostics\n--nojit_compile\n--data_dir={tiny_data.data_dir}\n"
+                    f"--storage={postgres}\n--study_name=shared\n")
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
+    results = [subprocess.run(search_command(base, tmp_path / machine, f"--trials={trials}"), cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+               for machine, trials in (("a", 2), ("b", 3))]
+    for result in results:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    study = optuna.load_study(study_name="shared", storage=postgres)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert sorted(p.name for p in (tmp_path / "a").glob("trial-*")) == ["trial-0000", "trial-0001"]
+    assert sorted(p.name for p in (tmp_path / "b").glob("trial-*")) == ["trial-0002"]
+    assert json.loads((tmp_path / "b" / "search.json").read_text())["storage"] == postgres
+    with open(tmp_path / "b" / "report.csv") as f:
+        assert [r["trial"] for r in csv.DictReader(f)] == ["trial-0002"]  # each root reports its own trials

@@ -69,7 +69,7 @@ def _folder_row(root: str, name: str, params: dict, data_dir, idx_dir, load_spli
 def collect(root: str, data_dir=None, idx_dir=None) -> tuple[list[str], list[Row]]:
     """The varied flag names and the rows, best validation accuracy first (runs without one last)."""
     if os.path.isdir(root) and studies.is_search_root(root):
-        names, runs = studies.runs(studies.load_from_root(root))
+        names, runs = studies.runs(studies.load_from_root(root), root)
     else:
         sweep = sweeps.load(root)
         names, runs = list(sweep["grid"]), sweep["runs"]
@@ -190,7 +190,7 @@ def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
 
 def best_trial_line(root: str, study) -> str | None:
     """Names the best complete trial of a search and its run folder."""
-    best = studies.best(study)
+    best = studies.best(study, root)
     if best is None:
         return None
     folder = sweeps.run_dir(root, best.user_attrs["folder"])

@@ -182,11 +182,16 @@ def value_text(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def runs(study) -> tuple[list[str], list[dict]]:
-    """The space's names, and one run per trial folder (its latest trial): name, params, status, trial."""
+def _in_root(trial, root: str) -> bool:
+    return "folder" in trial.user_attrs and os.path.isdir(os.path.join(root, trial.user_attrs["folder"]))
+
+
+def runs(study, root: str) -> tuple[list[str], list[dict]]:
+    """The space's names, and one run per trial folder under `root` (its latest trial): name, params, status,
+    trial. A study shared by several machines lists here only the trials of this root."""
     latest = {}
     for trial in study.get_trials(deepcopy=False):
-        if "folder" in trial.user_attrs:
+        if _in_root(trial, root):
             latest[trial.user_attrs["folder"]] = trial
     names = [spec.split("=", 1)[0] for spec in study.user_attrs.get("search", {}).get("space", [])]
     return ["trial", *names], [{"name": folder, "params": {"trial": folder, **{n: value_text(t.params.get(n, ""))
@@ -195,9 +200,10 @@ def runs(study) -> tuple[list[str], list[dict]]:
                    for folder, t in sorted(latest.items())]
 
 
-def best(study):
-    """The best complete trial, or None."""
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+def best(study, root: str | None = None):
+    """The best complete trial (of those under `root`, if given), or None."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+                and (root is None or _in_root(t, root))]
     return max(complete, key=lambda t: t.value) if complete else None
 
 

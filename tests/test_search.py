@@ -22,7 +22,10 @@ import optuna
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, tiny_config
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+from conftest import ROOT, hparams, scalars, tiny_config
 from test_sweep import lock_is_free, wait_for
 from mnist_dnn.lib import reports, search, studies, trials
 from mnist_dnn.lib.config import ConfigError, ModelConfig
@@ -84,6 +87,18 @@ def test_a_pruned_trial_stops_through_the_loop_with_a_checkpoint(tiny_data, tmp_
         result = TrainResult.from_json(f.read())
     assert result.pruned and not result.early_stopped and result.step == 10
     assert trial.intermediate_values[10] == result.validation.accuracy == result.best.accuracy
+    # TensorBoard's HParams: the trial's session (named by its folder), its end, and its state (2: pruned).
+    assert scalars(config.log_dir, "search/state") == {0: 2.0}
+    assert hparams(config.log_dir)["hidden_units"] == "32"
+    assert session(config.log_dir).session_start_info.group_name == "trial-0000"
+    assert session(config.log_dir, "end").session_end_info.status == api_pb2.STATUS_SUCCESS
+
+
+def session(log_dir, which="start"):
+    acc = event_accumulator.EventAccumulator(str(log_dir))
+    acc.Reload()
+    return plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")[f"_hparams_/session_{which}_info"])
 
 
 class SignalAt:

@@ -29,8 +29,27 @@ def write_run_summary(log_dir: str, hparams: dict, forward_graph) -> None:
     """The run's hyperparameters (TensorBoard's HParams dashboard) and its model's forward graph (Graphs tab)."""
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default(step=0):
-        hparams_api.hparams(hparams, trial_id=os.path.basename(os.path.normpath(log_dir)))
+        hparams_api.hparams(hparams, trial_id=_trial_id(log_dir))
         tf.summary.graph(forward_graph)
+    writer.close()
+
+
+def _trial_id(log_dir: str) -> str:
+    """The run's name in HParams: its folder, or for a sweep's or search's `<run>/logs`, the run's folder."""
+    path = os.path.abspath(log_dir)
+    return os.path.basename(os.path.dirname(path)) if os.path.basename(path) == "logs" else os.path.basename(path)
+
+
+def write_session_end(log_dir: str, succeeded: bool, **scalars) -> None:
+    """How a run ended, for TensorBoard's HParams (its session status), with scalars at step 0 beside it."""
+    from tensorboard.plugins.hparams import api_pb2, summary
+
+    status = api_pb2.STATUS_SUCCESS if succeeded else api_pb2.STATUS_FAILURE
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default(step=0):
+        tf.summary.experimental.write_raw_pb(summary.session_end_pb(status).SerializeToString(), step=0)
+        for name, value in scalars.items():
+            tf.summary.scalar(name, value)
     writer.close()
 
 

@@ -178,6 +178,7 @@ def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say) ->
         with _output_to(os.path.join(folder, LOG_FILE)):
             result = training.train(config, on_validation=report)
     except Error as e:
+        _record_state(config.log_dir, "failed")
         trial.set_user_attr("error", str(e))
         files.write_json(os.path.join(folder, sweeps.RESULT_FILE), {"error": str(e), "exit_code": e.exit_code})
         say(f"trial {trial.number} failed: {first_line(e)}")
@@ -186,12 +187,24 @@ def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say) ->
     if result.stopped_by_signal:
         raise _Interrupted(result.stopped_by_signal)
     sweeps.write_done(folder, result, time.perf_counter() - started, trial=trial.number)
+    _record_state(config.log_dir, "pruned" if result.pruned else "complete")
     best = result.best.accuracy if result.best else float("nan")
     if result.pruned:
         say(f"trial {trial.number} pruned at step {result.step} (best validation accuracy {best:.2%})")
         raise optuna.TrialPruned(f"at step {result.step}")
     say(f"trial {trial.number} complete: best validation accuracy {best:.2%} at step {result.best.step}")
     return best
+
+
+STATE_CODES = {"complete": 1, "pruned": 2, "failed": 3}  # the HParams column search/state
+
+
+def _record_state(log_dir: str, state: str) -> None:
+    """The trial's end in TensorBoard's HParams: its session status, and search/state (1 complete, 2 pruned,
+    3 failed; no value yet: running)."""
+    from mnist_dnn.lib import actions
+
+    actions.write_session_end(log_dir, state != "failed", **{"search/state": STATE_CODES[state]})
 
 
 @contextlib.contextmanager

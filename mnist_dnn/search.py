@@ -30,7 +30,7 @@ from mnist_dnn import cli
 from mnist_dnn import train  # defines the training flags that are the base of every trial
 from mnist_dnn.lib import data, reports, search, studies, trials
 from mnist_dnn.lib.config import ConfigError
-from mnist_dnn.lib.errors import Error, UsageError
+from mnist_dnn.lib.errors import Error
 
 cli.define_config_flags(search.SearchConfig)
 flags.DEFINE_multi_string("space", [], "An axis of the search space: NAME=KIND:ARGS with KIND one of "

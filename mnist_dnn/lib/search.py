@@ -16,14 +16,10 @@ folder, so it resumes from its checkpoint, and only the retry counts towards `tr
 import dataclasses
 import math
 import os
-import signal
-import time
+import types
 import typing
-import warnings
 
-from mnist_dnn.lib import files
 from mnist_dnn.lib.config import ConfigError, TrainConfig, setting
-from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "grid")
@@ -174,7 +170,7 @@ def _field_value(annotation, text: str):
     """A flag's text as the config field's type (hidden_units 256-128 or 256,128 -> (256, 128))."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     kind = typing.get_origin(annotation) or annotation
-    if kind in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if kind in (typing.Union, types.UnionType):
         return _field_value(args[0], text)
     if kind is tuple:
         element = typing.get_args(annotation)[0]

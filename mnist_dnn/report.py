@@ -13,7 +13,6 @@ Example:
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import reports
 from mnist_dnn.lib.errors import UsageError
 
 flags.DEFINE_string("root", None, "Folder of a sweep or a search (written by mnist_dnn.sweep or mnist_dnn.search).")
@@ -25,7 +24,9 @@ def main(argv):
     del argv
     if not FLAGS.root:
         raise UsageError("--root is required: the folder of a sweep or a search, e.g. --root=runs/lr-width")
-    reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
+    from mnist_dnn.lib import reports  # after cli.run's quiet start-up: it imports TensorFlow
+
+    reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=cli.say)
 
 
 def run():

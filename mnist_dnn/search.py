@@ -28,7 +28,7 @@ from absl import flags
 
 from mnist_dnn import cli
 from mnist_dnn import train  # defines the training flags that are the base of every trial
-from mnist_dnn.lib import data, reports, search, studies, trials
+from mnist_dnn.lib import search, studies, trials
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import Error
 
@@ -80,6 +80,8 @@ def open_study(config: search.SearchConfig, space) -> None:
 
 def main(argv):
     del argv
+    from mnist_dnn.lib import data, reports  # after cli.run's quiet start-up: they import TensorFlow
+
     config = cli.config_from_flags(search.SearchConfig)
     config.validate()
     check_root(config)
@@ -93,13 +95,13 @@ def main(argv):
     data.prepare(base.data)  # once, here: workers importing it at the same time would race
     open_study(config, space)
     plan = trials.make_plan(config, space, base)
-    say = lambda line: print(line, flush=True)  # noqa: E731
+    say = cli.say
     say(f"Search of {plan.total} trials in {config.root} ({config.sampler} sampler, {config.pruner} pruner): "
         + " x ".join(p.spec() for p in space))
     try:
         codes = trials.run_workers(plan, say)
     finally:
-        reports.report(config.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
+        reports.report(config.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=say)
     interrupted = [c for c in codes if c in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM)]
     if interrupted:
         raise SearchError("interrupted (the trials saved a checkpoint); run the same command to resume")

@@ -14,7 +14,7 @@ import dataclasses
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import files, training
+from mnist_dnn.lib import files
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import Error
 
@@ -36,10 +36,12 @@ def config_from_flags() -> TrainConfig:
 
 def main(argv):
     del argv
+    from mnist_dnn.lib import training  # after cli.run's quiet start-up: it imports TensorFlow
+
     if FLAGS.result_file:
         cli.check_output_file("result_file", FLAGS.result_file)
     try:
-        result = training.train(config_from_flags())
+        result = training.train(config_from_flags(), say=cli.say)
     except Error as e:
         if FLAGS.result_file:  # for programs that run this tool (the sweep): the error, machine-readable
             files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code})

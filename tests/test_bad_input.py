@@ -11,7 +11,9 @@ import shutil
 
 import pytest
 
-from conftest import call_tool, folder_hashes
+from conftest import ROOT, call_tool, folder_hashes, run_cli
+from mnist_dnn import startup
+from mnist_dnn.lib import data
 
 # (tool, args, exit code, fragment of the error line, damage done to the copied run first)
 TRAIN = [
@@ -68,6 +70,11 @@ TRAIN = [
     (["--log_dir={file}"], 2, "--log_dir"),
     (["--log_dir={file}/logs"], 2, "--log_dir {file}/logs is under a file"),
     (["--export_dir={file}"], 2, "--export_dir"),
+    (["--ckpt_dir={loop}"], 2, "--ckpt_dir {loop} is a loop of symbolic links"),
+    (["--ckpt_dir={loop}/run"], 2, "--ckpt_dir {loop}/run is a loop of symbolic links (at {loop})"),
+    (["--log_dir={loop}"], 2, "--log_dir {loop} is a loop of symbolic links"),
+    (["--export_dir={loop}"], 2, "--export_dir {loop} is a loop of symbolic links"),
+    (["--ckpt_dir={dangling}"], 2, "--ckpt_dir {dangling} is a symbolic link to the missing"),
     (["--result_file={tmp}/missing/r.json"], 2, "--result_file"),
     (["--result_file={tmp}"], 2, "--result_file"),
     (["--idx_dir={tmp}/no_idx", "--data_dir={tmp}/tfds"], 1, "is not a folder"),
@@ -119,6 +126,7 @@ EXPORT = [
     (["--ckpt_dir={tmp}/nothing", "--export_dir={tmp}/exports"], 1, "does not exist"),
     (["--ckpt_dir={run}", "--export_dir={file}"], 2, "--export_dir"),
     (["--ckpt_dir={run}", "--export_dir={file}/exports"], 2, "--export_dir"),
+    (["--ckpt_dir={run}", "--export_dir={loop}"], 2, "--export_dir {loop} is a loop of symbolic links"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--version=0"], 2, "--version must be"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--version=-4"], 2, "--version must be"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--which=worst"], 2, "which"),
@@ -282,8 +290,12 @@ def test_the_catalogue_covers_every_tool_with_at_least_150_cases():
 def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragment, damage, tmp_path, tiny_data,
                                                         trained):
     places = {"tmp": str(tmp_path), "file": str(tmp_path / "afile"), "run": str(tmp_path / "run"),
-              "corrupt_sweep": str(tmp_path / "corrupt_sweep"), "other_study": str(tmp_path / "other_study")}
+              "corrupt_sweep": str(tmp_path / "corrupt_sweep"), "loop": str(tmp_path / "loop1"),
+              "dangling": str(tmp_path / "dangling"), "other_study": str(tmp_path / "other_study")}
     _write(places["file"], "a file, not a folder")
+    os.symlink("loop2", places["loop"])
+    os.symlink("loop1", tmp_path / "loop2")
+    os.symlink("gone", places["dangling"])
     if any("{run}" in a for a in args):
         shutil.copytree(trained, places["run"])
         if damage:
@@ -304,3 +316,22 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     assert len(errors) == 1, result.stderr
     assert fragment.format(**places) in errors[0], errors[0]
     assert folder_hashes(tmp_path, trained, tiny_data.data_dir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_level", [None, "2", "3"])
+def test_a_second_run_that_loads_the_cached_loop_prints_nothing_on_stderr(log_level, tiny_data, tmp_path, monkeypatch):
+    """Not bad input, but a common shell setting: TF_CPP_MIN_LOG_LEVEL=2 let XLA's cache-hit ERROR lines through."""
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    env = {startup.XLA_CACHE_ENV: str(tmp_path / "xla"), "TF_XLA_FLAGS": ""}  # not the test session's cache
+    env.update({} if log_level is None else {"TF_CPP_MIN_LOG_LEVEL": log_level})
+    # A run that decodes the dataset first (no array cache yet) traces TFDS functions before the loop,
+    # which renames the loop's program: it compiles its own copy, once.
+    data.load_splits(tiny_data)
+    programs = []
+    for run in ("first", "second"):
+        result = run_cli("train", "--max_steps=20", "--log_every=10", "--eval_every=20", f"--data_dir={tiny_data.data_dir}",
+                         f"--ckpt_dir={tmp_path / run}", f"--log_dir={tmp_path / run / 'logs'}", cwd=ROOT, env_extra=env)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        programs.append(sorted(os.listdir(tmp_path / "xla" / startup.cpu_key())))
+    assert programs[0] and programs[1] == programs[0]  # the second run compiled nothing new

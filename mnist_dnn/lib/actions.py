@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from mnist_dnn.lib import diagnostics, evaluation
+from mnist_dnn.lib import diagnostics, evaluation, serving
 from mnist_dnn.lib.run_dir import Best, RunDir
 
 
@@ -90,9 +90,9 @@ class TrainingLog:
     step/total, percent and ETA, fit for logs.
     """
 
-    def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock,
+    def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock, say=print,
                  interactive: bool | None = None):
-        self.writer, self.metrics, self.optimizer, self.clock = writer, metrics, optimizer, clock
+        self.writer, self.metrics, self.optimizer, self.clock, self.say = writer, metrics, optimizer, clock, say
         self.start_step, self.max_steps = start_step, max_steps
         self.examples, self.seconds = 0.0, 0.0  # totals over the reports
         interactive = sys.stdout.isatty() if interactive is None else interactive
@@ -115,7 +115,7 @@ class TrainingLog:
         if self.bar:
             self.bar.update(step - self.start_step, [("loss", loss), ("accuracy", accuracy), ("examples/s", rate)])
         else:
-            print(self._line(step, loss, accuracy, rate, first), flush=True)
+            self.say(self._line(step, loss, accuracy, rate, first))
 
     def _line(self, step: int, loss: float, accuracy: float, rate: float, first: bool) -> str:
         done = step - self.start_step
@@ -127,7 +127,7 @@ class TrainingLog:
 
     def message(self, text: str) -> None:
         """A line between reports (validation, saves) that leaves the progress bar whole."""
-        print(("\n" if self.bar else "") + text, flush=True)
+        self.say(("\n" if self.bar else "") + text)
 
 
 def patience_exhausted(best: Best | None, step: int, patience: int, eval_every: int) -> bool:
@@ -169,7 +169,7 @@ class Validation:
 
     def stop_message(self, step: int) -> str:
         return (f"Stopped early at step {step}: no better validation accuracy in {self.patience} evaluations "
-                f"(--early_stopping_patience); best {self.best.accuracy:.2%} at step {self.best.step}")
+                f"(`early_stopping_patience`); best {self.best.accuracy:.2%} at step {self.best.step}")
 
 
 def checkpoint_saver(run_dir: RunDir, state, keep: int):
@@ -186,3 +186,20 @@ def best_saver(run_dir: RunDir, state):
         run_dir.save_best(state.checkpoint, best, state.weights())
 
     return save
+
+
+class EndOfRunExport:
+    """At the end of a completed or early-stopped run, a SavedModel version as `mnist_dnn.export` writes it.
+
+    Not when a signal stops the run: a run stopped half way is no model to serve.
+    """
+
+    def __init__(self, model, export_dir: str, signalled, say):
+        self.model, self.export_dir, self.signalled, self.say = model, export_dir, signalled, say
+        self.path = None  # the version written
+
+    def __call__(self, step: int) -> None:
+        if self.signalled() or self.path:
+            return
+        self.path = serving.export_model(self.model, self.export_dir)
+        self.say(f"Exported a SavedModel to {self.path}")

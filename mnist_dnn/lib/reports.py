@@ -159,9 +159,10 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
     if rows:
         left.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path + ".tmp.png")
-    plt.close(figure)
-    os.replace(path + ".tmp.png", path)
+    try:
+        files.write_with(path, lambda f: figure.savefig(f, format="png"))
+    finally:
+        plt.close(figure)
     return True
 
 

@@ -53,7 +53,7 @@ class SearchConfig:
 
     def validate(self) -> None:
         if not self.root:
-            raise ConfigError("root", "is required: the folder of the search's trials, e.g. --root=runs/search")
+            raise ConfigError("root", "is required: the folder of the search's trials, e.g. `root`=runs/search")
         for field, maximum in (("trials", 100_000), ("workers", 64)):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
@@ -93,7 +93,7 @@ class Param:
             return list(self.choices)
         if self.kind == "int":
             return list(range(int(self.low), int(self.high) + 1))
-        raise ConfigError("space", f"{self.spec()}: --sampler=grid takes choice and int parameters only")
+        raise ConfigError("space", f"{self.spec()}: `sampler`=grid takes choice and int parameters only")
 
     def suggest(self, trial) -> str:
         """The trial's value, as text for the training flag."""
@@ -152,7 +152,7 @@ def _range(spec: str, name: str, kind: str, args: str) -> Param:
 
 def check_space(space: list[Param], sampler: str) -> None:
     if not space:
-        raise ConfigError("space", "is empty: give at least one --space=NAME=KIND:ARGS")
+        raise ConfigError("space", "is empty: give at least one `space`=NAME=KIND:ARGS")
     names = [p.name for p in space]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

@@ -85,7 +85,7 @@ def open_study(config: search.SearchConfig, description: dict, create: bool, sam
     elif stored != description:
         raise UsageError(f"the study {config.study_name} in {shown(config.storage_url())} was created with another "
                          f"space or objective ({'; '.join((stored or {}).get('space', []))}; "
-                         f"{(stored or {}).get('objective')}); pass the same --space, or another --study_name or --root")
+                         f"{(stored or {}).get('objective')}); pass the same `space`, or another `study_name` or `root`")
     return study
 
 
@@ -147,7 +147,7 @@ def record_root(config: search.SearchConfig) -> None:
         stored = read_root(config.root)
         if stored != description:
             raise UsageError(f"{config.root} holds the trials of another study ({stored.get('study_name')} in "
-                             f"{shown(stored.get('storage') or 'its study.db')}); pass another --root")
+                             f"{shown(stored.get('storage') or 'its study.db')}); pass another `root`")
         return
     os.makedirs(config.root, exist_ok=True)
     files.write_json(path, description)
@@ -158,9 +158,9 @@ def read_root(root: str) -> dict:
     try:
         stored = files.read_json(path)
     except (ValueError, UnicodeDecodeError, OSError) as e:
-        raise DataError(f"{path} is not a readable search description ({e}); restore it, or pass another --root") from None
+        raise DataError(f"{path} is not a readable search description ({e}); restore it, or pass another `root`") from None
     if not isinstance(stored, dict) or "study_name" not in stored:
-        raise DataError(f"{path} is not a search description (no study_name); restore it, or pass another --root")
+        raise DataError(f"{path} is not a search description (no study_name); restore it, or pass another `root`")
     return stored
 
 

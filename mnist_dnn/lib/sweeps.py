@@ -21,7 +21,6 @@ import subprocess
 import time
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.training import TrainResult
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 SWEEP_FILE = "sweep.json"
@@ -54,14 +53,14 @@ def parse_axis(spec: str, list_flags, check_value) -> Axis:
     name, sep, values = spec.partition("=")
     name = name.strip().lstrip("-")
     if not sep or not name or not values:
-        raise UsageError(f"--grid={spec!r} must be NAME=VALUE1,VALUE2,... e.g. learning_rate=0.1,0.01")
+        raise UsageError(f"`grid`={spec!r} must be NAME=VALUE1,VALUE2,... e.g. learning_rate=0.1,0.01")
     if name in RUN_FLAGS:
-        raise UsageError(f"--grid cannot vary --{name}: the sweep sets it for every run under --root")
+        raise UsageError(f"`grid` cannot vary `{name}`: the sweep sets it for every run under `root`")
     parts = tuple(v.strip() for v in values.split(","))
     if any(not v for v in parts):
-        raise UsageError(f"--grid={spec!r} has an empty value; separate values with single commas")
+        raise UsageError(f"`grid`={spec!r} has an empty value; separate values with single commas")
     if len(set(parts)) != len(parts):
-        raise UsageError(f"--grid={spec!r} repeats a value")
+        raise UsageError(f"`grid`={spec!r} repeats a value")
     for value in parts:
         check_value(name, value.replace("-", ",") if name in list_flags else value)
     return Axis(name, parts)
@@ -70,10 +69,10 @@ def parse_axis(spec: str, list_flags, check_value) -> Axis:
 def check_axes(axes: list[Axis]) -> None:
     names = [a.name for a in axes]
     if not axes:
-        raise UsageError("give at least one --grid=NAME=VALUE1,VALUE2,...")
+        raise UsageError("give at least one `grid`=NAME=VALUE1,VALUE2,...")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise UsageError(f"--grid gives {', '.join(repeated)} more than once; put all values in one --grid")
+        raise UsageError(f"`grid` gives {', '.join(repeated)} more than once; put all values in one `grid`")
 
 
 def expand(axes: list[Axis], list_flags) -> list[Run]:
@@ -95,7 +94,7 @@ def describe(axes: list[Axis], base_args: list[str], runs: list[Run]) -> dict:
 def check_root(root: str) -> None:
     """Refuses a --root that cannot hold a sweep, and a damaged sweep.json, before anything is written."""
     if os.path.exists(root) and not os.path.isdir(root):
-        raise UsageError(f"--root {root} is a file; pass a folder for the sweep's runs")
+        raise UsageError(f"`root` {root} is a file; pass a folder for the sweep's runs")
     path = os.path.join(root, SWEEP_FILE)
     if os.path.exists(path):
         _read_description(path)
@@ -105,9 +104,9 @@ def _read_description(path: str) -> dict:
     try:
         description = files.read_json(path)
     except (ValueError, UnicodeDecodeError, OSError) as e:
-        raise DataError(f"{path} is not a readable sweep description ({e}); restore it, or pass another --root") from None
+        raise DataError(f"{path} is not a readable sweep description ({e}); restore it, or pass another `root`") from None
     if not isinstance(description, dict) or not isinstance(description.get("runs"), list):
-        raise DataError(f"{path} is not a sweep description (no list of runs); restore it, or pass another --root")
+        raise DataError(f"{path} is not a sweep description (no list of runs); restore it, or pass another `root`")
     return description
 
 
@@ -119,7 +118,7 @@ def record(root: str, description: dict) -> None:
         stored = _read_description(path)
         if stored != description:
             raise UsageError(f"{root} holds another sweep ({path}: grid {stored.get('grid')}, base flags "
-                             f"{stored.get('base_args')}); pass another --root or the same flags")
+                             f"{stored.get('base_args')}); pass another `root` or the same flags")
         return
     os.makedirs(root, exist_ok=True)
     files.write_json(path, description)
@@ -127,10 +126,10 @@ def record(root: str, description: dict) -> None:
 
 def load(root: str) -> dict:
     if os.path.exists(root) and not os.path.isdir(root):
-        raise UsageError(f"--root {root} is a file, not a sweep folder; pass the folder mnist_dnn.sweep wrote")
+        raise UsageError(f"`root` {root} is a file, not a sweep folder; pass the folder mnist_dnn.sweep wrote")
     path = os.path.join(root, SWEEP_FILE)
     if not os.path.isfile(path):
-        raise UsageError(f"{path} is missing: is --root={root} a folder written by mnist_dnn.sweep?")
+        raise UsageError(f"{path} is missing: is `root`={root} a folder written by mnist_dnn.sweep?")
     return _read_description(path)
 
 
@@ -180,13 +179,16 @@ def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
         code = _wait_forwarding_signals(child)
     wall = time.perf_counter() - started
     if code == 0:
+        from mnist_dnn.lib.training import TrainResult  # TensorFlow: not at the tool's import
+
         with open(os.path.join(folder, RESULT_FILE)) as f:
             write_done(folder, TrainResult.from_json(f.read()), wall, command=command)
     return code
 
 
-def write_done(folder: str, result: TrainResult, wall_time_s: float, **extra) -> None:
-    """The run's done.json: it ended well; the report reads its wall time and throughput."""
+def write_done(folder: str, result, wall_time_s: float, **extra) -> None:
+    """The run's done.json (from a training.TrainResult): it ended well; the report reads its wall time and
+    throughput."""
     best = result.best and dataclasses.asdict(result.best)
     files.write_json(os.path.join(folder, DONE_FILE), {
         "wall_time_s": wall_time_s, "examples_per_second": result.examples_per_second, "steps": result.step,

@@ -175,8 +175,9 @@ def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say) ->
     os.makedirs(folder, exist_ok=True)
     started = time.perf_counter()
     try:
-        with _output_to(os.path.join(folder, LOG_FILE)):
-            result = training.train(config, on_validation=report)
+        with _output_to(os.path.join(folder, LOG_FILE)) as log:
+            result = training.train(config, say=lambda line: (log.write(line + "\n"), log.flush()),
+                                    on_validation=report)
     except Error as e:
         _record_state(config.log_dir, "failed")
         trial.set_user_attr("error", str(e))
@@ -209,7 +210,8 @@ def _record_state(log_dir: str, state: str) -> None:
 
 @contextlib.contextmanager
 def _output_to(path: str):
-    """The process's stdout and stderr (file descriptors: TensorFlow's C++ lines too) appended to `path`."""
+    """The process's stdout and stderr (file descriptors: TensorFlow's C++ lines too) appended to `path`;
+    yields the file, for training's own lines."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
@@ -217,7 +219,7 @@ def _output_to(path: str):
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            yield
+            yield log
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

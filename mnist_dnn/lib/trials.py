@@ -59,7 +59,13 @@ def run_workers(plan: Plan, say) -> list[int]:
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker_main, args=(plan, i), name=f"search-worker-{i}")
                  for i in range(plan.search.workers)]
-    forward = lambda signum, frame: [p.pid and os.kill(p.pid, signal.SIGTERM) for p in processes]  # noqa: E731
+
+    def forward(signum, frame):
+        for process in processes:
+            if process.is_alive():
+                with contextlib.suppress(ProcessLookupError):  # it ended in between
+                    os.kill(process.pid, signal.SIGTERM)
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for process in processes:

@@ -113,13 +113,13 @@ def keras_runner(s: Setting, train, test, steps_per_execution, jit):
 
 
 def mnist_dnn_runner(s: Setting, splits, jit_compile, config=None):
-    from mnist_dnn.lib import data, evaluation, models, steps, training
+    from mnist_dnn.lib import batches, data, evaluation, models, steps, training
     config = config or training.TrainConfig(model=models.make_config("dense", s.hidden, s.dropout),
                                             batch_size=s.batch_size, learning_rate=s.learning_rate)
     config = dataclasses.replace(config, jit_compile=jit_compile)
     state = training.build_state(config)
     run_steps = steps.make_runner(config, state, steps.TrainMetrics(), splits["train"])
-    epoch_steps = data.steps_per_epoch(splits["train"].size, config.batch_size)
+    epoch_steps = batches.steps_per_epoch(splits["train"].size, config.batch_size)
     predict = evaluation.make_predict_fn(state.model)
 
     def epoch():

@@ -4,6 +4,7 @@ import atexit
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -11,9 +12,8 @@ from typing import NoReturn
 
 from absl import app, flags, logging
 
-from mnist_dnn import command_line
+from mnist_dnn import command_line, startup
 from mnist_dnn.lib import config as config_lib
-from mnist_dnn.lib import data, run_dir
 from mnist_dnn.lib.errors import Error, UsageError
 
 
@@ -81,12 +81,12 @@ def define_restore_flags() -> None:
     """Flags of the tools that read a trained checkpoint."""
     define_ckpt_dir_flag()
     flags.DEFINE_string("checkpoint", None, "A given checkpoint (e.g. checkpoints/model.ckpt-1000) instead of the latest.")
-    flags.DEFINE_enum("which", "latest", run_dir.WHICH,
+    flags.DEFINE_enum("which", "latest", config_lib.WHICH,
                       "Without --checkpoint: the latest checkpoint of --ckpt_dir, or the best by validation "
                       "accuracy (ckpt_dir/best/).")
 
 
-def idx_dir(values) -> str | data.DatasetIdxDir | None:
+def idx_dir(values) -> str | config_lib.DatasetIdxDir | None:
     """--idx_dir (for the run's dataset, whichever it is), or else the MNIST_DNN_IDX_DIR variable.
 
     The variable names MNIST, so it serves `mnist` only: a data.DatasetIdxDir, because tools
@@ -94,8 +94,8 @@ def idx_dir(values) -> str | data.DatasetIdxDir | None:
     """
     if values.idx_dir:
         return values.idx_dir
-    folder = os.environ.get(data.IDX_DIR_ENV)
-    return data.DatasetIdxDir(folder, "mnist") if folder else None
+    folder = os.environ.get(config_lib.IDX_DIR_ENV)
+    return config_lib.DatasetIdxDir(folder, "mnist") if folder else None
 
 
 def parse_int_list(name: str, values: list[str]) -> tuple[int, ...]:
@@ -105,11 +105,21 @@ def parse_int_list(name: str, values: list[str]) -> tuple[int, ...]:
         raise UsageError(f"--{name} must be comma-separated integers such as 256,128; got {','.join(values)}") from None
 
 
-def message(error: Error) -> str:
-    """The error's one line; a config field is named as the flag of the same name."""
-    if isinstance(error, config_lib.ConfigError):
-        return f"--{error.field} {error.problem}"
-    return str(error)
+def as_flags(text: str, flag_values=flags.FLAGS) -> str:
+    """The library's text as the command line says it: a setting it names as `name` is the flag --name."""
+    return re.sub(r"`([a-z][a-z_]*)`", lambda m: f"--{m[1]}" if m[1] in flag_values else m[0], text)
+
+
+def message(error: Error, flag_values=flags.FLAGS) -> str:
+    """The error's one line; the settings it names are named as their flags."""
+    if error.field:
+        return f"--{error.field} {as_flags(error.problem, flag_values)}"
+    return as_flags(str(error), flag_values)
+
+
+def say(line: str) -> None:
+    """The library's lines for the user, as a tool shows them: warnings on stderr, the rest on stdout."""
+    print(as_flags(line), file=sys.stderr if line.startswith("warning: ") else sys.stdout, flush=True)
 
 
 def check_output_file(flag: str, path: str) -> None:
@@ -150,10 +160,14 @@ def run(main, positional_args: bool = False) -> None:
 
     Arguments other than flags are refused unless `positional_args` (then `main` gets them
     in `argv[1:]`). `-h`/`--help` print the tool's own help (its module docstring and flags);
-    `--preset=NAME` stands for `--flagfile=<the shipped configs/NAME.cfg>`.
+    `--preset=NAME` stands for `--flagfile=<the shipped configs/NAME.cfg>`. TensorFlow is
+    imported first, quietly (`startup.quiet_tensorflow`); the tools import the library in `main`.
     """
 
     def guarded_main(argv):
+        import tensorflow_datasets as tfds  # (imported here: after the quiet start-up)
+
+        tfds.disable_progress_bar()  # the tools print their own progress
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines drown the progress
         if len(argv) > 1 and not positional_args:
@@ -169,8 +183,10 @@ def run(main, positional_args: bool = False) -> None:
             print("error: interrupted (Ctrl-C) before any work was saved; run the command again", file=sys.stderr)
             sys.exit(130)
 
+    argv = _command_line(main, positional_args)
+    startup.quiet_tensorflow(argv)
     try:
-        app.run(report_errors, argv=_command_line(main, positional_args), flags_parser=_parse_flags)
+        app.run(report_errors, argv=argv, flags_parser=_parse_flags)
     except SystemExit as e:
         if _in_process_calls:
             raise

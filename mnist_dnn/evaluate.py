@@ -8,7 +8,7 @@ Example (the latest checkpoint of the run trained by `python -m mnist_dnn.train 
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import evaluation, files
+from mnist_dnn.lib import files
 from mnist_dnn.lib.errors import UsageError
 
 flags.DEFINE_integer("batch_size", 1000, "Evaluation batch size (every example counts, whatever it is).")
@@ -17,7 +17,6 @@ flags.DEFINE_boolean("confusion_matrix", False, "Also print the test confusion m
 cli.define_data_flags()
 cli.define_restore_flags()
 FLAGS = flags.FLAGS
-evaluate_checkpoint = evaluation.evaluate_checkpoint  # the library function behind this tool
 
 
 def format_report(report: dict) -> str:
@@ -33,11 +32,13 @@ def format_report(report: dict) -> str:
 
 def main(argv):
     del argv
+    from mnist_dnn.lib import evaluation  # after cli.run's quiet start-up: it imports TensorFlow
+
     if not 0 < FLAGS.batch_size <= 65_536:
         raise UsageError(f"--batch_size must be a whole number from 1 to 65,536; got {FLAGS.batch_size}")
     if FLAGS.metrics_file:
         cli.check_output_file("metrics_file", FLAGS.metrics_file)
-    report = evaluate_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.data_dir, cli.idx_dir(FLAGS),
+    report = evaluation.evaluate_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.data_dir, cli.idx_dir(FLAGS),
                                  FLAGS.batch_size, FLAGS.which)
     print(format_report(report))
     if FLAGS.confusion_matrix:

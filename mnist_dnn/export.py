@@ -9,16 +9,16 @@ Examples (write exports/mnist/1, then 2, ... on later exports; LiteRT: exports/m
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import checkpoints, data, litert, serving
+from mnist_dnn.lib import config
 from mnist_dnn.lib.errors import UsageError
 
 DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert"}
 
-flags.DEFINE_enum("format", "saved_model", serving.FORMATS,
+flags.DEFINE_enum("format", "saved_model", config.EXPORT_FORMATS,
                   "saved_model: for TensorFlow Serving; litert: a .tflite file for phones and microcontrollers.")
-flags.DEFINE_enum("quantize", "none", litert.QUANTIZATIONS,
+flags.DEFINE_enum("quantize", "none", config.QUANTIZATIONS,
                   "With --format=litert: int8 is full-integer post-training quantization, calibrated on "
-                  f"{litert.REPRESENTATIVE_IMAGES} training images (needs the dataset: --idx_dir or TFDS's).")
+                  f"{config.REPRESENTATIVE_IMAGES} training images (needs the dataset: --idx_dir or TFDS's).")
 flags.DEFINE_string("export_dir", None, "Model folder; each export is a numbered version inside it. "
                     f"Default: {DEFAULT_EXPORT_DIRS['saved_model']}, or {DEFAULT_EXPORT_DIRS['litert']} for LiteRT.")
 flags.DEFINE_integer("version", None, "Version number to write (default: the next free one). Never overwritten.")
@@ -29,12 +29,16 @@ FLAGS = flags.FLAGS
 
 def representative_images(dataset: str):
     """Calibration images for int8: drawn from the training split of the checkpoint's dataset."""
+    from mnist_dnn.lib import data, litert
+
     splits = data.load_splits(data.DataConfig(dataset, FLAGS.data_dir, cli.idx_dir(FLAGS)))
     return litert.representative_images(splits["train"].images)
 
 
 def main(argv):
     del argv
+    from mnist_dnn.lib import checkpoints, serving  # after cli.run's quiet start-up: they import TensorFlow
+
     if FLAGS.quantize != "none" and FLAGS.format != "litert":
         raise UsageError("--quantize applies to --format=litert only")
     export_dir = FLAGS.export_dir or DEFAULT_EXPORT_DIRS[FLAGS.format]

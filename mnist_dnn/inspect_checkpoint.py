@@ -13,7 +13,6 @@ import json
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import checkpoints, run_dir
 from mnist_dnn.lib.errors import CheckpointError
 
 cli.define_restore_flags()
@@ -24,7 +23,8 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"  # at most 12 characters
 
 
-def format_variables(summaries: list[checkpoints.VariableSummary]) -> str:
+def format_variables(summaries: list) -> str:
+    """`checkpoints.VariableSummary`s as a table."""
     width = max([len("key")] + [len(s.key) for s in summaries])
     lines = [f"{'key':<{width}}  {'shape':<12}{'dtype':<9}{'min':>13}{'mean':>13}{'max':>13}"]
     for s in summaries:
@@ -35,14 +35,18 @@ def format_variables(summaries: list[checkpoints.VariableSummary]) -> str:
 
 def describe_config(ckpt_dir: str) -> str:
     """The stored configuration, or why there is none (a bare checkpoint still lists)."""
+    from mnist_dnn.lib import run_dir
+
     try:
         return json.dumps(json.loads(run_dir.RunDir(ckpt_dir).load_config().to_json()))  # on one line
     except CheckpointError as e:
-        return f"unavailable: {e}"
+        return f"unavailable: {cli.message(e)}"
 
 
 def main(argv):
     del argv
+    from mnist_dnn.lib import checkpoints, run_dir  # after cli.run's quiet start-up: they import TensorFlow
+
     path = checkpoints.resolve_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
     step, summaries = checkpoints.read_variables(path)
     print(f"checkpoint {path} (step {'unknown' if step is None else step})")

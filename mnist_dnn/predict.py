@@ -11,7 +11,7 @@ import sys
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import classifier, files, serving
+from mnist_dnn.lib import config, files
 from mnist_dnn.lib.errors import DataError, UsageError
 
 flags.DEFINE_string("model_dir", "exports/mnist",
@@ -20,23 +20,26 @@ flags.DEFINE_bool("json", False, "Print one JSON object per file: file, class, p
 flags.DEFINE_float("min_confidence", 0.5, "Answers whose probability is below this are marked uncertain.")
 flags.DEFINE_string("rest_request", None, "Instead of classifying, write the JSON body of a TensorFlow Serving "
                     "REST request (/v1/models/NAME:predict) for the files to this file.")
-flags.DEFINE_enum("rest_signature", serving.BYTES_SIGNATURE, [serving.BYTES_SIGNATURE, serving.SERVING_SIGNATURE],
+flags.DEFINE_enum("rest_signature", config.BYTES_SIGNATURE, [config.BYTES_SIGNATURE, config.SERVING_SIGNATURE],
                   "The signature the REST request calls: the encoded files as {\"b64\": ...}, or their pixels.")
 FLAGS = flags.FLAGS
 
 
-def read_files(paths: list[str]) -> list[classifier.ImageFile]:
-    """The files that are images; one error line on stderr for each of the others."""
+def read_files(paths: list[str]) -> list:
+    """The files that are images (`classifier.ImageFile`s); one error line on stderr for each of the others."""
+    from mnist_dnn.lib import classifier
+
     readable = []
     for path in paths:
         try:
             readable.append(classifier.read_image_file(path))
         except DataError as e:
-            print(f"error: {path}: {e}", file=sys.stderr)
+            print(f"error: {path}: {cli.message(e)}", file=sys.stderr)
     return readable
 
 
-def describe(path: str, p: classifier.Prediction, min_confidence: float) -> str:
+def describe(path: str, p, min_confidence: float) -> str:
+    """One file's `classifier.Prediction` as a line (or JSON)."""
     confident = p.probability >= min_confidence
     if FLAGS.json:
         return json.dumps({"file": path, "class": p.digit, "probabilities": list(p.probabilities), "confident": confident})
@@ -44,7 +47,9 @@ def describe(path: str, p: classifier.Prediction, min_confidence: float) -> str:
     return line if confident else f"{line}, uncertain (below {100 * min_confidence:g}%)"
 
 
-def write_rest_request(readable: list[classifier.ImageFile], path: str) -> None:
+def write_rest_request(readable: list, path: str) -> None:
+    from mnist_dnn.lib import classifier
+
     try:
         files.write_text(path, classifier.rest_request(FLAGS.rest_signature, readable))
     except OSError as e:
@@ -65,6 +70,8 @@ def main(argv):
             return 1  # a request must hold every file: nothing written
         write_rest_request(readable, FLAGS.rest_request)
         return 0
+    from mnist_dnn.lib import classifier  # after cli.run's quiet start-up: it imports TensorFlow
+
     classify = classifier.Classifier(FLAGS.model_dir)
     readable = read_files(paths)
     for file, p in zip(readable, classify([file.pixels for file in readable])):

@@ -1,20 +1,26 @@
-"""TensorFlow imported without its C++ start-up chatter on the terminal.
+"""The tools' start-up: TensorFlow imported quietly, and a persistent XLA cache for this CPU.
+
+Called by `cli.run` before a tool's main imports the library; importing this module (or any
+other of the package) changes nothing in the process.
 
 Importing TensorFlow 2.21 writes 6-7 lines to file descriptor 2 (CUDA probing, CPU
 instruction notices, a `failed call to cuInit` on machines without a GPU) that no
 environment variable silences, so the first import (and the device probe that prints
 the cuInit line) runs with descriptor 2 pointed at a temporary file. The lines come
-back with `--verbosity=1` (or higher) on the command line or `MNIST_DNN_TF_LOGS=1`; if
-the import fails, everything it printed is shown.
+back with `--verbosity=1` (or higher) on the command line, `MNIST_DNN_TF_LOGS=1`, or
+`TF_CPP_MIN_LOG_LEVEL` set to 0 or 1; if the import fails, everything it printed is shown.
 
 Before the import it also points XLA's persistent compilation cache at a folder of this
-machine (`use_xla_cache`): the training loop compiles in seconds, and a later run of the
-same model loads the compiled program instead.
+machine's CPU (`use_xla_cache`): the training loop compiles in seconds, and a later run of the
+same model loads the compiled program instead. XLA keys its cache entries by the program, not
+by the CPU, and runs an entry compiled for another CPU after only logging that its features
+differ (which can end in SIGILL): hence one folder per instruction set.
 """
 
 import contextlib
 import hashlib
 import os
+import platform
 import sys
 import tempfile
 
@@ -46,6 +52,8 @@ def wants_tf_logs(argv: list[str], environ) -> bool:
     """Whether the user asked for TensorFlow's own log lines."""
     if environ.get(TF_LOGS_ENV, "").strip() not in ("", "0"):
         return True
+    if environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
+        return True
     verbosity = _verbosity(argv[1:])
     return verbosity is not None and verbosity >= 1
 
@@ -74,61 +82,68 @@ def _stderr_captured():
             os.close(saved)
 
 
-def _this_cpu() -> str:
-    """A short name for this processor's instruction set: a program compiled for one CPU may not run on another."""
+def cpu_key(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """A name for this processor's instruction set, or None where it cannot be read.
+
+    The flags line of /proc/cpuinfo lists every instruction-set extension the kernel lets
+    programs use, a superset of the LLVM features XLA compiles for and compares when it
+    loads a cached program. Elsewhere (no /proc/cpuinfo) the CPU is unknown.
+    """
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+        with open(cpuinfo) as f:
+            flags = next((line for line in f if line.startswith("flags")), None)
     except OSError:
-        flags = ""
-    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+        flags = None
+    if not flags:
+        return None
+    return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
 
 
-def xla_cache_folder(environ) -> str | None:
-    """$MNIST_DNN_XLA_CACHE (`off`: none), else ~/.cache/mnist_dnn/xla/<this CPU>."""
+def xla_cache_folder(environ, cpu: str | None) -> str | None:
+    """<$MNIST_DNN_XLA_CACHE or ~/.cache/mnist_dnn/xla>/<cpu>; None with `off`, or for an unknown CPU."""
     chosen = environ.get(XLA_CACHE_ENV)
-    if chosen is not None:
-        return None if chosen.strip().lower() in ("", "0", "off") else chosen
+    if chosen is not None and chosen.strip().lower() in ("", "0", "off"):
+        return None
+    if cpu is None:
+        return None
     cache_home = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache_home, "mnist_dnn", "xla", _this_cpu())
+    return os.path.join(chosen or os.path.join(cache_home, "mnist_dnn", "xla"), cpu)
 
 
-def _can_hold(folder: str) -> bool:
-    """Whether `folder` is, or can be created as, a writable folder (checked without creating it)."""
-    existing = files.nearest_existing(folder)
-    return os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)
-
-
-def use_xla_cache(environ=os.environ) -> None:
+def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
     """Adds XLA's persistent cache to TF_XLA_FLAGS (read when XLA first compiles), unless one is set.
 
     A folder XLA could not write would fail every compilation: then there is no cache (with a
     warning if the user chose that folder).
     """
-    folder = xla_cache_folder(environ)
+    folder = xla_cache_folder(environ, cpu or cpu_key())
     flags = environ.get("TF_XLA_FLAGS", "")
     if not folder or _XLA_CACHE_FLAG in flags:
         return
-    if not _can_hold(folder):
+    if files.folder_problem(folder):
         if environ.get(XLA_CACHE_ENV) is not None:
-            print(f"warning: {XLA_CACHE_ENV}={folder} is not a folder that can be written; compiling without "
-                  "the cache", file=sys.stderr)
+            print(f"warning: {XLA_CACHE_ENV}={environ[XLA_CACHE_ENV]} is not a folder that can be written; "
+                  "compiling without the cache", file=sys.stderr)
         return
     environ["TF_XLA_FLAGS"] = f"{flags} {_XLA_CACHE_FLAG}={folder}".strip()
 
 
-def import_tensorflow() -> None:
-    """Imports TensorFlow (and probes its devices) quietly, unless TensorFlow's logs are wanted."""
-    use_xla_cache()
-    if "tensorflow" in sys.modules:
-        return
-    if wants_tf_logs(sys.argv, os.environ):
+def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:
+    """The tools' start-up: the XLA cache, then TensorFlow imported (and its devices probed) quietly.
+
+    Unless TensorFlow's logs are wanted, its later C++ lines stay off too (TF_CPP_MIN_LOG_LEVEL=3,
+    also over a 2 from the user's shell): XLA's start-up notices, and the two ERROR lines that
+    every hit of the persistent cache logs (the entry is tried as text before binary; two LLVM
+    tuning flags, +prefer-no-gather and +prefer-no-scatter, are never host CPU features). Real
+    errors still reach the user, as Python exceptions.
+    """
+    use_xla_cache(environ)
+    if wants_tf_logs(argv, environ):
         import tensorflow  # noqa: F401
         return
-    # Later C++ log lines stay off too: XLA's start-up notices, and the parse error that every
-    # hit of XLA's persistent cache logs (it tries the file as text before binary). Real
-    # errors still reach the user, as Python exceptions.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if "tensorflow" in sys.modules:
+        return
     with _stderr_captured():
         import tensorflow as tf
         tf.config.list_physical_devices()  # prints the cuInit error where there is no GPU

@@ -12,10 +12,12 @@ configs/sweep_example.cfg):
     python -m mnist_dnn.sweep --preset=sweep_example
 """
 
+import sys
+
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import reports, sweeps
+from mnist_dnn.lib import sweeps
 from mnist_dnn import train  # defines the training flags that the sweep passes on
 from mnist_dnn.lib.errors import UsageError
 
@@ -67,6 +69,8 @@ def run_config(run: sweeps.Run):
 
 def main(argv):
     del argv
+    from mnist_dnn.lib import reports  # after cli.run's quiet start-up: it imports TensorFlow
+
     if not FLAGS.root:
         raise UsageError("--root is required: the folder of the sweep's runs, e.g. --root=runs/lr-width")
     sweeps.check_root(FLAGS.root)
@@ -81,9 +85,9 @@ def main(argv):
     print(f"Sweep of {len(runs)} runs in {FLAGS.root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}",
           flush=True)
     try:
-        sweeps.run_all(FLAGS.root, runs, args, out=lambda line: print(line, flush=True))
+        sweeps.run_all(FLAGS.root, runs, args, [sys.executable, "-m", train.__name__], out=cli.say)
     finally:
-        reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS))
+        reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=cli.say)
 
 
 def run():

@@ -14,7 +14,7 @@ import dataclasses
 from absl import flags
 
 from mnist_dnn import cli
-from mnist_dnn.lib import files, training
+from mnist_dnn.lib import files
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import Error
 
@@ -34,25 +34,20 @@ def config_from_flags() -> TrainConfig:
     return dataclasses.replace(config, data=data)
 
 
-def result_json(result: training.TrainResult) -> dict:
-    fields = dataclasses.asdict(result)
-    fields["validation"] = None if result.validation is None else {
-        "loss": result.validation.loss, "accuracy": result.validation.accuracy}
-    return fields
-
-
 def main(argv):
     del argv
+    from mnist_dnn.lib import training  # after cli.run's quiet start-up: it imports TensorFlow
+
     if FLAGS.result_file:
         cli.check_output_file("result_file", FLAGS.result_file)
     try:
-        result = training.train(config_from_flags())
+        result = training.train(config_from_flags(), say=cli.say)
     except Error as e:
         if FLAGS.result_file:  # for programs that run this tool (the sweep): the error, machine-readable
             files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code})
         raise
     if FLAGS.result_file:
-        files.write_json(FLAGS.result_file, result_json(result))
+        files.write_text(FLAGS.result_file, result.to_json())
     if result.stopped_by_signal:
         return 128 + result.stopped_by_signal
 

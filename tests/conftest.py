@@ -22,6 +22,9 @@ if os.environ.get("MNIST_DNN_TEST_XLA_CACHE") == "off":
     _XLA_CACHE = pathlib.Path(tempfile.mkdtemp(prefix="mnist_dnn-tests-xla-"))
     atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ["MNIST_DNN_XLA_CACHE"] = str(_XLA_CACHE)
+from mnist_dnn import startup  # noqa: E402 (imports no TensorFlow)
+
+startup.use_xla_cache()  # as the tools do first: TensorFlow reads the flag when it starts
 
 import numpy as np
 import pytest
@@ -187,7 +190,7 @@ def assert_one_line_error(result, exit_code: int, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
-TOOLS = ("train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep", "report", "serve")
+TOOLS = ("train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep", "search", "report", "serve")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +252,7 @@ def _environment(env: dict):
 
 
 def folder_hashes(*folders) -> dict:
-    """Every file and folder below `folders` with the SHA-256 of its bytes (None for a folder)."""
+    """Every file and folder below `folders` with the SHA-256 of its bytes (None for a folder, the target for a link)."""
     hashes = {}
     for folder in folders:
         for root, dirs, names in os.walk(folder):
@@ -257,6 +260,9 @@ def folder_hashes(*folders) -> dict:
                 hashes[os.path.join(root, name)] = None
             for name in names:
                 path = os.path.join(root, name)
+                if os.path.islink(path):
+                    hashes[path] = f"-> {os.readlink(path)}"
+                    continue
                 with open(path, "rb") as f:
                     hashes[path] = hashlib.sha256(f.read()).hexdigest()
     return hashes

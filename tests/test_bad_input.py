@@ -11,7 +11,9 @@ import shutil
 
 import pytest
 
-from conftest import call_tool, folder_hashes
+from conftest import ROOT, call_tool, folder_hashes, run_cli
+from mnist_dnn import startup
+from mnist_dnn.lib import data
 
 # (tool, args, exit code, fragment of the error line, damage done to the copied run first)
 TRAIN = [
@@ -68,6 +70,11 @@ TRAIN = [
     (["--log_dir={file}"], 2, "--log_dir"),
     (["--log_dir={file}/logs"], 2, "--log_dir {file}/logs is under a file"),
     (["--export_dir={file}"], 2, "--export_dir"),
+    (["--ckpt_dir={loop}"], 2, "--ckpt_dir {loop} is a loop of symbolic links"),
+    (["--ckpt_dir={loop}/run"], 2, "--ckpt_dir {loop}/run is a loop of symbolic links (at {loop})"),
+    (["--log_dir={loop}"], 2, "--log_dir {loop} is a loop of symbolic links"),
+    (["--export_dir={loop}"], 2, "--export_dir {loop} is a loop of symbolic links"),
+    (["--ckpt_dir={dangling}"], 2, "--ckpt_dir {dangling} is a symbolic link to the missing"),
     (["--result_file={tmp}/missing/r.json"], 2, "--result_file"),
     (["--result_file={tmp}"], 2, "--result_file"),
     (["--idx_dir={tmp}/no_idx", "--data_dir={tmp}/tfds"], 1, "is not a folder"),
@@ -119,6 +126,7 @@ EXPORT = [
     (["--ckpt_dir={tmp}/nothing", "--export_dir={tmp}/exports"], 1, "does not exist"),
     (["--ckpt_dir={run}", "--export_dir={file}"], 2, "--export_dir"),
     (["--ckpt_dir={run}", "--export_dir={file}/exports"], 2, "--export_dir"),
+    (["--ckpt_dir={run}", "--export_dir={loop}"], 2, "--export_dir {loop} is a loop of symbolic links"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--version=0"], 2, "--version must be"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--version=-4"], 2, "--version must be"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--which=worst"], 2, "which"),
@@ -172,6 +180,55 @@ SWEEP = [
     (["--root={tmp}/sweep", "--grid=learning_rate=0.1,0.2", "stray"], 2, "unexpected arguments"),
     (["--root={corrupt_sweep}", "--grid=learning_rate=0.1,0.2"], 1, "sweep.json"),
 ]
+LR = "--space=learning_rate=loguniform:1e-4:1e-1"
+SEARCH = [
+    ([LR], 2, "--root is required"),
+    (["--root={file}", LR], 2, "--root {file} is a file"),
+    (["--root={tmp}/s"], 2, "--space is empty"),
+    (["--root={tmp}/s", "--space=learning_rate"], 2, "must be NAME=KIND:ARGS"),
+    (["--root={tmp}/s", "--space=learning_rate=loguniform"], 2, "must be NAME=KIND:ARGS"),
+    (["--root={tmp}/s", "--space==choice:1,2"], 2, "must be NAME=KIND:ARGS"),
+    (["--root={tmp}/s", "--space=learning_rate=normal:0:1"], 2, "unknown kind 'normal'"),
+    (["--root={tmp}/s", "--space=learning_rate=loguniform:1e-1:1e-4"], 2, "the low bound 0.1 must be below"),
+    (["--root={tmp}/s", "--space=dropout=uniform:0.5:0.5"], 2, "must be below the high bound"),
+    (["--root={tmp}/s", "--space=batch_size=int:256:32"], 2, "must be below the high bound"),
+    (["--root={tmp}/s", "--space=learning_rate=loguniform:0:1"], 2, "needs a positive low bound"),
+    (["--root={tmp}/s", "--space=learning_rate=uniform:a:b"], 2, "takes LOW:HIGH"),
+    (["--root={tmp}/s", "--space=batch_size=int:32"], 2, "takes LOW:HIGH"),
+    (["--root={tmp}/s", "--space=batch_size=int:32.5:64"], 2, "takes LOW:HIGH"),
+    (["--root={tmp}/s", "--space=learning_rate=uniform:0:inf"], 2, "takes LOW:HIGH"),
+    (["--root={tmp}/s", "--space=no_such=choice:1,2"], 2, "no_such is not a training flag"),
+    (["--root={tmp}/s", "--space=ckpt_dir=choice:a,b"], 2, "ckpt_dir is not a training flag"),
+    (["--root={tmp}/s", "--space=result_file=choice:a,b"], 2, "result_file is not a training flag"),
+    (["--root={tmp}/s", "--space=trials=int:1:3"], 2, "trials is not a training flag"),
+    (["--root={tmp}/s", "--space=optimizer=choice:"], 2, "must be NAME=KIND:ARGS"),
+    (["--root={tmp}/s", "--space=optimizer=choice:sgd,,adam"], 2, "has an empty choice"),
+    (["--root={tmp}/s", "--space=optimizer=choice:sgd,"], 2, "has an empty choice"),
+    (["--root={tmp}/s", "--space=optimizer=choice:sgd,sgd"], 2, "repeats a choice"),
+    (["--root={tmp}/s", "--space=optimizer=choice:sgd,lbfgs"], 2, "--optimizer must be one of"),
+    (["--root={tmp}/s", "--space=batch_size=choice:32,x"], 2, "value 'x' is not valid for --batch_size"),
+    (["--root={tmp}/s", "--space=batch_size=uniform:0.5:2"], 2, "is not valid for --batch_size"),
+    (["--root={tmp}/s", "--space=hidden_units=choice:128,x-1"], 2, "--hidden_units"),
+    (["--root={tmp}/s", "--space=learning_rate=uniform:0:1"], 2, "--learning_rate must be a positive number"),
+    (["--root={tmp}/s", "--space=dropout=uniform:0:0.5", "--model=raw"], 2, "only supported by --model=dense"),
+    (["--root={tmp}/s", "--space=optimizer=choice:sgd", "--space=optimizer=choice:adam"], 2, "more than once"),
+    (["--root={tmp}/s", LR, "--sampler=grid"], 2, "--sampler=grid takes choice and int parameters only"),
+    (["--root={tmp}/s", LR, "--trials=0"], 2, "--trials must be a whole number from 1"),
+    (["--root={tmp}/s", LR, "--trials=-2"], 2, "--trials must be"),
+    (["--root={tmp}/s", LR, "--workers=0"], 2, "--workers must be a whole number from 1"),
+    (["--root={tmp}/s", LR, "--sampler=cmaes"], 2, "--sampler must be one of tpe, random, grid"),
+    (["--root={tmp}/s", LR, "--pruner=asha"], 2, "--pruner must be one of median, hyperband, none"),
+    (["--root={tmp}/s", LR, "--study_name="], 2, "--study_name must not be empty"),
+    (["--root={tmp}/s", LR, "--storage=redis://localhost:6379"], 2, "--storage 'redis://localhost:6379' is not an"),
+    (["--root={tmp}/s", LR, "--storage=just-a-name"], 2, "is not an Optuna RDB storage URL"),
+    (["--root={tmp}/s", LR, "--storage=postgresql+psycopg://nobody:secret@127.0.0.1:1/none"], 1,
+     "cannot open the study storage postgresql+psycopg://nobody:***@127.0.0.1:1/none"),
+    (["--root={tmp}/s", LR, "--storage=sqlite:///{tmp}/missing/study.db"], 1, "cannot open the study storage"),
+    (["--root={other_study}", "--space=optimizer=choice:sgd,adam"], 2, "was created with another space or objective"),
+    (["--root={other_study}", LR, "--study_name=another"], 2, "holds the trials of another study"),
+    (["--root={tmp}/s", LR, "--max_steps=0"], 2, "--max_steps must be"),
+    (["--root={tmp}/s", LR, "stray"], 2, "unexpected arguments"),
+]
 REPORT = [
     ([], 2, "--root is required"),
     (["--root={tmp}/nothing"], 2, "is missing"),
@@ -195,6 +252,7 @@ CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAI
          + [("predict", args, code, fragment, None) for args, code, fragment in PREDICT]
          + [("serve", args, code, fragment, None) for args, code, fragment in SERVE]
          + [("sweep", args, code, fragment, None) for args, code, fragment in SWEEP]
+         + [("search", args, code, fragment, None) for args, code, fragment in SEARCH]
          + [("report", args, code, fragment, None) for args, code, fragment in REPORT])
 
 
@@ -219,6 +277,15 @@ def _zero(path):
     _write(path, b"\0" * os.path.getsize(path))
 
 
+def _search_root_of_another_space(root):
+    from mnist_dnn.lib import search, studies
+
+    config = search.SearchConfig(root=root)
+    studies.record_root(config)
+    studies.open_study(config, {"space": ["learning_rate=loguniform:0.0001:0.1"], "objective": search.OBJECTIVE},
+                       create=True)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_run) -> str:
     """The shared tiny run's checkpoint folder (steps 20 and 30): the cases copy it before damaging it."""
@@ -228,7 +295,7 @@ def trained(tiny_run) -> str:
 def test_the_catalogue_covers_every_tool_with_at_least_150_cases():
     assert len(CASES) >= 150
     assert {tool for tool, *_ in CASES} == {"train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep",
-                                            "report", "serve"}
+                                            "search", "report", "serve"}
 
 
 @pytest.mark.parametrize("tool, args, code, fragment, damage", CASES,
@@ -236,8 +303,12 @@ def test_the_catalogue_covers_every_tool_with_at_least_150_cases():
 def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragment, damage, tmp_path, tiny_data,
                                                         trained):
     places = {"tmp": str(tmp_path), "file": str(tmp_path / "afile"), "run": str(tmp_path / "run"),
-              "corrupt_sweep": str(tmp_path / "corrupt_sweep")}
+              "corrupt_sweep": str(tmp_path / "corrupt_sweep"), "loop": str(tmp_path / "loop1"),
+              "dangling": str(tmp_path / "dangling"), "other_study": str(tmp_path / "other_study")}
     _write(places["file"], "a file, not a folder")
+    os.symlink("loop2", places["loop"])
+    os.symlink("loop1", tmp_path / "loop2")
+    os.symlink("gone", places["dangling"])
     if any("{run}" in a for a in args):
         shutil.copytree(trained, places["run"])
         if damage:
@@ -245,8 +316,10 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     if any("{corrupt_sweep}" in a for a in args):
         os.makedirs(places["corrupt_sweep"])
         _write(os.path.join(places["corrupt_sweep"], "sweep.json"), "{broken")
+    if any("{other_study}" in a for a in args):
+        _search_root_of_another_space(places["other_study"])
     args = [a.format(**places) for a in args]
-    if tool in ("train", "evaluate", "sweep", "report") and not any(a.startswith("--data_dir") for a in args):
+    if tool in ("train", "evaluate", "sweep", "search", "report") and not any(a.startswith("--data_dir") for a in args):
         args.append(f"--data_dir={tiny_data.data_dir}")
     before = folder_hashes(tmp_path, trained, tiny_data.data_dir)
     result = call_tool(tool, *args)
@@ -256,3 +329,22 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     assert len(errors) == 1, result.stderr
     assert fragment.format(**places) in errors[0], errors[0]
     assert folder_hashes(tmp_path, trained, tiny_data.data_dir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_level", [None, "2", "3"])
+def test_a_second_run_that_loads_the_cached_loop_prints_nothing_on_stderr(log_level, tiny_data, tmp_path, monkeypatch):
+    """Not bad input, but a common shell setting: TF_CPP_MIN_LOG_LEVEL=2 let XLA's cache-hit ERROR lines through."""
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    env = {startup.XLA_CACHE_ENV: str(tmp_path / "xla"), "TF_XLA_FLAGS": ""}  # not the test session's cache
+    env.update({} if log_level is None else {"TF_CPP_MIN_LOG_LEVEL": log_level})
+    # A run that decodes the dataset first (no array cache yet) traces TFDS functions before the loop,
+    # which renames the loop's program: it compiles its own copy, once.
+    data.load_splits(tiny_data)
+    programs = []
+    for run in ("first", "second"):
+        result = run_cli("train", "--max_steps=20", "--log_every=10", "--eval_every=20", f"--data_dir={tiny_data.data_dir}",
+                         f"--ckpt_dir={tmp_path / run}", f"--log_dir={tmp_path / run / 'logs'}", cwd=ROOT, env_extra=env)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        programs.append(sorted(os.listdir(tmp_path / "xla" / startup.cpu_key())))
+    assert programs[0] and programs[1] == programs[0]  # the second run compiled nothing new

@@ -49,3 +49,19 @@ def test_a_bad_idx_folder_is_a_one_line_error_that_prepares_nothing(tmp_path, da
     result = call_tool("train", f"--idx_dir={idx}", f"--data_dir={tmp_path / 'tfds'}", f"--ckpt_dir={tmp_path / 'ckpt'}")
     _one_error(result, 1, fragment)
     assert folder_hashes(tmp_path) == before and not (tmp_path / "tfds").exists()
+
+
+
+def test_the_library_names_settings_by_field_and_the_command_line_names_them_as_flags():
+    from absl import flags
+
+    from mnist_dnn import cli
+    from mnist_dnn.lib.errors import CheckpointError
+
+    tool_flags = flags.FlagValues()  # a tool that defines --ckpt_dir only
+    flags.DEFINE_string("ckpt_dir", None, "", flag_values=tool_flags)
+    error = CheckpointError("holds no checkpoint; train first, or pass another `ckpt_dir`", field="ckpt_dir")
+    assert str(error) == "ckpt_dir holds no checkpoint; train first, or pass another `ckpt_dir`"
+    assert cli.message(error, tool_flags) == "--ckpt_dir holds no checkpoint; train first, or pass another --ckpt_dir"
+    # A name that is no flag of the running tool stays as the library wrote it.
+    assert cli.as_flags("lower `learning_rate`, see `ckpt_dir`", tool_flags) == "lower `learning_rate`, see --ckpt_dir"

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from conftest import REAL_IDX_DIR, assert_one_line_error, run_cli, synthetic_split, write_idx, write_idx_folder
 from mnist_dnn import cli
-from mnist_dnn.lib import data
+from mnist_dnn.lib import batches, data
 from mnist_dnn.lib.errors import DataError, UsageError
 
 
@@ -105,30 +105,30 @@ def _tiny_split(n=10):
 
 def test_train_batches_cover_each_epoch_once_in_a_new_order_with_a_padded_last_batch():
     split = _tiny_split(10)
-    batches = list(data.train_batches(split, batch_size=4, seed=3).take(6))
-    assert [int(x.shape[0]) for x, _, _ in batches] == [4] * 6
-    assert [w.numpy().tolist() for _, _, w in batches[:3]] == [[1] * 4, [1] * 4, [1, 1, 0, 0]]
+    taken = list(batches.train_batches(split, batch_size=4, seed=3).take(6))
+    assert [int(x.shape[0]) for x, _, _ in taken] == [4] * 6
+    assert [w.numpy().tolist() for _, _, w in taken[:3]] == [[1] * 4, [1] * 4, [1, 1, 0, 0]]
     real = lambda part: np.concatenate([y.numpy()[w.numpy() > 0] for _, y, w in part])  # noqa: E731
-    epoch1, epoch2 = real(batches[:3]), real(batches[3:])
+    epoch1, epoch2 = real(taken[:3]), real(taken[3:])
     assert sorted(epoch1) == sorted(epoch2) == list(range(10))
     assert list(epoch1) != list(epoch2)
-    x, y, _ = batches[0]
+    x, y, _ = taken[0]
     assert x.dtype == tf.float32 and x.shape[1] == 784 and float(tf.reduce_max(x)) <= 1.0
     np.testing.assert_allclose(x.numpy(), tf.gather(split.images, y).numpy() / 255.0, rtol=1e-6)
 
 
 def test_train_batches_depend_only_on_seed_and_step():
     split = _tiny_split(10)
-    run = [y.numpy().tolist() for _, y, _ in data.train_batches(split, 4, seed=3).take(8)]
-    again = [y.numpy().tolist() for _, y, _ in data.train_batches(split, 4, seed=3).take(8)]
-    resumed = [y.numpy().tolist() for _, y, _ in data.train_batches(split, 4, seed=3, start_step=5).take(3)]
-    other_seed = [y.numpy().tolist() for _, y, _ in data.train_batches(split, 4, seed=4).take(8)]
+    run = [y.numpy().tolist() for _, y, _ in batches.train_batches(split, 4, seed=3).take(8)]
+    again = [y.numpy().tolist() for _, y, _ in batches.train_batches(split, 4, seed=3).take(8)]
+    resumed = [y.numpy().tolist() for _, y, _ in batches.train_batches(split, 4, seed=3, start_step=5).take(3)]
+    other_seed = [y.numpy().tolist() for _, y, _ in batches.train_batches(split, 4, seed=4).take(8)]
     assert run == again and resumed == run[5:] and other_seed != run
 
 
 def test_eval_batches_count_every_example_once():
     split = _tiny_split(10)
-    labels = np.concatenate([y.numpy() for _, y in data.eval_batches(split, 4)])
+    labels = np.concatenate([y.numpy() for _, y in batches.eval_batches(split, 4)])
     np.testing.assert_array_equal(labels, split.labels.numpy())
 
 
@@ -206,28 +206,28 @@ def _one_dot_images(count, row=10, col=12):
 
 
 def test_random_shift_moves_each_image_by_at_most_max_shift_and_is_stateless():
-    shifted = data.random_shift(_one_dot_images(200), 2, data.shift_seed(0, 5)).numpy().reshape(200, 28, 28)
+    shifted = batches.random_shift(_one_dot_images(200), 2, batches.shift_seed(0, 5)).numpy().reshape(200, 28, 28)
     dots = np.array([np.argwhere(image)[0] for image in shifted])  # still one dot each: nothing lost
     assert all(np.count_nonzero(image) == 1 for image in shifted)
     moves = dots - [10, 12]
     assert np.abs(moves).max() == 2 and len({tuple(m) for m in moves}) == 25  # every (dy, dx) in [-2, 2]^2
-    again = data.random_shift(_one_dot_images(200), 2, data.shift_seed(0, 5)).numpy().reshape(200, 28, 28)
-    other_step = data.random_shift(_one_dot_images(200), 2, data.shift_seed(0, 6)).numpy().reshape(200, 28, 28)
+    again = batches.random_shift(_one_dot_images(200), 2, batches.shift_seed(0, 5)).numpy().reshape(200, 28, 28)
+    other_step = batches.random_shift(_one_dot_images(200), 2, batches.shift_seed(0, 6)).numpy().reshape(200, 28, 28)
     np.testing.assert_array_equal(again, shifted)
     assert not np.array_equal(other_step, shifted)
-    compiled = tf.function(data.random_shift, jit_compile=True)
-    np.testing.assert_array_equal(compiled(_one_dot_images(200), 2, data.shift_seed(0, 5)).numpy().reshape(200, 28, 28),
+    compiled = tf.function(batches.random_shift, jit_compile=True)
+    np.testing.assert_array_equal(compiled(_one_dot_images(200), 2, batches.shift_seed(0, 5)).numpy().reshape(200, 28, 28),
                                   shifted)
 
 
 def test_random_shift_fills_with_zeros_at_the_border():
-    shifted = data.random_shift(_one_dot_images(100, row=0, col=27), 3, data.shift_seed(1, 0)).numpy()
+    shifted = batches.random_shift(_one_dot_images(100, row=0, col=27), 3, batches.shift_seed(1, 0)).numpy()
     assert {np.count_nonzero(image) for image in shifted} == {0, 1}  # moved out, or still inside
 
 
 def test_padded_epoch_order_is_the_epoch_order_in_full_batches_with_zero_weight_padding():
-    order, weights = data.padded_epoch_order(10, 4, seed=3, epoch=2)
-    np.testing.assert_array_equal(order[:10], data.epoch_order(10, 3, 2))
+    order, weights = batches.padded_epoch_order(10, 4, seed=3, epoch=2)
+    np.testing.assert_array_equal(order[:10], batches.epoch_order(10, 3, 2))
     assert order.shape == weights.shape == (12,)
     np.testing.assert_array_equal(weights, [1] * 10 + [0] * 2)
 
@@ -339,7 +339,7 @@ def _no_network(host):
 
 def test_a_data_dir_that_is_a_file_is_a_usage_error(tmp_path, tiny_idx_dir):
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(UsageError, match="--data_dir .* is a file"):
+    with pytest.raises(UsageError, match="`data_dir` .* is a file"):
         data.prepare(data.DataConfig("mnist", str(tmp_path / "file"), tiny_idx_dir))
     assert (tmp_path / "file").read_text() == "not a folder"
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn.lib import checkpoints, data, serving, models, classifier, training
+from mnist_dnn.lib import actions, checkpoints, classifier, controller, data, models, serving, training
 from mnist_dnn.lib.errors import DataError, UsageError
 
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -371,7 +371,7 @@ def test_bad_input_is_a_one_line_error_that_touches_nothing(tmp_path, raw_run):
         (("inspect_checkpoint", f"--ckpt_dir={empty}"), 1, "holds no checkpoint"),
         (("predict", f"--model_dir={empty}"), 2, "no image files given"),
         (("predict", f"--model_dir={empty}", str(digit)), 2, "neither a SavedModel, a .tflite file nor a folder of numbered versions"),
-        (("export", ckpt, f"--export_dir={tmp_path / 'file' / 'exports'}"), 2, f"{tmp_path / 'file'} is a file, not a folder"),
+        (("export", ckpt, f"--export_dir={tmp_path / 'file' / 'exports'}"), 2, f"is under a file (at {tmp_path / 'file'})"),
         (("export", ckpt, f"--export_dir={tmp_path / 'dangling'}"), 2, "is a symbolic link to the missing"),
         (("export", ckpt, f"--export_dir={exports}", f"--version={10**20}"), 2, "--version must be a positive integer of at most"),
         (("export", ckpt, f"--export_dir={exports}", "--quantize=int8"), 2, "--quantize applies to --format=litert only"),
@@ -380,3 +380,24 @@ def test_bad_input_is_a_one_line_error_that_touches_nothing(tmp_path, raw_run):
     for (call, exit_code, fragment), result in zip(cases, run_concurrently([call for call, _, _ in cases])):
         assert_one_line_error(result, exit_code, fragment)
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("how", ["completed", "early stop", "signal"])
+def test_the_end_of_run_export_writes_one_version_unless_a_signal_stopped_the_run(how, tmp_path):
+    model = models.create_model(models.make_config("logistic"))
+    at = {"step": 0, "stopped": False}
+
+    def runner(num_steps):  # a stop (early stopping, or a signal) comes at step 4 unless the run completes
+        at["step"] += num_steps
+        at["stopped"] = how != "completed" and at["step"] >= 4
+
+    export = actions.EndOfRunExport(model, str(tmp_path / "exports"), lambda: how == "signal", say=lambda line: None)
+    step = controller.run(runner, lambda: at["step"], 10, 4, [controller.Action(10, export, at_stop=True)],
+                          lambda: at["stopped"])
+    assert step == (10 if how == "completed" else 4)
+    if how == "signal":
+        assert export.path is None and not (tmp_path / "exports").exists()
+        return
+    assert export.path == str(tmp_path / "exports" / "1")
+    export(step)  # once only, however often it is called
+    assert os.listdir(tmp_path / "exports") == ["1"]

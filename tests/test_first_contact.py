@@ -1,9 +1,11 @@
 """First contact: help, presets, a quiet start, the installed package, the labelled confusion image."""
 
+import hashlib
 import importlib.machinery
 import json
 import os
 import pathlib
+import platform
 import re
 import shutil
 import subprocess
@@ -270,22 +272,38 @@ def test_an_installed_package_runs_a_preset_from_any_folder(tiny_data, tmp_path)
 
 def test_xla_programs_are_cached_per_cpu_under_the_users_cache_unless_told_otherwise(tmp_path):
     home = {"XDG_CACHE_HOME": str(tmp_path)}
-    default = startup.xla_cache_folder(home)
-    assert os.path.dirname(default) == str(tmp_path / "mnist_dnn" / "xla") and len(os.path.basename(default)) == 12
-    assert startup.xla_cache_folder({**home, startup.XLA_CACHE_ENV: "/elsewhere"}) == "/elsewhere"
+    assert startup.xla_cache_folder(home, "x86_64-abc") == str(tmp_path / "mnist_dnn" / "xla" / "x86_64-abc")
+    chosen = {**home, startup.XLA_CACHE_ENV: "/elsewhere"}
+    assert startup.xla_cache_folder(chosen, "x86_64-abc") == "/elsewhere/x86_64-abc"  # a chosen folder too
+    assert startup.xla_cache_folder(home, None) is None  # an unknown CPU: no cache
     for off in ("off", "0", ""):
-        assert startup.xla_cache_folder({startup.XLA_CACHE_ENV: off}) is None
+        assert startup.xla_cache_folder({startup.XLA_CACHE_ENV: off}, "x86_64-abc") is None
+
+
+def test_the_cpu_key_is_the_architecture_and_a_digest_of_every_instruction_set_flag(tmp_path):
+    """XLA runs a cached program compiled for other CPU features (it only logs): each flag set gets its own folder."""
+    keys = []
+    for flags in ("fpu sse2 avx2", "fpu sse2 avx2 avx512f", "fpu sse2 avx2 amx_tile"):
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        digest = hashlib.sha256(f"flags\t\t: {flags}\n".encode()).hexdigest()[:12]
+        keys.append(startup.cpu_key(str(cpuinfo)))
+        assert keys[-1] == f"{platform.machine()}-{digest}"
+    assert len(set(keys)) == 3
+    (tmp_path / "noflags").write_text("processor\t: 0\n")
+    assert startup.cpu_key(str(tmp_path / "noflags")) is None
+    assert startup.cpu_key(str(tmp_path / "missing")) is None
 
 
 def test_the_xla_cache_flag_joins_the_users_flags_and_never_replaces_theirs():
     env = {startup.XLA_CACHE_ENV: "/c", "TF_XLA_FLAGS": "--tf_xla_auto_jit=2"}
-    startup.use_xla_cache(env)
-    assert env["TF_XLA_FLAGS"] == "--tf_xla_auto_jit=2 --tf_xla_persistent_cache_directory=/c"
+    startup.use_xla_cache(env, cpu="k")
+    assert env["TF_XLA_FLAGS"] == "--tf_xla_auto_jit=2 --tf_xla_persistent_cache_directory=/c/k"
     theirs = {startup.XLA_CACHE_ENV: "/c", "TF_XLA_FLAGS": "--tf_xla_persistent_cache_directory=/mine"}
-    startup.use_xla_cache(theirs)
+    startup.use_xla_cache(theirs, cpu="k")
     assert theirs["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine"
     off = {startup.XLA_CACHE_ENV: "off"}
-    startup.use_xla_cache(off)
+    startup.use_xla_cache(off, cpu="k")
     assert "TF_XLA_FLAGS" not in off
 
 
@@ -294,27 +312,12 @@ def test_an_xla_cache_folder_that_cannot_be_written_is_not_used(tmp_path, capsys
     (tmp_path / "afile").write_text("")
     before = sorted(os.listdir(tmp_path))
     chosen = {startup.XLA_CACHE_ENV: str(tmp_path / "afile" / "xla")}
-    startup.use_xla_cache(chosen)
+    startup.use_xla_cache(chosen, cpu="k")
     assert "TF_XLA_FLAGS" not in chosen and "is not a folder that can be written" in capsys.readouterr().err
     default = {"XDG_CACHE_HOME": str(tmp_path / "afile")}  # the default place, under a file: quietly none
-    startup.use_xla_cache(default)
+    startup.use_xla_cache(default, cpu="k")
     assert "TF_XLA_FLAGS" not in default and capsys.readouterr().err == ""
     new = {startup.XLA_CACHE_ENV: str(tmp_path / "new" / "xla")}  # not there yet: XLA creates it
-    startup.use_xla_cache(new)
-    assert new["TF_XLA_FLAGS"].endswith(str(tmp_path / "new" / "xla"))
+    startup.use_xla_cache(new, cpu="k")
+    assert new["TF_XLA_FLAGS"].endswith(str(tmp_path / "new" / "xla" / "k"))
     assert sorted(os.listdir(tmp_path)) == before  # nothing created by the check
-
-
-@pytest.mark.slow
-def test_a_second_run_of_the_same_model_loads_the_compiled_loop_and_prints_nothing_about_it(tiny_data, tmp_path):
-    env = {startup.XLA_CACHE_ENV: str(tmp_path / "xla"), "TF_XLA_FLAGS": ""}  # not the test session's cache
-    # A run that decodes the dataset first (no array cache yet) traces TFDS functions before the loop,
-    # which renames the loop's program: it compiles its own copy, once.
-    data.load_splits(tiny_data)
-    programs = []
-    for run in ("first", "second"):
-        result = run_cli("train", "--max_steps=20", "--log_every=10", "--eval_every=20", f"--data_dir={tiny_data.data_dir}",
-                         f"--ckpt_dir={tmp_path / run}", f"--log_dir={tmp_path / run / 'logs'}", cwd=ROOT, env_extra=env)
-        assert result.returncode == 0 and result.stderr == "", result.stderr
-        programs.append(sorted(os.listdir(tmp_path / "xla")))
-    assert programs[0] and programs[1] == programs[0]  # the second run compiled nothing new

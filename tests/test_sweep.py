@@ -236,9 +236,9 @@ def test_grid_values_expand_to_every_combination(specs, expected):
     (["learning_rate"], "must be NAME=VALUE1,VALUE2"),
     (["learning_rate=0.1,,0.2"], "empty value"),
     (["learning_rate=0.1,0.1"], "repeats a value"),
-    (["ckpt_dir=a,b"], "cannot vary --ckpt_dir"),
+    (["ckpt_dir=a,b"], "cannot vary `ckpt_dir`"),
     (["seed=1", "seed=2"], "more than once"),
-    ([], "at least one --grid"),
+    ([], "at least one `grid`="),
 ])
 def test_malformed_grids_are_usage_errors(specs, fragment):
     with pytest.raises(UsageError, match=fragment):

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from mnist_dnn.lib import diagnostics, evaluation
+from mnist_dnn.lib import diagnostics, evaluation, serving
 from mnist_dnn.lib.run_dir import Best, RunDir
 
 
@@ -29,8 +29,27 @@ def write_run_summary(log_dir: str, hparams: dict, forward_graph) -> None:
     """The run's hyperparameters (TensorBoard's HParams dashboard) and its model's forward graph (Graphs tab)."""
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default(step=0):
-        hparams_api.hparams(hparams, trial_id=os.path.basename(os.path.normpath(log_dir)))
+        hparams_api.hparams(hparams, trial_id=_trial_id(log_dir))
         tf.summary.graph(forward_graph)
+    writer.close()
+
+
+def _trial_id(log_dir: str) -> str:
+    """The run's name in HParams: its folder, or for a sweep's or search's `<run>/logs`, the run's folder."""
+    path = os.path.abspath(log_dir)
+    return os.path.basename(os.path.dirname(path)) if os.path.basename(path) == "logs" else os.path.basename(path)
+
+
+def write_session_end(log_dir: str, succeeded: bool, **scalars) -> None:
+    """How a run ended, for TensorBoard's HParams (its session status), with scalars at step 0 beside it."""
+    from tensorboard.plugins.hparams import api_pb2, summary
+
+    status = api_pb2.STATUS_SUCCESS if succeeded else api_pb2.STATUS_FAILURE
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default(step=0):
+        tf.summary.experimental.write_raw_pb(summary.session_end_pb(status).SerializeToString(), step=0)
+        for name, value in scalars.items():
+            tf.summary.scalar(name, value)
     writer.close()
 
 
@@ -71,9 +90,9 @@ class TrainingLog:
     step/total, percent and ETA, fit for logs.
     """
 
-    def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock,
+    def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock, say=print,
                  interactive: bool | None = None):
-        self.writer, self.metrics, self.optimizer, self.clock = writer, metrics, optimizer, clock
+        self.writer, self.metrics, self.optimizer, self.clock, self.say = writer, metrics, optimizer, clock, say
         self.start_step, self.max_steps = start_step, max_steps
         self.examples, self.seconds = 0.0, 0.0  # totals over the reports
         interactive = sys.stdout.isatty() if interactive is None else interactive
@@ -96,7 +115,7 @@ class TrainingLog:
         if self.bar:
             self.bar.update(step - self.start_step, [("loss", loss), ("accuracy", accuracy), ("examples/s", rate)])
         else:
-            print(self._line(step, loss, accuracy, rate, first), flush=True)
+            self.say(self._line(step, loss, accuracy, rate, first))
 
     def _line(self, step: int, loss: float, accuracy: float, rate: float, first: bool) -> str:
         done = step - self.start_step
@@ -108,7 +127,7 @@ class TrainingLog:
 
     def message(self, text: str) -> None:
         """A line between reports (validation, saves) that leaves the progress bar whole."""
-        print(("\n" if self.bar else "") + text, flush=True)
+        self.say(("\n" if self.bar else "") + text)
 
 
 def patience_exhausted(best: Best | None, step: int, patience: int, eval_every: int) -> bool:
@@ -121,15 +140,17 @@ class Validation:
 
     `patience` counts evaluations (every `eval_every` steps) without a better accuracy; 0 is off.
     Counting is by steps since the best, so it survives a resume without extra state.
+    `on_result(step, metrics)` (a search's pruner) gets each result; True requests the stop (`pruned`).
     """
 
     def __init__(self, state, split, writer, save_best, best: Best | None, patience: int, eval_every: int,
-                 diagnose: diagnostics.Diagnostics, say=print):
+                 diagnose: diagnostics.Diagnostics, say=print, on_result=None):
         self.state, self.split, self.writer, self.save_best, self.best = state, split, writer, save_best, best
         self.patience, self.eval_every, self.diagnose, self.say = patience, eval_every, diagnose, say
         self.predict_fn = evaluation.make_predict_fn(state.model)
+        self.on_result = on_result
         self.last = None
-        self.stop_requested = False
+        self.stop_requested = self.pruned = False
 
     def __call__(self, step: int) -> None:
         metrics = evaluation.evaluate_split(self.predict_fn, self.split)
@@ -140,14 +161,15 @@ class Validation:
             self.save_best(self.best)
         self.diagnose.write(step, metrics)
         self.last = metrics
-        self.stop_requested = self.should_stop(step)
+        self.pruned = bool(self.on_result and self.on_result(step, metrics))
+        self.stop_requested = self.pruned or self.should_stop(step)
 
     def should_stop(self, step: int) -> bool:
         return patience_exhausted(self.best, step, self.patience, self.eval_every)
 
     def stop_message(self, step: int) -> str:
         return (f"Stopped early at step {step}: no better validation accuracy in {self.patience} evaluations "
-                f"(--early_stopping_patience); best {self.best.accuracy:.2%} at step {self.best.step}")
+                f"(`early_stopping_patience`); best {self.best.accuracy:.2%} at step {self.best.step}")
 
 
 def checkpoint_saver(run_dir: RunDir, state, keep: int):
@@ -164,3 +186,20 @@ def best_saver(run_dir: RunDir, state):
         run_dir.save_best(state.checkpoint, best, state.weights())
 
     return save
+
+
+class EndOfRunExport:
+    """At the end of a completed or early-stopped run, a SavedModel version as `mnist_dnn.export` writes it.
+
+    Not when a signal stops the run: a run stopped half way is no model to serve.
+    """
+
+    def __init__(self, model, export_dir: str, signalled, say):
+        self.model, self.export_dir, self.signalled, self.say = model, export_dir, signalled, say
+        self.path = None  # the version written
+
+    def __call__(self, step: int) -> None:
+        if self.signalled() or self.path:
+            return
+        self.path = serving.export_model(self.model, self.export_dir)
+        self.say(f"Exported a SavedModel to {self.path}")

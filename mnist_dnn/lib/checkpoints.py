@@ -21,31 +21,31 @@ from mnist_dnn.lib.run_dir import RESTORE_ERRORS, WHICH, RunConfig, RunDir
 def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest") -> str:
     """The checkpoint a tool reads: the given one, else the latest or the best of `ckpt_dir`."""
     if which not in WHICH:
-        raise UsageError(f"--which must be one of {', '.join(WHICH)}, got {which!r}")
+        raise UsageError(f"`which` must be one of {', '.join(WHICH)}, got {which!r}")
     if checkpoint:
         if which != "latest":
-            raise UsageError("pass either --checkpoint or --which=best, not both")
+            raise UsageError("pass either `checkpoint` or `which`=best, not both")
         return _existing_checkpoint(checkpoint)
     if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
-        raise UsageError(f"--ckpt_dir {ckpt_dir} is a file, not a run folder; point it at the folder train wrote")
+        raise UsageError(f"`ckpt_dir` {ckpt_dir} is a file, not a run folder; point it at the folder train wrote")
     if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"--ckpt_dir {ckpt_dir} does not exist; train first or point it at a run folder")
+        raise CheckpointError(f"`ckpt_dir` {ckpt_dir} does not exist; train first or point it at a run folder")
     run = RunDir(ckpt_dir)
     path = run.latest() if which == "latest" else run.best_checkpoint()
     if path is None and which == "latest":
-        raise CheckpointError(f"--ckpt_dir {ckpt_dir} holds no checkpoint; train first or point it elsewhere")
+        raise CheckpointError(f"`ckpt_dir` {ckpt_dir} holds no checkpoint; train first or point it elsewhere")
     if path is None:
         raise CheckpointError(f"{ckpt_dir} has no best checkpoint yet (it is saved at each validation); "
-                              "train on, or use --which=latest")
+                              "train on, or use `which`=latest")
     return path
 
 
 def _existing_checkpoint(path: str) -> str:
     if os.path.isdir(path):
-        raise UsageError(f"--checkpoint {path} is a folder; name a checkpoint such as {os.path.join(path, 'model.ckpt-1000')}, "
-                         "or pass the folder as --ckpt_dir")
+        raise UsageError(f"`checkpoint` {path} is a folder; name a checkpoint such as {os.path.join(path, 'model.ckpt-1000')}, "
+                         "or pass the folder as `ckpt_dir`")
     if not os.path.isfile(path + ".index"):
-        raise CheckpointError(f"--checkpoint {path} does not exist ({path}.index is missing); "
+        raise CheckpointError(f"`checkpoint` {path} does not exist ({path}.index is missing); "
                               "name one such as checkpoints/model.ckpt-1000")
     return path
 

@@ -116,5 +116,5 @@ def rest_request(signature: str, files: list[ImageFile]) -> str:
     elif signature == serving.SERVING_SIGNATURE:
         instances = [file.pixels.tolist() for file in files]
     else:
-        raise UsageError(f"--rest_signature must be {serving.BYTES_SIGNATURE} or {serving.SERVING_SIGNATURE}, got {signature!r}")
+        raise UsageError(f"`rest_signature` must be {serving.BYTES_SIGNATURE} or {serving.SERVING_SIGNATURE}, got {signature!r}")
     return json.dumps({"signature_name": signature, "instances": instances}, separators=(",", ":")) + "\n"

@@ -20,6 +20,13 @@ DATASETS = ("mnist", "fashion_mnist", "kmnist")
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+WHICH = ("latest", "best")  # which checkpoint of a run folder the tools read
+IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"  # the offline MNIST, for the tools that are not told --idx_dir
+# Exports: their formats, LiteRT quantizations and the SavedModel's signatures.
+EXPORT_FORMATS = ("saved_model", "litert")
+QUANTIZATIONS = ("none", "int8")
+REPRESENTATIVE_IMAGES = 1000  # training images that calibrate an int8 LiteRT model
+SERVING_SIGNATURE, FLAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "predict_flat", "serving_bytes"
 MAX_SHIFT = 8
 # Bounds that keep a typo from asking for terabytes: a 784 x 10**8 weight matrix, a batch of 10**9.
 MAX_HIDDEN_UNITS = 65_536
@@ -32,8 +39,7 @@ class ConfigError(UsageError):
     """A setting is out of range; `field` names it (the flag of the same name on the command line)."""
 
     def __init__(self, field: str, problem: str):
-        super().__init__(f"{field} {problem}")
-        self.field, self.problem = field, problem
+        super().__init__(problem, field)
 
 
 def setting(default, help: str, flag: str | None = "", **kwargs):
@@ -81,13 +87,13 @@ class ModelConfig:
         if self.name == "logistic" and self.hidden_units:
             raise ConfigError("hidden_units", "must be empty for the logistic model (it has no hidden layer)")
         if self.name != "logistic" and not self.hidden_units:
-            raise ConfigError("hidden_units", f"must name at least one layer for --model={self.name}, e.g. 128")
+            raise ConfigError("hidden_units", f"must name at least one layer for `model`={self.name}, e.g. 128")
         for units in self.hidden_units:
             _positive_int("hidden_units", units, MAX_HIDDEN_UNITS)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout!r}")
         if self.dropout and self.name != "dense":
-            raise ConfigError("dropout", "is only supported by --model=dense")
+            raise ConfigError("dropout", "is only supported by `model`=dense")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,9 +178,9 @@ class TrainConfig:
         _positive_int("keep_checkpoints", self.keep_checkpoints, 10_000)
         self._validate_ranges()
         if self.jit_compile and self.strategy != "default":
-            raise ConfigError("jit_compile", f"runs on one device, not with --strategy={self.strategy}; drop one of them")
+            raise ConfigError("jit_compile", f"runs on one device, not with `strategy`={self.strategy}; drop one of them")
         if self.devices and self.strategy != "mirrored":
-            raise ConfigError("devices", f"is for --strategy=mirrored, not --strategy={self.strategy}")
+            raise ConfigError("devices", f"is for `strategy`=mirrored, not `strategy`={self.strategy}")
 
     def _validate_ranges(self) -> None:
         ranges = {"seed": (0, MAX_SEED), "augment_shift": (0, MAX_SHIFT), "virtual_cpus": (0, 64),

@@ -24,10 +24,9 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import DATASETS, DataConfig, DatasetIdxDir  # noqa: F401 (part of this module's API)
+from mnist_dnn.lib.config import DATASETS, IDX_DIR_ENV, DataConfig, DatasetIdxDir  # noqa: F401 (part of this module's API)
 from mnist_dnn.lib.errors import DataError, UsageError
 
-IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"
 IMAGE_SIZE = 28
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 NUM_CLASSES = 10
@@ -60,7 +59,7 @@ def _idx_path(idx_dir: str, stem: str) -> str:
         if os.path.isfile(path):
             return path
     raise DataError(
-        f"{idx_dir} has no {stem}.gz or {stem}: --idx_dir must hold the four MNIST IDX files"
+        f"{idx_dir} has no {stem}.gz or {stem}: `idx_dir` must hold the four MNIST IDX files"
     )
 
 
@@ -169,7 +168,7 @@ def check_canonical(dataset: str, idx_dir: str, split: str, images: np.ndarray, 
     """Raises DataError, saying what differs, unless the arrays are the official `dataset` split."""
     canonical = CANONICAL[dataset][split]
     refused = f"{idx_dir} does not hold the official {dataset}: its {split} split ({_IDX_PREFIXES[split]}-*)"
-    fix = f"; point --idx_dir at the four original {dataset} IDX files"
+    fix = f"; point `idx_dir` at the four original {dataset} IDX files"
     if len(labels) != canonical.size:
         raise DataError(f"{refused} has {len(labels):,} examples, {dataset} has {canonical.size:,}{fix}")
     counts = tuple(np.bincount(labels, minlength=NUM_CLASSES).tolist())
@@ -195,7 +194,7 @@ assert tuple(_BUILDERS) == DATASETS
 
 def _builder_class(dataset: str):
     if dataset not in DATASETS:
-        raise UsageError(f"unknown --dataset={dataset!r}; choose one of: {', '.join(DATASETS)}")
+        raise UsageError(f"unknown `dataset`={dataset!r}; choose one of: {', '.join(DATASETS)}")
     return _BUILDERS[dataset]
 
 
@@ -221,7 +220,7 @@ def _offline_builder_class(dataset: str, idx_dir: str):
     return OfflineBuilder
 
 
-def import_idx(config: DataConfig, verify: bool = True) -> tfds.core.DatasetBuilder:
+def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.DatasetBuilder:
     """Prepares the TFDS dataset in `config.data_dir` from the IDX folder `config.idx_folder`.
 
     TFDS registers whatever it is given under the dataset's name and version, for every later
@@ -232,13 +231,13 @@ def import_idx(config: DataConfig, verify: bool = True) -> tfds.core.DatasetBuil
     """
     folder = config.idx_folder
     if not folder or not os.path.isdir(folder):
-        raise DataError(f"--idx_dir {folder} is not a folder; point --idx_dir at the four {config.dataset} IDX files")
+        raise DataError(f"`idx_dir` {folder} is not a folder; point `idx_dir` at the four {config.dataset} IDX files")
     for split in _IDX_PREFIXES:  # refuse bad or foreign files before TFDS creates anything
         images, labels = read_idx_split(folder, split)
         if verify:
             check_canonical(config.dataset, folder, split, images, labels)
     builder = _offline_builder_class(config.dataset, folder)(data_dir=config.data_dir)
-    print(f"Importing {config.dataset} from {folder} into {builder.data_dir} (once)", flush=True)
+    say(f"Importing {config.dataset} from {folder} into {builder.data_dir} (once)")
     builder.download_and_prepare()
     return builder
 
@@ -259,26 +258,27 @@ def _not_available(config: DataConfig, reason: str) -> DataError:
     unused = config.idx_dir if config.idx_dir and not config.idx_folder else None
     note = f" ({IDX_DIR_ENV} is used for {unused.dataset} only)" if unused else ""
     return DataError(
-        f"{config.dataset} is not prepared in --data_dir ({config.data_dir or 'TFDS default'}) "
-        f"and could not be downloaded: {reason}. Offline, pass --idx_dir=FOLDER (or set "
-        f"{IDX_DIR_ENV}, for mnist) to a folder with the four IDX files, or --data_dir to a prepared copy{note}."
+        f"{config.dataset} is not prepared in `data_dir` ({config.data_dir or 'TFDS default'}) "
+        f"and could not be downloaded: {reason}. Offline, pass `idx_dir`=FOLDER (or set "
+        f"{IDX_DIR_ENV}, for mnist) to a folder with the four IDX files, or `data_dir` to a prepared copy{note}."
     )
 
 
 def _check_data_dir(data_dir: str | None) -> None:
     if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UsageError(f"--data_dir {data_dir} is a file; pass a folder for the TFDS datasets (created if missing)")
+        raise UsageError(f"`data_dir` {data_dir} is a file; pass a folder for the TFDS datasets (created if missing)")
 
 
-def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
-    """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded."""
-    tfds.disable_progress_bar()
+def prepare(config: DataConfig, say=print) -> tfds.core.DatasetBuilder:
+    """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded.
+
+    `say(line)` tells of an import (the one output line of this module)."""
     _check_data_dir(config.data_dir)
     builder = _builder_class(config.dataset)(data_dir=config.data_dir)
     if builder.is_prepared():
         return builder
     if config.idx_folder:
-        return import_idx(config)
+        return import_idx(config, say=say)
     try:
         _check_reachable(_download_host(config.dataset))
         builder.download_and_prepare()
@@ -287,9 +287,9 @@ def prepare(config: DataConfig) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def load_splits(config: DataConfig) -> dict[str, Split]:
+def load_splits(config: DataConfig, say=print) -> dict[str, Split]:
     """Train (first N - validation_size of TFDS train), validation (the rest) and test."""
-    builder = prepare(config)
+    builder = prepare(config, say)
     train = _load_split(builder, "train")
     cut = train.size - config.validation_size
     if cut <= 0:
@@ -345,98 +345,9 @@ def _decode_and_cache(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-# --- Pipelines ---------------------------------------------------------------------------
+# --- Pixels ----------------------------------------------------------------------------
 
 
 def to_float(images: tf.Tensor) -> tf.Tensor:
     """uint8 pixels to float32 in [0, 1]."""
     return tf.cast(images, tf.float32) / 255.0
-
-
-def steps_per_epoch(size: int, batch_size: int) -> int:
-    return math.ceil(size / batch_size)
-
-
-def random_shift(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
-    """Moves each image [B, 784] by its own random (dy, dx) in [-max_shift, max_shift], filling with 0.
-
-    Stateless in `seed` (shape [2]): the same seed always gives the same shifts, so a resumed
-    run augments each step as an uninterrupted one does.
-    """
-    side = IMAGE_SIZE + 2 * max_shift
-    padded = tf.pad(tf.reshape(images, [-1, IMAGE_SIZE, IMAGE_SIZE]), [[0, 0], [max_shift] * 2, [max_shift] * 2])
-    # Shape [B, 2] so that image i gets the same offsets in a batch padded to any size; Philox
-    # gives the same numbers inside XLA as outside.
-    offsets = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed, 0, side - IMAGE_SIZE + 1, tf.int32,
-                                          alg="philox")
-    grid = tf.range(IMAGE_SIZE)
-    rows = tf.gather(padded, offsets[:, :1] + grid, batch_dims=1)  # [B, 28, side]
-    shifted = tf.gather(rows, offsets[:, 1:] + grid, axis=2, batch_dims=1)  # [B, 28, 28]
-    return tf.reshape(shifted, [-1, NUM_PIXELS])
-
-
-def shift_seed(seed: int, step) -> tf.Tensor:
-    """The random_shift seed of a training step (offset: never the (seed, epoch) of an epoch_order)."""
-    return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64) + (1 << 32)])
-
-
-def epoch_order(size: int, seed: int, epoch) -> tf.Tensor:
-    """The example indices of an epoch: a stateless permutation of (seed, epoch)."""
-    return tf.random.experimental.stateless_shuffle(
-        tf.range(size), seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    )
-
-
-def padded_epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """`epoch_order` cut into full batches: indices [steps * batch_size] and weights (1, or 0 for padding).
-
-    A compiled loop needs one batch shape: the epoch's ragged last batch is padded with
-    weight-0 examples, so the weighted mean loss equals that of the smaller batch.
-    """
-    padding = steps_per_epoch(size, batch_size) * batch_size - size
-    order = tf.concat([epoch_order(size, seed, epoch), tf.zeros([padding], tf.int32)], 0)
-    weights = tf.concat([tf.ones([size]), tf.zeros([padding])], 0)
-    return order, weights
-
-
-def gather_batch(images, labels, order, weights, batch_in_epoch, batch_size: int, step, seed: int,
-                 augment_shift: int = 0):
-    """The batch `batch_in_epoch` of an epoch's padded order: float images, labels, weights.
-
-    The one rule both training loops read batches by; `step` is the global step (for the shifts).
-    """
-    begin = [batch_in_epoch * batch_size]
-    indices, batch_weights = tf.slice(order, begin, [batch_size]), tf.slice(weights, begin, [batch_size])
-    batch_images = tf.gather(images, indices)
-    if augment_shift:
-        batch_images = random_shift(batch_images, augment_shift, shift_seed(seed, step))
-    return to_float(batch_images), tf.gather(labels, indices), batch_weights
-
-
-def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0, augment_shift: int = 0) -> tf.data.Dataset:
-    """Endless (images, labels, weights) batches, reshuffled every epoch, starting at `start_step`.
-
-    The whole split stays in memory as uint8; each epoch's order is a stateless permutation of
-    (seed, epoch). So the batch at any step is a function of the seed and the step alone, and a
-    resumed run sees exactly the batches it would have seen without a stop, while the
-    checkpoint stores only the step. Every batch has `batch_size` rows: an epoch's last one is
-    padded with weight-0 examples (`padded_epoch_order`).
-    """
-    epoch_steps = steps_per_epoch(split.size, batch_size)
-    start_epoch, skip = divmod(start_step, epoch_steps)
-
-    def epoch_batches(epoch):
-        order, weights = padded_epoch_order(split.size, batch_size, seed, epoch)
-        first = tf.where(epoch == start_epoch, tf.constant(skip, tf.int64), 0)
-        return tf.data.Dataset.range(first, epoch_steps).map(lambda i: gather_batch(
-            split.images, split.labels, order, weights, tf.cast(i, tf.int32), batch_size, epoch * epoch_steps + i, seed,
-            augment_shift))
-
-    batches = tf.data.Dataset.counter(start_epoch).flat_map(epoch_batches)
-    return batches.prefetch(tf.data.AUTOTUNE)
-
-
-def eval_batches(split: Split, batch_size: int) -> tf.data.Dataset:
-    """Every example once, in order; the last batch keeps the remainder."""
-    batches = tf.data.Dataset.from_tensor_slices((split.images, split.labels)).batch(batch_size)
-    return batches.map(lambda x, y: (to_float(x), y)).prefetch(tf.data.AUTOTUNE)

@@ -9,9 +9,8 @@ import os
 
 import tensorflow as tf
 
+from mnist_dnn.lib.config import STRATEGIES
 from mnist_dnn.lib.errors import UsageError
-
-STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 def split_cpu(virtual_cpus: int) -> None:
@@ -23,14 +22,14 @@ def split_cpu(virtual_cpus: int) -> None:
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * virtual_cpus)
     except RuntimeError:
-        raise UsageError("--virtual_cpus must be set before TensorFlow starts; use it from the command line") from None
+        raise UsageError("`virtual_cpus` must be set before TensorFlow starts; use it from the command line") from None
 
 
 def make_strategy(name: str, devices: tuple[str, ...] = (), virtual_cpus: int = 0) -> tf.distribute.Strategy:
     if name not in STRATEGIES:
-        raise UsageError(f"unknown --strategy={name!r}; choose one of: {', '.join(STRATEGIES)}")
+        raise UsageError(f"unknown `strategy`={name!r}; choose one of: {', '.join(STRATEGIES)}")
     if virtual_cpus < 0:
-        raise UsageError(f"--virtual_cpus must be 0 (off) or more, got {virtual_cpus}")
+        raise UsageError(f"`virtual_cpus` must be 0 (off) or more, got {virtual_cpus}")
     if virtual_cpus:
         split_cpu(virtual_cpus)
     if name == "default":
@@ -42,7 +41,7 @@ def make_strategy(name: str, devices: tuple[str, ...] = (), virtual_cpus: int = 
         _check_devices_exist(devices)
         return tf.distribute.MirroredStrategy(list(devices))
     if "TF_CONFIG" not in os.environ:
-        raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable (see the README)")
+        raise UsageError("`strategy`=multi_worker needs the TF_CONFIG environment variable (see the README)")
     try:
         json.loads(os.environ["TF_CONFIG"])
     except ValueError as e:
@@ -61,7 +60,7 @@ def _check_devices_exist(devices) -> None:
             spec = None
         if spec is None or (spec.device_type, spec.device_index or 0) not in have:
             names = ", ".join(sorted(f"/{t.lower()}:{i}" for t, i in have))
-            raise UsageError(f"--devices names {device}, which this machine does not have; it has {names}")
+            raise UsageError(f"`devices` names {device}, which this machine does not have; it has {names}")
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

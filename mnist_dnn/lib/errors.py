@@ -7,9 +7,19 @@ def first_line(error: Exception) -> str:
 
 
 class Error(Exception):
-    """A failure the user can fix; the message says what was wrong and how to fix it."""
+    """A failure the user can fix; the message says what was wrong and how to fix it.
+
+    `field` names the setting at fault (a config field, or a tool's option of that name):
+    `str(error)` is "<field> <problem>", and the command line says "--<field> <problem>".
+    Library text names any other setting as `name`, in backticks, never as a flag: the command
+    line shows it as --name (`cli.as_flags`).
+    """
 
     exit_code = 1
+
+    def __init__(self, problem: str, field: str | None = None):
+        super().__init__(f"{field} {problem}" if field else problem)
+        self.field, self.problem = field, problem
 
 
 class UsageError(Error):

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import checkpoints, data
+from mnist_dnn.lib.steps import per_example_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,7 @@ def evaluate_split(predict_fn, split: data.Split, batch_size: int = 1000) -> Met
     """
     logits = tf.concat([predict_fn(data.to_float(split.images[begin : begin + batch_size]))
                         for begin in range(0, split.size, batch_size)], axis=0)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(split.labels, logits).numpy()
+    losses = per_example_loss(split.labels, logits).numpy()
     predictions = tf.argmax(logits, axis=1, output_type=tf.int32).numpy()
     labels = split.labels.numpy()
     correct = predictions == labels

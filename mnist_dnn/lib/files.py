@@ -1,15 +1,41 @@
-"""Small files written atomically: a failed or killed write never leaves half a file."""
+"""Files and folders written atomically: a failed or killed write never leaves half of one."""
 
+import errno
 import json
 import os
+import shutil
 
 
 def nearest_existing(path: str) -> str:
-    """`path` made absolute, or its closest ancestor that exists (what a write there would meet)."""
+    """`path` made absolute, or its closest ancestor that exists (what a write there would meet).
+
+    A symbolic link counts as existing even where it leads nowhere (a loop, a missing target):
+    creating a folder in its place fails.
+    """
     existing = os.path.abspath(path)
-    while not os.path.exists(existing):
+    while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
     return existing
+
+
+def folder_problem(folder: str) -> str | None:
+    """Why `folder` cannot be used, or created, as a writable folder; None if it can. Creates nothing."""
+    existing = nearest_existing(folder)
+    where = "" if existing == os.path.abspath(folder) else f" (at {existing})"
+    if os.path.isdir(existing):
+        return None if os.access(existing, os.W_OK | os.X_OK) else f"{folder} is not writable{where}"
+    if os.path.islink(existing):
+        return f"{folder} is {_broken_link(existing)}{where}, not a folder"
+    return f"{folder} is a file, not a folder" if not where else f"{folder} is under a file{where}"
+
+
+def _broken_link(path: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+    return f"a symbolic link to the missing {os.readlink(path)}"
 
 
 def write_text(path: str, text: str) -> None:
@@ -27,6 +53,21 @@ def write_with(path: str, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_folder(path: str, write) -> None:
+    """Calls `write(folder)` on a hidden temporary folder beside `path`, then renames it to `path`.
+
+    The rename fails (OSError) rather than replace a folder that appeared meanwhile. A crash's
+    leftover is a hidden `.tmp-` folder, never a half-written `path`.
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(parent, f".tmp-{name}-{os.getpid()}")
+    try:
+        write(tmp)
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename
 
 
 def write_json(path: str, payload) -> None:

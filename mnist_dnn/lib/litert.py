@@ -8,13 +8,12 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import data
+from mnist_dnn.lib.config import QUANTIZATIONS, REPRESENTATIVE_IMAGES  # noqa: F401 (part of this module's API)
 from mnist_dnn.lib.errors import UsageError, first_line
 
 SIGNATURE = "serving_default"
-QUANTIZATIONS = ("none", "int8")
 FILE_NAMES = {"none": "model.tflite", "int8": "model_int8.tflite"}
 EXTENSION = ".tflite"
-REPRESENTATIVE_IMAGES = 1000
 INSTALL_HINT = 'running LiteRT models needs the ai-edge-litert package: pip install -e ".[litert]" (or pip install ai-edge-litert)'
 
 
@@ -68,7 +67,7 @@ def convert(serving_module: tf.Module, quantize: str = "none", representative: n
         return convert_float(serving_module)
     if quantize == "int8":
         return convert_int8(serving_module, representative)
-    raise UsageError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    raise UsageError(f"`quantize` must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
 
 
 def interpreter_class():
@@ -91,11 +90,11 @@ class LiteRTModel:
             self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         except (ValueError, RuntimeError) as e:
             raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({first_line(e)}); export one with "
-                             "python -m mnist_dnn.export --format=litert") from None
+                             "python -m mnist_dnn.export `format`=litert") from None
         inputs = self.runner.get_input_details()
         if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
             raise UsageError(f"{path}: its {SIGNATURE} signature does not take uint8 images; "
-                             "export one with python -m mnist_dnn.export --format=litert")
+                             "export one with python -m mnist_dnn.export `format`=litert")
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """`probabilities` float32 [N, 10] and `classes` int64 [N]."""

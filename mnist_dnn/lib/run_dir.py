@@ -13,19 +13,17 @@ whose weights are not all finite.
 
 import contextlib
 import dataclasses
-import fcntl
 import glob
 import json
 import os
 import re
 import shutil
-import sys
 
 import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import ModelConfig
+from mnist_dnn.lib.config import WHICH, ModelConfig  # noqa: F401 (WHICH: part of this module's API)
 from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError, first_line
 
 CONFIG_FILE = "model_config.json"
@@ -33,7 +31,6 @@ CHECKPOINT_NAME = "model.ckpt"
 STATE_FILE = "checkpoint"
 BEST_DIR = "best"
 BEST_FILE = "best.json"
-WHICH = ("latest", "best")
 # What restoring a damaged or mismatched checkpoint raises (a truncated file: IndexError).
 RESTORE_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError)
 _INDEX = re.compile(re.escape(CHECKPOINT_NAME) + r"-(\d+)\.index$")
@@ -125,7 +122,7 @@ class RunDir:
         steps = self.steps() if os.path.isdir(self.path) else []
         return self.checkpoint_path(steps[-1]) if steps else None
 
-    def restore_newest(self, checkpoint: tf.train.Checkpoint, set_aside: bool = False) -> str | None:
+    def restore_newest(self, checkpoint: tf.train.Checkpoint, set_aside: bool = False, say=print) -> str | None:
         """Restores the newest checkpoint that reads back whole into `checkpoint`; None if there is none.
 
         Each must match what the run builds, variable for variable (`assert_consumed`): a
@@ -133,7 +130,8 @@ class RunDir:
         than train on a half-restored state). A damaged one is skipped too, and with `set_aside`
         (the trainer that owns the folder) renamed `model.ckpt-<step>-damaged`, kept for a look
         but out of the way of the save that will reach its step again. Restoring replaces
-        initialization: nothing may re-initialize afterwards.
+        initialization: nothing may re-initialize afterwards. A skipped checkpoint is told to
+        `say` as a line starting `warning: `.
         """
         steps = self.steps() if os.path.isdir(self.path) else []
         for step in reversed(steps):
@@ -142,13 +140,13 @@ class RunDir:
                 checkpoint.restore(path).assert_consumed()
                 return path
             except AssertionError:
-                print(f"warning: skipping {path}: it does not match this run's model and optimizer", file=sys.stderr)
+                say(f"warning: skipping {path}: it does not match this run's model and optimizer")
             except RESTORE_ERRORS as e:
                 aside = _set_aside(path) if set_aside else "left in place"
-                print(f"warning: skipping {path}: it is damaged ({first_line(e)}); {aside}", file=sys.stderr)
+                say(f"warning: skipping {path}: it is damaged ({first_line(e)}); {aside}")
         if steps:
             raise CheckpointError(f"none of the {len(steps)} checkpoints in {self.path} restores into this run's "
-                                  "model and optimizer; pass another --ckpt_dir, or move them away to start over")
+                                  "model and optimizer; pass another `ckpt_dir`, or move them away to start over")
         return None
 
     def save(self, checkpoint: tf.train.Checkpoint, step: int, weights, keep: int) -> str:
@@ -164,10 +162,10 @@ class RunDir:
     def _write(self, checkpoint, step: int, weights, folder: str) -> str:
         path = self.checkpoint_path(step, folder)
         if os.path.exists(path + ".index"):
-            raise CheckpointError(f"{path} exists already and is never written over; pass another --ckpt_dir")
+            raise CheckpointError(f"{path} exists already and is never written over; pass another `ckpt_dir`")
         if not all_finite(weights):
             raise TrainingError(f"the weights at step {step} are not all finite, so they were not saved; "
-                                f"last good checkpoint: {self.latest() or 'none'}. Lower --learning_rate")
+                                f"last good checkpoint: {self.latest() or 'none'}. Lower `learning_rate`")
         checkpoint.save_counter  # noqa: B018 (creates it, so it is written too: restoring expects it)
         try:
             return checkpoint.write(path)
@@ -267,16 +265,16 @@ class RunDir:
         """Refuses, before writing anything, to continue a run with settings it was not trained with."""
         if not os.path.exists(self.config_path):
             if self.latest():
-                raise UsageError(f"{self.path} holds checkpoints but no {CONFIG_FILE}; pass another --ckpt_dir")
+                raise UsageError(f"{self.path} holds checkpoints but no {CONFIG_FILE}; pass another `ckpt_dir`")
             return
         stored = self.load_config()
         if (stored.model, stored.dataset) != (config.model, config.dataset):
             raise UsageError(f"{self.path} holds a run of {stored.describe()}, not {config.describe()}; "
-                             "pass another --ckpt_dir or the same model and --dataset flags")
+                             "pass another `ckpt_dir` or the same model and `dataset` flags")
         for name, value in stored.resume.items():
             if config.resume.get(name, value) != value:
                 raise UsageError(f"{self.path} was trained with --{name}={value}, not --{name}={config.resume[name]}; "
-                                 f"resume with --{name}={value} (the resume would not be exact) or pass another --ckpt_dir")
+                                 f"resume with --{name}={value} (the resume would not be exact) or pass another `ckpt_dir`")
 
     @contextlib.contextmanager
     def lock(self):
@@ -285,13 +283,15 @@ class RunDir:
         The lock is an flock on the folder itself: it dies with its process (a killed trainer never
         leaves the folder locked), and unlike a lock file it cannot be deleted from under its holder.
         """
+        import fcntl  # (here: a module-level import would stop evaluate and export importing on Windows)
+
         folder = os.open(self.path, os.O_RDONLY)
         try:
             try:
                 fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise CheckpointError(f"another training run is using {self.path}; wait for it to end or pass "
-                                      "another --ckpt_dir") from None
+                                      "another `ckpt_dir`") from None
             yield
         finally:
             os.close(folder)

@@ -8,19 +8,16 @@ never sees half of one.
 
 import glob
 import os
-import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import data, images, litert
-from mnist_dnn.lib.errors import UsageError
+from mnist_dnn.lib import data, files, images, litert
+from mnist_dnn.lib.config import BYTES_SIGNATURE, EXPORT_FORMATS, FLAT_SIGNATURE, SERVING_SIGNATURE, ConfigError
+from mnist_dnn.lib.errors import Error, UsageError
 
-SERVING_SIGNATURE = "serving_default"
-FLAT_SIGNATURE = "predict_flat"
-BYTES_SIGNATURE = "serving_bytes"
-FORMATS = ("saved_model", "litert")
+FORMATS = EXPORT_FORMATS
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving reads versions as 64-bit integers
 
 
@@ -78,17 +75,10 @@ def version_format(folder: str) -> str | None:
 
 
 def check_export_dir(export_dir: str) -> None:
-    """Refuses an export_dir that is, or lies under, a file or a dangling symbolic link."""
-    path = os.path.abspath(export_dir)
-    while not os.path.lexists(path):
-        path = os.path.dirname(path)
-    if os.path.isdir(path):
-        return
-    where = "" if path == os.path.abspath(export_dir) else f": {path}"
-    if os.path.islink(path):
-        raise UsageError(f"--export_dir {export_dir}{where} is a symbolic link to the missing {os.readlink(path)}; "
-                         "fix the link or pass another --export_dir")
-    raise UsageError(f"--export_dir {export_dir}{where} is a file, not a folder; pass another --export_dir")
+    """Refuses an export_dir that is, or lies under, a file or a symbolic link that leads nowhere."""
+    problem = files.folder_problem(export_dir)
+    if problem:
+        raise ConfigError("export_dir", f"{problem}; pass another folder")
 
 
 def _check_one_format(export_dir: str, export_format: str) -> None:
@@ -96,8 +86,8 @@ def _check_one_format(export_dir: str, export_format: str) -> None:
     held = {version_format(os.path.join(export_dir, str(v))) for v in versions(export_dir)} - {None, export_format}
     if held:
         other = held.pop()
-        raise UsageError(f"--export_dir {export_dir} holds {other} versions; give {export_format} exports their own "
-                         f"folder (e.g. --export_dir={export_dir.rstrip('/')}_{export_format})")
+        raise UsageError(f"`export_dir` {export_dir} holds {other} versions; give {export_format} exports their own "
+                         f"folder (e.g. `export_dir`={export_dir.rstrip('/')}_{export_format})")
 
 
 def version_path(export_dir: str, version: int | None = None, export_format: str = "saved_model") -> str:
@@ -107,27 +97,22 @@ def version_path(export_dir: str, version: int | None = None, export_format: str
     if version is None:
         version = max(versions(export_dir), default=0) + 1
     elif not 0 < version <= MAX_VERSION:
-        raise UsageError(f"--version must be a positive integer of at most {MAX_VERSION} "
+        raise UsageError(f"`version` must be a positive integer of at most {MAX_VERSION} "
                          f"(TensorFlow Serving reads 64-bit versions), got {version}")
     path = os.path.join(export_dir, str(version))
     if os.path.lexists(path):
-        raise UsageError(f"{path} already exists; pass another --version or remove it (versions are never overwritten)")
+        raise UsageError(f"{path} already exists; pass another `version` or remove it (versions are never overwritten)")
     return path
 
 
 def _write_version(export_dir: str, version: int | None, export_format: str, write) -> str:
     """Calls `write(folder)` on a hidden temporary folder, then renames it into the version's place."""
     path = version_path(export_dir, version, export_format)
-    tmp = os.path.join(export_dir, f".tmp-{os.path.basename(path)}-{os.getpid()}")
     os.makedirs(export_dir, exist_ok=True)
     try:
-        write(tmp)
-        try:
-            os.rename(tmp, path)  # fails rather than replace a version written meanwhile
-        except OSError as e:
-            raise UsageError(f"cannot move the export into {path}: {e.strerror}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after a rename; a crash's leftovers are hidden
+        files.write_folder(path, write)  # the rename fails rather than replace a version written meanwhile
+    except OSError as e:
+        raise Error(f"cannot write the export {path}: {e.strerror or e}; nothing was left behind") from None
     return path
 
 
@@ -167,7 +152,7 @@ def _model_in(folder: str) -> str | None:
         return folder
     found = sorted(glob.glob(os.path.join(folder, "*" + litert.EXTENSION)))
     if len(found) > 1:
-        raise UsageError(f"{folder} holds {len(found)} LiteRT files; pass one of them as --model_dir")
+        raise UsageError(f"{folder} holds {len(found)} LiteRT files; pass one of them as `model_dir`")
     return found[0] if found else None
 
 
@@ -184,5 +169,5 @@ def resolve_model(model_dir: str) -> str:
         found = _model_in(latest)
         if found:
             return found
-        raise UsageError(f"--model_dir {model_dir}: its latest version {latest} holds neither a SavedModel nor a .tflite file")
-    raise UsageError(f"--model_dir {model_dir} is neither a SavedModel, a .tflite file nor a folder of numbered versions")
+        raise UsageError(f"`model_dir` {model_dir}: its latest version {latest} holds neither a SavedModel nor a .tflite file")
+    raise UsageError(f"`model_dir` {model_dir} is neither a SavedModel, a .tflite file nor a folder of numbered versions")

@@ -1,16 +1,19 @@
 """Training steps: one step body, run by two runners.
 
 `train_steps` is the loop both runners compile: for each step it reads a batch, computes the
-loss and gradients on every replica, and applies them only if the loss is finite (a step with
-a NaN or infinite loss updates nothing, and the loop stops there). The runners differ only in
-where batches come from:
+loss and gradients on every replica, and applies them only if the loss and every gradient are
+finite (such a step updates nothing, and the loop stops there). Checking the loss alone is not
+enough: a gradient can overflow while the loss is finite, and once a weight is NaN some CPU
+kernels hide it from the loss (oneDNN's fused MatMul+BiasAdd+Relu, on by default on CPUs with
+AVX-512 VNNI or AMX, returns 0 for relu(NaN) where TensorFlow's own Relu and XLA return NaN).
+The runners differ only in where batches come from:
 
 - `CompiledRunner` (one device, the default): the uint8 split and the epoch's order are
   arguments of one XLA program, which gathers each batch itself;
 - `PipelineRunner` (several devices, or `--nojit_compile`): a `tf.data` pipeline distributed by
   the strategy.
 
-Both read the batch at a step by the same rule (`data.gather_batch` over the epoch's padded
+Both read the batch at a step by the same rule (`batches.gather_batch` over the epoch's padded
 order), so they train on the same examples in the same order.
 """
 
@@ -19,11 +22,11 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from mnist_dnn.lib import data
+from mnist_dnn.lib import batches, data
 
 
 class NonFiniteLoss(Exception):
-    """The loss of a step was NaN or infinite; that step updated nothing."""
+    """The loss or a gradient of a step was NaN or infinite; that step updated nothing."""
 
 
 def per_example_loss(labels, logits):
@@ -53,22 +56,29 @@ class TrainMetrics:
             metric.reset_state()
 
 
+def _all_finite(tensors) -> tf.Tensor:
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
 def _gradients(model, images, labels, weights):
     """One replica's share: its weighted losses divided by the weight of the GLOBAL batch.
 
     So the gradients that the strategy sums across replicas are those of one device on the
-    whole batch; padding examples (weight 0) count for nothing.
+    whole batch; padding examples (weight 0) count for nothing. Also returns 1.0 where this
+    replica's loss or a gradient is not finite, else 0.0 (a number, for `strategy.reduce`).
     """
     total_weight = tf.distribute.get_replica_context().all_reduce("sum", tf.reduce_sum(weights))
     with tf.GradientTape() as tape:
         logits = model(images, training=True)
         example_losses = per_example_loss(labels, logits)
         loss = tf.reduce_sum(example_losses * weights) / total_weight
-    return loss, tape.gradient(loss, model.trainable_variables), example_losses, logits
+    gradients = tape.gradient(loss, model.trainable_variables)
+    not_finite = 1.0 - tf.cast(_all_finite([loss, *gradients]), tf.float32)
+    return not_finite, gradients, example_losses, logits
 
 
 def train_steps(state, metrics: TrainMetrics, strategy, next_batch, num_steps, first=0):
-    """Runs up to `num_steps` steps on `next_batch(i)`, i from `first`; False if it stopped at a non-finite loss.
+    """Runs up to `num_steps` steps on `next_batch(i)`, i from `first`; False if it stopped at a non-finite step.
 
     Call it inside a `tf.function`. The finiteness test sits outside the replicas' code, since a
     condition around an optimizer update inside it cannot synchronize the replicas.
@@ -79,9 +89,9 @@ def train_steps(state, metrics: TrainMetrics, strategy, next_batch, num_steps, f
     # A `while`, not `for ... in tf.range`: XLA would compile a range loop again for every new bound.
     while finite and i < first + num_steps:
         images, labels, weights = next_batch(i)
-        loss, gradients, example_losses, logits = strategy.run(
+        not_finite, gradients, example_losses, logits = strategy.run(
             lambda x, y, w: _gradients(state.model, x, y, w), args=(images, labels, weights))
-        finite = tf.math.is_finite(strategy.reduce("sum", loss, axis=None))
+        finite = strategy.reduce("sum", not_finite, axis=None) == 0
         if finite:
             strategy.run(lambda g, y, w, e, z: _apply(state, metrics, g, y, w, e, z),
                          args=(gradients, labels, weights, example_losses, logits))
@@ -101,14 +111,14 @@ class CompiledRunner:
     def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
                  augment_shift: int = 0):
         self.step, self.split, self.batch_size, self.seed = state.step, split, batch_size, seed
-        self.epoch_steps = data.steps_per_epoch(split.size, batch_size)
+        self.epoch_steps = batches.steps_per_epoch(split.size, batch_size)
         self.epoch, self.order = None, None
         strategy = tf.distribute.get_strategy()
 
         @tf.function(jit_compile=True)
         def loop(images, labels, order, weights, first, num_steps):
             def next_batch(batch):
-                return data.gather_batch(images, labels, order, weights, batch, batch_size, state.step, seed,
+                return batches.gather_batch(images, labels, order, weights, batch, batch_size, state.step, seed,
                                          augment_shift)
 
             return train_steps(state, metrics, strategy, next_batch, num_steps, first)
@@ -121,7 +131,7 @@ class CompiledRunner:
         while current < end:
             epoch, first = divmod(current, self.epoch_steps)
             if epoch != self.epoch:
-                self.epoch, self.order = epoch, data.padded_epoch_order(self.split.size, self.batch_size, self.seed, epoch)
+                self.epoch, self.order = epoch, batches.padded_epoch_order(self.split.size, self.batch_size, self.seed, epoch)
             count = min(end - current, self.epoch_steps - first)
             if not self.loop(self.split.images, self.split.labels, *self.order, tf.constant(first), tf.constant(count)):
                 raise NonFiniteLoss()
@@ -134,8 +144,8 @@ class PipelineRunner:
     def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
                  augment_shift: int = 0, strategy=None, start_step: int = 0):
         strategy = strategy or tf.distribute.get_strategy()
-        batches = data.train_batches(split, batch_size, seed, start_step, augment_shift)
-        self.iterator = iter(strategy.experimental_distribute_dataset(batches))
+        dataset = batches.train_batches(split, batch_size, seed, start_step, augment_shift)
+        self.iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
         @tf.function
         def loop(iterator, num_steps):

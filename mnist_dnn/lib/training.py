@@ -7,6 +7,7 @@ them to the controller; the run folder keeps what the run produces.
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import tempfile
@@ -15,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from mnist_dnn.lib import actions, controller, data, diagnostics, distribute, evaluation, files, serving, steps
-from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
+from mnist_dnn.lib.config import OPTIMIZER_NAMES, ConfigError, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
 from mnist_dnn.lib.models import create_model
 from mnist_dnn.lib.run_dir import Best, RunConfig, RunDir
@@ -45,6 +46,24 @@ class TrainResult:
     early_stopped: bool = False
     export_path: str | None = None  # the SavedModel version written at the end, if any
     examples_per_second: float | None = None  # training throughput of this call, validation excluded
+    pruned: bool = False  # stopped because `on_validation` asked (a search pruned the trial)
+
+    def to_json(self) -> str:
+        """The result file (`--result_file`, a sweep's or search's result.json); `from_json` reads it back."""
+        fields = dataclasses.asdict(self)
+        if self.validation is not None:
+            fields["validation"] = {k: fields["validation"][k] for k in ("loss", "accuracy", "examples",
+                                                                       "per_class_accuracy")}
+        return json.dumps(fields, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainResult":
+        fields = json.loads(text)
+        if fields.get("validation") is not None:
+            fields["validation"] = evaluation.Metrics(**fields["validation"])
+        if fields.get("best") is not None:
+            fields["best"] = Best(**fields["best"])
+        return cls(**fields)
 
 
 def default_log_dir(config: TrainConfig) -> str:
@@ -129,17 +148,19 @@ def _report_lost_workers(ckpt_dir: str):
 
 def _check_writable(field: str, folder: str) -> None:
     """Refuses a folder that cannot be created or written, before anything is created."""
-    existing = files.nearest_existing(folder)
-    if existing == os.path.abspath(folder) and not os.path.isdir(existing):
-        raise UsageError(f"--{field} {folder} is a file, not a folder; pass another folder")
-    if not os.path.isdir(existing):
-        raise UsageError(f"--{field} {folder} is under a file ({existing}); pass another folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--{field} {folder} is not writable ({existing}); pass another folder")
+    problem = files.folder_problem(folder)
+    if problem:
+        raise ConfigError(field, f"{problem}; pass another folder")
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Trains (or resumes) until `config.max_steps`, checkpointing on the way."""
+def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
+    """Trains (or resumes) until `config.max_steps`, checkpointing on the way.
+
+    `say(line)` receives every line for the user: what trains, progress, validation, how the run
+    ended; warnings start with `warning: `. `on_validation(step, metrics)`, if given, runs after each
+    validation; when it returns True the run stops there as an early stop does (a checkpoint saved)
+    and the result says `pruned`.
+    """
     config.validate()
     log_dir = config.log_dir or default_log_dir(config)
     for field, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir), ("export_dir", config.export_dir)):
@@ -151,62 +172,65 @@ def train(config: TrainConfig) -> TrainResult:
     run_dir.check_resumable(run_config(config))
     # First: devices can only be configured before TensorFlow runs an op.
     strategy = distribute.make_strategy(config.strategy, config.devices, config.virtual_cpus)
-    splits = data.load_splits(config.data)
+    splits = data.load_splits(config.data, say)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()  # for the whole process
     if not distribute.is_chief(strategy):  # the other workers of a cluster save to a scratch folder, and log nothing
         with tempfile.TemporaryDirectory(prefix="mnist_dnn-worker-") as scratch:
-            return _run(config, strategy, splits, None, RunDir(scratch))
+            return _run(config, strategy, splits, None, RunDir(scratch), say, on_validation)
     for folder in (config.ckpt_dir, log_dir):
         os.makedirs(folder, exist_ok=True)
     with run_dir.lock():
         run_dir.remove_leftovers()
-        return _run(config, strategy, splits, log_dir, run_dir)
+        return _run(config, strategy, splits, log_dir, run_dir, say, on_validation)
 
 
 def run_config(config: TrainConfig) -> RunConfig:
     return RunConfig(config.model, config.data.dataset, config.resume_settings())
 
 
-def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: RunDir) -> TrainResult:
+def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: RunDir, say,
+         on_validation=None) -> TrainResult:
     """The run itself; `save_to` is `config.ckpt_dir` except on a cluster's other workers."""
     state = build_state(config, strategy)
     chief_dir = RunDir(config.ckpt_dir)  # every worker resumes from the chief's checkpoints
-    resumed_from = chief_dir.restore_newest(state.checkpoint, set_aside=log_dir is not None)
+    resumed_from = chief_dir.restore_newest(state.checkpoint, set_aside=log_dir is not None, say=say)
     if config.lr_schedule == "constant":
         # The checkpoint holds the optimizer's learning rate; the flag decides (to resume with a lower one).
         state.optimizer.learning_rate = config.learning_rate
     start = state.current_step()
     if resumed_from:
-        print(f"Resumed from {resumed_from} at step {start}", flush=True)
+        say(f"Resumed from {resumed_from} at step {start}")
     best = chief_dir.read_best()
     if start >= config.max_steps or actions.patience_exhausted(best, start, config.early_stopping_patience,
                                                                 config.eval_every):
-        return _already_finished(config, start, best, save_to, resumed_from)
-    run = _Run(config, state, strategy, splits, log_dir, save_to, best)
+        return _already_finished(config, start, best, save_to, resumed_from, say)
+    run = _Run(config, state, strategy, splits, log_dir, save_to, best, say, on_validation)
     if log_dir:
         chief_dir.save_config(run_config(config))
         actions.write_run_summary(log_dir, hparams(config), run.validation.predict_fn.get_concrete_function().graph)
-    print(describe(config, strategy, start, log_dir), flush=True)
+    say(describe(config, strategy, start, log_dir))
     with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received, contextlib.closing(run):
         end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
-                             run.actions(), lambda: bool(received) or run.validation.stop_requested)
+                             run.actions(lambda: bool(received)), lambda: bool(received) or run.validation.stop_requested)
     return run.finish(end, received[0] if received else None, resumed_from)
 
 
-def _already_finished(config, start: int, best: Best | None, save_to: RunDir, resumed_from: str | None) -> TrainResult:
+def _already_finished(config, start: int, best: Best | None, save_to: RunDir, resumed_from: str | None,
+                      say) -> TrainResult:
     """A rerun of a finished (or early-stopped) run: it says so, and writes nothing."""
     early = start < config.max_steps
-    print(f"Already stopped early at step {start}: no better validation accuracy in "
+    say(f"Already stopped early at step {start}: no better validation accuracy in "
           f"{config.early_stopping_patience} evaluations; best {best.accuracy:.2%} at step {best.step}" if early else
-          f"Already finished: step {start} >= --max_steps={config.max_steps}", flush=True)
+        f"Already finished: step {start} >= `max_steps`={config.max_steps}")
     return TrainResult(start, start, save_to.latest(), resumed_from, best=best, early_stopped=early)
 
 
 class _Run:
     """The parts of one run that its actions share, and how it ends."""
 
-    def __init__(self, config, state, strategy, splits, log_dir, save_to: RunDir, best: Best | None):
+    def __init__(self, config, state, strategy, splits, log_dir, save_to: RunDir, best: Best | None, say,
+                 on_validation=None):
         self.config, self.state, self.log_dir, self.save_to = config, state, log_dir, save_to
         self.start = state.current_step()
         with strategy.scope():
@@ -215,22 +239,29 @@ class _Run:
         self.clock = actions.Clock()
         self.train_writer, validation_writer = (actions.summary_writer(log_dir, name) for name in ("train", "validation"))
         self.log = actions.TrainingLog(self.train_writer, self.metrics, state.optimizer, self.start, config.max_steps,
-                                       self.clock)
+                                       self.clock, say)
         self.diagnose = diagnostics.Diagnostics(log_dir, state.model, steps.mean_loss, splits["validation"],
                                                 config.diagnostics and log_dir is not None)
         self.validation = actions.Validation(state, splits["validation"], validation_writer,
                                              actions.best_saver(save_to, state), best, config.early_stopping_patience,
-                                             config.eval_every, self.diagnose, say=self.log.message)
+                                             config.eval_every, self.diagnose, say=self.log.message,
+                                             on_result=on_validation)
         self.save = actions.checkpoint_saver(save_to, state, config.keep_checkpoints)
+        self.export = None
 
-    def actions(self) -> list[controller.Action]:
+    def actions(self, signalled) -> list[controller.Action]:
+        """The periodic work; `signalled()` tells whether a signal is stopping the run."""
         def paused(work):
             return lambda step: self._paused(work, step)
 
         # Validation before saving: the save sees an early stop, and links a best checkpoint of its step.
-        return [controller.Action(self.config.log_every, self.log, at_stop=True),
-                controller.Action(self.config.eval_every, paused(self.validation)),
-                controller.Action(self.config.checkpoint_every, paused(self.save), at_stop=True)]
+        periodic = [controller.Action(self.config.log_every, self.log, at_stop=True),
+                    controller.Action(self.config.eval_every, paused(self.validation)),
+                    controller.Action(self.config.checkpoint_every, paused(self.save), at_stop=True)]
+        if self.config.export_dir and self.log_dir:  # on a cluster, the chief only
+            self.export = actions.EndOfRunExport(self.state.model, self.config.export_dir, signalled, self.log.message)
+            periodic.append(controller.Action(self.config.max_steps, paused(self.export), at_stop=True))
+        return periodic
 
     def _paused(self, work, step: int) -> None:
         with self.clock.paused():
@@ -242,9 +273,9 @@ class _Run:
                 self.runner(num_steps)
             except steps.NonFiniteLoss:
                 raise TrainingError(
-                    f"the loss became NaN or infinite at step {self.state.current_step() + 1}; nothing was saved after "
-                    f"it. Last good checkpoint: {self.save_to.latest() or 'none'}. Lower --learning_rate and rerun to "
-                    "resume") from None
+                    f"the loss or a gradient became NaN or infinite at step {self.state.current_step() + 1}; nothing "
+                    f"was saved after it. Last good checkpoint: {self.save_to.latest() or 'none'}. Lower "
+                    "`learning_rate` and rerun to resume") from None
 
         return run_steps
 
@@ -255,19 +286,20 @@ class _Run:
 
     def finish(self, step: int, signal_number: int | None, resumed_from: str | None) -> TrainResult:
         latest, early = self.save_to.latest(), self.validation.stop_requested and step < self.config.max_steps
-        if early:
-            print(f"{self.validation.stop_message(step)}; saved {latest}", flush=True)
+        pruned = early and self.validation.pruned
+        early = early and not pruned
+        if pruned:
+            self.log.message(f"Pruned at step {step} (the search stopped this trial); saved {latest}")
+        elif early:
+            self.log.message(f"{self.validation.stop_message(step)}; saved {latest}")
         elif signal_number:
-            print(f"Stopped by signal {signal_number} at step {step}; saved {latest}. Run the same command to resume.",
-                  flush=True)
+            self.log.message(f"Stopped by signal {signal_number} at step {step}; saved {latest}. Run the same command "
+                             "to resume.")
         else:
-            print(f"Done at step {step}; checkpoint {latest}", flush=True)
-        export_path = None
-        if self.config.export_dir and not signal_number and self.log_dir:  # on a cluster, the chief only
-            export_path = serving.export_model(self.state.model, self.config.export_dir)
-            print(f"Exported a SavedModel to {export_path}", flush=True)
+            self.log.message(f"Done at step {step}; checkpoint {latest}")
+        export_path = self.export.path if self.export else None
         return TrainResult(step, self.start, latest, resumed_from, self.validation.last, self.validation.best,
-                           signal_number, early, export_path, self.log.examples_per_second)
+                           signal_number, early, export_path, self.log.examples_per_second, pruned)
 
 
 def hparams(config: TrainConfig) -> dict:

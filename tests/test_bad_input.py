@@ -146,6 +146,18 @@ PREDICT = [
     (["--model_dir={tmp}/nothing", "{file}"], 2, "--model_dir"),
     (["--model_dir={tmp}", "{file}"], 2, "neither a SavedModel"),
 ]
+SERVE = [  # start-up errors: the server never starts serving
+    (["--model_dir={tmp}/nothing"], 1, "{tmp}/nothing does not exist"),
+    (["--model_dir={tmp}"], 1, "holds no model"),
+    (["--model_dir={file}"], 1, "cannot load the LiteRT file {file}"),
+    (["--model_dir={tmp}/nothing", "--port=70000"], 2, "--port must be a whole number from 0 to 65535"),
+    (["--port=http"], 2, "port"),
+    (["--model_name=a/b"], 2, "--model_name must be letters, digits"),
+    (["--max_request_bytes=0"], 2, "--max_request_bytes must be"),
+    (["--file_system_poll_wait_seconds=-1"], 2, "--file_system_poll_wait_seconds must be"),
+    (["--model_threads=0"], 2, "--model_threads must be"),
+    (["--model_dir={tmp}", "stray"], 2, "unexpected arguments"),
+]
 SWEEP = [
     (["--grid=learning_rate=0.1,0.01"], 2, "--root is required"),
     (["--root={file}", "--grid=learning_rate=0.1,0.01"], 2, "--root"),
@@ -238,6 +250,7 @@ CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAI
          + [("inspect_checkpoint", ["--ckpt_dir={run}"], 1, "model.ckpt-30", damage)
             for damage in ("truncated index", "zeroed data", "truncated data")]
          + [("predict", args, code, fragment, None) for args, code, fragment in PREDICT]
+         + [("serve", args, code, fragment, None) for args, code, fragment in SERVE]
          + [("sweep", args, code, fragment, None) for args, code, fragment in SWEEP]
          + [("search", args, code, fragment, None) for args, code, fragment in SEARCH]
          + [("report", args, code, fragment, None) for args, code, fragment in REPORT])
@@ -282,7 +295,7 @@ def trained(tiny_run) -> str:
 def test_the_catalogue_covers_every_tool_with_at_least_150_cases():
     assert len(CASES) >= 150
     assert {tool for tool, *_ in CASES} == {"train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep",
-                                            "search", "report"}
+                                            "search", "report", "serve"}
 
 
 @pytest.mark.parametrize("tool, args, code, fragment, damage", CASES,

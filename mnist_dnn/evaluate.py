@@ -5,6 +5,8 @@ Example (the latest checkpoint of the run trained by `python -m mnist_dnn.train 
     python -m mnist_dnn.evaluate --ckpt_dir=checkpoints/fast
 """
 
+import functools
+
 from absl import flags
 
 from mnist_dnn import cli
@@ -32,14 +34,15 @@ def format_report(report: dict) -> str:
 
 def main(argv):
     del argv
-    from mnist_dnn.lib import evaluation  # after cli.run's quiet start-up: it imports TensorFlow
+    from mnist_dnn.lib import data, evaluation  # after cli.run's quiet start-up: they import TensorFlow
 
     if not 0 < FLAGS.batch_size <= 65_536:
         raise UsageError(f"--batch_size must be a whole number from 1 to 65,536; got {FLAGS.batch_size}")
     if FLAGS.metrics_file:
         cli.check_output_file("metrics_file", FLAGS.metrics_file)
     report = evaluation.evaluate_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.data_dir, cli.idx_dir(FLAGS),
-                                 FLAGS.batch_size, FLAGS.which)
+                                            FLAGS.batch_size, FLAGS.which,
+                                            functools.partial(data.load_splits, say=cli.say))
     print(format_report(report))
     if FLAGS.confusion_matrix:
         print("confusion matrix (test):")

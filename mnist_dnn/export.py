@@ -31,7 +31,7 @@ def representative_images(dataset: str):
     """Calibration images for int8: drawn from the training split of the checkpoint's dataset."""
     from mnist_dnn.lib import data, litert
 
-    splits = data.load_splits(data.DataConfig(dataset, FLAGS.data_dir, cli.idx_dir(FLAGS)))
+    splits = data.load_splits(data.DataConfig(dataset, FLAGS.data_dir, cli.idx_dir(FLAGS)), say=cli.say)
     return litert.representative_images(splits["train"].images)
 
 

@@ -65,3 +65,29 @@ def test_the_library_names_settings_by_field_and_the_command_line_names_them_as_
     assert cli.message(error, tool_flags) == "--ckpt_dir holds no checkpoint; train first, or pass another --ckpt_dir"
     # A name that is no flag of the running tool stays as the library wrote it.
     assert cli.as_flags("lower `learning_rate`, see `ckpt_dir`", tool_flags) == "lower `learning_rate`, see --ckpt_dir"
+
+
+def test_the_tools_show_the_librarys_warnings_on_stderr_and_the_rest_on_stdout_with_flag_names(capsys):
+    from absl import flags
+
+    from mnist_dnn import cli
+
+    cli.say("warning: skipping model.ckpt-10: it is damaged")
+    cli.say("Resumed from model.ckpt-20 at step 20")
+    out, err = capsys.readouterr()
+    assert err == "warning: skipping model.ckpt-10: it is damaged\n"
+    assert out == "Resumed from model.ckpt-20 at step 20\n"
+    flags.DEFINE_string("say_test_flag", None, "")
+    try:
+        cli.say("pass another `say_test_flag`")
+        assert capsys.readouterr().out == "pass another --say_test_flag\n"
+    finally:
+        delattr(flags.FLAGS, "say_test_flag")
+
+
+def test_a_tool_turns_tfds_progress_bars_off(tmp_path, monkeypatch):
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    monkeypatch.setattr(tqdm_utils, "_active", True)  # (no public getter or setter that restores)
+    call_tool("report", f"--root={tmp_path}")
+    assert tqdm_utils._active is False

@@ -5,6 +5,7 @@ import importlib.machinery
 import json
 import os
 import pathlib
+import pkgutil
 import platform
 import re
 import shutil
@@ -17,6 +18,7 @@ import pytest
 from absl import flags
 
 from conftest import ROOT, assert_one_line_error, run_cli
+import mnist_dnn
 from mnist_dnn import command_line, startup
 from mnist_dnn.lib import data, diagnostics
 from mnist_dnn.lib.errors import UsageError
@@ -128,6 +130,10 @@ def test_flags_after_a_preset_override_it_and_flags_before_it_do_not():
     (["p", "v=3"], {}, False),
     (["p"], {startup.TF_LOGS_ENV: "1"}, True),
     (["p"], {startup.TF_LOGS_ENV: "0"}, False),
+    (["p"], {"TF_CPP_MIN_LOG_LEVEL": "0"}, True),
+    (["p"], {"TF_CPP_MIN_LOG_LEVEL": "1"}, True),
+    (["p"], {"TF_CPP_MIN_LOG_LEVEL": "2"}, False),
+    (["p"], {"TF_CPP_MIN_LOG_LEVEL": "3"}, False),
 ])
 def test_tensorflow_logs_are_shown_only_when_asked(argv, env, wanted):
     assert startup.wants_tf_logs(argv, env) is wanted
@@ -238,8 +244,9 @@ def test_a_failed_tensorflow_import_shows_what_it_printed(tmp_path):
     (fake / "__init__.py").write_text("import os\nos.write(2, b'libfoo.so: cannot open shared object\\n')\n"
                                       "raise ImportError('DLL load failed')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    result = subprocess.run([sys.executable, "-c", "import mnist_dnn"], capture_output=True, text=True, env=env,
-                            cwd=tmp_path, timeout=120)
+    # A tool imports TensorFlow as it starts (cli.run), not on importing the package.
+    result = subprocess.run([sys.executable, "-m", "mnist_dnn.report", "--root=x"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith("libfoo.so: cannot open shared object\nTraceback")
     assert "ImportError: DLL load failed" in result.stderr
@@ -276,7 +283,7 @@ def test_xla_programs_are_cached_per_cpu_under_the_users_cache_unless_told_other
     chosen = {**home, startup.XLA_CACHE_ENV: "/elsewhere"}
     assert startup.xla_cache_folder(chosen, "x86_64-abc") == "/elsewhere/x86_64-abc"  # a chosen folder too
     assert startup.xla_cache_folder(home, None) is None  # an unknown CPU: no cache
-    for off in ("off", "0", ""):
+    for off in ("off", "0", "", "OFF", " Off "):
         assert startup.xla_cache_folder({startup.XLA_CACHE_ENV: off}, "x86_64-abc") is None
 
 
@@ -321,3 +328,26 @@ def test_an_xla_cache_folder_that_cannot_be_written_is_not_used(tmp_path, capsys
     startup.use_xla_cache(new, cpu="k")
     assert new["TF_XLA_FLAGS"].endswith(str(tmp_path / "new" / "xla" / "k"))
     assert sorted(os.listdir(tmp_path)) == before  # nothing created by the check
+
+
+@pytest.mark.parametrize("level, expected", [(None, "3"), ("2", "3"), ("3", "3"), ("1", "1"), ("0", "0")])
+def test_the_tools_start_up_hides_tensorflows_lines_unless_levels_0_or_1_ask_for_them(level, expected):
+    """quiet_tensorflow changes the environment it is given (the tool's process), nothing else."""
+    environ_before = dict(os.environ)
+    env = {startup.XLA_CACHE_ENV: "off", **({} if level is None else {"TF_CPP_MIN_LOG_LEVEL": level})}
+    startup.quiet_tensorflow(["tool"], env)  # TensorFlow is imported already in this process
+    assert env["TF_CPP_MIN_LOG_LEVEL"] == expected
+    assert dict(os.environ) == environ_before
+
+
+TOOL_MODULES = sorted(m.name for m in pkgutil.iter_modules(mnist_dnn.__path__, "mnist_dnn.") if not m.ispkg)
+
+
+@pytest.mark.parametrize("module", TOOL_MODULES)
+def test_the_tool_modules_import_no_tensorflow_before_the_start_up(module):
+    """Else TensorFlow starts before cli.run can keep its lines off the terminal."""
+    probe = (f"import sys, {module}\n"
+             "print(sorted(m for m in ('tensorflow', 'keras', 'tensorflow_datasets') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

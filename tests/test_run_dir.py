@@ -188,3 +188,30 @@ def test_a_new_learning_rate_is_allowed_on_resume(saved):
 def test_run_config_round_trips_through_json():
     config = RunConfig(ModelConfig("dense", (60, 30), 0.2), "kmnist", {"optimizer": "adam"})
     assert RunConfig.from_json(config.to_json()) == config
+
+
+def test_folder_problem_accepts_folders_and_links_to_them_and_names_what_is_in_the_way(tmp_path):
+    from mnist_dnn.lib import files
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for name, target in (("to_dir", "dir"), ("to_file", "afile"), ("loop1", "loop2"), ("loop2", "loop1"),
+                         ("dangling", "gone")):
+        os.symlink(target, tmp_path / name)
+    assert files.folder_problem(str(tmp_path / "dir")) is None
+    assert files.folder_problem(str(tmp_path / "to_dir")) is None  # ~/.cache -> /data, say
+    assert files.folder_problem(str(tmp_path / "to_dir" / "new" / "run")) is None
+    assert files.folder_problem(str(tmp_path / "to_file")) == f"{tmp_path / 'to_file'} is a file, not a folder"
+    assert files.folder_problem(str(tmp_path / "to_file" / "x")).endswith(f"is under a file (at {tmp_path / 'to_file'})")
+    assert "is a loop of symbolic links" in files.folder_problem(str(tmp_path / "loop1"))
+    assert "is a symbolic link to the missing gone" in files.folder_problem(str(tmp_path / "dangling" / "x"))
+    assert sorted(os.listdir(tmp_path)) == ["afile", "dangling", "dir", "loop1", "loop2", "to_dir", "to_file"]
+
+
+def test_a_folder_is_written_beside_its_place_then_renamed_into_it(tmp_path):
+    from mnist_dnn.lib import files
+
+    seen = []
+    files.write_folder(str(tmp_path / "v1"), lambda folder: (seen.append(folder), os.makedirs(folder)))
+    assert os.path.dirname(seen[0]) == str(tmp_path) and os.path.basename(seen[0]).startswith(".tmp-v1-")
+    assert os.listdir(tmp_path) == ["v1"]

@@ -148,9 +148,10 @@ def test_a_failed_litert_export_leaves_no_version_behind(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "makedirs", crash_after_the_folder)
-    with pytest.raises(Error, match="No space left on device; nothing was left behind"):  # one line, no traceback
+    with pytest.raises(Error, match="No space left on device; nothing was left behind") as caught:  # one line
         serving.export_litert(model, str(tmp_path / "exports"))
-    assert os.listdir(tmp_path / "exports") == []
+    assert caught.value.exit_code == 1  # a data or disk error, not a usage error
+    assert os.listdir(tmp_path) == []  # not even the export folder it created
 
 
 # --- Versions and export folders ------------------------------------------------------------

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, call_tool, copy_run, folder_hashes, hparams, run_cli, scalars, tiny_config
-from mnist_dnn.lib import models, training
+from mnist_dnn.lib import data, models, training
 from mnist_dnn.lib.config import ModelConfig
 from mnist_dnn.lib.errors import UsageError
 from mnist_dnn.lib.run_dir import RunDir
@@ -216,3 +216,17 @@ def test_the_process_ends_with_every_summary_on_disk(tiny_data, tmp_path, ending
     if ending == "done":
         assert sorted(scalars(tmp_path / "logs" / "validation", "accuracy")) == [20, 40, 60]
         assert 60 in scalars(tmp_path / "logs" / "diagnostics", "gradient_norm/global")
+
+
+def test_the_library_prints_nothing_itself_every_line_goes_to_say(tiny_data, tmp_path, capsys, monkeypatch):
+    lines = []
+    fresh_data = dataclasses.replace(tiny_data, data_dir=str(tmp_path / "tfds"))  # an import to tell of, too
+    monkeypatch.setattr(data, "check_canonical", lambda *args: None)  # the tiny IDX files are not the official ones
+    from tensorflow_datasets.core.utils import tqdm_utils
+    monkeypatch.setattr(tqdm_utils, "_active", False)  # TFDS's own bars, the host's choice, as the tools make it
+    config = tiny_config(fresh_data, tmp_path, max_steps=10, eval_every=10, checkpoint_every=10)
+    training.train(config, say=lines.append)
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+    assert lines[0].startswith("Importing mnist from") and any(line.startswith("Training dense") for line in lines)
+    assert any("step 10/10" in line for line in lines) and "Done at step 10" in lines[-1]

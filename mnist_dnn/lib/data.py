@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
+import io
+import logging
 import math
 import os
 import socket
@@ -236,10 +238,26 @@ def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.
         images, labels = read_idx_split(folder, split)
         if verify:
             check_canonical(config.dataset, folder, split, images, labels)
-    builder = _offline_builder_class(config.dataset, folder)(data_dir=config.data_dir)
+    with _tfds_quiet():
+        builder = _offline_builder_class(config.dataset, folder)(data_dir=config.data_dir)
     say(f"Importing {config.dataset} from {folder} into {builder.data_dir} (once)")
-    builder.download_and_prepare()
+    with _tfds_quiet():
+        builder.download_and_prepare()
     return builder
+
+
+@contextlib.contextmanager
+def _tfds_quiet():
+    """TFDS's own lines about an offline import, kept off for the call only: "Downloading and preparing
+    dataset Unknown size" (printed) and "Variant folder ... has no dataset_info.json" (an absl warning)."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _download_host(dataset: str) -> str:
@@ -274,8 +292,10 @@ def prepare(config: DataConfig, say=print) -> tfds.core.DatasetBuilder:
 
     `say(line)` tells of an import (the one output line of this module)."""
     _check_data_dir(config.data_dir)
-    builder = _builder_class(config.dataset)(data_dir=config.data_dir)
-    if builder.is_prepared():
+    with _tfds_quiet():
+        builder = _builder_class(config.dataset)(data_dir=config.data_dir)
+        prepared = builder.is_prepared()
+    if prepared:
         return builder
     if config.idx_folder:
         return import_idx(config, say=say)

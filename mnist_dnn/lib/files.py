@@ -22,9 +22,9 @@ def folder_problem(folder: str) -> str | None:
     """Why `folder` cannot be used, or created, as a writable folder; None if it can. Creates nothing."""
     existing = nearest_existing(folder)
     where = "" if existing == os.path.abspath(folder) else f" (at {existing})"
-    if os.path.isdir(existing):
+    if os.path.isdir(existing):  # a folder, or a link to one
         return None if os.access(existing, os.W_OK | os.X_OK) else f"{folder} is not writable{where}"
-    if os.path.islink(existing):
+    if not os.path.exists(existing):  # a link that leads nowhere
         return f"{folder} is {_broken_link(existing)}{where}, not a folder"
     return f"{folder} is a file, not a folder" if not where else f"{folder} is under a file{where}"
 
@@ -58,8 +58,9 @@ def write_with(path: str, write) -> None:
 def write_folder(path: str, write) -> None:
     """Calls `write(folder)` on a hidden temporary folder beside `path`, then renames it to `path`.
 
-    The rename fails (OSError) rather than replace a folder that appeared meanwhile. A crash's
-    leftover is a hidden `.tmp-` folder, never a half-written `path`.
+    The rename fails (OSError) rather than replace a folder with files that appeared meanwhile
+    (an empty one it replaces, as rename(2) does). A crash's leftover is a hidden `.tmp-` folder
+    beside `path`, never a half-written `path`.
     """
     parent, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(parent, f".tmp-{name}-{os.getpid()}")

@@ -66,14 +66,16 @@ def _folder_row(root: str, name: str, params: dict, data_dir, idx_dir, load_spli
                examples_per_second=done["examples_per_second"], resumed_from_step=done["resumed_from_step"], **fields)
 
 
-def collect(root: str, data_dir=None, idx_dir=None) -> tuple[list[str], list[Row]]:
-    """The varied flag names and the rows, best validation accuracy first (runs without one last)."""
+def collect(root: str, data_dir=None, idx_dir=None, say=print) -> tuple[list[str], list[Row]]:
+    """The varied flag names and the rows, best validation accuracy first (runs without one last).
+
+    `say` tells of a dataset import (the test accuracy of each run's best checkpoint needs the data)."""
     if os.path.isdir(root) and studies.is_search_root(root):
         names, runs = studies.runs(studies.load_from_root(root), root)
     else:
         sweep = sweeps.load(root)
         names, runs = list(sweep["grid"]), sweep["runs"]
-    load_once = functools.lru_cache(maxsize=None)(data.load_splits)  # the runs share their dataset
+    load_once = functools.lru_cache(maxsize=None)(functools.partial(data.load_splits, say=say))  # one dataset for all
     rows = [collect_row(root, r["name"], r["params"], data_dir, idx_dir, load_once, r.get("status")) for r in runs]
     rows.sort(key=lambda r: -r.best_accuracy if r.best_accuracy is not None else math.inf)
     return names, rows
@@ -168,7 +170,7 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
 
 def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
     """Prints the ranked table and writes report.csv, report.md and report.png into `root`."""
-    names, rows = collect(root, data_dir, idx_dir)
+    names, rows = collect(root, data_dir, idx_dir, out)
     grid = table(names, rows)
     out(format_text(grid))
     study = studies.load_from_root(root) if studies.is_search_root(root) else None

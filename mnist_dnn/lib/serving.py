@@ -8,6 +8,7 @@ never sees half of one.
 
 import glob
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -108,10 +109,13 @@ def version_path(export_dir: str, version: int | None = None, export_format: str
 def _write_version(export_dir: str, version: int | None, export_format: str, write) -> str:
     """Calls `write(folder)` on a hidden temporary folder, then renames it into the version's place."""
     path = version_path(export_dir, version, export_format)
-    os.makedirs(export_dir, exist_ok=True)
+    created = not os.path.lexists(export_dir)
     try:
+        os.makedirs(export_dir, exist_ok=True)
         files.write_folder(path, write)  # the rename fails rather than replace a version written meanwhile
     except OSError as e:
+        if created:
+            shutil.rmtree(export_dir, ignore_errors=True)  # the folder this export made, empty again
         raise Error(f"cannot write the export {path}: {e.strerror or e}; nothing was left behind") from None
     return path
 

@@ -15,7 +15,9 @@ import pytest
 import tensorflow as tf
 from numpy.lib.stride_tricks import sliding_window_view
 
-from conftest import ROOT, run_cli, synthetic_split, tiny_config
+from tensorboard.backend.event_processing import event_accumulator
+
+from conftest import ROOT, hparams, run_cli, synthetic_split, tiny_config
 from mnist_dnn.lib import data, models, steps, training
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.run_dir import RunDir
@@ -140,16 +142,24 @@ def test_a_resumed_cnn_run_is_bit_identical_to_an_uninterrupted_one(tiny_data, t
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
-def test_a_cnn_run_records_its_filters_for_evaluate_tensorboard_and_resume(tiny_data, tmp_path, capsys):
+def test_a_cnn_run_records_its_filters_graph_hparams_and_diagnostics(tiny_data, tmp_path, capsys):
     config = tiny_config(tiny_data, tmp_path, model=SMALL_CNN, max_steps=2, batch_size=16, jit_compile=None,
-                         log_every=2, eval_every=2, checkpoint_every=2)
+                         log_every=2, eval_every=2, checkpoint_every=2, diagnostics=True)
     training.train(config)
     stored = json.loads((tmp_path / "ckpt" / "model_config.json").read_text())
     assert (stored["name"], stored["conv_filters"], stored["hidden_units"]) == ("cnn", [4, 8], [16])
     assert RunDir(config.ckpt_dir).load_config().model == SMALL_CNN
-    assert training.hparams(config)["conv_filters"] == "4-8"
     assert training.default_log_dir(config).startswith("logs/cnn-c4-c8-16-adam")
     assert capsys.readouterr().out.startswith("Training cnn conv 4-8, 16, 10 (dropout 0.25) with adam")
+    assert hparams(tmp_path / "logs")["conv_filters"] == "4-8"
+    run = event_accumulator.EventAccumulator(str(tmp_path / "logs"))
+    run.Reload()
+    assert {"Conv2D", "MaxPool", "Relu", "MatMul"} <= {node.op for node in run.Graph().node}
+    diagnosed = event_accumulator.EventAccumulator(str(tmp_path / "logs" / "diagnostics"), size_guidance={"tensors": 0})
+    diagnosed.Reload()
+    tags = set(diagnosed.Tags()["tensors"])
+    kernels = [v for v in tags if v.startswith("weights/") and v.endswith("kernel")]
+    assert len(kernels) == 4 and {"confusion_matrix", "misclassified"} <= tags, tags
 
 
 # --- Slow: the real MNIST, and a killed process ---------------------------------------------

@@ -167,7 +167,7 @@ def test_a_cnn_run_records_its_filters_graph_hparams_and_diagnostics(tiny_data, 
 
 @pytest.mark.slow
 def test_the_cnn_fast_preset_reaches_99_percent_on_mnist(real_data, tmp_path):
-    """The whole preset, as a user runs it (about a minute on 2 cores)."""
+    """The whole preset, as a user runs it (220 s on 2 cores shared with other jobs, load 5-12)."""
     result_file = tmp_path / "result.json"
     result = run_cli("train", "--preset=cnn_fast", f"--data_dir={real_data.data_dir}", f"--ckpt_dir={tmp_path}/ckpt",
                      f"--log_dir={tmp_path}/logs", f"--result_file={result_file}", cwd=tmp_path, timeout=900)

@@ -109,8 +109,9 @@ def _apply(state, metrics, gradients, labels, weights, example_losses, logits):
 def xla_for(model_config) -> bool:
     """Whether the in-memory loop of this model compiles with XLA.
 
-    Not for a convnet on a CPU: XLA's CPU convolutions made a training step of the cnn 2.5 to
-    3 times slower than TensorFlow's oneDNN kernels (docs/speed.md); the MLPs gain from XLA.
+    Not for a convnet on a CPU: with XLA's CPU convolutions the cnn's loop did not finish 60
+    steps in 5 minutes, where TensorFlow's oneDNN kernels ran about 490 examples/s
+    (benchmarks/cnn_speed.py, docs/speed.md); the MLPs gain from XLA.
     """
     return not model_config.conv_filters or bool(tf.config.list_logical_devices("GPU"))
 

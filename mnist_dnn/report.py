@@ -1,7 +1,9 @@
-"""Rank the runs of a sweep.
+"""Rank the runs of a sweep, or the trials of a search.
 
 Prints the table (best validation accuracy first; test accuracy of each run's best
 checkpoint) and writes report.csv, report.md and report.png (with matplotlib) in --root.
+On a search root (mnist_dnn.search) it also names the best trial's folder and draws Optuna's
+optimization_history.png and param_importances.png.
 
 Example:
 
@@ -13,7 +15,7 @@ from absl import flags
 from mnist_dnn import cli
 from mnist_dnn.lib.errors import UsageError
 
-flags.DEFINE_string("root", None, "Folder of a sweep (written by mnist_dnn.sweep).")
+flags.DEFINE_string("root", None, "Folder of a sweep or a search (written by mnist_dnn.sweep or mnist_dnn.search).")
 cli.define_data_flags()
 FLAGS = flags.FLAGS
 
@@ -21,7 +23,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     if not FLAGS.root:
-        raise UsageError("--root is required: the folder of a sweep, e.g. --root=runs/lr-width")
+        raise UsageError("--root is required: the folder of a sweep or a search, e.g. --root=runs/lr-width")
     from mnist_dnn.lib import reports  # after cli.run's quiet start-up: it imports TensorFlow
 
     reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=cli.say)

@@ -12,6 +12,8 @@ configs/sweep_example.cfg):
     python -m mnist_dnn.sweep --preset=sweep_example
 """
 
+import sys
+
 from absl import flags
 
 from mnist_dnn import cli
@@ -83,7 +85,7 @@ def main(argv):
     print(f"Sweep of {len(runs)} runs in {FLAGS.root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}",
           flush=True)
     try:
-        sweeps.run_all(FLAGS.root, runs, args, out=cli.say)
+        sweeps.run_all(FLAGS.root, runs, args, [sys.executable, "-m", train.__name__], out=cli.say)
     finally:
         reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=cli.say)
 

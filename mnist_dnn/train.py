@@ -34,14 +34,6 @@ def config_from_flags() -> TrainConfig:
     return dataclasses.replace(config, data=data)
 
 
-def result_json(result) -> dict:
-    """A `training.TrainResult` as JSON."""
-    fields = dataclasses.asdict(result)
-    fields["validation"] = None if result.validation is None else {
-        "loss": result.validation.loss, "accuracy": result.validation.accuracy}
-    return fields
-
-
 def main(argv):
     del argv
     from mnist_dnn.lib import training  # after cli.run's quiet start-up: it imports TensorFlow
@@ -55,7 +47,7 @@ def main(argv):
             files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code})
         raise
     if FLAGS.result_file:
-        files.write_json(FLAGS.result_file, result_json(result))
+        files.write_text(FLAGS.result_file, result.to_json())
     if result.stopped_by_signal:
         return 128 + result.stopped_by_signal
 

@@ -190,7 +190,7 @@ def assert_one_line_error(result, exit_code: int, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
-TOOLS = ("train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep", "report")
+TOOLS = ("train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep", "search", "report", "serve")
 
 
 @dataclasses.dataclass(frozen=True)

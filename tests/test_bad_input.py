@@ -164,6 +164,18 @@ PREDICT = [
     (["--model_dir={tmp}/nothing", "{file}"], 2, "--model_dir"),
     (["--model_dir={tmp}", "{file}"], 2, "neither a SavedModel"),
 ]
+SERVE = [  # start-up errors: the server never starts serving
+    (["--model_dir={tmp}/nothing"], 1, "{tmp}/nothing does not exist"),
+    (["--model_dir={tmp}"], 1, "holds no model"),
+    (["--model_dir={file}"], 1, "cannot load the LiteRT file {file}"),
+    (["--model_dir={tmp}/nothing", "--port=70000"], 2, "--port must be a whole number from 0 to 65535"),
+    (["--port=http"], 2, "port"),
+    (["--model_name=a/b"], 2, "--model_name must be letters, digits"),
+    (["--max_request_bytes=0"], 2, "--max_request_bytes must be"),
+    (["--file_system_poll_wait_seconds=-1"], 2, "--file_system_poll_wait_seconds must be"),
+    (["--model_threads=0"], 2, "--model_threads must be"),
+    (["--model_dir={tmp}", "stray"], 2, "unexpected arguments"),
+]
 SWEEP = [
     (["--grid=learning_rate=0.1,0.01"], 2, "--root is required"),
     (["--root={file}", "--grid=learning_rate=0.1,0.01"], 2, "--root"),
@@ -188,6 +200,55 @@ SWEEP = [
     (["--root={tmp}/sweep", "--grid=learning_rate=0.1,0.2", "stray"], 2, "unexpected arguments"),
     (["--root={corrupt_sweep}", "--grid=learning_rate=0.1,0.2"], 1, "sweep.json"),
 ]
+LR = "--space=learning_rate=loguniform:1e-4:1e-1"
+SEARCH = [
+    ([LR], 2, "--root is required"),
+    (["--root={file}", LR], 2, "--root {file} is a file"),
+    (["--root={tmp}/s"], 2, "--space is empty"),
+    (["--root={tmp}/s", "--space=learning_rate"], 2, "must be NAME=KIND:ARGS"),
+    (["--root={tmp}/s", "--space=learning_rate=loguniform"], 2, "must be NAME=KIND:ARGS"),
+    (["--root={tmp}/s", "--space==choice:1,2"], 2, "must be NAME=KIND:ARGS"),
+    (["--root={tmp}/s", "--space=learning_rate=normal:0:1"], 2, "unknown kind 'normal'"),
+    (["--root={tmp}/s", "--space=learning_rate=loguniform:1e-1:1e-4"], 2, "the low bound 0.1 must be below"),
+    (["--root={tmp}/s", "--space=dropout=uniform:0.5:0.5"], 2, "must be below the high bound"),
+    (["--root={tmp}/s", "--space=batch_size=int:256:32"], 2, "must be below the high bound"),
+    (["--root={tmp}/s", "--space=learning_rate=loguniform:0:1"], 2, "needs a positive low bound"),
+    (["--root={tmp}/s", "--space=learning_rate=uniform:a:b"], 2, "takes LOW:HIGH"),
+    (["--root={tmp}/s", "--space=batch_size=int:32"], 2, "takes LOW:HIGH"),
+    (["--root={tmp}/s", "--space=batch_size=int:32.5:64"], 2, "takes LOW:HIGH"),
+    (["--root={tmp}/s", "--space=learning_rate=uniform:0:inf"], 2, "takes LOW:HIGH"),
+    (["--root={tmp}/s", "--space=no_such=choice:1,2"], 2, "no_such is not a training flag"),
+    (["--root={tmp}/s", "--space=ckpt_dir=choice:a,b"], 2, "ckpt_dir is not a training flag"),
+    (["--root={tmp}/s", "--space=result_file=choice:a,b"], 2, "result_file is not a training flag"),
+    (["--root={tmp}/s", "--space=trials=int:1:3"], 2, "trials is not a training flag"),
+    (["--root={tmp}/s", "--space=optimizer=choice:"], 2, "must be NAME=KIND:ARGS"),
+    (["--root={tmp}/s", "--space=optimizer=choice:sgd,,adam"], 2, "has an empty choice"),
+    (["--root={tmp}/s", "--space=optimizer=choice:sgd,"], 2, "has an empty choice"),
+    (["--root={tmp}/s", "--space=optimizer=choice:sgd,sgd"], 2, "repeats a choice"),
+    (["--root={tmp}/s", "--space=optimizer=choice:sgd,lbfgs"], 2, "--optimizer must be one of"),
+    (["--root={tmp}/s", "--space=batch_size=choice:32,x"], 2, "value 'x' is not valid for --batch_size"),
+    (["--root={tmp}/s", "--space=batch_size=uniform:0.5:2"], 2, "is not valid for --batch_size"),
+    (["--root={tmp}/s", "--space=hidden_units=choice:128,x-1"], 2, "--hidden_units"),
+    (["--root={tmp}/s", "--space=learning_rate=uniform:0:1"], 2, "--learning_rate must be a positive number"),
+    (["--root={tmp}/s", "--space=dropout=uniform:0:0.5", "--model=raw"], 2, "only supported by --model=dense"),
+    (["--root={tmp}/s", "--space=optimizer=choice:sgd", "--space=optimizer=choice:adam"], 2, "more than once"),
+    (["--root={tmp}/s", LR, "--sampler=grid"], 2, "--sampler=grid takes choice and int parameters only"),
+    (["--root={tmp}/s", LR, "--trials=0"], 2, "--trials must be a whole number from 1"),
+    (["--root={tmp}/s", LR, "--trials=-2"], 2, "--trials must be"),
+    (["--root={tmp}/s", LR, "--workers=0"], 2, "--workers must be a whole number from 1"),
+    (["--root={tmp}/s", LR, "--sampler=cmaes"], 2, "--sampler must be one of tpe, random, grid"),
+    (["--root={tmp}/s", LR, "--pruner=asha"], 2, "--pruner must be one of median, hyperband, none"),
+    (["--root={tmp}/s", LR, "--study_name="], 2, "--study_name must not be empty"),
+    (["--root={tmp}/s", LR, "--storage=redis://localhost:6379"], 2, "--storage 'redis://localhost:6379' is not an"),
+    (["--root={tmp}/s", LR, "--storage=just-a-name"], 2, "is not an Optuna RDB storage URL"),
+    (["--root={tmp}/s", LR, "--storage=postgresql+psycopg://nobody:secret@127.0.0.1:1/none"], 1,
+     "cannot open the study storage postgresql+psycopg://nobody:***@127.0.0.1:1/none"),
+    (["--root={tmp}/s", LR, "--storage=sqlite:///{tmp}/missing/study.db"], 1, "cannot open the study storage"),
+    (["--root={other_study}", "--space=optimizer=choice:sgd,adam"], 2, "was created with another space or objective"),
+    (["--root={other_study}", LR, "--study_name=another"], 2, "holds the trials of another study"),
+    (["--root={tmp}/s", LR, "--max_steps=0"], 2, "--max_steps must be"),
+    (["--root={tmp}/s", LR, "stray"], 2, "unexpected arguments"),
+]
 REPORT = [
     ([], 2, "--root is required"),
     (["--root={tmp}/nothing"], 2, "is missing"),
@@ -209,7 +270,9 @@ CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAI
          + [("inspect_checkpoint", ["--ckpt_dir={run}"], 1, "model.ckpt-30", damage)
             for damage in ("truncated index", "zeroed data", "truncated data")]
          + [("predict", args, code, fragment, None) for args, code, fragment in PREDICT]
+         + [("serve", args, code, fragment, None) for args, code, fragment in SERVE]
          + [("sweep", args, code, fragment, None) for args, code, fragment in SWEEP]
+         + [("search", args, code, fragment, None) for args, code, fragment in SEARCH]
          + [("report", args, code, fragment, None) for args, code, fragment in REPORT])
 
 
@@ -234,6 +297,15 @@ def _zero(path):
     _write(path, b"\0" * os.path.getsize(path))
 
 
+def _search_root_of_another_space(root):
+    from mnist_dnn.lib import search, studies
+
+    config = search.SearchConfig(root=root)
+    studies.record_root(config)
+    studies.open_study(config, {"space": ["learning_rate=loguniform:0.0001:0.1"], "objective": search.OBJECTIVE},
+                       create=True)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_run) -> str:
     """The shared tiny run's checkpoint folder (steps 20 and 30): the cases copy it before damaging it."""
@@ -243,7 +315,7 @@ def trained(tiny_run) -> str:
 def test_the_catalogue_covers_every_tool_with_at_least_150_cases():
     assert len(CASES) >= 150
     assert {tool for tool, *_ in CASES} == {"train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep",
-                                            "report"}
+                                            "search", "report", "serve"}
 
 
 @pytest.mark.parametrize("tool, args, code, fragment, damage", CASES,
@@ -252,7 +324,7 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
                                                         trained):
     places = {"tmp": str(tmp_path), "file": str(tmp_path / "afile"), "run": str(tmp_path / "run"),
               "corrupt_sweep": str(tmp_path / "corrupt_sweep"), "loop": str(tmp_path / "loop1"),
-              "dangling": str(tmp_path / "dangling")}
+              "dangling": str(tmp_path / "dangling"), "other_study": str(tmp_path / "other_study")}
     _write(places["file"], "a file, not a folder")
     os.symlink("loop2", places["loop"])
     os.symlink("loop1", tmp_path / "loop2")
@@ -264,8 +336,10 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     if any("{corrupt_sweep}" in a for a in args):
         os.makedirs(places["corrupt_sweep"])
         _write(os.path.join(places["corrupt_sweep"], "sweep.json"), "{broken")
+    if any("{other_study}" in a for a in args):
+        _search_root_of_another_space(places["other_study"])
     args = [a.format(**places) for a in args]
-    if tool in ("train", "evaluate", "sweep", "report") and not any(a.startswith("--data_dir") for a in args):
+    if tool in ("train", "evaluate", "sweep", "search", "report") and not any(a.startswith("--data_dir") for a in args):
         args.append(f"--data_dir={tiny_data.data_dir}")
     before = folder_hashes(tmp_path, trained, tiny_data.data_dir)
     result = call_tool(tool, *args)

@@ -29,8 +29,27 @@ def write_run_summary(log_dir: str, hparams: dict, forward_graph) -> None:
     """The run's hyperparameters (TensorBoard's HParams dashboard) and its model's forward graph (Graphs tab)."""
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default(step=0):
-        hparams_api.hparams(hparams, trial_id=os.path.basename(os.path.normpath(log_dir)))
+        hparams_api.hparams(hparams, trial_id=_trial_id(log_dir))
         tf.summary.graph(forward_graph)
+    writer.close()
+
+
+def _trial_id(log_dir: str) -> str:
+    """The run's name in HParams: its folder, or for a sweep's or search's `<run>/logs`, the run's folder."""
+    path = os.path.abspath(log_dir)
+    return os.path.basename(os.path.dirname(path)) if os.path.basename(path) == "logs" else os.path.basename(path)
+
+
+def write_session_end(log_dir: str, succeeded: bool, **scalars) -> None:
+    """How a run ended, for TensorBoard's HParams (its session status), with scalars at step 0 beside it."""
+    from tensorboard.plugins.hparams import api_pb2, summary
+
+    status = api_pb2.STATUS_SUCCESS if succeeded else api_pb2.STATUS_FAILURE
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default(step=0):
+        tf.summary.experimental.write_raw_pb(summary.session_end_pb(status).SerializeToString(), step=0)
+        for name, value in scalars.items():
+            tf.summary.scalar(name, value)
     writer.close()
 
 
@@ -121,15 +140,17 @@ class Validation:
 
     `patience` counts evaluations (every `eval_every` steps) without a better accuracy; 0 is off.
     Counting is by steps since the best, so it survives a resume without extra state.
+    `on_result(step, metrics)` (a search's pruner) gets each result; True requests the stop (`pruned`).
     """
 
     def __init__(self, state, split, writer, save_best, best: Best | None, patience: int, eval_every: int,
-                 diagnose: diagnostics.Diagnostics, say=print):
+                 diagnose: diagnostics.Diagnostics, say=print, on_result=None):
         self.state, self.split, self.writer, self.save_best, self.best = state, split, writer, save_best, best
         self.patience, self.eval_every, self.diagnose, self.say = patience, eval_every, diagnose, say
         self.predict_fn = evaluation.make_predict_fn(state.model)
+        self.on_result = on_result
         self.last = None
-        self.stop_requested = False
+        self.stop_requested = self.pruned = False
 
     def __call__(self, step: int) -> None:
         metrics = evaluation.evaluate_split(self.predict_fn, self.split)
@@ -140,7 +161,8 @@ class Validation:
             self.save_best(self.best)
         self.diagnose.write(step, metrics)
         self.last = metrics
-        self.stop_requested = self.should_stop(step)
+        self.pruned = bool(self.on_result and self.on_result(step, metrics))
+        self.stop_requested = self.pruned or self.should_stop(step)
 
     def should_stop(self, step: int) -> bool:
         return patience_exhausted(self.best, step, self.patience, self.eval_every)

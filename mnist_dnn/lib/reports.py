@@ -1,7 +1,8 @@
-"""The report of a sweep: its runs ranked by best validation accuracy, and their curves.
+"""The report of a sweep or a search: its runs ranked by best validation accuracy, and their curves.
 
 Writes `report.csv`, `report.md` and (with matplotlib, the `plots` extra) `report.png`
-into the sweep's root, and returns the rows.
+into the root, and returns the rows. On a search root (mnist_dnn.search) the status is the
+trial's state in the study, and Optuna draws `optimization_history.png` and `param_importances.png`.
 """
 
 import csv
@@ -14,7 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import data, evaluation, files, sweeps
+from mnist_dnn.lib import data, evaluation, files, studies, sweeps
 from mnist_dnn.lib.run_dir import RunDir
 
 PLOTS_HINT = "install matplotlib (pip install matplotlib, or the package's plots extra) to draw report.png"
@@ -24,7 +25,7 @@ PLOTS_HINT = "install matplotlib (pip install matplotlib, or the package's plots
 class Row:
     name: str
     params: dict
-    status: str  # done, unfinished, not started
+    status: str  # done, unfinished, not started; a search's trial: complete, pruned, running, waiting, failed
     steps: int | None = None
     best_accuracy: float | None = None  # validation
     best_step: int | None = None
@@ -39,7 +40,14 @@ def _latest_step(ckpt_dir: str) -> int | None:
     return steps[-1] if steps else None
 
 
-def collect_row(root: str, name: str, params: dict, data_dir=None, idx_dir=None, load_splits=data.load_splits) -> Row:
+def collect_row(root: str, name: str, params: dict, data_dir=None, idx_dir=None, load_splits=data.load_splits,
+                status: str | None = None) -> Row:
+    """The run's row; `status` (a search trial's state) replaces the one its folder tells."""
+    row = _folder_row(root, name, params, data_dir, idx_dir, load_splits)
+    return dataclasses.replace(row, status=status) if status else row
+
+
+def _folder_row(root: str, name: str, params: dict, data_dir, idx_dir, load_splits) -> Row:
     folder = sweeps.run_dir(root, name)
     ckpt_dir = os.path.join(folder, "ckpt")
     done_path = os.path.join(folder, sweeps.DONE_FILE)
@@ -60,11 +68,15 @@ def collect_row(root: str, name: str, params: dict, data_dir=None, idx_dir=None,
 
 def collect(root: str, data_dir=None, idx_dir=None) -> tuple[list[str], list[Row]]:
     """The varied flag names and the rows, best validation accuracy first (runs without one last)."""
-    sweep = sweeps.load(root)
+    if os.path.isdir(root) and studies.is_search_root(root):
+        names, runs = studies.runs(studies.load_from_root(root), root)
+    else:
+        sweep = sweeps.load(root)
+        names, runs = list(sweep["grid"]), sweep["runs"]
     load_once = functools.lru_cache(maxsize=None)(data.load_splits)  # the runs share their dataset
-    rows = [collect_row(root, r["name"], r["params"], data_dir, idx_dir, load_once) for r in sweep["runs"]]
+    rows = [collect_row(root, r["name"], r["params"], data_dir, idx_dir, load_once, r.get("status")) for r in runs]
     rows.sort(key=lambda r: -r.best_accuracy if r.best_accuracy is not None else math.inf)
-    return list(sweep["grid"]), rows
+    return names, rows
 
 
 COLUMNS = ("status", "steps", "best val acc", "best step", "test acc (best)", "wall s", "examples/s")
@@ -144,7 +156,8 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
     right.set(title="training loss", xlabel="step", yscale="log")
     for axes in (left, right):
         axes.grid(alpha=0.3)
-    left.legend(fontsize="small")
+    if rows:
+        left.legend(fontsize="small")
     figure.tight_layout()
     try:
         files.write_with(path, lambda f: figure.savefig(f, format="png"))
@@ -158,13 +171,29 @@ def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
     names, rows = collect(root, data_dir, idx_dir)
     grid = table(names, rows)
     out(format_text(grid))
+    study = studies.load_from_root(root) if studies.is_search_root(root) else None
+    best = study and best_trial_line(root, study)
+    if best:
+        out(best)
     write_csv(os.path.join(root, "report.csv"), names, rows)
-    files.write_text(os.path.join(root, "report.md"), format_markdown(grid))
+    files.write_text(os.path.join(root, "report.md"), format_markdown(grid) + (f"\n{best}\n" if best else ""))
     written = [os.path.join(root, n) for n in ("report.csv", "report.md")]
     png = os.path.join(root, "report.png")
     if plot(root, names, rows, png):
         written.append(png)
     else:
         out(f"No picture: {PLOTS_HINT}.")
+    if study is not None:
+        written += studies.plot(study, root, out)
     out(f"Wrote {', '.join(written)}")
     return rows
+
+
+def best_trial_line(root: str, study) -> str | None:
+    """Names the best complete trial of a search and its run folder."""
+    best = studies.best(study, root)
+    if best is None:
+        return None
+    folder = sweeps.run_dir(root, best.user_attrs["folder"])
+    return (f"Best trial: {best.number} in {folder} (best validation accuracy {best.value:.2%}): "
+            + ", ".join(f"{k}={studies.value_text(v)}" for k, v in best.params.items()))

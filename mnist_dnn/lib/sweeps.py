@@ -4,7 +4,8 @@ A grid axis is written `NAME=V1,V2,...`: values are separated by commas. A list-
 flag (`hidden_units`) writes the elements of one value joined by `-`, as run folder names
 do: `hidden_units=128,256-128` is two values, [128] and [256, 128].
 
-Each run is `python -m mnist_dnn.train <base flags> <its combination>` in a subprocess,
+Each run is `<train command> <base flags> <its combination>` in a subprocess (the command is the
+tool's to give, e.g. `python -m mnist_dnn.train`),
 one after another, in `root/<name>/` with `ckpt/`, `logs/` and `train.log`, where the name
 is the combination, e.g. `learning_rate=0.1,hidden_units=256-128`. A run that ends well
 gets a `done.json` (wall time, examples/s, steps, best); running the sweep again skips
@@ -17,7 +18,6 @@ import itertools
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from mnist_dnn.lib import files
@@ -147,9 +147,10 @@ def _die_with_parent():
         pass  # not Linux: an orphaned run goes on to its end
 
 
-def train_command(root: str, run: Run, base_args: list[str]) -> list[str]:
+def train_command(root: str, run: Run, base_args: list[str], train: list[str]) -> list[str]:
+    """`train` (the training tool's command) with the run's flags."""
     folder = run_dir(root, run.name)
-    return [sys.executable, "-m", "mnist_dnn.train", *base_args, *run.args,
+    return [*train, *base_args, *run.args,
             f"--ckpt_dir={os.path.join(folder, 'ckpt')}", f"--log_dir={os.path.join(folder, 'logs')}",
             f"--result_file={os.path.join(folder, RESULT_FILE)}"]
 
@@ -165,11 +166,11 @@ def _wait_forwarding_signals(child: subprocess.Popen) -> int:
             signal.signal(s, handler)
 
 
-def execute(root: str, run: Run, base_args: list[str]) -> int:
+def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
     """Runs (or resumes) one run, its output appended to its train.log; writes done.json on success."""
     folder = run_dir(root, run.name)
     os.makedirs(folder, exist_ok=True)
-    command = train_command(root, run, base_args)
+    command = train_command(root, run, base_args, train)
     started = time.perf_counter()
     with open(os.path.join(folder, LOG_FILE), "a") as log:
         log.write(f"$ {' '.join(command)}\n")
@@ -178,13 +179,20 @@ def execute(root: str, run: Run, base_args: list[str]) -> int:
         code = _wait_forwarding_signals(child)
     wall = time.perf_counter() - started
     if code == 0:
-        result = files.read_json(os.path.join(folder, RESULT_FILE))
-        files.write_json(os.path.join(folder, DONE_FILE), {
-            "wall_time_s": wall, "examples_per_second": result["examples_per_second"], "steps": result["step"],
-            "resumed_from_step": result["start_step"], "early_stopped": result["early_stopped"],
-            "best": result["best"], "command": command,
-        })
+        from mnist_dnn.lib.training import TrainResult  # TensorFlow: not at the tool's import
+
+        with open(os.path.join(folder, RESULT_FILE)) as f:
+            write_done(folder, TrainResult.from_json(f.read()), wall, command=command)
     return code
+
+
+def write_done(folder: str, result, wall_time_s: float, **extra) -> None:
+    """The run's done.json (from a training.TrainResult): it ended well; the report reads its wall time and
+    throughput."""
+    best = result.best and dataclasses.asdict(result.best)
+    files.write_json(os.path.join(folder, DONE_FILE), {
+        "wall_time_s": wall_time_s, "examples_per_second": result.examples_per_second, "steps": result.step,
+        "resumed_from_step": result.start_step, "early_stopped": result.early_stopped, "best": best, **extra})
 
 
 def last_error(root: str, name: str) -> str:
@@ -197,8 +205,8 @@ def last_error(root: str, name: str) -> str:
         return (lines or ["(empty log)"])[-1]
 
 
-def run_all(root: str, runs: list[Run], base_args: list[str], out=print) -> None:
-    """Runs every unfinished run in order; raises SweepError naming the failed ones."""
+def run_all(root: str, runs: list[Run], base_args: list[str], train: list[str], out=print) -> None:
+    """Runs every unfinished run in order with the command `train`; raises SweepError naming the failed ones."""
     failed = []
     for i, run in enumerate(runs, 1):
         folder = run_dir(root, run.name)
@@ -208,7 +216,7 @@ def run_all(root: str, runs: list[Run], base_args: list[str], out=print) -> None
             continue
         resuming = os.path.isdir(os.path.join(folder, "ckpt"))
         out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(folder, LOG_FILE)})")
-        code = execute(root, run, base_args)
+        code = execute(root, run, base_args, train)
         if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
             raise SweepError(f"interrupted during {run.name} (it saved a checkpoint); run the same command to resume")
         if code:

@@ -7,6 +7,7 @@ them to the controller; the run folder keeps what the run produces.
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import tempfile
@@ -45,6 +46,24 @@ class TrainResult:
     early_stopped: bool = False
     export_path: str | None = None  # the SavedModel version written at the end, if any
     examples_per_second: float | None = None  # training throughput of this call, validation excluded
+    pruned: bool = False  # stopped because `on_validation` asked (a search pruned the trial)
+
+    def to_json(self) -> str:
+        """The result file (`--result_file`, a sweep's or search's result.json); `from_json` reads it back."""
+        fields = dataclasses.asdict(self)
+        if self.validation is not None:
+            fields["validation"] = {k: fields["validation"][k] for k in ("loss", "accuracy", "examples",
+                                                                       "per_class_accuracy")}
+        return json.dumps(fields, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainResult":
+        fields = json.loads(text)
+        if fields.get("validation") is not None:
+            fields["validation"] = evaluation.Metrics(**fields["validation"])
+        if fields.get("best") is not None:
+            fields["best"] = Best(**fields["best"])
+        return cls(**fields)
 
 
 def default_log_dir(config: TrainConfig) -> str:
@@ -135,11 +154,13 @@ def _check_writable(field: str, folder: str) -> None:
         raise ConfigError(field, f"{problem}; pass another folder")
 
 
-def train(config: TrainConfig, say=print) -> TrainResult:
+def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
     """Trains (or resumes) until `config.max_steps`, checkpointing on the way.
 
     `say(line)` receives every line for the user: what trains, progress, validation, how the run
-    ended; warnings start with `warning: `.
+    ended; warnings start with `warning: `. `on_validation(step, metrics)`, if given, runs after each
+    validation; when it returns True the run stops there as an early stop does (a checkpoint saved)
+    and the result says `pruned`.
     """
     config.validate()
     log_dir = config.log_dir or default_log_dir(config)
@@ -157,19 +178,20 @@ def train(config: TrainConfig, say=print) -> TrainResult:
         tf.config.experimental.enable_op_determinism()  # for the whole process
     if not distribute.is_chief(strategy):  # the other workers of a cluster save to a scratch folder, and log nothing
         with tempfile.TemporaryDirectory(prefix="mnist_dnn-worker-") as scratch:
-            return _run(config, strategy, splits, None, RunDir(scratch), say)
+            return _run(config, strategy, splits, None, RunDir(scratch), say, on_validation)
     for folder in (config.ckpt_dir, log_dir):
         os.makedirs(folder, exist_ok=True)
     with run_dir.lock():
         run_dir.remove_leftovers()
-        return _run(config, strategy, splits, log_dir, run_dir, say)
+        return _run(config, strategy, splits, log_dir, run_dir, say, on_validation)
 
 
 def run_config(config: TrainConfig) -> RunConfig:
     return RunConfig(config.model, config.data.dataset, config.resume_settings())
 
 
-def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: RunDir, say) -> TrainResult:
+def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: RunDir, say,
+         on_validation=None) -> TrainResult:
     """The run itself; `save_to` is `config.ckpt_dir` except on a cluster's other workers."""
     state = build_state(config, strategy)
     chief_dir = RunDir(config.ckpt_dir)  # every worker resumes from the chief's checkpoints
@@ -184,7 +206,7 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ru
     if start >= config.max_steps or actions.patience_exhausted(best, start, config.early_stopping_patience,
                                                                 config.eval_every):
         return _already_finished(config, start, best, save_to, resumed_from, say)
-    run = _Run(config, state, strategy, splits, log_dir, save_to, best, say)
+    run = _Run(config, state, strategy, splits, log_dir, save_to, best, say, on_validation)
     if log_dir:
         chief_dir.save_config(run_config(config))
         actions.write_run_summary(log_dir, hparams(config), run.validation.predict_fn.get_concrete_function().graph)
@@ -208,7 +230,8 @@ def _already_finished(config, start: int, best: Best | None, save_to: RunDir, re
 class _Run:
     """The parts of one run that its actions share, and how it ends."""
 
-    def __init__(self, config, state, strategy, splits, log_dir, save_to: RunDir, best: Best | None, say):
+    def __init__(self, config, state, strategy, splits, log_dir, save_to: RunDir, best: Best | None, say,
+                 on_validation=None):
         self.config, self.state, self.log_dir, self.save_to = config, state, log_dir, save_to
         self.start = state.current_step()
         with strategy.scope():
@@ -222,7 +245,8 @@ class _Run:
                                                 config.diagnostics and log_dir is not None)
         self.validation = actions.Validation(state, splits["validation"], validation_writer,
                                              actions.best_saver(save_to, state), best, config.early_stopping_patience,
-                                             config.eval_every, self.diagnose, say=self.log.message)
+                                             config.eval_every, self.diagnose, say=self.log.message,
+                                             on_result=on_validation)
         self.save = actions.checkpoint_saver(save_to, state, config.keep_checkpoints)
         self.export = None
 
@@ -263,7 +287,11 @@ class _Run:
 
     def finish(self, step: int, signal_number: int | None, resumed_from: str | None) -> TrainResult:
         latest, early = self.save_to.latest(), self.validation.stop_requested and step < self.config.max_steps
-        if early:
+        pruned = early and self.validation.pruned
+        early = early and not pruned
+        if pruned:
+            self.log.message(f"Pruned at step {step} (the search stopped this trial); saved {latest}")
+        elif early:
             self.log.message(f"{self.validation.stop_message(step)}; saved {latest}")
         elif signal_number:
             self.log.message(f"Stopped by signal {signal_number} at step {step}; saved {latest}. Run the same command "
@@ -272,7 +300,7 @@ class _Run:
             self.log.message(f"Done at step {step}; checkpoint {latest}")
         export_path = self.export.path if self.export else None
         return TrainResult(step, self.start, latest, resumed_from, self.validation.last, self.validation.best,
-                           signal_number, early, export_path, self.log.examples_per_second)
+                           signal_number, early, export_path, self.log.examples_per_second, pruned)
 
 
 def hparams(config: TrainConfig) -> dict:

@@ -1,0 +1,175 @@
+"""Exported models as a server holds them: their signatures, and the newest version of a model folder.
+
+A model folder holds numbered versions (`exports/mnist/1/`, `2/`, ...), each a SavedModel or a
+LiteRT file, as `export` writes them. Like TensorFlow Serving, the server serves the highest
+version that loads, and `ModelVersions.refresh` switches to a newer one once it has loaded:
+requests already running finish on the model they started with.
+"""
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from mnist_dnn.lib import litert, serving
+from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    dtype: tf.DType
+    shape: tuple[int | None, ...]  # None: any size (the batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """One callable signature: named numpy inputs in, named numpy outputs out."""
+
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Servable:
+    """One loaded version of the model."""
+
+    version: int
+    path: str
+    signatures: dict[str, Signature]
+    owner: object = None  # what the signatures need alive (a loaded SavedModel reads its own variables)
+
+
+def _info(spec: tf.TensorSpec) -> TensorInfo:
+    return TensorInfo(spec.dtype, tuple(spec.shape.as_list()))
+
+
+def _saved_model_signature(function) -> Signature:
+    def run(inputs):
+        return {name: value.numpy() for name, value in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+
+    _, inputs = function.structured_input_signature
+    return Signature({name: _info(spec) for name, spec in inputs.items()},
+                     {name: _info(spec) for name, spec in function.structured_outputs.items()}, run)
+
+
+def load_saved_model(path: str, version: int) -> Servable:
+    try:
+        loaded = tf.saved_model.load(path)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        raise DataError(f"cannot load the SavedModel {path}: {first_line(e)}") from None
+    signatures = {name: _saved_model_signature(function) for name, function in loaded.signatures.items()}
+    return Servable(version, path, signatures, owner=loaded)
+
+
+def _litert_info(detail: dict) -> TensorInfo:
+    shape = detail.get("shape_signature", detail["shape"])
+    return TensorInfo(tf.as_dtype(detail["dtype"]), tuple(None if d < 0 else int(d) for d in shape))
+
+
+def load_litert(path: str, version: int) -> Servable:
+    """The LiteRT file's signatures; one interpreter, so calls take turns (it is not thread-safe)."""
+    try:
+        interpreter = litert.interpreter_class()(model_path=path)
+    except (ValueError, RuntimeError) as e:
+        raise DataError(f"cannot load the LiteRT file {path}: {first_line(e)}") from None
+    lock = threading.Lock()
+    signatures = {}
+    for name in interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner(name)
+
+        def run(inputs, runner=runner):
+            with lock:
+                return {k: np.array(v) for k, v in runner(**inputs).items()}
+
+        signatures[name] = Signature({k: _litert_info(d) for k, d in runner.get_input_details().items()},
+                                     {k: _litert_info(d) for k, d in runner.get_output_details().items()}, run)
+    return Servable(version, path, signatures, owner=interpreter)
+
+
+def load(path: str, version: int) -> Servable:
+    """A SavedModel folder or a .tflite file, loaded."""
+    return load_saved_model(path, version) if os.path.isdir(path) else load_litert(path, version)
+
+
+def _loadable(folder: str) -> str | None:
+    """The SavedModel folder or the one LiteRT file in `folder`; None when it holds neither (yet)."""
+    try:
+        return serving._model_in(folder)  # noqa: SLF001 (the rule export and predict use)
+    except UsageError:
+        return None  # more than one LiteRT file: not a version export writes
+
+
+def _fingerprint(path: str) -> tuple:
+    """Names, sizes and times of the files below `path`: a version that failed is retried when they change."""
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return ((path, stat.st_size, stat.st_mtime_ns),)
+    found = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            stat = os.stat(os.path.join(root, name))
+            found.append((os.path.join(root, name), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(found))
+
+
+class ModelVersions:
+    """The servable of `model_dir`: the highest numbered version that loads, or a single model.
+
+    `model_dir` is a folder of numbered versions (watched by `refresh`), or one SavedModel folder
+    or .tflite file (served as it is, as version 1 unless its folder is numbered).
+    """
+
+    def __init__(self, model_dir: str, say: Callable[[str], None] = lambda line: None):
+        self.model_dir = model_dir
+        self.say = say
+        self.failed: dict[int, tuple] = {}  # version -> fingerprint of what failed to load
+        self.watched = not (os.path.isfile(model_dir) or (os.path.isdir(model_dir) and _loadable(model_dir)))
+        self.current = self._first()
+
+    def _first(self) -> Servable:
+        if not self.watched:
+            path = self.model_dir if os.path.isfile(self.model_dir) else _loadable(self.model_dir)
+            folder = os.path.basename(os.path.normpath(self.model_dir if os.path.isdir(path) else os.path.dirname(path)))
+            return load(path, int(folder) if folder.isdigit() else 1)
+        if not os.path.exists(self.model_dir):
+            raise DataError(f"{self.model_dir} does not exist; export a model there with python -m mnist_dnn.export")
+        candidates = self.candidates()
+        if not candidates:
+            raise DataError(f"{self.model_dir} holds no model: neither a SavedModel, a .tflite file nor numbered "
+                            "version folders holding one; export one with python -m mnist_dnn.export")
+        version, path = candidates[0]
+        return load(path, version)  # the newest must load at start-up: its error is the one to see
+
+    def candidates(self) -> list[tuple[int, str]]:
+        """(version, model path) of the complete versions, newest first."""
+        found = []
+        for version in reversed(serving.versions(self.model_dir)):
+            path = _loadable(os.path.join(self.model_dir, str(version)))
+            if path:
+                found.append((version, path))
+        return found
+
+    def refresh(self) -> bool:
+        """Loads and switches to the newest version if it is not the one served; True if it switched."""
+        if not self.watched:
+            return False
+        for version, path in self.candidates():
+            if version == self.current.version:
+                return False
+            fingerprint = _fingerprint(path)
+            if self.failed.get(version) == fingerprint:
+                continue  # still the files that failed: try an older version
+            try:
+                servable = load(path, version)
+            except Error as e:
+                self.failed[version] = fingerprint
+                self.say(f"version {version} does not load, still serving version {self.current.version}: {e}")
+                continue
+            self.say(f"serving version {version} ({path}) instead of version {self.current.version}")
+            self.current = servable
+            return True
+        return False

@@ -1,0 +1,195 @@
+"""A local server that speaks TensorFlow Serving's REST API, and the drawing page, on Starlette and uvicorn.
+
+Routes: `GET /` (the page), `/static/...` (its files, from the package), and TensorFlow
+Serving's `GET /v1/models/NAME[/versions/N][/metadata]` and
+`POST /v1/models/NAME[/versions/N]:predict`. Requests are parsed and models called in worker
+threads, never on the event loop; a background task picks up new versions.
+"""
+
+import contextlib
+import html
+import importlib.resources
+import json
+import re
+import signal
+import socket
+from collections.abc import Callable
+
+import anyio
+import anyio.to_thread
+import tensorflow as tf
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from mnist_dnn.lib import rest
+from mnist_dnn.lib.errors import UsageError, first_line
+from mnist_dnn.lib.serve_config import ServeConfig
+from mnist_dnn.lib.servables import ModelVersions, Servable
+
+MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
+                        r"(?:(?P<metadata>/metadata)|:(?P<method>[A-Za-z]+))?$")
+
+
+def static_folder():
+    return importlib.resources.files("mnist_dnn") / "static"
+
+
+def _json_response(content: dict, status: int = 200) -> Response:
+    # allow_nan: TensorFlow Serving writes a NaN probability as NaN rather than failing the request
+    return Response(json.dumps(content, separators=(",", ":")), status, media_type="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json_response({"error": message}, status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 (before it is read, when Content-Length says so) past `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise rest.RestError(413, f"the request body of {int(declared):,} bytes is over the limit of {limit:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise rest.RestError(413, f"the request body is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def tf_error_message(error: tf.errors.OpError) -> str:
+    """The line of a TensorFlow error that says what was wrong, without the graph's node and call stack."""
+    skipped = ("Graph execution error", "Detected at node", "<stack traces", "[[", "File ")
+    lines = [line.strip() for line in error.message.splitlines()]
+    said = [line for line in lines if line and not line.startswith(skipped)]
+    return said[0] if said else first_line(error)
+
+
+def run_predict(servable: Servable, body: bytes) -> str:
+    """Parses a predict request, runs the signature and writes the answer (in a worker thread)."""
+    request = rest.parse_json(body)
+    _, signature = rest.signature_of(request, servable.signatures)
+    inputs, row_format = rest.predict_inputs(request, signature)
+    try:
+        outputs = signature.run(inputs)
+    except tf.errors.InvalidArgumentError as e:  # e.g. a {"b64": ...} value that is not an image
+        raise rest.bad_request(tf_error_message(e)) from None
+    except ValueError as e:  # the LiteRT interpreter's refusals
+        raise rest.bad_request(first_line(e)) from None
+    return json.dumps(rest.predict_response(outputs, row_format), separators=(",", ":"))
+
+
+class ModelServer:
+    """The routes' state: the model's versions, the worker threads, the limits."""
+
+    def __init__(self, config: ServeConfig, versions: ModelVersions, say: Callable[[str], None],
+                 after_switch: Callable[[], None]):
+        self.config, self.versions, self.say, self.after_switch = config, versions, say, after_switch
+        self.model_calls = anyio.CapacityLimiter(config.model_threads)
+
+    def servable(self, name: str, version: str | None) -> Servable:
+        """The servable a request names; taken once, so a switch of version never changes it mid-request."""
+        servable = self.versions.current
+        if name != self.config.model_name:
+            raise rest.RestError(404, f"Servable not found for request: Latest({name})")
+        if version is not None and int(version) != servable.version:
+            raise rest.RestError(404, f"Servable not found for request: Specific({name}, {version})")
+        return servable
+
+    async def models(self, request: Request) -> Response:
+        match = MODEL_PATH.match(request.path_params["path"])
+        try:
+            if not match or (request.method == "GET") != (match["method"] is None) or \
+                    (match["metadata"] and request.method != "GET"):
+                raise rest.RestError(404, f"Malformed request: {request.method} {request.url.path}")
+            servable = self.servable(match["name"], match["version"])
+            if request.method == "GET":
+                body = rest.metadata(match["name"], servable) if match["metadata"] else rest.status(servable)
+                return _json_response(body)
+            if match["method"] != "predict":
+                raise rest.RestError(400, f"{match['method']} is not supported: this server answers predict only")
+            body = await read_body(request, self.config.max_request_bytes)
+            answer = await anyio.to_thread.run_sync(run_predict, servable, body, limiter=self.model_calls)
+            return Response(answer, media_type="application/json")
+        except rest.RestError as e:
+            return _error(e.status, str(e))
+        except Exception as e:  # a failure of the server's own: the client still gets TensorFlow Serving's body
+            self.say(f"error answering {request.method} {request.url.path}: {type(e).__name__}: {first_line(e)}")
+            return _error(500, f"{type(e).__name__}: {first_line(e)}")
+
+    async def page(self, request: Request) -> Response:
+        text = (static_folder() / "index.html").read_text(encoding="utf-8")
+        return HTMLResponse(text.replace("{{MODEL_NAME}}", html.escape(self.config.model_name)))
+
+    async def watch_versions(self) -> None:
+        """Every poll interval, loads a newer version (in a thread) and switches to it."""
+        while True:
+            await anyio.sleep(self.config.file_system_poll_wait_seconds)
+            try:
+                if await anyio.to_thread.run_sync(self.versions.refresh):
+                    self.after_switch()
+            except Exception as e:  # e.g. the folder vanished: keep serving what is loaded, look again later
+                self.say(f"cannot look for new versions in {self.versions.model_dir}: {type(e).__name__}: "
+                         f"{first_line(e)}")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        async with anyio.create_task_group() as tasks:
+            if self.versions.watched and self.config.file_system_poll_wait_seconds > 0:
+                tasks.start_soon(self.watch_versions)
+            yield
+            tasks.cancel_scope.cancel()
+
+
+def create_app(config: ServeConfig, versions: ModelVersions, say: Callable[[str], None] = lambda line: None,
+               after_switch: Callable[[], None] = lambda: None):
+    """The Starlette app; `after_switch` is called once a new version is served."""
+    state = ModelServer(config, versions, say, after_switch)
+    routes = [Route("/", state.page),
+              Route("/v1/models/{path:path}", state.models, methods=["GET", "POST"]),
+              Mount("/static", StaticFiles(directory=str(static_folder())), name="static")]
+    return Starlette(routes=routes, lifespan=state.lifespan)
+
+
+# --- Running it --------------------------------------------------------------------------
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one error line (address in use, not an address of this machine)."""
+    sock = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                            flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as e:
+        if sock is not None:
+            sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}; pass another --host or --port") from None
+    return sock
+
+
+def uvicorn_server(app) -> uvicorn.Server:
+    """uvicorn for `app`: no access log (one line per request), the process's logging left as it is."""
+    return uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
+                                         server_header=False, timeout_graceful_shutdown=5, lifespan="on"))
+
+
+def serve(app, sock: socket.socket) -> None:
+    """Serves until Ctrl-C or SIGTERM, then returns once the requests under way are answered."""
+    server = uvicorn_server(app)
+    # uvicorn raises the signal it caught again once stopped (a traceback for Ctrl-C, death by
+    # SIGTERM); handlers that do nothing make both a clean return.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()

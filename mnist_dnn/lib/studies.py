@@ -1,0 +1,239 @@
+"""The Optuna side of a search: the storage, the study, its sampler and pruner, its progress.
+
+Optuna is imported inside the functions: it is an optional extra (`pip install mnist_dnn[search]`).
+"""
+
+import logging
+import os
+import warnings
+
+from mnist_dnn.lib import files, search
+from mnist_dnn.lib.config import ConfigError
+from mnist_dnn.lib.errors import DataError, UsageError, first_line
+
+INSTALL_HINT = "the search needs Optuna: pip install 'mnist_dnn[search]'"
+STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting", "FAIL": "failed"}
+
+
+def optuna():
+    """The optuna module, quiet: its experimental-feature warnings and per-trial INFO lines off."""
+    try:
+        import optuna as module
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    warnings.filterwarnings("ignore", category=module.exceptions.ExperimentalWarning)
+    module.logging.set_verbosity(logging.ERROR)
+    return module
+
+
+def check_storage_url(url: str) -> None:
+    kind = url.split(":", 1)[0].split("+", 1)[0] if ":" in url else ""
+    if kind not in search.STORAGE_KINDS:
+        raise ConfigError("storage", f"{url!r} is not an Optuna RDB storage URL; use one of "
+                          f"{', '.join(k + '://' for k in search.STORAGE_KINDS)}, e.g. "
+                          "postgresql+psycopg://user:password@host:5432/db")
+
+
+def shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 (a URL that does not parse is shown as given)
+        return url
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}  # several workers share the file: wait for its lock
+    return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+
+
+def open_storage(url: str):
+    """The RDB storage, with heartbeats: a trial whose worker vanished is failed and queued again."""
+    op = optuna()
+    import sqlalchemy.exc
+
+    try:
+        return op.storages.RDBStorage(
+            url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=search.HEARTBEAT_S,
+            grace_period=search.GRACE_PERIOD_S,
+            heartbeat_stale_trial_callback=op.storages.RetryHeartbeatStaleTrialCallback())
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+        raise DataError(f"cannot open the study storage {shown(url)}: {first_line(e)}") from None
+
+
+def default_storage_exists(config: search.SearchConfig) -> bool:
+    return os.path.isfile(os.path.join(config.root, search.STUDY_FILE))
+
+
+def open_study(config: search.SearchConfig, description: dict, create: bool, sampler=None, pruner=None):
+    """Loads the study (or creates it, when `create`), refusing one of another space or objective."""
+    op = optuna()
+    storage = open_storage(config.storage_url())
+    try:
+        study = op.load_study(study_name=config.study_name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        if not create:
+            raise DataError(f"the storage {shown(config.storage_url())} holds no study {config.study_name}") from None
+        study = op.create_study(storage=storage, study_name=config.study_name, direction="maximize",
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    stored = study.user_attrs.get("search")
+    if stored is None and create:
+        study.set_user_attr("search", description)
+    elif stored != description:
+        raise UsageError(f"the study {config.study_name} in {shown(config.storage_url())} was created with another "
+                         f"space or objective ({'; '.join((stored or {}).get('space', []))}; "
+                         f"{(stored or {}).get('objective')}); pass the same `space`, or another `study_name` or `root`")
+    return study
+
+
+def make_sampler(name: str, space, seed: int | None, total: int):
+    """TPE starts from a third of the budget's trials drawn at random (2 to 10; Optuna's default is 10)."""
+    samplers = optuna().samplers
+    if name == "grid":
+        return samplers.GridSampler({p.name: p.grid() for p in space}, seed=seed)
+    if name == "random":
+        return samplers.RandomSampler(seed=seed)
+    return samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, total // 3)))
+
+
+def make_pruner(name: str, eval_every: int, max_steps: int):
+    """Median: stop a trial below the median of earlier trials at the same step (after 3 trials).
+    Hyperband: successive halving over brackets, from one evaluation to the whole run."""
+    pruners = optuna().pruners
+    if name == "median":
+        return pruners.MedianPruner(n_startup_trials=3)
+    if name == "hyperband":
+        return pruners.HyperbandPruner(min_resource=eval_every, max_resource=max_steps)
+    return pruners.NopPruner()
+
+
+def counts_toward_total(trial) -> bool:
+    """Finished trials: complete, pruned, or failed on their own (an error); not those interrupted and queued again."""
+    state = trial.state.name
+    return state in ("COMPLETE", "PRUNED") or (state == "FAIL" and "error" in trial.user_attrs)
+
+
+def progress(study) -> tuple[int, int, int]:
+    """(finished, running, waiting) trials."""
+    trials = study.get_trials(deepcopy=False)
+    return (sum(counts_toward_total(t) for t in trials), sum(t.state.name == "RUNNING" for t in trials),
+            sum(t.state.name == "WAITING" for t in trials))
+
+
+def trials_before(study, number: int) -> int:
+    """Trials numbered below `number` that finished or will: the ones a new trial comes after."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.number < number and (counts_toward_total(t) or t.state.name in ("RUNNING", "WAITING")))
+
+
+def frozen(study, number: int):
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def folder_name(trial) -> str:
+    """A retried trial (a FrozenTrial) trains in its original's folder, and so resumes from its checkpoint."""
+    history = trial.system_attrs.get("retry_history") or [trial.number]
+    return f"{search.TRIAL_PREFIX}{history[0]:04d}"
+
+
+def record_root(config: search.SearchConfig) -> None:
+    """root/search.json names the study, for the report; a root holds one study only."""
+    path = os.path.join(config.root, search.SEARCH_FILE)
+    description = {"study_name": config.study_name, "storage": config.storage}
+    if os.path.exists(path):
+        stored = read_root(config.root)
+        if stored != description:
+            raise UsageError(f"{config.root} holds the trials of another study ({stored.get('study_name')} in "
+                             f"{shown(stored.get('storage') or 'its study.db')}); pass another `root`")
+        return
+    os.makedirs(config.root, exist_ok=True)
+    files.write_json(path, description)
+
+
+def read_root(root: str) -> dict:
+    path = os.path.join(root, search.SEARCH_FILE)
+    try:
+        stored = files.read_json(path)
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{path} is not a readable search description ({e}); restore it, or pass another `root`") from None
+    if not isinstance(stored, dict) or "study_name" not in stored:
+        raise DataError(f"{path} is not a search description (no study_name); restore it, or pass another `root`")
+    return stored
+
+
+def is_search_root(root: str) -> bool:
+    return os.path.isfile(os.path.join(root, search.SEARCH_FILE))
+
+
+def load_from_root(root: str):
+    stored = read_root(root)
+    config = search.SearchConfig(root=root, study_name=stored["study_name"], storage=stored.get("storage"))
+    optuna()
+    try:
+        return optuna().load_study(study_name=config.study_name, storage=open_storage(config.storage_url()))
+    except KeyError:
+        raise DataError(f"{shown(config.storage_url())} holds no study {config.study_name}") from None
+
+
+def value_text(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _in_root(trial, root: str) -> bool:
+    return "folder" in trial.user_attrs and os.path.isdir(os.path.join(root, trial.user_attrs["folder"]))
+
+
+def runs(study, root: str) -> tuple[list[str], list[dict]]:
+    """The space's names, and one run per trial folder under `root` (its latest trial): name, params, status,
+    trial. A study shared by several machines lists here only the trials of this root."""
+    latest = {}
+    for trial in study.get_trials(deepcopy=False):
+        if _in_root(trial, root):
+            latest[trial.user_attrs["folder"]] = trial
+    names = [spec.split("=", 1)[0] for spec in study.user_attrs.get("search", {}).get("space", [])]
+    return ["trial", *names], [{"name": folder, "params": {"trial": folder, **{n: value_text(t.params.get(n, ""))
+                                                                          for n in names}},
+                    "status": STATES.get(t.state.name, t.state.name.lower()), "trial": t.number}
+                   for folder, t in sorted(latest.items())]
+
+
+def best(study, root: str | None = None):
+    """The best complete trial (of those under `root`, if given), or None."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+                and (root is None or _in_root(t, root))]
+    return max(complete, key=lambda t: t.value) if complete else None
+
+
+def plot(study, root: str, say) -> list[str]:
+    """Optuna's optimization history and parameter importances as PNGs in `root` (with matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    drawings = {"optimization_history.png": optuna().visualization.matplotlib.plot_optimization_history,
+                "param_importances.png": optuna().visualization.matplotlib.plot_param_importances}
+    written = []
+    if best(study) is None:
+        return written
+    for name, draw in drawings.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # matplotlib: an empty legend
+                axes = draw(study)
+        except (ValueError, RuntimeError) as e:  # too few finished trials, or a single-valued space
+            say(f"No {name}: {first_line(e)}")
+            continue
+        path = os.path.join(root, name)
+        axes.figure.set_size_inches(8, 5)
+        axes.figure.tight_layout()
+        axes.figure.savefig(path + ".tmp.png", dpi=100)
+        plt.close(axes.figure)
+        os.replace(path + ".tmp.png", path)
+        written.append(path)
+    return written

@@ -1,0 +1,235 @@
+"""The workers of a search: processes that each train one trial at a time, in-process.
+
+`run_workers` starts `search.workers` processes (multiprocessing, spawn) and waits for them;
+each runs `work`: until the study holds `total` finished trials, it asks Optuna for a trial
+and trains it in its run folder. The cores are split between the workers: each gets
+cores // workers intra-op threads (at least one) and one inter-op thread, so two workers on
+two cores train side by side on one core each.
+"""
+
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import signal
+import sys
+import time
+
+from mnist_dnn.lib import files, search, studies, sweeps
+from mnist_dnn.lib.config import TrainConfig
+from mnist_dnn.lib.errors import Error, first_line
+
+LOG_FILE = sweeps.LOG_FILE
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a worker process needs (it is pickled to the process)."""
+
+    search: search.SearchConfig
+    space: tuple[search.Param, ...]
+    base: TrainConfig
+    total: int  # trials in total: --trials, or the grid's size if smaller
+    threads: int  # intra-op threads per worker
+
+
+class _Interrupted(Exception):
+    """A signal stopped the trial's training (it saved a checkpoint)."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(f"stopped by signal {signal_number}")
+        self.signal_number = signal_number
+
+
+class _NoRoom(Exception):
+    """Other workers took the last trials of the budget first."""
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
+def make_plan(config: search.SearchConfig, space, base: TrainConfig) -> Plan:
+    total = min(config.trials, search.grid_size(space)) if config.sampler == "grid" else config.trials
+    return Plan(config, tuple(space), base, total, threads_per_worker(config.workers))
+
+
+def run_workers(plan: Plan, say) -> list[int]:
+    """Starts the workers, forwards SIGINT/SIGTERM to them, and returns their exit codes."""
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_main, args=(plan, i), name=f"search-worker-{i}")
+                 for i in range(plan.search.workers)]
+
+    def forward(signum, frame):
+        for process in processes:
+            if process.is_alive():
+                with contextlib.suppress(ProcessLookupError):  # it ended in between
+                    os.kill(process.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.start()
+        say(f"{len(processes)} worker process(es), {plan.threads} intra-op thread(s) each")
+        for process in processes:
+            process.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return [p.exitcode for p in processes]
+
+
+def _die_with_parent() -> None:
+    """Get SIGTERM if the search dies, even by SIGKILL, so the trial saves and is queued again."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _interrupt(signum, frame):
+    raise _Interrupted(signum)
+
+
+def _worker_main(plan: Plan, index: int) -> None:
+    # A signal outside training interrupts the worker at once (training turns it into a stop and a save).
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _interrupt)
+    _die_with_parent()
+    stdout = os.dup(1)
+
+    def say(line: str) -> None:
+        os.write(stdout, f"[worker {index}] {line}\n".encode())
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(plan.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        code = work(plan, index, say)
+    except Error as e:
+        say(f"error: {e}")
+        code = e.exit_code
+    except _Interrupted as e:
+        code = 128 + e.signal_number
+    sys.stdout.flush()
+    os._exit(code)  # noqa: SLF001 (no teardown of TensorFlow: its files are written by now)
+
+
+def work(plan: Plan, index: int, say) -> int:
+    """Trains trials until the study has `plan.total` finished ones; 0, or 128 + a signal that stopped it."""
+    study = studies.open_study(plan.search, search.describe(list(plan.space)), create=False)
+    # Each worker, and each rerun, draws from its own seed: not the same points again.
+    seed = None if plan.search.search_seed is None else plan.search.search_seed + 1000 * len(study.trials) + index
+    study = studies.open_study(plan.search, search.describe(list(plan.space)), create=False,
+                               sampler=studies.make_sampler(plan.search.sampler, plan.space, seed, plan.total),
+                               pruner=studies.make_pruner(plan.search.pruner, plan.base.eval_every, plan.base.max_steps))
+    optuna = studies.optuna()
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        finished, running, waiting = studies.progress(study)
+        if finished >= plan.total:
+            return 0
+        if not waiting and finished + running >= plan.total:
+            time.sleep(search.POLL_S)  # the last trials run elsewhere; one may yet be queued again
+            continue
+        current = []
+        try:
+            study.optimize(_objective(plan, study, say, current), n_trials=1, catch=(Error,), gc_after_trial=True)
+        except _NoRoom:
+            continue
+        except _Interrupted as e:
+            if not current:
+                raise
+            trial = studies.frozen(study, current[0])
+            optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
+            say(f"trial {trial.number} stopped by signal {e.signal_number}; queued again to resume from its checkpoint")
+            return 128 + e.signal_number
+
+
+def _objective(plan: Plan, study, say, current: list):
+    def objective(trial):
+        current.append(trial.number)
+        if studies.trials_before(study, trial.number) >= plan.total:
+            trial.set_user_attr("surplus", True)
+            raise _NoRoom()
+        name = studies.folder_name(studies.frozen(study, trial.number))
+        trial.set_user_attr("folder", name)
+        settings = {p.name: p.suggest(trial) for p in plan.space}
+        folder = os.path.join(plan.search.root, name)
+        return train_trial(trial, folder, search.trial_config(plan.base, settings, folder), settings, say)
+
+    return objective
+
+
+def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say) -> float:
+    """Trains (or resumes) the trial in `folder`, reporting each validation to the pruner."""
+    import optuna
+
+    from mnist_dnn.lib import training
+
+    resuming = os.path.isdir(config.ckpt_dir)
+    say(f"trial {trial.number} {'resuming' if resuming else 'starting'} in {folder}: "
+        + ", ".join(f"{k}={v}" for k, v in settings.items()))
+
+    def report(step: int, metrics) -> bool:
+        trial.report(metrics.accuracy, step)
+        return trial.should_prune()
+
+    os.makedirs(folder, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        with _output_to(os.path.join(folder, LOG_FILE)) as log:
+            result = training.train(config, say=lambda line: (log.write(line + "\n"), log.flush()),
+                                    on_validation=report)
+    except Error as e:
+        _record_state(config.log_dir, "failed")
+        trial.set_user_attr("error", str(e))
+        files.write_json(os.path.join(folder, sweeps.RESULT_FILE), {"error": str(e), "exit_code": e.exit_code})
+        say(f"trial {trial.number} failed: {first_line(e)}")
+        raise
+    files.write_text(os.path.join(folder, sweeps.RESULT_FILE), result.to_json())
+    if result.stopped_by_signal:
+        raise _Interrupted(result.stopped_by_signal)
+    sweeps.write_done(folder, result, time.perf_counter() - started, trial=trial.number)
+    _record_state(config.log_dir, "pruned" if result.pruned else "complete")
+    best = result.best.accuracy if result.best else float("nan")
+    if result.pruned:
+        say(f"trial {trial.number} pruned at step {result.step} (best validation accuracy {best:.2%})")
+        raise optuna.TrialPruned(f"at step {result.step}")
+    say(f"trial {trial.number} complete: best validation accuracy {best:.2%} at step {result.best.step}")
+    return best
+
+
+STATE_CODES = {"complete": 1, "pruned": 2, "failed": 3}  # the HParams column search/state
+
+
+def _record_state(log_dir: str, state: str) -> None:
+    """The trial's end in TensorBoard's HParams: its session status, and search/state (1 complete, 2 pruned,
+    3 failed; no value yet: running)."""
+    from mnist_dnn.lib import actions
+
+    actions.write_session_end(log_dir, state != "failed", **{"search/state": STATE_CODES[state]})
+
+
+@contextlib.contextmanager
+def _output_to(path: str):
+    """The process's stdout and stderr (file descriptors: TensorFlow's C++ lines too) appended to `path`;
+    yields the file, for training's own lines."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield log
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

@@ -1,0 +1,117 @@
+"""Search hyperparameters with Optuna: TPE (or random, or a grid), pruning, parallel workers.
+
+Every training flag (command line, flagfiles, presets) is the base of each trial; each
+--space=NAME=KIND:ARGS is one axis:
+
+    learning_rate=loguniform:1e-4:1e-1    dropout=uniform:0:0.5    batch_size=int:32:256
+    hidden_units=choice:128,256-128,512-256 (a list value joins its elements with '-')
+    optimizer=choice:sgd,adam
+
+Each trial is an ordinary run folder, --root/trial-NNNN/ (ckpt/, logs/, train.log,
+result.json), so evaluate, export and TensorBoard work on it. A trial whose validation
+accuracy falls behind (--pruner) stops at that evaluation with a checkpoint saved. The study
+lives in --root/study.db, or in --storage (PostgreSQL, MySQL), which several machines can share.
+Rerun the same command after a crash or a kill: finished trials stay, an interrupted one resumes
+from its checkpoint, and --trials counts all of them. At the end: the report, as
+`python -m mnist_dnn.report --root=...` writes it.
+
+Example (configs/search_example.cfg):
+
+    python -m mnist_dnn.search --preset=search_example
+"""
+
+import dataclasses
+import os
+import signal
+
+from absl import flags
+
+from mnist_dnn import cli
+from mnist_dnn import train  # defines the training flags that are the base of every trial
+from mnist_dnn.lib import search, studies, trials
+from mnist_dnn.lib.config import ConfigError
+from mnist_dnn.lib.errors import Error
+
+cli.define_config_flags(search.SearchConfig)
+flags.DEFINE_multi_string("space", [], "An axis of the search space: NAME=KIND:ARGS with KIND one of "
+                          f"{', '.join(search.KINDS)}, e.g. learning_rate=loguniform:1e-4:1e-1 or "
+                          "hidden_units=choice:128,256-128 (repeat for more axes).")
+FLAGS = flags.FLAGS
+SEARCH_FLAGS = ("space", *(f.name for f in dataclasses.fields(search.SearchConfig)))
+TRAIN_FLAGS = sorted({f.name for module, defined in FLAGS.flags_by_module_dict().items()
+                      if module.startswith("mnist_dnn.") for f in defined} - set(SEARCH_FLAGS) - {"result_file"})
+
+
+class SearchError(Error):
+    """The search stopped before its end (interrupted, or its workers failed)."""
+
+
+def check_value(name: str, value: str) -> None:
+    """Parses a value of the space as the training flag would (types, lists, enums)."""
+    flag = FLAGS[name]
+    if isinstance(flag.parser, flags.ListParser):
+        value = value.replace("-", ",")
+    try:
+        parsed = flag.parser.parse(value)
+    except (ValueError, TypeError) as e:
+        raise ConfigError("space", f"value {value!r} is not valid for --{name}: {e}") from None
+    if name == "hidden_units":
+        cli.parse_int_list(name, parsed)
+
+
+def check_root(config: search.SearchConfig) -> None:
+    if os.path.exists(config.root) and not os.path.isdir(config.root):
+        raise ConfigError("root", f"{config.root} is a file; pass a folder for the search's trials")
+    if studies.is_search_root(config.root):
+        stored = studies.read_root(config.root)
+        if stored != {"study_name": config.study_name, "storage": config.storage}:
+            raise ConfigError("root", f"{config.root} holds the trials of another study ({stored['study_name']} in "
+                              f"{studies.shown(stored.get('storage') or 'its study.db')}); pass another --root")
+
+
+def open_study(config: search.SearchConfig, space) -> None:
+    """Creates the study, or checks that the stored one has this space, before anything is written."""
+    description = search.describe(space)
+    if config.storage or studies.default_storage_exists(config):
+        studies.open_study(config, description, create=True)
+    studies.record_root(config)
+    studies.open_study(config, description, create=True)
+
+
+def main(argv):
+    del argv
+    from mnist_dnn.lib import data, reports  # after cli.run's quiet start-up: they import TensorFlow
+
+    config = cli.config_from_flags(search.SearchConfig)
+    config.validate()
+    check_root(config)
+    if config.storage:
+        studies.check_storage_url(config.storage)
+    space = [search.parse_param(spec, lambda name: name in TRAIN_FLAGS, check_value) for spec in FLAGS.space]
+    search.check_space(space, config.sampler)
+    base = train.config_from_flags()
+    base.validate()
+    search.check_space_against(base, space)
+    data.prepare(base.data)  # once, here: workers importing it at the same time would race
+    open_study(config, space)
+    plan = trials.make_plan(config, space, base)
+    say = cli.say
+    say(f"Search of {plan.total} trials in {config.root} ({config.sampler} sampler, {config.pruner} pruner): "
+        + " x ".join(p.spec() for p in space))
+    try:
+        codes = trials.run_workers(plan, say)
+    finally:
+        reports.report(config.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=say)
+    interrupted = [c for c in codes if c in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM)]
+    if interrupted:
+        raise SearchError("interrupted (the trials saved a checkpoint); run the same command to resume")
+    if any(codes):
+        raise SearchError(f"{sum(map(bool, codes))} worker(s) failed (exit codes {codes}); see the lines above")
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

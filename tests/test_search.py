@@ -1,0 +1,328 @@
+"""The search (Optuna): the space, pruning from the validation action, the worker loop, resuming, the report.
+
+Fast tier: in process, on the tiny synthetic data. Slow tier: the tool in subprocesses on the real
+MNIST (a SIGKILLed search resumed, two searches sharing a root) and a real PostgreSQL server.
+"""
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import optuna
+import pytest
+import tensorflow as tf
+
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+from conftest import ROOT, hparams, scalars, tiny_config
+from test_sweep import lock_is_free, wait_for
+from mnist_dnn.lib import reports, search, studies, trials
+from mnist_dnn.lib.config import ConfigError, ModelConfig
+from mnist_dnn.lib.run_dir import RunDir
+from mnist_dnn.lib.training import TrainResult
+
+FLAGS = {"learning_rate", "hidden_units", "dropout", "batch_size", "optimizer"}
+
+
+def parse(spec):
+    return search.parse_param(spec, FLAGS.__contains__, lambda name, value: None)
+
+
+def test_the_space_reads_each_kind():
+    assert parse("learning_rate=loguniform:1e-4:1e-1") == search.Param("learning_rate", "loguniform", 1e-4, 0.1)
+    assert parse("dropout=uniform:0:0.5") == search.Param("dropout", "uniform", 0.0, 0.5)
+    assert parse("batch_size=int:32:128") == search.Param("batch_size", "int", 32, 128)
+    assert parse("hidden_units=choice:128,256-128").choices == ("128", "256-128")
+    assert parse("learning_rate=loguniform:1e-4:1e-1").spec() == "learning_rate=loguniform:0.0001:0.1"
+    with pytest.raises(ConfigError, match="low bound 0.5 must be below"):
+        parse("dropout=uniform:0.5:0.1")
+
+
+def test_a_trial_config_takes_each_value_as_its_field_type(tmp_path):
+    base = search.TrainConfig(model=ModelConfig("dense", (60, 30)))
+    config = search.trial_config(base, {"hidden_units": "256-128", "dropout": "0.25", "batch_size": "64",
+                                        "optimizer": "sgd", "learning_rate": "0.003"}, str(tmp_path / "t"))
+    assert config.model == ModelConfig("dense", (256, 128), 0.25)
+    assert (config.batch_size, config.optimizer, config.learning_rate) == (64, "sgd", 0.003)
+    assert config.ckpt_dir == str(tmp_path / "t" / "ckpt") and config.log_dir == str(tmp_path / "t" / "logs")
+
+
+def test_the_grid_is_every_combination_of_choices_and_ints():
+    space = [parse("batch_size=int:32:34"), parse("optimizer=choice:sgd,adam")]
+    assert search.grid_size(space) == 6
+    with pytest.raises(ConfigError, match="grid takes choice and int"):
+        search.check_space([parse("dropout=uniform:0:0.5")], "grid")
+
+
+def test_train_result_round_trips_through_json(tiny_run):
+    result = tiny_run[1]
+    again = TrainResult.from_json(result.to_json())
+    assert again.best == result.best and again.step == result.step == 30
+    assert again.validation.accuracy == result.validation.accuracy
+    assert json.loads(result.to_json())["validation"]["loss"] == result.validation.loss
+
+
+def test_a_pruned_trial_stops_through_the_loop_with_a_checkpoint(tiny_data, tmp_path):
+    """Optuna's ThresholdPruner prunes below 2.0 accuracy: always, at the first validation (step 10)."""
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    folder = str(tmp_path / "trial-0000")
+    config = tiny_config(tiny_data, tmp_path / "trial-0000")
+    study.optimize(lambda trial: trials.train_trial(trial, folder, config, {}, lambda line: None), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [10]
+    assert RunDir(config.ckpt_dir).steps() == [10]  # saved at the stop, not at 20 or 30
+    with open(os.path.join(folder, "result.json")) as f:
+        result = TrainResult.from_json(f.read())
+    assert result.pruned and not result.early_stopped and result.step == 10
+    assert trial.intermediate_values[10] == result.validation.accuracy == result.best.accuracy
+    # TensorBoard's HParams: the trial's session (named by its folder), its end, and its state (2: pruned).
+    assert scalars(config.log_dir, "search/state") == {0: 2.0}
+    assert hparams(config.log_dir)["hidden_units"] == "32"
+    assert session(config.log_dir).session_start_info.group_name == "trial-0000"
+    assert session(config.log_dir, "end").session_end_info.status == api_pb2.STATUS_SUCCESS
+
+
+def session(log_dir, which="start"):
+    acc = event_accumulator.EventAccumulator(str(log_dir))
+    acc.Reload()
+    return plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")[f"_hparams_/session_{which}_info"])
+
+
+class SignalAt:
+    """A pruner that never prunes, but sends this process SIGTERM at `step` (as a kill of the search would)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def prune(self, study, trial):
+        if trial.last_step == self.step and not trial.system_attrs.get("retry_history"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return False
+
+
+def run_work(tiny_data, root, total, monkeypatch, pruner=None, sampler="random"):
+    config = search.SearchConfig(root=str(root), trials=total, sampler=sampler, pruner="none", search_seed=1)
+    space = [parse("learning_rate=loguniform:1e-3:1e-1"), parse("hidden_units=choice:16,32")]
+    base = dataclasses.replace(tiny_config(tiny_data, root / "unused"), max_steps=30)
+    studies.record_root(config)
+    studies.open_study(config, search.describe(space), create=True)
+    if pruner:
+        monkeypatch.setattr(studies, "make_pruner", lambda *args: pruner)
+    lines = []
+    code = trials.work(trials.make_plan(config, space, base), 0, lines.append)
+    monkeypatch.undo()
+    study = studies.load_from_root(str(root))
+    return code, lines, states(study), study
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_data, tmp_path_factory):
+    """2 trials; then a 3rd interrupted by SIGTERM at step 20 and queued again; then the rerun, and another."""
+    root = tmp_path_factory.mktemp("search") / "root"
+    monkeypatch = pytest.MonkeyPatch()
+    first = run_work(tiny_data, root, 2, monkeypatch)
+    interrupted = run_work(tiny_data, root, 3, monkeypatch, pruner=SignalAt(20))
+    resumed = run_work(tiny_data, root, 3, monkeypatch)
+    again = run_work(tiny_data, root, 3, monkeypatch)
+    return dict(root=root, first=first, interrupted=interrupted, resumed=resumed, again=again)
+
+
+def states(study):
+    return [(t.number, t.state.name, t.user_attrs.get("folder")) for t in study.get_trials()]
+
+
+@pytest.mark.slow  # four tiny trainings in process: ~10 s alone, a minute on the loaded machine
+def test_a_search_runs_its_trials_as_run_folders(searched):
+    code, lines, snapshot, study = searched["first"]
+    assert code == 0
+    assert snapshot == [(0, "COMPLETE", "trial-0000"), (1, "COMPLETE", "trial-0001")]
+    for trial in study.get_trials()[:2]:
+        folder = searched["root"] / trial.user_attrs["folder"]
+        best = RunDir(str(folder / "ckpt")).read_best()
+        assert trial.value == best.accuracy and sorted(trial.intermediate_values) == [10, 20, 30]
+        with open(folder / "result.json") as f:
+            assert TrainResult.from_json(f.read()).best == best
+        assert (folder / "done.json").exists() and (folder / "train.log").exists()
+        assert 1e-3 <= trial.params["learning_rate"] <= 1e-1 and trial.params["hidden_units"] in ("16", "32")
+        assert f"trial {trial.number} complete" in " ".join(lines)
+
+
+@pytest.mark.slow  # four tiny trainings in process: ~10 s alone, a minute on the loaded machine
+def test_an_interrupted_trial_is_queued_again_and_resumes_from_its_checkpoint(searched):
+    code, lines, snapshot, study = searched["interrupted"]
+    assert code == 128 + signal.SIGTERM
+    assert snapshot[2:] == [(2, "FAIL", "trial-0002"), (3, "WAITING", "trial-0002")]
+    code, lines, snapshot, study = searched["resumed"]
+    assert code == 0
+    assert snapshot[2:] == [(2, "FAIL", "trial-0002"), (3, "COMPLETE", "trial-0002")]
+    assert study.trials[3].params == study.trials[2].params
+    assert "trial 3 resuming in" in lines[0]
+    with open(searched["root"] / "trial-0002" / "result.json") as f:
+        result = TrainResult.from_json(f.read())
+    assert (result.start_step, result.step) == (20, 30)
+    assert studies.progress(study) == (3, 0, 0)  # counted once: --trials is honoured in total
+
+
+@pytest.mark.slow  # four tiny trainings in process: ~10 s alone, a minute on the loaded machine
+def test_a_finished_search_run_again_trains_nothing(searched):
+    code, lines, snapshot, study = searched["again"]
+    assert code == 0 and lines == [] and len(snapshot) == 4
+
+
+@pytest.mark.slow  # four tiny trainings in process: ~10 s alone, a minute on the loaded machine
+def test_the_report_of_a_search_root_ranks_its_trials_and_draws_optunas_pictures(searched):
+    pytest.importorskip("matplotlib")
+    root = str(searched["root"])
+    lines = []
+    rows = reports.report(root, out=lines.append)
+    study = studies.load_from_root(root)
+    values = {t.user_attrs["folder"]: t.value for t in study.trials if t.state.name == "COMPLETE"}
+    assert [r.name for r in rows] == sorted(values, key=lambda name: -values[name])
+    assert [r.best_accuracy for r in rows] == sorted(values.values(), reverse=True)
+    assert {r.status for r in rows} == {"complete"}
+    best = max(values, key=values.get)
+    assert any(line.startswith("Best trial:") and f"{root}/{best}" in line for line in lines)
+    assert f"{root}/{best}" in open(os.path.join(root, "report.md")).read()
+    with open(os.path.join(root, "report.csv")) as f:
+        assert [r["trial"] for r in csv.DictReader(f)] == [r.name for r in rows]
+    for name in ("optimization_history.png", "param_importances.png"):
+        image = tf.io.decode_png(tf.io.read_file(os.path.join(root, name))).numpy()
+        assert image.shape[0] >= 300 and len(np.unique(image.reshape(-1, image.shape[2]), axis=0)) > 20
+
+
+# --- The tool in subprocesses: a SIGKILLed search resumed by two searches at once; PostgreSQL. ---
+
+def search_command(base, root, *extra):
+    return [sys.executable, "-m", "mnist_dnn.search", f"--flagfile={base}", f"--root={root}", "--sampler=random",
+            "--pruner=none", "--space=learning_rate=loguniform:1e-3:1e-2", "--space=hidden_units=choice:16,32",
+            *extra]
+
+
+def trial_states(root, storage=None):
+    study = studies.load_from_root(str(root)) if storage is None else optuna.load_study(study_name="mnist_dnn",
+                                                                                        storage=storage)
+    return study.get_trials()
+
+
+@pytest.fixture(scope="module")
+def killed_then_shared(real_data, tmp_path_factory):
+    """A search of 6 trials on 2 workers, SIGKILLed once a trial has a checkpoint; then two searches at once."""
+    tmp = tmp_path_factory.mktemp("search_kill")
+    base, root = tmp / "base.cfg", tmp / "root"
+    base.write_text(f"--model=dense\n--max_steps=300\n--eval_every=100\n--log_every=100\n--checkpoint_every=100\n"
+                    f"--nodiagnostics\n--data_dir={real_data.data_dir}\n--trials=6\n--workers=2\n--search_seed=0\n")
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
+    with open(tmp / "first.log", "w") as log:
+        first = subprocess.Popen(search_command(base, root), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: any(root.glob("trial-*/ckpt/checkpoint")) or first.poll() is not None, timeout=300)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    for ckpt in root.glob("trial-*/ckpt"):
+        wait_for(lambda: lock_is_free(str(ckpt)))  # the orphaned workers got SIGTERM, saved and stopped
+    after_kill = [(t.number, t.state.name, t.user_attrs.get("folder")) for t in trial_states(root)]
+    checkpoints = {ckpt.parent.name: RunDir(str(ckpt)).steps() for ckpt in root.glob("trial-*/ckpt")}
+    both = [subprocess.Popen(search_command(base, root), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in both]
+    return dict(root=root, after_kill=after_kill, checkpoints=checkpoints, outputs=outputs,
+                codes=[p.returncode for p in both], first_log=(tmp / "first.log").read_text())
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_its_trials_and_two_searches_share_the_rest(killed_then_shared):
+    run = killed_then_shared
+    assert run["codes"] == [0, 0], run["outputs"]
+    interrupted = [folder for number, state, folder in run["after_kill"] if state == "FAIL"]
+    assert interrupted and all(state in ("FAIL", "WAITING", "COMPLETE") for _, state, _ in run["after_kill"])
+    final = trial_states(run["root"])
+    complete = [t for t in final if t.state.name == "COMPLETE"]
+    folders = [t.user_attrs["folder"] for t in complete]
+    assert len(complete) == 6 and len(set(folders)) == 6  # --trials in total; no trial trained twice
+    assert sorted(p.name for p in run["root"].glob("trial-*")) == sorted(folders)  # no folder shared or left over
+    for folder in interrupted:  # queued again, trained in its own folder, from its checkpoint
+        with open(run["root"] / folder / "result.json") as f:
+            result = TrainResult.from_json(f.read())
+        steps = run["checkpoints"].get(folder) or [0]
+        assert result.step == 300 and result.start_step == steps[-1]
+    assert any(r.start_step > 0 for r in [TrainResult.from_json((run["root"] / f / "result.json").read_text())
+                                         for f in interrupted])
+    assert all(" complete: " in out for out in run["outputs"]), run["outputs"]  # both contributed
+    assert all("Best trial:" in out for out in run["outputs"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return shutil.which(name) or (found[-1] if found else None)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server of its own on a loopback port in a temporary folder, stopped after the tests.
+
+    .ci/run installs the server (the Debian package postgresql). As root, the server runs as the
+    package's postgres user, since PostgreSQL refuses to run as root.
+    """
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL server here (initdb, pg_ctl); .ci/run installs it: apt-get install postgresql")
+    as_user = []
+    folder = tempfile.mkdtemp(prefix="mnist_dnn-pg-")
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root without a postgres user to run the server as")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    os.chmod(folder, 0o755)
+    data, port = os.path.join(folder, "data"), _free_port()
+    subprocess.run([*as_user, initdb, "-D", data, "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_user, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(folder, "log"), "-w", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_roots_share_one_study_on_postgresql(postgres, tiny_data, tmp_path):
+    """Two machines (two roots) on one PostgreSQL study: the second runs only what the first left."""
+    base = tmp_path / "base.cfg"
+    base.write_text(f"--hidden_units=16\n--max_steps=30\n--eval_every=10\n--log_every=10\n--checkpoint_every=10\n"
+                    f"--batch_size=64\n--nodiagnostics\n--nojit_compile\n--data_dir={tiny_data.data_dir}\n"
+                    f"--storage={postgres}\n--study_name=shared\n")
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
+    results = [subprocess.run(search_command(base, tmp_path / machine, f"--trials={trials}"), cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+               for machine, trials in (("a", 2), ("b", 3))]
+    for result in results:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    study = optuna.load_study(study_name="shared", storage=postgres)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert sorted(p.name for p in (tmp_path / "a").glob("trial-*")) == ["trial-0000", "trial-0001"]
+    assert sorted(p.name for p in (tmp_path / "b").glob("trial-*")) == ["trial-0002"]
+    assert json.loads((tmp_path / "b" / "search.json").read_text())["storage"] == postgres
+    with open(tmp_path / "b" / "report.csv") as f:
+        assert [r["trial"] for r in csv.DictReader(f)] == ["trial-0002"]  # each root reports its own trials

@@ -230,7 +230,7 @@ SEARCH = [
     (["--root={tmp}/s", "--space=batch_size=uniform:0.5:2"], 2, "is not valid for --batch_size"),
     (["--root={tmp}/s", "--space=hidden_units=choice:128,x-1"], 2, "--hidden_units"),
     (["--root={tmp}/s", "--space=learning_rate=uniform:0:1"], 2, "--learning_rate must be a positive number"),
-    (["--root={tmp}/s", "--space=dropout=uniform:0:0.5", "--model=raw"], 2, "only supported by --model=dense"),
+    (["--root={tmp}/s", "--space=dropout=uniform:0:0.5", "--model=raw"], 2, "only supported by the dense and cnn models"),
     (["--root={tmp}/s", "--space=optimizer=choice:sgd", "--space=optimizer=choice:adam"], 2, "more than once"),
     (["--root={tmp}/s", LR, "--sampler=grid"], 2, "--sampler=grid takes choice and int parameters only"),
     (["--root={tmp}/s", LR, "--trials=0"], 2, "--trials must be a whole number from 1"),

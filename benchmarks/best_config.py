@@ -1,10 +1,11 @@
-"""Test accuracy of configs/best.cfg over several seeds, each trained through the CLI.
+"""Test accuracy of a preset (configs/best.cfg by default) over several seeds, each trained through the CLI.
 
-    python benchmarks/best_config.py --idx_dir=../shared/data/mnist [--seeds=0,1,2]
+    python benchmarks/best_config.py --idx_dir=../shared/data/mnist [--seeds=0,1,2] [--preset=cnn_fast]
 
-Each seed runs `python -m mnist_dnn.train --flagfile=configs/best.cfg --seed=N` in a fresh
+Each seed runs `python -m mnist_dnn.train --flagfile=configs/<preset>.cfg --seed=N` in a fresh
 folder (wall time of the whole command, start-up included), then `mnist_dnn.evaluate` on its
-final checkpoint. Prints a table and writes benchmarks/best_config.json.
+final checkpoint, and records the load average before and after. Prints a table and writes
+benchmarks/best_config.json (other presets: benchmarks/<preset>_preset.json).
 """
 
 import argparse
@@ -29,11 +30,13 @@ def run_seed(seed, args, scratch):
     folder = os.path.join(scratch, f"seed{seed}")
     os.makedirs(folder)  # train writes --result_file into an existing folder only
     data_flags = [f"--data_dir={args.data_dir}"] + ([f"--idx_dir={args.idx_dir}"] if args.idx_dir else [])
-    train = [sys.executable, "-m", "mnist_dnn.train", "--flagfile=configs/best.cfg", f"--seed={seed}",
+    train = [sys.executable, "-m", "mnist_dnn.train", f"--flagfile=configs/{args.preset}.cfg", f"--seed={seed}",
              f"--ckpt_dir={folder}/ckpt", f"--log_dir={folder}/logs", f"--result_file={folder}/train.json", *data_flags]
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     _run(train)
     seconds = time.perf_counter() - started
+    load_after = os.getloadavg()[0]
     _run([sys.executable, "-m", "mnist_dnn.evaluate", f"--ckpt_dir={folder}/ckpt", f"--metrics_file={folder}/eval.json",
           *data_flags])
     with open(f"{folder}/eval.json") as f:
@@ -41,7 +44,8 @@ def run_seed(seed, args, scratch):
     with open(f"{folder}/train.json") as f:
         examples_per_second = json.load(f)["examples_per_second"]
     return {"seed": seed, "test_accuracy": report["test"]["accuracy"], "validation_accuracy": report["validation"]["accuracy"],
-            "train_command_s": seconds, "examples_per_s": examples_per_second}
+            "train_command_s": seconds, "examples_per_s": examples_per_second,
+            "load_average_1min": [load_before, load_after]}
 
 
 def main():
@@ -49,15 +53,18 @@ def main():
     parser.add_argument("--idx_dir", default=os.environ.get("MNIST_DNN_IDX_DIR"))
     parser.add_argument("--data_dir", default=os.path.join("/tmp", "mnist_dnn_bench_tfds"))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", default="benchmarks/best_config.json")
+    parser.add_argument("--preset", default="best")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    args.out = args.out or ("benchmarks/best_config.json" if args.preset == "best" else f"benchmarks/{args.preset}_preset.json")
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         for seed in map(int, args.seeds.split(",")):
             runs.append(run_seed(seed, args, scratch))
             print(json.dumps(runs[-1]), flush=True)
     mean = statistics.mean(r["test_accuracy"] for r in runs)
-    report = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "runs": runs, "mean_test_accuracy": mean}
+    report = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "preset": args.preset, "runs": runs,
+              "mean_test_accuracy": mean}
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     print("| seed | test accuracy | validation accuracy | train command (s) | examples/s |\n| --- | --- | --- | --- | --- |")

@@ -70,7 +70,7 @@ def size_bytes(path) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
-def measure(exports: dict, test: data.Split) -> dict:
+def measure(exports: dict, test: data.Split, timing: bool = True) -> dict:
     images = test.images.numpy().reshape(-1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1)
     labels = test.labels.numpy()
     one = images[:1]
@@ -79,7 +79,10 @@ def measure(exports: dict, test: data.Split) -> dict:
     results = {name: {"size_bytes": size_bytes(path)} for name, path in exports.items()}
     for name, model in whole.items():
         results[name]["test_accuracy"] = float((model(images)["classes"] == labels).mean())
-        results[name]["batch_10000_images_per_s"] = len(images) / timed(lambda: model(images), 5)
+        if timing:
+            results[name]["batch_10000_images_per_s"] = len(images) / timed(lambda: model(images), 5)
+    if not timing:
+        return results
     medians = interleaved_medians({name: (lambda m=model: m(one)) for name, model in single.items()})
     for name, seconds in medians.items():
         results[name]["batch_of_one_median_us"] = 1e6 * seconds
@@ -92,14 +95,15 @@ def main():
     parser.add_argument("--ckpt_dir", action="append", help="repeat for several checkpoints (default: checkpoints)")
     parser.add_argument("--idx_dir", default=os.environ.get(data.IDX_DIR_ENV))
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--no_timing", action="store_true", help="accuracy and sizes only (no lock on the machine needed)")
     args = parser.parse_args()
     for ckpt_dir in args.ckpt_dir or ["checkpoints"]:
         model, run_config, path, _ = checkpoints.restore_model(ckpt_dir)
         splits = data.load_splits(data.DataConfig(run_config.dataset, args.data_dir, args.idx_dir))
         predict = evaluation.make_predict_fn(model)
-        evaluate_s = timed(lambda: evaluation.evaluate_split(predict, splits["test"], 100), 5)
+        evaluate_s = None if args.no_timing else timed(lambda: evaluation.evaluate_split(predict, splits["test"], 100), 5)
         with tempfile.TemporaryDirectory() as tmp:
-            exports = measure(export_all(model, splits["train"].images, tmp), splits["test"])
+            exports = measure(export_all(model, splits["train"].images, tmp), splits["test"], not args.no_timing)
         print(json.dumps({"checkpoint": path, "model": run_config.model.name, "evaluate_test_set_s": evaluate_s,
                           **exports}), flush=True)
 

@@ -36,14 +36,27 @@ def test_bad_settings_are_refused_naming_the_field(field, value, fragment):
 
 
 @pytest.mark.parametrize("model, fragment", [
-    (ModelConfig("cnn"), "raw, dense, logistic"), (ModelConfig("dense", ()), "at least one layer"),
+    (ModelConfig("vgg"), "raw, dense, logistic, cnn, lenet5"), (ModelConfig("dense", ()), "at least one layer"),
     (ModelConfig("dense", (0, 10)), "1 to"), (ModelConfig("dense", (10**8,)), "65,536"),
     (ModelConfig("dense", (60.5, 30)), "whole number"), (ModelConfig("logistic", (10,)), "no hidden layer"),
     (ModelConfig("dense", dropout=1.0), "[0, 1)"), (ModelConfig("raw", dropout=0.5), "only supported"),
+    (ModelConfig("cnn", conv_filters=()), "1 to 4 convolutions"), (ModelConfig("cnn", conv_filters=(8,) * 5), "got 5"),
+    (ModelConfig("cnn", conv_filters=(32, 0)), "1 to 4,096"), (ModelConfig("cnn", conv_filters=(8.5,)), "whole number"),
+    (ModelConfig("dense", conv_filters=(8,)), "convolutional models"), (ModelConfig("cnn", ()), "at least one layer"),
+    (ModelConfig("lenet5", (100,)), "does not apply to the lenet5"), (ModelConfig("lenet5", dropout=0.2), "only supported"),
 ])
 def test_bad_model_settings_are_refused(model, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
         TrainConfig(model=model).validate()
+
+
+def test_the_convnets_get_their_widths_and_the_mlps_no_filters():
+    assert ModelConfig("cnn") == ModelConfig("cnn", (128,), conv_filters=(32, 64))
+    assert ModelConfig("lenet5") == ModelConfig("lenet5", (120, 84), conv_filters=(6, 16))
+    assert ModelConfig("dense").conv_filters == () and ModelConfig("DNN").conv_filters == ()
+    for name in ("cnn", "lenet5"):
+        TrainConfig(model=ModelConfig(name)).validate()
+    TrainConfig(model=ModelConfig("cnn", (256, 64), 0.5, (8, 16, 32, 64))).validate()
 
 
 def test_several_devices_rule_out_the_compiled_loop_and_devices_need_mirrored():
@@ -92,3 +105,11 @@ def test_no_flags_give_the_default_config(flag_values):
 
 def test_a_config_error_is_reported_as_the_flag_of_the_same_name():
     assert cli.message(ConfigError("learning_rate", "must be positive")) == "--learning_rate must be positive"
+
+
+def test_conv_filters_parse_from_flags_and_default_to_the_models_own(flag_values):
+    flag_values(["prog", "--model=cnn", "--conv_filters=16,32", "--dropout=0.25"])
+    assert cli.config_from_flags(TrainConfig, flag_values).model == ModelConfig("cnn", (128,), 0.25, (16, 32))
+    flag_values.unparse_flags()
+    flag_values(["prog", "--model=lenet5"])
+    assert cli.config_from_flags(TrainConfig, flag_values).model.conv_filters == (6, 16)

@@ -5,15 +5,16 @@ import tensorflow as tf
 from mnist_dnn.lib import models, steps, training
 from mnist_dnn.lib.errors import UsageError
 
-ALL_MODELS = [models.make_config(name) for name in models.MODELS] + [models.make_config("dense", (32,), 0.2)]
+ALL_MODELS = [models.make_config(name) for name in models.MODELS] + [models.make_config("dense", (32,), 0.2),
+                                                                    models.make_config("cnn", (16,), 0.25, (4, 8, 8))]
 
 
 def test_course_names_are_aliases_and_unknown_names_list_the_valid_ones():
     assert models.make_config("DNN").name == "raw"
     assert models.make_config("contrib_DNN").name == "dense"
     assert models.make_config("LogisticRegression").name == "logistic"
-    with pytest.raises(UsageError, match="raw, dense, logistic, DNN"):
-        models.make_config("cnn")
+    with pytest.raises(UsageError, match="raw, dense, logistic, cnn, lenet5, DNN"):
+        models.make_config("resnet")
 
 
 def test_defaults_follow_the_course():
@@ -46,7 +47,7 @@ def test_one_training_step_changes_every_weight(config):
     model = models.create_model(config)
     optimizer = training.make_optimizer("sgd", 0.1)
     before = [v.numpy().copy() for v in model.weights if v.trainable]
-    assert len(before) == 2 * (len(config.hidden_units) + 1)
+    assert len(before) == 2 * (len(config.conv_filters) + len(config.hidden_units) + 1)
     images = tf.random.uniform([32, 784], seed=1)
     with tf.GradientTape() as tape:
         loss = steps.mean_loss(tf.range(32) % 10, model(images, training=True))

@@ -142,7 +142,7 @@ def test_leftovers_of_an_interrupted_save_are_removed(saved):
     '{"name": "dense", "hidden_units": [8], "dropout": 0.0}',  # no dataset
     '{"name": "dense", "hidden_units": 8, "dataset": "mnist"}',  # wrong type
     '{"name": "dense", "hidden_units": [60.5, 30], "dataset": "mnist"}',
-    '{"name": "cnn", "hidden_units": [8], "dataset": "mnist"}',
+    '{"name": "vgg", "hidden_units": [8], "dataset": "mnist"}',
     '{"name": "dense", "hidden_units": [8], "dataset": "mnist", "training": [1]}',
     "[1, 2]", "3", "null", "{", "",
 ])

@@ -289,7 +289,8 @@ def test_rest_request_bodies_hold_the_files_bytes_or_pixels(tiny_data, tmp_path)
 # --- Trained on the real MNIST -------------------------------------------------------------
 
 
-TRAINING = {"raw": ("sgd", 0.5, 2000), "dense": ("adam", 0.002, 2000), "logistic": ("sgd", 0.5, 2000)}
+TRAINING = {"raw": ("sgd", 0.5, 2000), "dense": ("adam", 0.002, 2000), "logistic": ("sgd", 0.5, 2000),
+            "cnn": ("adam", 0.001, 400), "lenet5": ("adam", 0.002, 2000)}  # the cnn: 400 steps, about 98.5%
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")  # ships with TensorFlow
 

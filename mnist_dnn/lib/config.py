@@ -13,9 +13,13 @@ import numpy as np
 
 from mnist_dnn.lib.errors import UsageError
 
-MODELS = ("raw", "dense", "logistic")
+MODELS = ("raw", "dense", "logistic", "cnn", "lenet5")
 ALIASES = {"DNN": "raw", "contrib_DNN": "dense", "LogisticRegression": "logistic"}  # the TF1 course's names
-DEFAULT_HIDDEN_UNITS = {"raw": (128,), "dense": (60, 30), "logistic": ()}
+DEFAULT_HIDDEN_UNITS = {"raw": (128,), "dense": (60, 30), "logistic": (), "cnn": (128,), "lenet5": (120, 84)}
+# The convolutional models' filter counts, one per 3x3 convolution (cnn) or the classic 5x5 pair (lenet5).
+DEFAULT_CONV_FILTERS = {"cnn": (32, 64), "lenet5": (6, 16)}
+FIXED_MODELS = ("lenet5",)  # the classic: its widths are part of its name
+DROPOUT_MODELS = ("dense", "cnn")
 DATASETS = ("mnist", "fashion_mnist", "kmnist")
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "cosine")
@@ -30,6 +34,8 @@ SERVING_SIGNATURE, FLAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "predict
 MAX_SHIFT = 8
 # Bounds that keep a typo from asking for terabytes: a 784 x 10**8 weight matrix, a batch of 10**9.
 MAX_HIDDEN_UNITS = 65_536
+MAX_CONV_FILTERS = 4096
+MAX_CONV_LAYERS = 4  # 3x3 "valid" convolutions shrink 28x28 by 2 each; four leave 20x20 for the pool
 MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**31 - 1
 MAX_STEPS = 10**9
@@ -70,17 +76,28 @@ class ModelConfig:
     """Everything needed to rebuild a model; stored beside its checkpoints."""
 
     name: str = setting("dense", f"Model: {', '.join(MODELS)} (or the course's {', '.join(ALIASES)}).", flag="model")
-    hidden_units: tuple[int, ...] | None = setting(None, "Hidden layer widths, e.g. 256,128 (default: the model's own).")
-    dropout: float = setting(0.0, "Dropout rate after each hidden layer (dense only).")
+    hidden_units: tuple[int, ...] | None = setting(None, "Hidden layer widths, e.g. 256,128 (default: the model's own; "
+                                                   "for cnn the dense layers after the convolutions).")
+    dropout: float = setting(0.0, "Dropout rate after each hidden layer (dense), or after the pool and each dense "
+                             "layer (cnn).")
+    conv_filters: tuple[int, ...] | None = setting(None, "Filters of each 3x3 convolution of --model=cnn, e.g. 32,64 "
+                                                   "(its default); the convolutional models only.")
 
     def __post_init__(self):
-        # The course's names are aliases; no hidden_units means the model's own.
+        # The course's names are aliases; no hidden_units (conv_filters) means the model's own.
         name = ALIASES.get(self.name, self.name)
         object.__setattr__(self, "name", name)
-        if self.hidden_units is None and name in DEFAULT_HIDDEN_UNITS:
-            object.__setattr__(self, "hidden_units", DEFAULT_HIDDEN_UNITS[name])
-        elif self.hidden_units is not None:
-            object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
+        for field, defaults in (("hidden_units", DEFAULT_HIDDEN_UNITS), ("conv_filters", DEFAULT_CONV_FILTERS)):
+            value = getattr(self, field)
+            if value is None and name in DEFAULT_HIDDEN_UNITS:
+                object.__setattr__(self, field, defaults.get(name, ()))
+            elif value is not None:
+                object.__setattr__(self, field, tuple(value))
+
+    def widths(self) -> str:
+        """The layer widths in words: `60-30`, `(no hidden layer)`, or `conv 32-64, 128` for a convnet."""
+        units = "-".join(map(str, self.hidden_units)) or "(no hidden layer)"
+        return f"conv {'-'.join(map(str, self.conv_filters))}, {units}" if self.conv_filters else units
 
     def validate(self) -> None:
         _choice("model", self.name, MODELS + tuple(ALIASES))
@@ -92,8 +109,27 @@ class ModelConfig:
             _positive_int("hidden_units", units, MAX_HIDDEN_UNITS)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout!r}")
-        if self.dropout and self.name != "dense":
-            raise ConfigError("dropout", "is only supported by `model`=dense")
+        if self.dropout and self.name not in DROPOUT_MODELS:
+            raise ConfigError("dropout", f"is only supported by the {' and '.join(DROPOUT_MODELS)} models, not {self.name}")
+        self._validate_convolutions()
+
+    def _validate_convolutions(self) -> None:
+        if self.name not in DEFAULT_CONV_FILTERS:
+            if self.conv_filters:
+                raise ConfigError("conv_filters", f"applies to the convolutional models ({', '.join(DEFAULT_CONV_FILTERS)}) "
+                                  f"only, not to the {self.name} model")
+            return
+        if self.name in FIXED_MODELS:
+            for field, defaults in (("hidden_units", DEFAULT_HIDDEN_UNITS), ("conv_filters", DEFAULT_CONV_FILTERS)):
+                if getattr(self, field) != defaults[self.name]:
+                    raise ConfigError(field, f"does not apply to the {self.name} model: its layers are the classic "
+                                      f"{','.join(map(str, defaults[self.name]))}; the cnn model takes chosen widths")
+            return
+        if not 1 <= len(self.conv_filters) <= MAX_CONV_LAYERS:
+            raise ConfigError("conv_filters", f"must name 1 to {MAX_CONV_LAYERS} convolutions for the {self.name} model, "
+                              f"e.g. 32,64; got {len(self.conv_filters)}")
+        for filters in self.conv_filters:
+            _positive_int("conv_filters", filters, MAX_CONV_FILTERS)
 
 
 @dataclasses.dataclass(frozen=True)

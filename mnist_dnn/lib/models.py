@@ -1,11 +1,15 @@
-"""The models, chosen by name. Each maps a float batch [B, 784] to logits [B, 10]."""
+"""The models, chosen by name. Each maps a float batch [B, 784] to logits [B, 10].
+
+The convolutional ones reshape that batch to images [B, 28, 28, 1] themselves, so every
+boundary (data pipelines, checkpoints, serving signatures, LiteRT) is the same for all models.
+"""
 
 import keras
 import tensorflow as tf
 
-from mnist_dnn.lib.config import ALIASES, DEFAULT_HIDDEN_UNITS, MODELS, ModelConfig  # noqa: F401 (the registry)
+from mnist_dnn.lib.config import ALIASES, DEFAULT_CONV_FILTERS, DEFAULT_HIDDEN_UNITS, MODELS, ModelConfig  # noqa: F401 (the registry)
 from mnist_dnn.lib import threefry
-from mnist_dnn.lib.data import NUM_CLASSES, NUM_PIXELS
+from mnist_dnn.lib.data import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 
 
 class RawDNN(keras.Model):
@@ -83,9 +87,55 @@ def logistic_regression(seed=0) -> keras.Model:
     )
 
 
-def make_config(name: str, hidden_units=None, dropout=0.0) -> ModelConfig:
-    """A validated ModelConfig; `hidden_units=None` means the model's default."""
-    config = ModelConfig(name, hidden_units, dropout)
+def _glorot(seed: int):
+    return keras.initializers.GlorotUniform(seed=seed)
+
+
+def _images() -> list:
+    """The input layers of a convolutional model: flat pixels [B, 784] in, images [B, 28, 28, 1] out."""
+    return [keras.Input((NUM_PIXELS,)), keras.layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, 1))]
+
+
+def _classifier_head(hidden_units, seed: int, dropout: float, first_layer: int) -> list:
+    """Flatten, then Dense ReLU layers (each followed by dropout if any), then the logits."""
+    layers = [keras.layers.Flatten()]
+    for i, units in enumerate(hidden_units, start=first_layer):
+        layers.append(keras.layers.Dense(units, activation="relu", kernel_initializer=_glorot(seed + i)))
+        if dropout:
+            layers.append(Dropout(dropout, seed=seed + 100 + i))
+    layers.append(keras.layers.Dense(NUM_CLASSES, kernel_initializer=_glorot(seed + first_layer + len(hidden_units))))
+    return layers
+
+
+def cnn(conv_filters=(32, 64), hidden_units=(128,), seed=0, dropout=0.0) -> keras.Model:
+    """The convnet of the Keras, PyTorch and Flax MNIST examples: 3x3 convolutions with ReLU,
+    a 2x2 max-pool, dropout, Dense ReLU layers with dropout, the logits."""
+    layers = _images()
+    for i, filters in enumerate(conv_filters, start=1):
+        layers.append(keras.layers.Conv2D(filters, 3, activation="relu", kernel_initializer=_glorot(seed + i)))
+    layers.append(keras.layers.MaxPooling2D(2))
+    if dropout:
+        layers.append(Dropout(dropout, seed=seed + 100))
+    layers += _classifier_head(hidden_units, seed, dropout, first_layer=len(conv_filters) + 1)
+    return keras.Sequential(layers, name="cnn")
+
+
+def lenet5(seed=0) -> keras.Model:
+    """LeNet-5 (LeCun et al., 1998) as usually written today: ReLU and max-pooling instead of
+    scaled tanh and trainable subsampling; its first convolution pads 28x28 to keep LeNet's 32x32 geometry."""
+    (first, second), hidden_units = DEFAULT_CONV_FILTERS["lenet5"], DEFAULT_HIDDEN_UNITS["lenet5"]
+    layers = [*_images(),
+              keras.layers.Conv2D(first, 5, padding="same", activation="relu", kernel_initializer=_glorot(seed + 1)),
+              keras.layers.MaxPooling2D(2),
+              keras.layers.Conv2D(second, 5, activation="relu", kernel_initializer=_glorot(seed + 2)),
+              keras.layers.MaxPooling2D(2)]
+    layers += _classifier_head(hidden_units, seed, 0.0, first_layer=3)
+    return keras.Sequential(layers, name="lenet5")
+
+
+def make_config(name: str, hidden_units=None, dropout=0.0, conv_filters=None) -> ModelConfig:
+    """A validated ModelConfig; `hidden_units=None` (`conv_filters=None`) means the model's default."""
+    config = ModelConfig(name, hidden_units, dropout, conv_filters)
     config.validate()
     return config
 
@@ -96,6 +146,10 @@ def create_model(config: ModelConfig, seed: int = 0) -> keras.Model:
         model = RawDNN(config.hidden_units, seed)
     elif config.name == "dense":
         model = dense_dnn(config.hidden_units, seed, config.dropout)
+    elif config.name == "cnn":
+        model = cnn(config.conv_filters, config.hidden_units, seed, config.dropout)
+    elif config.name == "lenet5":
+        model = lenet5(seed)
     else:
         model = logistic_regression(seed)
     model(tf.zeros([1, NUM_PIXELS]))  # create every variable now, before any restore

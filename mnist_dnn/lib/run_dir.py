@@ -61,12 +61,13 @@ class RunConfig:
         resume = fields.get("training", {})
         if not isinstance(resume, dict):
             raise ValueError("training must be an object")
-        model = ModelConfig(fields["name"], tuple(fields["hidden_units"]), fields.get("dropout", 0.0))
+        model = ModelConfig(fields["name"], tuple(fields["hidden_units"]), fields.get("dropout", 0.0),
+                            fields.get("conv_filters"))
         model.validate()
         return cls(model, fields["dataset"], resume)
 
     def describe(self) -> str:
-        return f"{self.model.name} {'-'.join(map(str, self.model.hidden_units)) or '(no hidden layer)'} on {self.dataset}"
+        return f"{self.model.name} {self.model.widths()} on {self.dataset}"
 
 
 @dataclasses.dataclass(frozen=True)

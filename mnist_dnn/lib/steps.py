@@ -9,7 +9,8 @@ AVX-512 VNNI or AMX, returns 0 for relu(NaN) where TensorFlow's own Relu and XLA
 The runners differ only in where batches come from:
 
 - `CompiledRunner` (one device, the default): the uint8 split and the epoch's order are
-  arguments of one XLA program, which gathers each batch itself;
+  arguments of one XLA program, which gathers each batch itself (for a convnet on a CPU, one
+  TensorFlow graph instead: see `xla_for`);
 - `PipelineRunner` (several devices, or `--nojit_compile`): a `tf.data` pipeline distributed by
   the strategy.
 
@@ -105,17 +106,30 @@ def _apply(state, metrics, gradients, labels, weights, example_losses, logits):
     metrics.update(example_losses, labels, logits, weights)
 
 
+def xla_for(model_config) -> bool:
+    """Whether the in-memory loop of this model compiles with XLA.
+
+    Not for a convnet on a CPU: with XLA's CPU convolutions the cnn's loop did not finish 60
+    steps in 5 minutes, where TensorFlow's oneDNN kernels ran about 490 examples/s
+    (benchmarks/cnn_speed.py, docs/speed.md); the MLPs gain from XLA.
+    """
+    return not model_config.conv_filters or bool(tf.config.list_logical_devices("GPU"))
+
+
 class CompiledRunner:
-    """`runner(num_steps)` as XLA programs over the split in memory: one call per epoch segment."""
+    """`runner(num_steps)` as XLA programs over the split in memory: one call per epoch segment.
+
+    `xla=False`: the same loop as a TensorFlow graph (its ops' own kernels, oneDNN on a CPU).
+    """
 
     def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
-                 augment_shift: int = 0):
+                 augment_shift: int = 0, xla: bool = True):
         self.step, self.split, self.batch_size, self.seed = state.step, split, batch_size, seed
         self.epoch_steps = batches.steps_per_epoch(split.size, batch_size)
         self.epoch, self.order = None, None
         strategy = tf.distribute.get_strategy()
 
-        @tf.function(jit_compile=True)
+        @tf.function(jit_compile=xla)
         def loop(images, labels, order, weights, first, num_steps):
             def next_batch(batch):
                 return batches.gather_batch(images, labels, order, weights, batch, batch_size, state.step, seed,
@@ -162,5 +176,5 @@ def make_runner(config, state, metrics: TrainMetrics, split: data.Split, strateg
     """The compiled in-memory runner, or the tf.data pipeline (several devices, --nojit_compile)."""
     settings = (state, metrics, split, config.batch_size, config.seed, config.augment_shift)
     if config.compiled:
-        return CompiledRunner(*settings)
+        return CompiledRunner(*settings, xla=xla_for(config.model))
     return PipelineRunner(*settings, strategy=strategy, start_step=start_step)

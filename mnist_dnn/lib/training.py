@@ -68,7 +68,8 @@ class TrainResult:
 
 def default_log_dir(config: TrainConfig) -> str:
     """A readable per-experiment folder, as the course's `logs/dnn-10-20-0.1`."""
-    parts = [config.model.name, *map(str, config.model.hidden_units), config.optimizer, f"{config.learning_rate:g}",
+    parts = [config.model.name, *(f"c{f}" for f in config.model.conv_filters), *map(str, config.model.hidden_units),
+             config.optimizer, f"{config.learning_rate:g}",
              f"b{config.batch_size}"]
     if config.model.dropout:
         parts.append(f"drop{config.model.dropout:g}")
@@ -305,6 +306,7 @@ class _Run:
 def hparams(config: TrainConfig) -> dict:
     """The run's settings as TensorBoard's HParams dashboard lists them."""
     return {"model": config.model.name, "hidden_units": "-".join(map(str, config.model.hidden_units)) or "none",
+            "conv_filters": "-".join(map(str, config.model.conv_filters)) or "none",
             "dropout": config.model.dropout, "optimizer": config.optimizer, "learning_rate": config.learning_rate,
             "lr_schedule": config.lr_schedule, "batch_size": config.batch_size, "max_steps": config.max_steps,
             "augment_shift": config.augment_shift, "seed": config.seed, "dataset": config.data.dataset}
@@ -314,12 +316,16 @@ def describe(config: TrainConfig, strategy, start: int, log_dir: str | None) -> 
     """One readable line: what trains, how, where to look."""
     model = config.model
     layers = "-".join(map(str, (data.NUM_PIXELS, *model.hidden_units, data.NUM_CLASSES)))
+    if model.conv_filters:
+        layers = f"{model.widths()}, {data.NUM_CLASSES}"
     dropout = f" (dropout {model.dropout:g})" if model.dropout else ""
     schedule = ", cosine decay" if config.lr_schedule == "cosine" else ""
     replicas = strategy.num_replicas_in_sync
     device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
     where = f"{replicas} {device}{'s' if replicas > 1 else ''}"
-    loop = "XLA-compiled loop" if config.compiled else "tf.data pipeline"
+    loop = "tf.data pipeline"
+    if config.compiled:
+        loop = "XLA-compiled loop" if steps.xla_for(model) else "in-memory loop (oneDNN kernels)"
     return (f"Training {model.name} {layers}{dropout} with {config.optimizer} lr={config.learning_rate:g}{schedule}, "
             f"batch {config.batch_size}, steps {start}->{config.max_steps} on {where}, {loop}; "
             f"TensorBoard: {log_dir or 'on the chief worker'}")

@@ -1,0 +1,268 @@
+"""Training speed of the cnn (--model=cnn) against Keras fit, JAX and PyTorch, side by side.
+
+    pip install -r benchmarks/requirements.txt      # PyTorch (CPU build) and JAX
+    python benchmarks/cnn_speed.py --idx_dir=../shared/data/mnist [--out=benchmarks/cnn_speed.json]
+
+The same convnet everywhere (3x3 conv 32 + ReLU, 3x3 conv 64 + ReLU, 2x2 max-pool, dropout 0.25,
+dense 128 + ReLU, dropout 0.25, dense 10), Adam 1e-3, batch 128, on the first --steps x 128
+MNIST training images; one process per run, one after another. Each run trains --steps steps
+once to warm up (tracing and compilation), then the median examples/s of --repeats more times.
+Rows, mnist_dnn through its public API (the config and runner `mnist_dnn.train` uses):
+- mnist_dnn: the in-memory loop as a TensorFlow graph (oneDNN convolutions: the default on a CPU);
+- mnist_dnn_xla: the same loop compiled by XLA (the default for the MLPs, and on a GPU);
+- mnist_dnn_pipeline: the tf.data runner (--nojit_compile), TensorFlow's kernels;
+- keras_fit / keras_fit_xla: `fit` with steps_per_execution=50, jit_compile off / on;
+- jax_scan: jax.jit over lax.scan of the steps; torch_eager, torch_compile (PyTorch 2 CPU).
+FLOP bound: the multiply-adds of a training step counted as 3x the forward pass (backward for
+the inputs and for the weights), against the machine's measured float32 peak of one large
+convolution and one large matmul (TensorFlow, oneDNN) in the same run.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+RUNNERS = ("mnist_dnn", "mnist_dnn_xla", "mnist_dnn_pipeline", "keras_fit", "keras_fit_xla", "jax_scan",
+           "torch_eager", "torch_compile")
+BATCH, FILTERS, UNITS, DROPOUT, LEARNING_RATE = 128, (32, 64), 128, 0.25, 1e-3
+# Multiply-adds x 2 of one forward pass of one image: conv1, conv2, dense 128, dense 10.
+FORWARD_FLOPS = 2 * (26 * 26 * 32 * 9 + 24 * 24 * 64 * 9 * 32 + 12 * 12 * 64 * 128 + 128 * 10)
+TRAIN_FLOPS = 3 * FORWARD_FLOPS
+
+
+def load(idx_dir, data_dir, count):
+    from mnist_dnn.lib import data
+    train = data.load_splits(data.DataConfig("mnist", data_dir, idx_dir))["train"]
+    return train.images.numpy()[:count], train.labels.numpy()[:count].astype(np.int32)
+
+
+def mnist_dnn_runner(images, labels, variant):
+    import tensorflow as tf
+    from mnist_dnn.lib import data, models, steps, training
+    config = training.TrainConfig(model=models.make_config("cnn", (UNITS,), DROPOUT, FILTERS), batch_size=BATCH,
+                                  learning_rate=LEARNING_RATE, jit_compile=variant != "pipeline")
+    state = training.build_state(config)
+    split = data.Split(tf.constant(images), tf.constant(labels))
+    if variant == "pipeline":
+        runner = steps.make_runner(config, state, steps.TrainMetrics(), split)
+    else:
+        runner = steps.CompiledRunner(state, steps.TrainMetrics(), split, BATCH, 0, xla=variant == "xla")
+
+    def run(num_steps):
+        runner(num_steps)
+        state.step.numpy()
+    return run
+
+
+def keras_runner(images, labels, jit):
+    import keras
+    from mnist_dnn.lib import models
+    model = models.create_model(models.make_config("cnn", (UNITS,), DROPOUT, FILTERS))
+    model.compile(keras.optimizers.Adam(LEARNING_RATE), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=50, jit_compile=jit)
+    x = images.astype(np.float32) / 255.0
+    return lambda num_steps: model.fit(x, labels, batch_size=BATCH, epochs=1, shuffle=True, verbose=0)
+
+
+def jax_runner(images, labels):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    key = jax.random.PRNGKey(0)
+    shapes = {"c1": (3, 3, 1, 32), "c2": (3, 3, 32, 64), "d1": (12 * 12 * 64, UNITS), "d2": (UNITS, 10)}
+    params = {}
+    for name, shape in shapes.items():
+        key, sub = jax.random.split(key)
+        fan_in, fan_out = np.prod(shape[:-1]), shape[-1] * (np.prod(shape[:2]) if len(shape) == 4 else 1)
+        limit = (6 / (fan_in + fan_out)) ** 0.5
+        params[name] = (jax.random.uniform(sub, shape, minval=-limit, maxval=limit), jnp.zeros(shape[-1]))
+    tx = optax.adam(LEARNING_RATE)
+    x, y = jnp.asarray(images.reshape(-1, 28, 28, 1)), jnp.asarray(labels)
+
+    def dropout(v, rng):
+        return jnp.where(jax.random.bernoulli(rng, 1 - DROPOUT, v.shape), v / (1 - DROPOUT), 0)
+
+    def loss_fn(p, xb, yb, rng):
+        conv = lambda v, w: jax.lax.conv_general_dilated(v, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        h = jax.nn.relu(conv(xb, p["c1"][0]) + p["c1"][1])
+        h = jax.nn.relu(conv(h, p["c2"][0]) + p["c2"][1])
+        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        r1, r2 = jax.random.split(rng)
+        h = dropout(h.reshape(len(h), -1), r1)
+        h = dropout(jax.nn.relu(h @ p["d1"][0] + p["d1"][1]), r2)
+        return optax.softmax_cross_entropy_with_integer_labels(h @ p["d2"][0] + p["d2"][1], yb).mean()
+
+    @jax.jit
+    def run_steps(p, opt, rng):
+        order = jnp.arange(len(x)).reshape(-1, BATCH)
+
+        def step(carry, idx):
+            p, opt, rng = carry
+            rng, sub = jax.random.split(rng)
+            grads = jax.grad(loss_fn)(p, x[idx].astype(jnp.float32) / 255.0, y[idx], sub)
+            updates, opt = tx.update(grads, opt, p)
+            return (optax.apply_updates(p, updates), opt, rng), None
+
+        return jax.lax.scan(step, (p, opt, rng), order)[0]
+
+    state = {"carry": (params, tx.init(params), key)}
+
+    def run(num_steps):
+        state["carry"] = run_steps(*state["carry"])
+        jax.block_until_ready(state["carry"][0])
+    return run
+
+
+def torch_runner(images, labels, compiled):
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Dropout(DROPOUT), torch.nn.Flatten(), torch.nn.Linear(12 * 12 * 64, UNITS), torch.nn.ReLU(),
+        torch.nn.Dropout(DROPOUT), torch.nn.Linear(UNITS, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    x = torch.from_numpy(images.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0)
+    y = torch.from_numpy(labels).long()
+
+    def step(xb, yb):
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+
+    step = torch.compile(step) if compiled else step
+
+    def run(num_steps):
+        model.train()
+        order = torch.randperm(len(x))
+        for i in range(num_steps):
+            idx = order[i * BATCH:(i + 1) * BATCH]
+            step(x[idx], y[idx])
+    return run
+
+
+def make_runner(name, images, labels):
+    if name.startswith("mnist_dnn"):
+        return mnist_dnn_runner(images, labels, name[len("mnist_dnn_"):] or "graph")
+    if name.startswith("keras_fit"):
+        return keras_runner(images, labels, name.endswith("_xla"))
+    if name == "jax_scan":
+        return jax_runner(images, labels)
+    return torch_runner(images, labels, name == "torch_compile")
+
+
+def peaks() -> dict:
+    """GFLOP/s of one large float32 convolution and one large matmul, TensorFlow (oneDNN), median of 5."""
+    import tensorflow as tf
+    x, w = tf.random.uniform([256, 26, 26, 32]), tf.random.uniform([3, 3, 32, 64])
+    a, b = tf.random.uniform([2048, 2048]), tf.random.uniform([2048, 2048])
+    ops = {"conv": (tf.function(lambda: tf.nn.conv2d(x, w, 1, "VALID")), 2 * 256 * 24 * 24 * 64 * 9 * 32),
+           "matmul": (tf.function(lambda: tf.matmul(a, b)), 2 * 2048**3)}
+    result = {}
+    for name, (fn, flops) in ops.items():
+        fn().numpy()
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            fn().numpy()
+            times.append(time.perf_counter() - started)
+        result[f"{name}_gflops"] = flops / statistics.median(times) / 1e9
+    return result
+
+
+def measure(name, args):
+    images, labels = load(args.idx_dir, args.data_dir, args.steps * BATCH)
+    run = make_runner(name, images, labels)
+    started = time.perf_counter()
+    run(args.steps)
+    first = time.perf_counter() - started
+    rates = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        run(args.steps)
+        rates.append(args.steps * BATCH / (time.perf_counter() - started))
+    print(json.dumps({"first_run_s": first, "examples_per_s": statistics.median(rates), "rounds": rates}))
+
+
+def available(name):
+    module = {"jax_scan": "jax", "torch_eager": "torch", "torch_compile": "torch"}.get(name)
+    return module is None or subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
+
+
+def run_all(args):
+    results = {"peak": None, "runs": {}}
+    for name in ("peak",) + RUNNERS:
+        if name != "peak" and not available(name):
+            print(f"{name}: not installed, skipped", flush=True)
+            continue
+        command = [sys.executable, __file__, f"--worker={name}", f"--data_dir={args.data_dir}", f"--steps={args.steps}",
+                   f"--repeats={args.repeats}"] + ([f"--idx_dir={args.idx_dir}"] if args.idx_dir else [])
+        load_before = os.getloadavg()[0]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            done = subprocess.CompletedProcess(command, 1, "", f"timed out after {args.timeout} s")
+        if done.returncode:
+            result = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+        else:
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+        result["load_average_1min"] = [load_before, os.getloadavg()[0]]
+        print(name, result, flush=True)
+        if name == "peak":
+            results["peak"] = result
+        else:
+            results["runs"][name] = result
+    return results
+
+
+def table(results) -> str:
+    peak = results["peak"]
+    lines = [f"FLOP bound: {TRAIN_FLOPS / 1e6:.1f} MFLOP per training example; measured peaks: conv "
+             f"{peak['conv_gflops']:.0f} GFLOP/s, matmul {peak['matmul_gflops']:.0f} GFLOP/s",
+             "", "| run | examples/s | ratio to the fastest peer | % of conv peak | first run s | load (1 min) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    peers = [r["examples_per_s"] for n, r in results["runs"].items() if not n.startswith("mnist_dnn") and "examples_per_s" in r]
+    fastest_peer = max(peers) if peers else float("nan")
+    for name, r in results["runs"].items():
+        load = "-".join(f"{v:.1f}" for v in r["load_average_1min"])
+        if "examples_per_s" not in r:
+            lines.append(f"| {name} | failed: {r['error'][:80]} | | | | {load} |")
+            continue
+        percent = 100 * r["examples_per_s"] * TRAIN_FLOPS / (peak["conv_gflops"] * 1e9)
+        lines.append(f"| {name} | {r['examples_per_s']:,.0f} | {r['examples_per_s'] / fastest_peer:.2f} | {percent:.1f}% "
+                     f"| {r['first_run_s']:.1f} | {load} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--idx_dir", default=os.environ.get("MNIST_DNN_IDX_DIR"))
+    parser.add_argument("--data_dir", default=os.path.join("/tmp", "mnist_dnn_bench_tfds"))
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=int, default=600, help="seconds for one run (warm-up and repeats)")
+    parser.add_argument("--out", default="benchmarks/cnn_speed.json")
+    parser.add_argument("--worker", choices=("peak",) + RUNNERS)
+    args = parser.parse_args()
+    if args.worker == "peak":
+        return print(json.dumps(peaks()))
+    if args.worker:
+        return measure(args.worker, args)
+    results = run_all(args)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+              "results": results, "table": table(results)}
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(report["table"])
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,18 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 REAL_IDX_DIR = os.environ.get(data.IDX_DIR_ENV) or str(ROOT.parent / "shared" / "data" / "mnist")
 
 
+@pytest.fixture(autouse=True)
+def _op_determinism_as_it_was():
+    """A training with deterministic=True switches op determinism on for the whole process (as it
+    documents); the tests after it must not run under it (unseeded random ops then raise)."""
+    from tensorflow.python.framework import config as tf_config  # (no public getter)
+
+    before = tf_config.is_op_determinism_enabled()
+    yield
+    if tf_config.is_op_determinism_enabled() != before:
+        (tf_config.enable_op_determinism if before else tf_config.disable_op_determinism)()
+
+
 _EXIT_STATUS = pytest.StashKey[int]()
 
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from mnist_dnn.lib import actions, controller, data, diagnostics, distribute, evaluation, files, serving, steps
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, ConfigError, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
-from mnist_dnn.lib.errors import TrainingError, UsageError
+from mnist_dnn.lib.errors import TrainingError
 from mnist_dnn.lib.models import create_model
 from mnist_dnn.lib.run_dir import Best, RunConfig, RunDir
 from mnist_dnn.lib.steps import per_example_loss  # noqa: F401 (the loss, as the course's train.py had it)

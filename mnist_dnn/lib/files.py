@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 
+from mnist_dnn.lib.errors import UsageError
+
 
 def nearest_existing(path: str) -> str:
     """`path` made absolute, or its closest ancestor that exists (what a write there would meet).
@@ -27,6 +29,13 @@ def folder_problem(folder: str) -> str | None:
     if not os.path.exists(existing):  # a link that leads nowhere
         return f"{folder} is {_broken_link(existing)}{where}, not a folder"
     return f"{folder} is a file, not a folder" if not where else f"{folder} is under a file{where}"
+
+
+def check_folder(field: str, folder: str) -> None:
+    """Refuses, naming the setting `field`, a folder that cannot be used or created (`folder_problem`)."""
+    problem = folder_problem(folder)
+    if problem:
+        raise UsageError(f"{problem}; pass another folder", field=field)
 
 
 def _broken_link(path: str) -> str:

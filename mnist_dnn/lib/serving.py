@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import data, files, images, litert
-from mnist_dnn.lib.config import BYTES_SIGNATURE, EXPORT_FORMATS, FLAT_SIGNATURE, SERVING_SIGNATURE, ConfigError
+from mnist_dnn.lib.config import BYTES_SIGNATURE, EXPORT_FORMATS, FLAT_SIGNATURE, SERVING_SIGNATURE
 from mnist_dnn.lib.errors import Error, UsageError
 
 FORMATS = EXPORT_FORMATS
@@ -77,9 +77,7 @@ def version_format(folder: str) -> str | None:
 
 def check_export_dir(export_dir: str) -> None:
     """Refuses an export_dir that is, or lies under, a file or a symbolic link that leads nowhere."""
-    problem = files.folder_problem(export_dir)
-    if problem:
-        raise ConfigError("export_dir", f"{problem}; pass another folder")
+    files.check_folder("export_dir", export_dir)
 
 
 def _check_one_format(export_dir: str, export_format: str) -> None:

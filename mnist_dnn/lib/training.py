@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from mnist_dnn.lib import actions, controller, data, diagnostics, distribute, evaluation, files, serving, steps
-from mnist_dnn.lib.config import OPTIMIZER_NAMES, ConfigError, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
+from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError
 from mnist_dnn.lib.models import create_model
 from mnist_dnn.lib.run_dir import Best, RunConfig, RunDir
@@ -147,13 +147,6 @@ def _report_lost_workers(ckpt_dir: str):
         ) from None
 
 
-def _check_writable(field: str, folder: str) -> None:
-    """Refuses a folder that cannot be created or written, before anything is created."""
-    problem = files.folder_problem(folder)
-    if problem:
-        raise ConfigError(field, f"{problem}; pass another folder")
-
-
 def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
     """Trains (or resumes) until `config.max_steps`, checkpointing on the way.
 
@@ -166,7 +159,7 @@ def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
     log_dir = config.log_dir or default_log_dir(config)
     for field, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir), ("export_dir", config.export_dir)):
         if folder:
-            _check_writable(field, folder)
+            files.check_folder(field, folder)
     if config.export_dir:
         serving.version_path(config.export_dir)  # fail now, not after training
     run_dir = RunDir(config.ckpt_dir)

@@ -183,11 +183,11 @@ def test_a_finished_search_run_again_trains_nothing(searched):
 
 
 @pytest.mark.slow  # four tiny trainings in process: ~10 s alone, a minute on the loaded machine
-def test_the_report_of_a_search_root_ranks_its_trials_and_draws_optunas_pictures(searched):
+def test_the_report_of_a_search_root_ranks_its_trials_and_draws_optunas_pictures(searched, tiny_data):
     pytest.importorskip("matplotlib")
     root = str(searched["root"])
     lines = []
-    rows = reports.report(root, out=lines.append)
+    rows = reports.report(root, data_dir=tiny_data.data_dir, out=lines.append)
     study = studies.load_from_root(root)
     values = {t.user_attrs["folder"]: t.value for t in study.trials if t.state.name == "COMPLETE"}
     assert [r.name for r in rows] == sorted(values, key=lambda name: -values[name])

@@ -232,8 +232,8 @@ def plot(study, root: str, say) -> list[str]:
         path = os.path.join(root, name)
         axes.figure.set_size_inches(8, 5)
         axes.figure.tight_layout()
-        axes.figure.savefig(path + ".tmp.png", dpi=100)
+        # Two searches sharing a root may draw at once: each writes its own temporary file.
+        files.write_with(path, lambda f: axes.figure.savefig(f, format="png", dpi=100))
         plt.close(axes.figure)
-        os.replace(path + ".tmp.png", path)
         written.append(path)
     return written

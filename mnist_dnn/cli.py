@@ -143,24 +143,28 @@ def _report(error: Error) -> NoReturn:
     sys.exit(error.exit_code)
 
 
-def _command_line(main, positional_args: bool) -> list[str]:
-    """sys.argv with presets expanded; -h/--help prints the tool's help and exits 0."""
+def _command_line(main, positional_args: bool, presets: bool) -> list[str]:
+    """sys.argv with flagfiles read and presets expanded; -h/--help prints the tool's help and exits 0."""
     tool = sys.modules[main.__module__]
     if command_line.wants_help(sys.argv):
-        print(command_line.help_text(tool, positional_args), end="")
+        print(command_line.help_text(tool, positional_args, presets=presets), end="")
         sys.exit(0)
     try:
-        return command_line.expand_presets(sys.argv)
+        return command_line.expand_presets(sys.argv, refused_by="" if presets else command_line.tool_name(tool))
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except Error as e:
         _report(e)
 
 
-def run(main, positional_args: bool = False) -> None:
+def run(main, positional_args: bool = False, presets: bool = False) -> None:
     """`absl.app.run` that reports user and data errors as one line and a non-zero exit.
 
     Arguments other than flags are refused unless `positional_args` (then `main` gets them
-    in `argv[1:]`). `-h`/`--help` print the tool's own help (its module docstring and flags);
-    `--preset=NAME` stands for `--flagfile=<the shipped configs/NAME.cfg>`. TensorFlow is
+    in `argv[1:]`). `-h`/`--help` print the tool's own help (its module docstring and flags).
+    With `presets` (the tools that take training flags), `--preset=NAME` gives the shipped
+    configs/NAME.cfg's flags as defaults (`command_line.expand_presets`); without, it is refused. TensorFlow is
     imported first, quietly (`startup.quiet_tensorflow`); the tools import the library in `main`.
     """
 
@@ -183,7 +187,7 @@ def run(main, positional_args: bool = False) -> None:
             print("error: interrupted (Ctrl-C) before any work was saved; run the command again", file=sys.stderr)
             sys.exit(130)
 
-    argv = _command_line(main, positional_args)
+    argv = _command_line(main, positional_args, presets)
     startup.quiet_tensorflow(argv)
     try:
         app.run(report_errors, argv=argv, flags_parser=_parse_flags)

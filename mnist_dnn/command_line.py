@@ -11,10 +11,11 @@ from mnist_dnn.lib.errors import UsageError
 
 HELP_ARGS = ("-h", "--help", "-?", "--helpshort")
 PRESET = "--preset"
+PRESET_TOOLS = ("train", "sweep", "search")  # the tools that take training flags
 SHARED_MODULE = "mnist_dnn.cli"
 GENERAL_HELP = (
-    ("--preset=NAME", "A shipped flagfile by name ({presets}); the same as --flagfile=<its file>. "
-                      "Flags after it on the command line override it."),
+    (PRESET + "=NAME", "A shipped flagfile by name ({presets}). Its flags are defaults: every flag "
+                       "typed, before or after it (in a flagfile too), overrides them."),
     ("--flagfile=FILE", "Read flags from FILE, one --name=value a line (# starts a comment)."),
     ("--verbosity=1", "Also show TensorFlow's and TFDS's own log lines (or set MNIST_DNN_TF_LOGS=1)."),
     ("-h, --help", "This help."),
@@ -45,19 +46,29 @@ def preset_flagfile(name: str) -> str:
     return f"--flagfile={path}"
 
 
-def expand_presets(argv: list[str]) -> list[str]:
-    """argv with each --preset=NAME (or --preset NAME) replaced, in place, by --flagfile=<its file>."""
-    expanded, args = [argv[0]], iter(argv[1:])
-    for arg in args:
-        if arg == "--":
-            expanded += [arg, *args]
-        elif arg == PRESET:
-            expanded.append(preset_flagfile(next(args, "")))
+def expand_presets(argv: list[str], flag_values=flags.FLAGS, refused_by: str = "") -> list[str]:
+    """argv with flagfiles read in and the flags of each --preset=NAME first: a preset only sets defaults.
+
+    Wherever --preset=NAME (or --preset NAME) stands, on the command line or in a flagfile, its
+    flags go before every flag typed, so whatever the user typed wins (a repeatable flag such as
+    --grid adds to the preset's). A tool that takes no training flags names itself in `refused_by`:
+    a preset is then a UsageError. Raises flags.Error for a flagfile that cannot be read.
+    """
+    args = flag_values.read_flags_from_files(argv[1:])
+    end = args.index("--") if "--" in args else len(args)
+    names, typed, options = [], [], iter(args[:end])
+    for arg in options:
+        if arg == PRESET:
+            names.append(next(options, ""))
         elif arg.startswith(PRESET + "="):
-            expanded.append(preset_flagfile(arg[len(PRESET) + 1:]))
+            names.append(arg[len(PRESET) + 1:])
         else:
-            expanded.append(arg)
-    return expanded
+            typed.append(arg)
+    if names and refused_by:
+        raise UsageError(f"--preset={names[0]} is a set of training flags, for {', '.join(PRESET_TOOLS[:-1])} and "
+                         f"{PRESET_TOOLS[-1]} only; {refused_by} takes none: drop it (its flags: --help)")
+    presets = [a for name in names for a in flag_values.read_flags_from_files([preset_flagfile(name)])]
+    return [argv[0], *presets, *typed, *args[end:]]
 
 
 def wants_help(argv: list[str]) -> bool:
@@ -93,7 +104,7 @@ def _module_key(module) -> str:
     return sys.argv[0] if module.__name__ == "__main__" else module.__name__
 
 
-def _tool_name(module) -> str:
+def tool_name(module) -> str:
     spec = getattr(module, "__spec__", None)
     return spec.name if module.__name__ == "__main__" and spec else module.__name__
 
@@ -103,7 +114,7 @@ def flag_groups(module, flag_values=flags.FLAGS) -> list[tuple[str, list[flags.F
     by_module = flag_values.flags_by_module_dict()
     own = _module_key(module)
     others = sorted(m for m in by_module if m.startswith("mnist_dnn.") and m not in (own, SHARED_MODULE))
-    groups = [(f"{_tool_name(module)} flags", by_module.get(own, []))]
+    groups = [(f"{tool_name(module)} flags", by_module.get(own, []))]
     groups += [(f"{m} flags", by_module[m]) for m in others]
     groups.append(("shared flags", by_module.get(SHARED_MODULE, [])))
     return [(title, sorted(fs, key=lambda f: f.name)) for title, fs in groups if fs]
@@ -111,17 +122,17 @@ def flag_groups(module, flag_values=flags.FLAGS) -> list[tuple[str, list[flags.F
 
 def _program(module) -> str:
     if module.__name__ == "__main__":
-        return f"python -m {_tool_name(module)}"
+        return f"python -m {tool_name(module)}"
     return os.path.basename(sys.argv[0])
 
 
-def help_text(module, positional_args: bool = False, flag_values=flags.FLAGS) -> str:
-    """The tool's docstring, its usage line, and its flags grouped, each with its default."""
+def help_text(module, positional_args: bool = False, flag_values=flags.FLAGS, presets: bool = True) -> str:
+    """The tool's docstring, its usage line, and its flags grouped, each with its default (and --preset if `presets`)."""
     usage = f"usage: {_program(module)} [flags]" + (" FILE..." if positional_args else "")
     parts = [(module.__doc__ or "").strip(), usage]
     for title, group in flag_groups(module, flag_values):
         parts.append(f"{title}:\n" + "\n".join(_describe(f) for f in group))
     general = [f"  {name}\n" + _indented(text.format(presets=", ".join(preset_names())))
-               for name, text in GENERAL_HELP]
-    parts.append("presets, flagfiles and help:\n" + "\n".join(general))
+               for name, text in GENERAL_HELP if presets or not name.startswith(PRESET)]
+    parts.append(f"{'presets, ' if presets else ''}flagfiles and help:\n" + "\n".join(general))
     return "\n\n".join(p for p in parts if p) + "\n"

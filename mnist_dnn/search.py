@@ -110,7 +110,7 @@ def main(argv):
 
 
 def run():
-    cli.run(main)
+    cli.run(main, presets=True)
 
 
 if __name__ == "__main__":

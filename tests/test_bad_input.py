@@ -119,6 +119,8 @@ EVALUATE = [
     (["--ckpt_dir={run}", "--metrics_file={tmp}/missing/m.json"], 2, "--metrics_file"),
     (["--ckpt_dir={run}", "stray"], 2, "unexpected arguments"),
     (["--ckpt_dir={run}", "--bogus"], 2, "bogus"),
+    # issue 27: a preset is a set of training flags
+    (["--ckpt_dir={run}", "--preset=fast"], 2, "mnist_dnn.evaluate takes none"),
 ]
 DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export and inspect say
     "no config": (lambda run: os.remove(f"{run}/model_config.json"), 1, "model_config.json is missing"),
@@ -163,6 +165,8 @@ PREDICT = [
     (["--model_dir={tmp}/nothing"], 2, "no image files given"),
     (["--model_dir={tmp}/nothing", "{file}"], 2, "--model_dir"),
     (["--model_dir={tmp}", "{file}"], 2, "neither a SavedModel"),
+    # issue 27 (and 26, item 7): a preset is a set of training flags
+    (["--preset=fast", "{file}"], 2, "--preset=fast is a set of training flags, for train, sweep and search only"),
 ]
 SERVE = [  # start-up errors: the server never starts serving
     (["--model_dir={tmp}/nothing"], 1, "{tmp}/nothing does not exist"),

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+import conftest
 from conftest import ROOT, assert_one_line_error, run_cli
 import mnist_dnn
 from mnist_dnn import command_line, startup
@@ -97,12 +98,22 @@ def test_shipped_presets_are_the_configs_folder():
     assert "fast" in command_line.preset_names()
 
 
-def test_a_preset_becomes_a_flagfile_at_its_place():
-    fast = f"--flagfile={ROOT / 'configs' / 'fast.cfg'}"
+def _preset_lines(name):
+    return [line.strip() for line in (ROOT / "configs" / f"{name}.cfg").read_text().splitlines() if line.startswith("--")]
+
+
+def test_a_preset_s_flags_go_first_wherever_it_stands():
+    fast = _preset_lines("fast")
     assert command_line.expand_presets(["p", "--seed=1", "--preset=fast", "--batch_size=32"]) == [
-        "p", "--seed=1", fast, "--batch_size=32"]
-    assert command_line.expand_presets(["p", "--preset", "fast", "x"]) == ["p", fast, "x"]
+        "p", *fast, "--seed=1", "--batch_size=32"]
+    assert command_line.expand_presets(["p", "x", "--preset", "fast"]) == ["p", *fast, "x"]
     assert command_line.expand_presets(["p", "--", "--preset=nope"]) == ["p", "--", "--preset=nope"]
+
+
+def test_a_preset_named_in_a_flagfile_goes_first_too(tmp_path):
+    (tmp_path / "mine.cfg").write_text("# my settings\n--batch_size=32\n--preset=fast\n--seed=4\n")
+    assert command_line.expand_presets(["p", "--max_steps=7", f"--flagfile={tmp_path / 'mine.cfg'}"]) == [
+        "p", *_preset_lines("fast"), "--max_steps=7", "--batch_size=32", "--seed=4"]
 
 
 @pytest.mark.parametrize("argv", [["p", "--preset=nope"], ["p", "--preset="], ["p", "--preset"]])
@@ -111,13 +122,68 @@ def test_an_unknown_preset_is_a_usage_error_naming_the_valid_ones(argv):
         command_line.expand_presets(argv)
 
 
-def test_flags_after_a_preset_override_it_and_flags_before_it_do_not():
-    values = flags.FlagValues()
-    for line in (ROOT / "configs" / "fast.cfg").read_text().splitlines():
-        if line.startswith("--"):
-            flags.DEFINE_string(line[2:].split("=")[0], None, "", flag_values=values)
-    values(command_line.expand_presets(["p", "--batch_size=32", "--preset=fast", "--hidden_units=64"]))
-    assert (values.batch_size, values.hidden_units, values.model) == ("16", "64", "dense")
+def test_a_tool_that_takes_no_training_flags_refuses_a_preset(tmp_path):
+    (tmp_path / "mine.cfg").write_text("--preset=fast\n")
+    for argv in (["p", "--preset=fast", "x.png"], ["p", f"--flagfile={tmp_path / 'mine.cfg'}"]):
+        with pytest.raises(UsageError, match="--preset=fast is a set of training flags, for train, sweep and search "
+                                             "only; mnist_dnn.predict takes none"):
+            command_line.expand_presets(argv, refused_by="mnist_dnn.predict")
+    assert command_line.expand_presets(["p", "x.png"], refused_by="mnist_dnn.predict") == ["p", "x.png"]
+
+
+def _parsed_flags(tool, argv):
+    """The flags of `mnist_dnn.<tool>` (imported afresh) after its command line: what its main reads."""
+    conftest._forget_tools()
+    importlib.import_module(f"mnist_dnn.{tool}")
+    try:
+        flags.FLAGS(command_line.expand_presets(["p", *argv]))
+        return {name: flags.FLAGS[name].value for name in flags.FLAGS}
+    finally:
+        conftest._forget_tools()
+
+
+TYPED = ["--max_steps=30", "--batch_size=32", "--ckpt_dir=A", "--log_dir=B"]
+
+
+@pytest.mark.parametrize("tool, preset, extra", [
+    ("train", "fast", []), ("sweep", "sweep_example", ["--root=R"]), ("search", "search_example", ["--root=R"])])
+@pytest.mark.parametrize("where", ["before", "after", "in a flagfile"])
+def test_flags_typed_before_or_after_a_preset_win_in_every_tool_that_takes_one(tool, preset, extra, where, tmp_path):
+    typed = TYPED + extra
+    if where == "in a flagfile":  # the preset in the user's flagfile, after the flags there
+        (tmp_path / "mine.cfg").write_text("\n".join([*typed, f"--preset={preset}"]) + "\n")
+        argv = [f"--flagfile={tmp_path / 'mine.cfg'}"]
+    else:
+        argv = [*typed, f"--preset={preset}"] if where == "before" else [f"--preset={preset}", *typed]
+    values = _parsed_flags(tool, argv)
+    assert (values["max_steps"], values["batch_size"], values["ckpt_dir"], values["log_dir"]) == (30, 32, "A", "B")
+    assert extra == [] or values["root"] == "R"
+    preset_lines = dict(line[2:].split("=", 1) for line in _preset_lines(preset) if "=" in line)
+    assert values["model"] == preset_lines["model"] == "dense"  # the preset's other flags still hold
+    assert str(values["eval_every"]) == preset_lines["eval_every"]
+
+
+def test_a_repeatable_flag_typed_before_a_preset_adds_to_the_preset_s():
+    values = _parsed_flags("sweep", ["--grid=batch_size=64,128", "--preset=sweep_example"])
+    assert values["grid"] == ["learning_rate=0.003,0.001", "hidden_units=60-30,256-128", "batch_size=64,128"]
+
+
+def test_train_trains_with_the_flags_typed_before_its_preset(monkeypatch):
+    from mnist_dnn.lib import training
+
+    configs = []
+    monkeypatch.setattr(training, "train", lambda config, say: configs.append(config) or sys.exit(0))
+    result = conftest.call_tool("train", *TYPED, "--preset=fast")
+    assert result.returncode == 0, result.stderr
+    (config,) = configs
+    assert (config.max_steps, config.batch_size, config.ckpt_dir, config.log_dir) == (30, 32, "A", "B")
+    assert (config.model.hidden_units, config.lr_schedule) == ((512,), "cosine")
+
+
+@pytest.mark.parametrize("tool", ["evaluate", "export", "inspect_checkpoint", "predict", "serve", "report"])
+def test_the_other_tools_neither_advertise_nor_take_a_preset(tool):
+    assert "  --preset=NAME" not in conftest.call_tool(tool, "--help").stdout
+    assert "  --preset=NAME" in conftest.call_tool("train", "--help").stdout
 
 
 @pytest.mark.parametrize("argv, env, wanted", [

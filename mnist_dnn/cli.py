@@ -122,12 +122,21 @@ def say(line: str) -> None:
     print(as_flags(line), file=sys.stderr if line.startswith("warning: ") else sys.stdout, flush=True)
 
 
-def check_output_file(flag: str, path: str) -> None:
-    """Refuses an output file whose folder does not exist, before any work is done."""
+def define_overwrite_flag(output_flag: str) -> None:
+    flags.DEFINE_boolean("overwrite", False, f"Replace an existing --{output_flag} file that this tool did not write "
+                         "(by default refused; an earlier output of the tool is replaced).")
+
+
+def check_output_file(flag: str, path: str, kinds: tuple[tuple[str, ...], ...], **where) -> None:
+    """Refuses an output file whose folder does not exist, or that is not the tool's to write
+    (`outputs.check_output_file`, which takes `where`), before any work is done."""
+    from mnist_dnn.lib import outputs
+
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UsageError(f"--{flag} {path}: {'is a folder' if os.path.isdir(path) else 'its folder does not exist or is not writable'}; "
                          "pass a file in an existing folder")
+    outputs.check_output_file(flag, path, kinds, overwrite=flags.FLAGS["overwrite"].value, **where)
 
 
 def _parse_flags(argv):

@@ -18,7 +18,9 @@ flags.DEFINE_string("metrics_file", None, "Also write the figures as JSON to thi
 flags.DEFINE_boolean("confusion_matrix", False, "Also print the test confusion matrix (rows true class, columns predicted).")
 cli.define_data_flags()
 cli.define_restore_flags()
+cli.define_overwrite_flag("metrics_file")
 FLAGS = flags.FLAGS
+METRICS_KINDS = (("checkpoint", "step", "validation", "test"),)  # the keys of the report it writes
 
 
 def format_report(report: dict) -> str:
@@ -39,7 +41,7 @@ def main(argv):
     if not 0 < FLAGS.batch_size <= 65_536:
         raise UsageError(f"--batch_size must be a whole number from 1 to 65,536; got {FLAGS.batch_size}")
     if FLAGS.metrics_file:
-        cli.check_output_file("metrics_file", FLAGS.metrics_file)
+        cli.check_output_file("metrics_file", FLAGS.metrics_file, METRICS_KINDS)
     report = evaluation.evaluate_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.data_dir, cli.idx_dir(FLAGS),
                                             FLAGS.batch_size, FLAGS.which,
                                             functools.partial(data.load_splits, say=cli.say))

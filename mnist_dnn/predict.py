@@ -22,7 +22,9 @@ flags.DEFINE_string("rest_request", None, "Instead of classifying, write the JSO
                     "REST request (/v1/models/NAME:predict) for the files to this file.")
 flags.DEFINE_enum("rest_signature", config.BYTES_SIGNATURE, [config.BYTES_SIGNATURE, config.SERVING_SIGNATURE],
                   "The signature the REST request calls: the encoded files as {\"b64\": ...}, or their pixels.")
+cli.define_overwrite_flag("rest_request")
 FLAGS = flags.FLAGS
+REQUEST_KINDS = (("signature_name", "instances"),)  # the keys of the request it writes
 
 
 def read_files(paths: list[str]) -> list:
@@ -65,6 +67,7 @@ def main(argv):
     if not 0.0 <= FLAGS.min_confidence <= 1.0:
         raise UsageError(f"--min_confidence must be between 0 and 1, got {FLAGS.min_confidence}")
     if FLAGS.rest_request:
+        cli.check_output_file("rest_request", FLAGS.rest_request, REQUEST_KINDS, inputs=tuple(paths))
         readable = read_files(paths)
         if len(readable) < len(paths):
             return 1  # a request must hold every file: nothing written

@@ -25,7 +25,10 @@ if "log_dir" in flags.FLAGS:
 cli.define_config_flags(TrainConfig)
 flags.DEFINE_string("result_file", None, "At the end, write the run's figures (steps, examples/s, best) as JSON "
                     "here; on an error, the error.")
+cli.define_overwrite_flag("result_file")
 FLAGS = flags.FLAGS
+# The forms of the result file (an existing one of these is the tool's own): a run's figures, or its error.
+RESULT_KINDS = (("step", "start_step", "checkpoint"), ("error", "exit_code"))
 
 
 def config_from_flags() -> TrainConfig:
@@ -38,8 +41,9 @@ def main(argv):
     del argv
     from mnist_dnn.lib import training  # after cli.run's quiet start-up: it imports TensorFlow
 
-    if FLAGS.result_file:
-        cli.check_output_file("result_file", FLAGS.result_file)
+    if FLAGS.result_file:  # (refused, it gets no error written into it)
+        cli.check_output_file("result_file", FLAGS.result_file, RESULT_KINDS,
+                              written=tuple(d for d in (FLAGS.ckpt_dir, FLAGS.export_dir) if d))
     try:
         result = training.train(config_from_flags(), say=cli.say)
     except Error as e:

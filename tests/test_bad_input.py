@@ -91,6 +91,17 @@ TRAIN = [
     (["--result_file={tmp}/missing/r.json"], 2, "--result_file"),
     (["--result_file={tmp}"], 2, "--result_file"),
     (["--idx_dir={tmp}/no_idx", "--data_dir={tmp}/tfds"], 1, "is not a folder"),
+    # issue 27: an output file that is not the tool's to write
+    (["--ckpt_dir={tmp}/new", "--result_file={run}/model_config.json"], 2,
+     "--result_file {run}/model_config.json is inside a run folder, {run}"),
+    (["--ckpt_dir={tmp}/new", "--result_file={run}/best/r.json"], 2, "is inside a run folder, {run}/best"),
+    (["--ckpt_dir={tmp}/new", "--result_file={export}/1/r.json"], 2, "is inside an export, {export}/1"),
+    (["--ckpt_dir={tmp}/new", "--result_file={export}/r.json"], 2, "is inside an export, {export}"),
+    (["--ckpt_dir={tmp}", "--result_file={tmp}/r.json"], 2, "--result_file {tmp}/r.json is inside {tmp}, which this"),
+    (["--ckpt_dir={tmp}/new", "--export_dir={tmp}", "--result_file={tmp}/r.json"], 2, "which this command writes"),
+    (["--ckpt_dir={tmp}/new", "--result_file={file}"], 2, "--result_file {file} exists and is not a file this tool "
+                                                          "wrote; pass another file, or --overwrite"),
+    (["--ckpt_dir={tmp}/new", "--result_file={tmp}/link"], 2, "--result_file {tmp}/link exists and is not"),
 ]
 RESUME = [  # on a copy of a trained run: a resume that would not be exact, or of something else
     (["--optimizer=sgd"], 2, "was trained with --optimizer=adam, not --optimizer=sgd"),
@@ -100,6 +111,10 @@ RESUME = [  # on a copy of a trained run: a resume that would not be exact, or o
     (["--seed=3"], 2, "--seed=0, not --seed=3"),
     (["--augment_shift=1"], 2, "--augment_shift=0, not --augment_shift=1"),
     (["--lr_schedule=cosine"], 2, "--lr_schedule=constant, not --lr_schedule=cosine"),
+    # issue 27: the run's own bookkeeping as the result file
+    (["--result_file={run}/model_config.json"], 2, "--result_file {run}/model_config.json is inside {run}, which this "
+                                                   "command writes"),
+    (["--result_file={run}/model_config.json", "--overwrite"], 2, "is inside {run}, which this command writes"),
     (["--hidden_units=17"], 2, "holds a run of dense 32 on mnist, not dense 17 on mnist"),
     (["--model=raw"], 2, "not raw 32 on mnist"),
     (["--model=cnn"], 2, "holds a run of dense 32 on mnist, not cnn conv 32-64, 32 on mnist"),
@@ -121,6 +136,15 @@ EVALUATE = [
     (["--ckpt_dir={run}", "--bogus"], 2, "bogus"),
     # issue 27: a preset is a set of training flags
     (["--ckpt_dir={run}", "--preset=fast"], 2, "mnist_dnn.evaluate takes none"),
+    # issue 27: an output file that is not the tool's to write
+    (["--ckpt_dir={run}", "--metrics_file={run}/model_config.json"], 2,
+     "--metrics_file {run}/model_config.json is inside a run folder, {run}"),
+    (["--ckpt_dir={run}", "--metrics_file={run}/metrics.json"], 2, "is inside a run folder, {run}"),
+    (["--ckpt_dir={run}", "--metrics_file={run}/best/best.json", "--overwrite"], 2, "is inside a run folder, {run}/best"),
+    (["--ckpt_dir={run}", "--metrics_file={export}/1/saved_model.pb"], 2, "is inside an export, {export}/1"),
+    (["--ckpt_dir={run}", "--metrics_file={export}/1/variables/m.json"], 2, "is inside an export, {export}/1"),
+    (["--ckpt_dir={run}", "--metrics_file={file}"], 2, "--metrics_file {file} exists and is not a file this tool wrote"),
+    (["--ckpt_dir={run}", "--metrics_file={tmp}/result.json"], 2, "exists and is not a file this tool wrote"),
 ]
 DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export and inspect say
     "no config": (lambda run: os.remove(f"{run}/model_config.json"), 1, "model_config.json is missing"),
@@ -167,6 +191,13 @@ PREDICT = [
     (["--model_dir={tmp}", "{file}"], 2, "neither a SavedModel"),
     # issue 27 (and 26, item 7): a preset is a set of training flags
     (["--preset=fast", "{file}"], 2, "--preset=fast is a set of training flags, for train, sweep and search only"),
+    # issue 27: an output file that is not the tool's to write
+    (["--rest_request={file}", "{file}"], 2, "--rest_request {file} is also an input of this command"),
+    (["--rest_request={tmp}/link", "--overwrite", "{file}"], 2, "--rest_request {tmp}/link is also an input"),
+    (["--rest_request={file}", "{tmp}/seven.png"], 2, "--rest_request {file} exists and is not a file this tool wrote"),
+    (["--rest_request={export}/1/r.json", "{file}"], 2, "--rest_request {export}/1/r.json is inside an export"),
+    (["--rest_request={export}/2/r.json", "{file}"], 2, "is inside an export, {export}"),
+    (["--rest_request={run}/r.json", "{file}"], 2, "--rest_request {run}/r.json is inside a run folder"),
 ]
 SERVE = [  # start-up errors: the server never starts serving
     (["--model_dir={tmp}/nothing"], 1, "{tmp}/nothing does not exist"),
@@ -328,11 +359,19 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
                                                         trained):
     places = {"tmp": str(tmp_path), "file": str(tmp_path / "afile"), "run": str(tmp_path / "run"),
               "corrupt_sweep": str(tmp_path / "corrupt_sweep"), "loop": str(tmp_path / "loop1"),
-              "dangling": str(tmp_path / "dangling"), "other_study": str(tmp_path / "other_study")}
+              "dangling": str(tmp_path / "dangling"), "other_study": str(tmp_path / "other_study"),
+              "export": str(tmp_path / "exports")}
     _write(places["file"], "a file, not a folder")
     os.symlink("loop2", places["loop"])
     os.symlink("loop1", tmp_path / "loop2")
     os.symlink("gone", places["dangling"])
+    os.symlink("afile", tmp_path / "link")
+    _write(tmp_path / "result.json", json.dumps({"step": 30, "start_step": 0, "checkpoint": "x"}))  # a train result
+    if any("{export}" in a for a in args):  # an export's layout: versions 1 (a SavedModel) and 2 (a LiteRT file)
+        os.makedirs(f"{places['export']}/1/variables")
+        _write(f"{places['export']}/1/saved_model.pb", b"a SavedModel")
+        os.makedirs(f"{places['export']}/2")
+        _write(f"{places['export']}/2/model.tflite", b"a LiteRT model")
     if any("{run}" in a for a in args):
         shutil.copytree(trained, places["run"])
         if damage:

@@ -1,0 +1,71 @@
+"""Where the tools write their output files (issue 27, item 2); the refusals are cases of test_bad_input.py.
+
+These are the other side: what stays allowed (a new file, an earlier output of the same tool, a
+sweep's result.json beside its run, a file replaced on purpose with --overwrite).
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import call_tool
+from mnist_dnn.lib import outputs
+from mnist_dnn.lib.errors import UsageError
+
+METRICS = (("checkpoint", "step", "validation", "test"),)
+
+
+def test_a_new_file_or_an_earlier_output_of_the_same_kind_may_be_written(tmp_path):
+    outputs.check_output_file("metrics_file", str(tmp_path / "new.json"), METRICS)
+    earlier = tmp_path / "m.json"
+    earlier.write_text(json.dumps({"checkpoint": "c", "step": 3, "validation": {}, "test": {}, "more": 1}))
+    outputs.check_output_file("metrics_file", str(earlier), METRICS)
+
+
+@pytest.mark.parametrize("content", ['{"checkpoint": "c", "step": 3}', "[1, 2]", "not json", ""])
+def test_another_file_is_replaced_only_with_overwrite(tmp_path, content):
+    other = tmp_path / "other.json"
+    other.write_text(content)
+    with pytest.raises(UsageError, match="exists and is not a file this tool wrote"):
+        outputs.check_output_file("metrics_file", str(other), METRICS)
+    outputs.check_output_file("metrics_file", str(other), METRICS, overwrite=True)
+
+
+def test_a_file_beside_a_run_folder_is_not_inside_it(tmp_path):
+    """A sweep's <root>/<run>/result.json sits beside the run's ckpt/: allowed."""
+    (tmp_path / "run" / "ckpt").mkdir(parents=True)
+    (tmp_path / "run" / "ckpt" / "model_config.json").write_text("{}")
+    outputs.check_output_file("result_file", str(tmp_path / "run" / "result.json"), (("step",),))
+    with pytest.raises(UsageError, match="is inside a run folder"):
+        outputs.check_output_file("result_file", str(tmp_path / "run" / "ckpt" / "result.json"), (("step",),))
+
+
+def test_a_folder_of_checkpoints_without_its_config_is_a_run_folder_too(tmp_path):
+    (tmp_path / "model.ckpt-30.index").write_bytes(b"")
+    with pytest.raises(UsageError, match="is inside a run folder"):
+        outputs.check_output_file("metrics_file", str(tmp_path / "m.json"), METRICS)
+
+
+def test_numbered_folders_without_a_model_are_no_export(tmp_path):
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "notes.txt").write_text("a numbered folder of my own")
+    outputs.check_output_file("metrics_file", str(tmp_path / "m.json"), METRICS)
+
+
+def test_predict_replaces_its_own_request_and_another_file_with_overwrite(tmp_path):
+    digit = tmp_path / "seven.png"
+    digit.write_bytes(tf.io.encode_png(np.full((28, 28, 1), 7, np.uint8)).numpy())
+    request = tmp_path / "request.json"
+    for _ in range(2):  # the second call replaces the first one's request: the tool's own file
+        result = call_tool("predict", f"--rest_request={request}", str(digit))
+        assert result.returncode == 0, result.stderr
+    assert json.loads(request.read_text())["signature_name"] == "serving_bytes"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    refused = call_tool("predict", f"--rest_request={notes}", str(digit))
+    assert refused.returncode == 2 and notes.read_text() == "mine"
+    assert call_tool("predict", f"--rest_request={notes}", "--overwrite", str(digit)).returncode == 0
+    assert len(json.loads(notes.read_text())["instances"]) == 1

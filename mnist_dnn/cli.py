@@ -70,7 +70,13 @@ def _field_value(field, name: str, value):
 
 
 def define_data_flags() -> None:
-    define_config_flags(config_lib.DataConfig)
+    """Where the tools that read a trained run find its data; the dataset is the run's own."""
+    define_config_flags(config_lib.DataConfig, only=("data_dir", "idx_dir"))
+
+
+def define_dataset_check_flag() -> None:
+    flags.DEFINE_enum("dataset", None, config_lib.DATASETS, "The dataset the run must have been trained on: a run of "
+                      "another is refused (default: whichever it is; a model is always scored on its own).")
 
 
 def define_ckpt_dir_flag() -> None:

@@ -17,6 +17,7 @@ flags.DEFINE_integer("batch_size", 1000, "Evaluation batch size (every example c
 flags.DEFINE_string("metrics_file", None, "Also write the figures as JSON to this file.")
 flags.DEFINE_boolean("confusion_matrix", False, "Also print the test confusion matrix (rows true class, columns predicted).")
 cli.define_data_flags()
+cli.define_dataset_check_flag()
 cli.define_restore_flags()
 cli.define_overwrite_flag("metrics_file")
 FLAGS = flags.FLAGS
@@ -44,7 +45,7 @@ def main(argv):
         cli.check_output_file("metrics_file", FLAGS.metrics_file, METRICS_KINDS)
     report = evaluation.evaluate_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.data_dir, cli.idx_dir(FLAGS),
                                             FLAGS.batch_size, FLAGS.which,
-                                            functools.partial(data.load_splits, say=cli.say))
+                                            functools.partial(data.load_splits, say=cli.say), FLAGS.dataset)
     print(format_report(report))
     if FLAGS.confusion_matrix:
         print("confusion matrix (test):")

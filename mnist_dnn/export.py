@@ -24,6 +24,7 @@ flags.DEFINE_string("export_dir", None, "Model folder; each export is a numbered
 flags.DEFINE_integer("version", None, "Version number to write (default: the next free one). Never overwritten.")
 cli.define_restore_flags()
 cli.define_data_flags()
+cli.define_dataset_check_flag()
 FLAGS = flags.FLAGS
 
 
@@ -44,6 +45,7 @@ def main(argv):
     export_dir = FLAGS.export_dir or DEFAULT_EXPORT_DIRS[FLAGS.format]
     serving.version_path(export_dir, FLAGS.version, FLAGS.format)  # refuse before restoring anything
     model, run_config, checkpoint, step = checkpoints.restore_model(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
+    checkpoints.check_dataset(checkpoint, run_config, FLAGS.dataset)
     if FLAGS.format == "saved_model":
         path = serving.export_model(model, export_dir, FLAGS.version)
     else:

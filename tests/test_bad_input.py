@@ -145,6 +145,11 @@ EVALUATE = [
     (["--ckpt_dir={run}", "--metrics_file={export}/1/variables/m.json"], 2, "is inside an export, {export}/1"),
     (["--ckpt_dir={run}", "--metrics_file={file}"], 2, "--metrics_file {file} exists and is not a file this tool wrote"),
     (["--ckpt_dir={run}", "--metrics_file={tmp}/result.json"], 2, "exists and is not a file this tool wrote"),
+    # issue 27: a model is scored on its own dataset
+    (["--ckpt_dir={run}", "--dataset=fashion_mnist"], 2,
+     "--dataset is fashion_mnist, but {run}/model.ckpt-30 was trained on mnist; a model is scored"),
+    (["--ckpt_dir={run}", "--which=best", "--dataset=kmnist"], 2, "--dataset is kmnist, but {run}/best/"),
+    (["--ckpt_dir={run}", "--dataset=cifar10"], 2, "--dataset=cifar10: value should be one of"),
 ]
 DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export and inspect say
     "no config": (lambda run: os.remove(f"{run}/model_config.json"), 1, "model_config.json is missing"),
@@ -176,6 +181,11 @@ EXPORT = [
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--which=worst"], 2, "which"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--checkpoint={run}/model.ckpt-3"], 1, "does not exist"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "stray"], 2, "unexpected arguments"),
+    # issue 27: a model is exported (and calibrated) with its own dataset
+    (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--dataset=fashion_mnist"], 2,
+     "--dataset is fashion_mnist, but {run}/model.ckpt-30 was trained on mnist"),
+    (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--format=litert", "--quantize=int8", "--dataset=kmnist"], 2,
+     "--dataset is kmnist, but"),
 ]
 INSPECT = [
     (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
@@ -290,6 +300,8 @@ REPORT = [
     (["--root={file}"], 2, "--root"),
     (["--root={corrupt_sweep}"], 1, "sweep.json"),
     (["--root={tmp}", "stray"], 2, "unexpected arguments"),
+    # issue 27: each run is reported on its own dataset; the flag is not taken
+    (["--root={tmp}", "--dataset=fashion_mnist"], 2, "Unknown command line flag 'dataset'"),
 ]
 
 CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAIN]

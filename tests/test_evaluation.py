@@ -58,3 +58,24 @@ def test_evaluate_split_matches_numpy_on_the_logits_of_a_fixed_model(fixed_model
     assert np.isnan(metrics.per_class_accuracy[9])
     np.testing.assert_array_equal(metrics.confusion_matrix, expected["confusion_matrix"])
     np.testing.assert_array_equal(metrics.predictions, logits.argmax(axis=1))
+
+
+def test_a_dataset_named_must_be_the_run_s_own_and_is_checked_before_any_data_is_read(tiny_run, tiny_data):
+    """issue 27, item 3: evaluate --dataset=fashion_mnist scored a MNIST run on MNIST without a word."""
+    from mnist_dnn.lib.errors import UsageError
+
+    ckpt_dir, loaded = str(tiny_run[0] / "ckpt"), []
+
+    def load_splits(config):
+        loaded.append(config.dataset)
+        return data.load_splits(config)
+
+    with pytest.raises(UsageError, match="is fashion_mnist, but .*model.ckpt-30 was trained on mnist"):
+        evaluation.evaluate_checkpoint(ckpt_dir, data_dir=tiny_data.data_dir, idx_dir=tiny_data.idx_dir,
+                                       load_splits=load_splits, dataset="fashion_mnist")
+    assert loaded == []
+    for dataset in ("mnist", None):
+        report = evaluation.evaluate_checkpoint(ckpt_dir, data_dir=tiny_data.data_dir, idx_dir=tiny_data.idx_dir,
+                                                load_splits=load_splits, dataset=dataset)
+        assert report["step"] == 30
+    assert loaded == ["mnist", "mnist"]

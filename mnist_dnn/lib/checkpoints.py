@@ -121,3 +121,10 @@ def _summarize(reader, key: str, shape) -> VariableSummary:
         value = np.asarray(reader.get_tensor(key), dtype=np.float64)
         summary = dataclasses.replace(summary, min=float(value.min()), mean=float(value.mean()), max=float(value.max()))
     return summary
+
+
+def check_dataset(path: str, config: RunConfig, dataset: str | None) -> None:
+    """Refuses a checkpoint trained on another dataset than `dataset` (None: any)."""
+    if dataset and dataset != config.dataset:
+        raise UsageError(f"is {dataset}, but {path} was trained on {config.dataset}; a model is scored and exported "
+                         f"with its own dataset: drop `dataset`, or pass a run trained on {dataset}", field="dataset")

@@ -206,6 +206,10 @@ BAD_REQUESTS = [  # (path, body, status, fragment of the error)
     ("/v1/models/mnist:classify", {"instances": [ZEROS]}, 400, "classify is not supported"),
     ("/v1/models/mnist/versions/x:predict", {"instances": [ZEROS]}, 404, "Malformed request"),
     ("/v1/models/mnist/metadata", {"instances": [ZEROS]}, 404, "Malformed request"),
+    # issue 27: flat pixels outside [0, 1], NaN included, are refused by the SavedModel itself
+    *[(PREDICT, {"signature_name": "predict_flat", "instances": [[0.5] * 783 + [bad]]}, 400,
+       "predict_flat takes pixels from 0 to 1; some are NaN, infinite or outside that range")
+      for bad in (float("nan"), float("inf"), -0.001, 1.001)],
 ]
 
 

@@ -495,3 +495,82 @@ def test_export_cli_writes_litert_files_and_bad_input_is_one_line(trained, real_
     assert_one_line_error(results[3], 1, f"{huge}: image of 20000x20000 pixels is too large")
     assert results[3].stdout.startswith(f"{digit}: ")
     assert_one_line_error(results[4], 2, "holds saved_model versions")
+
+
+# --- The SavedModel's contract, seen from a program that does not import mnist_dnn (issue 27, item 4) ----
+
+CONTRACT_CLIENT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+
+    saved_model, tflite, pixels = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
+    loaded = tf.saved_model.load(saved_model)
+    flat = pixels.reshape(len(pixels), -1).astype(np.float32) / 255
+
+    def call(signature, images):
+        try:
+            return {"probabilities": loaded.signatures[signature](images=tf.constant(images))["probabilities"].numpy().tolist()}
+        except tf.errors.InvalidArgumentError as e:
+            return {"error": e.message}
+
+    def spoiled(value):
+        images = flat.copy()
+        images[1, 100] = value
+        return images
+
+    answers = {"images": call("serving_default", pixels), "half_images": call("serving_default", pixels[:, :14]),
+               "flat": call("predict_flat", flat), "flat_783": call("predict_flat", flat[:, :783])}
+    answers.update({name: call("predict_flat", spoiled(value))
+                    for name, value in (("nan", np.nan), ("inf", np.inf), ("below_0", -0.001), ("above_1", 1.001))})
+    if tflite:
+        from ai_edge_litert.interpreter import Interpreter
+        runner = Interpreter(model_path=tflite).get_signature_runner("serving_default")
+        answers["litert"] = {"probabilities": runner(images=pixels)["probabilities"].tolist()}
+        try:
+            answers["litert_half_images"] = {"probabilities": runner(images=pixels[:, :14].copy())["probabilities"].tolist()}
+        except (RuntimeError, ValueError) as e:
+            answers["litert_half_images"] = {"error": str(e)}
+    answers["mnist_dnn_imported"] = any(name.startswith("mnist_dnn") for name in sys.modules)
+    print(json.dumps(answers))
+""")
+
+
+def numpy_probabilities(model, pixels: np.ndarray) -> np.ndarray:
+    """The dense model's answer computed in float64 numpy from its weights: relu layers, then softmax."""
+    x = pixels.reshape(len(pixels), -1).astype(np.float64) / 255
+    weights = model.get_weights()
+    for i in range(0, len(weights), 2):
+        x = x @ weights[i] + weights[i + 1]
+        if i + 2 < len(weights):
+            x = np.maximum(x, 0)
+    x = np.exp(x - x.max(axis=1, keepdims=True))
+    return x / x.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.slow
+def test_the_saved_model_enforces_its_shapes_and_pixel_range_in_a_foreign_process(tmp_path):
+    """[2, 14, 28, 1] gave one answer for two images, NaN pixels a near-uniform one: both are errors now."""
+    model = models.create_model(models.make_config("dense", hidden_units=(16,)), seed=5)
+    rng = np.random.default_rng(5)
+    model.set_weights([w + rng.normal(0, 0.1, w.shape).astype(np.float32) for w in model.get_weights()])  # biases too
+    saved_model = serving.export_model(model, str(tmp_path / "exports"))
+    tflite = serving.export_litert(model, str(tmp_path / "litert")) if importlib.util.find_spec("ai_edge_litert") else ""
+    pixels = rng.integers(0, 256, (2, 28, 28, 1)).astype(np.uint8)
+    pixels[0, 0, 0], pixels[1, 0, 0] = 0, 255  # both ends of the range
+    np.save(tmp_path / "pixels.npy", pixels)
+    (tmp_path / "client.py").write_text(CONTRACT_CLIENT)
+    client = subprocess.run([sys.executable, str(tmp_path / "client.py"), saved_model, tflite, str(tmp_path / "pixels.npy")],
+                            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **QUIET}, timeout=300)
+    assert client.returncode == 0, client.stderr[-3000:]
+    answers = json.loads(client.stdout.splitlines()[-1])
+    assert answers.pop("mnist_dnn_imported") is False
+    expected = numpy_probabilities(model, pixels)
+    for name in ("images", "flat") + (("litert",) if tflite else ()):
+        np.testing.assert_allclose(answers[name]["probabilities"], expected, atol=1e-5, err_msg=name)
+    assert "[2,14,28,1] is not compatible with expected shape [?,28,28,1]" in answers["half_images"]["error"]
+    assert "[2,783] is not compatible with expected shape [?,784]" in answers["flat_783"]["error"]
+    for name in ("nan", "inf", "below_0", "above_1"):
+        assert serving.INVALID_PIXELS in answers[name]["error"], answers[name]
+    if tflite:  # the converter drops the shape check; the reshape by the batch size still refuses this one
+        assert "num_input_elements != num_output_elements" in answers["litert_half_images"]["error"]

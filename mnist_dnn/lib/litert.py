@@ -44,7 +44,7 @@ def convert_int8(serving_module: tf.Module, representative: np.ndarray) -> bytes
             yield [image[np.newaxis].astype(np.float32) / 255.0]
 
     pixels = tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1], tf.float32, name="images")
-    scaled = tf.function(lambda images: serving_module.outputs(tf.reshape(images, [-1, data.NUM_PIXELS])),
+    scaled = tf.function(lambda images: serving_module.outputs(serving_module.flatten(images)),
                          input_signature=[pixels])
     converter = _converter(serving_module, scaled)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

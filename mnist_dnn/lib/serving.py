@@ -20,6 +20,9 @@ from mnist_dnn.lib.errors import Error, UsageError
 
 FORMATS = EXPORT_FORMATS
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving reads versions as 64-bit integers
+IMAGES = tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1], tf.uint8, name="images")
+FLAT_IMAGES = tf.TensorSpec([None, data.NUM_PIXELS], tf.float32, name="images")
+INVALID_PIXELS = f"{FLAT_SIGNATURE} takes pixels from 0 to 1; some are NaN, infinite or outside that range"
 
 
 class ServingModule(tf.Module):
@@ -35,15 +38,27 @@ class ServingModule(tf.Module):
         # are then stored twice in variables/ (through the model and here), a few hundred KB.
         self.tf_variables = [variable.value for variable in model.variables]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1], tf.uint8, name="images")])
+    # A signature function does not check its inputs against the declared shape (a [2, 14, 28, 1]
+    # batch came out as one answer): tf.ensure_shape fails the call instead.
+    @tf.function(input_signature=[IMAGES])
     def serve_images(self, images):
         """Raw pixels 0..255, as MNIST stores them: scaled and flattened as in training."""
-        return self.outputs(tf.reshape(data.to_float(images), [-1, data.NUM_PIXELS]))
+        images = tf.ensure_shape(images, IMAGES.shape)
+        return self.outputs(self.flatten(data.to_float(images)))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, data.NUM_PIXELS], tf.float32, name="images")])
+    @staticmethod
+    def flatten(images):
+        """[N, 28, 28, 1] as [N, 784]. Not [-1, 784]: the LiteRT converter drops tf.ensure_shape, and
+        this reshape still fails on most wrong shapes (a [2, 14, 28, 1] batch has 784 values, not 2 x 784)."""
+        return tf.reshape(images, [tf.shape(images)[0], data.NUM_PIXELS])
+
+    @tf.function(input_signature=[FLAT_IMAGES])
     def serve_flat(self, images):
-        """Already flattened float pixels in [0, 1]."""
-        return self.outputs(images)
+        """Already flattened float pixels in [0, 1]; any other value (NaN included) fails the call."""
+        images = tf.ensure_shape(images, FLAT_IMAGES.shape)
+        valid = tf.reduce_all((images >= 0.0) & (images <= 1.0))  # False for NaN too
+        with tf.control_dependencies([tf.debugging.Assert(valid, [INVALID_PIXELS])]):
+            return self.outputs(tf.identity(images))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_bytes(self, image_bytes):

@@ -136,8 +136,9 @@ def define_overwrite_flag(output_flag: str) -> None:
 def check_output_file(flag: str, path: str, kinds: tuple[tuple[str, ...], ...], **where) -> None:
     """Refuses an output file whose folder does not exist, or that is not the tool's to write
     (`outputs.check_output_file`, which takes `where`), before any work is done."""
-    from mnist_dnn.lib import outputs
+    from mnist_dnn.lib import files, outputs
 
+    files.check_link(flag, path, "pass another file")  # (not "its folder does not exist")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UsageError(f"--{flag} {path}: {'is a folder' if os.path.isdir(path) else 'its folder does not exist or is not writable'}; "

@@ -28,7 +28,7 @@ from absl import flags
 
 from mnist_dnn import cli
 from mnist_dnn import train  # defines the training flags that are the base of every trial
-from mnist_dnn.lib import search, studies, trials
+from mnist_dnn.lib import files, search, studies, trials
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import Error
 
@@ -60,6 +60,7 @@ def check_value(name: str, value: str) -> None:
 
 
 def check_root(config: search.SearchConfig) -> None:
+    files.check_link("root", config.root, "pass a folder for the search's trials")
     if os.path.exists(config.root) and not os.path.isdir(config.root):
         raise ConfigError("root", f"{config.root} is a file; pass a folder for the search's trials")
     if studies.is_search_root(config.root):

@@ -102,6 +102,12 @@ TRAIN = [
     (["--ckpt_dir={tmp}/new", "--result_file={file}"], 2, "--result_file {file} exists and is not a file this tool "
                                                           "wrote; pass another file, or --overwrite"),
     (["--ckpt_dir={tmp}/new", "--result_file={tmp}/link"], 2, "--result_file {tmp}/link exists and is not"),
+    # issue 27 (item 12): a loop of symbolic links is worded as one wherever a path is read or written
+    (["--data_dir={loop}"], 2, "--data_dir {loop} is a loop of symbolic links; pass a folder"),
+    (["--data_dir={loop}/tfds"], 2, "--data_dir {loop}/tfds is a loop of symbolic links (at {loop})"),
+    (["--result_file={loop}"], 2, "--result_file {loop} is a loop of symbolic links; pass another file"),
+    (["--result_file={loop}/r.json"], 2, "--result_file {loop}/r.json is a loop of symbolic links (at {loop})"),
+    (["--result_file={dangling}"], 2, "--result_file {dangling} is a symbolic link to the missing gone"),
 ]
 RESUME = [  # on a copy of a trained run: a resume that would not be exact, or of something else
     (["--optimizer=sgd"], 2, "was trained with --optimizer=adam, not --optimizer=sgd"),
@@ -150,6 +156,11 @@ EVALUATE = [
      "--dataset is fashion_mnist, but {run}/model.ckpt-30 was trained on mnist; a model is scored"),
     (["--ckpt_dir={run}", "--which=best", "--dataset=kmnist"], 2, "--dataset is kmnist, but {run}/best/"),
     (["--ckpt_dir={run}", "--dataset=cifar10"], 2, "--dataset=cifar10: value should be one of"),
+    # issue 27 (item 12): a loop of symbolic links is worded as one
+    (["--ckpt_dir={loop}"], 2, "--ckpt_dir {loop} is a loop of symbolic links; point it at a run folder"),
+    (["--ckpt_dir={loop}/run"], 2, "--ckpt_dir {loop}/run is a loop of symbolic links (at {loop})"),
+    (["--ckpt_dir={dangling}"], 2, "--ckpt_dir {dangling} is a symbolic link to the missing gone"),
+    (["--ckpt_dir={run}", "--metrics_file={loop}/m.json"], 2, "--metrics_file {loop}/m.json is a loop of symbolic"),
 ]
 DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export and inspect say
     "no config": (lambda run: os.remove(f"{run}/model_config.json"), 1, "model_config.json is missing"),
@@ -186,6 +197,8 @@ EXPORT = [
      "--dataset is fashion_mnist, but {run}/model.ckpt-30 was trained on mnist"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--format=litert", "--quantize=int8", "--dataset=kmnist"], 2,
      "--dataset is kmnist, but"),
+    # issue 27 (item 12): a loop of symbolic links is worded as one
+    (["--ckpt_dir={loop}", "--export_dir={tmp}/exports"], 2, "--ckpt_dir {loop} is a loop of symbolic links"),
 ]
 INSPECT = [
     (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
@@ -194,6 +207,8 @@ INSPECT = [
     (["--ckpt_dir={run}", "--which=worst"], 2, "which"),
     (["--ckpt_dir={run}", "--checkpoint={run}/model.ckpt-3"], 1, "does not exist"),
     (["--ckpt_dir={run}", "stray"], 2, "unexpected arguments"),
+    # issue 27 (item 12): a loop of symbolic links is worded as one
+    (["--ckpt_dir={loop}"], 2, "--ckpt_dir {loop} is a loop of symbolic links"),
 ]
 PREDICT = [
     (["--model_dir={tmp}/nothing"], 2, "no image files given"),
@@ -208,6 +223,9 @@ PREDICT = [
     (["--rest_request={export}/1/r.json", "{file}"], 2, "--rest_request {export}/1/r.json is inside an export"),
     (["--rest_request={export}/2/r.json", "{file}"], 2, "is inside an export, {export}"),
     (["--rest_request={run}/r.json", "{file}"], 2, "--rest_request {run}/r.json is inside a run folder"),
+    # issue 27 (item 12): a loop of symbolic links is worded as one
+    (["--model_dir={loop}", "{file}"], 2, "--model_dir {loop} is a loop of symbolic links; point it at an exported"),
+    (["--rest_request={loop}", "{file}"], 2, "--rest_request {loop} is a loop of symbolic links"),
 ]
 SERVE = [  # start-up errors: the server never starts serving
     (["--model_dir={tmp}/nothing"], 1, "{tmp}/nothing does not exist"),
@@ -220,6 +238,8 @@ SERVE = [  # start-up errors: the server never starts serving
     (["--file_system_poll_wait_seconds=-1"], 2, "--file_system_poll_wait_seconds must be"),
     (["--model_threads=0"], 2, "--model_threads must be"),
     (["--model_dir={tmp}", "stray"], 2, "unexpected arguments"),
+    # issue 27 (item 12): a loop of symbolic links is worded as one
+    (["--model_dir={loop}"], 2, "--model_dir {loop} is a loop of symbolic links; point it at a model folder"),
 ]
 SWEEP = [
     (["--grid=learning_rate=0.1,0.01"], 2, "--root is required"),
@@ -244,6 +264,8 @@ SWEEP = [
     (["--root={tmp}/sweep", "--grid=dropout=0.1,0.2", "--model=raw"], 2, "only supported by the dense and cnn models"),
     (["--root={tmp}/sweep", "--grid=learning_rate=0.1,0.2", "stray"], 2, "unexpected arguments"),
     (["--root={corrupt_sweep}", "--grid=learning_rate=0.1,0.2"], 1, "sweep.json"),
+    # issue 27 (item 12): a loop of symbolic links is worded as one (it was a FileExistsError traceback)
+    (["--root={loop}", "--grid=learning_rate=0.1,0.2"], 2, "--root {loop} is a loop of symbolic links"),
 ]
 LR = "--space=learning_rate=loguniform:1e-4:1e-1"
 SEARCH = [
@@ -293,6 +315,9 @@ SEARCH = [
     (["--root={other_study}", LR, "--study_name=another"], 2, "holds the trials of another study"),
     (["--root={tmp}/s", LR, "--max_steps=0"], 2, "--max_steps must be"),
     (["--root={tmp}/s", LR, "stray"], 2, "unexpected arguments"),
+    # issue 27 (item 12): a loop of symbolic links is worded as one (it was a FileExistsError traceback)
+    (["--root={loop}", LR], 2, "--root {loop} is a loop of symbolic links"),
+    (["--root={loop}/s", LR], 2, "--root {loop}/s is a loop of symbolic links (at {loop})"),
 ]
 REPORT = [
     ([], 2, "--root is required"),
@@ -302,6 +327,8 @@ REPORT = [
     (["--root={tmp}", "stray"], 2, "unexpected arguments"),
     # issue 27: each run is reported on its own dataset; the flag is not taken
     (["--root={tmp}", "--dataset=fashion_mnist"], 2, "Unknown command line flag 'dataset'"),
+    # issue 27 (item 12): a loop of symbolic links is worded as one
+    (["--root={loop}"], 2, "--root {loop} is a loop of symbolic links"),
 ]
 
 CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAIN]

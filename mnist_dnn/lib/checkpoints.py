@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mnist_dnn.lib import files
 from mnist_dnn.lib.errors import CheckpointError, UsageError, first_line
 from mnist_dnn.lib.models import create_model
 from mnist_dnn.lib.run_dir import RESTORE_ERRORS, WHICH, RunConfig, RunDir
@@ -28,6 +29,7 @@ def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str 
         return _existing_checkpoint(checkpoint)
     if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
         raise UsageError(f"`ckpt_dir` {ckpt_dir} is a file, not a run folder; point it at the folder train wrote")
+    files.check_link("ckpt_dir", ckpt_dir, "point it at a run folder")
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"`ckpt_dir` {ckpt_dir} does not exist; train first or point it at a run folder")
     run = RunDir(ckpt_dir)

@@ -283,6 +283,8 @@ def _not_available(config: DataConfig, reason: str) -> DataError:
 
 
 def _check_data_dir(data_dir: str | None) -> None:
+    if data_dir:
+        files.check_link("data_dir", data_dir, "pass a folder for the TFDS datasets")
     if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UsageError(f"`data_dir` {data_dir} is a file; pass a folder for the TFDS datasets (created if missing)")
 

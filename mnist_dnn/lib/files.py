@@ -27,8 +27,25 @@ def folder_problem(folder: str) -> str | None:
     if os.path.isdir(existing):  # a folder, or a link to one
         return None if os.access(existing, os.W_OK | os.X_OK) else f"{folder} is not writable{where}"
     if not os.path.exists(existing):  # a link that leads nowhere
-        return f"{folder} is {_broken_link(existing)}{where}, not a folder"
+        return f"{broken_link(folder)}, not a folder"
     return f"{folder} is a file, not a folder" if not where else f"{folder} is under a file{where}"
+
+
+def broken_link(path: str) -> str | None:
+    """"<path> is a loop of symbolic links" (or a link to a missing target), when `path` is or lies
+    under such a link; None otherwise. For the messages of paths that would read as missing."""
+    existing = nearest_existing(path)
+    if os.path.exists(existing):
+        return None
+    where = "" if existing == os.path.abspath(path) else f" (at {existing})"
+    return f"{path} is {_broken_link(existing)}{where}"
+
+
+def check_link(field: str, path: str, fix: str) -> None:
+    """Refuses, naming the setting `field`, a path that is or lies under a broken link (`broken_link`)."""
+    problem = broken_link(path)
+    if problem:
+        raise UsageError(f"{problem}; {fix}", field=field)
 
 
 def check_folder(field: str, folder: str) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 
+from mnist_dnn.lib import files
 from mnist_dnn.lib.errors import UsageError
 
 # What marks a run folder (lib/run_dir.py's layout) and an export (lib/serving.py's), read without TensorFlow.
@@ -28,6 +29,7 @@ def check_output_file(flag: str, path: str, kinds: tuple[tuple[str, ...], ...], 
     the keys of one form is the tool's own). `inputs`: files the command reads; `written`:
     folders it writes into besides the output file.
     """
+    files.check_link(flag, path, "pass another file")
     target = os.path.realpath(path)
     for other in inputs:
         if os.path.exists(other) and os.path.realpath(other) == target:

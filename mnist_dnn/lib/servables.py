@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import litert, serving
+from mnist_dnn.lib import files, litert, serving
 from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
 
 
@@ -135,6 +135,7 @@ class ModelVersions:
             path = self.model_dir if os.path.isfile(self.model_dir) else _loadable(self.model_dir)
             folder = os.path.basename(os.path.normpath(self.model_dir if os.path.isdir(path) else os.path.dirname(path)))
             return load(path, int(folder) if folder.isdigit() else 1)
+        files.check_link("model_dir", self.model_dir, "point it at a model folder")
         if not os.path.exists(self.model_dir):
             raise DataError(f"{self.model_dir} does not exist; export a model there with python -m mnist_dnn.export")
         candidates = self.candidates()

@@ -175,6 +175,7 @@ def _model_in(folder: str) -> str | None:
 
 def resolve_model(model_dir: str) -> str:
     """A SavedModel folder or a LiteRT file: as given, or the one in the highest numbered version."""
+    files.check_link("model_dir", model_dir, "point it at an exported model")
     if os.path.isfile(model_dir):
         return model_dir  # a LiteRT file; checked when loaded
     found = _model_in(model_dir) if os.path.isdir(model_dir) else None

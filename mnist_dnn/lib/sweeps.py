@@ -93,6 +93,7 @@ def describe(axes: list[Axis], base_args: list[str], runs: list[Run]) -> dict:
 
 def check_root(root: str) -> None:
     """Refuses a --root that cannot hold a sweep, and a damaged sweep.json, before anything is written."""
+    files.check_link("root", root, "pass a folder for the sweep's runs")
     if os.path.exists(root) and not os.path.isdir(root):
         raise UsageError(f"`root` {root} is a file; pass a folder for the sweep's runs")
     path = os.path.join(root, SWEEP_FILE)
@@ -125,6 +126,7 @@ def record(root: str, description: dict) -> None:
 
 
 def load(root: str) -> dict:
+    files.check_link("root", root, "pass the folder mnist_dnn.sweep or mnist_dnn.search wrote")
     if os.path.exists(root) and not os.path.isdir(root):
         raise UsageError(f"`root` {root} is a file, not a sweep folder; pass the folder mnist_dnn.sweep wrote")
     path = os.path.join(root, SWEEP_FILE)

@@ -180,8 +180,9 @@ def run(main, positional_args: bool = False, presets: bool = False) -> None:
     Arguments other than flags are refused unless `positional_args` (then `main` gets them
     in `argv[1:]`). `-h`/`--help` print the tool's own help (its module docstring and flags).
     With `presets` (the tools that take training flags), `--preset=NAME` gives the shipped
-    configs/NAME.cfg's flags as defaults (`command_line.expand_presets`); without, it is refused. TensorFlow is
-    imported first, quietly (`startup.quiet_tensorflow`); the tools import the library in `main`.
+    configs/NAME.cfg's flags as defaults (`command_line.expand_presets`); without, it is
+    refused. TensorFlow is imported first, quietly (`startup.quiet_tensorflow`); the tools
+    import the library in `main`.
     """
 
     def guarded_main(argv):

@@ -24,11 +24,10 @@ import platform
 import sys
 import tempfile
 
-from mnist_dnn.lib import files
+from mnist_dnn.lib import files, xla_cache
 
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
-_XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
 
 
 def _verbosity(argv: list[str]) -> int | None:
@@ -114,18 +113,18 @@ def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
     """Adds XLA's persistent cache to TF_XLA_FLAGS (read when XLA first compiles), unless one is set.
 
     A folder XLA could not write would fail every compilation: then there is no cache (with a
-    warning if the user chose that folder).
+    warning if the user chose that folder). Short of space, it is only read (`xla_cache.prepare`).
     """
     folder = xla_cache_folder(environ, cpu or cpu_key())
     flags = environ.get("TF_XLA_FLAGS", "")
-    if not folder or _XLA_CACHE_FLAG in flags:
+    if not folder or xla_cache.FOLDER_FLAG in flags:
         return
     if files.folder_problem(folder):
         if environ.get(XLA_CACHE_ENV) is not None:
             print(f"warning: {XLA_CACHE_ENV}={environ[XLA_CACHE_ENV]} is not a folder that can be written; "
                   "compiling without the cache", file=sys.stderr)
         return
-    environ["TF_XLA_FLAGS"] = f"{flags} {_XLA_CACHE_FLAG}={folder}".strip()
+    environ["TF_XLA_FLAGS"] = f"{flags} {xla_cache.prepare(folder)}".strip()
 
 
 def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:

@@ -3,8 +3,12 @@
 import glob
 import json
 import os
+import pathlib
 import random
+import resource
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -133,5 +137,92 @@ def test_a_full_disk_is_a_clear_error_and_earlier_checkpoints_stay_intact(tiny_d
         assert latest is not None and not glob.glob(str(ckpt / "*_temp*"))  # no half-written save left behind
         model, _, _, step = checkpoints.restore_model(str(ckpt))
         assert step == RunDir(str(ckpt)).steps()[-1] > 0
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+# issue 27: a damaged XLA cache entry, or one that cannot be written, never fails a run.
+def _damage(entry, how: str) -> None:
+    content = entry.read_bytes()
+    entry.write_bytes({"garbled": os.urandom(len(content)), "truncated": content[:len(content) // 3],
+                       "empty": b""}[how])
+
+
+def _cached_run(tiny_data, cache, ckpt, limit_file_size: int | None = None):
+    """`train` in a subprocess with its XLA cache in `cache`; (the process, its result.json)."""
+    def file_size_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
+
+    env = {"MNIST_DNN_XLA_CACHE": str(cache), "TF_XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+    args = _train_args(tiny_data.data_dir, ckpt, "--hidden_units=8", "--max_steps=30", "--log_every=30", "--eval_every=30",
+                       f"--result_file={ckpt}.json")
+    process = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             env={**os.environ, **env}, preexec_fn=file_size_limit if limit_file_size else None)
+    assert process.returncode == 0, process.stderr[-3000:]
+    with open(f"{ckpt}.json") as f:
+        return process, json.load(f)
+
+
+def _cache_files(cache) -> list[str]:
+    return sorted(os.path.basename(p) for p in glob.glob(str(cache / "*" / "*")))
+
+
+@pytest.fixture(scope="module")
+def warm_xla_cache(tiny_data, tmp_path_factory):
+    """A cache that holds the loop of `_cached_run`, and that run's result."""
+    from mnist_dnn.lib import data
+
+    data.load_splits(tiny_data)  # decoded once, so that every run traces the loop under the same name
+    cache = tmp_path_factory.mktemp("warm") / "xla"
+    process, result = _cached_run(tiny_data, cache, cache.parent / "ckpt")
+    assert _cache_files(cache) and "warning" not in process.stderr
+    return cache, result
+
+
+def _cache_warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "XLA's compilation cache" in line]
+
+
+@pytest.mark.parametrize("how", ["garbled", "truncated", "empty"])
+def test_a_damaged_xla_cache_entry_costs_one_warning_and_the_next_run_rebuilds_it(how, warm_xla_cache, tiny_data,
+                                                                                   tmp_path):
+    cache = tmp_path / "xla"
+    shutil.copytree(warm_xla_cache[0], cache)
+    entries = glob.glob(str(cache / "*" / "*.pb"))
+    for entry in entries:
+        _damage(pathlib.Path(entry), how)
+    process, result = _cached_run(tiny_data, cache, tmp_path / "damaged")
+    warnings = _cache_warnings(process.stderr)
+    assert len(warnings) == 1 and warnings[0].startswith("warning: "), process.stderr
+    assert "Traceback" not in process.stderr
+    assert result["step"] == 30 and result["checkpoint"].endswith("model.ckpt-30")
+    assert result["validation"]["accuracy"] == pytest.approx(warm_xla_cache[1]["validation"]["accuracy"], abs=0.02)
+    assert not any(os.path.exists(e) and os.path.getsize(e) == 0 for e in entries)  # the damaged entry is gone
+    again, _ = _cached_run(tiny_data, cache, tmp_path / "again")
+    assert _cache_warnings(again.stderr) == [] and _cache_files(cache) == _cache_files(warm_xla_cache[0])
+
+
+def test_an_xla_cache_entry_that_cannot_be_written_costs_one_warning_and_leaves_no_temporary_file(tiny_data,
+                                                                                                   tmp_path):
+    cache = tmp_path / "xla"
+    # The entry (about 0.4 MB) is past the limit, as on a disk that fills up; the checkpoints are not.
+    process, result = _cached_run(tiny_data, cache, tmp_path / "limited", limit_file_size=200_000)
+    assert len(_cache_warnings(process.stderr)) == 1, process.stderr
+    assert result["step"] == 30 and _cache_files(cache) == []  # nothing half-written left behind
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
+def test_an_xla_cache_on_a_nearly_full_disk_is_only_read(warm_xla_cache, tiny_data, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        cpu = os.listdir(warm_xla_cache[0])[0]
+        stale = disk / "xla" / cpu / "xla_compile_cache__1__2__XLA_CPU_JIT.pb" f"{socket.gethostname()}-a9-999999999-6b.tmp"
+        stale.parent.mkdir(parents=True)
+        stale.write_bytes(b"x" * 1000)  # left by a process that is gone
+        process, result = _cached_run(tiny_data, disk / "xla", tmp_path / "ckpt")
+        assert result["step"] == 30 and _cache_warnings(process.stderr) == [], process.stderr
+        assert _cache_files(disk / "xla") == []  # compiled, not written; the stale file removed
     finally:
         subprocess.run(["umount", str(disk)], check=True)

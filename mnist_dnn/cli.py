@@ -165,6 +165,7 @@ def run(main, positional_args: bool = False) -> None:
     """
 
     def guarded_main(argv):
+        startup.end_of_start_up()
         import tensorflow_datasets as tfds  # (imported here: after the quiet start-up)
 
         tfds.disable_progress_bar()  # the tools print their own progress
@@ -180,7 +181,7 @@ def run(main, positional_args: bool = False) -> None:
         except Error as e:
             _report(e)
         except KeyboardInterrupt:  # Ctrl-C before training started (training itself saves and stops)
-            print("error: interrupted (Ctrl-C) before any work was saved; run the command again", file=sys.stderr)
+            print(startup.INTERRUPTED, file=sys.stderr)
             sys.exit(130)
 
     argv = _command_line(main, positional_args)

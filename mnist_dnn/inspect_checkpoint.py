@@ -8,6 +8,10 @@ Example (the latest checkpoint of a run; --which=best or --checkpoint=PATH for a
     python -m mnist_dnn.inspect_checkpoint --ckpt_dir=checkpoints/fast
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 import json
 
 from absl import flags

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import signal
 import sys
 import tempfile
 
@@ -28,6 +29,46 @@ from mnist_dnn.lib import files, xla_cache
 
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
+INTERRUPTED = "error: interrupted (Ctrl-C) before any work was saved; run the command again"
+
+
+def is_tool_process(module_name: str, argv0: str) -> bool:
+    """Whether the module `module_name` runs as a tool (`python -m`, or an installed `mnist-dnn-*` script)."""
+    return module_name == "__main__" or os.path.basename(argv0).startswith("mnist-dnn-")
+
+
+def interrupt_quietly(module_name: str) -> None:
+    """In a tool's own process: Ctrl-C while it starts (its imports, TensorFlow's) is one line and exit 130.
+
+    The tools call it first, before their imports, which take a second or more; without it a
+    KeyboardInterrupt raised inside an import is a traceback of 18-64 lines. Nothing is on disk
+    yet, so the process ends at once (fd 2 may point at the quiet start-up's file: the line goes
+    to a copy of the real stderr). `cli.run` hands Ctrl-C back to Python when the tool's main
+    starts (`end_of_start_up`). Elsewhere (a module imported by a test or a program) it does nothing.
+    """
+    if not is_tool_process(module_name, sys.argv[0] if sys.argv else ""):
+        return
+    try:
+        stderr = os.dup(2)
+    except OSError:  # started with descriptor 2 closed
+        stderr = None
+
+    def interrupted(signum, frame):
+        if stderr is not None:
+            os.write(stderr, (INTERRUPTED + "\n").encode())
+        os._exit(130)
+
+    _start_up_handlers.append(interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+
+
+_start_up_handlers = []
+
+
+def end_of_start_up() -> None:
+    """Ctrl-C raises KeyboardInterrupt again (the tools' main handles it), if `interrupt_quietly` took it."""
+    if signal.getsignal(signal.SIGINT) in _start_up_handlers:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _verbosity(argv: list[str]) -> int | None:

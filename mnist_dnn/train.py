@@ -9,6 +9,10 @@ Example (the shipped config that reaches 98% test accuracy quickest):
 Every training flag is a field of lib.config.TrainConfig (its default and help live there).
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 import dataclasses
 
 from absl import flags

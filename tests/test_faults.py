@@ -226,3 +226,40 @@ def test_an_xla_cache_on_a_nearly_full_disk_is_only_read(warm_xla_cache, tiny_da
         assert _cache_files(disk / "xla") == []  # compiled, not written; the stale file removed
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+# issue 27: Ctrl-C while a tool starts (its imports, TensorFlow's) is one line and exit 130.
+def _loaded(pid: int, library: str) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        return library in f.read()
+
+
+def _stderr_redirected(pid: int) -> bool:
+    return "(deleted)" in os.readlink(f"/proc/{pid}/fd/2")  # the quiet start-up's temporary file
+
+
+START_UP_MOMENTS = {
+    "the tool's imports (numpy)": lambda pid: _loaded(pid, "_multiarray_umath"),
+    "TensorFlow's import, stderr captured": _stderr_redirected,
+    "TensorFlow's library loaded": lambda pid: _loaded(pid, "libtensorflow_framework"),
+    "TensorFlow's Python modules": lambda pid: _loaded(pid, "_pywrap_tensorflow_internal"),
+}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="watches the start-up through /proc")
+@pytest.mark.parametrize("moment", START_UP_MOMENTS)
+def test_ctrl_c_while_a_tool_starts_is_one_line_and_exit_130(moment, tiny_data, tmp_path):
+    from mnist_dnn import startup
+
+    with open(tmp_path / "stderr", "w+") as stderr:
+        process = subprocess.Popen(_train_args(tiny_data.data_dir, tmp_path / "ckpt", "--max_steps=20"),
+                                   stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT)
+        deadline = time.time() + 120
+        while process.poll() is None and not START_UP_MOMENTS[moment](process.pid) and time.time() < deadline:
+            time.sleep(0.002)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+        stderr.seek(0)
+        lines = stderr.read()
+    assert (process.returncode, lines) == (130, startup.INTERRUPTED + "\n")
+    assert not (tmp_path / "ckpt").exists()

@@ -9,6 +9,7 @@ import pkgutil
 import platform
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -391,3 +392,13 @@ def test_after_a_cache_fault_its_damaged_entries_and_our_temporary_files_go_and_
     named = tf.errors.DataLossError(None, None, f"Can't parse {good} as binary proto")
     assert "removed 1 " in xla_cache.recover(named, flags) and not good.exists()
     assert xla_cache.recover(named, "--tf_xla_auto_jit=2") is None  # no cache
+
+
+def test_the_start_up_ctrl_c_handler_is_a_tools_own_and_leaves_an_importing_process_alone():
+    """Its effect, one line and 130 at any moment of the start-up, is tested in test_faults.py -k ctrl_c."""
+    handler = signal.getsignal(signal.SIGINT)
+    startup.interrupt_quietly("mnist_dnn.train")  # imported by a program (here, the tests)
+    startup.end_of_start_up()
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert startup.is_tool_process("__main__", "/x/python") and startup.is_tool_process("m", "/venv/bin/mnist-dnn-train")
+    assert not startup.is_tool_process("mnist_dnn.train", "/venv/bin/pytest")

@@ -91,6 +91,9 @@ TRAIN = [
     (["--result_file={tmp}/missing/r.json"], 2, "--result_file"),
     (["--result_file={tmp}"], 2, "--result_file"),
     (["--idx_dir={tmp}/no_idx", "--data_dir={tmp}/tfds"], 1, "is not a folder"),
+    # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
+    (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
+    (["--data_dir="], 2, "--data_dir is empty"),
 ]
 RESUME = [  # on a copy of a trained run: a resume that would not be exact, or of something else
     (["--optimizer=sgd"], 2, "was trained with --optimizer=adam, not --optimizer=sgd"),
@@ -119,6 +122,9 @@ EVALUATE = [
     (["--ckpt_dir={run}", "--metrics_file={tmp}/missing/m.json"], 2, "--metrics_file"),
     (["--ckpt_dir={run}", "stray"], 2, "unexpected arguments"),
     (["--ckpt_dir={run}", "--bogus"], 2, "bogus"),
+    # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
+    (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
+    (["--ckpt_dir={run}", "--data_dir="], 2, "--data_dir is empty"),
 ]
 DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export and inspect say
     "no config": (lambda run: os.remove(f"{run}/model_config.json"), 1, "model_config.json is missing"),
@@ -150,6 +156,8 @@ EXPORT = [
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--which=worst"], 2, "which"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--checkpoint={run}/model.ckpt-3"], 1, "does not exist"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "stray"], 2, "unexpected arguments"),
+    # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
+    (["--ckpt_dir=", "--export_dir={tmp}/exports"], 2, "--ckpt_dir is empty"),
 ]
 INSPECT = [
     (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
@@ -158,6 +166,8 @@ INSPECT = [
     (["--ckpt_dir={run}", "--which=worst"], 2, "which"),
     (["--ckpt_dir={run}", "--checkpoint={run}/model.ckpt-3"], 1, "does not exist"),
     (["--ckpt_dir={run}", "stray"], 2, "unexpected arguments"),
+    # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
+    (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
 ]
 PREDICT = [
     (["--model_dir={tmp}/nothing"], 2, "no image files given"),

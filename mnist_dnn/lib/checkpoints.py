@@ -26,6 +26,8 @@ def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str 
         if which != "latest":
             raise UsageError("pass either `checkpoint` or `which`=best, not both")
         return _existing_checkpoint(checkpoint)
+    if not ckpt_dir.strip():
+        raise UsageError("`ckpt_dir` is empty; point it at the folder train wrote (by default: checkpoints)")
     if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
         raise UsageError(f"`ckpt_dir` {ckpt_dir} is a file, not a run folder; point it at the folder train wrote")
     if not os.path.isdir(ckpt_dir):

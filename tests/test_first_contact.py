@@ -22,7 +22,7 @@ from absl import flags
 
 from conftest import ROOT, assert_one_line_error, run_cli
 import mnist_dnn
-from mnist_dnn import command_line, startup
+from mnist_dnn import cli, command_line, startup
 from mnist_dnn.lib import data, diagnostics, xla_cache
 from mnist_dnn.lib.errors import UsageError
 
@@ -402,3 +402,19 @@ def test_the_start_up_ctrl_c_handler_is_a_tools_own_and_leaves_an_importing_proc
     assert signal.getsignal(signal.SIGINT) is handler
     assert startup.is_tool_process("__main__", "/x/python") and startup.is_tool_process("m", "/venv/bin/mnist-dnn-train")
     assert not startup.is_tool_process("mnist_dnn.train", "/venv/bin/pytest")
+
+
+# issue 27: `tool | head -1` (BrokenPipeError) ends quietly, as Unix tools do.
+@pytest.mark.slow
+@pytest.mark.parametrize("tool, args", [
+    ("train", ["--help"]),
+    ("inspect_checkpoint", ["--ckpt_dir={run}"]),
+    ("evaluate", ["--ckpt_dir={run}", "--data_dir={data_dir}", "--confusion_matrix"]),
+])
+def test_a_reader_that_leaves_ends_the_tool_quietly(tool, args, tiny_run, tiny_data):
+    places = {"run": tiny_run[0] / "ckpt", "data_dir": tiny_data.data_dir}
+    process = subprocess.Popen([sys.executable, "-m", f"mnist_dnn.{tool}", *(a.format(**places) for a in args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    process.stdout.close()  # the reader is gone before the first line: every write meets a broken pipe
+    stderr = process.stderr.read()
+    assert (process.wait(timeout=300), stderr) == (cli.EXIT_BROKEN_PIPE, "")

@@ -51,8 +51,7 @@ def main(argv):
     del argv
     from mnist_dnn.lib import checkpoints, run_dir  # after cli.run's quiet start-up: they import TensorFlow
 
-    path = checkpoints.resolve_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
-    step, summaries = checkpoints.read_variables(path)
+    path, step, summaries = checkpoints.read_checkpoint_variables(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
     print(f"checkpoint {path} (step {'unknown' if step is None else step})")
     print(f"configuration ({run_dir.CONFIG_FILE}): {describe_config(run_dir.RunDir.of_checkpoint(path).path)}")
     print(f"{len(summaries)} values:")

@@ -285,3 +285,19 @@ def test_the_tools_read_a_run_beside_a_trainer_that_saves_and_prunes_every_step(
         trainer.send_signal(signal.SIGKILL)
         trainer.communicate()
     assert not glob.glob(os.path.join(tempfile.gettempdir(), "mnist_dnn-checkpoint-*"))  # the copies are gone
+
+
+# issue 27: export onto a full disk, both formats: one line, no export folder left.
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tiny_run, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(disk)], check=True)
+    try:
+        for export_format in ("saved_model", "litert"):
+            result = run_cli("export", f"--ckpt_dir={tiny_run[0] / 'ckpt'}", f"--export_dir={disk / export_format}",
+                             f"--format={export_format}", cwd=ROOT)
+            assert_one_line_error(result, 1, f"cannot write the export {disk / export_format}/1: No space left on device")
+            assert os.listdir(disk) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

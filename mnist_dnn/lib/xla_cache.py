@@ -21,6 +21,8 @@ import re
 import shutil
 import socket
 
+from mnist_dnn.lib import files
+
 FOLDER_FLAG = "--tf_xla_persistent_cache_directory"
 READ_ONLY_FLAG = "--tf_xla_persistent_cache_read_only"
 MIN_FREE_BYTES = 64 << 20  # several entries of the largest models here (an MLP's is 0.4-10 MB)
@@ -35,7 +37,7 @@ def folder_of(tf_xla_flags: str) -> str | None:
 
 def prepare(folder: str) -> str:
     """Tidies `folder` before XLA uses it; returns the flags that point XLA at it."""
-    _remove(_temporary_files(folder, _is_gone))
+    _remove(_temporary_files(folder, files.process_is_gone))
     flags = f"{FOLDER_FLAG}={folder}"
     return f"{flags} {READ_ONLY_FLAG}=true" if _free_bytes(folder) < MIN_FREE_BYTES else flags
 
@@ -64,16 +66,6 @@ def _free_bytes(folder: str) -> int:
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     return shutil.disk_usage(existing).free
-
-
-def _is_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's, alive
-        return False
-    return False
 
 
 def _temporary_files(folder: str, whose) -> list[str]:

@@ -20,7 +20,7 @@ from absl import flags
 from mnist_dnn import cli
 from mnist_dnn.lib import files
 from mnist_dnn.lib.config import TrainConfig
-from mnist_dnn.lib.errors import Error
+from mnist_dnn.lib.errors import BusyError, Error
 
 # absl.logging defines a --log_dir for log files that we never write; ours is the course's
 # TensorBoard folder, so it replaces absl's.
@@ -48,7 +48,8 @@ def main(argv):
         result = training.train(config_from_flags(), say=cli.say)
     except Error as e:
         if FLAGS.result_file:  # for programs that run this tool (the sweep): the error, machine-readable
-            files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code})
+            files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code,
+                                                 "busy": isinstance(e, BusyError)})
         raise
     if FLAGS.result_file:
         files.write_text(FLAGS.result_file, result.to_json())

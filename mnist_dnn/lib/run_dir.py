@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from mnist_dnn.lib import files
 from mnist_dnn.lib.config import WHICH, ModelConfig  # noqa: F401 (WHICH: part of this module's API)
-from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError, first_line
+from mnist_dnn.lib.errors import BusyError, CheckpointError, TrainingError, UsageError, first_line
 
 CONFIG_FILE = "model_config.json"
 CHECKPOINT_NAME = "model.ckpt"
@@ -291,8 +291,8 @@ class RunDir:
             try:
                 fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise CheckpointError(f"another training run is using {self.path}; wait for it to end or pass "
-                                      "another `ckpt_dir`") from None
+                raise BusyError(f"another training run is using {self.path}; wait for it to end or pass "
+                                "another `ckpt_dir`") from None
             yield
         finally:
             os.close(folder)

@@ -145,6 +145,11 @@ DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export 
     "truncated index": (lambda run: _truncate(f"{run}/model.ckpt-30.index", 40), 1, "model.ckpt-30"),
     "zeroed data": (lambda run: _zero(f"{run}/model.ckpt-30.data-00000-of-00001"), 1, "model.ckpt-30"),
     "truncated data": (lambda run: _truncate(f"{run}/model.ckpt-30.data-00000-of-00001", 100), 1, "model.ckpt-30"),
+    # issue 27: every checkpoint of the folder damaged (train blamed "model and optimizer")
+    "every checkpoint zeroed": (lambda run: [_zero(f"{run}/model.ckpt-{step}.data-00000-of-00001") for step in (20, 30)],
+                                1, "model.ckpt-30"),
+    "every checkpoint truncated": (lambda run: [_truncate(f"{run}/model.ckpt-{step}.data-00000-of-00001", 100)
+                                                for step in (20, 30)], 1, "model.ckpt-30"),
 }
 EXPORT = [
     (["--ckpt_dir={tmp}/nothing", "--export_dir={tmp}/exports"], 1, "does not exist"),
@@ -283,7 +288,11 @@ CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAI
          + [("serve", args, code, fragment, None) for args, code, fragment in SERVE]
          + [("sweep", args, code, fragment, None) for args, code, fragment in SWEEP]
          + [("search", args, code, fragment, None) for args, code, fragment in SEARCH]
-         + [("report", args, code, fragment, None) for args, code, fragment in REPORT])
+         + [("report", args, code, fragment, None) for args, code, fragment in REPORT]
+         # issue 27: a resume into a folder whose checkpoints are all damaged says so, and renames nothing
+         + [("train", ["--ckpt_dir={run}", "--log_dir={tmp}", "--hidden_units=32", "--batch_size=64",
+                       "--max_steps=40"], 1, "all 2 checkpoints in {run} are damaged", damage)
+            for damage in ("every checkpoint zeroed", "every checkpoint truncated")])
 
 
 def _write(path, content):
@@ -322,8 +331,8 @@ def trained(tiny_run) -> str:
     return str(tiny_run[0] / "ckpt")
 
 
-def test_the_catalogue_covers_every_tool_with_at_least_150_cases():
-    assert len(CASES) >= 150
+def test_the_catalogue_covers_every_tool_with_at_least_200_cases():
+    assert len(CASES) >= 200
     assert {tool for tool, *_ in CASES} == {"train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep",
                                             "search", "report", "serve"}
 

@@ -25,7 +25,7 @@ import signal
 import sys
 import tempfile
 
-from mnist_dnn.lib import files, xla_cache
+from mnist_dnn.lib import files, native_output, xla_cache
 
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
@@ -98,28 +98,7 @@ def wants_tf_logs(argv: list[str], environ) -> bool:
     return verbosity is not None and verbosity >= 1
 
 
-@contextlib.contextmanager
-def _stderr_captured():
-    """Points file descriptor 2 at a temporary file; on an exception, replays what it holds."""
-    if sys.stderr is None:  # started with descriptor 2 closed: nothing to keep quiet
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+_stderr_captured = native_output.captured_stderr  # (the tests call it by this name)
 
 
 def cpu_key(cpuinfo: str = "/proc/cpuinfo") -> str | None:

@@ -186,6 +186,7 @@ def run(main, positional_args: bool = False, presets: bool = False) -> None:
     """
 
     def guarded_main(argv):
+        startup.end_of_start_up()
         import tensorflow_datasets as tfds  # (imported here: after the quiet start-up)
 
         tfds.disable_progress_bar()  # the tools print their own progress
@@ -201,10 +202,15 @@ def run(main, positional_args: bool = False, presets: bool = False) -> None:
         except Error as e:
             _report(e)
         except KeyboardInterrupt:  # Ctrl-C before training started (training itself saves and stops)
-            print("error: interrupted (Ctrl-C) before any work was saved; run the command again", file=sys.stderr)
+            print(startup.INTERRUPTED, file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:  # the reader of the output left (`tool | head -1`)
+            _output_dropped()
 
-    argv = _command_line(main, positional_args, presets)
+    try:
+        argv = _command_line(main, positional_args, presets)
+    except BrokenPipeError:  # `tool --help | head -1`
+        _output_dropped()
     startup.quiet_tensorflow(argv)
     try:
         app.run(report_errors, argv=argv, flags_parser=_parse_flags)
@@ -227,6 +233,17 @@ def in_process():
         _in_process_calls.pop()
 
 
+# As a Unix tool killed by SIGPIPE: the shell's status 128 + 13.
+EXIT_BROKEN_PIPE = 141
+
+
+def _output_dropped() -> NoReturn:
+    """Ends quietly, as Unix tools do, when the reader of stdout has gone: no traceback, no error line."""
+    if not _in_process_calls:  # what is still buffered goes nowhere, so that the exit's flush cannot fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
 def _end_process(code) -> NoReturn:
     """Ends the process now, without Python's teardown of TensorFlow's modules (over a second here).
 
@@ -239,6 +256,9 @@ def _end_process(code) -> NoReturn:
         code = 1
     atexit._run_exitfuncs()  # noqa: SLF001 (the handlers `sys.exit` would run; no public name)
     logging.flush()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left after the tool's last line was buffered
+        code = EXIT_BROKEN_PIPE
     sys.stderr.flush()
     os._exit(code or 0)

@@ -5,6 +5,10 @@ Example (the latest checkpoint of the run trained by `python -m mnist_dnn.train 
     python -m mnist_dnn.evaluate --ckpt_dir=checkpoints/fast
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 import functools
 
 from absl import flags

@@ -6,6 +6,10 @@ Examples (write exports/mnist/1, then 2, ... on later exports; LiteRT: exports/m
     python -m mnist_dnn.export --ckpt_dir=checkpoints/fast --format=litert --quantize=int8
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 from absl import flags
 
 from mnist_dnn import cli

@@ -8,6 +8,10 @@ Example (the latest checkpoint of a run; --which=best or --checkpoint=PATH for a
     python -m mnist_dnn.inspect_checkpoint --ckpt_dir=checkpoints/fast
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 import json
 
 from absl import flags
@@ -47,8 +51,7 @@ def main(argv):
     del argv
     from mnist_dnn.lib import checkpoints, run_dir  # after cli.run's quiet start-up: they import TensorFlow
 
-    path = checkpoints.resolve_checkpoint(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
-    step, summaries = checkpoints.read_variables(path)
+    path, step, summaries = checkpoints.read_checkpoint_variables(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
     print(f"checkpoint {path} (step {'unknown' if step is None else step})")
     print(f"configuration ({run_dir.CONFIG_FILE}): {describe_config(run_dir.RunDir.of_checkpoint(path).path)}")
     print(f"{len(summaries)} values:")

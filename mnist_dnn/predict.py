@@ -5,6 +5,10 @@ Example (the highest version in exports/mnist):
     python -m mnist_dnn.predict --model_dir=exports/mnist digit.png
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 import json
 import sys
 

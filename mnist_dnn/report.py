@@ -10,6 +10,10 @@ Example:
     python -m mnist_dnn.report --root=runs/sweep_example
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 from absl import flags
 
 from mnist_dnn import cli

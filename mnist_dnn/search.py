@@ -20,6 +20,10 @@ Example (configs/search_example.cfg):
     python -m mnist_dnn.search --preset=search_example
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 import dataclasses
 import os
 import signal

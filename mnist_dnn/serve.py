@@ -11,6 +11,10 @@ Example (Ctrl-C stops it):
     python -m mnist_dnn.serve --model_dir=exports/mnist --host=0.0.0.0   # reachable from a phone on the network
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 import gc
 import socket
 

@@ -21,14 +21,54 @@ import contextlib
 import hashlib
 import os
 import platform
+import signal
 import sys
 import tempfile
 
-from mnist_dnn.lib import files
+from mnist_dnn.lib import files, native_output, xla_cache
 
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
-_XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
+INTERRUPTED = "error: interrupted (Ctrl-C) before any work was saved; run the command again"
+
+
+def is_tool_process(module_name: str, argv0: str) -> bool:
+    """Whether the module `module_name` runs as a tool (`python -m`, or an installed `mnist-dnn-*` script)."""
+    return module_name == "__main__" or os.path.basename(argv0).startswith("mnist-dnn-")
+
+
+def interrupt_quietly(module_name: str) -> None:
+    """In a tool's own process: Ctrl-C while it starts (its imports, TensorFlow's) is one line and exit 130.
+
+    The tools call it first, before their imports, which take a second or more; without it a
+    KeyboardInterrupt raised inside an import is a traceback of 18-64 lines. Nothing is on disk
+    yet, so the process ends at once (fd 2 may point at the quiet start-up's file: the line goes
+    to a copy of the real stderr). `cli.run` hands Ctrl-C back to Python when the tool's main
+    starts (`end_of_start_up`). Elsewhere (a module imported by a test or a program) it does nothing.
+    """
+    if not is_tool_process(module_name, sys.argv[0] if sys.argv else ""):
+        return
+    try:
+        stderr = os.dup(2)
+    except OSError:  # started with descriptor 2 closed
+        stderr = None
+
+    def interrupted(signum, frame):
+        if stderr is not None:
+            os.write(stderr, (INTERRUPTED + "\n").encode())
+        os._exit(130)
+
+    _start_up_handlers.append(interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+
+
+_start_up_handlers = []
+
+
+def end_of_start_up() -> None:
+    """Ctrl-C raises KeyboardInterrupt again (the tools' main handles it), if `interrupt_quietly` took it."""
+    if signal.getsignal(signal.SIGINT) in _start_up_handlers:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _verbosity(argv: list[str]) -> int | None:
@@ -58,28 +98,7 @@ def wants_tf_logs(argv: list[str], environ) -> bool:
     return verbosity is not None and verbosity >= 1
 
 
-@contextlib.contextmanager
-def _stderr_captured():
-    """Points file descriptor 2 at a temporary file; on an exception, replays what it holds."""
-    if sys.stderr is None:  # started with descriptor 2 closed: nothing to keep quiet
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+_stderr_captured = native_output.captured_stderr  # (the tests call it by this name)
 
 
 def cpu_key(cpuinfo: str = "/proc/cpuinfo") -> str | None:
@@ -114,18 +133,18 @@ def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
     """Adds XLA's persistent cache to TF_XLA_FLAGS (read when XLA first compiles), unless one is set.
 
     A folder XLA could not write would fail every compilation: then there is no cache (with a
-    warning if the user chose that folder).
+    warning if the user chose that folder). Short of space, it is only read (`xla_cache.prepare`).
     """
     folder = xla_cache_folder(environ, cpu or cpu_key())
     flags = environ.get("TF_XLA_FLAGS", "")
-    if not folder or _XLA_CACHE_FLAG in flags:
+    if not folder or xla_cache.FOLDER_FLAG in flags:
         return
     if files.folder_problem(folder):
         if environ.get(XLA_CACHE_ENV) is not None:
             print(f"warning: {XLA_CACHE_ENV}={environ[XLA_CACHE_ENV]} is not a folder that can be written; "
                   "compiling without the cache", file=sys.stderr)
         return
-    environ["TF_XLA_FLAGS"] = f"{flags} {_XLA_CACHE_FLAG}={folder}".strip()
+    environ["TF_XLA_FLAGS"] = f"{flags} {xla_cache.prepare(folder)}".strip()
 
 
 def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:

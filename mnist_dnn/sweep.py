@@ -12,6 +12,10 @@ configs/sweep_example.cfg):
     python -m mnist_dnn.sweep --preset=sweep_example
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 import sys
 
 from absl import flags

@@ -9,6 +9,10 @@ Example (the shipped config that reaches 98% test accuracy quickest):
 Every training flag is a field of lib.config.TrainConfig (its default and help live there).
 """
 
+from mnist_dnn import startup
+
+startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+
 import dataclasses
 
 from absl import flags
@@ -16,7 +20,7 @@ from absl import flags
 from mnist_dnn import cli
 from mnist_dnn.lib import files
 from mnist_dnn.lib.config import TrainConfig
-from mnist_dnn.lib.errors import Error
+from mnist_dnn.lib.errors import BusyError, Error
 
 # absl.logging defines a --log_dir for log files that we never write; ours is the course's
 # TensorBoard folder, so it replaces absl's.
@@ -48,7 +52,8 @@ def main(argv):
         result = training.train(config_from_flags(), say=cli.say)
     except Error as e:
         if FLAGS.result_file:  # for programs that run this tool (the sweep): the error, machine-readable
-            files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code})
+            files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code,
+                                                 "busy": isinstance(e, BusyError)})
         raise
     if FLAGS.result_file:
         files.write_text(FLAGS.result_file, result.to_json())

@@ -108,6 +108,9 @@ TRAIN = [
     (["--result_file={loop}"], 2, "--result_file {loop} is a loop of symbolic links; pass another file"),
     (["--result_file={loop}/r.json"], 2, "--result_file {loop}/r.json is a loop of symbolic links (at {loop})"),
     (["--result_file={dangling}"], 2, "--result_file {dangling} is a symbolic link to the missing gone"),
+    # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
+    (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
+    (["--data_dir="], 2, "--data_dir is empty"),
 ]
 RESUME = [  # on a copy of a trained run: a resume that would not be exact, or of something else
     (["--optimizer=sgd"], 2, "was trained with --optimizer=adam, not --optimizer=sgd"),
@@ -161,6 +164,9 @@ EVALUATE = [
     (["--ckpt_dir={loop}/run"], 2, "--ckpt_dir {loop}/run is a loop of symbolic links (at {loop})"),
     (["--ckpt_dir={dangling}"], 2, "--ckpt_dir {dangling} is a symbolic link to the missing gone"),
     (["--ckpt_dir={run}", "--metrics_file={loop}/m.json"], 2, "--metrics_file {loop}/m.json is a loop of symbolic"),
+    # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
+    (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
+    (["--ckpt_dir={run}", "--data_dir="], 2, "--data_dir is empty"),
 ]
 DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export and inspect say
     "no config": (lambda run: os.remove(f"{run}/model_config.json"), 1, "model_config.json is missing"),
@@ -181,6 +187,11 @@ DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export 
     "truncated index": (lambda run: _truncate(f"{run}/model.ckpt-30.index", 40), 1, "model.ckpt-30"),
     "zeroed data": (lambda run: _zero(f"{run}/model.ckpt-30.data-00000-of-00001"), 1, "model.ckpt-30"),
     "truncated data": (lambda run: _truncate(f"{run}/model.ckpt-30.data-00000-of-00001", 100), 1, "model.ckpt-30"),
+    # issue 27: every checkpoint of the folder damaged (train blamed "model and optimizer")
+    "every checkpoint zeroed": (lambda run: [_zero(f"{run}/model.ckpt-{step}.data-00000-of-00001") for step in (20, 30)],
+                                1, "model.ckpt-30"),
+    "every checkpoint truncated": (lambda run: [_truncate(f"{run}/model.ckpt-{step}.data-00000-of-00001", 100)
+                                                for step in (20, 30)], 1, "model.ckpt-30"),
 }
 EXPORT = [
     (["--ckpt_dir={tmp}/nothing", "--export_dir={tmp}/exports"], 1, "does not exist"),
@@ -199,6 +210,8 @@ EXPORT = [
      "--dataset is kmnist, but"),
     # issue 27 (item 12): a loop of symbolic links is worded as one
     (["--ckpt_dir={loop}", "--export_dir={tmp}/exports"], 2, "--ckpt_dir {loop} is a loop of symbolic links"),
+    # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
+    (["--ckpt_dir=", "--export_dir={tmp}/exports"], 2, "--ckpt_dir is empty"),
 ]
 INSPECT = [
     (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
@@ -209,6 +222,8 @@ INSPECT = [
     (["--ckpt_dir={run}", "stray"], 2, "unexpected arguments"),
     # issue 27 (item 12): a loop of symbolic links is worded as one
     (["--ckpt_dir={loop}"], 2, "--ckpt_dir {loop} is a loop of symbolic links"),
+    # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
+    (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
 ]
 PREDICT = [
     (["--model_dir={tmp}/nothing"], 2, "no image files given"),
@@ -347,7 +362,11 @@ CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAI
          + [("serve", args, code, fragment, None) for args, code, fragment in SERVE]
          + [("sweep", args, code, fragment, None) for args, code, fragment in SWEEP]
          + [("search", args, code, fragment, None) for args, code, fragment in SEARCH]
-         + [("report", args, code, fragment, None) for args, code, fragment in REPORT])
+         + [("report", args, code, fragment, None) for args, code, fragment in REPORT]
+         # issue 27: a resume into a folder whose checkpoints are all damaged says so, and renames nothing
+         + [("train", ["--ckpt_dir={run}", "--log_dir={tmp}", "--hidden_units=32", "--batch_size=64",
+                       "--max_steps=40"], 1, "all 2 checkpoints in {run} are damaged", damage)
+            for damage in ("every checkpoint zeroed", "every checkpoint truncated")])
 
 
 def _write(path, content):
@@ -386,8 +405,8 @@ def trained(tiny_run) -> str:
     return str(tiny_run[0] / "ckpt")
 
 
-def test_the_catalogue_covers_every_tool_with_at_least_150_cases():
-    assert len(CASES) >= 150
+def test_the_catalogue_covers_every_tool_with_at_least_200_cases():
+    assert len(CASES) >= 200
     assert {tool for tool, *_ in CASES} == {"train", "evaluate", "export", "predict", "inspect_checkpoint", "sweep",
                                             "search", "report", "serve"}
 

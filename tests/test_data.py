@@ -5,6 +5,8 @@ import pathlib
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import REAL_IDX_DIR, assert_one_line_error, run_cli, synthetic_split, write_idx, write_idx_folder
+from conftest import REAL_IDX_DIR, ROOT, assert_one_line_error, run_cli, synthetic_split, write_idx, write_idx_folder
 from mnist_dnn import cli
 from mnist_dnn.lib import batches, data
 from mnist_dnn.lib.errors import DataError, UsageError
@@ -485,3 +487,23 @@ def test_a_data_dir_that_cannot_take_the_cache_still_loads(fresh_prepared, tmp_p
     splits = data.load_splits(config)
     assert not list((tmp_path / "tfds").rglob(data.ARRAY_CACHE_PREFIX + "*"))
     _assert_splits_hold(splits, config)
+
+
+# issue 27: two imports into one data folder at once (the second died with FileExistsError).
+@pytest.mark.slow
+def test_imports_into_one_data_folder_at_once_wait_for_each_other_and_share_the_dataset(tmp_path):
+    data_dir = tmp_path / "tfds"
+    env = {**os.environ, data.IDX_DIR_ENV: REAL_IDX_DIR, "PYTHONPATH": str(ROOT)}
+    processes = [subprocess.Popen([sys.executable, "-m", "mnist_dnn.train", f"--data_dir={data_dir}",
+                                   f"--ckpt_dir={tmp_path / f'run{i}'}", f"--log_dir={tmp_path / f'logs{i}'}",
+                                   "--hidden_units=8", "--max_steps=2"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                 for i in range(3)]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    assert [err for _, err in outputs] == ["", "", ""]  # no TFDS "Variant folder ... has no dataset_info.json"
+    assert not any("Downloading and preparing" in out or "Variant folder" in out for out, _ in outputs)
+    imports = [out for out, _ in outputs if "Importing mnist" in out]
+    waits = [out for out, _ in outputs if "Waiting for another process" in out]
+    assert len(imports) == 1 and len(waits) >= 1, [out for out, _ in outputs]  # they did meet
+    assert os.listdir(data_dir / "mnist") == ["3.0.1"]

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import ROOT, assert_one_line_error, run_cli
 from mnist_dnn.lib import actions, checkpoints, classifier, controller, data, models, serving, training
-from mnist_dnn.lib.errors import DataError, UsageError
+from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")  # ships with TensorFlow
@@ -401,3 +401,33 @@ def test_the_end_of_run_export_writes_one_version_unless_a_signal_stopped_the_ru
     assert export.path == str(tmp_path / "exports" / "1")
     export(step)  # once only, however often it is called
     assert os.listdir(tmp_path / "exports") == ["1"]
+
+
+# issue 27: a full disk, and the leftovers of a killed export.
+def test_an_export_onto_a_full_disk_is_one_error_and_leaves_no_export_folder(tmp_path, monkeypatch):
+    """TensorFlow's file writes raise its own ResourceExhaustedError, not OSError (the real disk: test_faults.py)."""
+    model = models.create_model(models.make_config("logistic"))
+
+    def disk_full(module, path, signatures):
+        os.makedirs(path)
+        raise tf.errors.ResourceExhaustedError(None, None, f"{path}/saved_model.pb.tmp1; No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", disk_full)
+    with pytest.raises(Error, match=r"cannot write the export .*/exports/1: No space left on device; nothing was left"):
+        serving.export_model(model, str(tmp_path / "exports"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_export_removes_the_hidden_folders_of_killed_exports_and_nothing_else(tmp_path):
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    exports = tmp_path / "exports"
+    kept = [exports / "1", exports / f".tmp-4-{os.getpid()}", exports / ".tmp-notours", exports / "7-x"]
+    for folder in (*kept, exports / f".tmp-3-{gone}"):
+        folder.mkdir(parents=True)
+        (folder / "saved_model.pb").write_bytes(b"x")
+    (exports / f".tmp-5-{gone}").write_bytes(b"a file, not an export's folder")
+    serving.export_model(models.create_model(models.make_config("logistic")), str(exports))
+    assert sorted(os.listdir(exports)) == sorted([".tmp-4-%d" % os.getpid(), ".tmp-5-%d" % gone, ".tmp-notours",
+                                                  "1", "2", "7-x"])
+    assert all((folder / "saved_model.pb").read_bytes() == b"x" for folder in kept)

@@ -3,10 +3,15 @@
 import glob
 import json
 import os
+import pathlib
 import random
+import resource
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -133,5 +138,166 @@ def test_a_full_disk_is_a_clear_error_and_earlier_checkpoints_stay_intact(tiny_d
         assert latest is not None and not glob.glob(str(ckpt / "*_temp*"))  # no half-written save left behind
         model, _, _, step = checkpoints.restore_model(str(ckpt))
         assert step == RunDir(str(ckpt)).steps()[-1] > 0
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+# issue 27: a damaged XLA cache entry, or one that cannot be written, never fails a run.
+def _damage(entry, how: str) -> None:
+    content = entry.read_bytes()
+    entry.write_bytes({"garbled": os.urandom(len(content)), "truncated": content[:len(content) // 3],
+                       "empty": b""}[how])
+
+
+def _cached_run(tiny_data, cache, ckpt, limit_file_size: int | None = None):
+    """`train` in a subprocess with its XLA cache in `cache`; (the process, its result.json)."""
+    def file_size_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
+
+    env = {"MNIST_DNN_XLA_CACHE": str(cache), "TF_XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+    args = _train_args(tiny_data.data_dir, ckpt, "--hidden_units=8", "--max_steps=30", "--log_every=30", "--eval_every=30",
+                       f"--result_file={ckpt}.json")
+    process = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             env={**os.environ, **env}, preexec_fn=file_size_limit if limit_file_size else None)
+    assert process.returncode == 0, process.stderr[-3000:]
+    with open(f"{ckpt}.json") as f:
+        return process, json.load(f)
+
+
+def _cache_files(cache) -> list[str]:
+    return sorted(os.path.basename(p) for p in glob.glob(str(cache / "*" / "*")))
+
+
+@pytest.fixture(scope="module")
+def warm_xla_cache(tiny_data, tmp_path_factory):
+    """A cache that holds the loop of `_cached_run`, and that run's result."""
+    from mnist_dnn.lib import data
+
+    data.load_splits(tiny_data)  # decoded once, so that every run traces the loop under the same name
+    cache = tmp_path_factory.mktemp("warm") / "xla"
+    process, result = _cached_run(tiny_data, cache, cache.parent / "ckpt")
+    assert _cache_files(cache) and "warning" not in process.stderr
+    return cache, result
+
+
+def _cache_warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "XLA's compilation cache" in line]
+
+
+@pytest.mark.parametrize("how", ["garbled", "truncated", "empty"])
+def test_a_damaged_xla_cache_entry_costs_one_warning_and_the_next_run_rebuilds_it(how, warm_xla_cache, tiny_data,
+                                                                                   tmp_path):
+    cache = tmp_path / "xla"
+    shutil.copytree(warm_xla_cache[0], cache)
+    entries = glob.glob(str(cache / "*" / "*.pb"))
+    for entry in entries:
+        _damage(pathlib.Path(entry), how)
+    process, result = _cached_run(tiny_data, cache, tmp_path / "damaged")
+    warnings = _cache_warnings(process.stderr)
+    assert len(warnings) == 1 and warnings[0].startswith("warning: "), process.stderr
+    assert "Traceback" not in process.stderr
+    assert result["step"] == 30 and result["checkpoint"].endswith("model.ckpt-30")
+    assert result["validation"]["accuracy"] == pytest.approx(warm_xla_cache[1]["validation"]["accuracy"], abs=0.02)
+    assert not any(os.path.exists(e) and os.path.getsize(e) == 0 for e in entries)  # the damaged entry is gone
+    again, _ = _cached_run(tiny_data, cache, tmp_path / "again")
+    assert _cache_warnings(again.stderr) == [] and _cache_files(cache) == _cache_files(warm_xla_cache[0])
+
+
+def test_an_xla_cache_entry_that_cannot_be_written_costs_one_warning_and_leaves_no_temporary_file(tiny_data,
+                                                                                                   tmp_path):
+    cache = tmp_path / "xla"
+    # The entry (about 0.4 MB) is past the limit, as on a disk that fills up; the checkpoints are not.
+    process, result = _cached_run(tiny_data, cache, tmp_path / "limited", limit_file_size=200_000)
+    assert len(_cache_warnings(process.stderr)) == 1, process.stderr
+    assert result["step"] == 30 and _cache_files(cache) == []  # nothing half-written left behind
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
+def test_an_xla_cache_on_a_nearly_full_disk_is_only_read(warm_xla_cache, tiny_data, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        cpu = os.listdir(warm_xla_cache[0])[0]
+        stale = disk / "xla" / cpu / "xla_compile_cache__1__2__XLA_CPU_JIT.pb" f"{socket.gethostname()}-a9-999999999-6b.tmp"
+        stale.parent.mkdir(parents=True)
+        stale.write_bytes(b"x" * 1000)  # left by a process that is gone
+        process, result = _cached_run(tiny_data, disk / "xla", tmp_path / "ckpt")
+        assert result["step"] == 30 and _cache_warnings(process.stderr) == [], process.stderr
+        assert _cache_files(disk / "xla") == []  # compiled, not written; the stale file removed
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+# issue 27: Ctrl-C while a tool starts (its imports, TensorFlow's) is one line and exit 130.
+def _loaded(pid: int, library: str) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        return library in f.read()
+
+
+def _stderr_redirected(pid: int) -> bool:
+    return "(deleted)" in os.readlink(f"/proc/{pid}/fd/2")  # the quiet start-up's temporary file
+
+
+START_UP_MOMENTS = {
+    "the tool's imports (numpy)": lambda pid: _loaded(pid, "_multiarray_umath"),
+    "TensorFlow's import, stderr captured": _stderr_redirected,
+    "TensorFlow's library loaded": lambda pid: _loaded(pid, "libtensorflow_framework"),
+    "TensorFlow's Python modules": lambda pid: _loaded(pid, "_pywrap_tensorflow_internal"),
+}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="watches the start-up through /proc")
+@pytest.mark.parametrize("moment", START_UP_MOMENTS)
+def test_ctrl_c_while_a_tool_starts_is_one_line_and_exit_130(moment, tiny_data, tmp_path):
+    from mnist_dnn import startup
+
+    with open(tmp_path / "stderr", "w+") as stderr:
+        process = subprocess.Popen(_train_args(tiny_data.data_dir, tmp_path / "ckpt", "--max_steps=20"),
+                                   stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT)
+        deadline = time.time() + 120
+        while process.poll() is None and not START_UP_MOMENTS[moment](process.pid) and time.time() < deadline:
+            time.sleep(0.002)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+        stderr.seek(0)
+        lines = stderr.read()
+    assert (process.returncode, lines) == (130, startup.INTERRUPTED + "\n")
+    assert not (tmp_path / "ckpt").exists()
+
+
+# issue 27: evaluate, export and inspect beside a trainer that prunes every checkpoint but the newest.
+def test_the_tools_read_a_run_beside_a_trainer_that_saves_and_prunes_every_step(tiny_data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    trainer = _start(_train_args(tiny_data.data_dir, ckpt, "--max_steps=100000000", "--checkpoint_every=1",
+                                 "--keep_checkpoints=1"))
+    try:
+        _wait_for_checkpoint(trainer, ckpt)
+        for attempt in range(3):
+            evaluated = run_cli("evaluate", f"--ckpt_dir={ckpt}", f"--data_dir={tiny_data.data_dir}", cwd=ROOT)
+            exported = run_cli("export", f"--ckpt_dir={ckpt}", f"--export_dir={tmp_path / f'export{attempt}'}", cwd=ROOT)
+            inspected = run_cli("inspect_checkpoint", f"--ckpt_dir={ckpt}", cwd=ROOT)
+            for result in (evaluated, exported, inspected):
+                assert result.returncode == 0 and "error" not in result.stderr, result.stderr[-2000:]
+            assert "test" in evaluated.stdout and os.listdir(tmp_path / f"export{attempt}") == ["1"]
+        assert trainer.poll() is None  # it trained throughout
+    finally:
+        trainer.send_signal(signal.SIGKILL)
+        trainer.communicate()
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), "mnist_dnn-checkpoint-*"))  # the copies are gone
+
+
+# issue 27: export onto a full disk, both formats: one line, no export folder left.
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tiny_run, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(disk)], check=True)
+    try:
+        for export_format in ("saved_model", "litert"):
+            result = run_cli("export", f"--ckpt_dir={tiny_run[0] / 'ckpt'}", f"--export_dir={disk / export_format}",
+                             f"--format={export_format}", cwd=ROOT)
+            assert_one_line_error(result, 1, f"cannot write the export {disk / export_format}/1: No space left on device")
+            assert os.listdir(disk) == []
     finally:
         subprocess.run(["umount", str(disk)], check=True)

@@ -9,19 +9,22 @@ import pkgutil
 import platform
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import types
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
 import conftest
 from conftest import ROOT, assert_one_line_error, run_cli
 import mnist_dnn
-from mnist_dnn import command_line, startup
-from mnist_dnn.lib import data, diagnostics
+from mnist_dnn import cli, command_line, startup
+from mnist_dnn.lib import data, diagnostics, xla_cache
 from mnist_dnn.lib.errors import UsageError
 
 # Each tool, its console script, and flags its help must list: its own and shared ones it uses.
@@ -417,3 +420,67 @@ def test_the_tool_modules_import_no_tensorflow_before_the_start_up(module):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+# issue 27: the XLA cache never fails a run (the real faults: tests/test_faults.py).
+def _xla_temporary(folder, host: str, pid: int):
+    path = folder / f"xla_compile_cache__1__2__XLA_CPU_JIT.pb{host}-a9b-{pid}-66c.tmp"
+    path.write_bytes(b"half")
+    return path
+
+
+def test_before_tensorflow_starts_the_xla_cache_loses_dead_processes_temporary_files(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = _xla_temporary(tmp_path, socket.gethostname(), int(dead.stdout))
+    alive = _xla_temporary(tmp_path, socket.gethostname(), os.getpid())
+    elsewhere = _xla_temporary(tmp_path, "another-host", int(dead.stdout))  # its pid means nothing here
+    assert xla_cache.prepare(str(tmp_path)) == f"--tf_xla_persistent_cache_directory={tmp_path}"
+    assert not gone.exists() and alive.exists() and elsewhere.exists()
+
+
+def test_an_xla_cache_short_of_space_is_only_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(xla_cache, "MIN_FREE_BYTES", shutil.disk_usage(tmp_path).free + 1)
+    assert xla_cache.prepare(str(tmp_path / "new")).endswith(" --tf_xla_persistent_cache_read_only=true")
+
+
+def test_after_a_cache_fault_its_damaged_entries_and_our_temporary_files_go_and_the_rest_stays(tmp_path):
+    good = tmp_path / "xla_compile_cache__1__1__XLA_CPU_JIT.pb"
+    good.write_bytes(b"\x0a\x03abc\x12\x02hi")  # well-formed protocol-buffer bytes
+    damaged = {"empty": b"", "truncated": b"\x0a\x09abc", "garbled": b"\xff\xff\xff\xff\x0f\x07"}
+    for name, content in damaged.items():
+        (tmp_path / f"xla_compile_cache__{name}__XLA_CPU_JIT.pb").write_bytes(content)
+    ours = _xla_temporary(tmp_path, socket.gethostname(), os.getpid())
+    flags = f"--tf_xla_auto_jit=2 --tf_xla_persistent_cache_directory={tmp_path}"
+    warning = xla_cache.recover(tf.errors.OutOfRangeError(None, None, "Read less bytes than requested"), flags)
+    assert f"cache {tmp_path} failed (OutOfRangeError); removed 4 " in warning
+    assert sorted(os.listdir(tmp_path)) == [good.name]
+    assert xla_cache.recover(tf.errors.ResourceExhaustedError(None, None, "OOM"), flags) is None  # not the cache's
+    named = tf.errors.DataLossError(None, None, f"Can't parse {good} as binary proto")
+    assert "removed 1 " in xla_cache.recover(named, flags) and not good.exists()
+    assert xla_cache.recover(named, "--tf_xla_auto_jit=2") is None  # no cache
+
+
+def test_the_start_up_ctrl_c_handler_is_a_tools_own_and_leaves_an_importing_process_alone():
+    """Its effect, one line and 130 at any moment of the start-up, is tested in test_faults.py -k ctrl_c."""
+    handler = signal.getsignal(signal.SIGINT)
+    startup.interrupt_quietly("mnist_dnn.train")  # imported by a program (here, the tests)
+    startup.end_of_start_up()
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert startup.is_tool_process("__main__", "/x/python") and startup.is_tool_process("m", "/venv/bin/mnist-dnn-train")
+    assert not startup.is_tool_process("mnist_dnn.train", "/venv/bin/pytest")
+
+
+# issue 27: `tool | head -1` (BrokenPipeError) ends quietly, as Unix tools do.
+@pytest.mark.slow
+@pytest.mark.parametrize("tool, args", [
+    ("train", ["--help"]),
+    ("inspect_checkpoint", ["--ckpt_dir={run}"]),
+    ("evaluate", ["--ckpt_dir={run}", "--data_dir={data_dir}", "--confusion_matrix"]),
+])
+def test_a_reader_that_leaves_ends_the_tool_quietly(tool, args, tiny_run, tiny_data):
+    places = {"run": tiny_run[0] / "ckpt", "data_dir": tiny_data.data_dir}
+    process = subprocess.Popen([sys.executable, "-m", f"mnist_dnn.{tool}", *(a.format(**places) for a in args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    process.stdout.close()  # the reader is gone before the first line: every write meets a broken pipe
+    stderr = process.stderr.read()
+    assert (process.wait(timeout=300), stderr) == (cli.EXIT_BROKEN_PIPE, "")

@@ -215,3 +215,30 @@ def test_a_folder_is_written_beside_its_place_then_renamed_into_it(tmp_path):
     files.write_folder(str(tmp_path / "v1"), lambda folder: (seen.append(folder), os.makedirs(folder)))
     assert os.path.dirname(seen[0]) == str(tmp_path) and os.path.basename(seen[0]).startswith(".tmp-v1-")
     assert os.listdir(tmp_path) == ["v1"]
+
+
+# issue 27: a folder whose checkpoints are all damaged was blamed on "model and optimizer".
+@pytest.mark.parametrize("set_aside", [False, True])
+def test_a_folder_whose_checkpoints_are_all_damaged_says_damaged(saved, set_aside):
+    run, _ = saved
+    for step in run.steps():
+        data_file = run.checkpoint_path(step) + ".data-00000-of-00001"
+        with open(data_file, "r+b") as f:
+            f.write(b"\0" * os.path.getsize(data_file))
+    fresh = training.build_state(SMALL)
+    with pytest.raises(CheckpointError) as refused:
+        run.restore_newest(fresh.checkpoint, set_aside=set_aside, say=lambda line: None)
+    message = str(refused.value)
+    assert message.startswith(f"all 3 checkpoints in {run.path} are damaged") and "model and optimizer" not in message
+    assert run.steps() == [10, 20, 30]  # a refused run renames nothing, even with set_aside
+
+
+def test_a_folder_of_damaged_and_foreign_checkpoints_says_both(saved):
+    run, _ = saved
+    data_file = run.checkpoint_path(30) + ".data-00000-of-00001"
+    with open(data_file, "r+b") as f:
+        f.write(b"\0" * os.path.getsize(data_file))
+    sgd = training.build_state(TrainConfig(model=SMALL.model, optimizer="sgd"))
+    with pytest.raises(CheckpointError, match="none of the 3 checkpoints .* restores: 2 do not match this run's model "
+                                              "and optimizer and 1 are damaged"):
+        run.restore_newest(sgd.checkpoint, say=lambda line: None)

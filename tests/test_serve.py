@@ -365,9 +365,10 @@ def test_no_request_fails_while_a_new_version_appears_under_load(running_server,
     body = json.dumps({"instances": pixels[:1].tolist()})
 
     def client_session(_):
-        seen = []
+        seen, deadline = [], time.monotonic() + 120
         with httpx.Client(base_url=url, timeout=30) as http:
-            for _ in range(40):
+            # 40 requests at least, then on until version 2 answers (a loaded machine may need more)
+            while len(seen) < 40 or (seen[-1] != 2 and time.monotonic() < deadline):
                 response = http.post(PREDICT, content=body)
                 assert response.status_code == 200, response.text
                 got = response.json()["predictions"][0]["probabilities"]
@@ -380,7 +381,7 @@ def test_no_request_fails_while_a_new_version_appears_under_load(running_server,
         shutil.copytree(exported["spare"], model_dir / ".tmp-2-1")
         os.rename(model_dir / ".tmp-2-1", model_dir / "2")  # as export writes a version
         seen = [v for session in sessions for v in session.result()]  # re-raises a failed request
-    assert len(seen) == 200 and set(seen) == {1, 2}, seen
+    assert len(seen) >= 200 and set(seen) == {1, 2}, seen
     assert all(later >= earlier for session in sessions for earlier, later in zip(session.result(), session.result()[1:]))
 
 

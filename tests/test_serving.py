@@ -574,3 +574,18 @@ def test_the_saved_model_enforces_its_shapes_and_pixel_range_in_a_foreign_proces
         assert serving.INVALID_PIXELS in answers[name]["error"], answers[name]
     if tflite:  # the converter drops the shape check; the reshape by the batch size still refuses this one
         assert "num_input_elements != num_output_elements" in answers["litert_half_images"]["error"]
+
+
+# issue 27 (Quiet): the int8 export and a LiteRT prediction print nothing on stderr at the default log level.
+@pytest.mark.slow
+@needs_litert
+def test_int8_export_and_litert_predict_leave_stderr_empty(tiny_run, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # the default
+    exported = run_cli("export", f"--ckpt_dir={tiny_run[0] / 'ckpt'}", f"--export_dir={tmp_path / 'litert'}",
+                       "--format=litert", "--quantize=int8", f"--data_dir={tiny_data.data_dir}", cwd=ROOT)
+    assert exported.returncode == 0 and exported.stderr == "", exported.stderr  # no `fully_quantize: 0, ...`
+    digit = tmp_path / "digit.png"
+    digit.write_bytes(tf.io.encode_png(np.zeros((28, 28, 1), np.uint8)).numpy())
+    predicted = run_cli("predict", f"--model_dir={tmp_path / 'litert'}", str(digit), cwd=ROOT)
+    assert predicted.returncode == 0 and predicted.stderr == "", predicted.stderr  # no `INFO: Created ... XNNPACK`
+    assert predicted.stdout.startswith(f"{digit}: ")

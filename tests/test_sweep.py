@@ -268,3 +268,51 @@ def test_a_root_holding_another_sweep_is_refused(swept):
 def test_report_of_a_folder_that_is_no_sweep_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="sweep.json is missing"):
         reports.report(str(tmp_path))
+
+
+# issue 27: the same sweep started twice: a run the other sweep is training is busy, not failed.
+@pytest.mark.slow
+def test_the_same_sweep_started_twice_trains_each_run_once_and_calls_the_others_busy(tiny_data, tmp_path):
+    base, root = tmp_path / "base.cfg", tmp_path / "runs"
+    base.write_text(f"--model=dense\n--max_steps=20\n--eval_every=20\n--log_every=20\n--checkpoint_every=20\n"
+                    f"--data_dir={tiny_data.data_dir}\n")
+    command = [sys.executable, "-m", "mnist_dnn.sweep", f"--flagfile={base}", "--grid=learning_rate=0.01,0.001",
+               f"--root={root}"]
+    sweeps_ = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    results = [(s.wait(timeout=600), *s.communicate()) for s in sweeps_]
+    assert sorted(code for code, _, _ in results) in ([0, 75], [75, 75]), results
+    for code, out, err in results:
+        assert "failed (exit" not in out and "runs failed" not in err and "Traceback" not in err, (out, err)
+        if code == 75:
+            assert "busy: another process is training it; skipped (not failed)" in out
+            assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+                line for line in err.splitlines() if "being trained by another process" in line and "none failed" in line]
+    names = sorted(n for n in os.listdir(root) if (root / n).is_dir())
+    assert len(names) == 2
+    for name in names:  # each trained once, to the end
+        done = json.loads((root / name / "done.json").read_text())
+        assert done["steps"] == 20 and done["resumed_from_step"] == 0
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done already, skipped") == 2, again.stdout + again.stderr
+
+
+def test_a_run_held_by_another_sweep_is_skipped_as_busy_and_nothing_starts(tmp_path):
+    """The real race, two sweeps at once: test_the_same_sweep_started_twice_..."""
+    runs = [sweeps.Run("a=1", {"a": "1"}, ("--a=1",)), sweeps.Run("a=2", {"a": "2"}, ("--a=2",))]
+    held = []
+    for run in runs:
+        folder = sweeps.run_dir(str(tmp_path), run.name)
+        os.makedirs(folder)
+        held.append(os.open(folder, os.O_RDONLY))
+        fcntl.flock(held[-1], fcntl.LOCK_EX)  # as the other sweep holds it
+    lines = []
+    try:
+        with pytest.raises(sweeps.SweepBusy, match=r"2 of 2 runs are being trained by another process \(a=1, a=2\)"):
+            sweeps.run_all(str(tmp_path), runs, [], [sys.executable, "-c", "raise SystemExit(3)"], out=lines.append)
+    finally:
+        for handle in held:
+            os.close(handle)
+    assert lines == [f"[{i}/2] {run.name}: busy: another process is training it; skipped (not failed)"
+                     for i, run in enumerate(runs, 1)]
+    assert sweeps.SweepBusy.exit_code == 75 and all(os.listdir(tmp_path / run.name) == [] for run in runs)

@@ -4,10 +4,14 @@
 Which checkpoint and how to rebuild its model are the run folder's business (`run_dir`).
 """
 
+import contextlib
 import dataclasses
+import glob
 import math
 import os
 import re
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -27,6 +31,8 @@ def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str 
         if which != "latest":
             raise UsageError("pass either `checkpoint` or `which`=best, not both")
         return _existing_checkpoint(checkpoint)
+    if not ckpt_dir.strip():
+        raise UsageError("`ckpt_dir` is empty; point it at the folder train wrote (by default: checkpoints)")
     if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
         raise UsageError(f"`ckpt_dir` {ckpt_dir} is a file, not a run folder; point it at the folder train wrote")
     files.check_link("ckpt_dir", ckpt_dir, "point it at a run folder")
@@ -55,16 +61,29 @@ def _existing_checkpoint(path: str) -> str:
 def restore_model(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest") -> tuple[keras.Model, RunConfig, str, int]:
     """Rebuilds the stored model and restores its weights; fails unless all are restored.
 
-    Reads `checkpoint`, or else the latest or best (`which`) of `ckpt_dir`. If training pruned
-    the latest meanwhile, the newest one left is read. Returns (model, run config, path, step).
+    Reads `checkpoint`, or else the latest or best (`which`) of `ckpt_dir`, from a private copy
+    (`_held`) that a trainer pruning beside it cannot remove; if the trainer pruned it before it
+    was held, the newest one left is read. Returns (model, run config, path, step).
     """
-    for _ in range(3):  # a trainer saving every step can prune the latest between lookup and read
+    return _newest_held(ckpt_dir, checkpoint, which,
+                        lambda path, copy: _restore(path, copy, RunDir.of_checkpoint(path).load_config()))
+
+
+# A trainer saving every step prunes a checkpoint within milliseconds of writing it; holding one
+# takes microseconds, so a handful of tries always finds one.
+_TRIES = 20
+
+
+def _newest_held(ckpt_dir: str, checkpoint: str | None, which: str, read):
+    """`read(path, copy)` of the checkpoint `resolve_checkpoint` finds, held; again on the newest if it was pruned."""
+    for _ in range(_TRIES):
         path = resolve_checkpoint(ckpt_dir, checkpoint, which)
-        config = RunDir.of_checkpoint(path).load_config()
         try:
-            return _restore(path, config)
+            with _held(path) as copy:
+                return read(path, copy)
         except _Pruned:
-            continue
+            if checkpoint:  # the one named: no other will do
+                raise _named_checkpoint_gone(checkpoint) from None
     raise CheckpointError(f"the checkpoints of {ckpt_dir} kept being pruned by a running trainer; try again")
 
 
@@ -72,17 +91,45 @@ class _Pruned(Exception):
     pass
 
 
-def _restore(path: str, config: RunConfig):
+def _named_checkpoint_gone(checkpoint: str) -> CheckpointError:
+    if os.path.exists(checkpoint + ".index"):  # (a trainer prunes the data files first, in microseconds)
+        return CheckpointError(f"`checkpoint` {checkpoint} is incomplete: a data file ({checkpoint}.data-*) is missing")
+    return CheckpointError(f"`checkpoint` {checkpoint} was removed while it was read (pruned by a running "
+                           "trainer?); name a newer one")
+
+
+@contextlib.contextmanager
+def _held(path: str):
+    """A private copy of the checkpoint `path`; raises _Pruned if its files are already gone.
+
+    Its files are all opened first: an open file stays readable after a trainer deletes it.
+    """
+    names = [path + ".index", *glob.glob(glob.escape(path) + ".data-*-of-*")]
+    match = re.search(r"-of-(\d+)$", names[-1])
+    if not match or len(names) != 1 + int(match[1]):
+        raise _Pruned()
+    with contextlib.ExitStack() as files, tempfile.TemporaryDirectory(prefix="mnist_dnn-checkpoint-") as folder:
+        try:
+            opened = [files.enter_context(open(name, "rb")) for name in names]
+        except FileNotFoundError:
+            raise _Pruned() from None
+        for source in opened:
+            with open(os.path.join(folder, os.path.basename(source.name)), "wb") as copy:
+                shutil.copyfileobj(source, copy)
+        yield os.path.join(folder, os.path.basename(path))
+
+
+def _restore(path: str, copy: str, config: RunConfig):
+    """The model of `config` with the weights of `copy` (the held checkpoint `path`)."""
     model = create_model(config.model)
     step = tf.Variable(0, dtype=tf.int64)
     try:
         # The optimizer's slots are in the file too: not needed here, hence expect_partial.
-        status = tf.train.Checkpoint(step=step, model=model).restore(path).expect_partial()
+        status = tf.train.Checkpoint(step=step, model=model).restore(copy).expect_partial()
         status.assert_existing_objects_matched()
     except RESTORE_ERRORS as e:
-        if not os.path.exists(path + ".index"):
-            raise _Pruned() from None
-        raise CheckpointError(f"cannot restore {path} into {config.describe()}: {first_line(e)}") from None
+        message = first_line(e).replace(copy, path)
+        raise CheckpointError(f"cannot restore {path} into {config.describe()}: {message}") from None
     return model, config, path, int(step.numpy())
 
 
@@ -103,8 +150,14 @@ def _natural_key(key: str) -> list:
     return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", key))]
 
 
-def read_variables(path: str) -> tuple[int | None, list[VariableSummary]]:
+def read_checkpoint_variables(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest"):
+    """(path, step, summaries) of the checkpoint `restore_model` would read, read as it reads it."""
+    return _newest_held(ckpt_dir, checkpoint, which, lambda path, copy: (path, *read_variables(copy, path)))
+
+
+def read_variables(path: str, shown_as: str | None = None) -> tuple[int | None, list[VariableSummary]]:
     """The stored global step (None if absent) and every value in the checkpoint, by key."""
+    shown_as = shown_as or path
     try:
         reader = tf.train.load_checkpoint(path)
         keys_and_shapes = tf.train.list_variables(path)
@@ -112,7 +165,8 @@ def read_variables(path: str) -> tuple[int | None, list[VariableSummary]]:
         step_key = "step/.ATTRIBUTES/VARIABLE_VALUE"
         step = int(reader.get_tensor(step_key)) if reader.has_tensor(step_key) else None
     except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path} (damaged or incomplete): {first_line(e)}") from None
+        message = first_line(e).replace(path, shown_as)
+        raise CheckpointError(f"cannot read checkpoint {shown_as} (damaged or incomplete): {message}") from None
     return step, summaries
 
 

@@ -162,6 +162,8 @@ class DataConfig:
 
     def validate(self) -> None:
         _choice("dataset", self.dataset, DATASETS)
+        if self.data_dir is not None and not self.data_dir.strip():
+            raise ConfigError("data_dir", "is empty; pass a folder, or leave it out for TFDS's own (~/tensorflow_datasets)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +206,8 @@ class TrainConfig:
         """Every setting, before anything is read or written."""
         self.model.validate()
         self.data.validate()
+        if not self.ckpt_dir.strip():
+            raise ConfigError("ckpt_dir", "is empty; pass the run's folder (by default: checkpoints)")
         _choice("optimizer", self.optimizer, OPTIMIZER_NAMES)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("strategy", self.strategy, STRATEGIES)

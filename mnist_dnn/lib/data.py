@@ -240,10 +240,39 @@ def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.
             check_canonical(config.dataset, folder, split, images, labels)
     with _tfds_quiet():
         builder = _offline_builder_class(config.dataset, folder)(data_dir=config.data_dir)
-    say(f"Importing {config.dataset} from {folder} into {builder.data_dir} (once)")
-    with _tfds_quiet():
-        builder.download_and_prepare()
+    with _preparing(builder.data_dir, say):
+        with _tfds_quiet():
+            done = _builder_class(config.dataset)(data_dir=config.data_dir)
+            if done.is_prepared():  # by another process, while this one waited
+                return done
+        say(f"Importing {config.dataset} from {folder} into {builder.data_dir} (once)")
+        with _tfds_quiet():
+            builder.download_and_prepare()
     return builder
+
+
+@contextlib.contextmanager
+def _preparing(dataset_dir: str, say):
+    """Holds the import lock of the data folder that holds `dataset_dir` (<data_dir>/<name>/<version>).
+
+    Two imports into one folder would both write the dataset, and TFDS's final rename fails for
+    the second (FileExistsError): the second waits, then finds the dataset prepared. The lock is
+    an flock on the folder itself, released when its process ends, however it ends.
+    """
+    import fcntl  # (here: a module-level import would stop the tools importing on Windows)
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(dataset_dir)))
+    os.makedirs(root, exist_ok=True)
+    folder = os.open(root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"Waiting for another process that is preparing a dataset in {root}")
+            fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)
 
 
 @contextlib.contextmanager
@@ -293,6 +322,7 @@ def prepare(config: DataConfig, say=print) -> tfds.core.DatasetBuilder:
     """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded.
 
     `say(line)` tells of an import (the one output line of this module)."""
+    config.validate()
     _check_data_dir(config.data_dir)
     with _tfds_quiet():
         builder = _builder_class(config.dataset)(data_dir=config.data_dir)

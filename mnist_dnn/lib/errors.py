@@ -38,3 +38,7 @@ class CheckpointError(Error):
 
 class TrainingError(Error):
     """Training cannot go on (for example, the loss stopped being finite)."""
+
+
+class BusyError(CheckpointError):
+    """Another process is training in the run folder (it holds the folder's lock): busy, not broken."""

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 
 from mnist_dnn.lib.errors import UsageError
@@ -95,6 +96,33 @@ def write_folder(path: str, write) -> None:
         os.rename(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename
+
+
+def process_is_gone(pid: int) -> bool:
+    """Whether no process `pid` runs on this machine (a process of another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def remove_leftover_folders(parent: str) -> list[str]:
+    """Removes the hidden `.tmp-<name>-<pid>` folders of `write_folder` in `parent` whose process is gone.
+
+    A killed write leaves one; a running write's own is kept. Nothing else is touched.
+    """
+    removed = []
+    names = os.listdir(parent) if os.path.isdir(parent) else []
+    for name in names:
+        match = re.fullmatch(r"\.tmp-.+-(\d+)", name)
+        path = os.path.join(parent, name)
+        if match and os.path.isdir(path) and not os.path.islink(path) and process_is_gone(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def write_json(path: str, payload) -> None:

@@ -7,7 +7,7 @@ The converter is TensorFlow's own (`tf.lite.TFLiteConverter`); running a model n
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import data
+from mnist_dnn.lib import data, native_output
 from mnist_dnn.lib.config import QUANTIZATIONS, REPRESENTATIVE_IMAGES  # noqa: F401 (part of this module's API)
 from mnist_dnn.lib.errors import UsageError, first_line
 
@@ -51,7 +51,8 @@ def convert_int8(serving_module: tf.Module, representative: np.ndarray) -> bytes
     converter.representative_dataset = batches
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.uint8
-    return converter.convert()
+    with native_output.quiet_unless_logging():  # the quantizer prints `fully_quantize: 0, ...`
+        return converter.convert()
 
 
 def representative_images(train_images: tf.Tensor, count: int = REPRESENTATIVE_IMAGES, seed: int = 0) -> np.ndarray:
@@ -95,6 +96,12 @@ class LiteRTModel:
         if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
             raise UsageError(f"{path}: its {SIGNATURE} signature does not take uint8 images; "
                              "export one with python -m mnist_dnn.export `format`=litert")
+        try:
+            with native_output.quiet_unless_logging():  # the first run prints `INFO: Created ... XNNPACK delegate`
+                self(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))
+        except (ValueError, RuntimeError) as e:
+            raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({first_line(e)}); export one with "
+                             "python -m mnist_dnn.export `format`=litert") from None
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """`probabilities` float32 [N, 10] and `classes` int64 [N]."""

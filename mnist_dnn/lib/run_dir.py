@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from mnist_dnn.lib import files
 from mnist_dnn.lib.config import WHICH, ModelConfig  # noqa: F401 (WHICH: part of this module's API)
-from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError, first_line
+from mnist_dnn.lib.errors import BusyError, CheckpointError, TrainingError, UsageError, first_line
 
 CONFIG_FILE = "model_config.json"
 CHECKPOINT_NAME = "model.ckpt"
@@ -130,24 +130,28 @@ class RunDir:
         checkpoint of another structure is skipped (and if none restores, the run stops rather
         than train on a half-restored state). A damaged one is skipped too, and with `set_aside`
         (the trainer that owns the folder) renamed `model.ckpt-<step>-damaged`, kept for a look
-        but out of the way of the save that will reach its step again. Restoring replaces
+        but out of the way of the save that will reach its step again; if none restores, nothing is
+        renamed. Restoring replaces
         initialization: nothing may re-initialize afterwards. A skipped checkpoint is told to
         `say` as a line starting `warning: `.
         """
         steps = self.steps() if os.path.isdir(self.path) else []
+        damaged = []  # (path, why)
         for step in reversed(steps):
             path = self.checkpoint_path(step)
             try:
                 checkpoint.restore(path).assert_consumed()
-                return path
             except AssertionError:
                 say(f"warning: skipping {path}: it does not match this run's model and optimizer")
+                continue
             except RESTORE_ERRORS as e:
-                aside = _set_aside(path) if set_aside else "left in place"
-                say(f"warning: skipping {path}: it is damaged ({first_line(e)}); {aside}")
+                damaged.append((path, first_line(e)))
+                continue
+            _skip_damaged(damaged, set_aside, say)
+            return path
+        _skip_damaged(damaged, False, say)  # a refused run changes nothing
         if steps:
-            raise CheckpointError(f"none of the {len(steps)} checkpoints in {self.path} restores into this run's "
-                                  "model and optimizer; pass another `ckpt_dir`, or move them away to start over")
+            raise _none_restores(self.path, len(steps), len(damaged))
         return None
 
     def save(self, checkpoint: tf.train.Checkpoint, step: int, weights, keep: int) -> str:
@@ -291,11 +295,27 @@ class RunDir:
             try:
                 fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise CheckpointError(f"another training run is using {self.path}; wait for it to end or pass "
-                                      "another `ckpt_dir`") from None
+                raise BusyError(f"another training run is using {self.path}; wait for it to end or pass "
+                                "another `ckpt_dir`") from None
             yield
         finally:
             os.close(folder)
+
+
+def _skip_damaged(damaged: list[tuple[str, str]], set_aside: bool, say) -> None:
+    for path, why in damaged:
+        aside = _set_aside(path) if set_aside else "left in place"
+        say(f"warning: skipping {path}: it is damaged ({why}); {aside}")
+
+
+def _none_restores(folder: str, count: int, damaged: int) -> CheckpointError:
+    """Why no checkpoint of `folder` restored: damage, another structure, or both."""
+    fix = "pass another `ckpt_dir`, or move them away to start over"
+    if damaged == count:
+        what = f"the one checkpoint in {folder} is" if count == 1 else f"all {count} checkpoints in {folder} are"
+        return CheckpointError(f"{what} damaged; {fix}")
+    return CheckpointError(f"none of the {count} checkpoints in {folder} restores: {count - damaged} do not match "
+                           f"this run's model and optimizer{f' and {damaged} are damaged' if damaged else ''}; {fix}")
 
 
 def _has_all_shards(prefix: str) -> bool:

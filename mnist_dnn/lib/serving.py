@@ -123,14 +123,21 @@ def _write_version(export_dir: str, version: int | None, export_format: str, wri
     """Calls `write(folder)` on a hidden temporary folder, then renames it into the version's place."""
     path = version_path(export_dir, version, export_format)
     created = not os.path.lexists(export_dir)
+    files.remove_leftover_folders(export_dir)  # of exports that were killed
     try:
         os.makedirs(export_dir, exist_ok=True)
         files.write_folder(path, write)  # the rename fails rather than replace a version written meanwhile
-    except OSError as e:
+    except (OSError, tf.errors.OpError) as e:  # TensorFlow's file writes raise its own errors (a full disk too)
         if created:
             shutil.rmtree(export_dir, ignore_errors=True)  # the folder this export made, empty again
-        raise Error(f"cannot write the export {path}: {e.strerror or e}; nothing was left behind") from None
+        raise Error(f"cannot write the export {path}: {_reason(e)}; nothing was left behind") from None
     return path
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, tf.errors.OpError):  # "<file>; No space left on device"
+        return error.message.rsplit("; ", 1)[-1]
+    return error.strerror or str(error)
 
 
 def export_model(model: keras.Model, export_dir: str, version: int | None = None) -> str:

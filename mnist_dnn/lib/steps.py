@@ -124,6 +124,8 @@ class CompiledRunner:
 
     def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
                  augment_shift: int = 0, xla: bool = True):
+        self.settings = (state, metrics, split, batch_size, seed, augment_shift)
+        self.xla = xla
         self.step, self.split, self.batch_size, self.seed = state.step, split, batch_size, seed
         self.epoch_steps = batches.steps_per_epoch(split.size, batch_size)
         self.epoch, self.order = None, None
@@ -150,6 +152,10 @@ class CompiledRunner:
             if not self.loop(self.split.images, self.split.labels, *self.order, tf.constant(first), tf.constant(count)):
                 raise NonFiniteLoss()
             current += count
+
+    def without_xla(self) -> "CompiledRunner":
+        """The same runner as a TensorFlow graph: for a process whose XLA cache failed it."""
+        return CompiledRunner(*self.settings, xla=False)
 
 
 class PipelineRunner:

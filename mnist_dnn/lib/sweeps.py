@@ -13,6 +13,7 @@ those, resumes an interrupted run from its checkpoint (train resumes by itself) 
 the others. `root/sweep.json` records the sweep, so a different one is refused there.
 """
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -33,6 +34,12 @@ RUN_FLAGS = ("ckpt_dir", "log_dir", "result_file")
 
 class SweepError(Error):
     """Some runs of a sweep failed."""
+
+
+class SweepBusy(SweepError):
+    """Some runs of a sweep are being trained by another process (the same sweep started twice); none failed."""
+
+    exit_code = 75  # EX_TEMPFAIL of sysexits.h: try again later
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,25 +215,76 @@ def last_error(root: str, name: str) -> str:
 
 
 def run_all(root: str, runs: list[Run], base_args: list[str], train: list[str], out=print) -> None:
-    """Runs every unfinished run in order with the command `train`; raises SweepError naming the failed ones."""
-    failed = []
+    """Runs every unfinished run in order with the command `train`.
+
+    Raises SweepError naming the failed runs, or SweepBusy naming those that another process
+    was training (the same sweep started twice): those are busy, not failed.
+    """
+    failed, busy = [], []
     for i, run in enumerate(runs, 1):
-        folder = run_dir(root, run.name)
         prefix = f"[{i}/{len(runs)}] {run.name}:"
-        if os.path.exists(os.path.join(folder, DONE_FILE)):
-            out(f"{prefix} done already, skipped")
-            continue
-        resuming = os.path.isdir(os.path.join(folder, "ckpt"))
-        out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(folder, LOG_FILE)})")
-        code = execute(root, run, base_args, train)
-        if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-            raise SweepError(f"interrupted during {run.name} (it saved a checkpoint); run the same command to resume")
-        if code:
-            out(f"{prefix} failed (exit {code}): {last_error(root, run.name)}")
-            failed.append(run.name)
-        else:
-            done = files.read_json(os.path.join(folder, DONE_FILE))
-            out(f"{prefix} done in {done['wall_time_s']:.1f} s")
+        outcome = _run_one(root, run, base_args, train, prefix, out)
+        (failed if outcome == "failed" else busy if outcome == "busy" else []).append(run.name)
+    busy_note = f"; {len(busy)} busy in another process ({', '.join(busy)})" if busy else ""
     if failed:
-        raise SweepError(f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed)}); see their {LOG_FILE}, "
-                         "fix the cause and run the same command again to retry them")
+        raise SweepError(f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed)}){busy_note}; see their "
+                         f"{LOG_FILE}, fix the cause and run the same command again to retry them")
+    if busy:
+        raise SweepBusy(f"{len(busy)} of {len(runs)} runs are being trained by another process ({', '.join(busy)}), "
+                        "none failed; run the same command again when it has ended to finish them")
+
+
+def _run_one(root: str, run: Run, base_args: list[str], train: list[str], prefix: str, out) -> str:
+    """Runs one run unless it is done or another process is running it: "done", "failed" or "busy"."""
+    folder = run_dir(root, run.name)
+    if os.path.exists(os.path.join(folder, DONE_FILE)):
+        out(f"{prefix} done already, skipped")
+        return "done"
+    os.makedirs(folder, exist_ok=True)
+    with _run_lock(folder) as locked:
+        code = _started(root, run, base_args, train, prefix, out) if locked else None
+    if code is None or code and _was_busy(folder):
+        out(f"{prefix} busy: another process is training it; skipped (not failed)")
+        return "busy"
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise SweepError(f"interrupted during {run.name} (it saved a checkpoint); run the same command to resume")
+    if code:
+        out(f"{prefix} failed (exit {code}): {last_error(root, run.name)}")
+        return "failed"
+    out(f"{prefix} done in {files.read_json(os.path.join(folder, DONE_FILE))['wall_time_s']:.1f} s")
+    return "done"
+
+
+def _started(root: str, run: Run, base_args: list[str], train: list[str], prefix: str, out) -> int:
+    resuming = os.path.isdir(os.path.join(run_dir(root, run.name), "ckpt"))
+    out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(run_dir(root, run.name), LOG_FILE)})")
+    return execute(root, run, base_args, train)
+
+
+@contextlib.contextmanager
+def _run_lock(folder: str):
+    """Yields whether this sweep holds the run folder (an flock on it, for the run's whole training).
+
+    A second sweep on the same root finds the run held and skips it, before it starts anything
+    (the trainer's own lock on ckpt/ would refuse it too, but only after its result file was written).
+    """
+    import fcntl  # (here: a module-level import would stop the tools importing on Windows)
+
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(handle)
+
+
+def _was_busy(folder: str) -> bool:
+    """Whether the run's trainer found its folder in use by another process (a `train` started by hand)."""
+    try:
+        return files.read_json(os.path.join(folder, RESULT_FILE)).get("busy") is True
+    except (OSError, ValueError, AttributeError):
+        return False

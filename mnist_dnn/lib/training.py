@@ -15,7 +15,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from mnist_dnn.lib import actions, controller, data, diagnostics, distribute, evaluation, files, serving, steps
+from mnist_dnn.lib import actions, controller, data, diagnostics, distribute, evaluation, files, serving, steps, xla_cache
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError
 from mnist_dnn.lib.models import create_model
@@ -264,7 +264,7 @@ class _Run:
     def guarded_runner(self):
         def run_steps(num_steps: int) -> None:
             try:
-                self.runner(num_steps)
+                self._run_steps(num_steps)
             except steps.NonFiniteLoss:
                 raise TrainingError(
                     f"the loss or a gradient became NaN or infinite at step {self.state.current_step() + 1}; nothing "
@@ -272,6 +272,18 @@ class _Run:
                     "`learning_rate` and rerun to resume") from None
 
         return run_steps
+
+    def _run_steps(self, num_steps: int) -> None:
+        """Runs the steps; if XLA's persistent cache fails the compiled loop, warns once and goes on without XLA."""
+        try:
+            self.runner(num_steps)
+        except tf.errors.OpError as error:
+            fault = getattr(self.runner, "xla", False) and xla_cache.recover(error, os.environ.get("TF_XLA_FLAGS", ""))
+            if not fault:
+                raise
+            self.log.say(f"warning: {fault}")
+            self.runner = self.runner.without_xla()  # the failed call ran no step
+            self.runner(num_steps)
 
     def close(self) -> None:
         """Flushes and closes the summary files, however the run ended."""

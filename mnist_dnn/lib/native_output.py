@@ -1,0 +1,44 @@
+"""Lines that TensorFlow's C++ code (and LiteRT's) writes straight to file descriptor 2.
+
+No Python logger sees them, so keeping them off the terminal means pointing descriptor 2 at a
+temporary file for the call: the quiet start-up (the import's CUDA and CPU notices), int8
+conversion (`fully_quantize: 0, inference_type: 6, ...`), LiteRT's first run (`INFO: Created
+TensorFlow Lite XNNPACK delegate for CPU.`). If the call fails, what it wrote is shown.
+"""
+
+import contextlib
+import os
+import sys
+import tempfile
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    """Points file descriptor 2 at a temporary file; on an exception, replays what it holds."""
+    if sys.stderr is None:  # started with descriptor 2 closed: nothing to keep quiet
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def quiet_unless_logging():
+    """`captured_stderr()` where TensorFlow's C++ logs are off (TF_CPP_MIN_LOG_LEVEL 2 or 3, as the tools
+    set it by default); elsewhere (a program that keeps them, `--verbosity=1`) the lines stay."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("2", "3"):
+        return captured_stderr()
+    return contextlib.nullcontext()

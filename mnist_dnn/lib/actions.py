@@ -2,7 +2,9 @@
 metrics (with progress), validate (best checkpoint, early stopping, diagnostics), save."""
 
 import contextlib
+import glob
 import os
+import re
 import sys
 import time
 
@@ -25,19 +27,49 @@ def log_scalars(writer, step: int, **scalars) -> None:
             tf.summary.scalar(name, value)
 
 
-def write_run_summary(log_dir: str, hparams: dict, forward_graph) -> None:
-    """The run's hyperparameters (TensorBoard's HParams dashboard) and its model's forward graph (Graphs tab)."""
+def write_run_summary(log_dir: str, hparams: dict, forward_graph, trial: str) -> None:
+    """The run's hyperparameters (TensorBoard's HParams dashboard, as trial `trial`) and its model's forward graph
+    (Graphs tab)."""
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default(step=0):
-        hparams_api.hparams(hparams, trial_id=_trial_id(log_dir))
+        hparams_api.hparams(hparams, trial_id=trial)
         tf.summary.graph(forward_graph)
     writer.close()
 
 
-def _trial_id(log_dir: str) -> str:
-    """The run's name in HParams: its folder, or for a sweep's or search's `<run>/logs`, the run's folder."""
+_RUN_ID = re.compile(r" \(([0-9a-f]{12})\)$")
+
+
+def trial_id(log_dir: str, run_id: str) -> str:
+    """The run's trial in HParams, `<name> (<run id>)`: unique, so no two runs ever share a row. The name is the
+    log folder's, or for `<run>/logs` (the default, a sweep's, a search's) the run's folder."""
     path = os.path.abspath(log_dir)
-    return os.path.basename(os.path.dirname(path)) if os.path.basename(path) == "logs" else os.path.basename(path)
+    name = os.path.basename(os.path.dirname(path)) if os.path.basename(path) == "logs" else os.path.basename(path)
+    return f"{name} ({run_id})"
+
+
+def run_id_of(trial: str) -> str | None:
+    """The run id at the end of a trial id; None for a trial written before runs had ids."""
+    match = _RUN_ID.search(trial)
+    return match[1] if match else None
+
+
+def logged_trials(log_dir: str) -> list[str]:
+    """The HParams trials recorded in the log folder's own event files (not its subfolders'), oldest first."""
+    from google.protobuf.message import DecodeError
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    trials = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(log_dir), "*tfevents*"))):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    if value.tag == metadata.SESSION_START_INFO_TAG:
+                        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                        trials.append(data.session_start_info.group_name)
+        except (tf.errors.OpError, DecodeError, OSError):  # a truncated last record (a killed writer), a foreign file
+            continue
+    return trials
 
 
 def write_session_end(log_dir: str, succeeded: bool, **scalars) -> None:

@@ -224,7 +224,7 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ru
         chief_dir.save_config(run_config(config, run_id))
         actions.write_run_summary(log_dir, hparams(config), run.validation.predict_fn.get_concrete_function().graph,
                                   actions.trial_id(log_dir, run_id))
-    say(describe(config, strategy, start, log_dir))
+    run.log.message(describe(config, strategy, start, log_dir))
     with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received, contextlib.closing(run):
         end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
                              run.actions(lambda: bool(received)), lambda: bool(received) or run.validation.stop_requested)
@@ -295,8 +295,8 @@ class _Run:
         return run_steps
 
     def close(self) -> None:
-        """Flushes and closes the summary files, however the run ended."""
-        for closable in (self.train_writer, self.validation.writer, self.diagnose):
+        """Flushes and closes the summary files and the progress bar, however the run ended."""
+        for closable in (self.log, self.train_writer, self.validation.writer, self.diagnose):
             closable.close()
 
     def finish(self, step: int, signal_number: int | None, resumed_from: str | None) -> TrainResult:

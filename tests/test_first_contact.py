@@ -264,6 +264,7 @@ def test_an_installed_package_runs_a_preset_from_any_folder(tiny_data, tmp_path)
     assert install.returncode == 0, install.stderr[-3000:]
     assert sorted(p.name for p in (target / "mnist_dnn" / "configs").glob("*.cfg")) == sorted(
         p.name for p in (ROOT / "configs").glob("*.cfg"))
+    assert [p.read_text() for p in target.glob("mnist_dnn-*.dist-info/**/LICENSE")] == [(ROOT / "LICENSE").read_text()]
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     result = subprocess.run([str(target / "bin" / "mnist-dnn-train"), "--preset=fast", "--max_steps=20",
@@ -351,3 +352,13 @@ def test_the_tool_modules_import_no_tensorflow_before_the_start_up(module):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_the_declared_licence_is_the_one_in_the_license_file():
+    import configparser
+
+    metadata = configparser.ConfigParser()
+    metadata.read(ROOT / "setup.cfg")
+    assert metadata["metadata"]["license"] == "Apache-2.0" and metadata["metadata"]["license_files"] == "LICENSE"
+    words = " ".join((ROOT / "LICENSE").read_text().split()[:5])
+    assert words == "Apache License Version 2.0, January"

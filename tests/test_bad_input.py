@@ -91,7 +91,7 @@ TRAIN = [
     (["--result_file={tmp}/missing/r.json"], 2, "--result_file"),
     (["--result_file={tmp}"], 2, "--result_file"),
     (["--idx_dir={tmp}/no_idx", "--data_dir={tmp}/tfds"], 1, "is not a folder"),
-    # the wrong kind of folder: an export, another run's folder or part of one, another run's TensorBoard events
+    # issue 26: the wrong kind of folder: an export, another run's folder or part of one, another run's TensorBoard events
     (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1: it is an export folder, not a run"),
     (["--ckpt_dir={export}/1"], 2, "--ckpt_dir {export}/1 holds a SavedModel: it is an export folder"),
     (["--ckpt_dir={tmp}/new", "--export_dir={run}"], 2, "--export_dir {run} is a training run's folder"),
@@ -116,7 +116,8 @@ RESUME = [  # on a copy of a trained run: a resume that would not be exact, or o
     (["--model=lenet5", "--hidden_units=120,84"], 2, "not lenet5 conv 6-16, 120-84 on mnist"),
     (["--dataset=fashion_mnist"], 2, "not dense 32 on fashion_mnist"),
 ]
-# Refused after the run folder is read: nothing is created, not even the run's default log folder {run}/logs.
+# issue 26 (and 27, item 11): refused after the run folder is read: nothing is created, not even the run's default
+# log folder {run}/logs (a refused run left an empty logs/ folder).
 REFUSED_RUNS = [  # (args, exit code, fragment, what is done to the copied run first)
     (["--hidden_units=32", "--batch_size=64"], 1, "another training run is using {run}", "locked"),
     (["--hidden_units=32", "--batch_size=64", "--log_dir={tmp}/logs"], 1, "another training run is using", "locked"),
@@ -140,6 +141,7 @@ EVALUATE = [
     (["--ckpt_dir={run}", "--metrics_file={tmp}/missing/m.json"], 2, "--metrics_file"),
     (["--ckpt_dir={run}", "stray"], 2, "unexpected arguments"),
     (["--ckpt_dir={run}", "--bogus"], 2, "bogus"),
+    # issue 26: an export folder is pointed to predict and serve
     (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1: an export, not a training run's "
                                  "folder; read it with predict or serve (--model_dir={export})"),
     (["--ckpt_dir={export}", "--which=best"], 2, "holds SavedModel versions 1: an export"),
@@ -180,6 +182,7 @@ EXPORT = [
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--which=worst"], 2, "which"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--checkpoint={run}/model.ckpt-3"], 1, "does not exist"),
     (["--ckpt_dir={run}", "--export_dir={tmp}/exports", "stray"], 2, "unexpected arguments"),
+    # issue 26: an export as the run to export; a run folder as the export folder
     (["--ckpt_dir={export}", "--export_dir={tmp}/exports"], 2, "--ckpt_dir {export} holds SavedModel versions 1: an "
                                                               "export, not a training run's folder; read it with predict"),
     (["--ckpt_dir={run}", "--export_dir={run}"], 2, "--export_dir {run} is a training run's folder"),
@@ -192,6 +195,7 @@ INSPECT = [
     (["--ckpt_dir={run}", "--which=worst"], 2, "which"),
     (["--ckpt_dir={run}", "--checkpoint={run}/model.ckpt-3"], 1, "does not exist"),
     (["--ckpt_dir={run}", "stray"], 2, "unexpected arguments"),
+    # issue 26
     (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1: an export"),
 ]
 PREDICT = [

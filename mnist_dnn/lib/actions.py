@@ -58,13 +58,14 @@ def run_id_of(trial: str) -> str | None:
 def logged_trials(log_dir: str) -> list[str]:
     """The HParams trials recorded in the log folder's own event files (not its subfolders'), oldest first."""
     from google.protobuf.message import DecodeError
+    from tensorboard.backend.event_processing import event_file_loader
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
     trials = []
+    # TensorBoard's reader: no TensorFlow op, so devices can still be configured after it (--virtual_cpus).
     for path in sorted(glob.glob(os.path.join(glob.escape(log_dir), "*tfevents*"))):
         try:
-            for record in tf.data.TFRecordDataset(path):
-                event = tf.compat.v1.Event.FromString(record.numpy())
+            for event in event_file_loader.EventFileLoader(path).Load():
                 for value in event.summary.value:
                     if value.tag == metadata.SESSION_START_INFO_TAG:
                         data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)

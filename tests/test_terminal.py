@@ -26,6 +26,7 @@ class Terminal:
         self.env = env
         self._tmux("new-session", "-d", "-x", str(width), "-y", "50", "bash --noprofile --norc")
         self._tmux("set-option", "-g", "history-limit", "5000")
+        self.socket_path = self._tmux("display-message", "-p", "#{socket_path}").strip()
 
     def _tmux(self, *args) -> str:
         return subprocess.run(["tmux", "-L", self.socket, *args], env=self.env, capture_output=True, text=True,
@@ -50,6 +51,8 @@ class Terminal:
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], env=self.env, capture_output=True, timeout=30)
+        if os.path.exists(self.socket_path):  # the server leaves its socket file behind
+            os.remove(self.socket_path)
 
 
 @pytest.fixture(scope="module")

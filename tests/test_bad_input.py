@@ -111,6 +111,16 @@ TRAIN = [
     # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
     (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
     (["--data_dir="], 2, "--data_dir is empty"),
+    # issue 26: the wrong kind of folder: an export, another run's folder or part of one, another run's TensorBoard events
+    (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1: it is an export folder, not a run"),
+    (["--ckpt_dir={export}/1"], 2, "--ckpt_dir {export}/1 holds a SavedModel: it is an export folder"),
+    (["--ckpt_dir={tmp}/new", "--export_dir={run}"], 2, "--export_dir {run} is a training run's folder"),
+    (["--ckpt_dir={tmp}/new", "--export_dir={tmp}/new"], 2, "--export_dir {tmp}/new is the run folder (--ckpt_dir)"),
+    (["--ckpt_dir={run}/best"], 2, "--ckpt_dir {run}/best is the best/ folder of the run in {run}"),
+    (["--ckpt_dir={run}/logs"], 2, "--ckpt_dir {run}/logs is the logs/ folder of the run in {run}"),
+    (["--ckpt_dir={nest}"], 2, "{nest}/best is the folder of another run, but a run keeps its own best/ there"),
+    (["--ckpt_dir={tmp}/new", "--log_dir={runlogs}"], 2, "--log_dir {runlogs} holds the TensorBoard events of another run"),
+    (["--ckpt_dir={tmp}/new", "--log_dir={run}/.."], 2, "holds the TensorBoard events of another run"),
 ]
 RESUME = [  # on a copy of a trained run: a resume that would not be exact, or of something else
     (["--optimizer=sgd"], 2, "was trained with --optimizer=adam, not --optimizer=sgd"),
@@ -129,6 +139,18 @@ RESUME = [  # on a copy of a trained run: a resume that would not be exact, or o
     (["--model=cnn"], 2, "holds a run of dense 32 on mnist, not cnn conv 32-64, 32 on mnist"),
     (["--model=lenet5", "--hidden_units=120,84"], 2, "not lenet5 conv 6-16, 120-84 on mnist"),
     (["--dataset=fashion_mnist"], 2, "not dense 32 on fashion_mnist"),
+]
+# issue 26 (and 27, item 11): refused after the run folder is read: nothing is created, not even the run's default
+# log folder {run}/logs (a refused run left an empty logs/ folder).
+REFUSED_RUNS = [  # (args, exit code, fragment, what is done to the copied run first)
+    (["--hidden_units=32", "--batch_size=64"], 1, "another training run is using {run}", "locked"),
+    (["--hidden_units=32", "--batch_size=64", "--log_dir={tmp}/logs"], 1, "another training run is using", "locked"),
+    (["--hidden_units=32", "--batch_size=64", "--dropout=0.25"], 1, "none of the 2 checkpoints in {run} restores",
+     "config with dropout"),
+    (["--hidden_units=32", "--batch_size=64", "--dropout=0.25", "--log_dir={tmp}/logs"], 1,
+     "none of the 2 checkpoints in {run} restores", "config with dropout"),
+    (["--hidden_units=32", "--batch_size=64", "--log_dir={runlogs}"], 2,
+     "--log_dir {runlogs} holds the TensorBoard events of another run", "config of another run"),
 ]
 EVALUATE = [
     (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
@@ -167,6 +189,11 @@ EVALUATE = [
     # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
     (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
     (["--ckpt_dir={run}", "--data_dir="], 2, "--data_dir is empty"),
+    # issue 26: an export folder is pointed to predict and serve
+    (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1: an export, not a training run's "
+                                 "folder; read it with predict or serve (--model_dir={export})"),
+    (["--ckpt_dir={export}", "--which=best"], 2, "holds SavedModel versions 1: an export"),
+    (["--ckpt_dir={export}/1"], 2, "--ckpt_dir {export}/1 holds a SavedModel: an export"),
 ]
 DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export and inspect say
     "no config": (lambda run: os.remove(f"{run}/model_config.json"), 1, "model_config.json is missing"),
@@ -193,6 +220,11 @@ DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export 
     "every checkpoint truncated": (lambda run: [_truncate(f"{run}/model.ckpt-{step}.data-00000-of-00001", 100)
                                                 for step in (20, 30)], 1, "model.ckpt-30"),
 }
+PREPARE = {**{damage: damage_run for damage, (damage_run, *_) in DAMAGED_RUN.items()},
+           "locked": lambda run: _LOCKS.append(_lock(run)),
+           "config of another run": lambda run: _edit_config(run, run_id="0123456789ab"),
+           "config with dropout": lambda run: _edit_config(run, dropout=0.25)}  # checkpoints without its seed state
+_LOCKS = []  # folders locked as a trainer locks them, released after the case
 EXPORT = [
     (["--ckpt_dir={tmp}/nothing", "--export_dir={tmp}/exports"], 1, "does not exist"),
     (["--ckpt_dir={run}", "--export_dir={file}"], 2, "--export_dir"),
@@ -212,6 +244,11 @@ EXPORT = [
     (["--ckpt_dir={loop}", "--export_dir={tmp}/exports"], 2, "--ckpt_dir {loop} is a loop of symbolic links"),
     # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
     (["--ckpt_dir=", "--export_dir={tmp}/exports"], 2, "--ckpt_dir is empty"),
+    # issue 26: an export as the run to export; a run folder as the export folder
+    (["--ckpt_dir={export}", "--export_dir={tmp}/exports"], 2, "--ckpt_dir {export} holds SavedModel versions 1: an "
+                                                              "export, not a training run's folder; read it with predict"),
+    (["--ckpt_dir={run}", "--export_dir={run}"], 2, "--export_dir {run} is a training run's folder"),
+    (["--ckpt_dir={run}", "--export_dir={nest}/best"], 2, "--export_dir {nest}/best is a training run's folder"),
 ]
 INSPECT = [
     (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
@@ -224,6 +261,8 @@ INSPECT = [
     (["--ckpt_dir={loop}"], 2, "--ckpt_dir {loop} is a loop of symbolic links"),
     # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
     (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
+    # issue 26
+    (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1: an export"),
 ]
 PREDICT = [
     (["--model_dir={tmp}/nothing"], 2, "no image files given"),
@@ -350,6 +389,7 @@ CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAI
          + [("train", ["--ckpt_dir={run}", "--log_dir={tmp}/logs", "--hidden_units=32", "--batch_size=64", *args],
              code, fragment, None)
             for args, code, fragment in RESUME]
+         + [("train", ["--ckpt_dir={run}", *args], code, fragment, damage) for args, code, fragment, damage in REFUSED_RUNS]
          + [("evaluate", args, code, fragment, None) for args, code, fragment in EVALUATE]
          + [(tool, [*args, "--ckpt_dir={run}", "--checkpoint={run}/model.ckpt-30"], code, fragment, damage)
             for damage, (_, code, fragment) in DAMAGED_RUN.items()
@@ -379,6 +419,14 @@ def _edit_config(run, drop=None, **changes):
         fields = json.load(f)
     fields.pop(drop, None)
     _write(f"{run}/model_config.json", json.dumps({**fields, **changes}))
+
+
+def _lock(folder) -> int:
+    import fcntl
+
+    descriptor = os.open(folder, os.O_RDONLY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return descriptor
 
 
 def _truncate(path, size):
@@ -418,7 +466,7 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     places = {"tmp": str(tmp_path), "file": str(tmp_path / "afile"), "run": str(tmp_path / "run"),
               "corrupt_sweep": str(tmp_path / "corrupt_sweep"), "loop": str(tmp_path / "loop1"),
               "dangling": str(tmp_path / "dangling"), "other_study": str(tmp_path / "other_study"),
-              "export": str(tmp_path / "exports")}
+              "export": str(tmp_path / "export"), "nest": str(tmp_path / "nest"), "runlogs": str(tmp_path / "runlogs")}
     _write(places["file"], "a file, not a folder")
     os.symlink("loop2", places["loop"])
     os.symlink("loop1", tmp_path / "loop2")
@@ -433,7 +481,12 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     if any("{run}" in a for a in args):
         shutil.copytree(trained, places["run"])
         if damage:
-            DAMAGED_RUN[damage][0](places["run"])
+            PREPARE[damage](places["run"])
+    if any("{runlogs}" in a for a in args) or any("{run}/.." in a for a in args):
+        shutil.copytree(os.path.join(os.path.dirname(trained), "logs"), places["runlogs"])
+        shutil.copytree(places["runlogs"], tmp_path, dirs_exist_ok=True)  # {run}/..: the run's parent as a log folder
+    if any("{nest}" in a for a in args):  # a folder whose best/ is another run's folder
+        shutil.copytree(trained, os.path.join(places["nest"], "best"))
     if any("{corrupt_sweep}" in a for a in args):
         os.makedirs(places["corrupt_sweep"])
         _write(os.path.join(places["corrupt_sweep"], "sweep.json"), "{broken")
@@ -443,7 +496,11 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     if tool in ("train", "evaluate", "sweep", "search", "report") and not any(a.startswith("--data_dir") for a in args):
         args.append(f"--data_dir={tiny_data.data_dir}")
     before = folder_hashes(tmp_path, trained, tiny_data.data_dir)
-    result = call_tool(tool, *args)
+    try:
+        result = call_tool(tool, *args)
+    finally:
+        while _LOCKS:
+            os.close(_LOCKS.pop())
     assert result.returncode == code, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

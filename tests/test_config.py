@@ -113,3 +113,22 @@ def test_conv_filters_parse_from_flags_and_default_to_the_models_own(flag_values
     flag_values.unparse_flags()
     flag_values(["prog", "--model=lenet5"])
     assert cli.config_from_flags(TrainConfig, flag_values).model.conv_filters == (6, 16)
+
+
+def test_no_preset_pins_the_log_folder_and_each_has_a_run_folder_of_its_own():
+    """A preset's --log_dir made every run of it share one TensorBoard folder, whatever its --ckpt_dir."""
+    import os
+
+    from mnist_dnn import command_line
+    from mnist_dnn.lib.run_dir import RESERVED
+
+    folders = {}
+    for name in command_line.preset_names():
+        lines = (command_line.configs_dir() / f"{name}.cfg").read_text().splitlines()
+        assert not [line for line in lines if line.startswith("--log_dir")], name
+        ckpt = [line.split("=", 1)[1] for line in lines if line.startswith("--ckpt_dir=")]
+        if ckpt:
+            folders[name] = os.path.normpath(ckpt[0])
+    assert len(set(folders.values())) == len(folders) >= 7, folders
+    for name, folder in folders.items():  # none is a run's own best/ or logs/ (the default run's: checkpoints/best)
+        assert not (os.path.basename(folder) in RESERVED and os.path.dirname(folder) in folders.values()), name

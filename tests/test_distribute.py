@@ -109,3 +109,16 @@ def test_a_killed_worker_fails_the_cluster_clearly_and_a_restart_resumes(tiny_da
     for result, (_, err) in zip(_results(tmp_path), outputs):
         assert result.get("resumed_from") == f"{ckpt}/model.ckpt-{saved_step}", err[-2000:]
         assert (result["start_step"], result["step"]) == (saved_step, saved_step + 40)
+
+
+@pytest.mark.slow
+def test_a_mirrored_run_on_virtual_cpus_resumes_although_its_log_folder_is_read_first(tiny_data, tmp_path):
+    """train reads the run's log folder (whose events they are) before it configures the devices: reading
+    them with a TensorFlow op made --virtual_cpus fail on every resume."""
+    args = [f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={tmp_path / 'run'}", "--strategy=mirrored",
+            "--virtual_cpus=2", "--hidden_units=16", "--log_every=10", "--eval_every=20", "--checkpoint_every=10"]
+    first = run_cli("train", *args, "--max_steps=20")
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_cli("train", *args, "--max_steps=40")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Resumed from" in second.stdout and "Done at step 40" in second.stdout

@@ -333,6 +333,7 @@ def test_an_installed_package_runs_a_preset_from_any_folder(tiny_data, tmp_path)
     assert install.returncode == 0, install.stderr[-3000:]
     assert sorted(p.name for p in (target / "mnist_dnn" / "configs").glob("*.cfg")) == sorted(
         p.name for p in (ROOT / "configs").glob("*.cfg"))
+    assert [p.read_text() for p in target.glob("mnist_dnn-*.dist-info/**/LICENSE")] == [(ROOT / "LICENSE").read_text()]
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     result = subprocess.run([str(target / "bin" / "mnist-dnn-train"), "--preset=fast", "--max_steps=20",
@@ -484,3 +485,13 @@ def test_a_reader_that_leaves_ends_the_tool_quietly(tool, args, tiny_run, tiny_d
     process.stdout.close()  # the reader is gone before the first line: every write meets a broken pipe
     stderr = process.stderr.read()
     assert (process.wait(timeout=300), stderr) == (cli.EXIT_BROKEN_PIPE, "")
+
+
+def test_the_declared_licence_is_the_one_in_the_license_file():
+    import configparser
+
+    metadata = configparser.ConfigParser()
+    metadata.read(ROOT / "setup.cfg")
+    assert metadata["metadata"]["license"] == "Apache-2.0" and metadata["metadata"]["license_files"] == "LICENSE"
+    words = " ".join((ROOT / "LICENSE").read_text().split()[:5])
+    assert words == "Apache License Version 2.0, January"

@@ -90,7 +90,8 @@ def test_a_pruned_trial_stops_through_the_loop_with_a_checkpoint(tiny_data, tmp_
     # TensorBoard's HParams: the trial's session (named by its folder), its end, and its state (2: pruned).
     assert scalars(config.log_dir, "search/state") == {0: 2.0}
     assert hparams(config.log_dir)["hidden_units"] == "32"
-    assert session(config.log_dir).session_start_info.group_name == "trial-0000"
+    run_id = RunDir(config.ckpt_dir).load_config().run_id
+    assert session(config.log_dir).session_start_info.group_name == f"trial-0000 ({run_id})"
     assert session(config.log_dir, "end").session_end_info.status == api_pb2.STATUS_SUCCESS
 
 

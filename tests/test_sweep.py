@@ -316,3 +316,30 @@ def test_a_run_held_by_another_sweep_is_skipped_as_busy_and_nothing_starts(tmp_p
     assert lines == [f"[{i}/2] {run.name}: busy: another process is training it; skipped (not failed)"
                      for i, run in enumerate(runs, 1)]
     assert sweeps.SweepBusy.exit_code == 75 and all(os.listdir(tmp_path / run.name) == [] for run in runs)
+
+
+@pytest.mark.slow
+def test_each_run_of_two_sweeps_is_its_own_trial_in_tensorboards_hparams(tiny_data, tmp_path):
+    """TensorBoard groups HParams sessions by trial id: two runs that shared one (a sweep's `logs`, two sweeps'
+    `learning_rate=0.01`) showed as one row, their metrics averaged. Read as `tensorboard --logdir` reads them."""
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    for root in ("a", "b"):  # the same grid twice, side by side under one parent
+        result = run_cli("sweep", "--grid=learning_rate=0.01,0.001", "--hidden_units=16", "--max_steps=20",
+                         "--log_every=10", "--eval_every=20", "--nodiagnostics", f"--data_dir={tiny_data.data_dir}",
+                         f"--root={tmp_path / root}", cwd=ROOT)
+        assert result.returncode == 0, result.stdout + result.stderr
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    trials = {}
+    for run, tags in multiplexer.PluginRunToTagToContent(metadata.PLUGIN_NAME).items():
+        if metadata.SESSION_START_INFO_TAG in tags:
+            content = tags[metadata.SESSION_START_INFO_TAG]
+            trials[run] = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.group_name
+    assert sorted(trials) == sorted(f"{root}/learning_rate={lr}/logs" for root in "ab" for lr in ("0.01", "0.001"))
+    assert len(set(trials.values())) == 4, trials
+    for run, trial in trials.items():  # named after its run, and ending with the id its run folder keeps
+        folder = tmp_path / os.path.dirname(run)
+        assert trial == f"{folder.name} ({RunDir(str(folder / 'ckpt')).load_config().run_id})"

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, call_tool, copy_run, folder_hashes, hparams, run_cli, scalars, tiny_config
-from mnist_dnn.lib import data, models, training
+from mnist_dnn.lib import actions, data, models, training
 from mnist_dnn.lib.config import ModelConfig
 from mnist_dnn.lib.errors import UsageError
 from mnist_dnn.lib.run_dir import RunDir
@@ -33,9 +33,10 @@ def test_every_optimizer_name_builds_that_optimizer():
             assert (optimizer.momentum, optimizer.nesterov) == tuple(sgd)
 
 
-def test_default_log_dir_names_the_hyperparameters():
+def test_the_default_log_dir_follows_the_run_folder_whatever_the_hyperparameters():
     config = training.TrainConfig(model=models.make_config("raw", (10, 20)), optimizer="sgd", learning_rate=0.1)
-    assert training.default_log_dir(config) == os.path.join("logs", "raw-10-20-sgd-0.1-b128")
+    assert training.default_log_dir(config) == os.path.join("checkpoints", "logs")
+    assert training.default_log_dir(dataclasses.replace(config, ckpt_dir="runs/x")) == os.path.join("runs/x", "logs")
 
 
 def test_training_writes_step_named_checkpoints_config_summaries_hparams_and_the_model_graph(tiny_run):
@@ -230,3 +231,16 @@ def test_the_library_prints_nothing_itself_every_line_goes_to_say(tiny_data, tmp
     assert out == "" and err == ""
     assert lines[0].startswith("Importing mnist from") and any(line.startswith("Training dense") for line in lines)
     assert any("step 10/10" in line for line in lines) and "Done at step 10" in lines[-1]
+
+
+def test_runs_of_the_same_settings_log_into_their_own_run_folders_and_a_resume_appends_to_its_own(tiny_data, tmp_path):
+    for name in ("a", "b"):
+        training.train(tiny_config(tiny_data, tmp_path / name, log_dir=None, max_steps=20))
+    training.train(tiny_config(tiny_data, tmp_path / "a", log_dir=None, max_steps=30))  # resumed
+    logs = {name: tmp_path / name / "ckpt" / "logs" for name in ("a", "b")}
+    assert sorted(scalars(logs["a"] / "validation", "accuracy")) == [10, 20, 30]
+    assert sorted(scalars(logs["b"] / "validation", "accuracy")) == [10, 20]
+    trials = {name: actions.logged_trials(str(folder)) for name, folder in logs.items()}
+    assert len(trials["a"]) == 2 and len(set(trials["a"])) == 1  # the start and the resume: one trial
+    assert trials["b"][0] != trials["a"][0] and trials["b"][0].startswith("ckpt (")
+    assert not (tmp_path / "logs").exists() and not os.path.exists("logs/dense-32-adam-0.001-b64")

@@ -2,11 +2,14 @@
 metrics (with progress), validate (best checkpoint, early stopping, diagnostics), save."""
 
 import contextlib
+import glob
 import os
+import re
+import shutil
 import sys
+import textwrap
 import time
 
-import keras
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
@@ -25,19 +28,51 @@ def log_scalars(writer, step: int, **scalars) -> None:
             tf.summary.scalar(name, value)
 
 
-def write_run_summary(log_dir: str, hparams: dict, forward_graph) -> None:
-    """The run's hyperparameters (TensorBoard's HParams dashboard) and its model's forward graph (Graphs tab)."""
+def write_run_summary(log_dir: str, hparams: dict, forward_graph, trial: str) -> None:
+    """The run's hyperparameters (TensorBoard's HParams dashboard, as trial `trial`) and its model's forward graph
+    (Graphs tab)."""
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default(step=0):
-        hparams_api.hparams(hparams, trial_id=_trial_id(log_dir))
+        hparams_api.hparams(hparams, trial_id=trial)
         tf.summary.graph(forward_graph)
     writer.close()
 
 
-def _trial_id(log_dir: str) -> str:
-    """The run's name in HParams: its folder, or for a sweep's or search's `<run>/logs`, the run's folder."""
+_RUN_ID = re.compile(r" \(([0-9a-f]{12})\)$")
+
+
+def trial_id(log_dir: str, run_id: str) -> str:
+    """The run's trial in HParams, `<name> (<run id>)`: unique, so no two runs ever share a row. The name is the
+    log folder's, or for `<run>/logs` (the default, a sweep's, a search's) the run's folder."""
     path = os.path.abspath(log_dir)
-    return os.path.basename(os.path.dirname(path)) if os.path.basename(path) == "logs" else os.path.basename(path)
+    name = os.path.basename(os.path.dirname(path)) if os.path.basename(path) == "logs" else os.path.basename(path)
+    return f"{name} ({run_id})"
+
+
+def run_id_of(trial: str) -> str | None:
+    """The run id at the end of a trial id; None for a trial written before runs had ids."""
+    match = _RUN_ID.search(trial)
+    return match[1] if match else None
+
+
+def logged_trials(log_dir: str) -> list[str]:
+    """The HParams trials recorded in the log folder's own event files (not its subfolders'), oldest first."""
+    from google.protobuf.message import DecodeError
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    trials = []
+    # TensorBoard's reader: no TensorFlow op, so devices can still be configured after it (--virtual_cpus).
+    for path in sorted(glob.glob(os.path.join(glob.escape(log_dir), "*tfevents*"))):
+        try:
+            for event in event_file_loader.EventFileLoader(path).Load():
+                for value in event.summary.value:
+                    if value.tag == metadata.SESSION_START_INFO_TAG:
+                        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                        trials.append(data.session_start_info.group_name)
+        except (tf.errors.OpError, DecodeError, OSError):  # a truncated last record (a killed writer), a foreign file
+            continue
+    return trials
 
 
 def write_session_end(log_dir: str, succeeded: bool, **scalars) -> None:
@@ -86,8 +121,10 @@ def _duration(seconds: float) -> str:
 class TrainingLog:
     """Training loss, accuracy, learning rate and examples/s: to TensorBoard, and as progress.
 
-    On a terminal, a progress bar (Keras' Progbar); otherwise one line per report, with
-    step/total, percent and ETA, fit for logs.
+    On a terminal, a progress bar (tqdm's): the global step out of `max_steps` (a resumed run
+    starts where it resumed), elapsed time and ETA, loss, accuracy in % and examples/s, fitted to
+    the terminal's width (never wrapped; the bar shrinks, then the line is cut). Otherwise one
+    line per report, with step/total, percent and ETA, fit for logs.
     """
 
     def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock, say=print,
@@ -95,9 +132,8 @@ class TrainingLog:
         self.writer, self.metrics, self.optimizer, self.clock, self.say = writer, metrics, optimizer, clock, say
         self.start_step, self.max_steps = start_step, max_steps
         self.examples, self.seconds = 0.0, 0.0  # totals over the reports
-        interactive = sys.stdout.isatty() if interactive is None else interactive
-        self.bar = keras.utils.Progbar(max_steps - start_step, stateful_metrics=["loss", "accuracy", "examples/s"],
-                                       unit_name="step") if interactive else None
+        self.interactive = sys.stdout.isatty() if interactive is None else interactive
+        self.bar = None  # made at the first report: after the run's first line, its ETA without the compilation
 
     @property
     def examples_per_second(self) -> float | None:
@@ -112,10 +148,22 @@ class TrainingLog:
         log_scalars(self.writer, step, loss=loss, accuracy=accuracy, learning_rate=learning_rate)
         self.metrics.reset()
         rate = examples / seconds if seconds else 0.0
-        if self.bar:
-            self.bar.update(step - self.start_step, [("loss", loss), ("accuracy", accuracy), ("examples/s", rate)])
+        if self.interactive:
+            self._show(step, f"loss {loss:.4f}, accuracy {accuracy:.2%}, {rate:,.0f} ex/s")
         else:
             self.say(self._line(step, loss, accuracy, rate, first))
+
+    def _show(self, step: int, figures: str) -> None:
+        import tqdm  # (a dependency of TFDS: installed with it)
+
+        if self.bar is None:
+            self.bar = tqdm.tqdm(total=self.max_steps, initial=step, file=sys.stdout, mininterval=0.2, smoothing=0.1,
+                                 bar_format="step {n}/{total} {bar} {elapsed}<{remaining}{postfix}")
+        # The terminal's width now (it may have changed), less room for the "^C" a terminal echoes at a Ctrl-C.
+        self.bar.ncols = _terminal_width() - 2
+        self.bar.set_postfix_str(figures, refresh=False)
+        self.bar.update(step - self.bar.n)
+        self.bar.refresh()
 
     def _line(self, step: int, loss: float, accuracy: float, rate: float, first: bool) -> str:
         done = step - self.start_step
@@ -126,8 +174,26 @@ class TrainingLog:
                 f"{accuracy:.2%}, {rate:,.0f} examples/s{note}; elapsed {_duration(elapsed)}, ETA {_duration(eta)}")
 
     def message(self, text: str) -> None:
-        """A line between reports (validation, saves) that leaves the progress bar whole."""
-        self.say(("\n" if self.bar else "") + text)
+        """A line of its own (the run's first line, validations, how it ended): above the progress bar, which
+        stays whole. On a terminal, broken between words to its width rather than wrapped by it."""
+        if self.interactive:
+            text = textwrap.fill(text, _terminal_width() - 1, subsequent_indent="  ", break_long_words=False,
+                                 break_on_hyphens=False)
+        if self.bar is None:
+            self.say(text)
+            return
+        with self.bar.external_write_mode():
+            self.say(text)
+
+    def close(self) -> None:
+        """Leaves the bar as it last was, on its own line: what follows starts on the next."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _terminal_width() -> int:
+    return shutil.get_terminal_size().columns
 
 
 def patience_exhausted(best: Best | None, step: int, patience: int, eval_every: int) -> bool:

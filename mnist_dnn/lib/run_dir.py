@@ -1,10 +1,11 @@
 """The run folder (`--ckpt_dir`): the one place that knows its layout and its rules.
 
-    model_config.json        how to rebuild the model, its dataset, what an exact resume needs
+    model_config.json        how to rebuild the model, its dataset, what an exact resume needs, the run's id
     model.ckpt-<step>.index  checkpoints, as the course's tf.train.Saver named them
     model.ckpt-<step>.data-00000-of-00001
     checkpoint               TensorFlow's state file (written for other tools; never trusted here)
     best/                    the checkpoint of the best validation accuracy, and best.json
+    logs/                    TensorBoard's events, unless --log_dir puts them elsewhere (`LOGS_DIR`)
 
 Checkpoints are found from their own files, so a missing, empty or garbled state file loses
 nothing. A checkpoint file that exists is never written over, and no checkpoint is written
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +33,8 @@ CHECKPOINT_NAME = "model.ckpt"
 STATE_FILE = "checkpoint"
 BEST_DIR = "best"
 BEST_FILE = "best.json"
+LOGS_DIR = "logs"  # the default TensorBoard folder of a run, inside it
+RESERVED = (BEST_DIR, LOGS_DIR)  # names inside a run folder that are the run's own, never another run's folder
 # What restoring a damaged or mismatched checkpoint raises (a truncated file: IndexError).
 RESTORE_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError)
 _INDEX = re.compile(re.escape(CHECKPOINT_NAME) + r"-(\d+)\.index$")
@@ -43,9 +47,12 @@ class RunConfig:
     model: ModelConfig
     dataset: str = "mnist"
     resume: dict = dataclasses.field(default_factory=dict)  # TrainConfig.resume_settings(); {} in older folders
+    run_id: str = ""  # the run's own id (its HParams trial id ends with it); "" in older folders
 
     def to_json(self) -> str:
         fields = {**dataclasses.asdict(self.model), "dataset": self.dataset, "training": self.resume}
+        if self.run_id:
+            fields["run_id"] = self.run_id
         return json.dumps(fields, indent=2) + "\n"
 
     @classmethod
@@ -61,10 +68,13 @@ class RunConfig:
         resume = fields.get("training", {})
         if not isinstance(resume, dict):
             raise ValueError("training must be an object")
+        run_id = fields.get("run_id", "")
+        if not isinstance(run_id, str):
+            raise ValueError("run_id must be a string")
         model = ModelConfig(fields["name"], tuple(fields["hidden_units"]), fields.get("dropout", 0.0),
                             fields.get("conv_filters"))
         model.validate()
-        return cls(model, fields["dataset"], resume)
+        return cls(model, fields["dataset"], resume, run_id)
 
     def describe(self) -> str:
         return f"{self.model.name} {self.model.widths()} on {self.dataset}"
@@ -266,12 +276,31 @@ class RunDir:
         os.makedirs(self.path, exist_ok=True)
         files.write_text(self.config_path, config.to_json())
 
-    def check_resumable(self, config: RunConfig) -> None:
-        """Refuses, before writing anything, to continue a run with settings it was not trained with."""
+    def is_run(self) -> bool:
+        """Whether the folder holds a run: its model_config.json, or checkpoints."""
+        return os.path.isfile(self.config_path) or self.latest() is not None
+
+    def check_own_folder(self) -> None:
+        """Refuses a folder that is part of another run, or whose reserved subfolders are other runs' folders."""
+        parent, name = os.path.split(os.path.abspath(self.path))
+        if name in RESERVED and RunDir(parent).is_run():
+            raise UsageError(f"`ckpt_dir` {self.path} is the {name}/ folder of the run in {parent}; "
+                             "pass another `ckpt_dir`")
+        for name in RESERVED:
+            inside = os.path.join(self.path, name)
+            if os.path.isfile(os.path.join(inside, CONFIG_FILE)):
+                raise UsageError(f"{inside} is the folder of another run, but a run keeps its own {name}/ there; "
+                                 f"move that run away or pass another `ckpt_dir`")
+
+    def check_resumable(self, config: RunConfig) -> RunConfig | None:
+        """Refuses, before writing anything, to continue a run with settings it was not trained with.
+
+        Returns the stored configuration, None for a new run.
+        """
         if not os.path.exists(self.config_path):
             if self.latest():
                 raise UsageError(f"{self.path} holds checkpoints but no {CONFIG_FILE}; pass another `ckpt_dir`")
-            return
+            return None
         stored = self.load_config()
         if (stored.model, stored.dataset) != (config.model, config.dataset):
             raise UsageError(f"{self.path} holds a run of {stored.describe()}, not {config.describe()}; "
@@ -280,6 +309,7 @@ class RunDir:
             if config.resume.get(name, value) != value:
                 raise UsageError(f"{self.path} was trained with --{name}={value}, not --{name}={config.resume[name]}; "
                                  f"resume with --{name}={value} (the resume would not be exact) or pass another `ckpt_dir`")
+        return stored
 
     @contextlib.contextmanager
     def lock(self):
@@ -316,6 +346,10 @@ def _none_restores(folder: str, count: int, damaged: int) -> CheckpointError:
         return CheckpointError(f"{what} damaged; {fix}")
     return CheckpointError(f"none of the {count} checkpoints in {folder} restores: {count - damaged} do not match "
                            f"this run's model and optimizer{f' and {damaged} are damaged' if damaged else ''}; {fix}")
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 def _has_all_shards(prefix: str) -> bool:

@@ -17,6 +17,7 @@ import tensorflow as tf
 from mnist_dnn.lib import data, files, images, litert
 from mnist_dnn.lib.config import BYTES_SIGNATURE, EXPORT_FORMATS, FLAT_SIGNATURE, SERVING_SIGNATURE
 from mnist_dnn.lib.errors import Error, UsageError
+from mnist_dnn.lib.run_dir import CONFIG_FILE, RunDir
 
 FORMATS = EXPORT_FORMATS
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving reads versions as 64-bit integers
@@ -90,9 +91,30 @@ def version_format(folder: str) -> str | None:
     return "litert" if glob.glob(os.path.join(folder, "*" + litert.EXTENSION)) else None
 
 
+def exported_model(folder: str) -> str | None:
+    """What `folder` holds if it is an export, in words ("SavedModel versions 1, 2", "a SavedModel"); else None."""
+    if not os.path.isdir(folder):
+        return None
+    if tf.saved_model.contains_saved_model(folder):
+        return "a SavedModel"
+    if glob.glob(os.path.join(glob.escape(folder), "*" + litert.EXTENSION)):
+        return "a LiteRT file"
+    held = {}
+    for version in versions(folder):
+        kind = version_format(os.path.join(folder, str(version)))
+        if kind:
+            held.setdefault(kind, []).append(str(version))
+    names = {"saved_model": "SavedModel", "litert": "LiteRT"}
+    return " and ".join(f"{names[kind]} versions {', '.join(numbers)}" for kind, numbers in held.items()) or None
+
+
 def check_export_dir(export_dir: str) -> None:
-    """Refuses an export_dir that is, or lies under, a file or a symbolic link that leads nowhere."""
+    """Refuses an export_dir that is, or lies under, a file or a symbolic link that leads nowhere, and a
+    training run's folder (TensorFlow Serving would watch its checkpoints, and its trainer prune beside versions)."""
     files.check_folder("export_dir", export_dir)
+    if RunDir(export_dir).is_run():
+        raise UsageError(f"`export_dir` {export_dir} is a training run's folder (checkpoints, {CONFIG_FILE}), not an "
+                         "export folder; give the exports a folder of their own, e.g. `export_dir`=exports/mnist")
 
 
 def _check_one_format(export_dir: str, export_format: str) -> None:

@@ -17,9 +17,9 @@ import tensorflow as tf
 
 from mnist_dnn.lib import actions, controller, data, diagnostics, distribute, evaluation, files, serving, steps, xla_cache
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
-from mnist_dnn.lib.errors import TrainingError
+from mnist_dnn.lib.errors import TrainingError, UsageError
 from mnist_dnn.lib.models import create_model
-from mnist_dnn.lib.run_dir import Best, RunConfig, RunDir
+from mnist_dnn.lib.run_dir import LOGS_DIR, Best, RunConfig, RunDir, new_run_id
 from mnist_dnn.lib.steps import per_example_loss  # noqa: F401 (the loss, as the course's train.py had it)
 
 OPTIMIZERS = {
@@ -67,17 +67,9 @@ class TrainResult:
 
 
 def default_log_dir(config: TrainConfig) -> str:
-    """A readable per-experiment folder, as the course's `logs/dnn-10-20-0.1`."""
-    parts = [config.model.name, *(f"c{f}" for f in config.model.conv_filters), *map(str, config.model.hidden_units),
-             config.optimizer, f"{config.learning_rate:g}",
-             f"b{config.batch_size}"]
-    if config.model.dropout:
-        parts.append(f"drop{config.model.dropout:g}")
-    if config.lr_schedule != "constant":
-        parts.append(config.lr_schedule)
-    if config.augment_shift:
-        parts.append(f"shift{config.augment_shift}")
-    return os.path.join("logs", "-".join(parts))
+    """The run's TensorBoard folder unless `log_dir` says otherwise: `logs/` inside the run folder, so that it
+    follows the run (resumed, copied, deleted with it) and `tensorboard --logdir` on the runs' parent shows every run."""
+    return os.path.join(config.ckpt_dir, LOGS_DIR)
 
 
 def make_optimizer(name: str, learning_rate: float, schedule: str = "constant", max_steps: int = 0):
@@ -160,10 +152,13 @@ def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
     for field, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir), ("export_dir", config.export_dir)):
         if folder:
             files.check_folder(field, folder)
+    run_dir = RunDir(config.ckpt_dir)
+    _check_run_folder(config, run_dir)
     if config.export_dir:
         serving.version_path(config.export_dir)  # fail now, not after training
-    run_dir = RunDir(config.ckpt_dir)
-    run_dir.check_resumable(run_config(config))
+    stored = run_dir.check_resumable(run_config(config))
+    run_id = stored.run_id if stored and stored.run_id else new_run_id()
+    _check_log_dir(log_dir, run_id, new_run=stored is None)
     # First: devices can only be configured before TensorFlow runs an op.
     strategy = distribute.make_strategy(config.strategy, config.devices, config.virtual_cpus)
     splits = data.load_splits(config.data, say)
@@ -172,19 +167,44 @@ def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
     if not distribute.is_chief(strategy):  # the other workers of a cluster save to a scratch folder, and log nothing
         with tempfile.TemporaryDirectory(prefix="mnist_dnn-worker-") as scratch:
             return _run(config, strategy, splits, None, RunDir(scratch), say, on_validation)
-    for folder in (config.ckpt_dir, log_dir):
-        os.makedirs(folder, exist_ok=True)
+    # The log folder is made by its first summary, once the run really starts: a refused run leaves none.
+    os.makedirs(config.ckpt_dir, exist_ok=True)
     with run_dir.lock():
         run_dir.remove_leftovers()
-        return _run(config, strategy, splits, log_dir, run_dir, say, on_validation)
+        return _run(config, strategy, splits, log_dir, run_dir, say, on_validation, run_id)
 
 
-def run_config(config: TrainConfig) -> RunConfig:
-    return RunConfig(config.model, config.data.dataset, config.resume_settings())
+def _check_run_folder(config: TrainConfig, run_dir: RunDir) -> None:
+    """Refuses a `ckpt_dir` that is an export, or part of another run; an `export_dir` that is the run folder."""
+    exported = serving.exported_model(config.ckpt_dir)
+    if exported and not run_dir.is_run():
+        raise UsageError(f"`ckpt_dir` {config.ckpt_dir} holds {exported}: it is an export folder, not a run folder; "
+                         "pass another `ckpt_dir` (predict and serve read exports with --model_dir)")
+    run_dir.check_own_folder()
+    if config.export_dir and os.path.realpath(config.export_dir) == os.path.realpath(config.ckpt_dir):
+        raise UsageError(f"`export_dir` {config.export_dir} is the run folder (`ckpt_dir`); give the exports a folder "
+                         "of their own, e.g. `export_dir`=exports/mnist")
+
+
+def _check_log_dir(log_dir: str, run_id: str, new_run: bool) -> None:
+    """Refuses a log folder that holds another run's TensorBoard events: a run never writes into another's curves.
+
+    A new run takes a folder that no run has logged into; a resumed run, its own (or one whose trials have no
+    run id: written before runs had one).
+    """
+    for trial in actions.logged_trials(log_dir):
+        if new_run or actions.run_id_of(trial) not in (None, run_id):
+            raise UsageError(f"`log_dir` {log_dir} holds the TensorBoard events of another run (HParams trial "
+                             f"{trial!r}); pass another `log_dir`, or leave it out: by default a run logs into "
+                             f"its own <ckpt_dir>/{LOGS_DIR}")
+
+
+def run_config(config: TrainConfig, run_id: str = "") -> RunConfig:
+    return RunConfig(config.model, config.data.dataset, config.resume_settings(), run_id)
 
 
 def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: RunDir, say,
-         on_validation=None) -> TrainResult:
+         on_validation=None, run_id: str = "") -> TrainResult:
     """The run itself; `save_to` is `config.ckpt_dir` except on a cluster's other workers."""
     state = build_state(config, strategy)
     chief_dir = RunDir(config.ckpt_dir)  # every worker resumes from the chief's checkpoints
@@ -201,9 +221,10 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ru
         return _already_finished(config, start, best, save_to, resumed_from, say)
     run = _Run(config, state, strategy, splits, log_dir, save_to, best, say, on_validation)
     if log_dir:
-        chief_dir.save_config(run_config(config))
-        actions.write_run_summary(log_dir, hparams(config), run.validation.predict_fn.get_concrete_function().graph)
-    say(describe(config, strategy, start, log_dir))
+        chief_dir.save_config(run_config(config, run_id))
+        actions.write_run_summary(log_dir, hparams(config), run.validation.predict_fn.get_concrete_function().graph,
+                                  actions.trial_id(log_dir, run_id))
+    run.log.message(describe(config, strategy, start, log_dir))
     with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received, contextlib.closing(run):
         end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
                              run.actions(lambda: bool(received)), lambda: bool(received) or run.validation.stop_requested)
@@ -286,8 +307,8 @@ class _Run:
             self.runner(num_steps)
 
     def close(self) -> None:
-        """Flushes and closes the summary files, however the run ended."""
-        for closable in (self.train_writer, self.validation.writer, self.diagnose):
+        """Flushes and closes the summary files and the progress bar, however the run ended."""
+        for closable in (self.log, self.train_writer, self.validation.writer, self.diagnose):
             closable.close()
 
     def finish(self, step: int, signal_number: int | None, resumed_from: str | None) -> TrainResult:

@@ -112,7 +112,7 @@ TRAIN = [
     (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
     (["--data_dir="], 2, "--data_dir is empty"),
     # issue 26: the wrong kind of folder: an export, another run's folder or part of one, another run's TensorBoard events
-    (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1: it is an export folder, not a run"),
+    (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1 and LiteRT versions 2: it is an export folder, not a run"),
     (["--ckpt_dir={export}/1"], 2, "--ckpt_dir {export}/1 holds a SavedModel: it is an export folder"),
     (["--ckpt_dir={tmp}/new", "--export_dir={run}"], 2, "--export_dir {run} is a training run's folder"),
     (["--ckpt_dir={tmp}/new", "--export_dir={tmp}/new"], 2, "--export_dir {tmp}/new is the run folder (--ckpt_dir)"),
@@ -190,9 +190,9 @@ EVALUATE = [
     (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
     (["--ckpt_dir={run}", "--data_dir="], 2, "--data_dir is empty"),
     # issue 26: an export folder is pointed to predict and serve
-    (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1: an export, not a training run's "
+    (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1 and LiteRT versions 2: an export, not a training run's "
                                  "folder; read it with predict or serve (--model_dir={export})"),
-    (["--ckpt_dir={export}", "--which=best"], 2, "holds SavedModel versions 1: an export"),
+    (["--ckpt_dir={export}", "--which=best"], 2, "holds SavedModel versions 1 and LiteRT versions 2: an export"),
     (["--ckpt_dir={export}/1"], 2, "--ckpt_dir {export}/1 holds a SavedModel: an export"),
 ]
 DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export and inspect say
@@ -245,7 +245,7 @@ EXPORT = [
     # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
     (["--ckpt_dir=", "--export_dir={tmp}/exports"], 2, "--ckpt_dir is empty"),
     # issue 26: an export as the run to export; a run folder as the export folder
-    (["--ckpt_dir={export}", "--export_dir={tmp}/exports"], 2, "--ckpt_dir {export} holds SavedModel versions 1: an "
+    (["--ckpt_dir={export}", "--export_dir={tmp}/exports"], 2, "--ckpt_dir {export} holds SavedModel versions 1 and LiteRT versions 2: an "
                                                               "export, not a training run's folder; read it with predict"),
     (["--ckpt_dir={run}", "--export_dir={run}"], 2, "--export_dir {run} is a training run's folder"),
     (["--ckpt_dir={run}", "--export_dir={nest}/best"], 2, "--export_dir {nest}/best is a training run's folder"),
@@ -262,7 +262,7 @@ INSPECT = [
     # issue 27: an empty folder flag (a traceback, or TFDS's data written into the working folder)
     (["--ckpt_dir="], 2, "--ckpt_dir is empty"),
     # issue 26
-    (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1: an export"),
+    (["--ckpt_dir={export}"], 2, "--ckpt_dir {export} holds SavedModel versions 1 and LiteRT versions 2: an export"),
 ]
 PREDICT = [
     (["--model_dir={tmp}/nothing"], 2, "no image files given"),

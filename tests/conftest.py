@@ -39,7 +39,8 @@ from mnist_dnn.lib import config as config_lib
 from mnist_dnn.lib import data, training
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-REAL_IDX_DIR = os.environ.get(data.IDX_DIR_ENV) or str(ROOT.parent / "shared" / "data" / "mnist")
+# absolute: tests run tools in other folders (.ci/run sets a path relative to the checkout)
+REAL_IDX_DIR = os.path.abspath(os.environ.get(data.IDX_DIR_ENV) or ROOT.parent / "shared" / "data" / "mnist")
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """Training that never loses work: kills, damaged checkpoints, locks, full disks (subprocesses)."""
 
+import contextlib
 import glob
 import json
 import os
@@ -23,6 +24,20 @@ from mnist_dnn.lib import checkpoints
 from mnist_dnn.lib.run_dir import RunDir
 
 pytestmark = pytest.mark.slow
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
+
+
+@contextlib.contextmanager
+def tiny_disk(folder: pathlib.Path, size: str):
+    """A tmpfs of `size` (e.g. 8k) mounted on `folder`: a disk that fills up; unmounted afterwards."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
 
 # Kill points tried by the SIGKILL test; docs/faults.md quotes this number.
 KILLS = 6
@@ -124,12 +139,9 @@ def test_a_second_trainer_on_the_same_folder_is_refused_until_the_first_dies(tin
     assert after.returncode == 0, after.stderr[-2000:]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
+@ROOT_ONLY
 def test_a_full_disk_is_a_clear_error_and_earlier_checkpoints_stay_intact(tiny_data, tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)], check=True)
-    try:
+    with tiny_disk(tmp_path / "disk", "1200k") as disk:
         ckpt = disk / "ckpt"
         result = run_cli("train", *_train_args(tiny_data.data_dir, ckpt, "--max_steps=200", "--checkpoint_every=5",
                                                "--keep_checkpoints=100")[3:], cwd=ROOT)
@@ -138,8 +150,6 @@ def test_a_full_disk_is_a_clear_error_and_earlier_checkpoints_stay_intact(tiny_d
         assert latest is not None and not glob.glob(str(ckpt / "*_temp*"))  # no half-written save left behind
         model, _, _, step = checkpoints.restore_model(str(ckpt))
         assert step == RunDir(str(ckpt)).steps()[-1] > 0
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 # issue 27: a damaged XLA cache entry, or one that cannot be written, never fails a run.
@@ -212,12 +222,9 @@ def test_an_xla_cache_entry_that_cannot_be_written_costs_one_warning_and_leaves_
     assert result["step"] == 30 and _cache_files(cache) == []  # nothing half-written left behind
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
+@ROOT_ONLY
 def test_an_xla_cache_on_a_nearly_full_disk_is_only_read(warm_xla_cache, tiny_data, tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
-    try:
+    with tiny_disk(tmp_path / "disk", "2m") as disk:
         cpu = os.listdir(warm_xla_cache[0])[0]
         stale = disk / "xla" / cpu / "xla_compile_cache__1__2__XLA_CPU_JIT.pb" f"{socket.gethostname()}-a9-999999999-6b.tmp"
         stale.parent.mkdir(parents=True)
@@ -225,8 +232,6 @@ def test_an_xla_cache_on_a_nearly_full_disk_is_only_read(warm_xla_cache, tiny_da
         process, result = _cached_run(tiny_data, disk / "xla", tmp_path / "ckpt")
         assert result["step"] == 30 and _cache_warnings(process.stderr) == [], process.stderr
         assert _cache_files(disk / "xla") == []  # compiled, not written; the stale file removed
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 # issue 27: Ctrl-C while a tool starts (its imports, TensorFlow's) is one line and exit 130.
@@ -288,16 +293,11 @@ def test_the_tools_read_a_run_beside_a_trainer_that_saves_and_prunes_every_step(
 
 
 # issue 27: export onto a full disk, both formats: one line, no export folder left.
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
+@ROOT_ONLY
 def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tiny_run, tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(disk)], check=True)
-    try:
+    with tiny_disk(tmp_path / "disk", "8k") as disk:
         for export_format in ("saved_model", "litert"):
             result = run_cli("export", f"--ckpt_dir={tiny_run[0] / 'ckpt'}", f"--export_dir={disk / export_format}",
                              f"--format={export_format}", cwd=ROOT)
             assert_one_line_error(result, 1, f"cannot write the export {disk / export_format}/1: No space left on device")
             assert os.listdir(disk) == []
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)

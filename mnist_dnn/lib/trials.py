@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from mnist_dnn.lib import files, search, studies, sweeps
+from mnist_dnn.lib import files, native_output, search, studies, sweeps
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import Error, first_line
 
@@ -93,6 +93,20 @@ def _interrupt(signum, frame):
     raise _Interrupted(signum)
 
 
+def _import_tensorflow():
+    """TensorFlow, imported as the search's own start-up did: quietly, unless the user asked for its lines.
+
+    A spawned worker imports it afresh, and the import's C++ notices (oneDNN, CUDA) ignore
+    TF_CPP_MIN_LOG_LEVEL; the search's start-up set that to 3 exactly when it kept them off.
+    """
+    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3"
+    with native_output.captured_stderr() if quiet else contextlib.nullcontext():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the device probe prints the CUDA notice
+    return tf
+
+
 def _worker_main(plan: Plan, index: int) -> None:
     # A signal outside training interrupts the worker at once (training turns it into a stop and a save).
     for s in (signal.SIGINT, signal.SIGTERM):
@@ -103,8 +117,7 @@ def _worker_main(plan: Plan, index: int) -> None:
     def say(line: str) -> None:
         os.write(stdout, f"[worker {index}] {line}\n".encode())
 
-    import tensorflow as tf
-
+    tf = _import_tensorflow()
     tf.config.threading.set_intra_op_parallelism_threads(plan.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     try:

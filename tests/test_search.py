@@ -246,7 +246,8 @@ def killed_then_shared(real_data, tmp_path_factory):
 @pytest.mark.slow
 def test_a_killed_search_resumes_its_trials_and_two_searches_share_the_rest(killed_then_shared):
     run = killed_then_shared
-    assert run["codes"] == [0, 0], run["outputs"]
+    said = [line for out in run["outputs"] for line in out.splitlines() if "error" in line or "failed" in line]
+    assert run["codes"] == [0, 0], said or run["outputs"]  # the lines that say why first (pytest cuts long ones)
     interrupted = [folder for number, state, folder in run["after_kill"] if state == "FAIL"]
     assert interrupted and all(state in ("FAIL", "WAITING", "COMPLETE") for _, state, _ in run["after_kill"])
     final = trial_states(run["root"])

@@ -52,6 +52,11 @@ TRAIN = [
     (["--lr_schedule=step"], 2, "--lr_schedule must be one of constant, cosine"),
     (["--augment_shift=9"], 2, "--augment_shift must be a whole number from 0 to 8"),
     (["--augment_shift=-1"], 2, "--augment_shift must be"),
+    (["--augment_rotate=46"], 2, "--augment_rotate must be a number of degrees from 0 to 45"),
+    (["--augment_rotate=-5"], 2, "--augment_rotate must be"),
+    (["--augment_rotate=nan"], 2, "--augment_rotate must be"),
+    (["--augment_scale=0.6"], 2, "--augment_scale must be a fraction from 0 to 0.5"),
+    (["--augment_scale=-0.1"], 2, "--augment_scale must be"),
     (["--batch_size=0"], 2, "--batch_size must be a whole number from 1"),
     (["--batch_size=-3"], 2, "--batch_size must be"),
     (["--batch_size=1000000000"], 2, "65,536"),
@@ -129,6 +134,8 @@ RESUME = [  # on a copy of a trained run: a resume that would not be exact, or o
     (["--batch_size=32"], 2, "--batch_size=64, not --batch_size=32"),
     (["--seed=3"], 2, "--seed=0, not --seed=3"),
     (["--augment_shift=1"], 2, "--augment_shift=0, not --augment_shift=1"),
+    (["--augment_rotate=10"], 2, "--augment_rotate=0.0, not --augment_rotate=10.0"),
+    (["--augment_scale=0.1"], 2, "--augment_scale=0.0, not --augment_scale=0.1"),
     (["--lr_schedule=cosine"], 2, "--lr_schedule=constant, not --lr_schedule=cosine"),
     # issue 27: the run's own bookkeeping as the result file
     (["--result_file={run}/model_config.json"], 2, "--result_file {run}/model_config.json is inside {run}, which this "

@@ -22,7 +22,8 @@ BAD_SETTINGS = [
     ("learning_rate", float("nan"), "positive"), ("batch_size", 0, "1 to"), ("batch_size", 10**9, "65,536"),
     ("max_steps", -5, "1 to"), ("steps_per_call", 0, "1 to"), ("log_every", 0, "1 to"), ("eval_every", -1, "1 to"),
     ("checkpoint_every", 0, "1 to"), ("keep_checkpoints", 0, "1 to"), ("lr_schedule", "step", "constant, cosine"),
-    ("augment_shift", 9, "0 to 8"), ("augment_shift", -1, "0 to 8"), ("seed", 10**20, "0 to"), ("seed", -1, "0 to"),
+    ("augment_shift", 9, "0 to 8"), ("augment_shift", -1, "0 to 8"), ("augment_rotate", 45.5, "0 to 45"),
+    ("augment_rotate", float("inf"), "0 to 45"), ("augment_scale", 0.51, "0 to 0.5"), ("augment_scale", -0.01, "0 to 0.5"), ("seed", 10**20, "0 to"), ("seed", -1, "0 to"),
     ("early_stopping_patience", -1, "0 to"), ("strategy", "tpu", "default, mirrored"), ("virtual_cpus", -2, "0 to"),
     ("batch_size", 12.5, "whole number"), ("max_steps", True, "whole number"),
 ]

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from conftest import REAL_IDX_DIR, ROOT, assert_one_line_error, run_cli, synthetic_split, write_idx, write_idx_folder
 from mnist_dnn import cli
 from mnist_dnn.lib import batches, data
+from mnist_dnn.lib.config import Augmentation
 from mnist_dnn.lib.errors import DataError, UsageError
 
 
@@ -225,6 +226,70 @@ def test_random_shift_moves_each_image_by_at_most_max_shift_and_is_stateless():
 def test_random_shift_fills_with_zeros_at_the_border():
     shifted = batches.random_shift(_one_dot_images(100, row=0, col=27), 3, batches.shift_seed(1, 0)).numpy()
     assert {np.count_nonzero(image) for image in shifted} == {0, 1}  # moved out, or still inside
+
+
+def _random_images(count, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, [count, 28, 28], dtype=np.uint8)
+
+
+def _warp(images, degrees, zoom):
+    count = len(images)
+    return batches.warp(tf.constant(images.reshape(count, 784)), tf.fill([count], np.deg2rad(degrees).astype(np.float32)),
+                        tf.fill([count], np.float32(zoom))).numpy().reshape(count, 28, 28)
+
+
+def test_warp_turns_images_counter_clockwise_as_numpy_rot90_does():
+    images = _random_images(3)
+    np.testing.assert_array_equal(_warp(images, 0, 1.0), images)
+    for quarter_turns in (1, 2, 3):
+        np.testing.assert_array_equal(_warp(images, 90 * quarter_turns, 1.0), np.rot90(images, quarter_turns, axes=(1, 2)))
+
+
+def _numpy_zoom(image, zoom):
+    """Independent bilinear zoom about the centre, zeros outside: one pixel at a time."""
+    out, centre = np.zeros((28, 28)), 13.5
+    for row in range(28):
+        for col in range(28):
+            y, x = (row - centre) / zoom + centre, (col - centre) / zoom + centre
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                r, c = y0 + dy, x0 + dx
+                weight = (1 - abs(y - r)) * (1 - abs(x - c))
+                if 0 <= r < 28 and 0 <= c < 28 and weight > 0:
+                    out[row, col] += weight * image[r, c]
+    return np.round(out)
+
+
+@pytest.mark.parametrize("zoom", [0.7, 1.25, 2.0])
+def test_warp_zooms_about_the_centre_as_a_bilinear_numpy_zoom(zoom):
+    image = _random_images(1, seed=1)
+    np.testing.assert_allclose(_warp(image, 0, zoom)[0], _numpy_zoom(image[0].astype(np.float64), zoom), atol=1)
+
+
+def test_random_warp_turns_each_image_within_max_degrees_and_is_stateless():
+    dots = _one_dot_images(300, row=3, col=13)  # 10.5 rows above the centre (13.5, 13.5), half a column left
+    turned = batches.random_warp(dots, 20.0, 0.0, batches.warp_seed(0, 5)).numpy().reshape(300, 28, 28)
+    rows, cols = np.indices((28, 28))
+    mass = turned.sum((1, 2)).astype(np.float64)
+    centroid_row, centroid_col = ((turned * grid).sum((1, 2)) / mass for grid in (rows, cols))
+    angles = np.degrees(np.arctan2(-(centroid_col - 13.5), -(centroid_row - 13.5)) - np.arctan2(0.5, 10.5))
+    assert np.abs(angles).max() <= 21 and angles.min() < -15 and angles.max() > 15  # turned both ways, at most 20°
+    np.testing.assert_array_equal(batches.random_warp(dots, 20.0, 0.0, batches.warp_seed(0, 5)).numpy().reshape(300, 28, 28),
+                                  turned)
+    assert not np.array_equal(batches.random_warp(dots, 20.0, 0.0, batches.warp_seed(0, 6)).numpy().reshape(300, 28, 28),
+                              turned)
+    compiled = tf.function(batches.random_warp, jit_compile=True)
+    np.testing.assert_allclose(compiled(dots, 20.0, 0.0, batches.warp_seed(0, 5)).numpy().reshape(300, 28, 28), turned,
+                               atol=1)
+
+
+def test_augment_applies_nothing_when_off_and_the_warp_before_the_shift():
+    images = tf.constant(_random_images(4).reshape(4, 784))
+    np.testing.assert_array_equal(batches.augment(images, Augmentation(), 0, 3), images)
+    both = batches.augment(images, Augmentation(shift=2, rotate=10.0, scale=0.1), 0, 3)
+    by_hand = batches.random_shift(batches.random_warp(images, 10.0, 0.1, batches.warp_seed(0, 3)), 2,
+                                   batches.shift_seed(0, 3))
+    np.testing.assert_array_equal(both, by_hand)
 
 
 def test_padded_epoch_order_is_the_epoch_order_in_full_batches_with_zero_weight_padding():

@@ -169,6 +169,7 @@ def test_non_utf8_model_config_is_a_checkpoint_error(tmp_path):
     (dict(batch_size=64), "--batch_size=128, not --batch_size=64"),
     (dict(seed=1), "--seed=0, not --seed=1"),
     (dict(augment_shift=2), "--augment_shift=0, not --augment_shift=2"),
+    (dict(augment_rotate=8.0), "--augment_rotate=0.0, not --augment_rotate=8.0"),
     (dict(lr_schedule="cosine"), "--lr_schedule=constant, not --lr_schedule=cosine"),
 ])
 def test_resuming_with_other_settings_is_refused_and_the_stored_config_is_untouched(saved, change, fragment):

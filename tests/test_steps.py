@@ -45,10 +45,10 @@ def pipeline(split):
     return train(split, CALLS, jit_compile=False)
 
 
-def assert_same_weights(a, b):
+def assert_same_weights(a, b, atol=1e-6):
     assert int(a.step) == int(b.step) == sum(CALLS)
     for x, y in zip(a.model.weights, b.model.weights):
-        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-4, atol=atol)
 
 
 def test_the_compiled_runner_trains_as_the_pipeline_runner_does(compiled, pipeline):
@@ -57,7 +57,10 @@ def test_the_compiled_runner_trains_as_the_pipeline_runner_does(compiled, pipeli
 
 @pytest.mark.slow
 def test_with_augmentation_the_compiled_runner_trains_as_the_pipeline_runner_does(split):
-    assert_same_weights(train(split, CALLS, augment_shift=2)[0], train(split, CALLS, augment_shift=2, jit_compile=False)[0])
+    augmentation = dict(augment_shift=2, augment_rotate=10.0, augment_scale=0.1)
+    # XLA may fuse the bilinear sums differently, so a rare pixel rounds to its neighbouring uint8 value.
+    assert_same_weights(train(split, CALLS, **augmentation)[0], train(split, CALLS, **augmentation, jit_compile=False)[0],
+                        atol=1e-5)
 
 
 def test_one_sgd_step_on_a_padded_batch_equals_plain_gradient_descent_on_its_real_examples(split):

@@ -31,7 +31,7 @@ EXPORT_FORMATS = ("saved_model", "litert")
 QUANTIZATIONS = ("none", "int8")
 REPRESENTATIVE_IMAGES = 1000  # training images that calibrate an int8 LiteRT model
 SERVING_SIGNATURE, FLAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "predict_flat", "serving_bytes"
-MAX_SHIFT = 8
+MAX_SHIFT, MAX_ROTATE, MAX_SCALE = 8, 45.0, 0.5  # the augmentations' bounds: pixels, degrees, fraction
 # Bounds that keep a typo from asking for terabytes: a 784 x 10**8 weight matrix, a batch of 10**9.
 MAX_HIDDEN_UNITS = 65_536
 MAX_CONV_FILTERS = 4096
@@ -63,12 +63,22 @@ def _positive_int(field: str, value, maximum: int) -> None:
         raise ConfigError(field, f"must be a whole number from 1 to {maximum:,}; got {value!r}")
 
 
-def _float32_in(field: str, value, low: float, high: float, what: str) -> None:
-    """`value` within (low, high] as the float32 it becomes in the graph (1e39 is inf there)."""
+def _float32_in(field: str, value, low: float, high: float, what: str, low_inclusive: bool = False) -> None:
+    """`value` within (low, high] ([low, high] if `low_inclusive`) as the float32 it becomes in the graph (1e39 is inf there)."""
     with np.errstate(over="ignore"):
         as_float32 = np.float32(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
-    if not (math.isfinite(as_float32) and low < as_float32 <= high):
+    above_low = low <= as_float32 if low_inclusive else low < as_float32
+    if not (math.isfinite(as_float32) and above_low and as_float32 <= high):
         raise ConfigError(field, f"must be {what}; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """How training images are moved before each step: pixels of shift, degrees of rotation, zoom fraction."""
+
+    shift: int = 0
+    rotate: float = 0.0
+    scale: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +184,10 @@ class TrainConfig:
     learning_rate: float = setting(0.001, "Learning rate.")
     lr_schedule: str = setting("constant", "Learning rate schedule: constant, or cosine (decays to 0 at --max_steps).")
     augment_shift: int = setting(0, f"Move each training image by a random 0..N pixels in x and y (0: off, N <= {MAX_SHIFT}).")
+    augment_rotate: float = setting(0.0, "Turn each training image by a random angle of up to N degrees either way "
+                                    f"(0: off, N <= {MAX_ROTATE:g}).")
+    augment_scale: float = setting(0.0, "Zoom each training image by a random factor from 1-F to 1+F "
+                                   f"(0: off, F <= {MAX_SCALE:g}).")
     batch_size: int = setting(128, "Training batch size.")
     max_steps: int = setting(5000, "Train until this global step.")
     seed: int = setting(0, "Seed of initialization and data order.")
@@ -199,6 +213,10 @@ class TrainConfig:
                                        "device); --nojit_compile uses the tf.data pipeline, as several devices do.")
 
     @property
+    def augmentation(self) -> "Augmentation":
+        return Augmentation(self.augment_shift, self.augment_rotate, self.augment_scale)
+
+    @property
     def compiled(self) -> bool:
         return self.strategy == "default" if self.jit_compile is None else self.jit_compile
 
@@ -217,6 +235,10 @@ class TrainConfig:
             _positive_int(field, getattr(self, field), MAX_STEPS)
         _positive_int("keep_checkpoints", self.keep_checkpoints, 10_000)
         self._validate_ranges()
+        _float32_in("augment_rotate", self.augment_rotate, 0.0, MAX_ROTATE, f"a number of degrees from 0 to {MAX_ROTATE:g}",
+                    low_inclusive=True)
+        _float32_in("augment_scale", self.augment_scale, 0.0, MAX_SCALE, f"a fraction from 0 to {MAX_SCALE:g}",
+                    low_inclusive=True)
         if self.jit_compile and self.strategy != "default":
             raise ConfigError("jit_compile", f"runs on one device, not with `strategy`={self.strategy}; drop one of them")
         if self.devices and self.strategy != "mirrored":
@@ -233,4 +255,5 @@ class TrainConfig:
     def resume_settings(self) -> dict:
         """What an exact resume depends on besides the model: stored beside the checkpoints."""
         return {"optimizer": self.optimizer, "lr_schedule": self.lr_schedule, "batch_size": self.batch_size,
-                "seed": self.seed, "augment_shift": self.augment_shift}
+                "seed": self.seed, "augment_shift": self.augment_shift, "augment_rotate": self.augment_rotate,
+                "augment_scale": self.augment_scale}

@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from mnist_dnn.lib import batches, data
+from mnist_dnn.lib.config import Augmentation
 
 
 class NonFiniteLoss(Exception):
@@ -123,8 +124,8 @@ class CompiledRunner:
     """
 
     def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
-                 augment_shift: int = 0, xla: bool = True):
-        self.settings = (state, metrics, split, batch_size, seed, augment_shift)
+                 augmentation: Augmentation = Augmentation(), xla: bool = True):
+        self.settings = (state, metrics, split, batch_size, seed, augmentation)
         self.xla = xla
         self.step, self.split, self.batch_size, self.seed = state.step, split, batch_size, seed
         self.epoch_steps = batches.steps_per_epoch(split.size, batch_size)
@@ -135,7 +136,7 @@ class CompiledRunner:
         def loop(images, labels, order, weights, first, num_steps):
             def next_batch(batch):
                 return batches.gather_batch(images, labels, order, weights, batch, batch_size, state.step, seed,
-                                         augment_shift)
+                                            augmentation)
 
             return train_steps(state, metrics, strategy, next_batch, num_steps, first)
 
@@ -162,9 +163,9 @@ class PipelineRunner:
     """`runner(num_steps)` over a `tf.data` pipeline that the strategy spreads over its devices."""
 
     def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
-                 augment_shift: int = 0, strategy=None, start_step: int = 0):
+                 augmentation: Augmentation = Augmentation(), strategy=None, start_step: int = 0):
         strategy = strategy or tf.distribute.get_strategy()
-        dataset = batches.train_batches(split, batch_size, seed, start_step, augment_shift)
+        dataset = batches.train_batches(split, batch_size, seed, start_step, augmentation)
         self.iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
         @tf.function
@@ -180,7 +181,7 @@ class PipelineRunner:
 
 def make_runner(config, state, metrics: TrainMetrics, split: data.Split, strategy=None, start_step: int = 0):
     """The compiled in-memory runner, or the tf.data pipeline (several devices, --nojit_compile)."""
-    settings = (state, metrics, split, config.batch_size, config.seed, config.augment_shift)
+    settings = (state, metrics, split, config.batch_size, config.seed, config.augmentation)
     if config.compiled:
         return CompiledRunner(*settings, xla=xla_for(config.model))
     return PipelineRunner(*settings, strategy=strategy, start_step=start_step)

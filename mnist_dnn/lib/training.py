@@ -335,7 +335,8 @@ def hparams(config: TrainConfig) -> dict:
             "conv_filters": "-".join(map(str, config.model.conv_filters)) or "none",
             "dropout": config.model.dropout, "optimizer": config.optimizer, "learning_rate": config.learning_rate,
             "lr_schedule": config.lr_schedule, "batch_size": config.batch_size, "max_steps": config.max_steps,
-            "augment_shift": config.augment_shift, "seed": config.seed, "dataset": config.data.dataset}
+            "augment_shift": config.augment_shift, "augment_rotate": config.augment_rotate,
+            "augment_scale": config.augment_scale, "seed": config.seed, "dataset": config.data.dataset}
 
 
 def describe(config: TrainConfig, strategy, start: int, log_dir: str | None) -> str:

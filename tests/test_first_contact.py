@@ -121,7 +121,7 @@ def test_a_preset_named_in_a_flagfile_goes_first_too(tmp_path):
 
 @pytest.mark.parametrize("argv", [["p", "--preset=nope"], ["p", "--preset="], ["p", "--preset"]])
 def test_an_unknown_preset_is_a_usage_error_naming_the_valid_ones(argv):
-    with pytest.raises(UsageError, match="not a shipped config; choose one of: best, cnn_fast, default, .*fast"):
+    with pytest.raises(UsageError, match="not a shipped config; choose one of: balanced, best, cnn_best, cnn_fast, default, .*fast"):
         command_line.expand_presets(argv)
 
 

@@ -12,7 +12,9 @@ Rows, mnist_dnn through its public API (the config and runner `mnist_dnn.train` 
 - mnist_dnn_xla: the same loop compiled by XLA (the default for the MLPs, and on a GPU);
 - mnist_dnn_pipeline: the tf.data runner (--nojit_compile), TensorFlow's kernels;
 - keras_fit / keras_fit_xla: `fit` with steps_per_execution=50, jit_compile off / on;
-- jax_scan: jax.jit over lax.scan of the steps; torch_eager, torch_compile (PyTorch 2 CPU).
+- jax_scan: jax.jit over lax.scan of the steps; jax_jit: one jitted step per call, as Flax's example
+  trains (XLA's CPU convolutions inside the scan were far slower: docs/speed.md, The convnet);
+- torch_eager, torch_compile (PyTorch 2 CPU).
 FLOP bound: the multiply-adds of a training step counted as 3x the forward pass (backward for
 the inputs and for the weights), against the machine's measured float32 peak of one large
 convolution and one large matmul (TensorFlow, oneDNN) in the same run.
@@ -29,7 +31,7 @@ import time
 
 import numpy as np
 
-RUNNERS = ("mnist_dnn", "mnist_dnn_xla", "mnist_dnn_pipeline", "keras_fit", "keras_fit_xla", "jax_scan",
+RUNNERS = ("mnist_dnn", "mnist_dnn_xla", "mnist_dnn_pipeline", "keras_fit", "keras_fit_xla", "jax_scan", "jax_jit",
            "torch_eager", "torch_compile")
 BATCH, FILTERS, UNITS, DROPOUT, LEARNING_RATE = 128, (32, 64), 128, 0.25, 1e-3
 # Multiply-adds x 2 of one forward pass of one image: conv1, conv2, dense 128, dense 10.
@@ -71,7 +73,7 @@ def keras_runner(images, labels, jit):
     return lambda num_steps: model.fit(x, labels, batch_size=BATCH, epochs=1, shuffle=True, verbose=0)
 
 
-def jax_runner(images, labels):
+def jax_runner(images, labels, scan):
     import jax
     import jax.numpy as jnp
     import optax
@@ -99,23 +101,24 @@ def jax_runner(images, labels):
         h = dropout(jax.nn.relu(h @ p["d1"][0] + p["d1"][1]), r2)
         return optax.softmax_cross_entropy_with_integer_labels(h @ p["d2"][0] + p["d2"][1], yb).mean()
 
-    @jax.jit
-    def run_steps(p, opt, rng):
-        order = jnp.arange(len(x)).reshape(-1, BATCH)
+    def step(carry, idx):
+        p, opt, rng = carry
+        rng, sub = jax.random.split(rng)
+        grads = jax.grad(loss_fn)(p, x[idx].astype(jnp.float32) / 255.0, y[idx], sub)
+        updates, opt = tx.update(grads, opt, p)
+        return (optax.apply_updates(p, updates), opt, rng), None
 
-        def step(carry, idx):
-            p, opt, rng = carry
-            rng, sub = jax.random.split(rng)
-            grads = jax.grad(loss_fn)(p, x[idx].astype(jnp.float32) / 255.0, y[idx], sub)
-            updates, opt = tx.update(grads, opt, p)
-            return (optax.apply_updates(p, updates), opt, rng), None
-
-        return jax.lax.scan(step, (p, opt, rng), order)[0]
-
+    order = jnp.arange(len(x)).reshape(-1, BATCH)
+    run_steps = jax.jit(lambda carry: jax.lax.scan(step, carry, order)[0])
+    one_step = jax.jit(lambda carry, idx: step(carry, idx)[0])
     state = {"carry": (params, tx.init(params), key)}
 
     def run(num_steps):
-        state["carry"] = run_steps(*state["carry"])
+        if scan:
+            state["carry"] = run_steps(state["carry"])
+        else:
+            for i in range(num_steps):
+                state["carry"] = one_step(state["carry"], order[i])
         jax.block_until_ready(state["carry"][0])
     return run
 
@@ -153,8 +156,8 @@ def make_runner(name, images, labels):
         return mnist_dnn_runner(images, labels, name[len("mnist_dnn_"):] or "graph")
     if name.startswith("keras_fit"):
         return keras_runner(images, labels, name.endswith("_xla"))
-    if name == "jax_scan":
-        return jax_runner(images, labels)
+    if name.startswith("jax"):
+        return jax_runner(images, labels, scan=name == "jax_scan")
     return torch_runner(images, labels, name == "torch_compile")
 
 
@@ -192,7 +195,7 @@ def measure(name, args):
 
 
 def available(name):
-    module = {"jax_scan": "jax", "torch_eager": "torch", "torch_compile": "torch"}.get(name)
+    module = {"jax_scan": "jax", "jax_jit": "jax", "torch_eager": "torch", "torch_compile": "torch"}.get(name)
     return module is None or subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 

@@ -131,7 +131,8 @@ def checkpoint_values(path) -> dict:
 @pytest.mark.slow
 def test_a_resumed_cnn_run_is_bit_identical_to_an_uninterrupted_one(tiny_data, tmp_path):
     settings = dict(model=SMALL_CNN, max_steps=6, batch_size=16, deterministic=True, augment_shift=1,
-                    jit_compile=None, log_every=3, eval_every=3, checkpoint_every=3)
+                    augment_rotate=10.0, augment_scale=0.1, jit_compile=None, log_every=3, eval_every=3,
+                    checkpoint_every=3)
     whole = training.train(tiny_config(tiny_data, tmp_path / "whole", **settings))
     training.train(tiny_config(tiny_data, tmp_path / "parts", **{**settings, "max_steps": 4}))
     resumed = training.train(tiny_config(tiny_data, tmp_path / "parts", **settings))

@@ -17,13 +17,11 @@ by the CPU, and runs an entry compiled for another CPU after only logging that i
 differ (which can end in SIGILL): hence one folder per instruction set.
 """
 
-import contextlib
 import hashlib
 import os
 import platform
 import signal
 import sys
-import tempfile
 
 from mnist_dnn.lib import files, native_output, xla_cache
 
@@ -98,9 +96,6 @@ def wants_tf_logs(argv: list[str], environ) -> bool:
     return verbosity is not None and verbosity >= 1
 
 
-_stderr_captured = native_output.captured_stderr  # (the tests call it by this name)
-
-
 def cpu_key(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """A name for this processor's instruction set, or None where it cannot be read.
 
@@ -161,8 +156,5 @@ def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:
         import tensorflow  # noqa: F401
         return
     environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    if "tensorflow" in sys.modules:
-        return
-    with _stderr_captured():
-        import tensorflow as tf
-        tf.config.list_physical_devices()  # prints the cuInit error where there is no GPU
+    if "tensorflow" not in sys.modules:
+        native_output.import_tensorflow(quiet=True)

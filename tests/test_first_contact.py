@@ -24,7 +24,7 @@ import conftest
 from conftest import ROOT, assert_one_line_error, run_cli
 import mnist_dnn
 from mnist_dnn import cli, command_line, startup
-from mnist_dnn.lib import data, diagnostics, xla_cache
+from mnist_dnn.lib import data, diagnostics, native_output, xla_cache
 from mnist_dnn.lib.errors import UsageError
 
 # Each tool, its console script, and flags its help must list: its own and shared ones it uses.
@@ -209,12 +209,12 @@ def test_tensorflow_logs_are_shown_only_when_asked(argv, env, wanted):
 
 
 def test_captured_stderr_is_dropped_unless_the_block_fails(capfd):
-    with startup._stderr_captured():
+    with native_output.captured_stderr():
         os.write(2, b"C++ noise\n")
     os.write(2, b"ours after it\n")
     assert capfd.readouterr().err == "ours after it\n"
     with pytest.raises(ImportError):
-        with startup._stderr_captured():
+        with native_output.captured_stderr():
             os.write(2, b"why it failed\n")
             raise ImportError("no luck")
     assert capfd.readouterr().err == "why it failed\n"

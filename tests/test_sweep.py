@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -164,6 +165,28 @@ def test_report_png_plots_each_runs_own_curves(swept, monkeypatch, tmp_path):
             expected = scalars(swept["root"] / name / "logs" / split, tag)
             assert len(expected) >= 2
             assert drawn[f"run={name}"] == (sorted(expected), [expected[k] for k in sorted(expected)])
+
+
+def test_report_png_of_many_trials_holds_their_legend_without_a_layout_warning(monkeypatch, tmp_path):
+    """40 trials' labels once ran off the figure, and matplotlib warned "Tight layout not applied"."""
+    plt = pytest.importorskip("matplotlib.pyplot", reason="the test extra installs matplotlib")
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    names = ["trial", "learning_rate", "hidden_units", "dropout", "augment_shift"]
+    rows = [reports.Row(f"trial-{i:04d}", {"trial": f"trial-{i:04d}", "learning_rate": "0.0007842",
+                                            "hidden_units": "1024-1024", "dropout": "0.1254", "augment_shift": "2"},
+                        "complete") for i in range(40)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reports.plot(str(tmp_path), names, rows, str(tmp_path / "report.png"))
+    figure = figures[0]
+    legend = figure.legends[0].get_window_extent()
+    assert len(figure.legends[0].get_texts()) == 40
+    assert figure.bbox.x0 <= legend.x0 and legend.x1 <= figure.bbox.x1
+    assert figure.bbox.y0 <= legend.y0 and legend.y1 <= figure.bbox.y1
+    for axes in figure.axes:  # the plots keep their room above the legend
+        assert axes.get_window_extent().height >= 250 and axes.get_window_extent().y0 > legend.y1
 
 
 @pytest.mark.slow

@@ -36,6 +36,19 @@ def captured_stderr():
             os.close(saved)
 
 
+def import_tensorflow(quiet: bool):
+    """TensorFlow, imported and its devices probed; with `quiet`, inside `captured_stderr()`.
+
+    The import's C++ notices (oneDNN, CPU instructions, CUDA) and the device probe's `failed call
+    to cuInit` ignore TF_CPP_MIN_LOG_LEVEL: capturing descriptor 2 is the only way to keep them off.
+    """
+    with captured_stderr() if quiet else contextlib.nullcontext():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # prints the cuInit error where there is no GPU
+    return tf
+
+
 def quiet_unless_logging():
     """`captured_stderr()` where TensorFlow's C++ logs are off (TF_CPP_MIN_LOG_LEVEL 2 or 3, as the tools
     set it by default); elsewhere (a program that keeps them, `--verbosity=1`) the lines stay."""

@@ -18,6 +18,8 @@ import tensorflow as tf
 from mnist_dnn.lib import data, evaluation, files, studies, sweeps
 from mnist_dnn.lib.run_dir import RunDir
 
+PLOTS_HEIGHT = 4.2  # inches of report.png above the legend
+LEGEND_MARGIN = 0.2  # inches around the legend (constrained layout's padding)
 PLOTS_HINT = "install matplotlib (pip install matplotlib, or the package's plots extra) to draw report.png"
 
 
@@ -148,7 +150,7 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, PLOTS_HEIGHT), dpi=100, layout="constrained")
     for row in rows:
         logs = os.path.join(sweeps.run_dir(root, row.name), "logs")
         label = ", ".join(f"{n}={row.params[n]}" for n in names)
@@ -158,14 +160,27 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
     right.set(title="training loss", xlabel="step", yscale="log")
     for axes in (left, right):
         axes.grid(alpha=0.3)
-    if rows:
-        left.legend(fontsize="small")
-    figure.tight_layout()
+    _legend_below(figure, left)
     try:
         files.write_with(path, lambda f: figure.savefig(f, format="png"))
     finally:
         plt.close(figure)
     return True
+
+
+def _legend_below(figure, axes) -> None:
+    """The runs' legend under both plots, the figure made taller to hold it.
+
+    Inside an axes, the legend of a search's many trials ran off the figure. As many columns as
+    labels of the longest one's length fit in the width (about 120 characters at the small size).
+    """
+    handles, labels = axes.get_legend_handles_labels()
+    if not labels:  # runs without hyperparameters to tell them apart
+        return
+    columns = max(1, min(4, 120 // max(map(len, labels))))
+    legend = figure.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="small")
+    height = legend.get_window_extent(figure.canvas.get_renderer()).height / figure.dpi
+    figure.set_figheight(PLOTS_HEIGHT + height + LEGEND_MARGIN)
 
 
 def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:

@@ -93,20 +93,6 @@ def _interrupt(signum, frame):
     raise _Interrupted(signum)
 
 
-def _import_tensorflow():
-    """TensorFlow, imported as the search's own start-up did: quietly, unless the user asked for its lines.
-
-    A spawned worker imports it afresh, and the import's C++ notices (oneDNN, CUDA) ignore
-    TF_CPP_MIN_LOG_LEVEL; the search's start-up set that to 3 exactly when it kept them off.
-    """
-    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3"
-    with native_output.captured_stderr() if quiet else contextlib.nullcontext():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()  # the device probe prints the CUDA notice
-    return tf
-
-
 def _worker_main(plan: Plan, index: int) -> None:
     # A signal outside training interrupts the worker at once (training turns it into a stop and a save).
     for s in (signal.SIGINT, signal.SIGTERM):
@@ -117,7 +103,9 @@ def _worker_main(plan: Plan, index: int) -> None:
     def say(line: str) -> None:
         os.write(stdout, f"[worker {index}] {line}\n".encode())
 
-    tf = _import_tensorflow()
+    # A spawned worker imports TensorFlow afresh, as quietly as the search's start-up did: that set
+    # TF_CPP_MIN_LOG_LEVEL to 3 exactly when it kept TensorFlow's lines off (not a 2 of the user's).
+    tf = native_output.import_tensorflow(quiet=os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3")
     tf.config.threading.set_intra_op_parallelism_threads(plan.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     try:

@@ -72,7 +72,11 @@ def emit(**fields):
 
 
 def read_idx(idx_dir, name):
-    """One IDX file (gzip'd or raw) as a uint8 array of its shape."""
+    """One IDX file (gzip'd or raw) as a uint8 array of its shape.
+
+    Not mnist_dnn's data.read_idx_split: that module imports TensorFlow, whose import would count
+    in the PyTorch and JAX rows' time (and load it into their processes).
+    """
     path = os.path.join(idx_dir, name)
     opener = gzip.open if os.path.exists(path + ".gz") else open
     with opener(path + ".gz" if opener is gzip.open else path, "rb") as f:

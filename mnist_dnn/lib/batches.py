@@ -55,8 +55,8 @@ def warp(images: tf.Tensor, angle: tf.Tensor, zoom: tf.Tensor) -> tf.Tensor:
     # rows counted downwards, that turns the picture counter-clockwise on screen.
     cos, sin = (tf.reshape(f(angle) / zoom, [-1, 1, 1]) for f in (tf.cos, tf.sin))
     centre = (IMAGE_SIZE - 1) / 2
-    y = tf.reshape(tf.range(IMAGE_SIZE, dtype=tf.float32) - centre, [1, -1, 1])
-    x = tf.reshape(tf.range(IMAGE_SIZE, dtype=tf.float32) - centre, [1, 1, -1])
+    grid = tf.range(IMAGE_SIZE, dtype=tf.float32) - centre
+    y, x = tf.reshape(grid, [1, -1, 1]), tf.reshape(grid, [1, 1, -1])
     (y0, y1, fy), (x0, x1, fx) = _neighbours(cos * y + sin * x + centre), _neighbours(cos * x - sin * y + centre)
     side = IMAGE_SIZE + 2  # one row and column of zeros around the image
     padded = tf.reshape(tf.pad(tf.reshape(tf.cast(images, tf.float32), [-1, IMAGE_SIZE, IMAGE_SIZE]),

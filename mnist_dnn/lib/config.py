@@ -213,7 +213,7 @@ class TrainConfig:
                                        "device); --nojit_compile uses the tf.data pipeline, as several devices do.")
 
     @property
-    def augmentation(self) -> "Augmentation":
+    def augmentation(self) -> Augmentation:
         return Augmentation(self.augment_shift, self.augment_rotate, self.augment_scale)
 
     @property

@@ -41,6 +41,10 @@ TRAIN = [
     (["--model=lenet5", "--hidden_units=256"], 2, "--hidden_units does not apply to the lenet5 model: its layers are "
                                                   "the classic 120,84"),
     (["--model=lenet5", "--conv_filters=32,64"], 2, "--conv_filters does not apply to the lenet5 model"),
+    (["--model=cnn", "--conv_filters=8,8,8,8", "--pool_every=1"], 2, "--conv_filters 8,8,8,8 with --pool_every=1 shrink "
+                                                                     "the 28x28 image to nothing"),
+    (["--model=cnn", "--pool_every=-2"], 2, "--pool_every must be a whole number of convolutions"),
+    (["--pool_every=2"], 2, "--pool_every applies to the cnn model only, not to the dense model"),
     (["--optimizer=adamax"], 2, "--optimizer must be one of sgd"),
     (["--optimizer=lbfgs"], 2, "--optimizer must be one of"),
     (["--learning_rate=0"], 2, "--learning_rate must be a positive number"),
@@ -217,6 +221,7 @@ DAMAGED_RUN = {  # damage to a copy of the trained run -> what evaluate, export 
     "config of a convnet": (lambda run: _edit_config(run, name="cnn", conv_filters=[4]), 1, "cannot restore"),
     "config with conv filters": (lambda run: _edit_config(run, conv_filters=[8]), 1, "is malformed"),
     "config with conv filters as a number": (lambda run: _edit_config(run, conv_filters=8), 1, "is malformed"),
+    "config with a pool on a dense model": (lambda run: _edit_config(run, pool_every=2), 1, "is malformed"),
     "config not utf-8": (lambda run: _write(f"{run}/model_config.json", b"\xff\xfe"), 1, "is malformed"),
     "truncated index": (lambda run: _truncate(f"{run}/model.ckpt-30.index", 40), 1, "model.ckpt-30"),
     "zeroed data": (lambda run: _zero(f"{run}/model.ckpt-30.data-00000-of-00001"), 1, "model.ckpt-30"),

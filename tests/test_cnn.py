@@ -4,6 +4,7 @@ Fast tests use a cnn of 4 and 8 filters on a few synthetic images; the real MNIS
 cnn_fast preset's accuracy) and the kills of a training process are in the slow tier.
 """
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -20,9 +21,11 @@ from tensorboard.backend.event_processing import event_accumulator
 from conftest import ROOT, hparams, run_cli, synthetic_split, tiny_config
 from mnist_dnn.lib import data, models, steps, training
 from mnist_dnn.lib.config import TrainConfig
+from mnist_dnn.lib.errors import UsageError
 from mnist_dnn.lib.run_dir import RunDir
 
 SMALL_CNN = models.make_config("cnn", (16,), 0.25, (4, 8))
+STAGED_CNN = models.make_config("cnn", (16,), 0.25, (4, 4, 8, 8), pool_every=2)  # cnn_best's shape, narrower
 
 
 def test_cnn_has_the_peers_layers_and_lenet5_the_classic_ones():
@@ -33,6 +36,15 @@ def test_cnn_has_the_peers_layers_and_lenet5_the_classic_ones():
     assert [tuple(v.shape) for v in lenet.trainable_variables] == [
         (5, 5, 1, 6), (6,), (5, 5, 6, 16), (16,), (5 * 5 * 16, 120), (120,), (120, 84), (84,), (84, 10), (10,)]
     assert lenet.count_params() == 61_706  # LeNet-5's count with 28x28 inputs padded as 32x32 ones
+
+
+def test_pool_every_pools_after_each_group_of_convolutions():
+    model = models.create_model(STAGED_CNN)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Reshape", "Conv2D", "Conv2D", "MaxPooling2D", "Conv2D", "Conv2D", "MaxPooling2D", "Dropout",
+                     "Flatten", "Dense", "Dropout", "Dense"]
+    # 28 -> 26 -> 24 -> pool 12 -> 10 -> 8 -> pool 4: 4x4x8 features reach the dense layer
+    assert model.layers[9].kernel.shape == (4 * 4 * 8, 16)
 
 
 def numpy_forward(model, flat_images: np.ndarray) -> np.ndarray:
@@ -63,7 +75,7 @@ def numpy_forward(model, flat_images: np.ndarray) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("config", [SMALL_CNN, models.make_config("lenet5")], ids=str)
+@pytest.mark.parametrize("config", [SMALL_CNN, STAGED_CNN, models.make_config("lenet5")], ids=str)
 def test_the_convnets_compute_what_numpy_computes(config):
     model = models.create_model(config, seed=4)
     images = np.random.default_rng(0).random((3, 784)).astype(np.float32)
@@ -160,6 +172,19 @@ def test_a_cnn_run_records_its_filters_graph_hparams_and_diagnostics(tiny_data, 
     tags = set(diagnosed.Tags()["tensors"])
     kernels = [v for v in tags if v.startswith("weights/") and v.endswith("kernel")]
     assert len(kernels) == 4 and {"confusion_matrix", "misclassified"} <= tags, tags
+
+
+def test_a_pooled_cnn_run_records_its_pools_and_a_resume_without_them_is_refused(tiny_data, tmp_path, capsys):
+    config = tiny_config(tiny_data, tmp_path, model=STAGED_CNN, max_steps=2, batch_size=16, log_every=2,
+                         eval_every=2, checkpoint_every=2)
+    training.train(config)
+    assert json.loads((tmp_path / "ckpt" / "model_config.json").read_text())["pool_every"] == 2
+    assert RunDir(config.ckpt_dir).load_config().model == STAGED_CNN
+    assert capsys.readouterr().out.startswith("Training cnn conv 4-4/8-8, 16, 10 (dropout 0.25)")
+    assert hparams(tmp_path / "logs")["pool_every"] == 2
+    one_pool = dataclasses.replace(config, model=dataclasses.replace(STAGED_CNN, pool_every=0), max_steps=4)
+    with pytest.raises(UsageError, match="holds a run of cnn conv 4-4/8-8, 16 on mnist, not cnn conv 4-4-8-8, 16"):
+        training.train(one_pool)
 
 
 # --- Slow: the real MNIST, and a killed process ---------------------------------------------

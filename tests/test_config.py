@@ -45,6 +45,9 @@ def test_bad_settings_are_refused_naming_the_field(field, value, fragment):
     (ModelConfig("cnn", conv_filters=(32, 0)), "1 to 4,096"), (ModelConfig("cnn", conv_filters=(8.5,)), "whole number"),
     (ModelConfig("dense", conv_filters=(8,)), "convolutional models"), (ModelConfig("cnn", ()), "at least one layer"),
     (ModelConfig("lenet5", (100,)), "does not apply to the lenet5"), (ModelConfig("lenet5", dropout=0.2), "only supported"),
+    (ModelConfig("cnn", conv_filters=(8,) * 4, pool_every=1), "shrink the 28x28 image to nothing"),
+    (ModelConfig("cnn", pool_every=-1), "whole number of convolutions"), (ModelConfig("cnn", pool_every=1.5), "whole number"),
+    (ModelConfig("dense", pool_every=2), "cnn model only"), (ModelConfig("lenet5", pool_every=1), "cnn model only"),
 ])
 def test_bad_model_settings_are_refused(model, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
@@ -114,6 +117,18 @@ def test_conv_filters_parse_from_flags_and_default_to_the_models_own(flag_values
     flag_values.unparse_flags()
     flag_values(["prog", "--model=lenet5"])
     assert cli.config_from_flags(TrainConfig, flag_values).model.conv_filters == (6, 16)
+    flag_values.unparse_flags()
+    flag_values(["prog", "--model=cnn", "--conv_filters=16,16,32,32", "--pool_every=2"])
+    assert cli.config_from_flags(TrainConfig, flag_values).model == ModelConfig("cnn", conv_filters=(16, 16, 32, 32),
+                                                                                pool_every=2)
+
+
+def test_pool_every_groups_the_convolutions_and_the_widths_show_the_groups():
+    staged = ModelConfig("cnn", (256,), conv_filters=(16, 16, 32, 32), pool_every=2)
+    assert staged.conv_stages() == [(16, 16), (32, 32)] and staged.widths() == "conv 16-16/32-32, 256"
+    assert ModelConfig("cnn", conv_filters=(8, 16, 32), pool_every=2).conv_stages() == [(8, 16), (32,)]
+    assert ModelConfig("cnn").conv_stages() == [(32, 64)] and ModelConfig("cnn").widths() == "conv 32-64, 128"
+    ModelConfig("cnn", conv_filters=(8, 8, 8), pool_every=1).validate()  # 28 -> 13 -> 5 -> 1: still an image
 
 
 def test_no_preset_pins_the_log_folder_and_each_has_a_run_folder_of_its_own():

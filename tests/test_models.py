@@ -6,7 +6,8 @@ from mnist_dnn.lib import models, steps, training
 from mnist_dnn.lib.errors import UsageError
 
 ALL_MODELS = [models.make_config(name) for name in models.MODELS] + [models.make_config("dense", (32,), 0.2),
-                                                                    models.make_config("cnn", (16,), 0.25, (4, 8, 8))]
+                                                                    models.make_config("cnn", (16,), 0.25, (4, 8, 8)),
+                                                                    models.make_config("cnn", (16,), 0.0, (4, 8), 1)]
 
 
 def test_course_names_are_aliases_and_unknown_names_list_the_valid_ones():

@@ -13,6 +13,7 @@ import numpy as np
 
 from mnist_dnn.lib.errors import UsageError
 
+IMAGE_SIZE = 28  # MNIST's images are IMAGE_SIZE x IMAGE_SIZE
 MODELS = ("raw", "dense", "logistic", "cnn", "lenet5")
 ALIASES = {"DNN": "raw", "contrib_DNN": "dense", "LogisticRegression": "logistic"}  # the TF1 course's names
 DEFAULT_HIDDEN_UNITS = {"raw": (128,), "dense": (60, 30), "logistic": (), "cnn": (128,), "lenet5": (120, 84)}
@@ -92,6 +93,8 @@ class ModelConfig:
                              "layer (cnn).")
     conv_filters: tuple[int, ...] | None = setting(None, "Filters of each 3x3 convolution of --model=cnn, e.g. 32,64 "
                                                    "(its default); the convolutional models only.")
+    pool_every: int = setting(0, "--model=cnn: a 2x2 max-pool after every N convolutions, e.g. 2 with "
+                              "--conv_filters=16,16,32,32 (0: one pool, after the last).")
 
     def __post_init__(self):
         # The course's names are aliases; no hidden_units (conv_filters) means the model's own.
@@ -107,7 +110,15 @@ class ModelConfig:
     def widths(self) -> str:
         """The layer widths in words: `60-30`, `(no hidden layer)`, or `conv 32-64, 128` for a convnet."""
         units = "-".join(map(str, self.hidden_units)) or "(no hidden layer)"
-        return f"conv {'-'.join(map(str, self.conv_filters))}, {units}" if self.conv_filters else units
+        if not self.conv_filters:
+            return units
+        stages = "/".join("-".join(map(str, stage)) for stage in self.conv_stages())
+        return f"conv {stages}, {units}"
+
+    def conv_stages(self) -> list[tuple[int, ...]]:
+        """The convolutions' filters in groups, each group followed by a 2x2 max-pool."""
+        size = self.pool_every or len(self.conv_filters)
+        return [self.conv_filters[i:i + size] for i in range(0, len(self.conv_filters), size)]
 
     def validate(self) -> None:
         _choice("model", self.name, MODELS + tuple(ALIASES))
@@ -128,6 +139,9 @@ class ModelConfig:
             if self.conv_filters:
                 raise ConfigError("conv_filters", f"applies to the convolutional models ({', '.join(DEFAULT_CONV_FILTERS)}) "
                                   f"only, not to the {self.name} model")
+        if self.name != "cnn" and self.pool_every:
+            raise ConfigError("pool_every", f"applies to the cnn model only, not to the {self.name} model")
+        if self.name not in DEFAULT_CONV_FILTERS:
             return
         if self.name in FIXED_MODELS:
             for field, defaults in (("hidden_units", DEFAULT_HIDDEN_UNITS), ("conv_filters", DEFAULT_CONV_FILTERS)):
@@ -140,6 +154,16 @@ class ModelConfig:
                               f"e.g. 32,64; got {len(self.conv_filters)}")
         for filters in self.conv_filters:
             _positive_int("conv_filters", filters, MAX_CONV_FILTERS)
+        if isinstance(self.pool_every, bool) or not isinstance(self.pool_every, int) or self.pool_every < 0:
+            raise ConfigError("pool_every", f"must be a whole number of convolutions, 0 for one pool after the last; "
+                              f"got {self.pool_every!r}")
+        size = IMAGE_SIZE
+        for stage in self.conv_stages():
+            size = (size - 2 * len(stage)) // 2  # each 3x3 "valid" convolution takes 2 pixels, the pool halves
+            if size < 1:
+                raise ConfigError("conv_filters", f"{','.join(map(str, self.conv_filters))} with `pool_every`="
+                                  f"{self.pool_every} shrink the 28x28 image to nothing; use fewer convolutions, "
+                                  "or pool less often")
 
 
 @dataclasses.dataclass(frozen=True)

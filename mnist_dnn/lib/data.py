@@ -26,10 +26,9 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import DATASETS, IDX_DIR_ENV, DataConfig, DatasetIdxDir  # noqa: F401 (part of this module's API)
+from mnist_dnn.lib.config import DATASETS, IDX_DIR_ENV, IMAGE_SIZE, DataConfig, DatasetIdxDir  # noqa: F401 (part of this module's API)
 from mnist_dnn.lib.errors import DataError, UsageError
 
-IMAGE_SIZE = 28
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 NUM_CLASSES = 10
 VALIDATION_SIZE = 5000

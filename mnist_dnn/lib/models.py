@@ -107,12 +107,17 @@ def _classifier_head(hidden_units, seed: int, dropout: float, first_layer: int) 
     return layers
 
 
-def cnn(conv_filters=(32, 64), hidden_units=(128,), seed=0, dropout=0.0) -> keras.Model:
+def cnn(conv_filters=(32, 64), hidden_units=(128,), seed=0, dropout=0.0, pool_every=0) -> keras.Model:
     """The convnet of the Keras, PyTorch and Flax MNIST examples: 3x3 convolutions with ReLU,
-    a 2x2 max-pool, dropout, Dense ReLU layers with dropout, the logits."""
+    a 2x2 max-pool, dropout, Dense ReLU layers with dropout, the logits.
+
+    `pool_every=N` puts a 2x2 max-pool after every N convolutions (and after the last) instead.
+    """
     layers = _images()
     for i, filters in enumerate(conv_filters, start=1):
         layers.append(keras.layers.Conv2D(filters, 3, activation="relu", kernel_initializer=_glorot(seed + i)))
+        if pool_every and i % pool_every == 0 and i < len(conv_filters):
+            layers.append(keras.layers.MaxPooling2D(2))
     layers.append(keras.layers.MaxPooling2D(2))
     if dropout:
         layers.append(Dropout(dropout, seed=seed + 100))
@@ -133,9 +138,9 @@ def lenet5(seed=0) -> keras.Model:
     return keras.Sequential(layers, name="lenet5")
 
 
-def make_config(name: str, hidden_units=None, dropout=0.0, conv_filters=None) -> ModelConfig:
+def make_config(name: str, hidden_units=None, dropout=0.0, conv_filters=None, pool_every=0) -> ModelConfig:
     """A validated ModelConfig; `hidden_units=None` (`conv_filters=None`) means the model's default."""
-    config = ModelConfig(name, hidden_units, dropout, conv_filters)
+    config = ModelConfig(name, hidden_units, dropout, conv_filters, pool_every)
     config.validate()
     return config
 
@@ -147,7 +152,7 @@ def create_model(config: ModelConfig, seed: int = 0) -> keras.Model:
     elif config.name == "dense":
         model = dense_dnn(config.hidden_units, seed, config.dropout)
     elif config.name == "cnn":
-        model = cnn(config.conv_filters, config.hidden_units, seed, config.dropout)
+        model = cnn(config.conv_filters, config.hidden_units, seed, config.dropout, config.pool_every)
     elif config.name == "lenet5":
         model = lenet5(seed)
     else:

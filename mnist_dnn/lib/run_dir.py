@@ -72,7 +72,7 @@ class RunConfig:
         if not isinstance(run_id, str):
             raise ValueError("run_id must be a string")
         model = ModelConfig(fields["name"], tuple(fields["hidden_units"]), fields.get("dropout", 0.0),
-                            fields.get("conv_filters"))
+                            fields.get("conv_filters"), fields.get("pool_every", 0))
         model.validate()
         return cls(model, fields["dataset"], resume, run_id)
 

@@ -48,6 +48,16 @@ def run_seed(seed, args, scratch):
             "load_average_1min": [load_before, load_after]}
 
 
+def machine() -> str:
+    """The CPU, and whether it has AVX-512 and AMX: presets' timings differ several-fold between such machines."""
+    with open("/proc/cpuinfo") as f:
+        info = f.read()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    family = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("cpu family")), "?")
+    extensions = [name for flag, name in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if f" {flag}" in info]
+    return f"{model} (family {family}), {', '.join(extensions) or 'no AVX-512'}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idx_dir", default=os.environ.get("MNIST_DNN_IDX_DIR"))
@@ -63,8 +73,8 @@ def main():
             runs.append(run_seed(seed, args, scratch))
             print(json.dumps(runs[-1]), flush=True)
     mean = statistics.mean(r["test_accuracy"] for r in runs)
-    report = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "preset": args.preset, "runs": runs,
-              "mean_test_accuracy": mean}
+    report = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "machine": machine(), "preset": args.preset,
+              "runs": runs, "mean_test_accuracy": mean}
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     print("| seed | test accuracy | validation accuracy | train command (s) | examples/s |\n| --- | --- | --- | --- | --- |")

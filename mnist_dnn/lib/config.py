@@ -73,6 +73,12 @@ def _float32_in(field: str, value, low: float, high: float, what: str, low_inclu
         raise ConfigError(field, f"must be {what}; got {value!r}")
 
 
+def conv_stages(conv_filters, pool_every: int) -> list[tuple[int, ...]]:
+    """The convolutions' filters in groups, each followed by a 2x2 max-pool: groups of `pool_every`, or one group if 0."""
+    size = pool_every or len(conv_filters)
+    return [tuple(conv_filters[i:i + size]) for i in range(0, len(conv_filters), size)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """How training images are moved before each step: pixels of shift, degrees of rotation, zoom fraction."""
@@ -116,9 +122,7 @@ class ModelConfig:
         return f"conv {stages}, {units}"
 
     def conv_stages(self) -> list[tuple[int, ...]]:
-        """The convolutions' filters in groups, each group followed by a 2x2 max-pool."""
-        size = self.pool_every or len(self.conv_filters)
-        return [self.conv_filters[i:i + size] for i in range(0, len(self.conv_filters), size)]
+        return conv_stages(self.conv_filters, self.pool_every)
 
     def validate(self) -> None:
         _choice("model", self.name, MODELS + tuple(ALIASES))
@@ -162,7 +166,7 @@ class ModelConfig:
             size = (size - 2 * len(stage)) // 2  # each 3x3 "valid" convolution takes 2 pixels, the pool halves
             if size < 1:
                 raise ConfigError("conv_filters", f"{','.join(map(str, self.conv_filters))} with `pool_every`="
-                                  f"{self.pool_every} shrink the 28x28 image to nothing; use fewer convolutions, "
+                                  f"{self.pool_every} shrink the {IMAGE_SIZE}x{IMAGE_SIZE} image to nothing; use fewer convolutions, "
                                   "or pool less often")
 
 

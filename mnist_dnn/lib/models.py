@@ -4,10 +4,13 @@ The convolutional ones reshape that batch to images [B, 28, 28, 1] themselves, s
 boundary (data pipelines, checkpoints, serving signatures, LiteRT) is the same for all models.
 """
 
+import itertools
+
 import keras
 import tensorflow as tf
 
 from mnist_dnn.lib.config import ALIASES, DEFAULT_CONV_FILTERS, DEFAULT_HIDDEN_UNITS, MODELS, ModelConfig  # noqa: F401 (the registry)
+from mnist_dnn.lib.config import conv_stages
 from mnist_dnn.lib import threefry
 from mnist_dnn.lib.data import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 
@@ -113,12 +116,12 @@ def cnn(conv_filters=(32, 64), hidden_units=(128,), seed=0, dropout=0.0, pool_ev
 
     `pool_every=N` puts a 2x2 max-pool after every N convolutions (and after the last) instead.
     """
-    layers = _images()
-    for i, filters in enumerate(conv_filters, start=1):
-        layers.append(keras.layers.Conv2D(filters, 3, activation="relu", kernel_initializer=_glorot(seed + i)))
-        if pool_every and i % pool_every == 0 and i < len(conv_filters):
-            layers.append(keras.layers.MaxPooling2D(2))
-    layers.append(keras.layers.MaxPooling2D(2))
+    layers, conv_seeds = _images(), itertools.count(seed + 1)
+    for stage in conv_stages(conv_filters, pool_every):
+        for filters in stage:
+            init = _glorot(next(conv_seeds))
+            layers.append(keras.layers.Conv2D(filters, 3, activation="relu", kernel_initializer=init))
+        layers.append(keras.layers.MaxPooling2D(2))
     if dropout:
         layers.append(Dropout(dropout, seed=seed + 100))
     layers += _classifier_head(hidden_units, seed, dropout, first_layer=len(conv_filters) + 1)

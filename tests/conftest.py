@@ -10,6 +10,7 @@ import io
 import os
 import pathlib
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -275,6 +276,10 @@ def folder_hashes(*folders) -> dict:
                 path = os.path.join(root, name)
                 if os.path.islink(path):
                     hashes[path] = f"-> {os.readlink(path)}"
+                    continue
+                mode = os.stat(path).st_mode
+                if not stat.S_ISREG(mode):  # a FIFO or a device: its kind, never its content (a read would block)
+                    hashes[path] = f"special {stat.S_IFMT(mode):o} {os.stat(path).st_rdev}"
                     continue
                 with open(path, "rb") as f:
                     hashes[path] = hashlib.sha256(f.read()).hexdigest()

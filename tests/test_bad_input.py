@@ -8,6 +8,7 @@ no file created, changed or deleted (the folders are hashed before and after).
 import json
 import os
 import shutil
+import stat
 
 import pytest
 
@@ -397,6 +398,22 @@ REPORT = [
     (["--root={loop}"], 2, "--root {loop} is a loop of symbolic links"),
 ]
 
+# issue 37 (item 1): an output flag never replaces what is not a regular file (it renamed a file over a FIFO or a
+# device). {device} is a character device node made in the test's folder (root only; the case skips otherwise).
+SPECIAL_OUTPUTS = [
+    ("train", ["--ckpt_dir={tmp}/new", "--result_file={fifo}"], "--result_file {fifo} is a FIFO, not a regular file"),
+    ("train", ["--ckpt_dir={tmp}/new", "--result_file={device}"], "--result_file {device} is a character device"),
+    ("train", ["--ckpt_dir={tmp}/new", "--result_file={fifolink}", "--overwrite"],
+     "--result_file {fifolink} is a symbolic link to a FIFO"),
+    ("train", ["--ckpt_dir={tmp}/new", "--result_file={tmp}/sub"], "--result_file {tmp}/sub is a folder"),
+    ("evaluate", ["--ckpt_dir={run}", "--metrics_file={fifo}"], "--metrics_file {fifo} is a FIFO"),
+    ("evaluate", ["--ckpt_dir={run}", "--metrics_file={device}", "--overwrite"], "--metrics_file {device} is a character"),
+    ("evaluate", ["--ckpt_dir={run}", "--metrics_file={fifolink}"], "is a symbolic link to a FIFO, not a regular"),
+    ("predict", ["--rest_request={fifo}", "{tmp}/seven.png"], "--rest_request {fifo} is a FIFO, not a regular file"),
+    ("predict", ["--rest_request={device}", "--overwrite", "{tmp}/seven.png"], "--rest_request {device} is a character"),
+    ("predict", ["--rest_request={fifolink}", "{tmp}/seven.png"], "--rest_request {fifolink} is a symbolic link to a"),
+]
+
 CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAIN]
          + [("train", ["--ckpt_dir={run}", "--log_dir={tmp}/logs", "--hidden_units=32", "--batch_size=64", *args],
              code, fragment, None)
@@ -418,7 +435,8 @@ CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAI
          # issue 27: a resume into a folder whose checkpoints are all damaged says so, and renames nothing
          + [("train", ["--ckpt_dir={run}", "--log_dir={tmp}", "--hidden_units=32", "--batch_size=64",
                        "--max_steps=40"], 1, "all 2 checkpoints in {run} are damaged", damage)
-            for damage in ("every checkpoint zeroed", "every checkpoint truncated")])
+            for damage in ("every checkpoint zeroed", "every checkpoint truncated")]
+         + [(tool, args, 2, fragment, None) for tool, args, fragment in SPECIAL_OUTPUTS])
 
 
 def _write(path, content):
@@ -478,7 +496,15 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     places = {"tmp": str(tmp_path), "file": str(tmp_path / "afile"), "run": str(tmp_path / "run"),
               "corrupt_sweep": str(tmp_path / "corrupt_sweep"), "loop": str(tmp_path / "loop1"),
               "dangling": str(tmp_path / "dangling"), "other_study": str(tmp_path / "other_study"),
-              "export": str(tmp_path / "export"), "nest": str(tmp_path / "nest"), "runlogs": str(tmp_path / "runlogs")}
+              "export": str(tmp_path / "export"), "nest": str(tmp_path / "nest"), "runlogs": str(tmp_path / "runlogs"),
+              "fifo": str(tmp_path / "fifo"), "fifolink": str(tmp_path / "fifolink"), "device": str(tmp_path / "null")}
+    if any("{device}" in a for a in args):
+        if os.geteuid() != 0:
+            pytest.skip("making a device node (mknod) needs root")
+        os.mknod(places["device"], stat.S_IFCHR | 0o666, os.makedev(1, 3))  # /dev/null's numbers, in tmp_path
+    os.mkfifo(places["fifo"])
+    os.symlink("fifo", places["fifolink"])
+    os.mkdir(tmp_path / "sub")
     _write(places["file"], "a file, not a folder")
     os.symlink("loop2", places["loop"])
     os.symlink("loop1", tmp_path / "loop2")

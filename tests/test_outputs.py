@@ -69,3 +69,20 @@ def test_predict_replaces_its_own_request_and_another_file_with_overwrite(tmp_pa
     assert refused.returncode == 2 and notes.read_text() == "mine"
     assert call_tool("predict", f"--rest_request={notes}", "--overwrite", str(digit)).returncode == 0
     assert len(json.loads(notes.read_text())["instances"]) == 1
+
+
+@pytest.mark.parametrize("make", ["fifo", "folder", "link to a fifo"])
+def test_a_write_never_replaces_what_is_not_a_regular_file(tmp_path, make):
+    """issue 37 (item 1): the atomic write renamed its temporary file over a FIFO or a device."""
+    from mnist_dnn.lib import files
+
+    fifo, target = tmp_path / "fifo", tmp_path / "target"
+    os.mkfifo(fifo)
+    {"fifo": lambda: os.mkfifo(target), "folder": target.mkdir,
+     "link to a fifo": lambda: target.symlink_to(fifo)}[make]()
+    kind = os.lstat(target).st_mode
+    with pytest.raises(UsageError, match="not a regular file"):
+        outputs.check_output_file("metrics_file", str(target), METRICS, overwrite=True)
+    with pytest.raises(OSError, match="not a regular file"):
+        files.write_text(str(target), "{}")
+    assert os.lstat(target).st_mode == kind and sorted(os.listdir(tmp_path)) == ["fifo", "target"]

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import stat
 
 from mnist_dnn.lib.errors import UsageError
 
@@ -56,6 +57,32 @@ def check_folder(field: str, folder: str) -> None:
         raise UsageError(f"{problem}; pass another folder", field=field)
 
 
+def special_file_problem(path: str) -> str | None:
+    """"<path> is a FIFO" (a folder, device, socket, or a link to one) when something other than a
+    regular file exists at `path`: a write there must not replace it. None otherwise."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there, or a link that leads nowhere (check_link's case)
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    link = " a symbolic link to" if os.path.islink(path) else ""
+    return f"{path} is{link} {_kind_of(mode)}, not a regular file"
+
+
+def _kind_of(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def check_plain_target(field: str, path: str) -> None:
+    """Refuses, naming the setting `field`, an output path where something other than a regular file exists."""
+    problem = special_file_problem(path)
+    if problem:
+        raise UsageError(f"{problem}; pass the path of a regular file", field=field)
+
+
 def _broken_link(path: str) -> str:
     try:
         os.stat(path)
@@ -70,7 +97,13 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_with(path: str, write) -> None:
-    """Calls `write(binary_file)` on a temporary file, then renames it over `path`; on an error, removes it."""
+    """Calls `write(binary_file)` on a temporary file, then renames it over `path`; on an error, removes it.
+
+    Refuses (OSError) to replace anything but a regular file: a device or FIFO at `path` stays.
+    """
+    problem = special_file_problem(path)
+    if problem:
+        raise OSError(errno.EEXIST, problem)
     tmp = f"{path}.tmp-{os.getpid()}"  # one per process: two writers never share it
     try:
         with open(tmp, "wb") as f:

@@ -30,6 +30,7 @@ def check_output_file(flag: str, path: str, kinds: tuple[tuple[str, ...], ...], 
     folders it writes into besides the output file.
     """
     files.check_link(flag, path, "pass another file")
+    files.check_plain_target(flag, path)
     target = os.path.realpath(path)
     for other in inputs:
         if os.path.exists(other) and os.path.realpath(other) == target:

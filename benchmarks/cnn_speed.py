@@ -40,14 +40,15 @@ TRAIN_FLOPS = 3 * FORWARD_FLOPS
 
 
 def load(idx_dir, data_dir, count):
-    from mnist_dnn.lib import data
+    from mnist_dnn.lib.core import data
     train = data.load_splits(data.DataConfig("mnist", data_dir, idx_dir))["train"]
     return train.images.numpy()[:count], train.labels.numpy()[:count].astype(np.int32)
 
 
 def mnist_dnn_runner(images, labels, variant):
     import tensorflow as tf
-    from mnist_dnn.lib import data, models, steps, training
+    from mnist_dnn.lib.core import data, models
+    from mnist_dnn.lib.trainer import steps, training
     config = training.TrainConfig(model=models.make_config("cnn", (UNITS,), DROPOUT, FILTERS), batch_size=BATCH,
                                   learning_rate=LEARNING_RATE, jit_compile=variant != "pipeline")
     state = training.build_state(config)
@@ -65,7 +66,7 @@ def mnist_dnn_runner(images, labels, variant):
 
 def keras_runner(images, labels, jit):
     import keras
-    from mnist_dnn.lib import models
+    from mnist_dnn.lib.core import models
     model = models.create_model(models.make_config("cnn", (UNITS,), DROPOUT, FILTERS))
     model.compile(keras.optimizers.Adam(LEARNING_RATE), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   steps_per_execution=50, jit_compile=jit)

@@ -18,12 +18,12 @@ import time
 
 os.environ.setdefault("MNIST_DNN_XLA_CACHE", "off")
 
-from mnist_dnn import startup  # noqa: E402 (sets the XLA flags before TensorFlow starts)
+from mnist_dnn.cli import startup  # noqa: E402 (sets the XLA flags before TensorFlow starts)
 
 startup.import_tensorflow()
 import tensorflow as tf  # noqa: E402
 
-from mnist_dnn.lib import models  # noqa: E402
+from mnist_dnn.lib.core import models  # noqa: E402
 
 SHAPE, RATE = (128, 512), 0.2
 

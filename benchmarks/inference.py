@@ -23,7 +23,8 @@ import tempfile
 import time
 
 
-from mnist_dnn.lib import checkpoints, classifier, data, evaluation, litert, serving
+from mnist_dnn.lib.core import checkpoints, data, evaluation, litert, serving
+from mnist_dnn.lib.serve import classifier
 
 ROUNDS = 10
 CALLS_PER_ROUND = 200

@@ -16,8 +16,9 @@ import time
 
 import tensorflow as tf
 
-from mnist_dnn.lib import data, distribute, training
-from mnist_dnn.lib.run_dir import RunDir
+from mnist_dnn.lib.core import data
+from mnist_dnn.lib.trainer import distribute, training
+from mnist_dnn.lib.core.run_dir import RunDir
 
 STEPS = 250
 

@@ -65,7 +65,8 @@ def instrument():
         import tensorflow  # noqa: F401
     with phase("import the tool (keras, tfds, tensorboard, mnist_dnn)"):
         from mnist_dnn import train
-        from mnist_dnn.lib import actions, data, diagnostics, evaluation, run_dir, steps, training
+        from mnist_dnn.lib.core import data, evaluation, run_dir
+        from mnist_dnn.lib.trainer import actions, diagnostics, steps, training
     wrap(data, "load_splits", "data: load splits")
     wrap(training, "build_state", "model + optimizer build")
     wrap(run_dir.RunDir, "restore_newest", "restore check")

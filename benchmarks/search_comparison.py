@@ -51,7 +51,7 @@ def main():
     results = []
     with tempfile.TemporaryDirectory(prefix="search-comparison-") as folder:
         data_dir = os.path.join(folder, "tfds")
-        from mnist_dnn.lib import data  # imported once here, so that no search's minutes include it
+        from mnist_dnn.lib.core import data  # imported once here, so that no search's minutes include it
 
         data.prepare(data.DataConfig(data_dir=data_dir, idx_dir=os.environ[data.IDX_DIR_ENV]))
         for seed in range(args.seeds):

@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import data, models, serving
+from mnist_dnn.lib.core import data, models, serving
 
 BATCHES = (1, 100)
 

@@ -68,7 +68,7 @@ def fast_setting():
 
 
 def load_arrays(idx_dir, data_dir):
-    from mnist_dnn.lib import data
+    from mnist_dnn.lib.core import data
     splits = data.load_splits(data.DataConfig("mnist", data_dir, idx_dir))
     to_np = lambda split: (split.images.numpy().astype(np.float32) / 255.0, split.labels.numpy().astype(np.int32))
     return splits, to_np(splits["train"]), to_np(splits["test"])
@@ -89,7 +89,8 @@ def epoch_loop(epoch):
 
 def keras_runner(s: Setting, train, test, steps_per_execution, jit):
     import keras
-    from mnist_dnn.lib import models, training
+    from mnist_dnn.lib.core import models
+    from mnist_dnn.lib.trainer import training
     model = models.create_model(models.make_config("dense", s.hidden, s.dropout))
     optimizer = training.make_optimizer("adam", s.learning_rate, "cosine" if s.cosine_steps else "constant",
                                         s.cosine_steps)
@@ -113,7 +114,8 @@ def keras_runner(s: Setting, train, test, steps_per_execution, jit):
 
 
 def mnist_dnn_runner(s: Setting, splits, jit_compile, config=None):
-    from mnist_dnn.lib import batches, data, evaluation, models, steps, training
+    from mnist_dnn.lib.core import data, evaluation, models
+    from mnist_dnn.lib.trainer import batches, steps, training
     config = config or training.TrainConfig(model=models.make_config("dense", s.hidden, s.dropout),
                                             batch_size=s.batch_size, learning_rate=s.learning_rate)
     config = dataclasses.replace(config, jit_compile=jit_compile)

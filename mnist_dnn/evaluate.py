@@ -5,7 +5,7 @@ Example (the latest checkpoint of the run trained by `python -m mnist_dnn.train 
     python -m mnist_dnn.evaluate --ckpt_dir=checkpoints/fast
 """
 
-from mnist_dnn import startup
+from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
@@ -13,7 +13,7 @@ import functools
 
 from absl import flags
 
-from mnist_dnn import cli
+from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import files
 from mnist_dnn.lib.errors import UsageError
 
@@ -41,7 +41,7 @@ def format_report(report: dict) -> str:
 
 def main(argv):
     del argv
-    from mnist_dnn.lib import data, evaluation  # after cli.run's quiet start-up: they import TensorFlow
+    from mnist_dnn.lib.core import data, evaluation  # after cli.run's quiet start-up: they import TensorFlow
 
     if not 0 < FLAGS.batch_size <= 65_536:
         raise UsageError(f"--batch_size must be a whole number from 1 to 65,536; got {FLAGS.batch_size}")

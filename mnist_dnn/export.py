@@ -6,13 +6,13 @@ Examples (write exports/mnist/1, then 2, ... on later exports; LiteRT: exports/m
     python -m mnist_dnn.export --ckpt_dir=checkpoints/fast --format=litert --quantize=int8
 """
 
-from mnist_dnn import startup
+from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
 from absl import flags
 
-from mnist_dnn import cli
+from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import config
 from mnist_dnn.lib.errors import UsageError
 
@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 
 def representative_images(dataset: str):
     """Calibration images for int8: drawn from the training split of the checkpoint's dataset."""
-    from mnist_dnn.lib import data, litert
+    from mnist_dnn.lib.core import data, litert
 
     splits = data.load_splits(data.DataConfig(dataset, FLAGS.data_dir, cli.idx_dir(FLAGS)), say=cli.say)
     return litert.representative_images(splits["train"].images)
@@ -42,7 +42,7 @@ def representative_images(dataset: str):
 
 def main(argv):
     del argv
-    from mnist_dnn.lib import checkpoints, serving  # after cli.run's quiet start-up: they import TensorFlow
+    from mnist_dnn.lib.core import checkpoints, serving  # after cli.run's quiet start-up: they import TensorFlow
 
     if FLAGS.quantize != "none" and FLAGS.format != "litert":
         raise UsageError("--quantize applies to --format=litert only")

@@ -8,7 +8,7 @@ Example (the latest checkpoint of a run; --which=best or --checkpoint=PATH for a
     python -m mnist_dnn.inspect_checkpoint --ckpt_dir=checkpoints/fast
 """
 
-from mnist_dnn import startup
+from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
@@ -16,7 +16,7 @@ import json
 
 from absl import flags
 
-from mnist_dnn import cli
+from mnist_dnn.cli import app as cli
 from mnist_dnn.lib.errors import CheckpointError
 
 cli.define_restore_flags()
@@ -39,7 +39,7 @@ def format_variables(summaries: list) -> str:
 
 def describe_config(ckpt_dir: str) -> str:
     """The stored configuration, or why there is none (a bare checkpoint still lists)."""
-    from mnist_dnn.lib import run_dir
+    from mnist_dnn.lib.core import run_dir
 
     try:
         return json.dumps(json.loads(run_dir.RunDir(ckpt_dir).load_config().to_json()))  # on one line
@@ -49,7 +49,7 @@ def describe_config(ckpt_dir: str) -> str:
 
 def main(argv):
     del argv
-    from mnist_dnn.lib import checkpoints, run_dir  # after cli.run's quiet start-up: they import TensorFlow
+    from mnist_dnn.lib.core import checkpoints, run_dir  # after cli.run's quiet start-up: they import TensorFlow
 
     path, step, summaries = checkpoints.read_checkpoint_variables(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
     print(f"checkpoint {path} (step {'unknown' if step is None else step})")

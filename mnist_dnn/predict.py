@@ -5,7 +5,7 @@ Example (the highest version in exports/mnist):
     python -m mnist_dnn.predict --model_dir=exports/mnist digit.png
 """
 
-from mnist_dnn import startup
+from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
@@ -14,7 +14,7 @@ import sys
 
 from absl import flags
 
-from mnist_dnn import cli
+from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import config, files
 from mnist_dnn.lib.errors import DataError, UsageError
 
@@ -33,7 +33,7 @@ REQUEST_KINDS = (("signature_name", "instances"),)  # the keys of the request it
 
 def read_files(paths: list[str]) -> list:
     """The files that are images (`classifier.ImageFile`s); one error line on stderr for each of the others."""
-    from mnist_dnn.lib import classifier
+    from mnist_dnn.lib.serve import classifier
 
     readable = []
     for path in paths:
@@ -54,7 +54,7 @@ def describe(path: str, p, min_confidence: float) -> str:
 
 
 def write_rest_request(readable: list, path: str) -> None:
-    from mnist_dnn.lib import classifier
+    from mnist_dnn.lib.serve import classifier
 
     try:
         files.write_text(path, classifier.rest_request(FLAGS.rest_signature, readable))
@@ -77,7 +77,7 @@ def main(argv):
             return 1  # a request must hold every file: nothing written
         write_rest_request(readable, FLAGS.rest_request)
         return 0
-    from mnist_dnn.lib import classifier  # after cli.run's quiet start-up: it imports TensorFlow
+    from mnist_dnn.lib.serve import classifier  # after cli.run's quiet start-up: it imports TensorFlow
 
     classify = classifier.Classifier(FLAGS.model_dir)
     readable = read_files(paths)

@@ -10,13 +10,13 @@ Example:
     python -m mnist_dnn.report --root=runs/sweep_example
 """
 
-from mnist_dnn import startup
+from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
 from absl import flags
 
-from mnist_dnn import cli
+from mnist_dnn.cli import app as cli
 from mnist_dnn.lib.errors import UsageError
 
 flags.DEFINE_string("root", None, "Folder of a sweep or a search (written by mnist_dnn.sweep or mnist_dnn.search).")
@@ -28,7 +28,7 @@ def main(argv):
     del argv
     if not FLAGS.root:
         raise UsageError("--root is required: the folder of a sweep or a search, e.g. --root=runs/lr-width")
-    from mnist_dnn.lib import reports  # after cli.run's quiet start-up: it imports TensorFlow
+    from mnist_dnn.lib.experiments import reports  # after cli.run's quiet start-up: it imports TensorFlow
 
     reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=cli.say)
 

@@ -20,7 +20,7 @@ Example (configs/search_example.cfg):
     python -m mnist_dnn.search --preset=search_example
 """
 
-from mnist_dnn import startup
+from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
@@ -30,9 +30,10 @@ import signal
 
 from absl import flags
 
-from mnist_dnn import cli
+from mnist_dnn.cli import app as cli
 from mnist_dnn import train  # defines the training flags that are the base of every trial
-from mnist_dnn.lib import files, search, studies, trials
+from mnist_dnn.lib import files
+from mnist_dnn.lib.experiments import search, studies, trials
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import Error
 
@@ -85,7 +86,8 @@ def open_study(config: search.SearchConfig, space) -> None:
 
 def main(argv):
     del argv
-    from mnist_dnn.lib import data, reports  # after cli.run's quiet start-up: they import TensorFlow
+    from mnist_dnn.lib.core import data  # after cli.run's quiet start-up: they import TensorFlow
+    from mnist_dnn.lib.experiments import reports
 
     config = cli.config_from_flags(search.SearchConfig)
     config.validate()

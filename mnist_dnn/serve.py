@@ -11,15 +11,15 @@ Example (Ctrl-C stops it):
     python -m mnist_dnn.serve --model_dir=exports/mnist --host=0.0.0.0   # reachable from a phone on the network
 """
 
-from mnist_dnn import startup
+from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
 import gc
 import socket
 
-from mnist_dnn import cli
-from mnist_dnn.lib.serve_config import ServeConfig
+from mnist_dnn.cli import app as cli
+from mnist_dnn.lib.serve.config import ServeConfig
 
 cli.define_config_flags(ServeConfig)
 
@@ -38,8 +38,8 @@ def addresses(config: ServeConfig, port: int) -> str:
 
 def main(argv):
     del argv
-    from mnist_dnn.lib import server  # after cli.run's quiet start-up: it imports TensorFlow
-    from mnist_dnn.lib.servables import ModelVersions
+    from mnist_dnn.lib.serve import server  # after cli.run's quiet start-up: it imports TensorFlow
+    from mnist_dnn.lib.serve.servables import ModelVersions
 
     config = cli.config_from_flags(ServeConfig).validate()
     versions = ModelVersions(config.model_dir, say)

@@ -12,7 +12,7 @@ configs/sweep_example.cfg):
     python -m mnist_dnn.sweep --preset=sweep_example
 """
 
-from mnist_dnn import startup
+from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
@@ -20,8 +20,8 @@ import sys
 
 from absl import flags
 
-from mnist_dnn import cli
-from mnist_dnn.lib import sweeps
+from mnist_dnn.cli import app as cli
+from mnist_dnn.lib.experiments import sweeps
 from mnist_dnn import train  # defines the training flags that the sweep passes on
 from mnist_dnn.lib.errors import UsageError
 
@@ -73,7 +73,7 @@ def run_config(run: sweeps.Run):
 
 def main(argv):
     del argv
-    from mnist_dnn.lib import reports  # after cli.run's quiet start-up: it imports TensorFlow
+    from mnist_dnn.lib.experiments import reports  # after cli.run's quiet start-up: it imports TensorFlow
 
     if not FLAGS.root:
         raise UsageError("--root is required: the folder of the sweep's runs, e.g. --root=runs/lr-width")

@@ -9,7 +9,7 @@ Example (the shipped config that reaches 98% test accuracy quickest):
 Every training flag is a field of lib.config.TrainConfig (its default and help live there).
 """
 
-from mnist_dnn import startup
+from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
@@ -17,7 +17,7 @@ import dataclasses
 
 from absl import flags
 
-from mnist_dnn import cli
+from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import files
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import BusyError, Error
@@ -43,7 +43,7 @@ def config_from_flags() -> TrainConfig:
 
 def main(argv):
     del argv
-    from mnist_dnn.lib import training  # after cli.run's quiet start-up: it imports TensorFlow
+    from mnist_dnn.lib.trainer import training  # after cli.run's quiet start-up: it imports TensorFlow
 
     if FLAGS.result_file:  # (refused, it gets no error written into it)
         cli.check_output_file("result_file", FLAGS.result_file, RESULT_KINDS,

@@ -23,7 +23,7 @@ if os.environ.get("MNIST_DNN_TEST_XLA_CACHE") == "off":
     _XLA_CACHE = pathlib.Path(tempfile.mkdtemp(prefix="mnist_dnn-tests-xla-"))
     atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ["MNIST_DNN_XLA_CACHE"] = str(_XLA_CACHE)
-from mnist_dnn import startup  # noqa: E402 (imports no TensorFlow)
+from mnist_dnn.cli import startup  # noqa: E402 (imports no TensorFlow)
 
 startup.use_xla_cache()  # as the tools do first: TensorFlow reads the flag when it starts
 
@@ -35,9 +35,10 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from absl import flags
 
-from mnist_dnn import cli
+from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import config as config_lib
-from mnist_dnn.lib import data, training
+from mnist_dnn.lib.core import data
+from mnist_dnn.lib.trainer import training
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # absolute: tests run tools in other folders (.ci/run sets a path relative to the checkout)

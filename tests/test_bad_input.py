@@ -13,8 +13,8 @@ import stat
 import pytest
 
 from conftest import ROOT, call_tool, folder_hashes, run_cli
-from mnist_dnn import startup
-from mnist_dnn.lib import data
+from mnist_dnn.cli import startup
+from mnist_dnn.lib.core import data
 
 # (tool, args, exit code, fragment of the error line, damage done to the copied run first)
 TRAIN = [
@@ -469,7 +469,7 @@ def _zero(path):
 
 
 def _search_root_of_another_space(root):
-    from mnist_dnn.lib import search, studies
+    from mnist_dnn.lib.experiments import search, studies
 
     config = search.SearchConfig(root=root)
     studies.record_root(config)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dnn.lib import checkpoints, evaluation, training
-from mnist_dnn.lib.run_dir import Best, RunDir
+from mnist_dnn.lib.core import checkpoints, evaluation
+from mnist_dnn.lib.trainer import training
+from mnist_dnn.lib.core.run_dir import Best, RunDir
 from mnist_dnn.lib.errors import CheckpointError
 from conftest import tiny_config
 

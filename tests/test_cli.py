@@ -55,7 +55,7 @@ def test_a_bad_idx_folder_is_a_one_line_error_that_prepares_nothing(tmp_path, da
 def test_the_library_names_settings_by_field_and_the_command_line_names_them_as_flags():
     from absl import flags
 
-    from mnist_dnn import cli
+    from mnist_dnn.cli import app as cli
     from mnist_dnn.lib.errors import CheckpointError
 
     tool_flags = flags.FlagValues()  # a tool that defines --ckpt_dir only
@@ -70,7 +70,7 @@ def test_the_library_names_settings_by_field_and_the_command_line_names_them_as_
 def test_the_tools_show_the_librarys_warnings_on_stderr_and_the_rest_on_stdout_with_flag_names(capsys):
     from absl import flags
 
-    from mnist_dnn import cli
+    from mnist_dnn.cli import app as cli
 
     cli.say("warning: skipping model.ckpt-10: it is damaged")
     cli.say("Resumed from model.ckpt-20 at step 20")

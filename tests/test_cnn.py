@@ -19,10 +19,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, hparams, run_cli, synthetic_split, tiny_config
-from mnist_dnn.lib import data, models, steps, training
+from mnist_dnn.lib.core import data, models
+from mnist_dnn.lib.trainer import steps, training
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import UsageError
-from mnist_dnn.lib.run_dir import RunDir
+from mnist_dnn.lib.core.run_dir import RunDir
 
 SMALL_CNN = models.make_config("cnn", (16,), 0.25, (4, 8))
 STAGED_CNN = models.make_config("cnn", (16,), 0.25, (4, 4, 8, 8), pool_every=2)  # cnn_best's shape, narrower

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from absl import flags
 
-from mnist_dnn import cli
+from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import config as config_lib
 from mnist_dnn.lib.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 
@@ -135,8 +135,8 @@ def test_no_preset_pins_the_log_folder_and_each_has_a_run_folder_of_its_own():
     """A preset's --log_dir made every run of it share one TensorBoard folder, whatever its --ckpt_dir."""
     import os
 
-    from mnist_dnn import command_line
-    from mnist_dnn.lib.run_dir import RESERVED
+    from mnist_dnn.cli import command_line
+    from mnist_dnn.lib.core.run_dir import RESERVED
 
     folders = {}
     for name in command_line.preset_names():

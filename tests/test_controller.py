@@ -1,7 +1,7 @@
 """The controller: the runner trains between actions; each action runs at its steps."""
 
-from mnist_dnn.lib import controller
-from mnist_dnn.lib.controller import Action
+from mnist_dnn.lib.trainer import controller
+from mnist_dnn.lib.trainer.controller import Action
 
 
 class FakeRunner:

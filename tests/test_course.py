@@ -10,7 +10,7 @@ Conventions of the page (also what a writer of the page must follow):
   blocks and in the same folder, with this worktree's package and the real MNIST prepared for
   the tests (TFDS_DATA_DIR). Other ```sh blocks are shown, not run; plain ``` blocks are output.
 - Data: the blocks call `data.load_splits(...)` as a reader does; the tests replace
-  `mnist_dnn.lib.data.load_splits`: the tiny run by one that returns the conftest's synthetic
+  `mnist_dnn.lib.core.data.load_splits`: the tiny run by one that returns the conftest's synthetic
   digits (1,000 train, 500 validation, 500 test images) without TFDS, the real run by one that
   reads the real MNIST the conftest prepared. Nothing is written to the reader's TFDS folder.
 - Steps: the tiny run rewrites the page's constants in FAST_OVERRIDES (each must occur once).
@@ -33,7 +33,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from mnist_dnn.lib import data
+from mnist_dnn.lib.core import data
 
 from conftest import ROOT, synthetic_split
 

@@ -15,8 +15,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from conftest import REAL_IDX_DIR, ROOT, assert_one_line_error, run_cli, synthetic_split, write_idx, write_idx_folder
-from mnist_dnn import cli
-from mnist_dnn.lib import batches, data
+from mnist_dnn.cli import app as cli
+from mnist_dnn.lib.core import data
+from mnist_dnn.lib.trainer import batches
 from mnist_dnn.lib.config import Augmentation
 from mnist_dnn.lib.errors import DataError, UsageError
 

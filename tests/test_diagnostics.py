@@ -5,7 +5,8 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from mnist_dnn.lib import data, diagnostics, evaluation, steps
+from mnist_dnn.lib.core import data, evaluation
+from mnist_dnn.lib.trainer import diagnostics, steps
 
 
 def test_histograms_and_gradient_norms_match_numpy_on_a_fixed_logistic_regression(tmp_path):

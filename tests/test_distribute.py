@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli, scalars
-from mnist_dnn.lib.run_dir import RunDir
+from mnist_dnn.lib.core.run_dir import RunDir
 
 pytestmark = pytest.mark.slow  # real MNIST, subprocesses, several workers
 

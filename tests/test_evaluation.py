@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dnn.lib import data, evaluation
+from mnist_dnn.lib.core import data, evaluation
 
 SIZE, BATCH_SIZE = 37, 10  # 3 full batches and a ragged last one of 7
 

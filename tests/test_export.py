@@ -13,7 +13,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn.lib import actions, checkpoints, classifier, controller, data, models, serving, training
+from mnist_dnn.lib.core import checkpoints, data, models, serving
+from mnist_dnn.lib.serve import classifier
+from mnist_dnn.lib.trainer import actions, controller, training
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -20,8 +20,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn.lib import checkpoints
-from mnist_dnn.lib.run_dir import RunDir
+from mnist_dnn.lib.core import checkpoints
+from mnist_dnn.lib.core.run_dir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,7 @@ def _cache_files(cache) -> list[str]:
 @pytest.fixture(scope="module")
 def warm_xla_cache(tiny_data, tmp_path_factory):
     """A cache that holds the loop of `_cached_run`, and that run's result."""
-    from mnist_dnn.lib import data
+    from mnist_dnn.lib.core import data
 
     data.load_splits(tiny_data)  # decoded once, so that every run traces the loop under the same name
     cache = tmp_path_factory.mktemp("warm") / "xla"
@@ -255,7 +255,7 @@ START_UP_MOMENTS = {
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="watches the start-up through /proc")
 @pytest.mark.parametrize("moment", START_UP_MOMENTS)
 def test_ctrl_c_while_a_tool_starts_is_one_line_and_exit_130(moment, tiny_data, tmp_path):
-    from mnist_dnn import startup
+    from mnist_dnn.cli import startup
 
     with open(tmp_path / "stderr", "w+") as stderr:
         process = subprocess.Popen(_train_args(tiny_data.data_dir, tmp_path / "ckpt", "--max_steps=20"),

@@ -23,8 +23,10 @@ from absl import flags
 import conftest
 from conftest import ROOT, assert_one_line_error, run_cli
 import mnist_dnn
-from mnist_dnn import cli, command_line, startup
-from mnist_dnn.lib import data, diagnostics, native_output, xla_cache
+from mnist_dnn.cli import app as cli, command_line, startup
+from mnist_dnn.lib import native_output, xla_cache
+from mnist_dnn.lib.core import data
+from mnist_dnn.lib.trainer import diagnostics
 from mnist_dnn.lib.errors import UsageError
 
 # Each tool, its console script, and flags its help must list: its own and shared ones it uses.
@@ -52,8 +54,8 @@ def fake_tool(name="mnist_dnn.fake_tool"):
     flags.DEFINE_boolean("fancy", True, "Fancy output.", flag_values=values, module_name=key)
     flags.DEFINE_list("widths", ["3", "4"], "Widths.", flag_values=values, module_name=key)
     flags.DEFINE_multi_string("axis", [], "An axis.", flag_values=values, module_name=key)
-    flags.DEFINE_string("ckpt_dir", "checkpoints", "Checkpoints.", flag_values=values, module_name="mnist_dnn.cli")
-    flags.DEFINE_string("data_dir", None, "Data.", flag_values=values, module_name="mnist_dnn.cli")
+    flags.DEFINE_string("ckpt_dir", "checkpoints", "Checkpoints.", flag_values=values, module_name="mnist_dnn.cli.app")
+    flags.DEFINE_string("data_dir", None, "Data.", flag_values=values, module_name="mnist_dnn.cli.app")
     flags.DEFINE_float("rate", 0.5, "A training rate.", flag_values=values, module_name="mnist_dnn.train")
     flags.DEFINE_string("xla_noise", "x", "Not ours.", flag_values=values, module_name="tensorflow.whatever")
     return module, values
@@ -172,7 +174,7 @@ def test_a_repeatable_flag_typed_before_a_preset_adds_to_the_preset_s():
 
 
 def test_train_trains_with_the_flags_typed_before_its_preset(monkeypatch):
-    from mnist_dnn.lib import training
+    from mnist_dnn.lib.trainer import training
 
     configs = []
     monkeypatch.setattr(training, "train", lambda config, say: configs.append(config) or sys.exit(0))
@@ -410,7 +412,8 @@ def test_the_tools_start_up_hides_tensorflows_lines_unless_levels_0_or_1_ask_for
     assert dict(os.environ) == environ_before
 
 
-TOOL_MODULES = sorted(m.name for m in pkgutil.iter_modules(mnist_dnn.__path__, "mnist_dnn.") if not m.ispkg)
+TOOL_MODULES = sorted(m.name for m in [*pkgutil.iter_modules(mnist_dnn.__path__, "mnist_dnn."),
+                                        *pkgutil.iter_modules(mnist_dnn.cli.__path__, "mnist_dnn.cli.")] if not m.ispkg)
 
 
 @pytest.mark.parametrize("module", TOOL_MODULES)

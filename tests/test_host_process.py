@@ -42,5 +42,5 @@ def test_importing_every_module_of_the_package_changes_no_environment_stderr_or_
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.splitlines()[-1])
     expected = {m.name for m in pkgutil.walk_packages(mnist_dnn.__path__, "mnist_dnn.")}
-    assert set(report["modules"]) == expected and {"mnist_dnn.train", "mnist_dnn.lib.training"} <= expected
+    assert set(report["modules"]) == expected and {"mnist_dnn.train", "mnist_dnn.lib.trainer.training"} <= expected
     assert report["after"] == report["before"]

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from conftest import ROOT, run_cli
-from mnist_dnn.lib import models, training
+from mnist_dnn.lib.core import models
+from mnist_dnn.lib.trainer import training
 
 pytestmark = pytest.mark.slow  # real MNIST, subprocesses, several workers
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dnn.lib import models, steps, training
+from mnist_dnn.lib.core import models
+from mnist_dnn.lib.trainer import steps, training
 from mnist_dnn.lib.errors import UsageError
 
 ALL_MODELS = [models.make_config(name) for name in models.MODELS] + [models.make_config("dense", (32,), 0.2),

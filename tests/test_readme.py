@@ -24,7 +24,7 @@ import sys
 import pytest
 
 from conftest import REAL_IDX_DIR, ROOT
-from mnist_dnn.lib import data
+from mnist_dnn.lib.core import data
 
 MAX_STEPS = 300  # above search_example's --eval_every (250): each trial validates once
 TRAINING = re.compile(r"^(python -m mnist_dnn\.(train|sweep|search)|mnist-dnn-(train|sweep|search))\b")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dnn.lib import training
+from mnist_dnn.lib.trainer import training
 from mnist_dnn.lib.config import DataConfig, ModelConfig, TrainConfig
 from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError
-from mnist_dnn.lib.run_dir import Best, RunConfig, RunDir
+from mnist_dnn.lib.core.run_dir import Best, RunConfig, RunDir
 
 SMALL = TrainConfig(model=ModelConfig("dense", (8,)))
 

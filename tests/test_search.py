@@ -28,10 +28,10 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from conftest import ROOT, hparams, scalars, tiny_config
 from test_sweep import lock_is_free, wait_for
-from mnist_dnn.lib import reports, search, studies, trials
+from mnist_dnn.lib.experiments import reports, search, studies, trials
 from mnist_dnn.lib.config import ConfigError, ModelConfig
-from mnist_dnn.lib.run_dir import RunDir
-from mnist_dnn.lib.training import TrainResult
+from mnist_dnn.lib.core.run_dir import RunDir
+from mnist_dnn.lib.trainer.training import TrainResult
 
 FLAGS = {"learning_rate", "hidden_units", "dropout", "batch_size", "optimizer"}
 

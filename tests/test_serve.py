@@ -31,11 +31,12 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx's succe
     from starlette.testclient import TestClient
 
 from conftest import ROOT, call_tool
-from mnist_dnn.lib import data, models, rest, server, serving
+from mnist_dnn.lib.core import data, models, serving
+from mnist_dnn.lib.serve import rest, server
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import UsageError
-from mnist_dnn.lib.serve_config import ServeConfig
-from mnist_dnn.lib.servables import ModelVersions
+from mnist_dnn.lib.serve.config import ServeConfig
+from mnist_dnn.lib.serve.servables import ModelVersions
 
 needs_litert = pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,
                                   reason='needs the litert extra: pip install -e ".[litert]"')
@@ -256,7 +257,7 @@ def test_the_page_and_its_files_come_from_the_package_and_name_the_model(exporte
 
 @pytest.mark.parametrize("path", ["/static/../serve.py", "/static/%2e%2e/serve.py", "/static/..%2fserve.py",
                                   "/static/%2e%2e%2f%2e%2e%2fsetup.cfg", "/static//etc/passwd",
-                                  "/static/..%5cserve.py", "/static/", "/serve.py", "/static/../lib/server.py"])
+                                  "/static/..%5cserve.py", "/static/", "/serve.py", "/static/../lib/serve/server.py"])
 def test_no_path_outside_the_static_folder_is_served(client, path):
     response = client.get(path)
     assert response.status_code == 404, (path, response.status_code, response.text[:100])

@@ -17,7 +17,8 @@ from PIL import Image
 
 from conftest import ROOT
 from mnist_dnn.lib import config as config_lib
-from mnist_dnn.lib import data, training
+from mnist_dnn.lib.core import data
+from mnist_dnn.lib.trainer import training
 
 pytestmark = pytest.mark.slow
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

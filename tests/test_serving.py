@@ -23,7 +23,9 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn.lib import checkpoints, classifier, data, images, litert, models, serving, training
+from mnist_dnn.lib.core import checkpoints, data, images, litert, models, serving
+from mnist_dnn.lib.serve import classifier
+from mnist_dnn.lib.trainer import training
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 needs_litert = pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dnn.lib import batches, data, steps, training
+from mnist_dnn.lib.core import data
+from mnist_dnn.lib.trainer import batches, steps, training
 from mnist_dnn.lib.config import ModelConfig, TrainConfig
 from conftest import synthetic_split
 

@@ -17,8 +17,10 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, assert_one_line_error, hparams, run_cli, scalars
-from mnist_dnn.lib import data, diagnostics, evaluation, reports, sweeps
-from mnist_dnn.lib.run_dir import RunDir
+from mnist_dnn.lib.core import data, evaluation
+from mnist_dnn.lib.experiments import reports, sweeps
+from mnist_dnn.lib.trainer import diagnostics
+from mnist_dnn.lib.core.run_dir import RunDir
 from mnist_dnn.lib.errors import UsageError
 
 RUNS = ["learning_rate=0.01,hidden_units=32", "learning_rate=0.01,hidden_units=64-32",

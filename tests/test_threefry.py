@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dnn.lib import threefry
+from mnist_dnn.lib.core import threefry
 
 # Known answers of the reference implementation (Random123, kat_vectors: threefry2x32_20):
 # (key0, key1, counter0, counter1) -> (out0, out1).

@@ -16,10 +16,11 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, call_tool, copy_run, folder_hashes, hparams, run_cli, scalars, tiny_config
-from mnist_dnn.lib import actions, data, models, training
+from mnist_dnn.lib.core import data, models
+from mnist_dnn.lib.trainer import actions, training
 from mnist_dnn.lib.config import ModelConfig
 from mnist_dnn.lib.errors import UsageError
-from mnist_dnn.lib.run_dir import RunDir
+from mnist_dnn.lib.core.run_dir import RunDir
 
 
 def test_every_optimizer_name_builds_that_optimizer():

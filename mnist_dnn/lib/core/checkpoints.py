@@ -18,10 +18,10 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib import serving
+from mnist_dnn.lib.core import serving
 from mnist_dnn.lib.errors import CheckpointError, UsageError, first_line
-from mnist_dnn.lib.models import create_model
-from mnist_dnn.lib.run_dir import RESTORE_ERRORS, WHICH, RunConfig, RunDir
+from mnist_dnn.lib.core.models import create_model
+from mnist_dnn.lib.core.run_dir import RESTORE_ERRORS, WHICH, RunConfig, RunDir
 
 
 def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest") -> str:

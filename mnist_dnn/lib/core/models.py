@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from mnist_dnn.lib.config import ALIASES, DEFAULT_CONV_FILTERS, DEFAULT_HIDDEN_UNITS, MODELS, ModelConfig  # noqa: F401 (the registry)
 from mnist_dnn.lib.config import conv_stages
-from mnist_dnn.lib import threefry
-from mnist_dnn.lib.data import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
+from mnist_dnn.lib.core import threefry
+from mnist_dnn.lib.core.data import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 
 
 class RawDNN(keras.Model):

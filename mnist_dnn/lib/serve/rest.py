@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
-from mnist_dnn.lib.servables import Servable, Signature, TensorInfo
+from mnist_dnn.lib.serve.servables import Servable, Signature, TensorInfo
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"

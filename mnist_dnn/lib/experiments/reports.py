@@ -15,8 +15,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import data, evaluation, files, studies, sweeps
-from mnist_dnn.lib.run_dir import RunDir
+from mnist_dnn.lib import files
+from mnist_dnn.lib.core import data, evaluation
+from mnist_dnn.lib.experiments import studies, sweeps
+from mnist_dnn.lib.core.run_dir import RunDir
 
 PLOTS_HEIGHT = 4.2  # inches of report.png above the legend
 LEGEND_MARGIN = 0.2  # inches around the legend (constrained layout's padding)

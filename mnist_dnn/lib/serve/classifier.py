@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import images, litert, serving
+from mnist_dnn.lib.core import images, litert, serving
 from mnist_dnn.lib.errors import DataError, UsageError
 
 

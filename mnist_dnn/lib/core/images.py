@@ -7,7 +7,7 @@ for the same file.
 
 import tensorflow as tf
 
-from mnist_dnn.lib import data
+from mnist_dnn.lib.core import data
 
 MAX_SIDE = 4096
 MAX_PIXELS = MAX_SIDE * MAX_SIDE  # decoding allocates a few float32 copies: about 1 GB at this size

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import files, litert, serving
+from mnist_dnn.lib import files
+from mnist_dnn.lib.core import litert, serving
 from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
 
 

@@ -9,7 +9,7 @@ import math
 import tensorflow as tf
 
 from mnist_dnn.lib.config import Augmentation
-from mnist_dnn.lib.data import IMAGE_SIZE, NUM_PIXELS, Split, to_float
+from mnist_dnn.lib.core.data import IMAGE_SIZE, NUM_PIXELS, Split, to_float
 
 
 def steps_per_epoch(size: int, batch_size: int) -> int:

@@ -23,7 +23,8 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from mnist_dnn.lib import batches, data
+from mnist_dnn.lib.core import data
+from mnist_dnn.lib.trainer import batches
 from mnist_dnn.lib.config import Augmentation
 
 

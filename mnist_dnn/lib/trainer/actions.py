@@ -13,8 +13,9 @@ import time
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from mnist_dnn.lib import diagnostics, evaluation, serving
-from mnist_dnn.lib.run_dir import Best, RunDir
+from mnist_dnn.lib.core import evaluation, serving
+from mnist_dnn.lib.trainer import diagnostics
+from mnist_dnn.lib.core.run_dir import Best, RunDir
 
 
 def summary_writer(log_dir: str | None, name: str):

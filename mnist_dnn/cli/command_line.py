@@ -12,7 +12,7 @@ from mnist_dnn.lib.errors import UsageError
 HELP_ARGS = ("-h", "--help", "-?", "--helpshort")
 PRESET = "--preset"
 PRESET_TOOLS = ("train", "sweep", "search")  # the tools that take training flags
-SHARED_MODULE = "mnist_dnn.cli"
+SHARED_MODULE = "mnist_dnn.cli.app"
 GENERAL_HELP = (
     (PRESET + "=NAME", "A shipped flagfile by name ({presets}). Its flags are defaults: every flag "
                        "typed, before or after it (in a flagfile too), overrides them."),
@@ -27,7 +27,7 @@ MULTI_FLAG_NOTE = "; repeat this option to specify a list of values"  # absl's, 
 
 def configs_dir() -> pathlib.Path:
     """The shipped flagfiles: inside the installed package, or at the top of a checkout."""
-    package = pathlib.Path(__file__).resolve().parent
+    package = pathlib.Path(__file__).resolve().parent.parent  # mnist_dnn/, above cli/
     for folder in (package / "configs", package.parent / "configs"):
         if folder.is_dir():
             return folder

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import checkpoints, data
-from mnist_dnn.lib.steps import per_example_loss
+from mnist_dnn.lib.core import checkpoints, data
+from mnist_dnn.lib.trainer.steps import per_example_loss
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,8 @@ The converter is TensorFlow's own (`tf.lite.TFLiteConverter`); running a model n
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import data, native_output
+from mnist_dnn.lib import native_output
+from mnist_dnn.lib.core import data
 from mnist_dnn.lib.config import QUANTIZATIONS, REPRESENTATIVE_IMAGES  # noqa: F401 (part of this module's API)
 from mnist_dnn.lib.errors import UsageError, first_line
 

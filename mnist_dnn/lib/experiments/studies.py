@@ -7,7 +7,8 @@ import logging
 import os
 import warnings
 
-from mnist_dnn.lib import files, search
+from mnist_dnn.lib import files
+from mnist_dnn.lib.experiments import search
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import DataError, UsageError, first_line
 

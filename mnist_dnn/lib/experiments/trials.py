@@ -15,7 +15,8 @@ import signal
 import sys
 import time
 
-from mnist_dnn.lib import files, native_output, search, studies, sweeps
+from mnist_dnn.lib import files, native_output
+from mnist_dnn.lib.experiments import search, studies, sweeps
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import Error, first_line
 
@@ -169,7 +170,7 @@ def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say) ->
     """Trains (or resumes) the trial in `folder`, reporting each validation to the pruner."""
     import optuna
 
-    from mnist_dnn.lib import training
+    from mnist_dnn.lib.trainer import training
 
     resuming = os.path.isdir(config.ckpt_dir)
     say(f"trial {trial.number} {'resuming' if resuming else 'starting'} in {folder}: "
@@ -210,7 +211,7 @@ STATE_CODES = {"complete": 1, "pruned": 2, "failed": 3}  # the HParams column se
 def _record_state(log_dir: str, state: str) -> None:
     """The trial's end in TensorBoard's HParams: its session status, and search/state (1 complete, 2 pruned,
     3 failed; no value yet: running)."""
-    from mnist_dnn.lib import actions
+    from mnist_dnn.lib.trainer import actions
 
     actions.write_session_end(log_dir, state != "failed", **{"search/state": STATE_CODES[state]})
 

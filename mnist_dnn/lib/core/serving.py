@@ -14,10 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import data, files, images, litert
+from mnist_dnn.lib import files
+from mnist_dnn.lib.core import data, images, litert
 from mnist_dnn.lib.config import BYTES_SIGNATURE, EXPORT_FORMATS, FLAT_SIGNATURE, SERVING_SIGNATURE
 from mnist_dnn.lib.errors import Error, UsageError
-from mnist_dnn.lib.run_dir import CONFIG_FILE, RunDir
+from mnist_dnn.lib.core.run_dir import CONFIG_FILE, RunDir
 
 FORMATS = EXPORT_FORMATS
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving reads versions as 64-bit integers

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from absl import app, flags, logging
 
-from mnist_dnn import command_line, startup
+from mnist_dnn.cli import command_line, startup
 from mnist_dnn.lib import config as config_lib
 from mnist_dnn.lib.errors import Error, UsageError
 

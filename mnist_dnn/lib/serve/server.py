@@ -25,10 +25,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from mnist_dnn.lib import rest
+from mnist_dnn.lib.serve import rest
 from mnist_dnn.lib.errors import UsageError, first_line
-from mnist_dnn.lib.serve_config import ServeConfig
-from mnist_dnn.lib.servables import ModelVersions, Servable
+from mnist_dnn.lib.serve.config import ServeConfig
+from mnist_dnn.lib.serve.servables import ModelVersions, Servable
 
 MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
                         r"(?:(?P<metadata>/metadata)|:(?P<method>[A-Za-z]+))?$")

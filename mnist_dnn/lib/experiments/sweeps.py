@@ -188,7 +188,7 @@ def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
         code = _wait_forwarding_signals(child)
     wall = time.perf_counter() - started
     if code == 0:
-        from mnist_dnn.lib.training import TrainResult  # TensorFlow: not at the tool's import
+        from mnist_dnn.lib.trainer.training import TrainResult  # TensorFlow: not at the tool's import
 
         with open(os.path.join(folder, RESULT_FILE)) as f:
             write_done(folder, TrainResult.from_json(f.read()), wall, command=command)

@@ -15,12 +15,14 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from mnist_dnn.lib import actions, controller, data, diagnostics, distribute, evaluation, files, serving, steps, xla_cache
+from mnist_dnn.lib import files, xla_cache
+from mnist_dnn.lib.core import data, evaluation, serving
+from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
-from mnist_dnn.lib.models import create_model
-from mnist_dnn.lib.run_dir import LOGS_DIR, Best, RunConfig, RunDir, new_run_id
-from mnist_dnn.lib.steps import per_example_loss  # noqa: F401 (the loss, as the course's train.py had it)
+from mnist_dnn.lib.core.models import create_model
+from mnist_dnn.lib.core.run_dir import LOGS_DIR, Best, RunConfig, RunDir, new_run_id
+from mnist_dnn.lib.trainer.steps import per_example_loss  # noqa: F401 (the loss, as the course's train.py had it)
 
 OPTIMIZERS = {
     "sgd": lambda lr: keras.optimizers.SGD(lr),

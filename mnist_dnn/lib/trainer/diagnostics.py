@@ -20,7 +20,7 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 
-from mnist_dnn.lib import data, evaluation
+from mnist_dnn.lib.core import data, evaluation
 
 GRADIENT_BATCH = 500
 MAX_MISCLASSIFIED = 24

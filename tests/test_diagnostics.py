@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from mnist_dnn.lib.core import data, evaluation
-from mnist_dnn.lib.trainer import diagnostics, steps
+from mnist_dnn.lib.core import data, evaluation, models
+from mnist_dnn.lib.trainer import diagnostics
 
 
 def test_histograms_and_gradient_norms_match_numpy_on_a_fixed_logistic_regression(tmp_path):
@@ -17,7 +17,7 @@ def test_histograms_and_gradient_norms_match_numpy_on_a_fixed_logistic_regressio
     model.layers[0].set_weights([weights, bias])
     split = data.Split(tf.constant(images), tf.constant(labels))
     metrics = evaluation.evaluate_split(evaluation.make_predict_fn(model), split)
-    writer = diagnostics.Diagnostics(str(tmp_path), model, steps.mean_loss, split)
+    writer = diagnostics.Diagnostics(str(tmp_path), model, models.mean_loss, split)
     writer.write(7, metrics)
     writer.close()
 

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from mnist_dnn.lib.core import models
-from mnist_dnn.lib.trainer import steps, training
+from mnist_dnn.lib.trainer import training
 from mnist_dnn.lib.errors import UsageError
 
 ALL_MODELS = [models.make_config(name) for name in models.MODELS] + [models.make_config("dense", (32,), 0.2),
@@ -52,7 +52,7 @@ def test_one_training_step_changes_every_weight(config):
     assert len(before) == 2 * (len(config.conv_filters) + len(config.hidden_units) + 1)
     images = tf.random.uniform([32, 784], seed=1)
     with tf.GradientTape() as tape:
-        loss = steps.mean_loss(tf.range(32) % 10, model(images, training=True))
+        loss = models.mean_loss(tf.range(32) % 10, model(images, training=True))
     optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
     after = [v.numpy() for v in model.weights if v.trainable]
     for old, new in zip(before, after):

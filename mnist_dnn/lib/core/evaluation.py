@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib.core import checkpoints, data
-from mnist_dnn.lib.trainer.steps import per_example_loss
+from mnist_dnn.lib.core.models import per_example_loss
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,21 +24,13 @@ import keras
 import tensorflow as tf
 
 from mnist_dnn.lib.core import data
+from mnist_dnn.lib.core.models import per_example_loss
 from mnist_dnn.lib.trainer import batches
 from mnist_dnn.lib.config import Augmentation
 
 
 class NonFiniteLoss(Exception):
     """The loss or a gradient of a step was NaN or infinite; that step updated nothing."""
-
-
-def per_example_loss(labels, logits):
-    """Sparse softmax cross-entropy on logits (never on softmax outputs), in float32 even under mixed precision."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))
-
-
-def mean_loss(labels, logits):
-    return tf.reduce_mean(per_example_loss(labels, logits))
 
 
 @dataclasses.dataclass(frozen=True)

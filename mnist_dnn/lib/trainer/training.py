@@ -20,9 +20,9 @@ from mnist_dnn.lib.core import data, evaluation, serving
 from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
-from mnist_dnn.lib.core.models import create_model
+from mnist_dnn.lib.core.models import create_model, mean_loss
 from mnist_dnn.lib.core.run_dir import LOGS_DIR, Best, RunConfig, RunDir, new_run_id
-from mnist_dnn.lib.trainer.steps import per_example_loss  # noqa: F401 (the loss, as the course's train.py had it)
+from mnist_dnn.lib.core.models import per_example_loss  # noqa: F401 (the loss, as the course's train.py had it)
 
 OPTIMIZERS = {
     "sgd": lambda lr: keras.optimizers.SGD(lr),
@@ -257,7 +257,7 @@ class _Run:
         self.train_writer, validation_writer = (actions.summary_writer(log_dir, name) for name in ("train", "validation"))
         self.log = actions.TrainingLog(self.train_writer, self.metrics, state.optimizer, self.start, config.max_steps,
                                        self.clock, say)
-        self.diagnose = diagnostics.Diagnostics(log_dir, state.model, steps.mean_loss, splits["validation"],
+        self.diagnose = diagnostics.Diagnostics(log_dir, state.model, mean_loss, splits["validation"],
                                                 config.diagnostics and log_dir is not None)
         self.validation = actions.Validation(state, splits["validation"], validation_writer,
                                              actions.best_saver(save_to, state), best, config.early_stopping_patience,

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn.lib.core import checkpoints, data, models, serving
+from mnist_dnn.lib.core import checkpoints, data, export_dir, exporting, models
 from mnist_dnn.lib.serve import classifier
 from mnist_dnn.lib.trainer import actions, controller, training
 from mnist_dnn.lib.errors import DataError, Error, UsageError
@@ -182,16 +182,16 @@ def test_export_cli_writes_the_next_version_and_never_overwrites(real_run):
 
 
 def test_next_version_follows_the_highest_number(tmp_path):
-    assert serving.version_path(str(tmp_path / "none")) == str(tmp_path / "none" / "1")
+    assert export_dir.version_path(str(tmp_path / "none")) == str(tmp_path / "none" / "1")
     for name in ("1", "5", ".tmp-6-123", "latest", "²"):
         (tmp_path / name).mkdir()
-    assert serving.versions(str(tmp_path)) == [1, 5]
-    assert serving.version_path(str(tmp_path)) == str(tmp_path / "6")
-    assert serving.version_path(str(tmp_path), 3) == str(tmp_path / "3")
+    assert export_dir.versions(str(tmp_path)) == [1, 5]
+    assert export_dir.version_path(str(tmp_path)) == str(tmp_path / "6")
+    assert export_dir.version_path(str(tmp_path), 3) == str(tmp_path / "3")
     with pytest.raises(UsageError, match="already exists"):
-        serving.version_path(str(tmp_path), 5)
+        export_dir.version_path(str(tmp_path), 5)
     with pytest.raises(UsageError, match="positive"):
-        serving.version_path(str(tmp_path), 0)
+        export_dir.version_path(str(tmp_path), 0)
 
 
 def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
@@ -205,7 +205,7 @@ def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tf.saved_model, "save", crash_halfway)
     with pytest.raises(RuntimeError, match="disk gone"):
-        serving.export_model(model, str(tmp_path / "exports"))
+        exporting.export_model(model, str(tmp_path / "exports"))
     assert os.listdir(tmp_path / "exports") == []
 
 
@@ -227,7 +227,7 @@ def test_every_model_exports_and_reloads(tiny_data, tmp_path, name):
     images = data.load_splits(tiny_data)["test"].images[:64]
     expected = tf.nn.softmax(model(data.to_float(images), training=False)).numpy()
 
-    loaded = tf.saved_model.load(serving.export_model(model, str(tmp_path / "exports")))
+    loaded = tf.saved_model.load(exporting.export_model(model, str(tmp_path / "exports")))
     assert set(loaded.signatures) == {"serving_default", "predict_flat", "serving_bytes"}
     served = loaded.signatures["serving_default"](images=tf.reshape(images, [-1, 28, 28, 1]))
     flat = loaded.signatures["predict_flat"](images=data.to_float(images))
@@ -416,7 +416,7 @@ def test_an_export_onto_a_full_disk_is_one_error_and_leaves_no_export_folder(tmp
 
     monkeypatch.setattr(tf.saved_model, "save", disk_full)
     with pytest.raises(Error, match=r"cannot write the export .*/exports/1: No space left on device; nothing was left"):
-        serving.export_model(model, str(tmp_path / "exports"))
+        exporting.export_model(model, str(tmp_path / "exports"))
     assert os.listdir(tmp_path) == []
 
 
@@ -429,7 +429,7 @@ def test_an_export_removes_the_hidden_folders_of_killed_exports_and_nothing_else
         folder.mkdir(parents=True)
         (folder / "saved_model.pb").write_bytes(b"x")
     (exports / f".tmp-5-{gone}").write_bytes(b"a file, not an export's folder")
-    serving.export_model(models.create_model(models.make_config("logistic")), str(exports))
+    exporting.export_model(models.create_model(models.make_config("logistic")), str(exports))
     assert sorted(os.listdir(exports)) == sorted([".tmp-4-%d" % os.getpid(), ".tmp-5-%d" % gone, ".tmp-notours",
                                                   "1", "2", "7-x"])
     assert all((folder / "saved_model.pb").read_bytes() == b"x" for folder in kept)

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, call_tool, folder_hashes, tiny_config
+from test_export import tf1_session_outputs
 from mnist_dnn.lib.config import ModelConfig
 from mnist_dnn.lib.core import checkpoints, data, run_dir
 from mnist_dnn.lib.serve import classifier
@@ -102,14 +103,6 @@ def test_the_old_run_resumes_from_its_stored_weights(untouched, stored, tiny_dat
         np.testing.assert_array_equal(restored["slots"][int(key.split("/")[2])], value)
     assert result.step == STEP + 10
     assert checkpoints.resolve_checkpoint(str(folder)) == str(folder / f"model.ckpt-{STEP + 10}")
-
-
-def tf1_session_outputs(path: str, pixels: np.ndarray) -> dict:
-    """`serving_default` run through the TF1 session loader, as TensorFlow Serving and `saved_model_cli run` load."""
-    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-        signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], path).signature_def["serving_default"]
-        return session.run({name: info.name for name, info in signature.outputs.items()},
-                           {signature.inputs["images"].name: pixels})
 
 
 def test_the_old_saved_model_gives_the_checkpoints_classes(untouched, stored, test_images):

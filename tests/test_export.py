@@ -194,16 +194,27 @@ def test_next_version_follows_the_highest_number(tmp_path):
         export_dir.version_path(str(tmp_path), 0)
 
 
+def replace_saved_model_save(monkeypatch, save) -> None:
+    """`tf.saved_model.save`, as Keras' ExportArchive calls it, replaced by `save`.
+
+    The archive imports `tensorflow.saved_model.experimental`, and that import (the first time)
+    binds `tf.saved_model` to a second copy of the module: patch the copy the archive will call.
+    """
+    import tensorflow.saved_model.experimental  # noqa: F401
+
+    monkeypatch.setattr(tf.saved_model, "save", save)
+
+
 def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
     model = models.create_model(models.make_config("logistic"))
 
-    def crash_halfway(module, path, signatures):
+    def crash_halfway(trackable, path, **kwargs):
         os.makedirs(os.path.join(path, "variables"))
         with open(os.path.join(path, "saved_model.pb"), "wb") as f:
             f.write(b"half a file")
         raise RuntimeError("disk gone")
 
-    monkeypatch.setattr(tf.saved_model, "save", crash_halfway)
+    replace_saved_model_save(monkeypatch, crash_halfway)
     with pytest.raises(RuntimeError, match="disk gone"):
         exporting.export_model(model, str(tmp_path / "exports"))
     assert os.listdir(tmp_path / "exports") == []
@@ -234,6 +245,28 @@ def test_every_model_exports_and_reloads(tiny_data, tmp_path, name):
     for out in (served, flat):
         np.testing.assert_allclose(out["probabilities"].numpy(), expected, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(out["classes"].numpy(), expected.argmax(axis=1))
+
+
+def tf1_session_outputs(path: str, pixels: np.ndarray) -> dict:
+    """`serving_default` run through the TF1 session loader, as TensorFlow Serving and `saved_model_cli run` load."""
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], path).signature_def["serving_default"]
+        return session.run({name: info.name for name, info in signature.outputs.items()},
+                           {signature.inputs["images"].name: pixels})
+
+
+def test_the_saved_model_stores_each_weight_once_and_loads_as_tensorflow_serving_does(tiny_data, tmp_path):
+    model = models.create_model(models.make_config("dense"), seed=3)
+    path = exporting.export_model(model, str(tmp_path / "exports"))
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    stored = [reader.get_tensor(key) for key in reader.get_variable_to_shape_map() if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert sorted((v.shape, v.tobytes()) for v in stored) == sorted((tuple(w.shape), w.numpy().tobytes()) for w in model.weights)
+
+    images = data.load_splits(tiny_data)["test"].images[:64].numpy()
+    outputs = tf1_session_outputs(path, images.reshape(-1, 28, 28, 1))
+    expected = tf.nn.softmax(model(data.to_float(images), training=False)).numpy()
+    np.testing.assert_allclose(outputs["probabilities"], expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(outputs["classes"], expected.argmax(axis=1))
 
 
 # --- Inspect ------------------------------------------------------------------------------
@@ -410,11 +443,11 @@ def test_an_export_onto_a_full_disk_is_one_error_and_leaves_no_export_folder(tmp
     """TensorFlow's file writes raise its own ResourceExhaustedError, not OSError (the real disk: test_faults.py)."""
     model = models.create_model(models.make_config("logistic"))
 
-    def disk_full(module, path, signatures):
+    def disk_full(trackable, path, **kwargs):
         os.makedirs(path)
         raise tf.errors.ResourceExhaustedError(None, None, f"{path}/saved_model.pb.tmp1; No space left on device")
 
-    monkeypatch.setattr(tf.saved_model, "save", disk_full)
+    replace_saved_model_save(monkeypatch, disk_full)
     with pytest.raises(Error, match=r"cannot write the export .*/exports/1: No space left on device; nothing was left"):
         exporting.export_model(model, str(tmp_path / "exports"))
     assert os.listdir(tmp_path) == []

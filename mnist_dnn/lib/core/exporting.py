@@ -26,11 +26,9 @@ class ServingModule(tf.Module):
     def __init__(self, model: keras.Model):
         super().__init__(name="mnist_serving")
         self.model = model
-        # Keras 3 variables wrap a tf.Variable that the SavedModel does not track through the
-        # model: tf.saved_model.load still works, but TF1-style loaders (TensorFlow Serving,
-        # `saved_model_cli run`) fail with "Could not find variable". Tracking the wrapped
-        # variables themselves (as keras.export.ExportArchive does) fixes that; the weights
-        # are then stored twice in variables/ (through the model and here), a few hundred KB.
+        # Keras 3 variables wrap a tf.Variable that is not tracked through the model: the LiteRT
+        # converter cannot freeze the weights without it (the interpreter reads no value), and a
+        # SavedModel of this module would fail in TF1-style loaders with "Could not find variable".
         self.tf_variables = [variable.value for variable in model.variables]
 
     # A signature function does not check its inputs against the declared shape (a [2, 14, 28, 1]
@@ -73,9 +71,12 @@ def export_model(model: keras.Model, export_dir: str, version: int | None = None
 
     Returns the version folder.
     """
-    module = ServingModule(model)
-    return layout.write_version(export_dir, version, "saved_model",
-                                lambda folder: tf.saved_model.save(module, folder, signatures=module.signatures()))
+    module = ServingModule(model)  # alive until written: its tf.function methods hold it weakly
+    archive = keras.export.ExportArchive()  # saves the tf.Variables the signatures read, once (see docs/serving.md)
+    for name, function in module.signatures().items():
+        function.get_concrete_function()  # traced, the archive takes it as it is
+        archive.add_endpoint(name, function)
+    return layout.write_version(export_dir, version, "saved_model", lambda folder: archive.write_out(folder, verbose=False))
 
 
 def export_litert(model: keras.Model, export_dir: str, version: int | None = None, quantize: str = "none",

@@ -169,6 +169,16 @@ def test_a_model_folder_never_mixes_saved_models_and_litert_files(dense_exports)
     assert export_dir.version_path(litert_dir, export_format="litert").endswith(os.sep + "3")
 
 
+def test_a_litert_export_is_found_in_a_folder_whose_name_is_a_glob_pattern(tmp_path):
+    folder = tmp_path / "exports[1]"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.tflite").write_bytes(b"checked when loaded")
+    assert export_dir.resolve_model(str(folder)) == str(folder / "1" / "model.tflite")
+    assert export_dir.exported_model(str(folder)) == "LiteRT versions 1"
+    with pytest.raises(UsageError, match="holds litert versions"):
+        export_dir.version_path(str(folder))
+
+
 def test_export_dirs_under_a_file_or_a_dangling_link_are_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     os.symlink(tmp_path / "gone", tmp_path / "dangling")

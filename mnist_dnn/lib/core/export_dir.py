@@ -32,17 +32,16 @@ def version_format(folder: str) -> str | None:
     """What a version folder holds: "saved_model", "litert" or None."""
     if tf.saved_model.contains_saved_model(folder):
         return "saved_model"
-    return "litert" if glob.glob(os.path.join(folder, "*" + LITERT_EXTENSION)) else None
+    return "litert" if glob.glob(os.path.join(glob.escape(folder), "*" + LITERT_EXTENSION)) else None
 
 
 def exported_model(folder: str) -> str | None:
     """What `folder` holds if it is an export, in words ("SavedModel versions 1, 2", "a SavedModel"); else None."""
     if not os.path.isdir(folder):
         return None
-    if tf.saved_model.contains_saved_model(folder):
-        return "a SavedModel"
-    if glob.glob(os.path.join(glob.escape(folder), "*" + LITERT_EXTENSION)):
-        return "a LiteRT file"
+    kind = version_format(folder)
+    if kind:
+        return {"saved_model": "a SavedModel", "litert": "a LiteRT file"}[kind]
     held = {}
     for version in versions(folder):
         kind = version_format(os.path.join(folder, str(version)))
@@ -113,7 +112,7 @@ def model_in(folder: str) -> str | None:
     """The SavedModel folder itself, or its one LiteRT file; None if it holds neither."""
     if tf.saved_model.contains_saved_model(folder):
         return folder
-    found = sorted(glob.glob(os.path.join(folder, "*" + LITERT_EXTENSION)))
+    found = sorted(glob.glob(os.path.join(glob.escape(folder), "*" + LITERT_EXTENSION)))
     if len(found) > 1:
         raise UsageError(f"{folder} holds {len(found)} LiteRT files; pass one of them as `model_dir`")
     return found[0] if found else None

@@ -106,11 +106,6 @@ def _converter(serving_module: ServingModule, function) -> tf.lite.TFLiteConvert
     return converter
 
 
-def convert_float(serving_module: ServingModule) -> bytes:
-    """The `serving_default` signature as is: uint8 images in, float32 arithmetic."""
-    return _converter(serving_module, serving_module.serve_images).convert()
-
-
 def convert_int8(serving_module: ServingModule, representative: np.ndarray) -> bytes:
     """Full-integer post-training quantization, calibrated on `representative` (uint8 [N, 28, 28, 1]).
 
@@ -126,9 +121,8 @@ def convert_int8(serving_module: ServingModule, representative: np.ndarray) -> b
         for image in np.concatenate([pinned, representative]):
             yield [image[np.newaxis].astype(np.float32) / 255.0]
 
-    pixels = tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1], tf.float32, name="images")
     scaled = tf.function(lambda images: serving_module.outputs(serving_module.flatten(images)),
-                         input_signature=[pixels])
+                         input_signature=[tf.TensorSpec(IMAGES.shape, tf.float32, name="images")])
     converter = _converter(serving_module, scaled)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = batches
@@ -146,9 +140,10 @@ def representative_images(train_images: tf.Tensor, count: int = REPRESENTATIVE_I
 
 
 def convert(serving_module: ServingModule, quantize: str = "none", representative: np.ndarray | None = None) -> bytes:
-    """The model as a LiteRT flatbuffer: float32 (`quantize="none"`) or int8 (needs `representative`)."""
+    """The model as a LiteRT flatbuffer: float32 (`quantize="none"`: `serving_default` as it is, uint8 images in,
+    float32 arithmetic) or int8 (needs `representative`)."""
     if quantize == "none":
-        return convert_float(serving_module)
+        return _converter(serving_module, serving_module.serve_images).convert()
     if quantize == "int8":
         return convert_int8(serving_module, representative)
     raise UsageError(f"`quantize` must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")

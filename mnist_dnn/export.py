@@ -1,4 +1,4 @@
-"""Export a checkpoint as a SavedModel version for TensorFlow Serving, or as a LiteRT file.
+"""Export a checkpoint as a SavedModel version for TensorFlow Serving, a LiteRT file or a Keras model.
 
 Examples (write exports/mnist/1, then 2, ... on later exports; LiteRT: exports/mnist_litert/N/):
 
@@ -16,15 +16,16 @@ from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import config
 from mnist_dnn.lib.errors import UsageError
 
-DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert"}
+DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert", "keras": "exports/mnist_keras"}
 
 flags.DEFINE_enum("format", "saved_model", config.EXPORT_FORMATS,
-                  "saved_model: for TensorFlow Serving; litert: a .tflite file for phones and microcontrollers.")
+                  "saved_model: for TensorFlow Serving; litert: a .tflite file for phones and microcontrollers; "
+                  "keras: a model.keras file for keras.models.load_model.")
 flags.DEFINE_enum("quantize", "none", config.QUANTIZATIONS,
                   "With --format=litert: int8 is full-integer post-training quantization, calibrated on "
                   f"{config.REPRESENTATIVE_IMAGES} training images (needs the dataset: --idx_dir or TFDS's).")
 flags.DEFINE_string("export_dir", None, "Model folder; each export is a numbered version inside it. "
-                    f"Default: {DEFAULT_EXPORT_DIRS['saved_model']}, or {DEFAULT_EXPORT_DIRS['litert']} for LiteRT.")
+                    f"Default: {DEFAULT_EXPORT_DIRS['saved_model']}, or exports/mnist_<format>.")
 flags.DEFINE_integer("version", None, "Version number to write (default: the next free one). Never overwritten.")
 cli.define_restore_flags()
 cli.define_data_flags()
@@ -53,6 +54,8 @@ def main(argv):
     checkpoints.check_dataset(checkpoint, run_config, FLAGS.dataset)
     if FLAGS.format == "saved_model":
         path = exporting.export_model(model, export_dir, FLAGS.version)
+    elif FLAGS.format == "keras":
+        path = exporting.export_keras(model, export_dir, FLAGS.version)
     else:
         representative = representative_images(run_config.dataset) if FLAGS.quantize == "int8" else None
         path = exporting.export_litert(model, export_dir, FLAGS.version, FLAGS.quantize, representative)

@@ -262,6 +262,8 @@ EXPORT = [
                                                               "export, not a training run's folder; read it with predict"),
     (["--ckpt_dir={run}", "--export_dir={run}"], 2, "--export_dir {run} is a training run's folder"),
     (["--ckpt_dir={run}", "--export_dir={nest}/best"], 2, "--export_dir {nest}/best is a training run's folder"),
+    # issue 36: a Keras model into a folder of SavedModel and LiteRT versions
+    (["--ckpt_dir={run}", "--export_dir={export}", "--format=keras"], 2, "--export_dir {export} holds"),
 ]
 INSPECT = [
     (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),

@@ -28,7 +28,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 WHICH = ("latest", "best")  # which checkpoint of a run folder the tools read
 IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"  # the offline MNIST, for the tools that are not told --idx_dir
 # Exports: their formats, LiteRT quantizations and the SavedModel's signatures.
-EXPORT_FORMATS = ("saved_model", "litert")
+EXPORT_FORMATS = ("saved_model", "litert", "keras")
 QUANTIZATIONS = ("none", "int8")
 REPRESENTATIVE_IMAGES = 1000  # training images that calibrate an int8 LiteRT model
 SERVING_SIGNATURE, FLAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "predict_flat", "serving_bytes"

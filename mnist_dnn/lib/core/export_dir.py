@@ -1,7 +1,8 @@
 """The export folder's layout: numbered versions, what each holds, writing one atomically, finding the model.
 
 An export is a numbered version folder, `<export_dir>/<version>/`, the layout TensorFlow
-Serving watches: a SavedModel, or a LiteRT file (`model.tflite`, `model_int8.tflite`). A
+Serving watches: a SavedModel, a LiteRT file (`model.tflite`, `model_int8.tflite`) or a Keras
+model (`model.keras`). A
 version is written to a hidden temporary folder beside it and renamed into place, so a server
 never sees half of one.
 """
@@ -19,6 +20,8 @@ from mnist_dnn.lib.core.run_dir import CONFIG_FILE, RunDir
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving reads versions as 64-bit integers
 LITERT_FILE_NAMES = {"none": "model.tflite", "int8": "model_int8.tflite"}
 LITERT_EXTENSION = ".tflite"
+KERAS_FILE_NAME = "model.keras"
+NAMES = {"saved_model": "SavedModel", "litert": "LiteRT", "keras": "Keras"}
 
 
 def versions(export_dir: str) -> list[int]:
@@ -29,9 +32,11 @@ def versions(export_dir: str) -> list[int]:
 
 
 def version_format(folder: str) -> str | None:
-    """What a version folder holds: "saved_model", "litert" or None."""
+    """What a version folder holds: "saved_model", "litert", "keras" or None."""
     if tf.saved_model.contains_saved_model(folder):
         return "saved_model"
+    if os.path.isfile(os.path.join(folder, KERAS_FILE_NAME)):
+        return "keras"
     return "litert" if glob.glob(os.path.join(glob.escape(folder), "*" + LITERT_EXTENSION)) else None
 
 
@@ -41,14 +46,13 @@ def exported_model(folder: str) -> str | None:
         return None
     kind = version_format(folder)
     if kind:
-        return {"saved_model": "a SavedModel", "litert": "a LiteRT file"}[kind]
+        return {"saved_model": "a SavedModel", "litert": "a LiteRT file", "keras": "a Keras model"}[kind]
     held = {}
     for version in versions(folder):
         kind = version_format(os.path.join(folder, str(version)))
         if kind:
             held.setdefault(kind, []).append(str(version))
-    names = {"saved_model": "SavedModel", "litert": "LiteRT"}
-    return " and ".join(f"{names[kind]} versions {', '.join(numbers)}" for kind, numbers in held.items()) or None
+    return " and ".join(f"{NAMES[kind]} versions {', '.join(numbers)}" for kind, numbers in held.items()) or None
 
 
 def check_export_dir(export_dir: str) -> None:
@@ -61,7 +65,7 @@ def check_export_dir(export_dir: str) -> None:
 
 
 def _check_one_format(export_dir: str, export_format: str) -> None:
-    """TensorFlow Serving serves the highest version: a folder must not mix SavedModels and LiteRT files."""
+    """TensorFlow Serving serves the highest version: a folder must hold one format."""
     held = {version_format(os.path.join(export_dir, str(v))) for v in versions(export_dir)} - {None, export_format}
     if held:
         other = held.pop()

@@ -1,17 +1,18 @@
-"""Writing a model for serving: the SavedModel's signatures, and LiteRT files converted from them.
+"""Writing a model for serving: the SavedModel's signatures, LiteRT files converted from them, a Keras model.
 
 Where a version goes and how it is written atomically is `export_dir`'s business. The LiteRT
 converter is TensorFlow's own (`tf.lite.TFLiteConverter`); running a LiteRT file is serving's.
 """
 
 import os
+import pathlib
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import native_output
-from mnist_dnn.lib.core import data, export_dir as layout, images
+from mnist_dnn.lib.core import data, export_dir as layout, images, models
 from mnist_dnn.lib.config import BYTES_SIGNATURE, FLAT_SIGNATURE, QUANTIZATIONS, REPRESENTATIVE_IMAGES, SERVING_SIGNATURE
 from mnist_dnn.lib.errors import UsageError
 
@@ -87,14 +88,41 @@ def export_litert(model: keras.Model, export_dir: str, version: int | None = Non
     """
     layout.version_path(export_dir, version, "litert")  # refuse before converting
     flatbuffer = convert(ServingModule(model), quantize, representative)
-    name = layout.LITERT_FILE_NAMES[quantize]
+    return _write_file(export_dir, version, "litert", layout.LITERT_FILE_NAMES[quantize],
+                       lambda path: pathlib.Path(path).write_bytes(flatbuffer))
 
-    def write(folder):
+
+def export_keras(model: keras.Model, export_dir: str, version: int | None = None) -> str:
+    """Writes the model as `model.keras` in version `version` of `export_dir`; returns the file's path.
+
+    In Keras' own layers only, so that `keras.models.load_model` reads it without this package.
+    """
+    return _write_file(export_dir, version, "keras", layout.KERAS_FILE_NAME, keras_layers_only(model).save)
+
+
+def _write_file(export_dir: str, version: int | None, export_format: str, name: str, write) -> str:
+    """A new version holding one file, `name`, written by `write(path)`; returns the file's path."""
+    def write_folder(folder):
         os.makedirs(folder)
-        with open(os.path.join(folder, name), "wb") as f:
-            f.write(flatbuffer)
+        write(os.path.join(folder, name))
 
-    return os.path.join(layout.write_version(export_dir, version, "litert", write), name)
+    return os.path.join(layout.write_version(export_dir, version, export_format, write_folder), name)
+
+
+def keras_layers_only(model: keras.Model) -> keras.Model:
+    """The same inference (the same weights) in Keras' built-in layers: the course's DNN as Dense
+    layers, this package's Dropout (an identity at inference) as Keras' own."""
+    if isinstance(model, models.RawDNN):
+        last = model.num_layers
+        twin = keras.Sequential([keras.Input((data.NUM_PIXELS,))] + [
+            keras.layers.Dense(getattr(model, f"b{i}").shape[0], activation=None if i == last else "relu")
+            for i in range(1, last + 1)], name=model.name)
+        twin.set_weights([getattr(model, f"{kind}{i}").numpy() for i in range(1, last + 1) for kind in "wb"])
+        return twin
+    twin = keras.models.clone_model(model, clone_function=lambda layer: keras.layers.Dropout(layer.rate, name=layer.name)
+                                    if isinstance(layer, models.Dropout) else layer.__class__.from_config(layer.get_config()))
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 # --- LiteRT conversion --------------------------------------------------------------------

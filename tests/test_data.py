@@ -312,7 +312,10 @@ def _listing(folder):
 
 @pytest.fixture(scope="module")
 def real_arrays():
-    """The real MNIST's (images, labels) of each split, straight from the IDX files."""
+    """The real MNIST's (images, labels) of each split, straight from the IDX files; skipped without them (the
+    fast tier needs no dataset)."""
+    if not os.path.isfile(os.path.join(REAL_IDX_DIR, "train-images-idx3-ubyte.gz")):
+        pytest.skip(f"needs the real MNIST's IDX files, not at {REAL_IDX_DIR}; set {data.IDX_DIR_ENV}")
     return {split: data.read_idx_split(REAL_IDX_DIR, split) for split in ("train", "test")}
 
 

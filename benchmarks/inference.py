@@ -23,7 +23,7 @@ import tempfile
 import time
 
 
-from mnist_dnn.lib.core import checkpoints, data, evaluation, litert, serving
+from mnist_dnn.lib.core import checkpoints, data, evaluation, exporting
 from mnist_dnn.lib.serve import classifier
 
 ROUNDS = 10
@@ -56,12 +56,12 @@ def interleaved_medians(fns: dict) -> dict:
 
 def export_all(model, train_images, folder) -> dict:
     """The three exports of one model: {name: path}."""
-    representative = litert.representative_images(train_images)
+    representative = exporting.representative_images(train_images)
     return {
-        "saved_model": serving.export_model(model, os.path.join(folder, "saved_model")),
-        "litert_float": serving.export_litert(model, os.path.join(folder, "litert")),
-        "litert_int8": serving.export_litert(model, os.path.join(folder, "litert"), quantize="int8",
-                                             representative=representative),
+        "saved_model": exporting.export_model(model, os.path.join(folder, "saved_model")),
+        "litert_float": exporting.export_litert(model, os.path.join(folder, "litert")),
+        "litert_int8": exporting.export_litert(model, os.path.join(folder, "litert"), quantize="int8",
+                                               representative=representative),
     }
 
 

@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib.core import data, models, serving
+from mnist_dnn.lib.core import data, export_dir, exporting, models
 
 BATCHES = (1, 100)
 
@@ -118,12 +118,12 @@ def main():
     args = parser.parse_args()
     model_dir = args.model_dir or os.path.join(tempfile.mkdtemp(), "mnist")
     if not args.model_dir:
-        serving.export_model(models.create_model(models.make_config("dense")), model_dir)
+        exporting.export_model(models.create_model(models.make_config("dense")), model_dir)
     pixels = images(args.idx_dir)
     process, url = start_server(model_dir, args.model_threads)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average": os.getloadavg(),
               "clients": args.clients, "requests_per_client": args.requests, "model_threads": args.model_threads,
-              "model": serving.resolve_model(model_dir), "server": {}, "in_process": {}}
+              "model": export_dir.resolve_model(model_dir), "server": {}, "in_process": {}}
     try:
         for batch in BATCHES:
             result["server"][f"batch_{batch}"] = asyncio.run(load(url, pixels, batch, args.clients, args.requests))
@@ -132,7 +132,7 @@ def main():
         process.terminate()
         process.wait(30)
     for batch in BATCHES:
-        result["in_process"][f"batch_{batch}"] = in_process(serving.resolve_model(model_dir), pixels, batch,
+        result["in_process"][f"batch_{batch}"] = in_process(export_dir.resolve_model(model_dir), pixels, batch,
                                                             args.clients, args.requests)
         print(f"in process, batch {batch}: {result['in_process'][f'batch_{batch}']}", flush=True)
     result["load_average_after"] = os.getloadavg()

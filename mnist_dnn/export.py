@@ -34,27 +34,28 @@ FLAGS = flags.FLAGS
 
 def representative_images(dataset: str):
     """Calibration images for int8: drawn from the training split of the checkpoint's dataset."""
-    from mnist_dnn.lib.core import data, litert
+    from mnist_dnn.lib.core import data, exporting
 
     splits = data.load_splits(data.DataConfig(dataset, FLAGS.data_dir, cli.idx_dir(FLAGS)), say=cli.say)
-    return litert.representative_images(splits["train"].images)
+    return exporting.representative_images(splits["train"].images)
 
 
 def main(argv):
     del argv
-    from mnist_dnn.lib.core import checkpoints, serving  # after cli.run's quiet start-up: they import TensorFlow
+    from mnist_dnn.lib.core import checkpoints, exporting  # after cli.run's quiet start-up: they import TensorFlow
+    from mnist_dnn.lib.core.export_dir import version_path
 
     if FLAGS.quantize != "none" and FLAGS.format != "litert":
         raise UsageError("--quantize applies to --format=litert only")
     export_dir = FLAGS.export_dir or DEFAULT_EXPORT_DIRS[FLAGS.format]
-    serving.version_path(export_dir, FLAGS.version, FLAGS.format)  # refuse before restoring anything
+    version_path(export_dir, FLAGS.version, FLAGS.format)  # refuse before restoring anything
     model, run_config, checkpoint, step = checkpoints.restore_model(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
     checkpoints.check_dataset(checkpoint, run_config, FLAGS.dataset)
     if FLAGS.format == "saved_model":
-        path = serving.export_model(model, export_dir, FLAGS.version)
+        path = exporting.export_model(model, export_dir, FLAGS.version)
     else:
         representative = representative_images(run_config.dataset) if FLAGS.quantize == "int8" else None
-        path = serving.export_litert(model, export_dir, FLAGS.version, FLAGS.quantize, representative)
+        path = exporting.export_litert(model, export_dir, FLAGS.version, FLAGS.quantize, representative)
     print(f"Exported {checkpoint} (step {step}) to {path}")
 
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn.lib.core import checkpoints, data, models, serving
+from mnist_dnn.lib.core import checkpoints, data, export_dir, exporting, models
 from mnist_dnn.lib.serve import classifier
 from mnist_dnn.lib.trainer import actions, controller, training
 from mnist_dnn.lib.errors import DataError, Error, UsageError
@@ -182,30 +182,41 @@ def test_export_cli_writes_the_next_version_and_never_overwrites(real_run):
 
 
 def test_next_version_follows_the_highest_number(tmp_path):
-    assert serving.version_path(str(tmp_path / "none")) == str(tmp_path / "none" / "1")
+    assert export_dir.version_path(str(tmp_path / "none")) == str(tmp_path / "none" / "1")
     for name in ("1", "5", ".tmp-6-123", "latest", "²"):
         (tmp_path / name).mkdir()
-    assert serving.versions(str(tmp_path)) == [1, 5]
-    assert serving.version_path(str(tmp_path)) == str(tmp_path / "6")
-    assert serving.version_path(str(tmp_path), 3) == str(tmp_path / "3")
+    assert export_dir.versions(str(tmp_path)) == [1, 5]
+    assert export_dir.version_path(str(tmp_path)) == str(tmp_path / "6")
+    assert export_dir.version_path(str(tmp_path), 3) == str(tmp_path / "3")
     with pytest.raises(UsageError, match="already exists"):
-        serving.version_path(str(tmp_path), 5)
+        export_dir.version_path(str(tmp_path), 5)
     with pytest.raises(UsageError, match="positive"):
-        serving.version_path(str(tmp_path), 0)
+        export_dir.version_path(str(tmp_path), 0)
+
+
+def replace_saved_model_save(monkeypatch, save) -> None:
+    """`tf.saved_model.save`, as Keras' ExportArchive calls it, replaced by `save`.
+
+    The archive imports `tensorflow.saved_model.experimental`, and that import (the first time)
+    binds `tf.saved_model` to a second copy of the module: patch the copy the archive will call.
+    """
+    import tensorflow.saved_model.experimental  # noqa: F401
+
+    monkeypatch.setattr(tf.saved_model, "save", save)
 
 
 def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
     model = models.create_model(models.make_config("logistic"))
 
-    def crash_halfway(module, path, signatures):
+    def crash_halfway(trackable, path, **kwargs):
         os.makedirs(os.path.join(path, "variables"))
         with open(os.path.join(path, "saved_model.pb"), "wb") as f:
             f.write(b"half a file")
         raise RuntimeError("disk gone")
 
-    monkeypatch.setattr(tf.saved_model, "save", crash_halfway)
+    replace_saved_model_save(monkeypatch, crash_halfway)
     with pytest.raises(RuntimeError, match="disk gone"):
-        serving.export_model(model, str(tmp_path / "exports"))
+        exporting.export_model(model, str(tmp_path / "exports"))
     assert os.listdir(tmp_path / "exports") == []
 
 
@@ -227,13 +238,35 @@ def test_every_model_exports_and_reloads(tiny_data, tmp_path, name):
     images = data.load_splits(tiny_data)["test"].images[:64]
     expected = tf.nn.softmax(model(data.to_float(images), training=False)).numpy()
 
-    loaded = tf.saved_model.load(serving.export_model(model, str(tmp_path / "exports")))
+    loaded = tf.saved_model.load(exporting.export_model(model, str(tmp_path / "exports")))
     assert set(loaded.signatures) == {"serving_default", "predict_flat", "serving_bytes"}
     served = loaded.signatures["serving_default"](images=tf.reshape(images, [-1, 28, 28, 1]))
     flat = loaded.signatures["predict_flat"](images=data.to_float(images))
     for out in (served, flat):
         np.testing.assert_allclose(out["probabilities"].numpy(), expected, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(out["classes"].numpy(), expected.argmax(axis=1))
+
+
+def tf1_session_outputs(path: str, pixels: np.ndarray) -> dict:
+    """`serving_default` run through the TF1 session loader, as TensorFlow Serving and `saved_model_cli run` load."""
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], path).signature_def["serving_default"]
+        return session.run({name: info.name for name, info in signature.outputs.items()},
+                           {signature.inputs["images"].name: pixels})
+
+
+def test_the_saved_model_stores_each_weight_once_and_loads_as_tensorflow_serving_does(tiny_data, tmp_path):
+    model = models.create_model(models.make_config("dense"), seed=3)
+    path = exporting.export_model(model, str(tmp_path / "exports"))
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    stored = [reader.get_tensor(key) for key in reader.get_variable_to_shape_map() if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert sorted((v.shape, v.tobytes()) for v in stored) == sorted((tuple(w.shape), w.numpy().tobytes()) for w in model.weights)
+
+    images = data.load_splits(tiny_data)["test"].images[:64].numpy()
+    outputs = tf1_session_outputs(path, images.reshape(-1, 28, 28, 1))
+    expected = tf.nn.softmax(model(data.to_float(images), training=False)).numpy()
+    np.testing.assert_allclose(outputs["probabilities"], expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(outputs["classes"], expected.argmax(axis=1))
 
 
 # --- Inspect ------------------------------------------------------------------------------
@@ -410,13 +443,13 @@ def test_an_export_onto_a_full_disk_is_one_error_and_leaves_no_export_folder(tmp
     """TensorFlow's file writes raise its own ResourceExhaustedError, not OSError (the real disk: test_faults.py)."""
     model = models.create_model(models.make_config("logistic"))
 
-    def disk_full(module, path, signatures):
+    def disk_full(trackable, path, **kwargs):
         os.makedirs(path)
         raise tf.errors.ResourceExhaustedError(None, None, f"{path}/saved_model.pb.tmp1; No space left on device")
 
-    monkeypatch.setattr(tf.saved_model, "save", disk_full)
+    replace_saved_model_save(monkeypatch, disk_full)
     with pytest.raises(Error, match=r"cannot write the export .*/exports/1: No space left on device; nothing was left"):
-        serving.export_model(model, str(tmp_path / "exports"))
+        exporting.export_model(model, str(tmp_path / "exports"))
     assert os.listdir(tmp_path) == []
 
 
@@ -429,7 +462,7 @@ def test_an_export_removes_the_hidden_folders_of_killed_exports_and_nothing_else
         folder.mkdir(parents=True)
         (folder / "saved_model.pb").write_bytes(b"x")
     (exports / f".tmp-5-{gone}").write_bytes(b"a file, not an export's folder")
-    serving.export_model(models.create_model(models.make_config("logistic")), str(exports))
+    exporting.export_model(models.create_model(models.make_config("logistic")), str(exports))
     assert sorted(os.listdir(exports)) == sorted([".tmp-4-%d" % os.getpid(), ".tmp-5-%d" % gone, ".tmp-notours",
                                                   "1", "2", "7-x"])
     assert all((folder / "saved_model.pb").read_bytes() == b"x" for folder in kept)

@@ -31,7 +31,7 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx's succe
     from starlette.testclient import TestClient
 
 from conftest import ROOT, call_tool
-from mnist_dnn.lib.core import data, models, serving
+from mnist_dnn.lib.core import data, exporting, models
 from mnist_dnn.lib.serve import rest, server
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import UsageError
@@ -57,8 +57,8 @@ def exported(tmp_path_factory):
     """Two models with random weights: version 1 of a model folder, and the other ready as a hidden copy."""
     folder = tmp_path_factory.mktemp("serve_exports")
     first, second = random_model(3), random_model(4)
-    serving.export_model(first, str(folder / "mnist"))
-    serving.export_model(second, str(folder / "spare"), version=2)
+    exporting.export_model(first, str(folder / "mnist"))
+    exporting.export_model(second, str(folder / "spare"), version=2)
     return {"dir": folder / "mnist", "spare": folder / "spare" / "2", "models": {1: first, 2: second}}
 
 
@@ -408,7 +408,7 @@ def test_no_request_fails_while_a_new_version_appears_under_load(running_server,
 
 @needs_litert
 def test_a_litert_model_is_served_through_the_same_api(exported, pixels, tmp_path):
-    path = serving.export_litert(exported["models"][1], str(tmp_path / "mnist_litert"))
+    path = exporting.export_litert(exported["models"][1], str(tmp_path / "mnist_litert"))
     for model_dir in (tmp_path / "mnist_litert", path):
         with client_for(model_dir) as test_client:
             assert test_client.get("/v1/models/mnist").json()["model_version_status"][0]["version"] == "1"

@@ -13,7 +13,7 @@ import re
 from mnist_dnn.lib import files
 from mnist_dnn.lib.errors import UsageError
 
-# What marks a run folder (lib/core/run_dir.py's layout) and an export (lib/core/serving.py's), read without TensorFlow.
+# What marks a run folder (lib/core/run_dir.py's layout) and an export (lib/core/export_dir.py's), read without TensorFlow.
 RUN_CONFIG = "model_config.json"
 CHECKPOINT_INDEX = re.compile(r"model\.ckpt-\d+\.index$")
 SAVED_MODEL = "saved_model.pb"

@@ -13,7 +13,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib.core import images, litert, serving
+from mnist_dnn.lib.config import BYTES_SIGNATURE, SERVING_SIGNATURE
+from mnist_dnn.lib.core import export_dir, images
+from mnist_dnn.lib.serve import litert
 from mnist_dnn.lib.errors import DataError, UsageError
 
 
@@ -78,9 +80,9 @@ class SavedModelSignature:
             self.loaded = tf.saved_model.load(path)
         except (OSError, ValueError, tf.errors.OpError) as e:
             raise UsageError(f"cannot load the SavedModel {path}: {str(e).strip().splitlines()[0]}") from None
-        if serving.SERVING_SIGNATURE not in self.loaded.signatures:
-            raise UsageError(f"the SavedModel {path} has no {serving.SERVING_SIGNATURE} signature")
-        self.signature = self.loaded.signatures[serving.SERVING_SIGNATURE]
+        if SERVING_SIGNATURE not in self.loaded.signatures:
+            raise UsageError(f"the SavedModel {path} has no {SERVING_SIGNATURE} signature")
+        self.signature = self.loaded.signatures[SERVING_SIGNATURE]
 
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         return {name: value.numpy() for name, value in self.signature(images=tf.constant(pixels)).items()}
@@ -90,7 +92,7 @@ class Classifier:
     """An exported model: a SavedModel or a .tflite file, or the latest version in a model folder."""
 
     def __init__(self, model_dir: str):
-        path = serving.resolve_model(model_dir)
+        path = export_dir.resolve_model(model_dir)
         self.model = SavedModelSignature(path) if os.path.isdir(path) else litert.LiteRTModel(path)
         self.path = path
 
@@ -111,10 +113,10 @@ def rest_request(signature: str, files: list[ImageFile]) -> str:
     `serving_bytes`: each file's bytes as TensorFlow Serving's binary value, {"b64": base64}.
     `serving_default`: each file's MNIST pixels, 28x28x1 nested lists.
     """
-    if signature == serving.BYTES_SIGNATURE:
+    if signature == BYTES_SIGNATURE:
         instances = [{"b64": base64.b64encode(file.contents).decode("ascii")} for file in files]
-    elif signature == serving.SERVING_SIGNATURE:
+    elif signature == SERVING_SIGNATURE:
         instances = [file.pixels.tolist() for file in files]
     else:
-        raise UsageError(f"`rest_signature` must be {serving.BYTES_SIGNATURE} or {serving.SERVING_SIGNATURE}, got {signature!r}")
+        raise UsageError(f"`rest_signature` must be {BYTES_SIGNATURE} or {SERVING_SIGNATURE}, got {signature!r}")
     return json.dumps({"signature_name": signature, "instances": instances}, separators=(",", ":")) + "\n"

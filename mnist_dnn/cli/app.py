@@ -2,6 +2,7 @@
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import re
 import sys
@@ -18,13 +19,22 @@ _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEF
            bool: flags.DEFINE_boolean, tuple: flags.DEFINE_list}
 
 
-def define_config_flags(config_class, only: tuple[str, ...] | None = None, flag_values=flags.FLAGS) -> None:
-    """Declares a flag for each field of `config_class` (or those named in `only`), from its default and help."""
+def define_config_flags(config_class, only: tuple[str, ...] | None = None, flag_values=flags.FLAGS,
+                        tool: str | None = None) -> None:
+    """Declares a flag for each field of `config_class` (or those named in `only`), from its default and help.
+
+    The help shows them as shared flags, but a `tool`'s own fields (given its __name__) in its own group.
+    """
+    own = set(dataclasses.fields(config_class)) if tool else set()
+    module = {"module_name": sys.argv[0] if tool == "__main__" else tool}  # as absl files a main module's flags
     for field, name in settings.flag_fields(config_class):
         if only is None or name in only:
             default = field.default
             default = list(default) if isinstance(default, tuple) and default else (None if default == () else default)
-            _DEFINE[settings.kind(field.type)](name, default, field.metadata["help"], flag_values=flag_values)
+            choices = {"enum_values": field.metadata["choices"]} if field.metadata.get("choices") else {}
+            define = flags.DEFINE_enum if choices else _DEFINE[settings.kind(field.type)]
+            define(name, default, help=field.metadata["help"], flag_values=flag_values, **choices,
+                   **(module if field in own else {}))
 
 
 def define_train_flags() -> None:
@@ -52,29 +62,6 @@ def tool_settings(config_class) -> dict:
 def tool_config(config_class):
     """The config a tool's main reads its flags into, and passes down: from `tool_settings`."""
     return settings.build(config_class, tool_settings(config_class))
-
-
-def define_data_flags() -> None:
-    """Where the tools that read a trained run find its data; the dataset is the run's own."""
-    define_config_flags(config_lib.DataConfig, only=("data_dir", "idx_dir"))
-
-
-def define_dataset_check_flag() -> None:
-    flags.DEFINE_enum("dataset", None, config_lib.DATASETS, "The dataset the run must have been trained on: a run of "
-                      "another is refused (default: whichever it is; a model is always scored on its own).")
-
-
-def define_ckpt_dir_flag() -> None:
-    define_config_flags(config_lib.TrainConfig, only=("ckpt_dir",))
-
-
-def define_restore_flags() -> None:
-    """Flags of the tools that read a trained checkpoint."""
-    define_ckpt_dir_flag()
-    flags.DEFINE_string("checkpoint", None, "A given checkpoint (e.g. checkpoints/model.ckpt-1000) instead of the latest.")
-    flags.DEFINE_enum("which", "latest", config_lib.WHICH,
-                      "Without --checkpoint: the latest checkpoint of --ckpt_dir, or the best by validation "
-                      "accuracy (ckpt_dir/best/).")
 
 
 def idx_dir(values) -> str | config_lib.DatasetIdxDir | None:

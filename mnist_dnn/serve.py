@@ -19,7 +19,7 @@ import gc
 import socket
 
 from mnist_dnn.cli import app as cli
-from mnist_dnn.lib.serve.config import ServeConfig
+from mnist_dnn.lib.config import ServeConfig
 
 cli.define_config_flags(ServeConfig)
 

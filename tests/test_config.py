@@ -157,6 +157,7 @@ def test_no_preset_pins_the_log_folder_and_each_has_a_run_folder_of_its_own():
     (config_lib.PredictConfig(min_confidence=1.5), "min_confidence"),
     (config_lib.PredictConfig(min_confidence=-0.1), "min_confidence"),
     (config_lib.PredictConfig(min_confidence=float("nan")), "min_confidence"),
+    (config_lib.ServeConfig(model_threads=65), "model_threads"), (config_lib.ServeConfig(port=65536), "port"),
 ])
 def test_each_tool_s_config_refuses_what_is_out_of_range_naming_the_field(config, field):
     with pytest.raises(ConfigError) as caught:
@@ -167,7 +168,7 @@ def test_each_tool_s_config_refuses_what_is_out_of_range_naming_the_field(config
 def test_each_tool_s_config_takes_its_defaults_and_its_bounds():
     for config in (config_lib.EvaluateConfig(), config_lib.EvaluateConfig(batch_size=config_lib.MAX_BATCH_SIZE),
                    config_lib.ExportConfig(format="litert", quantize="int8"), config_lib.PredictConfig(min_confidence=0),
-                   config_lib.PredictConfig(min_confidence=1)):
+                   config_lib.PredictConfig(min_confidence=1), config_lib.ServeConfig(model_threads=64)):
         assert config.validate() is config
     assert config_lib.MAX_BATCH_SIZE == 65_536
     with pytest.raises(ConfigError, match="applies to `format`=litert only"):

@@ -8,6 +8,7 @@ raises `ConfigError` naming the field, which the command line reports as the fla
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 
@@ -41,6 +42,7 @@ MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**31 - 1
 DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert"}
 MAX_STEPS = 10**9
+MAX_PORT = 65535
 
 
 class ConfigError(UsageError):
@@ -363,4 +365,31 @@ class PredictConfig:
     def validate(self) -> "PredictConfig":
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError("min_confidence", f"must be between 0 and 1, got {self.min_confidence}")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    model_dir: str = setting("exports/mnist", "A folder of numbered versions (the newest is served, and new ones "
+                             "are picked up), one SavedModel version folder, or a .tflite file.")
+    model_name: str = setting("mnist", "The NAME in /v1/models/NAME (TensorFlow Serving's MODEL_NAME).")
+    host: str = setting("127.0.0.1", "The address to listen on; 0.0.0.0 for every network (a phone on the same "
+                        "network), 127.0.0.1 for this machine only.")
+    port: int = setting(8501, "The port to listen on (TensorFlow Serving's REST port); 0 for any free one.")
+    max_request_bytes: int = setting(16 * 2**20, "Larger request bodies are refused with status 413.")
+    file_system_poll_wait_seconds: float = setting(1.0, "How often to look for a new version (as TensorFlow "
+                                                   "Serving's flag of the same name); 0: never.")
+    model_threads: int = setting(2, "Requests parsed and run through the model at the same time (a thread pool).")
+
+    def validate(self) -> "ServeConfig":
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.model_name):
+            raise ConfigError("model_name", f"must be letters, digits, '_', '.' or '-'; got {self.model_name!r}")
+        if not 0 <= self.port <= MAX_PORT:
+            raise ConfigError("port", f"must be a whole number from 0 to {MAX_PORT}; got {self.port}")
+        if not 1024 <= self.max_request_bytes <= 2**31:
+            raise ConfigError("max_request_bytes", f"must be from 1024 to {2**31:,}; got {self.max_request_bytes}")
+        if not 0 <= self.file_system_poll_wait_seconds <= 86400:
+            raise ConfigError("file_system_poll_wait_seconds", f"must be from 0 to 86400; got "
+                              f"{self.file_system_poll_wait_seconds}")
+        _positive_int("model_threads", self.model_threads, 64)
         return self

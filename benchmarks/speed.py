@@ -58,9 +58,11 @@ TASKS = {"small": SMALL, "large": LARGE}  # each: throughput, then time to targe
 def fast_setting():
     """configs/fast.cfg's model and hyperparameters, read as mnist_dnn.train reads them."""
     from absl import flags
-    from mnist_dnn import train
+    from mnist_dnn import train  # noqa: F401 (defines the training flags)
+    from mnist_dnn.cli import app as cli
+    from mnist_dnn.lib.config import TrainConfig
     flags.FLAGS(["speed", f"--flagfile={FAST_CONFIG}"])
-    config = train.config_from_flags()
+    config = cli.tool_config(TrainConfig)
     assert config.optimizer == "adam", "the other runners train with Adam"
     cosine_steps = config.max_steps if config.lr_schedule == "cosine" else 0
     return Setting(config.model.hidden_units, config.model.dropout, config.learning_rate, config.batch_size,

@@ -35,7 +35,7 @@ from mnist_dnn.lib.core import data, exporting, models
 from mnist_dnn.lib.serve import rest, server
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import UsageError
-from mnist_dnn.lib.serve.config import ServeConfig
+from mnist_dnn.lib.config import ServeConfig
 from mnist_dnn.lib.serve.servables import ModelVersions
 
 needs_litert = pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,

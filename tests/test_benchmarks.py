@@ -22,9 +22,9 @@ harness = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(harness)
 
 
-# The benchmarks that start no other TensorFlow process: together about 40 CPU seconds at --smoke,
-# 20-25 s on an idle 2-core machine. Every other script of the folder starts the tools, workers or a
-# server (two to four TensorFlow start-ups of 5 CPU seconds each, 170 CPU seconds in all): the slow tier.
+# The benchmarks that start no other TensorFlow process: about 30 CPU seconds together at --smoke
+# (some 15-20 s on an idle 2-core machine). Every other script of the folder starts the tools, workers
+# or a server (two to four TensorFlow start-ups of about 5 CPU seconds each, 145 in all): the slow tier.
 IN_PROCESS = ("dropout_masks.py", "inference.py", "periodic_stop.py", "phases.py")
 
 

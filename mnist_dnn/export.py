@@ -10,34 +10,17 @@ from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
-from absl import flags
-
 from mnist_dnn.cli import app as cli
-from mnist_dnn.lib import config
-from mnist_dnn.lib.errors import UsageError
+from mnist_dnn.lib.config import DEFAULT_EXPORT_DIRS, ExportConfig
 
-DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert", "keras": "exports/mnist_keras"}
-
-flags.DEFINE_enum("format", "saved_model", config.EXPORT_FORMATS,
-                  "saved_model: for TensorFlow Serving; litert: a .tflite file for phones and microcontrollers; "
-                  "keras: a model.keras file for keras.models.load_model.")
-flags.DEFINE_enum("quantize", "none", config.QUANTIZATIONS,
-                  "With --format=litert: int8 is full-integer post-training quantization, calibrated on "
-                  f"{config.REPRESENTATIVE_IMAGES} training images (needs the dataset: --idx_dir or TFDS's).")
-flags.DEFINE_string("export_dir", None, "Model folder; each export is a numbered version inside it. "
-                    f"Default: {DEFAULT_EXPORT_DIRS['saved_model']}, or exports/mnist_<format>.")
-flags.DEFINE_integer("version", None, "Version number to write (default: the next free one). Never overwritten.")
-cli.define_restore_flags()
-cli.define_data_flags()
-cli.define_dataset_check_flag()
-FLAGS = flags.FLAGS
+cli.define_config_flags(ExportConfig, tool=__name__)
 
 
-def representative_images(dataset: str):
+def representative_images(config: ExportConfig, dataset: str):
     """Calibration images for int8: drawn from the training split of the checkpoint's dataset."""
     from mnist_dnn.lib.core import data, exporting
 
-    splits = data.load_splits(data.DataConfig(dataset, FLAGS.data_dir, cli.idx_dir(FLAGS)), say=cli.say)
+    splits = data.load_splits(data.DataConfig(dataset, config.data.data_dir, config.data.idx_dir), say=cli.say)
     return exporting.representative_images(splits["train"].images)
 
 
@@ -46,19 +29,19 @@ def main(argv):
     from mnist_dnn.lib.core import checkpoints, exporting  # after cli.run's quiet start-up: they import TensorFlow
     from mnist_dnn.lib.core.export_dir import version_path
 
-    if FLAGS.quantize != "none" and FLAGS.format != "litert":
-        raise UsageError("--quantize applies to --format=litert only")
-    export_dir = FLAGS.export_dir or DEFAULT_EXPORT_DIRS[FLAGS.format]
-    version_path(export_dir, FLAGS.version, FLAGS.format)  # refuse before restoring anything
-    model, run_config, checkpoint, step = checkpoints.restore_model(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
-    checkpoints.check_dataset(checkpoint, run_config, FLAGS.dataset)
-    if FLAGS.format == "saved_model":
-        path = exporting.export_model(model, export_dir, FLAGS.version)
-    elif FLAGS.format == "keras":
-        path = exporting.export_keras(model, export_dir, FLAGS.version)
+    config = cli.tool_config(ExportConfig).validate()
+    folder = config.export_dir or DEFAULT_EXPORT_DIRS[config.format]
+    version_path(folder, config.version, export_format=config.format)  # refuse before restoring anything
+    model, run_config, checkpoint, step = checkpoints.restore_model(**vars(config.restore))
+    checkpoints.check_dataset(checkpoint, run_config, config.data.dataset)
+    if config.format == "saved_model":
+        path = exporting.export_model(model, folder, config.version)
+    elif config.format == "keras":
+        path = exporting.export_keras(model, folder, config.version)
     else:
-        representative = representative_images(run_config.dataset) if FLAGS.quantize == "int8" else None
-        path = exporting.export_litert(model, export_dir, FLAGS.version, FLAGS.quantize, representative)
+        representative = representative_images(config, run_config.dataset) if config.quantize == "int8" else None
+        path = exporting.export_litert(model, folder, config.version, quantize=config.quantize,
+                                       representative=representative)
     print(f"Exported {checkpoint} (step {step}) to {path}")
 
 

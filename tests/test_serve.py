@@ -35,7 +35,7 @@ from mnist_dnn.lib.core import data, exporting, models
 from mnist_dnn.lib.serve import rest, server
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import UsageError
-from mnist_dnn.lib.serve.config import ServeConfig
+from mnist_dnn.lib.config import ServeConfig
 from mnist_dnn.lib.serve.servables import ModelVersions
 
 needs_litert = pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,
@@ -160,6 +160,23 @@ def test_a_version_is_addressed_by_number(client):
     assert client.post("/v1/models/mnist/versions/1:predict", json=body).status_code == 200
     response = client.post("/v1/models/mnist/versions/7:predict", json=body)
     assert response.status_code == 404 and response.json() == {"error": "Servable not found for request: Specific(mnist, 7)"}
+
+
+@pytest.mark.parametrize("path", ["exports/mnist/3", "exports/mnist/3/"])
+def test_a_single_numbered_version_folder_is_served_as_that_version(exported, pixels, tmp_path, path):
+    """--model_dir=exports/mnist/3: version 3 in the status and the metadata, and /versions/3:predict answers with
+    the model that folder holds (model 2 of `exported`, by Keras); no other version is found."""
+    shutil.copytree(exported["spare"], tmp_path / "exports" / "mnist" / "3")
+    with client_for(str(tmp_path / path)) as test_client:
+        status = test_client.get("/v1/models/mnist").json()["model_version_status"]
+        assert [entry["version"] for entry in status] == ["3"]
+        assert test_client.get("/v1/models/mnist/metadata").json()["model_spec"]["version"] == "3"
+        assert test_client.get("/v1/models/mnist/versions/3").status_code == 200
+        response = test_client.post("/v1/models/mnist/versions/3:predict", json={"instances": pixels.tolist()})
+        assert response.status_code == 200, response.text
+        got = [p["probabilities"] for p in response.json()["predictions"]]
+        np.testing.assert_allclose(got, probabilities(exported["models"][2], pixels), rtol=0, atol=1e-6)
+        assert test_client.post("/v1/models/mnist/versions/1:predict", json={"instances": pixels.tolist()}).status_code == 404
 
 
 def test_predicts_rest_request_gives_predicts_classes(client, exported, pixels, tmp_path):

@@ -96,11 +96,12 @@ class Classifier:
         self.model = SavedModelSignature(path) if os.path.isdir(path) else litert.LiteRTModel(path)
         self.path = path
 
-    def __call__(self, pixels: list[np.ndarray]) -> list[Prediction]:
-        """Classifies uint8 [28, 28, 1] images."""
-        if not pixels:
+    def __call__(self, pixels) -> list[Prediction]:
+        """Classifies uint8 images 0..255, [28, 28, 1] or [28, 28] each: a list of them, or a numpy batch."""
+        if len(pixels) == 0:
             return []
-        outputs = self.model(np.stack(pixels))
+        batch = np.stack(pixels)
+        outputs = self.model(batch[..., np.newaxis] if batch.ndim == 3 else batch)
         return [Prediction.from_outputs(c, p) for c, p in zip(outputs["classes"], outputs["probabilities"])]
 
 

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import time
 
-from mnist_dnn.lib import files
+from mnist_dnn.lib import files, processes
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 SWEEP_FILE = "sweep.json"
@@ -146,16 +146,6 @@ def run_dir(root: str, name: str) -> str:
     return os.path.join(root, name)
 
 
-def _die_with_parent():
-    """In the child: get SIGTERM if the sweep dies, even by SIGKILL, so the run saves and stops."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: an orphaned run goes on to its end
-
-
 def train_command(root: str, run: Run, base_args: list[str], train: list[str]) -> list[str]:
     """`train` (the training tool's command) with the run's flags."""
     folder = run_dir(root, run.name)
@@ -184,7 +174,8 @@ def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
     with open(os.path.join(folder, LOG_FILE), "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        # The run saves and stops if the sweep dies, even by SIGKILL.
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=processes.die_with_parent)
         code = _wait_forwarding_signals(child)
     wall = time.perf_counter() - started
     if code == 0:

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from mnist_dnn.lib import files, native_output
+from mnist_dnn.lib import files, native_output, processes
 from mnist_dnn.lib.experiments import search, studies, sweeps
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import Error, first_line
@@ -58,36 +58,26 @@ def make_plan(config: search.SearchConfig, space, base: TrainConfig) -> Plan:
 def run_workers(plan: Plan, say) -> list[int]:
     """Starts the workers, forwards SIGINT/SIGTERM to them, and returns their exit codes."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_main, args=(plan, i), name=f"search-worker-{i}")
-                 for i in range(plan.search.workers)]
+    workers = [context.Process(target=_worker_main, args=(plan, i), name=f"search-worker-{i}")
+               for i in range(plan.search.workers)]
 
     def forward(signum, frame):
-        for process in processes:
+        for process in workers:
             if process.is_alive():
                 with contextlib.suppress(ProcessLookupError):  # it ended in between
                     os.kill(process.pid, signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for process in processes:
+        for process in workers:
             process.start()
-        say(f"{len(processes)} worker process(es), {plan.threads} intra-op thread(s) each")
-        for process in processes:
+        say(f"{len(workers)} worker process(es), {plan.threads} intra-op thread(s) each")
+        for process in workers:
             process.join()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return [p.exitcode for p in processes]
-
-
-def _die_with_parent() -> None:
-    """Get SIGTERM if the search dies, even by SIGKILL, so the trial saves and is queued again."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    return [p.exitcode for p in workers]
 
 
 def _interrupt(signum, frame):
@@ -98,7 +88,7 @@ def _worker_main(plan: Plan, index: int) -> None:
     # A signal outside training interrupts the worker at once (training turns it into a stop and a save).
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, _interrupt)
-    _die_with_parent()
+    processes.die_with_parent()  # the trial saves and is queued again if the search dies, even by SIGKILL
     stdout = os.dup(1)
 
     def say(line: str) -> None:

@@ -1,6 +1,9 @@
-"""Processes: a child that dies with its parent."""
+"""Processes and signals: a child that dies with its parent, and signal handlers set for a while."""
 
+import contextlib
 import signal
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def die_with_parent() -> None:
@@ -12,3 +15,13 @@ def die_with_parent() -> None:
     except (OSError, AttributeError):
         pass
 
+
+@contextlib.contextmanager
+def signals_to(handler, signals=STOP_SIGNALS):
+    """`handler(signum, frame)` takes `signals` inside the block; the previous handlers come back after it."""
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)

@@ -156,13 +156,8 @@ def train_command(root: str, run: Run, base_args: list[str], train: list[str]) -
 
 def _wait_forwarding_signals(child: subprocess.Popen) -> int:
     """Waits for the run; Ctrl-C or SIGTERM to the sweep reach it, and it saves before it stops."""
-    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with processes.signals_to(lambda signum, frame: child.send_signal(signum)):
         return child.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:

@@ -67,16 +67,12 @@ def run_workers(plan: Plan, say) -> list[int]:
                 with contextlib.suppress(ProcessLookupError):  # it ended in between
                     os.kill(process.pid, signal.SIGTERM)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with processes.signals_to(forward):
         for process in workers:
             process.start()
         say(f"{len(workers)} worker process(es), {plan.threads} intra-op thread(s) each")
         for process in workers:
             process.join()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     return [p.exitcode for p in workers]
 
 
@@ -86,7 +82,7 @@ def _interrupt(signum, frame):
 
 def _worker_main(plan: Plan, index: int) -> None:
     # A signal outside training interrupts the worker at once (training turns it into a stop and a save).
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in processes.STOP_SIGNALS:
         signal.signal(s, _interrupt)
     processes.die_with_parent()  # the trial saves and is queued again if the search dies, even by SIGKILL
     stdout = os.dup(1)

@@ -9,13 +9,12 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import tempfile
 
 import keras
 import tensorflow as tf
 
-from mnist_dnn.lib import files, xla_cache
+from mnist_dnn.lib import files, processes, xla_cache
 from mnist_dnn.lib.core import data, evaluation, serving
 from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
@@ -113,15 +112,11 @@ def build_state(config: TrainConfig, strategy=None) -> TrainState:
 
 
 @contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+def stop_on_signals():
     """Turns SIGINT/SIGTERM into a request (`received[0]`) that the loop honours."""
     received = []
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signals}
-    try:
+    with processes.signals_to(lambda signum, frame: received.append(signum)):
         yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 # What a collective op raises on the workers of a cluster when one of them dies.

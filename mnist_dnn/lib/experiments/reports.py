@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from mnist_dnn.lib import files
 from mnist_dnn.lib.core import data, evaluation
-from mnist_dnn.lib.experiments import studies, sweeps
+from mnist_dnn.lib.experiments import roots, studies, sweeps
 from mnist_dnn.lib.core.run_dir import RunDir
 
 PLOTS_HEIGHT = 4.2  # inches of report.png above the legend
@@ -52,9 +52,9 @@ def collect_row(root: str, name: str, params: dict, data_dir=None, idx_dir=None,
 
 
 def _folder_row(root: str, name: str, params: dict, data_dir, idx_dir, load_splits) -> Row:
-    folder = sweeps.run_dir(root, name)
-    ckpt_dir = os.path.join(folder, "ckpt")
-    done_path = os.path.join(folder, sweeps.DONE_FILE)
+    folder = roots.run_dir(root, name)
+    ckpt_dir = os.path.join(folder, roots.CKPT_DIR)
+    done_path = os.path.join(folder, roots.DONE_FILE)
     if not os.path.isdir(ckpt_dir):
         return Row(name, params, "not started")
     best = RunDir(ckpt_dir).read_best()
@@ -154,7 +154,7 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
         return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, PLOTS_HEIGHT), dpi=100, layout="constrained")
     for row in rows:
-        logs = os.path.join(sweeps.run_dir(root, row.name), "logs")
+        logs = os.path.join(roots.run_dir(root, row.name), roots.LOGS_DIR)
         label = ", ".join(f"{n}={row.params[n]}" for n in names)
         line, = left.plot(*read_scalars(os.path.join(logs, "validation"), "accuracy"), marker=".", label=label)
         right.plot(*read_scalars(os.path.join(logs, "train"), "loss"), color=line.get_color(), label=label)
@@ -194,10 +194,10 @@ def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
     best = study and best_trial_line(root, study)
     if best:
         out(best)
-    write_csv(os.path.join(root, "report.csv"), names, rows)
-    files.write_text(os.path.join(root, "report.md"), format_markdown(grid) + (f"\n{best}\n" if best else ""))
-    written = [os.path.join(root, n) for n in ("report.csv", "report.md")]
-    png = os.path.join(root, "report.png")
+    written = [os.path.join(root, n) for n in (roots.REPORT_CSV, roots.REPORT_MD)]
+    write_csv(written[0], names, rows)
+    files.write_text(written[1], format_markdown(grid) + (f"\n{best}\n" if best else ""))
+    png = os.path.join(root, roots.REPORT_PNG)
     if plot(root, names, rows, png):
         written.append(png)
     else:
@@ -213,6 +213,6 @@ def best_trial_line(root: str, study) -> str | None:
     best = studies.best(study, root)
     if best is None:
         return None
-    folder = sweeps.run_dir(root, best.user_attrs["folder"])
+    folder = roots.run_dir(root, best.user_attrs["folder"])
     return (f"Best trial: {best.number} in {folder} (best validation accuracy {best.value:.2%}): "
             + ", ".join(f"{k}={studies.value_text(v)}" for k, v in best.params.items()))

@@ -8,7 +8,7 @@ import os
 import warnings
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.experiments import search
+from mnist_dnn.lib.experiments import roots, search
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import DataError, UsageError, first_line
 
@@ -66,7 +66,7 @@ def open_storage(url: str):
 
 
 def default_storage_exists(config: search.SearchConfig) -> bool:
-    return os.path.isfile(os.path.join(config.root, search.STUDY_FILE))
+    return os.path.isfile(os.path.join(config.root, roots.STUDY_FILE))
 
 
 def open_study(config: search.SearchConfig, description: dict, create: bool, sampler=None, pruner=None):
@@ -137,25 +137,25 @@ def frozen(study, number: int):
 def folder_name(trial) -> str:
     """A retried trial (a FrozenTrial) trains in its original's folder, and so resumes from its checkpoint."""
     history = trial.system_attrs.get("retry_history") or [trial.number]
-    return f"{search.TRIAL_PREFIX}{history[0]:04d}"
+    return roots.trial_name(history[0])
 
 
 def record_root(config: search.SearchConfig) -> None:
     """root/search.json names the study, for the report; a root holds one study only."""
-    path = os.path.join(config.root, search.SEARCH_FILE)
+    path = os.path.join(config.root, roots.SEARCH_FILE)
     description = {"study_name": config.study_name, "storage": config.storage}
     if os.path.exists(path):
         stored = read_root(config.root)
         if stored != description:
             raise UsageError(f"{config.root} holds the trials of another study ({stored.get('study_name')} in "
-                             f"{shown(stored.get('storage') or 'its study.db')}); pass another `root`")
+                             f"{shown(stored.get('storage') or 'its ' + roots.STUDY_FILE)}); pass another `root`")
         return
     os.makedirs(config.root, exist_ok=True)
     files.write_json(path, description)
 
 
 def read_root(root: str) -> dict:
-    path = os.path.join(root, search.SEARCH_FILE)
+    path = os.path.join(root, roots.SEARCH_FILE)
     try:
         stored = files.read_json(path)
     except (ValueError, UnicodeDecodeError, OSError) as e:
@@ -166,7 +166,7 @@ def read_root(root: str) -> dict:
 
 
 def is_search_root(root: str) -> bool:
-    return os.path.isfile(os.path.join(root, search.SEARCH_FILE))
+    return os.path.isfile(os.path.join(root, roots.SEARCH_FILE))
 
 
 def load_from_root(root: str):
@@ -217,8 +217,8 @@ def plot(study, root: str, say) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    drawings = {"optimization_history.png": optuna().visualization.matplotlib.plot_optimization_history,
-                "param_importances.png": optuna().visualization.matplotlib.plot_param_importances}
+    plots = optuna().visualization.matplotlib
+    drawings = dict(zip(roots.STUDY_PLOTS, (plots.plot_optimization_history, plots.plot_param_importances)))
     written = []
     if best(study) is None:
         return written

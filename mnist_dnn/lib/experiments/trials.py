@@ -16,12 +16,9 @@ import sys
 import time
 
 from mnist_dnn.lib import files, native_output, processes
-from mnist_dnn.lib.experiments import search, studies, sweeps
+from mnist_dnn.lib.experiments import roots, search, studies, sweeps
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import Error, first_line
-
-LOG_FILE = sweeps.LOG_FILE
-
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -169,16 +166,16 @@ def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say) ->
     os.makedirs(folder, exist_ok=True)
     started = time.perf_counter()
     try:
-        with _output_to(os.path.join(folder, LOG_FILE)) as log:
+        with _output_to(os.path.join(folder, roots.LOG_FILE)) as log:
             result = training.train(config, say=lambda line: (log.write(line + "\n"), log.flush()),
                                     on_validation=report)
     except Error as e:
         _record_state(config.log_dir, "failed")
         trial.set_user_attr("error", str(e))
-        files.write_json(os.path.join(folder, sweeps.RESULT_FILE), {"error": str(e), "exit_code": e.exit_code})
+        files.write_json(os.path.join(folder, roots.RESULT_FILE), {"error": str(e), "exit_code": e.exit_code})
         say(f"trial {trial.number} failed: {first_line(e)}")
         raise
-    files.write_text(os.path.join(folder, sweeps.RESULT_FILE), result.to_json())
+    files.write_text(os.path.join(folder, roots.RESULT_FILE), result.to_json())
     if result.stopped_by_signal:
         raise _Interrupted(result.stopped_by_signal)
     sweeps.write_done(folder, result, time.perf_counter() - started, trial=trial.number)

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, call_tool, copy_run, folder_hashes, hparams, run_cli, scalars, tiny_config
 from mnist_dnn.lib.core import data, models
-from mnist_dnn.lib.trainer import actions, training
+from mnist_dnn.lib.trainer import summaries, training
 from mnist_dnn.lib.config import ModelConfig
 from mnist_dnn.lib.errors import UsageError
 from mnist_dnn.lib.core.run_dir import RunDir
@@ -241,7 +241,7 @@ def test_runs_of_the_same_settings_log_into_their_own_run_folders_and_a_resume_a
     logs = {name: tmp_path / name / "ckpt" / "logs" for name in ("a", "b")}
     assert sorted(scalars(logs["a"] / "validation", "accuracy")) == [10, 20, 30]
     assert sorted(scalars(logs["b"] / "validation", "accuracy")) == [10, 20]
-    trials = {name: actions.logged_trials(str(folder)) for name, folder in logs.items()}
+    trials = {name: summaries.logged_trials(str(folder)) for name, folder in logs.items()}
     assert len(trials["a"]) == 2 and len(set(trials["a"])) == 1  # the start and the resume: one trial
     assert trials["b"][0] != trials["a"][0] and trials["b"][0].startswith("ckpt (")
     assert not (tmp_path / "logs").exists() and not os.path.exists("logs/dense-32-adam-0.001-b64")

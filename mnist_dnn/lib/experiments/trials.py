@@ -194,9 +194,9 @@ STATE_CODES = {"complete": 1, "pruned": 2, "failed": 3}  # the HParams column se
 def _record_state(log_dir: str, state: str) -> None:
     """The trial's end in TensorBoard's HParams: its session status, and search/state (1 complete, 2 pruned,
     3 failed; no value yet: running)."""
-    from mnist_dnn.lib.trainer import actions
+    from mnist_dnn.lib.trainer import summaries
 
-    actions.write_session_end(log_dir, state != "failed", **{"search/state": STATE_CODES[state]})
+    summaries.write_session_end(log_dir, state != "failed", **{"search/state": STATE_CODES[state]})
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from mnist_dnn.lib import files, processes, xla_cache
 from mnist_dnn.lib.core import data, evaluation, serving
-from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps
+from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps, summaries
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
 from mnist_dnn.lib.core.models import create_model, mean_loss
@@ -189,8 +189,8 @@ def _check_log_dir(log_dir: str, run_id: str, new_run: bool) -> None:
     A new run takes a folder that no run has logged into; a resumed run, its own (or one whose trials have no
     run id: written before runs had one).
     """
-    for trial in actions.logged_trials(log_dir):
-        if new_run or actions.run_id_of(trial) not in (None, run_id):
+    for trial in summaries.logged_trials(log_dir):
+        if new_run or summaries.run_id_of(trial) not in (None, run_id):
             raise UsageError(f"`log_dir` {log_dir} holds the TensorBoard events of another run (HParams trial "
                              f"{trial!r}); pass another `log_dir`, or leave it out: by default a run logs into "
                              f"its own <ckpt_dir>/{LOGS_DIR}")
@@ -219,8 +219,8 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ru
     run = _Run(config, state, strategy, splits, log_dir, save_to, best, say, on_validation)
     if log_dir:
         chief_dir.save_config(run_config(config, run_id))
-        actions.write_run_summary(log_dir, hparams(config), run.validation.predict_fn.get_concrete_function().graph,
-                                  actions.trial_id(log_dir, run_id))
+        graph = run.validation.predict_fn.get_concrete_function().graph
+        summaries.write_run_summary(log_dir, hparams(config), graph, summaries.trial_id(log_dir, run_id))
     run.log.message(describe(config, strategy, start, log_dir))
     with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received, contextlib.closing(run):
         end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
@@ -249,7 +249,7 @@ class _Run:
             self.metrics = steps.TrainMetrics()
         self.runner = steps.make_runner(config, state, self.metrics, splits["train"], strategy, self.start)
         self.clock = actions.Clock()
-        self.train_writer, validation_writer = (actions.summary_writer(log_dir, name) for name in ("train", "validation"))
+        self.train_writer, validation_writer = (summaries.summary_writer(log_dir, n) for n in ("train", "validation"))
         self.log = actions.TrainingLog(self.train_writer, self.metrics, state.optimizer, self.start, config.max_steps,
                                        self.clock, say)
         self.diagnose = diagnostics.Diagnostics(log_dir, state.model, mean_loss, splits["validation"],

@@ -18,7 +18,7 @@ import tensorflow as tf
 from mnist_dnn.lib import files
 from mnist_dnn.lib.core import data, evaluation
 from mnist_dnn.lib.experiments import roots, studies, sweeps
-from mnist_dnn.lib.core.run_dir import RunDir
+from mnist_dnn.lib.core.checkpoint_store import CheckpointStore
 
 PLOTS_HEIGHT = 4.2  # inches of report.png above the legend
 LEGEND_MARGIN = 0.2  # inches around the legend (constrained layout's padding)
@@ -40,7 +40,7 @@ class Row:
 
 
 def _latest_step(ckpt_dir: str) -> int | None:
-    steps = RunDir(ckpt_dir).steps()
+    steps = CheckpointStore(ckpt_dir).steps()
     return steps[-1] if steps else None
 
 
@@ -57,7 +57,7 @@ def _folder_row(root: str, name: str, params: dict, data_dir, idx_dir, load_spli
     done_path = os.path.join(folder, roots.DONE_FILE)
     if not os.path.isdir(ckpt_dir):
         return Row(name, params, "not started")
-    best = RunDir(ckpt_dir).read_best()
+    best = CheckpointStore(ckpt_dir).read_best()
     test_accuracy = None
     if best is not None:
         test_accuracy = evaluation.evaluate_checkpoint(ckpt_dir, data_dir=data_dir, idx_dir=idx_dir, which="best",

@@ -12,7 +12,7 @@ import tensorflow as tf
 from mnist_dnn.lib.core import evaluation, serving
 from mnist_dnn.lib.trainer import diagnostics
 from mnist_dnn.lib.trainer.summaries import log_scalars
-from mnist_dnn.lib.core.run_dir import Best, RunDir
+from mnist_dnn.lib.core.checkpoint_store import Best, CheckpointStore
 
 
 class Clock:
@@ -165,18 +165,18 @@ class Validation:
                 f"(`early_stopping_patience`); best {self.best.accuracy:.2%} at step {self.best.step}")
 
 
-def checkpoint_saver(run_dir: RunDir, state, keep: int):
+def checkpoint_saver(store: CheckpointStore, state, keep: int):
     """`save(step)`: a checkpoint of the whole state, never of non-finite weights."""
 
     def save(step: int) -> None:
-        run_dir.save(state.checkpoint, step, state.weights(), keep)
+        store.save(state.checkpoint, step, state.weights(), keep)
 
     return save
 
 
-def best_saver(run_dir: RunDir, state):
+def best_saver(store: CheckpointStore, state):
     def save(best: Best) -> None:
-        run_dir.save_best(state.checkpoint, best, state.weights())
+        store.save_best(state.checkpoint, best, state.weights())
 
     return save
 

@@ -2,7 +2,7 @@
 them to the controller; the run folder keeps what the run produces.
 
     flags -> TrainConfig -> state (model, optimizer, step, checkpoint) + runner + actions
-          -> controller.run -> RunDir (checkpoints, best/, model_config.json)
+          -> controller.run -> RunDir (model_config.json; its CheckpointStore: checkpoints, best/)
 """
 
 import contextlib
@@ -20,7 +20,8 @@ from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, 
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
 from mnist_dnn.lib.core.models import create_model, mean_loss
-from mnist_dnn.lib.core.run_dir import LOGS_DIR, Best, RunConfig, RunDir, new_run_id
+from mnist_dnn.lib.core.checkpoint_store import Best, CheckpointStore
+from mnist_dnn.lib.core.run_dir import LOGS_DIR, RunConfig, RunDir, new_run_id
 from mnist_dnn.lib.core.models import per_example_loss  # noqa: F401 (the loss, as the course's train.py had it)
 
 OPTIMIZERS = {
@@ -129,7 +130,7 @@ def _report_lost_workers(ckpt_dir: str):
     try:
         yield
     except _LOST_WORKER_ERRORS as e:
-        resume_from = RunDir(ckpt_dir).latest() or "the start (no checkpoint yet)"
+        resume_from = CheckpointStore(ckpt_dir).latest() or "the start (no checkpoint yet)"
         raise TrainingError(
             f"lost contact with another worker of the cluster ({type(e).__name__}: it stopped or crashed); "
             f"restart every worker with the same command to resume from {resume_from}"
@@ -163,7 +164,7 @@ def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
         tf.config.experimental.enable_op_determinism()  # for the whole process
     if not distribute.is_chief(strategy):  # the other workers of a cluster save to a scratch folder, and log nothing
         with tempfile.TemporaryDirectory(prefix="mnist_dnn-worker-") as scratch:
-            return _run(config, strategy, splits, None, RunDir(scratch), say, on_validation)
+            return _run(config, strategy, splits, None, CheckpointStore(scratch), say, on_validation)
     # The log folder is made by its first summary, once the run really starts: a refused run leaves none.
     os.makedirs(config.ckpt_dir, exist_ok=True)
     with run_dir.lock():
@@ -200,7 +201,7 @@ def run_config(config: TrainConfig, run_id: str = "") -> RunConfig:
     return RunConfig(config.model, config.data.dataset, config.resume_settings(), run_id)
 
 
-def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: RunDir, say,
+def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: CheckpointStore, say,
          on_validation=None, run_id: str = "") -> TrainResult:
     """The run itself; `save_to` is `config.ckpt_dir` except on a cluster's other workers."""
     state = build_state(config, strategy)
@@ -228,7 +229,7 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ru
     return run.finish(end, received[0] if received else None, resumed_from)
 
 
-def _already_finished(config, start: int, best: Best | None, save_to: RunDir, resumed_from: str | None,
+def _already_finished(config, start: int, best: Best | None, save_to: CheckpointStore, resumed_from: str | None,
                       say) -> TrainResult:
     """A rerun of a finished (or early-stopped) run: it says so, and writes nothing."""
     early = start < config.max_steps
@@ -241,7 +242,7 @@ def _already_finished(config, start: int, best: Best | None, save_to: RunDir, re
 class _Run:
     """The parts of one run that its actions share, and how it ends."""
 
-    def __init__(self, config, state, strategy, splits, log_dir, save_to: RunDir, best: Best | None, say,
+    def __init__(self, config, state, strategy, splits, log_dir, save_to: CheckpointStore, best: Best | None, say,
                  on_validation=None):
         self.config, self.state, self.log_dir, self.save_to = config, state, log_dir, save_to
         self.start = state.current_step()

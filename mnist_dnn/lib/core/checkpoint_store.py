@@ -75,9 +75,8 @@ class CheckpointStore:
         than train on a half-restored state). A damaged one is skipped too, and with `set_aside`
         (the trainer that owns the folder) renamed `model.ckpt-<step>-damaged`, kept for a look
         but out of the way of the save that will reach its step again; if none restores, nothing is
-        renamed. Restoring replaces
-        initialization: nothing may re-initialize afterwards. A skipped checkpoint is told to
-        `say` as a line starting `warning: `.
+        renamed. Restoring replaces initialization: nothing may re-initialize afterwards. A skipped
+        checkpoint is told to `say` as a line starting `warning: `.
         """
         steps = self.steps() if os.path.isdir(self.path) else []
         damaged = []  # (path, why)
@@ -119,7 +118,7 @@ class CheckpointStore:
         try:
             return checkpoint.write(path)
         except (OSError, tf.errors.OpError) as e:
-            _remove_temporary(path)
+            _remove_temporary(glob.escape(path))
             raise CheckpointError(f"cannot write a checkpoint to {folder}: {first_line(e)}; free some space or fix "
                                   "its permissions, then resume (earlier checkpoints are intact)") from None
 
@@ -130,10 +129,7 @@ class CheckpointStore:
 
     def remove_leftovers(self) -> None:
         """Removes the temporary folders of a save that a crash or a full disk interrupted."""
-        for leftover in glob.glob(os.path.join(glob.escape(self.path), f"{CHECKPOINT_NAME}-*_temp*")):
-            shutil.rmtree(leftover, ignore_errors=True) if os.path.isdir(leftover) else os.remove(leftover)
-
-    # --- the best checkpoint ----------------------------------------------------------------
+        _remove_temporary(os.path.join(glob.escape(self.path), f"{CHECKPOINT_NAME}-*"))
 
     def read_best(self) -> Best | None:
         """The recorded best of the folder, or None if it has none yet."""
@@ -188,9 +184,8 @@ class CheckpointStore:
 
     def best_checkpoint(self) -> str | None:
         best = self.read_best()
-        if best is None or not os.path.isdir(self.best_dir) or best.step not in self.steps(self.best_dir):
-            return None
-        return self.checkpoint_path(best.step, self.best_dir)
+        found = best and best.step in self.steps(self.best_dir)
+        return self.checkpoint_path(best.step, self.best_dir) if found else None
 
 
 def _skip_damaged(damaged: list[tuple[str, str]], set_aside: bool, say) -> None:
@@ -211,10 +206,7 @@ def _none_restores(folder: str, count: int, damaged: int) -> CheckpointError:
 
 def _has_all_shards(prefix: str) -> bool:
     shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
-    if not shards:
-        return False
-    total = int(shards[0].rsplit("-of-", 1)[1])
-    return len(shards) == total
+    return bool(shards) and len(shards) == int(shards[0].rsplit("-of-", 1)[1])
 
 
 def _checkpoint_files(prefix: str) -> list[str]:
@@ -235,6 +227,7 @@ def _set_aside(prefix: str) -> str:
     return f"moved aside to {os.path.basename(prefix)}-damaged"
 
 
-def _remove_temporary(prefix: str) -> None:
-    for leftover in glob.glob(glob.escape(prefix) + "_temp*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+def _remove_temporary(pattern: str) -> None:
+    """The temporary files and folders of the saves of checkpoints `pattern` (a glob) that did not end."""
+    for leftover in glob.glob(pattern + "_temp*"):
+        shutil.rmtree(leftover, ignore_errors=True) if os.path.isdir(leftover) else os.remove(leftover)

@@ -39,24 +39,14 @@ class Row:
     resumed_from_step: int | None = None
 
 
-def _latest_step(ckpt_dir: str) -> int | None:
-    steps = CheckpointStore(ckpt_dir).steps()
-    return steps[-1] if steps else None
-
-
 def collect_row(root: str, name: str, params: dict, data_dir=None, idx_dir=None, load_splits=data.load_splits,
                 status: str | None = None) -> Row:
     """The run's row; `status` (a search trial's state) replaces the one its folder tells."""
-    row = _folder_row(root, name, params, data_dir, idx_dir, load_splits)
-    return dataclasses.replace(row, status=status) if status else row
-
-
-def _folder_row(root: str, name: str, params: dict, data_dir, idx_dir, load_splits) -> Row:
     folder = roots.run_dir(root, name)
     ckpt_dir = os.path.join(folder, roots.CKPT_DIR)
     done_path = os.path.join(folder, roots.DONE_FILE)
     if not os.path.isdir(ckpt_dir):
-        return Row(name, params, "not started")
+        return Row(name, params, status or "not started")
     best = CheckpointStore(ckpt_dir).read_best()
     test_accuracy = None
     if best is not None:
@@ -64,9 +54,9 @@ def _folder_row(root: str, name: str, params: dict, data_dir, idx_dir, load_spli
                                                        load_splits=load_splits)["test"]["accuracy"]
     fields = dict(best_accuracy=best and best.accuracy, best_step=best and best.step, test_accuracy=test_accuracy)
     if not os.path.exists(done_path):
-        return Row(name, params, "unfinished", _latest_step(ckpt_dir), **fields)
+        return Row(name, params, status or "unfinished", (CheckpointStore(ckpt_dir).steps() or [None])[-1], **fields)
     done = files.read_json(done_path)
-    return Row(name, params, "done", done["steps"], wall_time_s=done["wall_time_s"],
+    return Row(name, params, status or "done", done["steps"], wall_time_s=done["wall_time_s"],
                examples_per_second=done["examples_per_second"], resumed_from_step=done["resumed_from_step"], **fields)
 
 

@@ -1,11 +1,8 @@
 """The layout of a sweep's or a search's root folder: the one place that spells its names.
 
-    sweep.json | search.json   what the root holds: a sweep (its grid, base flags, runs) or a search's study
-    study.db                   the search's study, unless --storage is a shared database
-    report.csv, report.md, report.png   the ranking; a search adds Optuna's optimization_history.png and
-                               param_importances.png
-    <run>/                     one run folder per run: a sweep's named by its combination, a search's trial-NNNN
-        ckpt/  logs/  train.log  result.json  done.json (once it ended well)
+    sweep.json; or search.json and study.db (unless --storage)   a sweep (grid, base flags, runs); a search's study
+    report.csv, report.md, report.png   the ranking (a search's adds optimization_history.png, param_importances.png)
+    <run>/ckpt/ logs/ train.log result.json done.json   a run: a sweep's named by its combination, a search's trial-NNNN
 """
 
 import os

@@ -12,7 +12,7 @@ import tensorflow as tf
 from mnist_dnn.lib.core import evaluation, serving
 from mnist_dnn.lib.trainer import diagnostics
 from mnist_dnn.lib.trainer.summaries import log_scalars
-from mnist_dnn.lib.core.checkpoint_store import Best, CheckpointStore
+from mnist_dnn.lib.core.checkpoint_store import Best
 
 
 class Clock:
@@ -163,22 +163,6 @@ class Validation:
     def stop_message(self, step: int) -> str:
         return (f"Stopped early at step {step}: no better validation accuracy in {self.patience} evaluations "
                 f"(`early_stopping_patience`); best {self.best.accuracy:.2%} at step {self.best.step}")
-
-
-def checkpoint_saver(store: CheckpointStore, state, keep: int):
-    """`save(step)`: a checkpoint of the whole state, never of non-finite weights."""
-
-    def save(step: int) -> None:
-        store.save(state.checkpoint, step, state.weights(), keep)
-
-    return save
-
-
-def best_saver(store: CheckpointStore, state):
-    def save(best: Best) -> None:
-        store.save_best(state.checkpoint, best, state.weights())
-
-    return save
 
 
 class EndOfRunExport:

@@ -76,6 +76,5 @@ def write_session_end(log_dir: str, succeeded: bool, **scalars) -> None:
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default(step=0):
         tf.summary.experimental.write_raw_pb(summary.session_end_pb(status).SerializeToString(), step=0)
-        for name, value in scalars.items():
-            tf.summary.scalar(name, value)
+    log_scalars(writer, 0, **scalars)
     writer.close()

@@ -255,11 +255,11 @@ class _Run:
                                        self.clock, say)
         self.diagnose = diagnostics.Diagnostics(log_dir, state.model, mean_loss, splits["validation"],
                                                 config.diagnostics and log_dir is not None)
-        self.validation = actions.Validation(state, splits["validation"], validation_writer,
-                                             actions.best_saver(save_to, state), best, config.early_stopping_patience,
-                                             config.eval_every, self.diagnose, say=self.log.message,
-                                             on_result=on_validation)
-        self.save = actions.checkpoint_saver(save_to, state, config.keep_checkpoints)
+        save_best = lambda best: save_to.save_best(state.checkpoint, best, state.weights())  # noqa: E731
+        self.validation = actions.Validation(state, splits["validation"], validation_writer, save_best, best,
+                                             config.early_stopping_patience, config.eval_every, self.diagnose,
+                                             say=self.log.message, on_result=on_validation)
+        self.save = lambda step: save_to.save(state.checkpoint, step, state.weights(), config.keep_checkpoints)
         self.export = None
 
     def actions(self, signalled) -> list[controller.Action]:

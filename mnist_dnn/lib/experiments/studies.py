@@ -46,40 +46,47 @@ def shown(url: str) -> str:
 
 
 def _engine_kwargs(url: str) -> dict:
-    if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}}  # several workers share the file: wait for its lock
+    if url.startswith("sqlite"):  # several workers share the file: wait for its lock; BEGIN is `open_storage`'s
+        return {"connect_args": {"timeout": 60, "isolation_level": None}}
     return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
 
 
 def open_storage(url: str):
     """The RDB storage, with heartbeats: a trial whose worker vanished is failed and queued again."""
     op = optuna()
+    import sqlalchemy.event
     import sqlalchemy.exc
 
     try:
-        return op.storages.RDBStorage(
+        storage = op.storages.RDBStorage(
             url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=search.HEARTBEAT_S,
             grace_period=search.GRACE_PERIOD_S,
             heartbeat_stale_trial_callback=op.storages.RetryHeartbeatStaleTrialCallback())
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         raise DataError(f"cannot open the study storage {shown(url)}: {first_line(e)}") from None
+    if url.startswith("sqlite"):
+        # Each transaction takes the write lock as it begins, so that Optuna's read-then-write steps are whole.
+        # pysqlite began it at the first write, after the read (and SQLite ignores SELECT ... FOR UPDATE): several
+        # workers read the same waiting (or stale) trial, and all took it, trained it in one folder, and failed.
+        sqlalchemy.event.listen(storage.engine, "begin", lambda c: c.exec_driver_sql("BEGIN IMMEDIATE"))
+    return storage
 
 
 def default_storage_exists(config: search.SearchConfig) -> bool:
     return os.path.isfile(os.path.join(config.root, roots.STUDY_FILE))
 
 
-def open_study(config: search.SearchConfig, description: dict, create: bool, sampler=None, pruner=None):
+def open_study(config: search.SearchConfig, description: dict, create: bool):
     """Loads the study (or creates it, when `create`), refusing one of another space or objective."""
     op = optuna()
     storage = open_storage(config.storage_url())
     try:
-        study = op.load_study(study_name=config.study_name, storage=storage, sampler=sampler, pruner=pruner)
+        study = op.load_study(study_name=config.study_name, storage=storage)
     except KeyError:
         if not create:
             raise DataError(f"the storage {shown(config.storage_url())} holds no study {config.study_name}") from None
         study = op.create_study(storage=storage, study_name=config.study_name, direction="maximize",
-                                sampler=sampler, pruner=pruner, load_if_exists=True)
+                                load_if_exists=True)
     stored = study.user_attrs.get("search")
     if stored is None and create:
         study.set_user_attr("search", description)
@@ -172,7 +179,6 @@ def is_search_root(root: str) -> bool:
 def load_from_root(root: str):
     stored = read_root(root)
     config = search.SearchConfig(root=root, study_name=stored["study_name"], storage=stored.get("storage"))
-    optuna()
     try:
         return optuna().load_study(study_name=config.study_name, storage=open_storage(config.storage_url()))
     except KeyError:

@@ -137,13 +137,15 @@ def _report_lost_workers(ckpt_dir: str):
         ) from None
 
 
-def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
+def train(config: TrainConfig, say=print, on_validation=None, stop_signals: list | None = None) -> TrainResult:
     """Trains (or resumes) until `config.max_steps`, checkpointing on the way.
 
     `say(line)` receives every line for the user: what trains, progress, validation, how the run
     ended; warnings start with `warning: `. `on_validation(step, metrics)`, if given, runs after each
     validation; when it returns True the run stops there as an early stop does (a checkpoint saved)
-    and the result says `pruned`.
+    and the result says `pruned`. SIGINT and SIGTERM stop the run (a checkpoint saved); with
+    `stop_signals`, a list that the caller's own handler fills, the run stops at its first entry instead,
+    even one that came before the run started.
     """
     config.validate()
     log_dir = config.log_dir or default_log_dir(config)
@@ -164,12 +166,12 @@ def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
         tf.config.experimental.enable_op_determinism()  # for the whole process
     if not distribute.is_chief(strategy):  # the other workers of a cluster save to a scratch folder, and log nothing
         with tempfile.TemporaryDirectory(prefix="mnist_dnn-worker-") as scratch:
-            return _run(config, strategy, splits, None, CheckpointStore(scratch), say, on_validation)
+            return _run(config, strategy, splits, None, CheckpointStore(scratch), say, on_validation, stop_signals)
     # The log folder is made by its first summary, once the run really starts: a refused run leaves none.
     os.makedirs(config.ckpt_dir, exist_ok=True)
     with run_dir.lock():
         run_dir.remove_leftovers()
-        return _run(config, strategy, splits, log_dir, run_dir, say, on_validation, run_id)
+        return _run(config, strategy, splits, log_dir, run_dir, say, on_validation, stop_signals, run_id)
 
 
 def _check_run_folder(config: TrainConfig, run_dir: RunDir) -> None:
@@ -202,7 +204,7 @@ def run_config(config: TrainConfig, run_id: str = "") -> RunConfig:
 
 
 def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: CheckpointStore, say,
-         on_validation=None, run_id: str = "") -> TrainResult:
+         on_validation=None, stop_signals=None, run_id: str = "") -> TrainResult:
     """The run itself; `save_to` is `config.ckpt_dir` except on a cluster's other workers."""
     state = build_state(config, strategy)
     chief_dir = RunDir(config.ckpt_dir)  # every worker resumes from the chief's checkpoints
@@ -223,7 +225,8 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ch
         graph = run.validation.predict_fn.get_concrete_function().graph
         summaries.write_run_summary(log_dir, hparams(config), graph, summaries.trial_id(log_dir, run_id))
     run.log.message(describe(config, strategy, start, log_dir))
-    with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received, contextlib.closing(run):
+    stopping = stop_on_signals() if stop_signals is None else contextlib.nullcontext(stop_signals)
+    with _report_lost_workers(config.ckpt_dir), stopping as received, contextlib.closing(run):
         end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
                              run.actions(lambda: bool(received)), lambda: bool(received) or run.validation.stop_requested)
     return run.finish(end, received[0] if received else None, resumed_from)

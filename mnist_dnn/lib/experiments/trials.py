@@ -87,19 +87,21 @@ class Stop:
     but never between failing a trial and queueing it again (`whole`)."""
 
     def __init__(self, parent: int):
-        self.parent, self.signals, self.deferring, self.whole = parent, [], False, False
+        self.parent, self.signals, self.deferring, self.whole, self.orphaned = parent, [], False, False, None
 
     def __call__(self, signum, frame):
         self.signals.append(signum)
         if not self.deferring:
             os._exit(128 + signum)  # noqa: SLF001
         if os.getppid() != self.parent:
-            threading.Timer(ORPHAN_EXIT_S, self._end, (128 + signum,)).start()
+            self.orphaned = time.monotonic()
 
-    def _end(self, code: int) -> None:
-        while self.whole:
+    def watch(self) -> None:
+        """In a thread of its own, started before any signal: the handler may not start one (that takes a lock
+        which the code it cut may hold)."""
+        while self.orphaned is None or time.monotonic() < self.orphaned + ORPHAN_EXIT_S or self.whole:
             time.sleep(0.05)
-        os._exit(code)  # noqa: SLF001
+        os._exit(128 + self.signals[0])  # noqa: SLF001
 
     @contextlib.contextmanager
     def deferred(self, whole: bool = False):
@@ -115,6 +117,7 @@ def _worker_main(plan: Plan, index: int, parent: int) -> None:
     for s in processes.STOP_SIGNALS:
         signal.signal(s, stop)
     processes.die_with_parent()  # the trial saves and is queued again if the search dies, even by SIGKILL
+    threading.Thread(target=stop.watch, daemon=True).start()
     if os.getppid() != parent:  # it died before that
         os._exit(128 + signal.SIGTERM)  # noqa: SLF001
     signal.pthread_sigmask(signal.SIG_UNBLOCK, processes.STOP_SIGNALS)

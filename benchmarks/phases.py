@@ -67,17 +67,17 @@ def instrument():
     with phase("import tensorflow"):
         import tensorflow  # noqa: F401
     with phase("import the tool (keras, tfds, tensorboard, mnist_dnn)"):
-        from mnist_dnn import train
-        from mnist_dnn.lib.core import data, evaluation, run_dir
-        from mnist_dnn.lib.trainer import actions, diagnostics, steps, training
+        import mnist_dnn.train as train  # the tool module (`from mnist_dnn import train` is the API function)
+        from mnist_dnn.lib.core import checkpoint_store, data, evaluation
+        from mnist_dnn.lib.trainer import actions, diagnostics, steps, summaries, training
     wrap(data, "load_splits", "data: load splits")
     wrap(training, "build_state", "model + optimizer build")
-    wrap(run_dir.RunDir, "restore_newest", "restore check")
-    wrap(actions, "write_run_summary", "TensorBoard hparams + graph (traces predict)")
+    wrap(checkpoint_store.CheckpointStore, "restore_newest", "restore check")
+    wrap(summaries, "write_run_summary", "TensorBoard hparams + graph (traces predict)")
     wrap(evaluation, "evaluate_split", "validation: score 5,000 images")
     wrap(diagnostics.Diagnostics, "write", "validation: diagnostics")
-    wrap(run_dir.RunDir, "save_best", "validation: best checkpoint")
-    wrap(run_dir.RunDir, "save", "checkpoint saves")
+    wrap(checkpoint_store.CheckpointStore, "save_best", "validation: best checkpoint")
+    wrap(checkpoint_store.CheckpointStore, "save", "checkpoint saves")
     wrap(actions.TrainingLog, "__call__", "progress + train summaries")
     wrap_runner(steps)
     return train

@@ -56,7 +56,7 @@ TASKS = {"small": SMALL, "large": LARGE}  # each: throughput, then time to targe
 def fast_setting():
     """configs/fast.cfg's model and hyperparameters, read as mnist_dnn.train reads them."""
     from absl import flags
-    from mnist_dnn import train  # noqa: F401 (defines the training flags)
+    import mnist_dnn.train  # noqa: F401 (the tool module: defines the training flags)
     from mnist_dnn.cli import app as cli
     from mnist_dnn.lib.config import TrainConfig
     flags.FLAGS(["speed", f"--flagfile={FAST_CONFIG}"])

@@ -8,7 +8,8 @@ The Python API (docs/python.md), without flags:
     print(mnist_dnn.evaluate("runs/cnn")["test"]["accuracy"])
     classify = mnist_dnn.load_exported(mnist_dnn.export("runs/cnn", "exports/cnn"))
 
-The names load lazily: importing the package, or any module of it, costs no TensorFlow import and
+`mnist_dnn.train`, `.evaluate` and `.export` are these functions; the tools of the same names are the
+modules run with `python -m` (in a program: `import mnist_dnn.train as train_tool`). The names load lazily: importing the package, or any module of it, costs no TensorFlow import and
 leaves the process as it was (the tools' quiet start-up runs in `cli.app.run`, when a tool starts).
 """
 

@@ -32,7 +32,7 @@ from absl import flags
 
 from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import files
-from mnist_dnn.lib.experiments import search, studies, sweeps, trials
+from mnist_dnn.lib.experiments import roots, search, studies, sweeps, trials
 from mnist_dnn.lib.config import ConfigError, TrainConfig
 from mnist_dnn.lib.errors import Error
 
@@ -55,8 +55,9 @@ def check_root(config: search.SearchConfig) -> None:
     if studies.is_search_root(config.root):
         stored = studies.read_root(config.root)
         if stored != {"study_name": config.study_name, "storage": config.storage}:
+            where = studies.shown(stored.get("storage") or f"its {roots.STUDY_FILE}")
             raise ConfigError("root", f"{config.root} holds the trials of another study ({stored['study_name']} in "
-                              f"{studies.shown(stored.get('storage') or 'its study.db')}); pass another --root")
+                              f"{where}); pass another --root")
 
 
 def open_study(config: search.SearchConfig, space) -> None:

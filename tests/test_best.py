@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from mnist_dnn.lib.core import checkpoints, evaluation
 from mnist_dnn.lib.trainer import training
-from mnist_dnn.lib.core.run_dir import Best, RunDir
+from mnist_dnn.lib.core.checkpoint_store import Best
+from mnist_dnn.lib.core.run_dir import RunDir
 from mnist_dnn.lib.errors import CheckpointError
 from conftest import tiny_config
 

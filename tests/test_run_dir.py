@@ -11,7 +11,8 @@ import tensorflow as tf
 from mnist_dnn.lib.trainer import training
 from mnist_dnn.lib.config import DataConfig, ModelConfig, TrainConfig
 from mnist_dnn.lib.errors import CheckpointError, TrainingError, UsageError
-from mnist_dnn.lib.core.run_dir import Best, RunConfig, RunDir
+from mnist_dnn.lib.core.checkpoint_store import Best
+from mnist_dnn.lib.core.run_dir import RunConfig, RunDir
 
 SMALL = TrainConfig(model=ModelConfig("dense", (8,)))
 

@@ -4,12 +4,14 @@ Fast tier: in process, on the tiny synthetic data. Slow tier: the tool in subpro
 MNIST (a SIGKILLed search resumed, two searches sharing a root) and a real PostgreSQL server.
 """
 
+import contextlib
 import csv
 import dataclasses
 import glob
 import json
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -17,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import optuna
@@ -27,7 +30,8 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from conftest import ROOT, hparams, scalars, tiny_config
-from test_sweep import lock_is_free, wait_for
+from test_sweep import wait_for
+from mnist_dnn.lib.core import evaluation
 from mnist_dnn.lib.experiments import reports, search, studies, trials
 from mnist_dnn.lib.config import ConfigError, ModelConfig
 from mnist_dnn.lib.core.run_dir import RunDir
@@ -223,12 +227,12 @@ def test_each_trial_trains_the_model_and_widths_its_params_name(tiny_data, tmp_p
     """A space over --model: the model built for each trial (RawDNN or Keras' Sequential, its kernels' shapes) is
     the one the trial's params in the study name; the training itself is replaced by that build."""
     from mnist_dnn.lib.core import models
-    from mnist_dnn.lib.core.run_dir import Best
+    from mnist_dnn.lib.core.checkpoint_store import Best
     from mnist_dnn.lib.trainer import training
 
     built = {}
 
-    def build_instead_of_training(config, say, on_validation):
+    def build_instead_of_training(config, say, on_validation, **unused):
         model = models.create_model(config.model)
         kernels = [tuple(v.shape) for v in model.trainable_variables if len(v.shape) == 2]
         built[os.path.dirname(config.ckpt_dir)] = (isinstance(model, models.RawDNN), model.name, kernels)
@@ -331,12 +335,13 @@ def killed_then_shared(real_data, tmp_path_factory):
                     f"--nodiagnostics\n--data_dir={real_data.data_dir}\n--trials=6\n--workers=2\n--search_seed=0\n")
     env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
     with open(tmp / "first.log", "w") as log:
-        first = subprocess.Popen(search_command(base, root), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(search_command(base, root), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
         wait_for(lambda: any(root.glob("trial-*/ckpt/checkpoint")) or first.poll() is not None, timeout=300)
         first.send_signal(signal.SIGKILL)
         first.wait()
-    for ckpt in root.glob("trial-*/ckpt"):
-        wait_for(lambda: lock_is_free(str(ckpt)))  # the orphaned workers got SIGTERM, saved and stopped
+    # The orphaned workers got SIGTERM, saved and stopped: every one, not only those that had a ckpt/ by then.
+    wait_for(lambda: not session_processes(first.pid), timeout=10)
     after_kill = [(t.number, t.state.name, t.user_attrs.get("folder")) for t in trial_states(root)]
     checkpoints = {ckpt.parent.name: RunDir(str(ckpt)).steps() for ckpt in root.glob("trial-*/ckpt")}
     both = [subprocess.Popen(search_command(base, root), cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -433,3 +438,166 @@ def test_two_roots_share_one_study_on_postgresql(postgres, tiny_data, tmp_path):
     assert json.loads((tmp_path / "b" / "search.json").read_text())["storage"] == postgres
     with open(tmp_path / "b" / "report.csv") as f:
         assert [r["trial"] for r in csv.DictReader(f)] == ["trial-0002"]  # each root reports its own trials
+
+
+# The one waiting trial of a study (a trial queued again) asked for by four processes at the same moment: one takes
+# it. SQLite's transactions began at their first write, after the read, so several took it and trained it in one
+# folder; one of them then failed (`another training run is using ...`), and the other exited 1 when it reported to
+# the trial the first had failed. (The intermittent failure of the killed-search test above.)
+POP_WAITING = """
+import os, sys, time
+from mnist_dnn.lib.experiments import studies
+url, folder, rounds, me = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+storage = studies.open_storage(url)
+for r in range(rounds):
+    study = studies.optuna().load_study(study_name=f"race-{r}", storage=storage)
+    open(os.path.join(folder, f"ready-{r}-{me}"), "w").close()
+    while not os.path.exists(os.path.join(folder, f"go-{r}")):
+        time.sleep(0.0002)
+    print(r, study._pop_waiting_trial_id() is not None, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_one_waiting_trial_asked_for_by_four_processes_at_once_goes_to_one(tmp_path):
+    url, rounds = f"sqlite:///{tmp_path / 'study.db'}", 20
+    for r in range(rounds):
+        optuna.create_study(study_name=f"race-{r}", storage=studies.open_storage(url)).enqueue_trial({})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    askers = [subprocess.Popen([sys.executable, "-c", POP_WAITING, url, str(tmp_path), str(rounds), str(i)], env=env,
+                               stdout=subprocess.PIPE, text=True) for i in range(4)]
+    for r in range(rounds):
+        wait_for(lambda: len(list(tmp_path.glob(f"ready-{r}-*"))) == 4, timeout=120)
+        (tmp_path / f"go-{r}").touch()
+    taken = [line.split() for asker in askers for line in asker.communicate(timeout=120)[0].splitlines()]
+    assert sorted(int(r) for r, took in taken if took == "True") == list(range(rounds))
+
+
+# --- A search SIGKILLed at random moments, ten times, then run to its end (issue 37). ---
+
+KILLS, KILL_TRIALS, KILL_STEPS = 10, 6, 40
+
+
+def session_processes(sid: int) -> list[str]:
+    """The live processes of session `sid` (a search started in a session of its own, and all it started)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if os.getsid(int(pid)) == sid and state != "Z":
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{pid} {command[:150]}")
+        except (OSError, IndexError):  # ended in between
+            continue
+    return found
+
+
+# When to kill, after a random delay of up to 1.5 s: since the start (the search or its workers starting,
+# importing), or since a worker's line that a trial started (training, saving) or ended (the study written).
+MOMENTS = {"start": None, "trial start": re.compile(r"\] trial \d+ (starting|resuming) in"),
+           "trial end": re.compile(r"\] trial \d+ (complete|pruned)")}
+
+
+def kill_at_random_moments(base, root, env, log_path) -> None:
+    """Starts the search KILLS times and SIGKILLs it at a random moment; 5 s after each kill none of its processes
+    may be left, and none may have printed a traceback."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    for attempt in range(KILLS):
+        moment, delay = rng.choice(list(MOMENTS)), rng.uniform(0, 1.5)
+        with open(log_path, "ab") as log:
+            log.write(f"=== attempt {attempt} (seed {seed}): kill {delay:.1f} s after {moment}\n".encode())
+            log.flush()
+            start = log.tell()
+            search_ = subprocess.Popen(search_command(base, root), cwd=ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        said = lambda: log_path.read_bytes()[start:].decode(errors="replace")  # noqa: E731
+        wait_for(lambda: search_.poll() is not None or moment == "start" or MOMENTS[moment].search(said()), 300)
+        time.sleep(delay)
+        search_.kill()
+        search_.wait()
+        deadline = time.monotonic() + 5
+        while session_processes(search_.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = session_processes(search_.pid)
+        for pid in (int(p.split()[0]) for p in left):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert not left, f"attempt {attempt} (seed {seed}), 5 s after the kill:\n" + "\n".join(left)
+        assert "Traceback" not in said() and "Exception ignored" not in said(), said()[-3000:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_as_the_workers_start_ends_the_search_without_a_traceback(tiny_data, tmp_path):
+    """The search starts its workers with SIGINT and SIGTERM blocked until their handler is in place: a Ctrl-C
+    (SIGINT to the terminal's process group) while they start printed KeyboardInterrupt tracebacks."""
+    base = tmp_path / "base.cfg"
+    base.write_text(f"--hidden_units=16\n--max_steps=30\n--nojit_compile\n--data_dir={tiny_data.data_dir}\n"
+                    "--trials=2\n--workers=2\n")
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
+    search_ = subprocess.Popen(search_command(base, tmp_path / "root"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    while not any("worker process(es)" in line for line in lines):
+        lines.append(search_.stdout.readline())
+        assert lines[-1], "".join(lines)
+    os.killpg(search_.pid, signal.SIGINT)
+    output = "".join(lines) + search_.communicate(timeout=120)[0]
+    assert search_.returncode == 1 and "error: interrupted" in output, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    wait_for(lambda: not session_processes(search_.pid), timeout=10)
+
+
+def killed_ten_times(tiny_data, tmp_path, storage=None):
+    base, root = tmp_path / "base.cfg", tmp_path / "root"
+    base.write_text(f"--hidden_units=16\n--max_steps={KILL_STEPS}\n--eval_every=20\n--log_every=10\n"
+                    "--checkpoint_every=10\n--batch_size=64\n--nodiagnostics\n--nojit_compile\n"
+                    f"--data_dir={tiny_data.data_dir}\n--trials={KILL_TRIALS}\n--workers=2\n--search_seed=0\n"
+                    + (f"--storage={storage}\n--study_name=killed\n" if storage else ""))
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
+    kill_at_random_moments(base, root, env, tmp_path / "killed.log")
+    end = subprocess.run(search_command(base, root), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert end.returncode == 0, end.stdout[-3000:] + end.stderr[-3000:]
+    check_whole(root, tiny_data, end.stdout, tmp_path, env)
+
+
+def check_whole(root, tiny_data, output, tmp_path, env):
+    """The study reads; --trials counted once each, none lost; every trial's folder evaluates; the best exports."""
+    trials_ = studies.load_from_root(str(root)).get_trials()
+    counted = [t for t in trials_ if studies.counts_toward_total(t)]
+    assert [t.state.name for t in counted] == ["COMPLETE"] * KILL_TRIALS, states_of(trials_)
+    assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials_), states_of(trials_)  # none running or waiting
+    folders = [t.user_attrs["folder"] for t in counted]
+    assert len(set(folders)) == KILL_TRIALS, states_of(trials_)  # no trial counted twice
+    assert sorted(p.name for p in root.glob("trial-*")) == sorted(folders), states_of(trials_)  # none lost
+    retried = {n for t in trials_ for n in t.system_attrs.get("retry_history", [])}
+    stopped = [t.number for t in trials_ if t.state.name == "FAIL" and not t.user_attrs.get("surplus")]
+    assert set(stopped) <= retried, states_of(trials_)  # each interrupted trial was queued again
+    for trial in counted:
+        folder = root / trial.user_attrs["folder"]
+        assert TrainResult.from_json((folder / "result.json").read_text()).step == KILL_STEPS
+        report = evaluation.evaluate_checkpoint(str(folder / "ckpt"), data_dir=tiny_data.data_dir)
+        assert report["step"] == KILL_STEPS and 0 < report["test"]["accuracy"] <= 1
+    best = max(counted, key=lambda t: t.value)
+    named = re.search(r"^Best trial: (\d+) in (\S+) ", output, re.M)
+    assert named and int(named[1]) == best.number and named[2] == str(root / best.user_attrs["folder"]), output
+    exported = subprocess.run([sys.executable, "-m", "mnist_dnn.export", f"--ckpt_dir={named[2]}/ckpt", "--which=best",
+                               f"--export_dir={tmp_path / 'export'}"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert exported.returncode == 0 and (tmp_path / "export" / "1" / "saved_model.pb").is_file(), exported.stderr
+
+
+def states_of(trials_):
+    return [(t.number, t.state.name, t.user_attrs.get("folder"), t.system_attrs.get("retry_history")) for t in trials_]
+
+
+@pytest.mark.slow
+def test_a_search_killed_ten_times_at_random_moments_leaves_no_worker_and_ends_whole(tiny_data, tmp_path):
+    killed_ten_times(tiny_data, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_search_on_postgresql_killed_ten_times_leaves_no_worker_and_ends_whole(postgres, tiny_data, tmp_path):
+    killed_ten_times(tiny_data, tmp_path, storage=postgres)

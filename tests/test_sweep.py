@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, assert_one_line_error, copy_run, hparams, run_cli, scalars, synthetic_split, tiny_config
 from mnist_dnn.lib.core import data, evaluation
-from mnist_dnn.lib.experiments import reports, sweeps
+from mnist_dnn.lib.experiments import reports, roots, sweeps
 from mnist_dnn.lib.trainer import diagnostics, training
 from mnist_dnn.lib.core.run_dir import RunDir
 from mnist_dnn.lib.errors import UsageError
@@ -352,7 +352,7 @@ def test_a_run_held_by_another_sweep_is_skipped_as_busy_and_nothing_starts(tmp_p
     runs = [sweeps.Run("a=1", {"a": "1"}, ("--a=1",)), sweeps.Run("a=2", {"a": "2"}, ("--a=2",))]
     held = []
     for run in runs:
-        folder = sweeps.run_dir(str(tmp_path), run.name)
+        folder = roots.run_dir(str(tmp_path), run.name)
         os.makedirs(folder)
         held.append(os.open(folder, os.O_RDONLY))
         fcntl.flock(held[-1], fcntl.LOCK_EX)  # as the other sweep holds it

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, call_tool, copy_run, folder_hashes, hparams, run_cli, scalars, tiny_config
 from mnist_dnn.lib.core import data, models
-from mnist_dnn.lib.trainer import actions, steps, training
+from mnist_dnn.lib.core.checkpoint_store import CheckpointStore
+from mnist_dnn.lib.trainer import actions, steps, summaries, training
 from mnist_dnn.lib.config import ModelConfig
 from mnist_dnn.lib.errors import UsageError
 from mnist_dnn.lib.core.run_dir import RunDir
@@ -80,9 +81,9 @@ def test_examples_per_second_and_the_eta_leave_out_validation_and_saving(tiny_da
             now[0] += seconds(*args)
         return run
 
-    make_runner, checkpoint_saver, validate = steps.make_runner, actions.checkpoint_saver, actions.Validation.__call__
+    make_runner, save, validate = steps.make_runner, CheckpointStore.save, actions.Validation.__call__
     monkeypatch.setattr(steps, "make_runner", lambda *a, **k: taking(lambda num_steps: num_steps, make_runner(*a, **k)))
-    monkeypatch.setattr(actions, "checkpoint_saver", lambda *a: taking(lambda step: 50, checkpoint_saver(*a)))
+    monkeypatch.setattr(CheckpointStore, "save", taking(lambda *args: 50, save))
     monkeypatch.setattr(actions.Validation, "__call__", taking(lambda self, step: 100, validate))
     lines = []
     result = training.train(tiny_config(tiny_data, tmp_path, max_steps=30), say=lines.append)
@@ -280,7 +281,7 @@ def test_runs_of_the_same_settings_log_into_their_own_run_folders_and_a_resume_a
     logs = {name: tmp_path / name / "ckpt" / "logs" for name in ("a", "b")}
     assert sorted(scalars(logs["a"] / "validation", "accuracy")) == [10, 20, 30]
     assert sorted(scalars(logs["b"] / "validation", "accuracy")) == [10, 20]
-    trials = {name: actions.logged_trials(str(folder)) for name, folder in logs.items()}
+    trials = {name: summaries.logged_trials(str(folder)) for name, folder in logs.items()}
     assert len(trials["a"]) == 2 and len(set(trials["a"])) == 1  # the start and the resume: one trial
     assert trials["b"][0] != trials["a"][0] and trials["b"][0].startswith("ckpt (")
     assert not (tmp_path / "logs").exists() and not os.path.exists("logs/dense-32-adam-0.001-b64")

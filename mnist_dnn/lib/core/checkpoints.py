@@ -21,7 +21,8 @@ from mnist_dnn.lib import files
 from mnist_dnn.lib.core import export_dir
 from mnist_dnn.lib.errors import CheckpointError, UsageError, first_line
 from mnist_dnn.lib.core.models import create_model
-from mnist_dnn.lib.core.run_dir import RESTORE_ERRORS, WHICH, RunConfig, RunDir
+from mnist_dnn.lib.core.checkpoint_store import RESTORE_ERRORS, CheckpointStore
+from mnist_dnn.lib.core.run_dir import WHICH, RunConfig, RunDir
 
 
 def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest") -> str:
@@ -39,8 +40,8 @@ def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str 
     files.check_link("ckpt_dir", ckpt_dir, "point it at a run folder")
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"`ckpt_dir` {ckpt_dir} does not exist; train first or point it at a run folder")
-    run = RunDir(ckpt_dir)
-    path = run.latest() if which == "latest" else run.best_checkpoint()
+    store = CheckpointStore(ckpt_dir)
+    path = store.latest() if which == "latest" else store.best_checkpoint()
     exported = None if path else export_dir.exported_model(ckpt_dir)
     if exported:
         raise UsageError(f"`ckpt_dir` {ckpt_dir} holds {exported}: an export, not a training run's folder; read it "

@@ -7,37 +7,24 @@
     best/                    the checkpoint of the best validation accuracy, and best.json
     logs/                    TensorBoard's events, unless --log_dir puts them elsewhere (`LOGS_DIR`)
 
-Checkpoints are found from their own files, so a missing, empty or garbled state file loses
-nothing. A checkpoint file that exists is never written over, and no checkpoint is written
-whose weights are not all finite.
+Its checkpoints are a `CheckpointStore`'s (found, written, linked, pruned); a `RunDir` adds what
+the run was trained as, the rules for resuming it, and its lock.
 """
 
 import contextlib
 import dataclasses
-import glob
 import json
 import os
-import re
-import shutil
 import uuid
-
-import numpy as np
-import tensorflow as tf
 
 from mnist_dnn.lib import files
 from mnist_dnn.lib.config import WHICH, ModelConfig  # noqa: F401 (WHICH: part of this module's API)
-from mnist_dnn.lib.errors import BusyError, CheckpointError, TrainingError, UsageError, first_line
+from mnist_dnn.lib.core.checkpoint_store import BEST_DIR, CheckpointStore
+from mnist_dnn.lib.errors import BusyError, CheckpointError, UsageError
 
 CONFIG_FILE = "model_config.json"
-CHECKPOINT_NAME = "model.ckpt"
-STATE_FILE = "checkpoint"
-BEST_DIR = "best"
-BEST_FILE = "best.json"
 LOGS_DIR = "logs"  # the default TensorBoard folder of a run, inside it
 RESERVED = (BEST_DIR, LOGS_DIR)  # names inside a run folder that are the run's own, never another run's folder
-# What restoring a damaged or mismatched checkpoint raises (a truncated file: IndexError).
-RESTORE_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError)
-_INDEX = re.compile(re.escape(CHECKPOINT_NAME) + r"-(\d+)\.index$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,185 +67,18 @@ class RunConfig:
         return f"{self.model.name} {self.model.widths()} on {self.dataset}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Best:
-    """The checkpoint with the best validation accuracy so far (`best/best.json`)."""
-
-    step: int
-    loss: float
-    accuracy: float
-
-
-def checkpoint_step(path: str) -> int:
-    """The global step in a checkpoint's name, as in `model.ckpt-1000`."""
-    return int(path.rsplit("-", 1)[1])
-
-
-def all_finite(variables) -> bool:
-    values = [np.asarray(v) for v in variables]
-    return all(np.isfinite(value).all() for value in values if np.issubdtype(value.dtype, np.floating))
-
-
-class RunDir:
-    """One run folder: checkpoints, best/, model_config.json, the lock."""
+class RunDir(CheckpointStore):
+    """One run folder: its checkpoints and best/ (a CheckpointStore), model_config.json, the resume rules, the lock."""
 
     def __init__(self, path: str):
-        self.path = path
+        super().__init__(path)
         self.config_path = os.path.join(path, CONFIG_FILE)
-        self.best_dir = os.path.join(path, BEST_DIR)
-        self._best_written = None  # the step of the best checkpoint this object wrote, if any
 
     @classmethod
     def of_checkpoint(cls, checkpoint_path: str) -> "RunDir":
         """The folder whose model_config.json describes a checkpoint: its own, or for `best/` its parent."""
         folder = os.path.dirname(checkpoint_path) or "."
         return cls(os.path.dirname(folder) or "." if os.path.basename(folder) == BEST_DIR else folder)
-
-    # --- checkpoints ------------------------------------------------------------------------
-
-    def steps(self, folder: str | None = None) -> list[int]:
-        """Steps of the complete checkpoints (index and every data shard present), ascending."""
-        folder = folder or self.path
-        found = []
-        for index in glob.glob(os.path.join(glob.escape(folder), f"{CHECKPOINT_NAME}-*.index")):
-            match = _INDEX.search(os.path.basename(index))
-            if match and _has_all_shards(index[: -len(".index")]):
-                found.append(int(match.group(1)))
-        return sorted(found)
-
-    def checkpoint_path(self, step: int, folder: str | None = None) -> str:
-        return os.path.join(folder or self.path, f"{CHECKPOINT_NAME}-{step}")
-
-    def latest(self) -> str | None:
-        steps = self.steps() if os.path.isdir(self.path) else []
-        return self.checkpoint_path(steps[-1]) if steps else None
-
-    def restore_newest(self, checkpoint: tf.train.Checkpoint, set_aside: bool = False, say=print) -> str | None:
-        """Restores the newest checkpoint that reads back whole into `checkpoint`; None if there is none.
-
-        Each must match what the run builds, variable for variable (`assert_consumed`): a
-        checkpoint of another structure is skipped (and if none restores, the run stops rather
-        than train on a half-restored state). A damaged one is skipped too, and with `set_aside`
-        (the trainer that owns the folder) renamed `model.ckpt-<step>-damaged`, kept for a look
-        but out of the way of the save that will reach its step again; if none restores, nothing is
-        renamed. Restoring replaces
-        initialization: nothing may re-initialize afterwards. A skipped checkpoint is told to
-        `say` as a line starting `warning: `.
-        """
-        steps = self.steps() if os.path.isdir(self.path) else []
-        damaged = []  # (path, why)
-        for step in reversed(steps):
-            path = self.checkpoint_path(step)
-            try:
-                checkpoint.restore(path).assert_consumed()
-            except AssertionError:
-                say(f"warning: skipping {path}: it does not match this run's model and optimizer")
-                continue
-            except RESTORE_ERRORS as e:
-                damaged.append((path, first_line(e)))
-                continue
-            _skip_damaged(damaged, set_aside, say)
-            return path
-        _skip_damaged(damaged, False, say)  # a refused run changes nothing
-        if steps:
-            raise _none_restores(self.path, len(steps), len(damaged))
-        return None
-
-    def save(self, checkpoint: tf.train.Checkpoint, step: int, weights, keep: int) -> str:
-        """Writes `model.ckpt-<step>`, then forgets all but the newest `keep`. Never overwrites."""
-        if not self._link_best(step):
-            self._write(checkpoint, step, weights, self.path)
-        steps = self.steps()
-        self._write_state_file(steps[-keep:])
-        for old in steps[:-keep]:
-            _remove_checkpoint(self.checkpoint_path(old))
-        return self.checkpoint_path(step)
-
-    def _write(self, checkpoint, step: int, weights, folder: str) -> str:
-        path = self.checkpoint_path(step, folder)
-        if os.path.exists(path + ".index"):
-            raise CheckpointError(f"{path} exists already and is never written over; pass another `ckpt_dir`")
-        if not all_finite(weights):
-            raise TrainingError(f"the weights at step {step} are not all finite, so they were not saved; "
-                                f"last good checkpoint: {self.latest() or 'none'}. Lower `learning_rate`")
-        checkpoint.save_counter  # noqa: B018 (creates it, so it is written too: restoring expects it)
-        try:
-            return checkpoint.write(path)
-        except (OSError, tf.errors.OpError) as e:
-            _remove_temporary(path)
-            raise CheckpointError(f"cannot write a checkpoint to {folder}: {first_line(e)}; free some space or fix "
-                                  "its permissions, then resume (earlier checkpoints are intact)") from None
-
-    def _write_state_file(self, steps: list[int]) -> None:
-        names = [f"{CHECKPOINT_NAME}-{s}" for s in steps]
-        lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
-        files.write_text(os.path.join(self.path, STATE_FILE), "\n".join(lines) + "\n")
-
-    def remove_leftovers(self) -> None:
-        """Removes the temporary folders of a save that a crash or a full disk interrupted."""
-        for leftover in glob.glob(os.path.join(glob.escape(self.path), f"{CHECKPOINT_NAME}-*_temp*")):
-            shutil.rmtree(leftover, ignore_errors=True) if os.path.isdir(leftover) else os.remove(leftover)
-
-    # --- the best checkpoint ----------------------------------------------------------------
-
-    def read_best(self) -> Best | None:
-        """The recorded best of the folder, or None if it has none yet."""
-        path = os.path.join(self.best_dir, BEST_FILE)
-        try:
-            with open(path) as f:
-                fields = json.load(f)
-            return Best(int(fields["step"]), float(fields["validation"]["loss"]), float(fields["validation"]["accuracy"]))
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path} is malformed ({e}); delete {self.best_dir} to start the best over") from None
-
-    def save_best(self, checkpoint: tf.train.Checkpoint, best: Best, weights) -> None:
-        """Keeps one checkpoint in best/: the new one, then best.json naming it, then the old one goes."""
-        os.makedirs(self.best_dir, exist_ok=True)
-        older = self.steps(self.best_dir)
-        if best.step not in older:
-            self._write(checkpoint, best.step, weights, self.best_dir)
-            self._best_written = best.step
-        files.write_json(os.path.join(self.best_dir, BEST_FILE),
-                         {"step": best.step, "validation": {"loss": best.loss, "accuracy": best.accuracy}})
-        for step in older:
-            if step != best.step:
-                _remove_checkpoint(self.checkpoint_path(step, self.best_dir))
-
-    def _link_best(self, step: int) -> bool:
-        """Hard-links the best checkpoint of `step` into the run folder instead of writing the
-        same state again (validation keeps the best, then the periodic save of its step comes).
-
-        Only a best checkpoint this object wrote: the state in memory now, not one of an earlier
-        run that reached the same step on another path. Safe because checkpoint files are never
-        written over: each name keeps its content whatever happens to the other (pruned, set
-        aside). False, and nothing changed, if there is none to link or the run folder has files
-        of that name.
-        """
-        source, target = self.checkpoint_path(step, self.best_dir), self.checkpoint_path(step)
-        if (self._best_written != step or step not in self.steps(self.best_dir)
-                or glob.glob(glob.escape(target) + ".*")):
-            return False
-        linked = []
-        try:
-            for path in _checkpoint_files(source):
-                linked.append(target + path[len(source):])
-                os.link(path, linked[-1])
-        except OSError:  # a file system without hard links: written instead
-            for path in linked:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-            return False
-        return True
-
-    def best_checkpoint(self) -> str | None:
-        best = self.read_best()
-        if best is None or not os.path.isdir(self.best_dir) or best.step not in self.steps(self.best_dir):
-            return None
-        return self.checkpoint_path(best.step, self.best_dir)
-
-    # --- configuration and resume rules ------------------------------------------------------
 
     def load_config(self) -> RunConfig:
         try:
@@ -332,52 +152,5 @@ class RunDir:
             os.close(folder)
 
 
-def _skip_damaged(damaged: list[tuple[str, str]], set_aside: bool, say) -> None:
-    for path, why in damaged:
-        aside = _set_aside(path) if set_aside else "left in place"
-        say(f"warning: skipping {path}: it is damaged ({why}); {aside}")
-
-
-def _none_restores(folder: str, count: int, damaged: int) -> CheckpointError:
-    """Why no checkpoint of `folder` restored: damage, another structure, or both."""
-    fix = "pass another `ckpt_dir`, or move them away to start over"
-    if damaged == count:
-        what = f"the one checkpoint in {folder} is" if count == 1 else f"all {count} checkpoints in {folder} are"
-        return CheckpointError(f"{what} damaged; {fix}")
-    return CheckpointError(f"none of the {count} checkpoints in {folder} restores: {count - damaged} do not match "
-                           f"this run's model and optimizer{f' and {damaged} are damaged' if damaged else ''}; {fix}")
-
-
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def _has_all_shards(prefix: str) -> bool:
-    shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
-    if not shards:
-        return False
-    total = int(shards[0].rsplit("-of-", 1)[1])
-    return len(shards) == total
-
-
-def _checkpoint_files(prefix: str) -> list[str]:
-    """The data shards, then the index (written last, so a checkpoint counts once it is there)."""
-    return glob.glob(glob.escape(prefix) + ".data-*") + glob.glob(glob.escape(prefix) + ".index")
-
-
-def _remove_checkpoint(prefix: str) -> None:
-    for path in _checkpoint_files(prefix):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-
-
-def _set_aside(prefix: str) -> str:
-    """Renames a damaged checkpoint's files to `<prefix>-damaged.*`; says where they went."""
-    for path in _checkpoint_files(prefix):
-        os.replace(path, prefix + "-damaged" + path[len(prefix):])
-    return f"moved aside to {os.path.basename(prefix)}-damaged"
-
-
-def _remove_temporary(prefix: str) -> None:
-    for leftover in glob.glob(glob.escape(prefix) + "_temp*"):
-        shutil.rmtree(leftover, ignore_errors=True)

@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from mnist_dnn.lib import files
 from mnist_dnn.lib.core import data, evaluation
-from mnist_dnn.lib.experiments import studies, sweeps
-from mnist_dnn.lib.core.run_dir import RunDir
+from mnist_dnn.lib.experiments import roots, studies, sweeps
+from mnist_dnn.lib.core.checkpoint_store import CheckpointStore
 
 PLOTS_HEIGHT = 4.2  # inches of report.png above the legend
 LEGEND_MARGIN = 0.2  # inches around the legend (constrained layout's padding)
@@ -39,34 +39,24 @@ class Row:
     resumed_from_step: int | None = None
 
 
-def _latest_step(ckpt_dir: str) -> int | None:
-    steps = RunDir(ckpt_dir).steps()
-    return steps[-1] if steps else None
-
-
 def collect_row(root: str, name: str, params: dict, data_dir=None, idx_dir=None, load_splits=data.load_splits,
                 status: str | None = None) -> Row:
     """The run's row; `status` (a search trial's state) replaces the one its folder tells."""
-    row = _folder_row(root, name, params, data_dir, idx_dir, load_splits)
-    return dataclasses.replace(row, status=status) if status else row
-
-
-def _folder_row(root: str, name: str, params: dict, data_dir, idx_dir, load_splits) -> Row:
-    folder = sweeps.run_dir(root, name)
-    ckpt_dir = os.path.join(folder, "ckpt")
-    done_path = os.path.join(folder, sweeps.DONE_FILE)
+    folder = roots.run_dir(root, name)
+    ckpt_dir = os.path.join(folder, roots.CKPT_DIR)
+    done_path = os.path.join(folder, roots.DONE_FILE)
     if not os.path.isdir(ckpt_dir):
-        return Row(name, params, "not started")
-    best = RunDir(ckpt_dir).read_best()
+        return Row(name, params, status or "not started")
+    best = CheckpointStore(ckpt_dir).read_best()
     test_accuracy = None
     if best is not None:
         test_accuracy = evaluation.evaluate_checkpoint(ckpt_dir, data_dir=data_dir, idx_dir=idx_dir, which="best",
                                                        load_splits=load_splits)["test"]["accuracy"]
     fields = dict(best_accuracy=best and best.accuracy, best_step=best and best.step, test_accuracy=test_accuracy)
     if not os.path.exists(done_path):
-        return Row(name, params, "unfinished", _latest_step(ckpt_dir), **fields)
+        return Row(name, params, status or "unfinished", (CheckpointStore(ckpt_dir).steps() or [None])[-1], **fields)
     done = files.read_json(done_path)
-    return Row(name, params, "done", done["steps"], wall_time_s=done["wall_time_s"],
+    return Row(name, params, status or "done", done["steps"], wall_time_s=done["wall_time_s"],
                examples_per_second=done["examples_per_second"], resumed_from_step=done["resumed_from_step"], **fields)
 
 
@@ -154,7 +144,7 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
         return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, PLOTS_HEIGHT), dpi=100, layout="constrained")
     for row in rows:
-        logs = os.path.join(sweeps.run_dir(root, row.name), "logs")
+        logs = os.path.join(roots.run_dir(root, row.name), roots.LOGS_DIR)
         label = ", ".join(f"{n}={row.params[n]}" for n in names)
         line, = left.plot(*read_scalars(os.path.join(logs, "validation"), "accuracy"), marker=".", label=label)
         right.plot(*read_scalars(os.path.join(logs, "train"), "loss"), color=line.get_color(), label=label)
@@ -194,10 +184,10 @@ def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
     best = study and best_trial_line(root, study)
     if best:
         out(best)
-    write_csv(os.path.join(root, "report.csv"), names, rows)
-    files.write_text(os.path.join(root, "report.md"), format_markdown(grid) + (f"\n{best}\n" if best else ""))
-    written = [os.path.join(root, n) for n in ("report.csv", "report.md")]
-    png = os.path.join(root, "report.png")
+    written = [os.path.join(root, n) for n in (roots.REPORT_CSV, roots.REPORT_MD)]
+    write_csv(written[0], names, rows)
+    files.write_text(written[1], format_markdown(grid) + (f"\n{best}\n" if best else ""))
+    png = os.path.join(root, roots.REPORT_PNG)
     if plot(root, names, rows, png):
         written.append(png)
     else:
@@ -213,6 +203,6 @@ def best_trial_line(root: str, study) -> str | None:
     best = studies.best(study, root)
     if best is None:
         return None
-    folder = sweeps.run_dir(root, best.user_attrs["folder"])
+    folder = roots.run_dir(root, best.user_attrs["folder"])
     return (f"Best trial: {best.number} in {folder} (best validation accuracy {best.value:.2%}): "
             + ", ".join(f"{k}={studies.value_text(v)}" for k, v in best.params.items()))

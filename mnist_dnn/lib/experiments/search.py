@@ -19,15 +19,13 @@ import os
 
 from mnist_dnn.lib import settings
 from mnist_dnn.lib.config import ConfigError, TrainConfig, setting
+from mnist_dnn.lib.experiments import roots
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
 STORAGE_KINDS = ("sqlite", "postgresql", "mysql")
 OBJECTIVE = "maximize best validation accuracy"
-STUDY_FILE = "study.db"
-SEARCH_FILE = "search.json"
-TRIAL_PREFIX = "trial-"
 HEARTBEAT_S = 10
 GRACE_PERIOD_S = 30
 POLL_S = 2.0
@@ -64,7 +62,7 @@ class SearchConfig:
             raise ConfigError("study_name", "must not be empty")
 
     def storage_url(self) -> str:
-        return self.storage or "sqlite:///" + os.path.abspath(os.path.join(self.root, STUDY_FILE))
+        return self.storage or "sqlite:///" + os.path.abspath(os.path.join(self.root, roots.STUDY_FILE))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +165,8 @@ def grid_size(space: list[Param]) -> int:
 
 def trial_config(base: TrainConfig, values: dict, folder: str) -> TrainConfig:
     config = settings.build(base, values)
-    return dataclasses.replace(config, ckpt_dir=os.path.join(folder, "ckpt"), log_dir=os.path.join(folder, "logs"),
-                               export_dir=None)
+    return dataclasses.replace(config, ckpt_dir=os.path.join(folder, roots.CKPT_DIR),
+                               log_dir=os.path.join(folder, roots.LOGS_DIR), export_dir=None)
 
 
 def check_space_against(base: TrainConfig, space: list[Param]) -> None:

@@ -8,7 +8,7 @@ import os
 import warnings
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.experiments import search
+from mnist_dnn.lib.experiments import roots, search
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import DataError, UsageError, first_line
 
@@ -46,40 +46,47 @@ def shown(url: str) -> str:
 
 
 def _engine_kwargs(url: str) -> dict:
-    if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}}  # several workers share the file: wait for its lock
+    if url.startswith("sqlite"):  # several workers share the file: wait for its lock; BEGIN is `open_storage`'s
+        return {"connect_args": {"timeout": 60, "isolation_level": None}}
     return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
 
 
 def open_storage(url: str):
     """The RDB storage, with heartbeats: a trial whose worker vanished is failed and queued again."""
     op = optuna()
+    import sqlalchemy.event
     import sqlalchemy.exc
 
     try:
-        return op.storages.RDBStorage(
+        storage = op.storages.RDBStorage(
             url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=search.HEARTBEAT_S,
             grace_period=search.GRACE_PERIOD_S,
             heartbeat_stale_trial_callback=op.storages.RetryHeartbeatStaleTrialCallback())
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         raise DataError(f"cannot open the study storage {shown(url)}: {first_line(e)}") from None
+    if url.startswith("sqlite"):
+        # Each transaction takes the write lock as it begins, so that Optuna's read-then-write steps are whole.
+        # pysqlite began it at the first write, after the read (and SQLite ignores SELECT ... FOR UPDATE): several
+        # workers read the same waiting (or stale) trial, and all took it, trained it in one folder, and failed.
+        sqlalchemy.event.listen(storage.engine, "begin", lambda c: c.exec_driver_sql("BEGIN IMMEDIATE"))
+    return storage
 
 
 def default_storage_exists(config: search.SearchConfig) -> bool:
-    return os.path.isfile(os.path.join(config.root, search.STUDY_FILE))
+    return os.path.isfile(os.path.join(config.root, roots.STUDY_FILE))
 
 
-def open_study(config: search.SearchConfig, description: dict, create: bool, sampler=None, pruner=None):
+def open_study(config: search.SearchConfig, description: dict, create: bool):
     """Loads the study (or creates it, when `create`), refusing one of another space or objective."""
     op = optuna()
     storage = open_storage(config.storage_url())
     try:
-        study = op.load_study(study_name=config.study_name, storage=storage, sampler=sampler, pruner=pruner)
+        study = op.load_study(study_name=config.study_name, storage=storage)
     except KeyError:
         if not create:
             raise DataError(f"the storage {shown(config.storage_url())} holds no study {config.study_name}") from None
         study = op.create_study(storage=storage, study_name=config.study_name, direction="maximize",
-                                sampler=sampler, pruner=pruner, load_if_exists=True)
+                                load_if_exists=True)
     stored = study.user_attrs.get("search")
     if stored is None and create:
         study.set_user_attr("search", description)
@@ -137,25 +144,25 @@ def frozen(study, number: int):
 def folder_name(trial) -> str:
     """A retried trial (a FrozenTrial) trains in its original's folder, and so resumes from its checkpoint."""
     history = trial.system_attrs.get("retry_history") or [trial.number]
-    return f"{search.TRIAL_PREFIX}{history[0]:04d}"
+    return roots.trial_name(history[0])
 
 
 def record_root(config: search.SearchConfig) -> None:
     """root/search.json names the study, for the report; a root holds one study only."""
-    path = os.path.join(config.root, search.SEARCH_FILE)
+    path = os.path.join(config.root, roots.SEARCH_FILE)
     description = {"study_name": config.study_name, "storage": config.storage}
     if os.path.exists(path):
         stored = read_root(config.root)
         if stored != description:
             raise UsageError(f"{config.root} holds the trials of another study ({stored.get('study_name')} in "
-                             f"{shown(stored.get('storage') or 'its study.db')}); pass another `root`")
+                             f"{shown(stored.get('storage') or 'its ' + roots.STUDY_FILE)}); pass another `root`")
         return
     os.makedirs(config.root, exist_ok=True)
     files.write_json(path, description)
 
 
 def read_root(root: str) -> dict:
-    path = os.path.join(root, search.SEARCH_FILE)
+    path = os.path.join(root, roots.SEARCH_FILE)
     try:
         stored = files.read_json(path)
     except (ValueError, UnicodeDecodeError, OSError) as e:
@@ -166,13 +173,12 @@ def read_root(root: str) -> dict:
 
 
 def is_search_root(root: str) -> bool:
-    return os.path.isfile(os.path.join(root, search.SEARCH_FILE))
+    return os.path.isfile(os.path.join(root, roots.SEARCH_FILE))
 
 
 def load_from_root(root: str):
     stored = read_root(root)
     config = search.SearchConfig(root=root, study_name=stored["study_name"], storage=stored.get("storage"))
-    optuna()
     try:
         return optuna().load_study(study_name=config.study_name, storage=open_storage(config.storage_url()))
     except KeyError:
@@ -217,8 +223,8 @@ def plot(study, root: str, say) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    drawings = {"optimization_history.png": optuna().visualization.matplotlib.plot_optimization_history,
-                "param_importances.png": optuna().visualization.matplotlib.plot_param_importances}
+    plots = optuna().visualization.matplotlib
+    drawings = dict(zip(roots.STUDY_PLOTS, (plots.plot_optimization_history, plots.plot_param_importances)))
     written = []
     if best(study) is None:
         return written

@@ -21,14 +21,11 @@ import signal
 import subprocess
 import time
 
-from mnist_dnn.lib import files, settings
+from mnist_dnn.lib import files, processes, settings
 from mnist_dnn.lib.config import TrainConfig
+from mnist_dnn.lib.experiments import roots
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
-SWEEP_FILE = "sweep.json"
-DONE_FILE = "done.json"
-RESULT_FILE = "result.json"
-LOG_FILE = "train.log"
 # Flags the sweep sets for each run; a grid or base flag cannot set them.
 RUN_FLAGS = ("ckpt_dir", "log_dir", "result_file")
 # The training flags that a grid or a search space varies, and those of them that take a list.
@@ -114,7 +111,7 @@ def check_root(root: str) -> None:
     files.check_link("root", root, "pass a folder for the sweep's runs")
     if os.path.exists(root) and not os.path.isdir(root):
         raise UsageError(f"`root` {root} is a file; pass a folder for the sweep's runs")
-    path = os.path.join(root, SWEEP_FILE)
+    path = os.path.join(root, roots.SWEEP_FILE)
     if os.path.exists(path):
         _read_description(path)
 
@@ -132,7 +129,7 @@ def _read_description(path: str) -> dict:
 def record(root: str, description: dict) -> None:
     """Writes root/sweep.json, or checks that the root holds this very sweep."""
     check_root(root)
-    path = os.path.join(root, SWEEP_FILE)
+    path = os.path.join(root, roots.SWEEP_FILE)
     if os.path.exists(path):
         stored = _read_description(path)
         if stored != description:
@@ -147,61 +144,43 @@ def load(root: str) -> dict:
     files.check_link("root", root, "pass the folder mnist_dnn.sweep or mnist_dnn.search wrote")
     if os.path.exists(root) and not os.path.isdir(root):
         raise UsageError(f"`root` {root} is a file, not a sweep folder; pass the folder mnist_dnn.sweep wrote")
-    path = os.path.join(root, SWEEP_FILE)
+    path = os.path.join(root, roots.SWEEP_FILE)
     if not os.path.isfile(path):
         raise UsageError(f"{path} is missing: is `root`={root} a folder written by mnist_dnn.sweep?")
     return _read_description(path)
 
 
-def run_dir(root: str, name: str) -> str:
-    return os.path.join(root, name)
-
-
-def _die_with_parent():
-    """In the child: get SIGTERM if the sweep dies, even by SIGKILL, so the run saves and stops."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: an orphaned run goes on to its end
-
-
 def train_command(root: str, run: Run, base_args: list[str], train: list[str]) -> list[str]:
     """`train` (the training tool's command) with the run's flags."""
-    folder = run_dir(root, run.name)
+    folder = roots.run_dir(root, run.name)
     return [*train, *base_args, *run.args,
-            f"--ckpt_dir={os.path.join(folder, 'ckpt')}", f"--log_dir={os.path.join(folder, 'logs')}",
-            f"--result_file={os.path.join(folder, RESULT_FILE)}"]
+            f"--ckpt_dir={os.path.join(folder, roots.CKPT_DIR)}", f"--log_dir={os.path.join(folder, roots.LOGS_DIR)}",
+            f"--result_file={os.path.join(folder, roots.RESULT_FILE)}"]
 
 
 def _wait_forwarding_signals(child: subprocess.Popen) -> int:
     """Waits for the run; Ctrl-C or SIGTERM to the sweep reach it, and it saves before it stops."""
-    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with processes.signals_to(lambda signum, frame: child.send_signal(signum)):
         return child.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
     """Runs (or resumes) one run, its output appended to its train.log; writes done.json on success."""
-    folder = run_dir(root, run.name)
+    folder = roots.run_dir(root, run.name)
     os.makedirs(folder, exist_ok=True)
     command = train_command(root, run, base_args, train)
     started = time.perf_counter()
-    with open(os.path.join(folder, LOG_FILE), "a") as log:
+    with open(os.path.join(folder, roots.LOG_FILE), "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        # The run saves and stops if the sweep dies, even by SIGKILL.
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=processes.die_with_parent)
         code = _wait_forwarding_signals(child)
     wall = time.perf_counter() - started
     if code == 0:
         from mnist_dnn.lib.trainer.training import TrainResult  # TensorFlow: not at the tool's import
 
-        with open(os.path.join(folder, RESULT_FILE)) as f:
+        with open(os.path.join(folder, roots.RESULT_FILE)) as f:
             write_done(folder, TrainResult.from_json(f.read()), wall, command=command)
     return code
 
@@ -210,7 +189,7 @@ def write_done(folder: str, result, wall_time_s: float, **extra) -> None:
     """The run's done.json (from a training.TrainResult): it ended well; the report reads its wall time and
     throughput."""
     best = result.best and dataclasses.asdict(result.best)
-    files.write_json(os.path.join(folder, DONE_FILE), {
+    files.write_json(os.path.join(folder, roots.DONE_FILE), {
         "wall_time_s": wall_time_s, "examples_per_second": result.examples_per_second, "steps": result.step,
         "resumed_from_step": result.start_step, "early_stopped": result.early_stopped, "best": best, **extra})
 
@@ -218,9 +197,9 @@ def write_done(folder: str, result, wall_time_s: float, **extra) -> None:
 def last_error(root: str, name: str) -> str:
     """The run's error, as train wrote it to its result file; else the last line of its log."""
     try:
-        return "error: " + files.read_json(os.path.join(run_dir(root, name), RESULT_FILE))["error"]
+        return "error: " + files.read_json(os.path.join(roots.run_dir(root, name), roots.RESULT_FILE))["error"]
     except (OSError, ValueError, KeyError, TypeError):
-        with open(os.path.join(run_dir(root, name), LOG_FILE)) as f:
+        with open(os.path.join(roots.run_dir(root, name), roots.LOG_FILE)) as f:
             lines = [line.strip() for line in f if line.strip()]
         return (lines or ["(empty log)"])[-1]
 
@@ -239,7 +218,7 @@ def run_all(root: str, runs: list[Run], base_args: list[str], train: list[str], 
     busy_note = f"; {len(busy)} busy in another process ({', '.join(busy)})" if busy else ""
     if failed:
         raise SweepError(f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed)}){busy_note}; see their "
-                         f"{LOG_FILE}, fix the cause and run the same command again to retry them")
+                         f"{roots.LOG_FILE}, fix the cause and run the same command again to retry them")
     if busy:
         raise SweepBusy(f"{len(busy)} of {len(runs)} runs are being trained by another process ({', '.join(busy)}), "
                         "none failed; run the same command again when it has ended to finish them")
@@ -247,8 +226,8 @@ def run_all(root: str, runs: list[Run], base_args: list[str], train: list[str], 
 
 def _run_one(root: str, run: Run, base_args: list[str], train: list[str], prefix: str, out) -> str:
     """Runs one run unless it is done or another process is running it: "done", "failed" or "busy"."""
-    folder = run_dir(root, run.name)
-    if os.path.exists(os.path.join(folder, DONE_FILE)):
+    folder = roots.run_dir(root, run.name)
+    if os.path.exists(os.path.join(folder, roots.DONE_FILE)):
         out(f"{prefix} done already, skipped")
         return "done"
     os.makedirs(folder, exist_ok=True)
@@ -262,13 +241,14 @@ def _run_one(root: str, run: Run, base_args: list[str], train: list[str], prefix
     if code:
         out(f"{prefix} failed (exit {code}): {last_error(root, run.name)}")
         return "failed"
-    out(f"{prefix} done in {files.read_json(os.path.join(folder, DONE_FILE))['wall_time_s']:.1f} s")
+    out(f"{prefix} done in {files.read_json(os.path.join(folder, roots.DONE_FILE))['wall_time_s']:.1f} s")
     return "done"
 
 
 def _started(root: str, run: Run, base_args: list[str], train: list[str], prefix: str, out) -> int:
-    resuming = os.path.isdir(os.path.join(run_dir(root, run.name), "ckpt"))
-    out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(run_dir(root, run.name), LOG_FILE)})")
+    folder = roots.run_dir(root, run.name)
+    resuming = os.path.isdir(os.path.join(folder, roots.CKPT_DIR))
+    out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(folder, roots.LOG_FILE)})")
     return execute(root, run, base_args, train)
 
 
@@ -296,6 +276,6 @@ def _run_lock(folder: str):
 def _was_busy(folder: str) -> bool:
     """Whether the run's trainer found its folder in use by another process (a `train` started by hand)."""
     try:
-        return files.read_json(os.path.join(folder, RESULT_FILE)).get("busy") is True
+        return files.read_json(os.path.join(folder, roots.RESULT_FILE)).get("busy") is True
     except (OSError, ValueError, AttributeError):
         return False

@@ -13,14 +13,16 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
+from multiprocessing import resource_tracker
 
-from mnist_dnn.lib import files, native_output
-from mnist_dnn.lib.experiments import search, studies, sweeps
+from mnist_dnn.lib import files, native_output, processes
+from mnist_dnn.lib.experiments import roots, search, studies, sweeps
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import Error, first_line
 
-LOG_FILE = sweeps.LOG_FILE
+ORPHAN_EXIT_S = 3  # a worker whose search is gone ends within this, whatever it is doing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +37,7 @@ class Plan:
 
 
 class _Interrupted(Exception):
-    """A signal stopped the trial's training (it saved a checkpoint)."""
-
-    def __init__(self, signal_number: int):
-        super().__init__(f"stopped by signal {signal_number}")
-        self.signal_number = signal_number
+    """A signal (the argument) stopped the trial's training (it saved a checkpoint)."""
 
 
 class _NoRoom(Exception):
@@ -58,47 +56,71 @@ def make_plan(config: search.SearchConfig, space, base: TrainConfig) -> Plan:
 def run_workers(plan: Plan, say) -> list[int]:
     """Starts the workers, forwards SIGINT/SIGTERM to them, and returns their exit codes."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_main, args=(plan, i), name=f"search-worker-{i}")
-                 for i in range(plan.search.workers)]
+    workers = [context.Process(target=_worker_main, args=(plan, i, os.getpid()), name=f"search-worker-{i}")
+               for i in range(plan.search.workers)]
 
     def forward(signum, frame):
-        for process in processes:
+        for process in workers:
             if process.is_alive():
                 with contextlib.suppress(ProcessLookupError):  # it ended in between
                     os.kill(process.pid, signal.SIGTERM)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for process in processes:
-            process.start()
-        say(f"{len(processes)} worker process(es), {plan.threads} intra-op thread(s) each")
-        for process in processes:
+    resource_tracker.ensure_running()  # now: its start unblocks the signals that are blocked below
+    with processes.signals_to(forward):
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, processes.STOP_SIGNALS)  # the workers start so, until
+        try:  # their handler is in place; here they wait (none is lost)
+            for process in workers:
+                process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        say(f"{len(workers)} worker process(es), {plan.threads} intra-op thread(s) each")
+        for process in workers:
             process.join()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return [p.exitcode for p in processes]
+    return [p.exitcode for p in workers]
 
 
-def _die_with_parent() -> None:
-    """Get SIGTERM if the search dies, even by SIGKILL, so the trial saves and is queued again."""
-    try:
-        import ctypes
+class Stop:
+    """A worker's SIGINT/SIGTERM handler. It raises nothing into what runs (such an exception was lost in a `__del__`,
+    or printed a traceback from the middle of an import). Outside `deferred()` (starting, importing, between trials)
+    the worker ends at once, 128 + the signal; inside (a trial) the signal is recorded in `signals`: training stops
+    on it (a checkpoint) and the trial is queued again. A worker whose search is gone ends within ORPHAN_EXIT_S,
+    but never between failing a trial and queueing it again (`whole`)."""
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    def __init__(self, parent: int):
+        self.parent, self.signals, self.deferring, self.whole, self.orphaned = parent, [], False, False, None
+
+    def __call__(self, signum, frame):
+        self.signals.append(signum)
+        if not self.deferring:
+            os._exit(128 + signum)  # noqa: SLF001
+        if os.getppid() != self.parent:
+            self.orphaned = time.monotonic()
+
+    def watch(self) -> None:
+        """In a thread of its own, started before any signal: the handler may not start one (that takes a lock
+        which the code it cut may hold)."""
+        while self.orphaned is None or time.monotonic() < self.orphaned + ORPHAN_EXIT_S or self.whole:
+            time.sleep(0.05)
+        os._exit(128 + self.signals[0])  # noqa: SLF001
+
+    @contextlib.contextmanager
+    def deferred(self, whole: bool = False):
+        self.deferring, self.whole = True, whole
+        try:
+            yield
+        finally:
+            self.deferring = self.whole = False
 
 
-def _interrupt(signum, frame):
-    raise _Interrupted(signum)
-
-
-def _worker_main(plan: Plan, index: int) -> None:
-    # A signal outside training interrupts the worker at once (training turns it into a stop and a save).
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _interrupt)
-    _die_with_parent()
+def _worker_main(plan: Plan, index: int, parent: int) -> None:
+    stop = Stop(parent)
+    for s in processes.STOP_SIGNALS:
+        signal.signal(s, stop)
+    processes.die_with_parent()  # the trial saves and is queued again if the search dies, even by SIGKILL
+    threading.Thread(target=stop.watch, daemon=True).start()
+    if os.getppid() != parent:  # it died before that
+        os._exit(128 + signal.SIGTERM)  # noqa: SLF001
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, processes.STOP_SIGNALS)
     stdout = os.dup(1)
 
     def say(line: str) -> None:
@@ -110,48 +132,45 @@ def _worker_main(plan: Plan, index: int) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(plan.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     try:
-        code = work(plan, index, say)
+        code = work(plan, index, say, stop)
     except Error as e:
         say(f"error: {e}")
         code = e.exit_code
-    except _Interrupted as e:
-        code = 128 + e.signal_number
     sys.stdout.flush()
     os._exit(code)  # noqa: SLF001 (no teardown of TensorFlow: its files are written by now)
 
 
-def work(plan: Plan, index: int, say) -> int:
+def work(plan: Plan, index: int, say, stop: Stop | None = None) -> int:
     """Trains trials until the study has `plan.total` finished ones; 0, or 128 + a signal that stopped it."""
-    study = studies.open_study(plan.search, search.describe(list(plan.space)), create=False)
-    # Each worker, and each rerun, draws from its own seed: not the same points again.
-    seed = None if plan.search.search_seed is None else plan.search.search_seed + 1000 * len(study.trials) + index
-    study = studies.open_study(plan.search, search.describe(list(plan.space)), create=False,
-                               sampler=studies.make_sampler(plan.search.sampler, plan.space, seed, plan.total),
-                               pruner=studies.make_pruner(plan.search.pruner, plan.base.eval_every, plan.base.max_steps))
-    optuna = studies.optuna()
-    while True:
-        optuna.storages.fail_stale_trials(study)
-        finished, running, waiting = studies.progress(study)
-        if finished >= plan.total:
-            return 0
-        if not waiting and finished + running >= plan.total:
-            time.sleep(search.POLL_S)  # the last trials run elsewhere; one may yet be queued again
-            continue
-        current = []
-        try:
-            study.optimize(_objective(plan, study, say, current), n_trials=1, catch=(Error,), gc_after_trial=True)
-        except _NoRoom:
-            continue
-        except _Interrupted as e:
-            if not current:
-                raise
-            trial = studies.frozen(study, current[0])
-            optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
-            say(f"trial {trial.number} stopped by signal {e.signal_number}; queued again to resume from its checkpoint")
-            return 128 + e.signal_number
+    stop = stop or Stop(os.getppid())
+    with processes.signals_to(stop):
+        study = studies.open_study(plan.search, search.describe(list(plan.space)), create=False)
+        # Each worker, and each rerun, draws from its own seed: not the same points again.
+        seed = None if plan.search.search_seed is None else plan.search.search_seed + 1000 * len(study.trials) + index
+        study.sampler = studies.make_sampler(plan.search.sampler, plan.space, seed, plan.total)
+        study.pruner = studies.make_pruner(plan.search.pruner, plan.base.eval_every, plan.base.max_steps)
+        optuna = studies.optuna()
+        while not stop.signals:
+            with stop.deferred(whole=True):  # a stale trial is failed, then queued again
+                optuna.storages.fail_stale_trials(study)
+            finished, running, waiting = studies.progress(study)
+            if finished >= plan.total:
+                return 0
+            if not waiting and finished + running >= plan.total:
+                time.sleep(search.POLL_S)  # the last trials run elsewhere; one may yet be queued again
+                continue
+            current = []
+            with stop.deferred(), contextlib.suppress(_NoRoom):
+                try:
+                    study.optimize(_objective(plan, study, say, current, stop), n_trials=1, catch=(Error,),
+                                   gc_after_trial=True)
+                except _Interrupted as e:
+                    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, studies.frozen(study, current[0]))
+                    say(f"trial {current[0]} stopped by signal {e.args[0]}; queued again to resume from its checkpoint")
+        return 128 + stop.signals[0]
 
 
-def _objective(plan: Plan, study, say, current: list):
+def _objective(plan: Plan, study, say, current: list, stop: Stop):
     def objective(trial):
         current.append(trial.number)
         if studies.trials_before(study, trial.number) >= plan.total:
@@ -161,13 +180,19 @@ def _objective(plan: Plan, study, say, current: list):
         trial.set_user_attr("folder", name)
         settings = {p.name: p.suggest(trial) for p in plan.space}
         folder = os.path.join(plan.search.root, name)
-        return train_trial(trial, folder, search.trial_config(plan.base, settings, folder), settings, say)
+        try:
+            return train_trial(trial, folder, search.trial_config(plan.base, settings, folder), settings, say,
+                               stop.signals)
+        except _Interrupted:
+            stop.whole = True  # the trial is failed, then queued again
+            raise
 
     return objective
 
 
-def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say) -> float:
-    """Trains (or resumes) the trial in `folder`, reporting each validation to the pruner."""
+def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say, stop_signals=None) -> float:
+    """Trains (or resumes) the trial in `folder`, reporting each validation to the pruner (`training.train`'s
+    `stop_signals`: the worker's)."""
     import optuna
 
     from mnist_dnn.lib.trainer import training
@@ -183,16 +208,16 @@ def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say) ->
     os.makedirs(folder, exist_ok=True)
     started = time.perf_counter()
     try:
-        with _output_to(os.path.join(folder, LOG_FILE)) as log:
+        with _output_to(os.path.join(folder, roots.LOG_FILE)) as log:
             result = training.train(config, say=lambda line: (log.write(line + "\n"), log.flush()),
-                                    on_validation=report)
+                                    on_validation=report, stop_signals=stop_signals)
     except Error as e:
         _record_state(config.log_dir, "failed")
         trial.set_user_attr("error", str(e))
-        files.write_json(os.path.join(folder, sweeps.RESULT_FILE), {"error": str(e), "exit_code": e.exit_code})
+        files.write_json(os.path.join(folder, roots.RESULT_FILE), {"error": str(e), "exit_code": e.exit_code})
         say(f"trial {trial.number} failed: {first_line(e)}")
         raise
-    files.write_text(os.path.join(folder, sweeps.RESULT_FILE), result.to_json())
+    files.write_text(os.path.join(folder, roots.RESULT_FILE), result.to_json())
     if result.stopped_by_signal:
         raise _Interrupted(result.stopped_by_signal)
     sweeps.write_done(folder, result, time.perf_counter() - started, trial=trial.number)
@@ -211,9 +236,9 @@ STATE_CODES = {"complete": 1, "pruned": 2, "failed": 3}  # the HParams column se
 def _record_state(log_dir: str, state: str) -> None:
     """The trial's end in TensorBoard's HParams: its session status, and search/state (1 complete, 2 pruned,
     3 failed; no value yet: running)."""
-    from mnist_dnn.lib.trainer import actions
+    from mnist_dnn.lib.trainer import summaries
 
-    actions.write_session_end(log_dir, state != "failed", **{"search/state": STATE_CODES[state]})
+    summaries.write_session_end(log_dir, state != "failed", **{"search/state": STATE_CODES[state]})
 
 
 @contextlib.contextmanager

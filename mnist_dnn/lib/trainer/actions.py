@@ -2,91 +2,17 @@
 metrics (with progress), validate (best checkpoint, early stopping, diagnostics), save."""
 
 import contextlib
-import glob
-import os
-import re
 import shutil
 import sys
 import textwrap
 import time
 
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hparams_api
 
 from mnist_dnn.lib.core import evaluation, exporting
 from mnist_dnn.lib.trainer import diagnostics
-from mnist_dnn.lib.core.run_dir import Best, RunDir
-
-
-def summary_writer(log_dir: str | None, name: str):
-    """A writer for `log_dir/name`; `log_dir=None` writes nothing (the other workers of a cluster)."""
-    return tf.summary.create_file_writer(os.path.join(log_dir, name)) if log_dir else tf.summary.create_noop_writer()
-
-
-def log_scalars(writer, step: int, **scalars) -> None:
-    with writer.as_default(step=step):
-        for name, value in scalars.items():
-            tf.summary.scalar(name, value)
-
-
-def write_run_summary(log_dir: str, hparams: dict, forward_graph, trial: str) -> None:
-    """The run's hyperparameters (TensorBoard's HParams dashboard, as trial `trial`) and its model's forward graph
-    (Graphs tab)."""
-    writer = tf.summary.create_file_writer(log_dir)
-    with writer.as_default(step=0):
-        hparams_api.hparams(hparams, trial_id=trial)
-        tf.summary.graph(forward_graph)
-    writer.close()
-
-
-_RUN_ID = re.compile(r" \(([0-9a-f]{12})\)$")
-
-
-def trial_id(log_dir: str, run_id: str) -> str:
-    """The run's trial in HParams, `<name> (<run id>)`: unique, so no two runs ever share a row. The name is the
-    log folder's, or for `<run>/logs` (the default, a sweep's, a search's) the run's folder."""
-    path = os.path.abspath(log_dir)
-    name = os.path.basename(os.path.dirname(path)) if os.path.basename(path) == "logs" else os.path.basename(path)
-    return f"{name} ({run_id})"
-
-
-def run_id_of(trial: str) -> str | None:
-    """The run id at the end of a trial id; None for a trial written before runs had ids."""
-    match = _RUN_ID.search(trial)
-    return match[1] if match else None
-
-
-def logged_trials(log_dir: str) -> list[str]:
-    """The HParams trials recorded in the log folder's own event files (not its subfolders'), oldest first."""
-    from google.protobuf.message import DecodeError
-    from tensorboard.backend.event_processing import event_file_loader
-    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
-
-    trials = []
-    # TensorBoard's reader: no TensorFlow op, so devices can still be configured after it (--virtual_cpus).
-    for path in sorted(glob.glob(os.path.join(glob.escape(log_dir), "*tfevents*"))):
-        try:
-            for event in event_file_loader.EventFileLoader(path).Load():
-                for value in event.summary.value:
-                    if value.tag == metadata.SESSION_START_INFO_TAG:
-                        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-                        trials.append(data.session_start_info.group_name)
-        except (tf.errors.OpError, DecodeError, OSError):  # a truncated last record (a killed writer), a foreign file
-            continue
-    return trials
-
-
-def write_session_end(log_dir: str, succeeded: bool, **scalars) -> None:
-    """How a run ended, for TensorBoard's HParams (its session status), with scalars at step 0 beside it."""
-    from tensorboard.plugins.hparams import api_pb2, summary
-
-    status = api_pb2.STATUS_SUCCESS if succeeded else api_pb2.STATUS_FAILURE
-    writer = tf.summary.create_file_writer(log_dir)
-    with writer.as_default(step=0):
-        tf.summary.experimental.write_raw_pb(summary.session_end_pb(status).SerializeToString(), step=0)
-        for name, value in scalars.items():
-            tf.summary.scalar(name, value)
-    writer.close()
+from mnist_dnn.lib.trainer.summaries import log_scalars
+from mnist_dnn.lib.core.checkpoint_store import Best
 
 
 class Clock:
@@ -237,22 +163,6 @@ class Validation:
     def stop_message(self, step: int) -> str:
         return (f"Stopped early at step {step}: no better validation accuracy in {self.patience} evaluations "
                 f"(`early_stopping_patience`); best {self.best.accuracy:.2%} at step {self.best.step}")
-
-
-def checkpoint_saver(run_dir: RunDir, state, keep: int):
-    """`save(step)`: a checkpoint of the whole state, never of non-finite weights."""
-
-    def save(step: int) -> None:
-        run_dir.save(state.checkpoint, step, state.weights(), keep)
-
-    return save
-
-
-def best_saver(run_dir: RunDir, state):
-    def save(best: Best) -> None:
-        run_dir.save_best(state.checkpoint, best, state.weights())
-
-    return save
 
 
 class EndOfRunExport:

@@ -2,26 +2,26 @@
 them to the controller; the run folder keeps what the run produces.
 
     flags -> TrainConfig -> state (model, optimizer, step, checkpoint) + runner + actions
-          -> controller.run -> RunDir (checkpoints, best/, model_config.json)
+          -> controller.run -> RunDir (model_config.json; its CheckpointStore: checkpoints, best/)
 """
 
 import contextlib
 import dataclasses
 import json
 import os
-import signal
 import tempfile
 
 import keras
 import tensorflow as tf
 
-from mnist_dnn.lib import files, xla_cache
+from mnist_dnn.lib import files, processes, xla_cache
 from mnist_dnn.lib.core import data, evaluation, export_dir
-from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps
+from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps, summaries
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
 from mnist_dnn.lib.core.models import create_model, mean_loss
-from mnist_dnn.lib.core.run_dir import LOGS_DIR, Best, RunConfig, RunDir, new_run_id
+from mnist_dnn.lib.core.checkpoint_store import Best, CheckpointStore
+from mnist_dnn.lib.core.run_dir import LOGS_DIR, RunConfig, RunDir, new_run_id
 from mnist_dnn.lib.core.models import per_example_loss  # noqa: F401 (the loss, as the course's train.py had it)
 
 OPTIMIZERS = {
@@ -113,15 +113,11 @@ def build_state(config: TrainConfig, strategy=None) -> TrainState:
 
 
 @contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+def stop_on_signals():
     """Turns SIGINT/SIGTERM into a request (`received[0]`) that the loop honours."""
     received = []
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signals}
-    try:
+    with processes.signals_to(lambda signum, frame: received.append(signum)):
         yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 # What a collective op raises on the workers of a cluster when one of them dies.
@@ -134,20 +130,22 @@ def _report_lost_workers(ckpt_dir: str):
     try:
         yield
     except _LOST_WORKER_ERRORS as e:
-        resume_from = RunDir(ckpt_dir).latest() or "the start (no checkpoint yet)"
+        resume_from = CheckpointStore(ckpt_dir).latest() or "the start (no checkpoint yet)"
         raise TrainingError(
             f"lost contact with another worker of the cluster ({type(e).__name__}: it stopped or crashed); "
             f"restart every worker with the same command to resume from {resume_from}"
         ) from None
 
 
-def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
+def train(config: TrainConfig, say=print, on_validation=None, stop_signals: list | None = None) -> TrainResult:
     """Trains (or resumes) until `config.max_steps`, checkpointing on the way.
 
     `say(line)` receives every line for the user: what trains, progress, validation, how the run
     ended; warnings start with `warning: `. `on_validation(step, metrics)`, if given, runs after each
     validation; when it returns True the run stops there as an early stop does (a checkpoint saved)
-    and the result says `pruned`.
+    and the result says `pruned`. SIGINT and SIGTERM stop the run (a checkpoint saved); with
+    `stop_signals`, a list that the caller's own handler fills, the run stops at its first entry instead,
+    even one that came before the run started.
     """
     config.validate()
     log_dir = config.log_dir or default_log_dir(config)
@@ -168,12 +166,12 @@ def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
         tf.config.experimental.enable_op_determinism()  # for the whole process
     if not distribute.is_chief(strategy):  # the other workers of a cluster save to a scratch folder, and log nothing
         with tempfile.TemporaryDirectory(prefix="mnist_dnn-worker-") as scratch:
-            return _run(config, strategy, splits, None, RunDir(scratch), say, on_validation)
+            return _run(config, strategy, splits, None, CheckpointStore(scratch), say, on_validation, stop_signals)
     # The log folder is made by its first summary, once the run really starts: a refused run leaves none.
     os.makedirs(config.ckpt_dir, exist_ok=True)
     with run_dir.lock():
         run_dir.remove_leftovers()
-        return _run(config, strategy, splits, log_dir, run_dir, say, on_validation, run_id)
+        return _run(config, strategy, splits, log_dir, run_dir, say, on_validation, stop_signals, run_id)
 
 
 def _check_run_folder(config: TrainConfig, run_dir: RunDir) -> None:
@@ -194,8 +192,8 @@ def _check_log_dir(log_dir: str, run_id: str, new_run: bool) -> None:
     A new run takes a folder that no run has logged into; a resumed run, its own (or one whose trials have no
     run id: written before runs had one).
     """
-    for trial in actions.logged_trials(log_dir):
-        if new_run or actions.run_id_of(trial) not in (None, run_id):
+    for trial in summaries.logged_trials(log_dir):
+        if new_run or summaries.run_id_of(trial) not in (None, run_id):
             raise UsageError(f"`log_dir` {log_dir} holds the TensorBoard events of another run (HParams trial "
                              f"{trial!r}); pass another `log_dir`, or leave it out: by default a run logs into "
                              f"its own <ckpt_dir>/{LOGS_DIR}")
@@ -205,8 +203,8 @@ def run_config(config: TrainConfig, run_id: str = "") -> RunConfig:
     return RunConfig(config.model, config.data.dataset, config.resume_settings(), run_id)
 
 
-def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: RunDir, say,
-         on_validation=None, run_id: str = "") -> TrainResult:
+def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: CheckpointStore, say,
+         on_validation=None, stop_signals=None, run_id: str = "") -> TrainResult:
     """The run itself; `save_to` is `config.ckpt_dir` except on a cluster's other workers."""
     state = build_state(config, strategy)
     chief_dir = RunDir(config.ckpt_dir)  # every worker resumes from the chief's checkpoints
@@ -224,16 +222,17 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ru
     run = _Run(config, state, strategy, splits, log_dir, save_to, best, say, on_validation)
     if log_dir:
         chief_dir.save_config(run_config(config, run_id))
-        actions.write_run_summary(log_dir, hparams(config), run.validation.predict_fn.get_concrete_function().graph,
-                                  actions.trial_id(log_dir, run_id))
+        graph = run.validation.predict_fn.get_concrete_function().graph
+        summaries.write_run_summary(log_dir, hparams(config), graph, summaries.trial_id(log_dir, run_id))
     run.log.message(describe(config, strategy, start, log_dir))
-    with _report_lost_workers(config.ckpt_dir), stop_on_signals() as received, contextlib.closing(run):
+    stopping = stop_on_signals() if stop_signals is None else contextlib.nullcontext(stop_signals)
+    with _report_lost_workers(config.ckpt_dir), stopping as received, contextlib.closing(run):
         end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
                              run.actions(lambda: bool(received)), lambda: bool(received) or run.validation.stop_requested)
     return run.finish(end, received[0] if received else None, resumed_from)
 
 
-def _already_finished(config, start: int, best: Best | None, save_to: RunDir, resumed_from: str | None,
+def _already_finished(config, start: int, best: Best | None, save_to: CheckpointStore, resumed_from: str | None,
                       say) -> TrainResult:
     """A rerun of a finished (or early-stopped) run: it says so, and writes nothing."""
     early = start < config.max_steps
@@ -246,7 +245,7 @@ def _already_finished(config, start: int, best: Best | None, save_to: RunDir, re
 class _Run:
     """The parts of one run that its actions share, and how it ends."""
 
-    def __init__(self, config, state, strategy, splits, log_dir, save_to: RunDir, best: Best | None, say,
+    def __init__(self, config, state, strategy, splits, log_dir, save_to: CheckpointStore, best: Best | None, say,
                  on_validation=None):
         self.config, self.state, self.log_dir, self.save_to = config, state, log_dir, save_to
         self.start = state.current_step()
@@ -254,16 +253,16 @@ class _Run:
             self.metrics = steps.TrainMetrics()
         self.runner = steps.make_runner(config, state, self.metrics, splits["train"], strategy, self.start)
         self.clock = actions.Clock()
-        self.train_writer, validation_writer = (actions.summary_writer(log_dir, name) for name in ("train", "validation"))
+        self.train_writer, validation_writer = (summaries.summary_writer(log_dir, n) for n in ("train", "validation"))
         self.log = actions.TrainingLog(self.train_writer, self.metrics, state.optimizer, self.start, config.max_steps,
                                        self.clock, say)
         self.diagnose = diagnostics.Diagnostics(log_dir, state.model, mean_loss, splits["validation"],
                                                 config.diagnostics and log_dir is not None)
-        self.validation = actions.Validation(state, splits["validation"], validation_writer,
-                                             actions.best_saver(save_to, state), best, config.early_stopping_patience,
-                                             config.eval_every, self.diagnose, say=self.log.message,
-                                             on_result=on_validation)
-        self.save = actions.checkpoint_saver(save_to, state, config.keep_checkpoints)
+        save_best = lambda best: save_to.save_best(state.checkpoint, best, state.weights())  # noqa: E731
+        self.validation = actions.Validation(state, splits["validation"], validation_writer, save_best, best,
+                                             config.early_stopping_patience, config.eval_every, self.diagnose,
+                                             say=self.log.message, on_result=on_validation)
+        self.save = lambda step: save_to.save(state.checkpoint, step, state.weights(), config.keep_checkpoints)
         self.export = None
 
     def actions(self, signalled) -> list[controller.Action]:

@@ -88,4 +88,4 @@ def test_the_example_of_docs_python_md_runs_on_the_real_mnist(tmp_path):
     assert accuracy >= 90.0, result.stdout
     assert result.stdout.strip().splitlines()[-1] == "[1, 1, 1]", result.stdout
     assert (tmp_path / "exports" / "cnn_fast" / "1" / "saved_model.pb").exists()
-    assert json.loads((tmp_path / "runs" / "cnn_fast" / "model_config.json").read_text())["model"]["name"] == "cnn"
+    assert json.loads((tmp_path / "runs" / "cnn_fast" / "model_config.json").read_text())["name"] == "cnn"

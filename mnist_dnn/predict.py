@@ -26,6 +26,7 @@ flags.DEFINE_string("rest_request", None, "Instead of classifying, write the JSO
                     "REST request (/v1/models/NAME:predict) for the files to this file.")
 flags.DEFINE_enum("rest_signature", config.BYTES_SIGNATURE, [config.BYTES_SIGNATURE, config.SERVING_SIGNATURE],
                   "The signature the REST request calls: the encoded files as {\"b64\": ...}, or their pixels.")
+flags.DEFINE_integer("max_image_bytes", config.MAX_IMAGE_BYTES, "Larger image files are refused unread.", lower_bound=1)
 cli.define_overwrite_flag("rest_request")
 FLAGS = flags.FLAGS
 REQUEST_KINDS = (("signature_name", "instances"),)  # the keys of the request it writes
@@ -38,7 +39,7 @@ def read_files(paths: list[str]) -> list:
     readable = []
     for path in paths:
         try:
-            readable.append(classifier.read_image_file(path))
+            readable.append(classifier.read_image_file(path, FLAGS.max_image_bytes))
         except DataError as e:
             print(f"error: {path}: {cli.message(e)}", file=sys.stderr)
     return readable

@@ -10,6 +10,7 @@ import resource
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -301,3 +302,53 @@ def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tiny_run, tmp
                              f"--format={export_format}", cwd=ROOT)
             assert_one_line_error(result, 1, f"cannot write the export {disk / export_format}/1: No space left on device")
             assert os.listdir(disk) == []
+
+
+# issue 37 (item 2): what is not a small regular file, given where a file is read, is one line with memory bounded.
+# predict read /dev/zero until the kernel killed it at 22.7 GB, blocked on a FIFO, and crashed on a 3 GB sparse .png.
+ADDRESS_SPACE = 4 << 30  # the tools need about 1.9 GB of address space (TensorFlow's libraries, its threads' stacks)
+
+
+def _hostile_input(kind: str, tmp_path) -> tuple[str, str]:
+    """(path, what the error line says of it) for an input of that kind, made in tmp_path (/dev/zero is read only)."""
+    path = tmp_path / "input.png"
+    if kind == "/dev/zero":
+        return "/dev/zero", "/dev/zero: is a character device, not a regular file"
+    if kind == "a device node":
+        if os.geteuid() != 0:
+            pytest.skip("making a device node (mknod) needs root")
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 5))  # /dev/zero's numbers
+        return str(path), f"{path}: is a character device, not a regular file"
+    if kind == "a FIFO":
+        os.mkfifo(path)
+        return str(path), f"{path}: is a FIFO, not a regular file"
+    if kind == "a 3 GB sparse file":
+        with open(path, "wb") as f:
+            f.truncate(3 * 2**30)
+        return str(path), f"{path}: is 3,221,225,472 bytes, over the cap of 134,217,728"
+    path.write_bytes(tf.io.encode_jpeg(np.full((28, 28, 1), 7, np.uint8)).numpy()[:60])  # libjpeg complains on fd 2
+    return str(path), f"{path}: not an image TensorFlow can decode"
+
+
+def _limited(args: list[str]) -> subprocess.CompletedProcess:
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=180, preexec_fn=limit_memory)
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "a device node", "a FIFO", "a 3 GB sparse file", "a truncated JPEG"])
+def test_predict_on_what_is_no_image_file_is_one_line_with_memory_bounded(kind, tmp_path):
+    path, says = _hostile_input(kind, tmp_path)
+    request = tmp_path / "request.json"
+    result = _limited([sys.executable, "-m", "mnist_dnn.predict", f"--rest_request={request}", path])
+    assert_one_line_error(result, 1, says)
+    assert result.stderr.count("\n") == 1 and not request.exists(), result.stderr  # nothing else on stderr
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "a FIFO", "a 3 GB sparse file"])
+def test_a_flagfile_that_is_no_small_regular_file_is_one_line_with_memory_bounded(kind, tiny_data, tmp_path):
+    path, says = _hostile_input(kind, tmp_path)
+    result = _limited(_train_args(tiny_data.data_dir, tmp_path / "ckpt", f"--flagfile={path}"))
+    assert_one_line_error(result, 2, "--flagfile " + says.replace("134,217,728", "1,048,576"))
+    assert not (tmp_path / "ckpt").exists()

@@ -32,6 +32,7 @@ EXPORT_FORMATS = ("saved_model", "litert")
 QUANTIZATIONS = ("none", "int8")
 REPRESENTATIVE_IMAGES = 1000  # training images that calibrate an int8 LiteRT model
 SERVING_SIGNATURE, FLAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "predict_flat", "serving_bytes"
+MAX_IMAGE_BYTES = 128 << 20  # an image file is read whole: far more than a digit's image needs
 MAX_SHIFT, MAX_ROTATE, MAX_SCALE = 8, 45.0, 0.5  # the augmentations' bounds: pixels, degrees, fraction
 # Bounds that keep a typo from asking for terabytes: a 784 x 10**8 weight matrix, a batch of 10**9.
 MAX_HIDDEN_UNITS = 65_536

@@ -13,6 +13,7 @@ from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
+import contextlib
 import dataclasses
 
 from absl import flags
@@ -52,8 +53,9 @@ def main(argv):
         result = training.train(config_from_flags(), say=cli.say)
     except Error as e:
         if FLAGS.result_file:  # for programs that run this tool (the sweep): the error, machine-readable
-            files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code,
-                                                 "busy": isinstance(e, BusyError)})
+            with contextlib.suppress(OSError):  # a full disk: the error itself says so
+                files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code,
+                                                     "busy": isinstance(e, BusyError)})
         raise
     if FLAGS.result_file:
         files.write_text(FLAGS.result_file, result.to_json())

@@ -111,10 +111,26 @@ def write_with(path: str, write) -> None:
         with open(tmp, "wb") as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):  # name the file meant, not its temporary
+            e.filename = path
         raise
+
+
+def no_space_problem(error: BaseException) -> str | None:
+    """"no space left on device in <folder> (writing <file>)" when `error` is a write onto a full disk: an
+    OSError ENOSPC or EDQUOT, or TensorFlow's "<file>; No space left on device". None for any other error."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        path = error.filename
+    else:
+        match = re.search(r"(\S+); No space left on device", str(error))
+        if not match:
+            return None
+        path = match[1]
+    where = f" in {os.path.dirname(os.path.abspath(path))} (writing {os.path.basename(path)})" if path else ""
+    return f"no space left on device{where}; free some space there, then run the command again"
 
 
 def write_folder(path: str, write) -> None:

@@ -5,8 +5,9 @@
 
 The same convnet everywhere (3x3 conv 32 + ReLU, 3x3 conv 64 + ReLU, 2x2 max-pool, dropout 0.25,
 dense 128 + ReLU, dropout 0.25, dense 10), Adam 1e-3, batch 128, on the first --steps x 128
-MNIST training images; one process per run, one after another. Each run trains --steps steps
-once to warm up (tracing and compilation), then the median examples/s of --repeats more times.
+MNIST training images; one process per run, the runs taking turns --rounds times (A B C A B C ...).
+Each run trains --steps steps once to warm up (tracing and compilation), then --repeats more times
+(examples/s: their median); a row's figure is the median of its rounds, with their min and max.
 Rows, mnist_dnn through its public API (the config and runner `mnist_dnn.train` uses):
 - mnist_dnn: the in-memory loop as a TensorFlow graph (oneDNN convolutions: the default on a CPU);
 - mnist_dnn_xla: the same loop compiled by XLA (the default for the MLPs, and on a GPU);
@@ -20,16 +21,12 @@ the inputs and for the weights), against the machine's measured float32 peak of 
 convolution and one large matmul (TensorFlow, oneDNN) in the same run.
 """
 
-import argparse
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 
 import numpy as np
+
+import harness
 
 RUNNERS = ("mnist_dnn", "mnist_dnn_xla", "mnist_dnn_pipeline", "keras_fit", "keras_fit_xla", "jax_scan", "jax_jit",
            "torch_eager", "torch_compile")
@@ -172,101 +169,75 @@ def peaks() -> dict:
     result = {}
     for name, (fn, flops) in ops.items():
         fn().numpy()
-        times = []
-        for _ in range(5):
-            started = time.perf_counter()
-            fn().numpy()
-            times.append(time.perf_counter() - started)
-        result[f"{name}_gflops"] = flops / statistics.median(times) / 1e9
+        seconds = statistics.median(harness.seconds(lambda: fn().numpy()) for _ in range(5))
+        result[f"{name}_gflops"] = flops / seconds / 1e9
     return result
 
 
 def measure(name, args):
+    """One row in this process (a worker's)."""
+    if name == "peak":
+        return harness.worker_line(name, peaks())
     images, labels = load(args.idx_dir, args.data_dir, args.steps * BATCH)
     run = make_runner(name, images, labels)
-    started = time.perf_counter()
-    run(args.steps)
-    first = time.perf_counter() - started
-    rates = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        run(args.steps)
-        rates.append(args.steps * BATCH / (time.perf_counter() - started))
-    print(json.dumps({"first_run_s": first, "examples_per_s": statistics.median(rates), "rounds": rates}))
+    first = harness.seconds(lambda: run(args.steps))
+    rates = [args.steps * BATCH / harness.seconds(lambda: run(args.steps)) for _ in range(args.repeats)]
+    harness.worker_line(name, {"first_run_s": first, "examples_per_s": statistics.median(rates)})
 
 
-def available(name):
-    module = {"jax_scan": "jax", "jax_jit": "jax", "torch_eager": "torch", "torch_compile": "torch"}.get(name)
-    return module is None or subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
-
-
-def run_all(args):
-    results = {"peak": None, "runs": {}}
-    for name in ("peak",) + RUNNERS:
-        if name != "peak" and not available(name):
-            print(f"{name}: not installed, skipped", flush=True)
-            continue
-        command = [sys.executable, __file__, f"--worker={name}", f"--data_dir={args.data_dir}", f"--steps={args.steps}",
-                   f"--repeats={args.repeats}"] + ([f"--idx_dir={args.idx_dir}"] if args.idx_dir else [])
-        load_before = os.getloadavg()[0]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            done = subprocess.CompletedProcess(command, 1, "", f"timed out after {args.timeout} s")
-        if done.returncode:
-            result = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
-        else:
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-        result["load_average_1min"] = [load_before, os.getloadavg()[0]]
-        print(name, result, flush=True)
-        if name == "peak":
-            results["peak"] = result
-        else:
-            results["runs"][name] = result
-    return results
+def summarize(rounds: list[dict]) -> dict:
+    done = [r for r in rounds if "error" not in r]
+    if not done:
+        return {"error": rounds[-1]["error"], "rounds": rounds}
+    return {key: harness.spread(r[key] for r in done) for key in done[0]} | {"rounds": rounds}
 
 
 def table(results) -> str:
-    peak = results["peak"]
+    peak = {key: value["median"] for key, value in results["peak"].items() if key != "rounds"}
+    if not peak:
+        return f"the peak row failed: {results['peak']['error']}"
     lines = [f"FLOP bound: {TRAIN_FLOPS / 1e6:.1f} MFLOP per training example; measured peaks: conv "
              f"{peak['conv_gflops']:.0f} GFLOP/s, matmul {peak['matmul_gflops']:.0f} GFLOP/s",
-             "", "| run | examples/s | ratio to the fastest peer | % of conv peak | first run s | load (1 min) |",
+             "", "| run | examples/s (median) | min-max | ratio to the fastest peer | % of conv peak | first run s |",
              "| --- | --- | --- | --- | --- | --- |"]
-    peers = [r["examples_per_s"] for n, r in results["runs"].items() if not n.startswith("mnist_dnn") and "examples_per_s" in r]
+    runs = {name: r for name, r in results.items() if name != "peak"}
+    peers = [r["examples_per_s"]["median"] for n, r in runs.items()
+             if not n.startswith("mnist_dnn") and "error" not in r]
     fastest_peer = max(peers) if peers else float("nan")
-    for name, r in results["runs"].items():
-        load = "-".join(f"{v:.1f}" for v in r["load_average_1min"])
-        if "examples_per_s" not in r:
-            lines.append(f"| {name} | failed: {r['error'][:80]} | | | | {load} |")
+    for name, r in runs.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:80]} | | | | |")
             continue
-        percent = 100 * r["examples_per_s"] * TRAIN_FLOPS / (peak["conv_gflops"] * 1e9)
-        lines.append(f"| {name} | {r['examples_per_s']:,.0f} | {r['examples_per_s'] / fastest_peer:.2f} | {percent:.1f}% "
-                     f"| {r['first_run_s']:.1f} | {load} |")
+        rate = r["examples_per_s"]
+        percent = 100 * rate["median"] * TRAIN_FLOPS / (peak["conv_gflops"] * 1e9)
+        lines.append(f"| {name} | {rate['median']:,.0f} | {rate['min']:,.0f}-{rate['max']:,.0f} "
+                     f"| {rate['median'] / fastest_peer:.2f} | {percent:.1f}% | {r['first_run_s']['median']:.1f} |")
     return "\n".join(lines)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--idx_dir", default=os.environ.get("MNIST_DNN_IDX_DIR"))
-    parser.add_argument("--data_dir", default=os.path.join("/tmp", "mnist_dnn_bench_tfds"))
+    parser = harness.parser(__doc__, "cnn_speed.json")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", default=",".join(("peak",) + RUNNERS), help="comma-separated (default: all)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds for one run (warm-up and repeats)")
-    parser.add_argument("--out", default="benchmarks/cnn_speed.json")
-    parser.add_argument("--worker", choices=("peak",) + RUNNERS)
-    args = parser.parse_args()
-    if args.worker == "peak":
-        return print(json.dumps(peaks()))
+    parser.add_argument("--worker", help="(internal) measure these rows, comma-separated")
+    # --smoke: each kind of runner once (not the XLA rows: minutes of compiling), the peers if installed.
+    args = harness.parse(parser, smoke={"steps": 2, "rounds": 1, "rows": "peak,mnist_dnn,mnist_dnn_pipeline,"
+                                                                          "keras_fit,jax_jit,torch_eager"})
     if args.worker:
-        return measure(args.worker, args)
-    results = run_all(args)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
-              "results": results, "table": table(results)}
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(report["table"])
-
+        for name in args.worker.split(","):
+            measure(name, args)
+        return
+    bench = harness.Benchmark("cnn_speed", args)
+    rows = harness.installed(args.rows.split(","), {name: name.split("_")[0] for name in RUNNERS
+                                                    if name.startswith(("jax", "torch"))})
+    command = [sys.executable, __file__, f"--data_dir={args.data_dir}", f"--steps={args.steps}",
+               f"--repeats={args.repeats}"] + ([f"--idx_dir={args.idx_dir}"] if args.idx_dir else [])
+    results = {name: summarize(values)
+               for name, values in harness.in_workers(command, rows, args.rounds, args.smoke, args.timeout).items()}
+    bench.write(results, table(results))
 
 if __name__ == "__main__":
-    main()
+    harness.main(main)

@@ -3,11 +3,11 @@
     pip install -r benchmarks/requirements.txt      # PyTorch (CPU build) and JAX (with optax)
     python benchmarks/cnn_time_to_99.py --idx_dir=../shared/data/mnist [--rows=keras_example,...]
 
-One fresh process per row, one after another. A row's time runs from just before its process is
-started (interpreter start-up, imports and data loading included) to the end of the first epoch after
-which the accuracy on the 10,000 test images is >= 99.0%; that worker then stops. The test evaluation
-after every epoch is part of the command's work and counts in the time (its seconds are also
-reported apart). An epoch cap (--max_epochs, default 15) and a per-row timeout (--timeout) bound a row.
+One fresh process per row, the rows taking turns --rounds times (default 1). A row's time runs
+from just before its process is started (interpreter start-up, imports and data loading included)
+to the end of the first epoch after which the accuracy on the 10,000 test images is >= 99.0%;
+that worker then stops. The test evaluation after every epoch is part of the command's work and
+counts in the time (its seconds are also reported apart). An epoch cap (--max_epochs, default 15) and a per-row timeout (--timeout) bound a row.
 Rows 2-5 read the IDX files of --idx_dir with numpy in the worker and train on all 60,000 training
 images, as their examples do; seeds are 0 (the PyTorch example's own default seed is 1). Each peer
 runs its own published settings:
@@ -35,11 +35,9 @@ runs its own published settings:
   convolutions inside a loop). The test set is scored in batches of 1000 (the example: in one call).
 """
 
-import argparse
 import gzip
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -48,7 +46,9 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import harness
+
+ROOT = harness.ROOT
 ROWS = ("mnist_dnn_cnn_fast", "keras_example", "pytorch_example", "pytorch_example_compile", "flax_example_in_jax")
 TARGET = 0.99
 IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -309,24 +309,15 @@ def run_project(args):
         steps = max(1, args.subset // 128)
         train += [f"--max_steps={steps}", f"--eval_every={steps}", f"--checkpoint_every={steps}"]
     try:
-        started = time.time()
-        done = subprocess.run(train, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
-        train_s = time.time() - started
-        if done.returncode:
-            return {"error": last_line(done)}
-        started = time.time()
-        done = subprocess.run([sys.executable, "-m", "mnist_dnn.evaluate", f"--ckpt_dir={folder}/ckpt",
-                               f"--metrics_file={folder}/eval.json", *data_flags], capture_output=True, text=True,
-                              timeout=args.timeout, cwd=ROOT)
-        evaluate_s = time.time() - started
-        if done.returncode:
-            return {"error": "evaluate: " + last_line(done)}
+        train_s, _ = harness.run(train, args.timeout)
+        evaluate_s, _ = harness.run([sys.executable, "-m", "mnist_dnn.evaluate", f"--ckpt_dir={folder}/ckpt",
+                                     f"--metrics_file={folder}/eval.json", *data_flags], args.timeout)
         with open(f"{folder}/eval.json") as f:
             accuracy = json.load(f)["test"]["accuracy"]
         with open(f"{folder}/train.json") as f:
             result = json.load(f)
-    except subprocess.TimeoutExpired:
-        return {"timed_out_after_s": args.timeout}
+    except harness.Failed as e:
+        return {"error": str(e.code).strip().splitlines()[-1]}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     epochs = round(result["step"] / 430, 2)  # 430 steps of 128 an epoch of its 55,000 training images
@@ -336,11 +327,6 @@ def run_project(args):
             "evaluate_command_s": evaluate_s, "final_test_accuracy": accuracy,
             "validation_accuracy": (result.get("validation") or {}).get("accuracy"),
             "examples_per_s": result.get("examples_per_second"), "steps": result.get("step")}
-
-
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        return next((line.strip() for line in f if line.startswith("model name")), "unknown")
 
 
 def outcome(r):
@@ -358,45 +344,40 @@ def mean(values):
     return f"{sum(values) / len(values):.1f}" if values else ""
 
 
-def table(results) -> str:
+def table(rows) -> str:
     lines = ["| row | s to 99.0% | epoch | test accuracy per epoch | train s / epoch | test eval s / epoch "
              "| load (1 min) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in results["rows"].items():
-        accuracies = ", ".join(f"{a:.2%}" for a in r.get("test_accuracy_per_epoch", []))
-        train = r.get("train_s_per_epoch") or []
-        evals = r.get("eval_s_per_epoch") or []
-        if name == "mnist_dnn_cnn_fast" and r.get("examples_per_s"):
-            train = [55000 / r["examples_per_s"]]
-            accuracies += f" (evaluate command {r['evaluate_command_s']:.0f} s, not added)"
-        load = "-".join(f"{v:.1f}" for v in r["load_average_1min"])
-        lines.append(f"| {name} | {outcome(r)} | {r.get('epoch_reached') or ''} | {accuracies} | {mean(train)} "
-                     f"| {mean(evals)} | {load} |")
+    for name, rounds in rows.items():
+        for r in rounds:
+            accuracies = ", ".join(f"{a:.2%}" for a in r.get("test_accuracy_per_epoch", []))
+            train = r.get("train_s_per_epoch") or []
+            evals = r.get("eval_s_per_epoch") or []
+            if name == "mnist_dnn_cnn_fast" and r.get("examples_per_s"):
+                train = [55000 / r["examples_per_s"]]
+                accuracies += f" (evaluate command {r['evaluate_command_s']:.0f} s, not added)"
+            load = "-".join(f"{v:.1f}" for v in r["load_average_1min"])
+            lines.append(f"| {name} | {outcome(r)} | {r.get('epoch_reached') or ''} | {accuracies} | {mean(train)} "
+                         f"| {mean(evals)} | {load} |")
     return "\n".join(lines)
 
 
-def run_all(args):
-    rows = {}
-    for name in args.rows.split(","):
-        load_before = os.getloadavg()[0]
-        row = run_project(args) if name == "mnist_dnn_cnn_fast" else run_peer(name, args)
-        rows[name] = {"settings": SETTINGS[name], **row, "load_average_1min": [load_before, os.getloadavg()[0]]}
-        print(name, json.dumps(rows[name]), flush=True)
-    return {"rows": rows}
+def one_row(name, args) -> dict:
+    load_before = os.getloadavg()[0]
+    row = run_project(args) if name == "mnist_dnn_cnn_fast" else run_peer(name, args)
+    return {"settings": SETTINGS[name], **row, "load_average_1min": [load_before, os.getloadavg()[0]]}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--idx_dir", default=os.environ.get("MNIST_DNN_IDX_DIR"))
-    parser.add_argument("--data_dir", default=os.path.join("/tmp", "mnist_dnn_bench_tfds"))
+    parser = harness.parser(__doc__, "cnn_time_to_99.json")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ",".join(ROWS))
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--max_epochs", type=int, default=15, help="epoch cap of the peers (cnn_fast trains its 4)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds for one row")
     parser.add_argument("--subset", type=int, default=0,
                         help="tests only: train on the first N training images (cnn_fast: N/128 steps); 0: all")
-    parser.add_argument("--out", default="benchmarks/cnn_time_to_99.json")
     parser.add_argument("--worker", choices=ROWS[1:])
     parser.add_argument("--started", type=float, default=None, help="(worker) the parent's time.time() at launch")
-    args = parser.parse_args()
+    args = harness.parse(parser, smoke={"max_epochs": 1, "subset": 256})
     unknown = set(args.rows.split(",")) - set(ROWS)
     if unknown:
         parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
@@ -407,14 +388,16 @@ def main():
     if args.worker:
         return worker(args)
     args.idx_dir = os.path.abspath(args.idx_dir)
-    results = run_all(args)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-              "processor": platform.processor(), "cpu_model": cpu_model(), "max_epochs": args.max_epochs,
-              "timeout_s": args.timeout, "subset": args.subset, "results": results, "table": table(results)}
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(report["table"])
+    bench = harness.Benchmark("cnn_time_to_99", args)
+    needs = {"pytorch_example": "torch", "pytorch_example_compile": "torch", "flax_example_in_jax": "jax"}
+    rows = harness.installed(args.rows.split(","), needs)
+    results = harness.interleaved({name: lambda n=name: one_row(n, args) for name in rows}, args.rounds)
+    summary = {name: {"seconds_to_99": harness.spread(r["seconds_to_99"] for r in rounds if r.get("seconds_to_99"))
+                      if any(r.get("seconds_to_99") for r in rounds) else None,
+                      "reached_rounds": f"{sum(bool(r.get('seconds_to_99')) for r in rounds)}/{len(rounds)}"}
+               for name, rounds in results.items()}
+    bench.write({"summary": summary, "rows": results}, table(results))
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(main)

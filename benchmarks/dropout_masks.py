@@ -10,25 +10,18 @@ draws: Threefry bits in uint32 ops), TensorFlow's `stateless_dropout` with Philo
 mask. Writes benchmarks/dropout_masks.json.
 """
 
-import argparse
-import json
 import os
-import statistics
-import time
+import sys
 
-os.environ.setdefault("MNIST_DNN_XLA_CACHE", "off")
-
-from mnist_dnn.cli import startup  # noqa: E402 (sets the XLA flags before TensorFlow starts)
-
-startup.import_tensorflow()
-import tensorflow as tf  # noqa: E402
-
-from mnist_dnn.lib.core import models  # noqa: E402
+import harness
 
 SHAPE, RATE = (128, 512), 0.2
+JAX_ROW = "JAX random.bernoulli (speed.py's JAX loop)"
 
 
 def tensorflow_loop(masks: int, apply):
+    import tensorflow as tf
+
     @tf.function(jit_compile=True)
     def loop(x):
         total, i = tf.zeros(SHAPE), tf.constant(0)
@@ -59,42 +52,38 @@ def jax_loop(masks: int):
 
 
 def variants(masks: int) -> dict:
+    import tensorflow as tf
+    from mnist_dnn.lib.core import models
     found = {
         "mnist_dnn Dropout (Threefry in uint32 ops)": tensorflow_loop(masks, lambda x, s: models.dropout(x, RATE, s)),
         "TensorFlow stateless_dropout, Philox": tensorflow_loop(
             masks, lambda x, s: tf.nn.experimental.stateless_dropout(x, RATE, s, rng_alg="philox")),
         "no mask (the loop alone)": tensorflow_loop(masks, lambda x, s: x / (1 - RATE) + tf.cast(s[0], tf.float32)),
     }
-    try:
-        found["JAX random.bernoulli (speed.py's JAX loop)"] = jax_loop(masks)
-    except ImportError:
-        pass
+    if harness.installed([JAX_ROW], {JAX_ROW: "jax"}):
+        found[JAX_ROW] = jax_loop(masks)
     return found
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, "dropout_masks.json")
     parser.add_argument("--masks", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/dropout_masks.json")
-    args = parser.parse_args()
+    args = harness.parse(parser, smoke={"masks": 3, "rounds": 1})
+    bench = harness.Benchmark("dropout_masks", args)
+    os.environ.setdefault("MNIST_DNN_XLA_CACHE", "off")  # each variant compiled here, not loaded
+    from mnist_dnn.cli import startup
+    startup.quiet_tensorflow(sys.argv)  # as the tools start TensorFlow
     runs = variants(args.masks)
     for run in runs.values():
         run()  # compile
-    micros = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            micros[name].append((time.perf_counter() - started) / args.masks * 1e6)
-    medians = {name: statistics.median(values) for name, values in micros.items()}
-    with open(args.out, "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "shape": SHAPE, "rate": RATE,
-                   "masks": args.masks, "microseconds_per_mask": medians, "rounds": micros}, f, indent=2)
-    print("| variant | µs per [128, 512] mask (median) |\n| --- | --- |")
-    for name, value in medians.items():
-        print(f"| {name} | {value:,.0f} |")
+    rounds = harness.interleaved({name: lambda run=run: harness.seconds(run) / args.masks * 1e6
+                                  for name, run in runs.items()}, args.rounds)
+    micros = {name: harness.spread(values) for name, values in rounds.items()}
+    table = "| variant | µs per [128, 512] mask (median) |\n| --- | --- |\n" + "\n".join(
+        f"| {name} | {value['median']:,.0f} |" for name, value in micros.items())
+    bench.write({"shape": SHAPE, "rate": RATE, "microseconds_per_mask": micros}, table)
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(main)

@@ -1,41 +1,29 @@
 """The cost of a periodic stop against the training it interrupts, in one process.
 
-    python benchmarks/periodic_stop.py [--idx_dir=DIR] [--rounds=9] [--json=FILE]
+    python benchmarks/periodic_stop.py [--idx_dir=DIR] [--rounds=9] [--out=FILE]
 
 With the main command's settings (dense 784-60-30-10, Adam, batch 128), after a warm-up, it
 alternates: 250 training steps, then one stop as `train` makes it every 1,000 steps
 (validate the 5,000 validation images, keep the best checkpoint, write the diagnostics, save a
 checkpoint). Prints the medians and their ratio (target: a stop costs at most 250 steps).
+Writes benchmarks/periodic_stop.json (benchmarks/end_to_end.py runs it too, into its own JSON).
 """
 
-import argparse
-import json
-import statistics
 import tempfile
-import time
 
-import tensorflow as tf
-
-from mnist_dnn.lib.core import data
-from mnist_dnn.lib.trainer import distribute, training
-from mnist_dnn.lib.core.run_dir import RunDir
-
-STEPS = 250
+import harness
 
 
-def seconds(work) -> float:
-    begin = time.perf_counter()
-    work()
-    return time.perf_counter() - begin
-
-
-def make_run(idx_dir: str | None, folder: str):
-    config = training.TrainConfig(data=data.DataConfig("mnist", None, idx_dir), ckpt_dir=f"{folder}/ckpt",
-                                  log_dir=f"{folder}/logs")
+def make_run(args, folder: str):
+    from mnist_dnn.lib.core import data
+    from mnist_dnn.lib.core.run_dir import RunDir
+    from mnist_dnn.lib.trainer import distribute, training
+    config = training.TrainConfig(data=data.DataConfig("mnist", args.data_dir, args.idx_dir),
+                                  ckpt_dir=f"{folder}/ckpt", log_dir=f"{folder}/logs")
     state = training.build_state(config)
     splits = data.load_splits(config.data)
-    run = training._Run(config, state, distribute.make_strategy("default", None, 0), splits, config.log_dir,
-                        RunDir(config.ckpt_dir), None)
+    run = training._Run(config, state, distribute.make_strategy("default"), splits, config.log_dir,
+                        RunDir(config.ckpt_dir), None, print)
     return run, state
 
 
@@ -47,29 +35,26 @@ def stop(run, state) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--idx_dir")
+    parser = harness.parser(__doc__, "periodic_stop.json")
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--json")
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, default=250, help="training steps a round")
+    args = harness.parse(parser, smoke={"rounds": 1, "steps": 5})
+    bench = harness.Benchmark("periodic_stop", args)
     with tempfile.TemporaryDirectory() as folder:
-        run, state = make_run(args.idx_dir, folder)
-        run.runner(STEPS)  # compiles
+        run, state = make_run(args, folder)
+        run.runner(args.steps)  # compiles
         stop(run, state)  # traces the validation and diagnostics functions
-        training_s, stop_s = [], []
-        for _ in range(args.rounds):
-            training_s.append(seconds(lambda: (run.runner(STEPS), float(state.step.numpy()))))
-            stop_s.append(seconds(lambda: stop(run, state)))
+        rounds = harness.interleaved({"steps_s": lambda: harness.seconds(lambda: (run.runner(args.steps),
+                                                                                  float(state.step.numpy()))),
+                                      "stop_s": lambda: harness.seconds(lambda: stop(run, state))}, args.rounds)
         run.close()
-    result = {"date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "tensorflow": tf.__version__,
-              f"{STEPS}_steps_s": statistics.median(training_s), "stop_s": statistics.median(stop_s)}
-    result["stop_over_steps"] = result["stop_s"] / result[f"{STEPS}_steps_s"]
-    print(f"{STEPS} training steps {result[f'{STEPS}_steps_s'] * 1000:.1f} ms, one stop {result['stop_s'] * 1000:.1f} ms "
-          f"(median of {args.rounds}): ratio {result['stop_over_steps']:.2f} (target <= 1)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    result = {name: harness.spread(values) for name, values in rounds.items()}
+    result["stop_over_steps"] = result["stop_s"]["median"] / result["steps_s"]["median"]
+    table = (f"{args.steps} training steps {result['steps_s']['median'] * 1000:.1f} ms, one stop "
+             f"{result['stop_s']['median'] * 1000:.1f} ms (median of {args.rounds}): ratio "
+             f"{result['stop_over_steps']:.2f} (target <= 1)")
+    bench.write(result, table)
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(main)

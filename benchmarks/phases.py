@@ -2,21 +2,24 @@
 
     python benchmarks/phases.py [train flags...]      # default: the main command into a fresh folder
 
-Imports the tool and runs its `main` as `python -m mnist_dnn.train` would, with timers wrapped
-around the library functions of each phase (imports, data, model build, tracing and XLA compile,
-steps, validations, diagnostics, saves). Prints one row per phase and the wall time of the
-whole process; `--json=FILE` also writes them.
+Imports the tool and runs it as `python -m mnist_dnn.train` would, with timers wrapped around
+the library functions of each phase (imports, data, model build, tracing and XLA compile, steps,
+validations, diagnostics, saves). Prints one row per phase and the wall time of the whole
+process, and writes them to benchmarks/phases.json (--out).
 """
 
-import collections
-import contextlib
-import functools
-import json
-import sys
-import tempfile
 import time
 
 STARTED = time.perf_counter()
+
+import collections  # noqa: E402 (after the clock starts: the whole process is timed)
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+import harness  # noqa: E402
+
 SECONDS = collections.defaultdict(float)
 CALLS = collections.Counter()
 
@@ -80,30 +83,43 @@ def instrument():
     return train
 
 
-def main():
-    argv = [a for a in sys.argv[1:] if not a.startswith("--json=")]
-    json_file = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--json=")), None)
-    scratch = tempfile.mkdtemp(prefix="phases-")
-    if not any(a.startswith("--ckpt_dir") for a in argv):
-        argv += [f"--ckpt_dir={scratch}/ckpt", f"--log_dir={scratch}/logs"]
-    train = instrument()
-    from absl import app
+def train_flags(args, scratch: str) -> list[str]:
+    """The train command's flags: the ones given, and a fresh folder and the data unless they say otherwise."""
+    flags = list(args.rest)
+    given = lambda name: any(a.startswith(f"--{name}") for a in flags)
+    if not given("ckpt_dir"):
+        flags += [f"--ckpt_dir={scratch}/ckpt", f"--log_dir={scratch}/logs"]
+    if not given("data_dir"):
+        flags.append(f"--data_dir={args.data_dir}")
+    if args.idx_dir and not given("idx_dir"):
+        flags.append(f"--idx_dir={args.idx_dir}")
+    if args.smoke and not given("max_steps"):
+        flags += ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5"]
+    return flags
 
-    with phase("the whole of main()"):
-        try:
-            app.run(train.main, argv=["mnist_dnn.train", *argv])
-        except SystemExit:
-            pass
+
+def main():
+    parser = harness.parser(__doc__, "phases.json")
+    args = harness.parse(parser, smoke={}, rest=True)
+    bench = harness.Benchmark("phases", args)
+    train = instrument()
+    from mnist_dnn.cli import app as cli
+
+    with tempfile.TemporaryDirectory(prefix="phases-") as scratch:
+        sys.argv = ["mnist_dnn.train", *train_flags(args, scratch)]
+        with phase("the whole of main()"), cli.in_process():
+            try:
+                cli.run(train.main, presets=True)
+            except SystemExit as e:
+                if e.code:
+                    sys.exit(f"error: the train command failed (exit {e.code})")
     total = time.perf_counter() - STARTED
     rows = {name: {"seconds": round(SECONDS[name], 3), "calls": CALLS[name]} for name in SECONDS}
     rows["process (all of it)"] = {"seconds": round(total, 3), "calls": 1}
-    print(f"\n{'phase':<58}{'calls':>6}{'seconds':>9}", file=sys.stderr)
-    for name, row in rows.items():
-        print(f"{name:<58}{row['calls']:>6}{row['seconds']:>9.2f}", file=sys.stderr)
-    if json_file:
-        with open(json_file, "w") as f:
-            json.dump(rows, f, indent=1)
+    table = f"{'phase':<58}{'calls':>6}{'seconds':>9}\n" + "\n".join(
+        f"{name:<58}{row['calls']:>6}{row['seconds']:>9.2f}" for name, row in rows.items())
+    bench.write(rows, table)
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(main)

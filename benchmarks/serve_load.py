@@ -12,10 +12,9 @@ the wall time, latency p50 and p99, and errors (a status other than 200, or no a
 
 In process, for comparison: the same SavedModel loaded with tf.saved_model.load and its
 `serving_default` called with the same batches as uint8 tensors, by one caller and by
---clients threads, the same number of calls in all.
+--clients threads, the same number of calls in all. The rows take turns, --rounds times.
 """
 
-import argparse
 import asyncio
 import concurrent.futures
 import json
@@ -25,19 +24,18 @@ import sys
 import tempfile
 import time
 
-import httpx
 import numpy as np
-import tensorflow as tf
 
-from mnist_dnn.lib.core import data, models, serving
+import harness
 
 BATCHES = (1, 100)
 
 
-def images(idx_dir: str | None, count: int = 1000) -> np.ndarray:
-    """MNIST test images (uint8 [N, 28, 28, 1]) if given, else random pixels."""
-    if idx_dir:
-        test = data.load_splits(data.DataConfig("mnist", tempfile.mkdtemp(), idx_dir))["test"]
+def images(args, count: int = 1000) -> np.ndarray:
+    """MNIST test images (uint8 [N, 28, 28, 1]) if --idx_dir is given, else random pixels."""
+    if args.idx_dir:
+        from mnist_dnn.lib.core import data
+        test = data.load_splits(data.DataConfig("mnist", args.data_dir, args.idx_dir))["test"]
         return test.images.numpy()[:count].reshape(-1, 28, 28, 1)
     return np.random.default_rng(0).integers(0, 256, (count, 28, 28, 1)).astype(np.uint8)
 
@@ -50,6 +48,7 @@ def summary(latencies: list[float], wall: float, batch: int, errors: int) -> dic
 
 
 async def one_client(url: str, bodies: list[bytes], latencies: list, errors: list) -> None:
+    import httpx
     async with httpx.AsyncClient(timeout=60) as client:
         for body in bodies:
             started = time.perf_counter()
@@ -74,7 +73,9 @@ async def load(url: str, pixels: np.ndarray, batch: int, clients: int, requests:
     return summary(latencies, time.perf_counter() - started, batch, len(errors))
 
 
-def in_process(model_path: str, pixels: np.ndarray, batch: int, clients: int, requests: int) -> dict:
+def in_process_rows(model_path: str, pixels: np.ndarray, batch: int, clients: int, requests: int) -> dict:
+    """One caller, and `clients` threads, calling the SavedModel's signature with batches of `batch` images."""
+    import tensorflow as tf
     signature = tf.saved_model.load(model_path).signatures["serving_default"]
     batches = [tf.constant(pixels[(i * batch) % (len(pixels) - batch + 1):][:batch]) for i in range(requests)]
 
@@ -86,62 +87,65 @@ def in_process(model_path: str, pixels: np.ndarray, batch: int, clients: int, re
             times.append(time.perf_counter() - started)
         return times
 
-    caller(batches[:20])  # warm-up
-    results = {}
-    started = time.perf_counter()
-    times = caller(batches * clients)
-    results["one_caller"] = summary(times, time.perf_counter() - started, batch, 0)
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+    def one_caller():
         started = time.perf_counter()
-        times = [t for ts in pool.map(caller, [batches] * clients) for t in ts]
-        results[f"{clients}_threads"] = summary(times, time.perf_counter() - started, batch, 0)
-    return results
+        times = caller(batches * clients)
+        return summary(times, time.perf_counter() - started, batch, 0)
+
+    def threads():
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            started = time.perf_counter()
+            times = [t for ts in pool.map(caller, [batches] * clients) for t in ts]
+            return summary(times, time.perf_counter() - started, batch, 0)
+
+    caller(batches[:20])  # warm-up
+    return {f"in_process_one_caller_batch_{batch}": one_caller, f"in_process_{clients}_threads_batch_{batch}": threads}
 
 
 def start_server(model_dir: str, threads: int) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "mnist_dnn.serve", f"--model_dir={model_dir}", "--port=0",
-                                f"--model_threads={threads}"], stdout=subprocess.PIPE, text=True)
+                                f"--model_threads={threads}"], stdout=subprocess.PIPE, text=True, cwd=harness.ROOT)
     line = process.stdout.readline()
     if not line.startswith("Serving"):
-        raise SystemExit(f"the server did not start: {line}")
+        process.kill()
+        raise SystemExit(f"error: the server did not start: {line}")
     return process, line.split(" at ")[1].split()[0] + "v1/models/mnist:predict"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, "serve_load.json")
     parser.add_argument("--model_dir")
-    parser.add_argument("--idx_dir")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--model_threads", type=int, default=2)
-    parser.add_argument("--out")
-    args = parser.parse_args()
-    model_dir = args.model_dir or os.path.join(tempfile.mkdtemp(), "mnist")
-    if not args.model_dir:
-        serving.export_model(models.create_model(models.make_config("dense")), model_dir)
-    pixels = images(args.idx_dir)
-    process, url = start_server(model_dir, args.model_threads)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average": os.getloadavg(),
-              "clients": args.clients, "requests_per_client": args.requests, "model_threads": args.model_threads,
-              "model": serving.resolve_model(model_dir), "server": {}, "in_process": {}}
-    try:
-        for batch in BATCHES:
-            result["server"][f"batch_{batch}"] = asyncio.run(load(url, pixels, batch, args.clients, args.requests))
-            print(f"server, batch {batch}: {result['server'][f'batch_{batch}']}", flush=True)
-    finally:
-        process.terminate()
-        process.wait(30)
-    for batch in BATCHES:
-        result["in_process"][f"batch_{batch}"] = in_process(serving.resolve_model(model_dir), pixels, batch,
-                                                            args.clients, args.requests)
-        print(f"in process, batch {batch}: {result['in_process'][f'batch_{batch}']}", flush=True)
-    result["load_average_after"] = os.getloadavg()
-    print(json.dumps(result, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+    parser.add_argument("--rounds", type=int, default=1)
+    args = harness.parse(parser, smoke={"clients": 2, "requests": 3})
+    bench = harness.Benchmark("serve_load", args)
+    from mnist_dnn.lib.core import export_dir, exporting, models
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = args.model_dir or os.path.join(scratch, "mnist")
+        if not args.model_dir:
+            exporting.export_model(models.create_model(models.make_config("dense")), model_dir)
+        pixels = images(args)
+        process, url = start_server(model_dir, args.model_threads)
+        try:
+            rows = {f"server_batch_{b}": lambda b=b: asyncio.run(load(url, pixels, b, args.clients, args.requests))
+                    for b in BATCHES}
+            for b in BATCHES:
+                path = export_dir.resolve_model(model_dir)
+                rows.update(in_process_rows(path, pixels, b, args.clients, args.requests))
+            rounds = harness.interleaved(rows, args.rounds)
+        finally:
+            process.terminate()
+            process.wait(30)
+        model = export_dir.resolve_model(model_dir) if args.model_dir else "the default dense model, random weights"
+    results = {name: {key: harness.spread(r[key] for r in values) for key in ("images_per_s", "p50_ms", "p99_ms")}
+               | {"errors": sum(r["errors"] for r in values), "rounds": values} for name, values in rounds.items()}
+    table = "| row | images/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- |\n" + "\n".join(
+        f"| {name} | {r['images_per_s']['median']:,.0f} | {r['p50_ms']['median']:.2f} | {r['p99_ms']['median']:.2f} "
+        f"| {r['errors']} |" for name, r in results.items())
+    bench.write({"model": model, "rows": results}, table)
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(main)

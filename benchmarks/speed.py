@@ -4,7 +4,8 @@
     python benchmarks/speed.py --idx_dir=../shared/data/mnist [--out=benchmarks/speed.json]
 
 Every run uses the same data (MNIST's 55,000 training images), model, optimizer (Adam) and
-batch, in a process of its own (for its peak RSS). Tasks:
+batch, in a process of its own (for its peak RSS); the runs of the tasks below take turns,
+--rounds times (default 1: each runner's figure is already the median of --repeats epochs). Tasks:
 - throughput on 784-128-10 and on 784-512-512-10 with dropout 0.2 (Adam 1e-3, batch 128):
   the first epoch's time (tracing and compilation included), then the median examples/s of
   --repeats further epochs;
@@ -20,21 +21,18 @@ trains in one `fit` call (a callback times the epochs). Ratios are to Keras `fit
 steps_per_execution=1, in the same run.
 """
 
-import argparse
 import dataclasses
-import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_CONFIG = os.path.join(ROOT, "configs", "fast.cfg")
+import harness
+
+FAST_CONFIG = os.path.join(harness.ROOT, "configs", "fast.cfg")
 RUNNERS = ("keras_fit", "keras_fit_fast", "mnist_dnn", "mnist_dnn_pipeline", "torch_eager", "jax_scan")
 # Keras' mixed_bfloat16 policy (bf16 matmuls, float32 weights) in mnist_dnn's loop, on the large model only.
 BF16_RUNNERS = ("mnist_dnn_bf16", "mnist_dnn_pipeline_bf16")
@@ -58,9 +56,11 @@ TASKS = {"small": SMALL, "large": LARGE}  # each: throughput, then time to targe
 def fast_setting():
     """configs/fast.cfg's model and hyperparameters, read as mnist_dnn.train reads them."""
     from absl import flags
-    from mnist_dnn import train
+    from mnist_dnn import train  # noqa: F401 (defines the training flags)
+    from mnist_dnn.cli import app as cli
+    from mnist_dnn.lib.config import TrainConfig
     flags.FLAGS(["speed", f"--flagfile={FAST_CONFIG}"])
-    config = train.config_from_flags()
+    config = cli.tool_config(TrainConfig)
     assert config.optimizer == "adam", "the other runners train with Adam"
     cosine_steps = config.max_steps if config.lr_schedule == "cosine" else 0
     return Setting(config.model.hidden_units, config.model.dropout, config.learning_rate, config.batch_size,
@@ -225,9 +225,8 @@ def make_runner(name, setting, splits, train, test, config=None):
     if name == "keras_fit_fast":
         return keras_runner(setting, train, test, 50, True)
     if name.startswith("mnist_dnn"):
-        if name.endswith("_bf16"):
-            import keras
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        import keras
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if name.endswith("_bf16") else "float32")
         return mnist_dnn_runner(setting, splits, "pipeline" not in name, config)
     if name == "torch_eager":
         return torch_runner(setting, train, test)
@@ -260,7 +259,7 @@ def throughput(run, examples, repeats):
 
     run(repeats + 1, after_epoch)
     rates = [examples / seconds for seconds in clock.epochs[1:]]
-    return {"first_epoch_s": clock.epochs[0], "examples_per_s": statistics.median(rates), "rounds": rates}
+    return {"first_epoch_s": clock.epochs[0], "examples_per_s": statistics.median(rates), "epochs": rates}
 
 
 def time_to_accuracy(run, accuracy, target, max_epochs):
@@ -277,7 +276,9 @@ def time_to_accuracy(run, accuracy, target, max_epochs):
     return {"target": target, "reached": reached or None}
 
 
-def measure(name, task, args):
+def measure(row, args):
+    """One row, "runner/task", in this process (a worker's)."""
+    name, task = row.split("/")
     splits, train, test = load_arrays(args.idx_dir, args.data_dir)
     config = None
     if task == "fast":
@@ -290,99 +291,98 @@ def measure(name, task, args):
     else:
         result = time_to_accuracy(run, accuracy, setting.target, args.max_epochs)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(result))
+    harness.worker_line(row, result)
 
 
-def available(name):
-    module = {"torch_eager": "torch", "jax_scan": "jax"}.get(name)
-    if module is None:
-        return True
-    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
+ROWS = [f"{name}/{size}_{kind}" for size in TASKS for kind in ("throughput", "accuracy") for name in RUNNERS]
+ROWS += [f"{name}/large_throughput" for name in BF16_RUNNERS] + ["mnist_dnn/fast", "keras_fit_fast/fast"]
+# Every runner and kind of task once, and the peers where installed: one worker process.
+SMOKE_ROWS = ("keras_fit/small_accuracy,mnist_dnn_pipeline_bf16/large_throughput,mnist_dnn/fast,"
+              "torch_eager/small_throughput,jax_scan/small_throughput")
 
 
-def plan(fast_rounds):
-    """(runner, task) pairs, in the order they run."""
-    tasks = [f"{size}_{kind}" for size in TASKS for kind in ("throughput", "accuracy")]
-    pairs = [(name, task) for task in tasks for name in RUNNERS]
-    pairs += [(name, "large_throughput") for name in BF16_RUNNERS]
-    return pairs + [("mnist_dnn", "fast"), ("keras_fit_fast", "fast")] * fast_rounds
-
-
-def median_round(rounds):
-    seconds = lambda r: r["reached"]["seconds"] if r["reached"] else float("inf")
-    return sorted(rounds, key=seconds)[len(rounds) // 2]
+def summarize(rounds: list[dict]) -> dict:
+    """A row's rounds: the median, min and max of its figures."""
+    done = [r for r in rounds if "error" not in r]
+    if not done:
+        return {"error": rounds[-1]["error"], "rounds": rounds}
+    if "examples_per_s" in done[0]:
+        return {"examples_per_s": harness.spread(r["examples_per_s"] for r in done),
+                "first_epoch_s": harness.spread(r["first_epoch_s"] for r in done),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in done), "rounds": rounds}
+    reached = [r["reached"] for r in done if r["reached"]]
+    return {"target": done[0]["target"], "reached_rounds": f"{len(reached)}/{len(rounds)}",
+            "seconds": harness.spread(r["seconds"] for r in reached) if reached else None,
+            "epochs": harness.spread(r["epochs"] for r in reached) if reached else None,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in done), "rounds": rounds}
 
 
 def run_all(args):
+    """Each row's rounds: the rows of a task take turns (the fast task's --fast_rounds times, the others' --rounds)."""
+    rows = harness.installed(args.rows.split(","), {row: {"torch": "torch", "jax": "jax"}.get(row.split("_")[0])
+                                                    for row in ROWS})
+    command = [sys.executable, __file__, f"--data_dir={args.data_dir}", f"--repeats={args.repeats}",
+               f"--max_epochs={args.max_epochs}"] + ([f"--idx_dir={args.idx_dir}"] if args.idx_dir else [])
+    by_rounds = {}
+    for row in rows:
+        by_rounds.setdefault(args.fast_rounds if row.endswith("/fast") else args.rounds, []).append(row)
     results = {}
-    for name, task in plan(args.fast_rounds):
-        if not available(name):
-            print(f"{name}: not installed, skipped", flush=True)
-            continue
-        command = [sys.executable, __file__, f"--worker={name}", f"--task={task}", f"--data_dir={args.data_dir}",
-                   f"--repeats={args.repeats}", f"--max_epochs={args.max_epochs}"]
-        if args.idx_dir:
-            command.append(f"--idx_dir={args.idx_dir}")
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        result = json.loads(output.strip().splitlines()[-1])
-        print(name, task, result, flush=True)
-        if task == "fast":
-            rounds = results.setdefault(name, {}).setdefault("fast_rounds", [])
-            rounds.append(result)
-            result = median_round(rounds)
-        results.setdefault(name, {})[task] = result
+    for rounds, group in by_rounds.items():
+        for row, values in harness.in_workers(command, group, rounds, args.smoke).items():
+            name, task = row.split("/")
+            results.setdefault(name, {})[task] = summarize(values)
     return results
 
 
 def _reached(result):
-    r = result["reached"]
-    return f"{r['seconds']:.1f} s ({r['epochs']} ep.)" if r else "not reached"
+    if "error" in result:
+        return "failed"
+    return (f"{result['seconds']['median']:.1f} s ({result['epochs']['median']:g} ep., {result['reached_rounds']})"
+            if result["seconds"] else f"not reached ({result['reached_rounds']})")
+
+
+def _rate(result, base):
+    if "error" in result:
+        return "failed"
+    rate = result["examples_per_s"]["median"]
+    return f"{rate:,.0f} ({rate / base:.2f})" if base else f"{rate:,.0f}"
 
 
 def table(results):
-    base = {size: results["keras_fit"][f"{size}_throughput"]["examples_per_s"] for size in TASKS}
+    keras = results.get("keras_fit", {})
+    base = {size: keras[f"{size}_throughput"]["examples_per_s"]["median"] if "examples_per_s" in
+            keras.get(f"{size}_throughput", {}) else None for size in TASKS}
     lines = ["| run | ex/s 784-128-10 (ratio) | first epoch s | ex/s 784-512-512-10 (ratio) | s to 97.5% (small) "
              "| s to 98.0% (large) | s to 98.0% (configs/fast.cfg) | peak RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
-        if "small_throughput" not in r:
-            t = r["large_throughput"]
-            lines.append(f"| {name} | | | {t['examples_per_s']:,.0f} ({t['examples_per_s'] / base['large']:.2f}) | | | | "
-                         f"{t['peak_rss_mb']:,.0f} |")
-            continue
-        cells = [name]
-        for size in TASKS:
-            t = r[f"{size}_throughput"]
-            cells.append(f"{t['examples_per_s']:,.0f} ({t['examples_per_s'] / base[size]:.2f})")
-            if size == "small":
-                cells.append(f"{t['first_epoch_s']:.2f}")
-        cells += [_reached(r["small_accuracy"]), _reached(r["large_accuracy"])]
-        cells.append(_reached(r["fast"]) if "fast" in r else "")
-        cells.append(f"{max(v['peak_rss_mb'] for k, v in r.items() if k != 'fast_rounds'):,.0f}")
+        first = r.get("small_throughput", {}).get("first_epoch_s")
+        cells = [name, _rate(r["small_throughput"], base["small"]) if "small_throughput" in r else "",
+                 f"{first['median']:.2f}" if first else "",
+                 _rate(r["large_throughput"], base["large"]) if "large_throughput" in r else ""]
+        cells += [_reached(r[task]) if task in r else "" for task in ("small_accuracy", "large_accuracy", "fast")]
+        cells.append(f"{max(v.get('peak_rss_mb', 0) for v in r.values()):,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--idx_dir", default=os.environ.get("MNIST_DNN_IDX_DIR"))
-    parser.add_argument("--data_dir", default=os.path.join("/tmp", "mnist_dnn_bench_tfds"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = harness.parser(__doc__, "speed.json")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs of the throughput tasks")
     parser.add_argument("--max_epochs", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the throughput and accuracy tasks")
     parser.add_argument("--fast_rounds", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/speed.json")
-    parser.add_argument("--worker", choices=RUNNERS + BF16_RUNNERS)
-    parser.add_argument("--task", choices=[f"{s}_{k}" for s in TASKS for k in ("throughput", "accuracy")] + ["fast"])
-    args = parser.parse_args()
+    parser.add_argument("--rows", default=",".join(ROWS), help="runner/task, comma-separated (default: all)")
+    parser.add_argument("--worker", help="(internal) measure these rows runner/task, comma-separated")
+    args = harness.parse(parser, smoke={"repeats": 1, "max_epochs": 1, "rounds": 1, "fast_rounds": 1,
+                                        "rows": SMOKE_ROWS})
     if args.worker:
-        return measure(args.worker, args.task, args)
+        for row in args.worker.split(","):
+            measure(row, args)
+        return
+    bench = harness.Benchmark("speed", args)
     results = run_all(args)
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
-              "results": results, "table": table(results)}
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(report["table"])
-
+    bench.write(results, table(results))
 
 if __name__ == "__main__":
-    main()
+    harness.main(main)

@@ -14,13 +14,11 @@ startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is
 
 import json
 
-from absl import flags
-
 from mnist_dnn.cli import app as cli
+from mnist_dnn.lib.config import RestoreConfig
 from mnist_dnn.lib.errors import CheckpointError
 
-cli.define_restore_flags()
-FLAGS = flags.FLAGS
+cli.define_config_flags(RestoreConfig)
 
 
 def _number(value: float | None) -> str:
@@ -51,7 +49,8 @@ def main(argv):
     del argv
     from mnist_dnn.lib.core import checkpoints, run_dir  # after cli.run's quiet start-up: they import TensorFlow
 
-    path, step, summaries = checkpoints.read_checkpoint_variables(FLAGS.ckpt_dir, FLAGS.checkpoint, FLAGS.which)
+    config = cli.tool_config(RestoreConfig)
+    path, step, summaries = checkpoints.read_checkpoint_variables(**vars(config))
     print(f"checkpoint {path} (step {'unknown' if step is None else step})")
     print(f"configuration ({run_dir.CONFIG_FILE}): {describe_config(run_dir.RunDir.of_checkpoint(path).path)}")
     print(f"{len(summaries)} values:")

@@ -17,10 +17,11 @@ startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is
 from absl import flags
 
 from mnist_dnn.cli import app as cli
+from mnist_dnn.lib.config import RunData
 from mnist_dnn.lib.errors import UsageError
 
 flags.DEFINE_string("root", None, "Folder of a sweep or a search (written by mnist_dnn.sweep or mnist_dnn.search).")
-cli.define_data_flags()
+cli.define_config_flags(RunData, only=("data_dir", "idx_dir"))
 FLAGS = flags.FLAGS
 
 
@@ -30,7 +31,7 @@ def main(argv):
         raise UsageError("--root is required: the folder of a sweep or a search, e.g. --root=runs/lr-width")
     from mnist_dnn.lib.experiments import reports  # after cli.run's quiet start-up: it imports TensorFlow
 
-    reports.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=cli.say)
+    reports.report(FLAGS.root, data_dir=FLAGS.data_dir, idx_dir=cli.idx_dir(FLAGS), out=cli.say)
 
 
 def run():

@@ -24,44 +24,28 @@ from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
-import dataclasses
+import functools
 import os
 import signal
 
 from absl import flags
 
 from mnist_dnn.cli import app as cli
-from mnist_dnn import train  # defines the training flags that are the base of every trial
 from mnist_dnn.lib import files
-from mnist_dnn.lib.experiments import search, studies, trials
-from mnist_dnn.lib.config import ConfigError
+from mnist_dnn.lib.experiments import search, studies, sweeps, trials
+from mnist_dnn.lib.config import ConfigError, TrainConfig
 from mnist_dnn.lib.errors import Error
 
+cli.define_train_flags()  # the base of every trial
 cli.define_config_flags(search.SearchConfig)
 flags.DEFINE_multi_string("space", [], "An axis of the search space: NAME=KIND:ARGS with KIND one of "
                           f"{', '.join(search.KINDS)}, e.g. learning_rate=loguniform:1e-4:1e-1 or "
                           "hidden_units=choice:128,256-128 (repeat for more axes).")
 FLAGS = flags.FLAGS
-SEARCH_FLAGS = ("space", *(f.name for f in dataclasses.fields(search.SearchConfig)))
-TRAIN_FLAGS = sorted({f.name for module, defined in FLAGS.flags_by_module_dict().items()
-                      if module.startswith("mnist_dnn.") for f in defined} - set(SEARCH_FLAGS) - {"result_file"})
 
 
 class SearchError(Error):
     """The search stopped before its end (interrupted, or its workers failed)."""
-
-
-def check_value(name: str, value: str) -> None:
-    """Parses a value of the space as the training flag would (types, lists, enums)."""
-    flag = FLAGS[name]
-    if isinstance(flag.parser, flags.ListParser):
-        value = value.replace("-", ",")
-    try:
-        parsed = flag.parser.parse(value)
-    except (ValueError, TypeError) as e:
-        raise ConfigError("space", f"value {value!r} is not valid for --{name}: {e}") from None
-    if name == "hidden_units":
-        cli.parse_int_list(name, parsed)
 
 
 def check_root(config: search.SearchConfig) -> None:
@@ -89,14 +73,15 @@ def main(argv):
     from mnist_dnn.lib.core import data  # after cli.run's quiet start-up: they import TensorFlow
     from mnist_dnn.lib.experiments import reports
 
-    config = cli.config_from_flags(search.SearchConfig)
+    config = cli.tool_config(search.SearchConfig)
     config.validate()
     check_root(config)
     if config.storage:
         studies.check_storage_url(config.storage)
-    space = [search.parse_param(spec, lambda name: name in TRAIN_FLAGS, check_value) for spec in FLAGS.space]
+    check = functools.partial(sweeps.check_value, "space")
+    space = [search.parse_param(spec, sweeps.TRAIN_FLAGS.__contains__, check) for spec in FLAGS.space]
     search.check_space(space, config.sampler)
-    base = train.config_from_flags()
+    base = cli.tool_config(TrainConfig)
     base.validate()
     search.check_space_against(base, space)
     data.prepare(base.data)  # once, here: workers importing it at the same time would race
@@ -108,7 +93,7 @@ def main(argv):
     try:
         codes = trials.run_workers(plan, say)
     finally:
-        reports.report(config.root, FLAGS.data_dir, cli.idx_dir(FLAGS), out=say)
+        reports.report(config.root, data_dir=FLAGS.data_dir, idx_dir=cli.idx_dir(FLAGS), out=say)
     interrupted = [c for c in codes if c in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM)]
     if interrupted:
         raise SearchError("interrupted (the trials saved a checkpoint); run the same command to resume")

@@ -19,7 +19,7 @@ import gc
 import socket
 
 from mnist_dnn.cli import app as cli
-from mnist_dnn.lib.serve.config import ServeConfig
+from mnist_dnn.lib.config import ServeConfig
 
 cli.define_config_flags(ServeConfig)
 
@@ -41,7 +41,7 @@ def main(argv):
     from mnist_dnn.lib.serve import server  # after cli.run's quiet start-up: it imports TensorFlow
     from mnist_dnn.lib.serve.servables import ModelVersions
 
-    config = cli.config_from_flags(ServeConfig).validate()
+    config = cli.tool_config(ServeConfig).validate()
     versions = ModelVersions(config.model_dir, say)
     sock = server.bind(config.host, config.port)
     port = sock.getsockname()[1]

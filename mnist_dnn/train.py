@@ -14,7 +14,6 @@ from mnist_dnn.cli import startup
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
 import contextlib
-import dataclasses
 
 from absl import flags
 
@@ -23,23 +22,10 @@ from mnist_dnn.lib import files
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import BusyError, Error
 
-# absl.logging defines a --log_dir for log files that we never write; ours is the course's
-# TensorBoard folder, so it replaces absl's.
-if "log_dir" in flags.FLAGS:
-    delattr(flags.FLAGS, "log_dir")
-cli.define_config_flags(TrainConfig)
-flags.DEFINE_string("result_file", None, "At the end, write the run's figures (steps, examples/s, best) as JSON "
-                    "here; on an error, the error.")
-cli.define_overwrite_flag("result_file")
+cli.define_train_flags()
 FLAGS = flags.FLAGS
 # The forms of the result file (an existing one of these is the tool's own): a run's figures, or its error.
 RESULT_KINDS = (("step", "start_step", "checkpoint"), ("error", "exit_code"))
-
-
-def config_from_flags() -> TrainConfig:
-    config = cli.config_from_flags(TrainConfig)
-    data = dataclasses.replace(config.data, idx_dir=cli.idx_dir(FLAGS))
-    return dataclasses.replace(config, data=data)
 
 
 def main(argv):
@@ -50,7 +36,7 @@ def main(argv):
         cli.check_output_file("result_file", FLAGS.result_file, RESULT_KINDS,
                               written=tuple(d for d in (FLAGS.ckpt_dir, FLAGS.export_dir) if d))
     try:
-        result = training.train(config_from_flags(), say=cli.say)
+        result = training.train(cli.tool_config(TrainConfig), say=cli.say)
     except Error as e:
         if FLAGS.result_file:  # for programs that run this tool (the sweep): the error, machine-readable
             with contextlib.suppress(OSError):  # a full disk: the error itself says so

@@ -222,7 +222,7 @@ def _forget_tools() -> None:
     package = sys.modules["mnist_dnn"]
     for tool in TOOLS:
         sys.modules.pop(f"mnist_dnn.{tool}", None)
-        if hasattr(package, tool):
+        if tool in vars(package):
             delattr(package, tool)  # or `from mnist_dnn import train` would find the old module
     defined = {f.name for module, module_flags in flags.FLAGS.flags_by_module_dict().items()
                if module.startswith("mnist_dnn") for f in module_flags}

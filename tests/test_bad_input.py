@@ -267,6 +267,8 @@ EXPORT = [
                                                               "export, not a training run's folder; read it with predict"),
     (["--ckpt_dir={run}", "--export_dir={run}"], 2, "--export_dir {run} is a training run's folder"),
     (["--ckpt_dir={run}", "--export_dir={nest}/best"], 2, "--export_dir {nest}/best is a training run's folder"),
+    # issue 36: a Keras model into a folder of SavedModel and LiteRT versions
+    (["--ckpt_dir={run}", "--export_dir={export}", "--format=keras"], 2, "--export_dir {export} holds"),
 ]
 INSPECT = [
     (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
@@ -443,8 +445,8 @@ INPUTS = [
     ("predict", ["--model_dir={model}", "{fifo}"], 1, "{fifo}: is a FIFO, not a regular file"),
     ("predict", ["--model_dir={model}", "{device}", "--json"], 1, "{device}: is a character device"),
     ("predict", ["--model_dir={model}", "--max_image_bytes=10", "{digit}"], 1, "bytes, over the cap of 10;"),
-    ("predict", ["--max_image_bytes=0", "{digit}"], 2, "--max_image_bytes=0: 0 is not a positive integer"),
-    ("predict", ["--max_image_bytes=-1", "{digit}"], 2, "--max_image_bytes=-1"),
+    ("predict", ["--max_image_bytes=0", "{digit}"], 2, "--max_image_bytes must be a whole number of bytes from 1, got 0"),
+    ("predict", ["--max_image_bytes=-1", "{digit}"], 2, "--max_image_bytes must be a whole number of bytes from 1"),
     ("predict", ["--max_image_bytes=lots", "{digit}"], 2, "--max_image_bytes"),
     ("train", ["--flagfile={fifo}"], 2, "--flagfile {fifo}: is a FIFO, not a regular file; pass a regular file"),
     ("train", ["--flagfile", "{fifo}"], 2, "--flagfile {fifo}: is a FIFO"),
@@ -587,10 +589,10 @@ def _make_inputs(tmp_path, places: dict, args: list[str]) -> None:
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory) -> str:
     """A model folder holding version 1, a SavedModel of a small dense model with random weights."""
-    from mnist_dnn.lib.core import models, serving
+    from mnist_dnn.lib.core import exporting, models
 
     folder = tmp_path_factory.mktemp("tiny_export") / "mnist"
-    serving.export_model(models.create_model(models.make_config("dense", hidden_units=(16,)), seed=3), str(folder))
+    exporting.export_model(models.create_model(models.make_config("dense", hidden_units=(16,)), seed=3), str(folder))
     return str(folder)
 
 

@@ -1,6 +1,7 @@
 """The configuration: one source of defaults and of validation; flags declared from it."""
 
 import dataclasses
+import re
 
 import pytest
 from absl import flags
@@ -148,3 +149,41 @@ def test_no_preset_pins_the_log_folder_and_each_has_a_run_folder_of_its_own():
     assert len(set(folders.values())) == len(folders) >= 7, folders
     for name, folder in folders.items():  # none is a run's own best/ or logs/ (the default run's: checkpoints/best)
         assert not (os.path.basename(folder) in RESERVED and os.path.dirname(folder) in folders.values()), name
+
+
+@pytest.mark.parametrize("config, field", [
+    (config_lib.EvaluateConfig(batch_size=0), "batch_size"), (config_lib.EvaluateConfig(batch_size=65_537), "batch_size"),
+    (config_lib.EvaluateConfig(batch_size=True), "batch_size"), (config_lib.ExportConfig(quantize="int8"), "quantize"),
+    (config_lib.PredictConfig(min_confidence=1.5), "min_confidence"),
+    (config_lib.PredictConfig(min_confidence=-0.1), "min_confidence"),
+    (config_lib.PredictConfig(min_confidence=float("nan")), "min_confidence"),
+    (config_lib.ServeConfig(model_threads=65), "model_threads"), (config_lib.ServeConfig(port=65536), "port"),
+])
+def test_each_tool_s_config_refuses_what_is_out_of_range_naming_the_field(config, field):
+    with pytest.raises(ConfigError) as caught:
+        config.validate()
+    assert caught.value.field == field
+
+
+def test_each_tool_s_config_takes_its_defaults_and_its_bounds():
+    for config in (config_lib.EvaluateConfig(), config_lib.EvaluateConfig(batch_size=config_lib.MAX_BATCH_SIZE),
+                   config_lib.ExportConfig(format="litert", quantize="int8"), config_lib.PredictConfig(min_confidence=0),
+                   config_lib.PredictConfig(min_confidence=1), config_lib.ServeConfig(model_threads=64)):
+        assert config.validate() is config
+    assert config_lib.MAX_BATCH_SIZE == 65_536
+    with pytest.raises(ConfigError, match="applies to `format`=litert only"):
+        config_lib.ExportConfig(format="saved_model", quantize="int8").validate()
+
+
+def test_a_tool_s_own_flags_are_its_own_its_nested_configs_shared_and_choices_enums():
+    values = flags.FlagValues()
+    cli.define_config_flags(config_lib.EvaluateConfig, flag_values=values, tool="mnist_dnn.evaluate")
+    by_module = {module: {f.name for f in defined} for module, defined in values.flags_by_module_dict().items()}
+    assert by_module["mnist_dnn.evaluate"] == {"batch_size", "metrics_file", "confusion_matrix"}
+    assert {"ckpt_dir", "checkpoint", "which", "data_dir", "idx_dir", "dataset"} <= by_module["mnist_dnn.cli.app"]
+    with pytest.raises(flags.IllegalFlagValueError, match=re.escape("value should be one of <latest|best>")):
+        values(["prog", "--which=worst"])
+    values(["prog", "--which=best", "--batch_size=10", "--dataset=kmnist", "--checkpoint=c/model.ckpt-5"])
+    assert cli.config_from_flags(config_lib.EvaluateConfig, values) == config_lib.EvaluateConfig(
+        config_lib.RestoreConfig(checkpoint="c/model.ckpt-5", which="best"), config_lib.RunData(dataset="kmnist"),
+        batch_size=10)

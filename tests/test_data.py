@@ -293,6 +293,92 @@ def test_augment_applies_nothing_when_off_and_the_warp_before_the_shift():
     np.testing.assert_array_equal(both, by_hand)
 
 
+# Independence of the augmentation's draws (issue 38): they are observed where they are used (the angle and
+# zoom that `warp` gets, the shift of a one-dot image, the seeds Philox gets), and tested with numpy.
+DRAWS = 20_000
+
+
+def _ks_distance_from_uniform(values, low, high) -> float:
+    """Kolmogorov-Smirnov distance of the sample from the uniform distribution on [low, high]."""
+    ordered = np.sort((np.asarray(values, np.float64) - low) / (high - low))
+    ranks = np.arange(1, len(ordered) + 1) / len(ordered)
+    return float(max(np.abs(ranks - ordered).max(), np.abs(ranks - 1 / len(ordered) - ordered).max()))
+
+
+def _quintile(values) -> np.ndarray:
+    """Which fifth of the sample each value falls in, 0 to 4."""
+    return np.searchsorted(np.quantile(values, [0.2, 0.4, 0.6, 0.8]), values, side="right")
+
+
+def _chi_square_of_independence(a_bins, b_bins) -> float:
+    """Pearson's statistic of the 5x5 table of two samples' bins (0 to 4): 16 degrees of freedom."""
+    observed = np.zeros((5, 5))
+    np.add.at(observed, (a_bins, b_bins), 1)
+    expected = observed.sum(1, keepdims=True) * observed.sum(0, keepdims=True) / observed.sum()
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
+def _warp_draws(monkeypatch, images, augmentation, seed, step):
+    """(angle in degrees, zoom) per image as `augment` hands them to `warp`, and the images it returns
+    (`warp` made the identity, so that a one-dot image shows the shift alone)."""
+    drawn = []
+
+    def record(images, angle, zoom):
+        drawn.append((np.degrees(angle.numpy()), zoom.numpy()))
+        return images
+
+    monkeypatch.setattr(batches, "warp", record)
+    out = batches.augment(images, augmentation, seed, step).numpy()
+    monkeypatch.undo()
+    (angles, zooms), = drawn
+    return angles, zooms, out
+
+
+def test_the_angle_and_the_zoom_of_an_image_are_independent_uniform_draws(monkeypatch):
+    """Over 20,000 images: each draw uniform on its range (Kolmogorov-Smirnov), and the two uncorrelated and
+    independent (a 5x5 table of their quantiles). Tied to one number, the correlation is 1 and the statistic ~80,000."""
+    images = tf.zeros([DRAWS, 784], tf.uint8)
+    angles, zooms, _ = _warp_draws(monkeypatch, images, Augmentation(rotate=30.0, scale=0.2), 4, 11)
+    assert np.abs(angles).max() <= 30 and np.abs(zooms - 1).max() <= 0.2 + 1e-6
+    # The 0.1% critical distance of Kolmogorov-Smirnov is 1.95 / sqrt(n) = 0.014 at n = 20,000.
+    assert _ks_distance_from_uniform(angles, -30, 30) < 0.014
+    assert _ks_distance_from_uniform(zooms, 0.8, 1.2) < 0.014
+    assert abs(np.corrcoef(angles, zooms)[0, 1]) < 0.03  # 4 standard deviations (1 / sqrt(n) = 0.007)
+    assert _chi_square_of_independence(_quintile(angles), _quintile(zooms)) < 45  # p < 1e-4 above 45
+    other_step = _warp_draws(monkeypatch, images, Augmentation(rotate=30.0, scale=0.2), 4, 12)[0]
+    assert abs(np.corrcoef(angles, other_step)[0, 1]) < 0.03  # and each step draws afresh
+
+
+def test_the_shift_and_the_warp_of_a_step_draw_from_their_own_streams(monkeypatch):
+    """The shift read off one-dot images is independent of the warp's angle and zoom; and the seeds that Philox
+    gets for the shift and for the warp differ within a step and across steps (one stream for both, with their
+    different ranges, looks independent in any table: only the seeds show it)."""
+    dots = _one_dot_images(DRAWS)
+    angles, zooms, out = _warp_draws(monkeypatch, dots, Augmentation(shift=2, rotate=30.0, scale=0.2), 4, 11)
+    found = np.argwhere(out.reshape(DRAWS, 28, 28))
+    assert len(found) == DRAWS and (found[:, 0] == np.arange(DRAWS)).all()  # one dot each, every image
+    dy, dx = found[:, 1] - 10, found[:, 2] - 12
+    assert set(dy) == set(dx) == {-2, -1, 0, 1, 2}
+    for shift in (dy, dx):
+        for draw in (angles, zooms):
+            assert abs(np.corrcoef(shift, draw)[0, 1]) < 0.03
+            assert _chi_square_of_independence(shift + 2, _quintile(draw)) < 45
+    seeds = []
+    stateless_uniform = tf.random.stateless_uniform
+
+    def record(shape, seed, *args, **kwargs):
+        seeds.append(tuple(np.asarray(seed).tolist()))
+        return stateless_uniform(shape, seed, *args, **kwargs)
+
+    monkeypatch.setattr(tf.random, "stateless_uniform", record)
+    for step in range(50):
+        batches.augment(dots[:4], Augmentation(shift=2, rotate=30.0, scale=0.2), 4, step)
+    monkeypatch.undo()
+    assert len(seeds) == 100 and len(set(seeds)) == 100
+    epoch_orders = {(4, epoch) for epoch in range(1000)}  # the seeds of the epochs' shuffles
+    assert not epoch_orders & set(seeds)
+
+
 def test_padded_epoch_order_is_the_epoch_order_in_full_batches_with_zero_weight_padding():
     order, weights = batches.padded_epoch_order(10, 4, seed=3, epoch=2)
     np.testing.assert_array_equal(order[:10], batches.epoch_order(10, 3, 2))
@@ -312,7 +398,10 @@ def _listing(folder):
 
 @pytest.fixture(scope="module")
 def real_arrays():
-    """The real MNIST's (images, labels) of each split, straight from the IDX files."""
+    """The real MNIST's (images, labels) of each split, straight from the IDX files; skipped without them (the
+    fast tier needs no dataset)."""
+    if not os.path.isfile(os.path.join(REAL_IDX_DIR, "train-images-idx3-ubyte.gz")):
+        pytest.skip(f"needs the real MNIST's IDX files, not at {REAL_IDX_DIR}; set {data.IDX_DIR_ENV}")
     return {split: data.read_idx_split(REAL_IDX_DIR, split) for split in ("train", "test")}
 
 

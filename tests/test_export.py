@@ -1,4 +1,4 @@
-"""Export to a SavedModel, reload it without mnist_dnn, classify image files, inspect checkpoints."""
+"""Export to a SavedModel or a Keras model, reload it without mnist_dnn, classify image files, inspect checkpoints."""
 
 import concurrent.futures
 import json
@@ -7,13 +7,16 @@ import re
 import subprocess
 import sys
 import textwrap
+import zipfile
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn.lib.core import checkpoints, data, models, serving
+from conftest import ROOT, assert_one_line_error, call_tool, run_cli
+from mnist_dnn.lib import outputs
+from mnist_dnn.lib.core import checkpoints, data, export_dir, exporting, models
 from mnist_dnn.lib.serve import classifier
 from mnist_dnn.lib.trainer import actions, controller, training
 from mnist_dnn.lib.errors import DataError, Error, UsageError
@@ -182,30 +185,41 @@ def test_export_cli_writes_the_next_version_and_never_overwrites(real_run):
 
 
 def test_next_version_follows_the_highest_number(tmp_path):
-    assert serving.version_path(str(tmp_path / "none")) == str(tmp_path / "none" / "1")
+    assert export_dir.version_path(str(tmp_path / "none")) == str(tmp_path / "none" / "1")
     for name in ("1", "5", ".tmp-6-123", "latest", "²"):
         (tmp_path / name).mkdir()
-    assert serving.versions(str(tmp_path)) == [1, 5]
-    assert serving.version_path(str(tmp_path)) == str(tmp_path / "6")
-    assert serving.version_path(str(tmp_path), 3) == str(tmp_path / "3")
+    assert export_dir.versions(str(tmp_path)) == [1, 5]
+    assert export_dir.version_path(str(tmp_path)) == str(tmp_path / "6")
+    assert export_dir.version_path(str(tmp_path), 3) == str(tmp_path / "3")
     with pytest.raises(UsageError, match="already exists"):
-        serving.version_path(str(tmp_path), 5)
+        export_dir.version_path(str(tmp_path), 5)
     with pytest.raises(UsageError, match="positive"):
-        serving.version_path(str(tmp_path), 0)
+        export_dir.version_path(str(tmp_path), 0)
+
+
+def replace_saved_model_save(monkeypatch, save) -> None:
+    """`tf.saved_model.save`, as Keras' ExportArchive calls it, replaced by `save`.
+
+    The archive imports `tensorflow.saved_model.experimental`, and that import (the first time)
+    binds `tf.saved_model` to a second copy of the module: patch the copy the archive will call.
+    """
+    import tensorflow.saved_model.experimental  # noqa: F401
+
+    monkeypatch.setattr(tf.saved_model, "save", save)
 
 
 def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
     model = models.create_model(models.make_config("logistic"))
 
-    def crash_halfway(module, path, signatures):
+    def crash_halfway(trackable, path, **kwargs):
         os.makedirs(os.path.join(path, "variables"))
         with open(os.path.join(path, "saved_model.pb"), "wb") as f:
             f.write(b"half a file")
         raise RuntimeError("disk gone")
 
-    monkeypatch.setattr(tf.saved_model, "save", crash_halfway)
+    replace_saved_model_save(monkeypatch, crash_halfway)
     with pytest.raises(RuntimeError, match="disk gone"):
-        serving.export_model(model, str(tmp_path / "exports"))
+        exporting.export_model(model, str(tmp_path / "exports"))
     assert os.listdir(tmp_path / "exports") == []
 
 
@@ -227,13 +241,132 @@ def test_every_model_exports_and_reloads(tiny_data, tmp_path, name):
     images = data.load_splits(tiny_data)["test"].images[:64]
     expected = tf.nn.softmax(model(data.to_float(images), training=False)).numpy()
 
-    loaded = tf.saved_model.load(serving.export_model(model, str(tmp_path / "exports")))
+    loaded = tf.saved_model.load(exporting.export_model(model, str(tmp_path / "exports")))
     assert set(loaded.signatures) == {"serving_default", "predict_flat", "serving_bytes"}
     served = loaded.signatures["serving_default"](images=tf.reshape(images, [-1, 28, 28, 1]))
     flat = loaded.signatures["predict_flat"](images=data.to_float(images))
     for out in (served, flat):
         np.testing.assert_allclose(out["probabilities"].numpy(), expected, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(out["classes"].numpy(), expected.argmax(axis=1))
+
+
+def tf1_session_outputs(path: str, pixels: np.ndarray) -> dict:
+    """`serving_default` run through the TF1 session loader, as TensorFlow Serving and `saved_model_cli run` load."""
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], path).signature_def["serving_default"]
+        return session.run({name: info.name for name, info in signature.outputs.items()},
+                           {signature.inputs["images"].name: pixels})
+
+
+def test_the_saved_model_stores_each_weight_once_and_loads_as_tensorflow_serving_does(tiny_data, tmp_path):
+    model = models.create_model(models.make_config("dense"), seed=3)
+    path = exporting.export_model(model, str(tmp_path / "exports"))
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    stored = [reader.get_tensor(key) for key in reader.get_variable_to_shape_map() if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert sorted((v.shape, v.tobytes()) for v in stored) == sorted((tuple(w.shape), w.numpy().tobytes()) for w in model.weights)
+
+    images = data.load_splits(tiny_data)["test"].images[:64].numpy()
+    outputs = tf1_session_outputs(path, images.reshape(-1, 28, 28, 1))
+    expected = tf.nn.softmax(model(data.to_float(images), training=False)).numpy()
+    np.testing.assert_allclose(outputs["probabilities"], expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(outputs["classes"], expected.argmax(axis=1))
+
+
+# --- Keras' format (issue 36) --------------------------------------------------------------
+
+# Loads model.keras files with plain keras.models.load_model in a process that never imports mnist_dnn.
+KERAS_LOADER = textwrap.dedent("""
+    import sys
+    import keras
+    import numpy as np
+
+    images, outputs, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+    pixels = np.load(images).astype(np.float32) / 255.0
+    logits = {path: np.concatenate([keras.models.load_model(path)(pixels[i:i + 1000]) for i in range(0, len(pixels), 1000)])
+              for path in paths}
+    np.savez(outputs, *[logits[path] for path in paths])
+    assert "mnist_dnn" not in sys.modules
+""")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def keras_model_config(name: str, **settings):
+    return models.make_config(name, **settings, **({"hidden_units": (32, 16)} if name == "raw" else {}))
+
+
+@pytest.mark.parametrize("name, dropout", [("raw", 0.0), ("cnn", 0.5)])
+def test_a_keras_export_is_made_of_keras_own_layers(tiny_data, tmp_path, name, dropout):
+    model = models.create_model(keras_model_config(name, dropout=dropout), seed=3)
+    path = exporting.export_keras(model, str(tmp_path / "exports"))
+    assert path == str(tmp_path / "exports" / "1" / "model.keras")
+    assert export_dir.exported_model(str(tmp_path / "exports")) == "Keras versions 1"
+    config = zipfile.ZipFile(path).read("config.json").decode()
+    modules = set(re.findall(r'"module": "([^"]*)"', config))
+    assert modules and all(module.split(".")[0] == "keras" for module in modules), modules
+    assert "mnist_dnn" not in config
+
+    pixels = data.to_float(data.load_splits(tiny_data)["test"].images[:64])
+    np.testing.assert_allclose(keras.models.load_model(path)(pixels), model(pixels, training=False), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, dropout", [("raw", 0.0), ("cnn", 0.5)])
+def test_the_projects_own_models_save_and_load_in_keras_format(tiny_data, tmp_path, name, dropout):
+    """Registered as serializable: `model.save` and `keras.models.load_model` in a process that imported them."""
+    model = models.create_model(keras_model_config(name, dropout=dropout), seed=3)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert type(loaded) is type(model) and [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
+    pixels = data.to_float(data.load_splits(tiny_data)["test"].images[:64])
+    np.testing.assert_array_equal(loaded(pixels), model(pixels))
+
+
+def test_export_cli_writes_keras_versions_and_never_overwrites(tiny_run, tmp_path):
+    exports = tmp_path / "exports"
+    args = [f"--ckpt_dir={tiny_run[0] / 'ckpt'}", f"--export_dir={exports}", "--format=keras"]
+    for version in (1, 2):
+        exported = call_tool("export", *args)
+        assert exported.returncode == 0, exported.stderr
+        assert exported.stdout.endswith(f"to {exports / str(version) / 'model.keras'}\n") and not exported.stderr
+    before = tree(exports)
+    assert_one_line_error(call_tool("export", *args, "--version=1"), 2, f"{exports / '1'} already exists")
+    assert_one_line_error(call_tool("export", *args[:2]), 2, f"{exports} holds keras versions")  # a SavedModel into it
+    assert tree(exports) == before
+
+
+def test_no_output_file_goes_into_a_keras_export(tmp_path):
+    (tmp_path / "exports" / "1").mkdir(parents=True)
+    (tmp_path / "exports" / "1" / "model.keras").write_bytes(b"a Keras model")
+    for inside in (tmp_path / "exports" / "1" / "m.json", tmp_path / "exports" / "m.json"):
+        with pytest.raises(UsageError, match="is inside an export"):
+            outputs.check_output_file("metrics_file", str(inside), (("step",),))
+
+
+@pytest.mark.slow
+def test_keras_exports_score_the_test_set_as_their_checkpoints_in_a_fresh_process(real_data, tmp_path):
+    """Every model, trained briefly: loaded with plain keras.models.load_model, elsewhere, the 10,000 test images."""
+    expected, paths = [], []
+    for name in models.MODELS:
+        config = training.TrainConfig(model=keras_model_config(name, dropout=0.25 if name in ("dense", "cnn") else 0.0),
+                                      data=real_data, ckpt_dir=str(tmp_path / name), log_dir=str(tmp_path / "logs" / name),
+                                      max_steps=20, log_every=20, eval_every=20, checkpoint_every=20, diagnostics=False)
+        training.train(config, say=lambda line: None)
+        model, _, _, _ = checkpoints.restore_model(config.ckpt_dir)
+        paths.append(exporting.export_keras(model, str(tmp_path / "exports" / name)))
+        expected.append(model.predict_on_batch(data.to_float(data.load_splits(real_data)["test"].images)))
+    images = data.load_splits(real_data)["test"].images.numpy()
+    np.save(tmp_path / "images.npy", images)
+    loaded = subprocess.run([sys.executable, "-I", "-c", KERAS_LOADER, str(tmp_path / "images.npy"),
+                             str(tmp_path / "logits.npz"), *paths], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, **QUIET}, timeout=600)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    logits = np.load(tmp_path / "logits.npz")
+    for i, (name, want) in enumerate(zip(models.MODELS, expected)):
+        np.testing.assert_array_equal(logits[f"arr_{i}"].argmax(axis=1), want.argmax(axis=1), err_msg=name)
+        np.testing.assert_allclose(softmax(logits[f"arr_{i}"]), softmax(want), rtol=0, atol=1e-6, err_msg=name)
 
 
 # --- Inspect ------------------------------------------------------------------------------
@@ -410,13 +543,13 @@ def test_an_export_onto_a_full_disk_is_one_error_and_leaves_no_export_folder(tmp
     """TensorFlow's file writes raise its own ResourceExhaustedError, not OSError (the real disk: test_faults.py)."""
     model = models.create_model(models.make_config("logistic"))
 
-    def disk_full(module, path, signatures):
+    def disk_full(trackable, path, **kwargs):
         os.makedirs(path)
         raise tf.errors.ResourceExhaustedError(None, None, f"{path}/saved_model.pb.tmp1; No space left on device")
 
-    monkeypatch.setattr(tf.saved_model, "save", disk_full)
+    replace_saved_model_save(monkeypatch, disk_full)
     with pytest.raises(Error, match=r"cannot write the export .*/exports/1: No space left on device; nothing was left"):
-        serving.export_model(model, str(tmp_path / "exports"))
+        exporting.export_model(model, str(tmp_path / "exports"))
     assert os.listdir(tmp_path) == []
 
 
@@ -429,7 +562,7 @@ def test_an_export_removes_the_hidden_folders_of_killed_exports_and_nothing_else
         folder.mkdir(parents=True)
         (folder / "saved_model.pb").write_bytes(b"x")
     (exports / f".tmp-5-{gone}").write_bytes(b"a file, not an export's folder")
-    serving.export_model(models.create_model(models.make_config("logistic")), str(exports))
+    exporting.export_model(models.create_model(models.make_config("logistic")), str(exports))
     assert sorted(os.listdir(exports)) == sorted([".tmp-4-%d" % os.getpid(), ".tmp-5-%d" % gone, ".tmp-notours",
                                                   "1", "2", "7-x"])
     assert all((folder / "saved_model.pb").read_bytes() == b"x" for folder in kept)

@@ -16,6 +16,7 @@ say what it is (`sh`: commands, run here; `text`: anything else), so no command 
 
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -159,3 +160,45 @@ def test_the_readme_commands_work_top_to_bottom_in_a_fresh_copy(tmp_path):
     ignored = subprocess.run(["git", "check-ignore", "--stdin"], cwd=clone, input="\n".join(created), text=True,
                              capture_output=True).stdout.split("\n")
     assert [name for name in created if name not in ignored and "__pycache__" not in name] == []
+
+
+DISTRIBUTION = "mnist-dnn-course"
+PIP_INSTALL = re.compile(r"pip install ([^`\n]*)")
+
+
+def _installed_names(line: str) -> list[str]:
+    """What a `pip install ...` line asks for, but options and the paths they take."""
+    args = shlex.split(line.split(" #")[0].rstrip(").,;"), posix=True)
+    names, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = arg in ("-e", "--editable", "-r", "--requirement", "-c", "--constraint")
+            continue
+        names.append(arg)
+    return names
+
+
+def _is_ours_or_a_path(requirement: str) -> bool:
+    if requirement.startswith((".", "/", "~")):
+        return True
+    name = re.match(r"[A-Za-z0-9._-]+", requirement)
+    return bool(name) and re.sub(r"[-_.]+", "-", name[0]).lower() == DISTRIBUTION
+
+
+def test_every_install_line_of_the_docs_names_this_distribution_or_a_path():
+    """issue 36: `pip install "mnist_dnn[plots]"` installed PyPI's unrelated mnist-dnn 0.1.3."""
+    offending = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            for command in PIP_INSTALL.findall(line):
+                offending += [f"{doc.name}:{number}: {name}" for name in _installed_names(command)
+                              if not _is_ours_or_a_path(name)]
+    assert not offending, offending
+
+
+@pytest.mark.parametrize("line, ours", [('-e ".[search]"', True), ('"mnist-dnn-course[plots]"', True),
+                                        ("mnist_dnn_course", True), ("-r benchmarks/requirements.txt", True),
+                                        ('"mnist_dnn[plots]"', False), ("mnist-dnn", False),
+                                        ("-e . optuna-dashboard", False), ('"tensorflow[and-cuda]>=2.21"', False)])
+def test_the_install_line_check_tells_ours_from_others(line, ours):
+    assert all(map(_is_ours_or_a_path, _installed_names(line))) == ours

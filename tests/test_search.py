@@ -205,6 +205,109 @@ def test_the_report_of_a_search_root_ranks_its_trials_and_draws_optunas_pictures
         assert image.shape[0] >= 300 and len(np.unique(image.reshape(-1, image.shape[2]), axis=0)) > 20
 
 
+# --- Fast: what each trial trains, each worker's seed, where a retried trial resumes (issue 38) ---------------
+
+
+def any_flag(name):
+    return True
+
+
+def start_study(root, space, **settings):
+    config = search.SearchConfig(root=str(root), pruner="none", **settings)
+    studies.record_root(config)
+    studies.open_study(config, search.describe(space), create=True)
+    return config
+
+
+def test_each_trial_trains_the_model_and_widths_its_params_name(tiny_data, tmp_path, monkeypatch):
+    """A space over --model: the model built for each trial (RawDNN or Keras' Sequential, its kernels' shapes) is
+    the one the trial's params in the study name; the training itself is replaced by that build."""
+    from mnist_dnn.lib.core import models
+    from mnist_dnn.lib.core.run_dir import Best
+    from mnist_dnn.lib.trainer import training
+
+    built = {}
+
+    def build_instead_of_training(config, say, on_validation):
+        model = models.create_model(config.model)
+        kernels = [tuple(v.shape) for v in model.trainable_variables if len(v.shape) == 2]
+        built[os.path.dirname(config.ckpt_dir)] = (isinstance(model, models.RawDNN), model.name, kernels)
+        best = Best(10, 1.0, 0.5 + 0.1 * len(built))
+        return TrainResult(config.max_steps, 0, None, best=best)
+
+    monkeypatch.setattr(training, "train", build_instead_of_training)
+    space = [search.parse_param(spec, any_flag, lambda name, value: None)
+             for spec in ("model=choice:raw,dense", "hidden_units=choice:16,32-8")]
+    config = start_study(tmp_path / "root", space, trials=4, sampler="grid")
+    base = tiny_config(tiny_data, tmp_path / "unused", model=ModelConfig("dense", (64,)))
+    assert trials.work(trials.make_plan(config, space, base), 0, lambda line: None) == 0
+    study = studies.load_from_root(str(tmp_path / "root"))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    combinations = set()
+    for trial in study.trials:
+        is_raw, name, kernels = built[str(tmp_path / "root" / trial.user_attrs["folder"])]
+        widths = [784, *map(int, trial.params["hidden_units"].split("-")), 10]
+        assert (is_raw, name) == (trial.params["model"] == "raw", trial.params["model"])
+        assert kernels == list(zip(widths[:-1], widths[1:]))
+        combinations.add((name, trial.params["hidden_units"]))
+    assert combinations == {("raw", "16"), ("raw", "32-8"), ("dense", "16"), ("dense", "32-8")}
+
+
+def test_workers_sharing_a_search_seed_draw_different_points_and_the_same_ones_again(tmp_path, monkeypatch):
+    """--workers=3 --search_seed=S: each worker's sampler (as `work` makes it) proposes its own first point, and
+    the same S proposes the same points again; another S, another point for worker 0."""
+    space = [search.parse_param("learning_rate=loguniform:1e-4:1e-1", any_flag, lambda name, value: None)]
+    make_sampler = studies.make_sampler
+
+    class Made(Exception):
+        pass
+
+    def first_point(search_seed: int, worker: int) -> float:
+        config = start_study(tmp_path / f"root-{search_seed}", space, trials=6, workers=3, search_seed=search_seed)
+        made = []
+
+        def record(*args):
+            made.append(make_sampler(*args))
+            raise Made()  # before any training
+
+        monkeypatch.setattr(studies, "make_sampler", record)
+        with pytest.raises(Made):
+            trials.work(trials.make_plan(config, space, search.TrainConfig()), worker, lambda line: None)
+        monkeypatch.undo()
+        study = optuna.create_study(direction="maximize", sampler=made[0])
+        trial = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+        return trial.params["learning_rate"]
+
+    points = [first_point(7, worker) for worker in range(3)]
+    assert len(set(points)) == 3, points
+    assert [first_point(7, worker) for worker in range(3)] == points
+    assert first_point(8, 0) not in points[:1]
+
+
+def test_a_retried_trial_resumes_from_the_checkpoint_in_its_own_folder(tiny_data, tmp_path, monkeypatch):
+    """Trial 0 is stopped by SIGTERM at step 10 and queued again; the retry (trial 1) trains in trial-0000 from its
+    checkpoint at step 10, with trial 0's params, and no other folder is made."""
+    root = tmp_path / "root"
+    space = [search.parse_param("learning_rate=loguniform:1e-3:1e-1", any_flag, lambda name, value: None)]
+    config = start_study(root, space, trials=1, sampler="random", search_seed=1)
+    plan = trials.make_plan(config, space, tiny_config(tiny_data, tmp_path / "unused", max_steps=20))
+    monkeypatch.setattr(studies, "make_pruner", lambda *args: SignalAt(10))
+    assert trials.work(plan, 0, lambda line: None) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    assert RunDir(str(root / "trial-0000" / "ckpt")).steps() == [10]
+    lines = []
+    assert trials.work(plan, 0, lines.append) == 0
+    study = studies.load_from_root(str(root))
+    assert [(t.number, t.state.name) for t in study.trials] == [(0, "FAIL"), (1, "COMPLETE")]
+    assert study.trials[1].params == study.trials[0].params
+    assert sorted(p.name for p in root.glob("trial-*")) == ["trial-0000"]
+    with open(root / "trial-0000" / "result.json") as f:
+        result = TrainResult.from_json(f.read())
+    assert (result.start_step, result.step) == (10, 20)
+    assert result.resumed_from == str(root / "trial-0000" / "ckpt" / "model.ckpt-10")
+    assert "trial 1 resuming in" in lines[0]
+
+
 # --- The tool in subprocesses: a SIGKILLed search resumed by two searches at once; PostgreSQL. ---
 
 def search_command(base, root, *extra):

@@ -31,11 +31,11 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx's succe
     from starlette.testclient import TestClient
 
 from conftest import ROOT, call_tool
-from mnist_dnn.lib.core import data, models, serving
+from mnist_dnn.lib.core import data, exporting, models
 from mnist_dnn.lib.serve import rest, server
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import UsageError
-from mnist_dnn.lib.serve.config import ServeConfig
+from mnist_dnn.lib.config import ServeConfig
 from mnist_dnn.lib.serve.servables import ModelVersions
 
 needs_litert = pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,
@@ -57,8 +57,8 @@ def exported(tmp_path_factory):
     """Two models with random weights: version 1 of a model folder, and the other ready as a hidden copy."""
     folder = tmp_path_factory.mktemp("serve_exports")
     first, second = random_model(3), random_model(4)
-    serving.export_model(first, str(folder / "mnist"))
-    serving.export_model(second, str(folder / "spare"), version=2)
+    exporting.export_model(first, str(folder / "mnist"))
+    exporting.export_model(second, str(folder / "spare"), version=2)
     return {"dir": folder / "mnist", "spare": folder / "spare" / "2", "models": {1: first, 2: second}}
 
 
@@ -160,6 +160,23 @@ def test_a_version_is_addressed_by_number(client):
     assert client.post("/v1/models/mnist/versions/1:predict", json=body).status_code == 200
     response = client.post("/v1/models/mnist/versions/7:predict", json=body)
     assert response.status_code == 404 and response.json() == {"error": "Servable not found for request: Specific(mnist, 7)"}
+
+
+@pytest.mark.parametrize("path", ["exports/mnist/3", "exports/mnist/3/"])
+def test_a_single_numbered_version_folder_is_served_as_that_version(exported, pixels, tmp_path, path):
+    """--model_dir=exports/mnist/3: version 3 in the status and the metadata, and /versions/3:predict answers with
+    the model that folder holds (model 2 of `exported`, by Keras); no other version is found."""
+    shutil.copytree(exported["spare"], tmp_path / "exports" / "mnist" / "3")
+    with client_for(str(tmp_path / path)) as test_client:
+        status = test_client.get("/v1/models/mnist").json()["model_version_status"]
+        assert [entry["version"] for entry in status] == ["3"]
+        assert test_client.get("/v1/models/mnist/metadata").json()["model_spec"]["version"] == "3"
+        assert test_client.get("/v1/models/mnist/versions/3").status_code == 200
+        response = test_client.post("/v1/models/mnist/versions/3:predict", json={"instances": pixels.tolist()})
+        assert response.status_code == 200, response.text
+        got = [p["probabilities"] for p in response.json()["predictions"]]
+        np.testing.assert_allclose(got, probabilities(exported["models"][2], pixels), rtol=0, atol=1e-6)
+        assert test_client.post("/v1/models/mnist/versions/1:predict", json={"instances": pixels.tolist()}).status_code == 404
 
 
 def test_predicts_rest_request_gives_predicts_classes(client, exported, pixels, tmp_path):
@@ -391,7 +408,7 @@ def test_no_request_fails_while_a_new_version_appears_under_load(running_server,
 
 @needs_litert
 def test_a_litert_model_is_served_through_the_same_api(exported, pixels, tmp_path):
-    path = serving.export_litert(exported["models"][1], str(tmp_path / "mnist_litert"))
+    path = exporting.export_litert(exported["models"][1], str(tmp_path / "mnist_litert"))
     for model_dir in (tmp_path / "mnist_litert", path):
         with client_for(model_dir) as test_client:
             assert test_client.get("/v1/models/mnist").json()["model_version_status"][0]["version"] == "1"

@@ -23,8 +23,8 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from mnist_dnn.lib.core import checkpoints, data, images, litert, models, serving
-from mnist_dnn.lib.serve import classifier
+from mnist_dnn.lib.core import checkpoints, data, export_dir, exporting, images, models
+from mnist_dnn.lib.serve import classifier, litert
 from mnist_dnn.lib.trainer import training
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
@@ -42,12 +42,12 @@ def dense_exports(tiny_data, tmp_path_factory):
     """A dense model with random weights, its float and int8 LiteRT files and its SavedModel."""
     folder = tmp_path_factory.mktemp("dense_exports")
     model = models.create_model(models.make_config("dense"), seed=3)
-    representative = litert.representative_images(data.load_splits(tiny_data)["train"].images, count=30)
+    representative = exporting.representative_images(data.load_splits(tiny_data)["train"].images, count=30)
     return {
         "model": model,
-        "float": serving.export_litert(model, str(folder / "litert")),
-        "int8": serving.export_litert(model, str(folder / "litert"), quantize="int8", representative=representative),
-        "saved_model": serving.export_model(model, str(folder / "saved_model")),
+        "float": exporting.export_litert(model, str(folder / "litert")),
+        "int8": exporting.export_litert(model, str(folder / "litert"), quantize="int8", representative=representative),
+        "saved_model": exporting.export_model(model, str(folder / "saved_model")),
     }
 
 
@@ -64,7 +64,7 @@ def test_litert_exports_go_into_numbered_versions(dense_exports):
     assert dense_exports["float"] == os.path.join(litert_dir, "1", "model.tflite")
     assert dense_exports["int8"] == os.path.join(litert_dir, "2", "model_int8.tflite")
     assert sorted(os.listdir(litert_dir)) == ["1", "2"]
-    assert serving.resolve_model(litert_dir) == dense_exports["int8"]  # the highest version
+    assert export_dir.resolve_model(litert_dir) == dense_exports["int8"]  # the highest version
 
 
 @needs_litert
@@ -104,7 +104,7 @@ def test_litert_int8_is_full_integer_with_raw_pixels_in(dense_exports, tiny_data
 def test_litert_int8_input_is_raw_pixels_whatever_the_calibration_images(tmp_path):
     model = models.create_model(models.make_config("logistic"), seed=1)
     gray = np.random.default_rng(0).integers(10, 200, (20, 28, 28, 1)).astype(np.uint8)  # neither black nor white
-    path = serving.export_litert(model, str(tmp_path), quantize="int8", representative=gray)
+    path = exporting.export_litert(model, str(tmp_path), quantize="int8", representative=gray)
     assert litert.LiteRTModel(path).input_quantization() == (np.float32(1 / 255), 0)
 
 
@@ -114,7 +114,7 @@ def test_litert_int8_file_is_under_30_percent_of_float(dense_exports):
 
 def test_representative_images_are_distinct_training_images():
     train = tf.constant(np.random.default_rng(0).integers(0, 256, (50, 784)), tf.uint8)
-    chosen = litert.representative_images(train, count=20, seed=1)
+    chosen = exporting.representative_images(train, count=20, seed=1)
     assert chosen.shape == (20, 28, 28, 1) and chosen.dtype == np.uint8
     rows = {tuple(image.ravel()) for image in chosen}
     assert len(rows) == 20 and rows <= {tuple(row) for row in train.numpy()}
@@ -141,7 +141,7 @@ def test_a_missing_litert_extra_says_how_to_install_it(dense_exports, monkeypatc
 
 def test_a_failed_litert_export_leaves_no_version_behind(tmp_path, monkeypatch):
     model = models.create_model(models.make_config("logistic"))
-    monkeypatch.setattr(litert, "convert", lambda *args: b"half a model")
+    monkeypatch.setattr(exporting, "convert", lambda *args: b"half a model")
     real_makedirs = os.makedirs
 
     def crash_after_the_folder(path, *args, **kwargs):
@@ -151,7 +151,7 @@ def test_a_failed_litert_export_leaves_no_version_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "makedirs", crash_after_the_folder)
     with pytest.raises(Error, match="No space left on device; nothing was left behind") as caught:  # one line
-        serving.export_litert(model, str(tmp_path / "exports"))
+        exporting.export_litert(model, str(tmp_path / "exports"))
     assert caught.value.exit_code == 1  # a data or disk error, not a usage error
     assert os.listdir(tmp_path) == []  # not even the export folder it created
 
@@ -163,29 +163,39 @@ def test_a_model_folder_never_mixes_saved_models_and_litert_files(dense_exports)
     litert_dir = os.path.dirname(os.path.dirname(dense_exports["float"]))
     saved_model_dir = os.path.dirname(dense_exports["saved_model"])
     with pytest.raises(UsageError, match="holds litert versions"):
-        serving.version_path(litert_dir)
+        export_dir.version_path(litert_dir)
     with pytest.raises(UsageError, match="holds saved_model versions"):
-        serving.version_path(saved_model_dir, export_format="litert")
-    assert serving.version_path(litert_dir, export_format="litert").endswith(os.sep + "3")
+        export_dir.version_path(saved_model_dir, export_format="litert")
+    assert export_dir.version_path(litert_dir, export_format="litert").endswith(os.sep + "3")
+
+
+def test_a_litert_export_is_found_in_a_folder_whose_name_is_a_glob_pattern(tmp_path):
+    folder = tmp_path / "exports[1]"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.tflite").write_bytes(b"checked when loaded")
+    assert export_dir.resolve_model(str(folder)) == str(folder / "1" / "model.tflite")
+    assert export_dir.exported_model(str(folder)) == "LiteRT versions 1"
+    with pytest.raises(UsageError, match="holds litert versions"):
+        export_dir.version_path(str(folder))
 
 
 def test_export_dirs_under_a_file_or_a_dangling_link_are_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     os.symlink(tmp_path / "gone", tmp_path / "dangling")
-    for export_dir, fragment in ((tmp_path / "file", "is a file, not a folder"),
-                                 (tmp_path / "file" / "exports" / "mnist", f"is under a file (at {tmp_path / 'file'})"),
-                                 (tmp_path / "dangling", "symbolic link to the missing"),
-                                 (tmp_path / "dangling" / "mnist", "symbolic link to the missing")):
+    for folder, fragment in ((tmp_path / "file", "is a file, not a folder"),
+                             (tmp_path / "file" / "exports" / "mnist", f"is under a file (at {tmp_path / 'file'})"),
+                             (tmp_path / "dangling", "symbolic link to the missing"),
+                             (tmp_path / "dangling" / "mnist", "symbolic link to the missing")):
         with pytest.raises(UsageError, match=re.escape(fragment)):
-            serving.version_path(str(export_dir))
+            export_dir.version_path(str(folder))
     assert sorted(os.listdir(tmp_path)) == ["dangling", "file"]
 
 
 def test_versions_beyond_64_bits_are_refused(tmp_path):
-    assert serving.version_path(str(tmp_path), 2**63 - 1).endswith(str(2**63 - 1))
+    assert export_dir.version_path(str(tmp_path), 2**63 - 1).endswith(str(2**63 - 1))
     for version in (2**63, 10**20):
         with pytest.raises(UsageError, match="at most 9223372036854775807"):
-            serving.version_path(str(tmp_path), version)
+            export_dir.version_path(str(tmp_path), version)
 
 
 # --- Images ---------------------------------------------------------------------------------
@@ -316,9 +326,9 @@ def train_and_export(name: str, real_data, folder) -> dict:
     restored, _, _, _ = checkpoints.restore_model(config.ckpt_dir)
     return {
         "folder": folder, "ckpt_dir": config.ckpt_dir, "saved_model": result.export_path,
-        "float": serving.export_litert(restored, str(folder / "litert")),
-        "int8": serving.export_litert(restored, str(folder / "litert"), quantize="int8",
-                                      representative=litert.representative_images(splits["train"].images)),
+        "float": exporting.export_litert(restored, str(folder / "litert")),
+        "int8": exporting.export_litert(restored, str(folder / "litert"), quantize="int8",
+                                        representative=exporting.representative_images(splits["train"].images)),
         "pixels": splits["test"].images.numpy().reshape(-1, 28, 28, 1), "labels": splits["test"].labels.numpy(),
     }
 
@@ -557,8 +567,8 @@ def test_the_saved_model_enforces_its_shapes_and_pixel_range_in_a_foreign_proces
     model = models.create_model(models.make_config("dense", hidden_units=(16,)), seed=5)
     rng = np.random.default_rng(5)
     model.set_weights([w + rng.normal(0, 0.1, w.shape).astype(np.float32) for w in model.get_weights()])  # biases too
-    saved_model = serving.export_model(model, str(tmp_path / "exports"))
-    tflite = serving.export_litert(model, str(tmp_path / "litert")) if importlib.util.find_spec("ai_edge_litert") else ""
+    saved_model = exporting.export_model(model, str(tmp_path / "exports"))
+    tflite = exporting.export_litert(model, str(tmp_path / "litert")) if importlib.util.find_spec("ai_edge_litert") else ""
     pixels = rng.integers(0, 256, (2, 28, 28, 1)).astype(np.uint8)
     pixels[0, 0, 0], pixels[1, 0, 0] = 0, 255  # both ends of the range
     np.save(tmp_path / "pixels.npy", pixels)
@@ -574,7 +584,7 @@ def test_the_saved_model_enforces_its_shapes_and_pixel_range_in_a_foreign_proces
     assert "[2,14,28,1] is not compatible with expected shape [?,28,28,1]" in answers["half_images"]["error"]
     assert "[2,783] is not compatible with expected shape [?,784]" in answers["flat_783"]["error"]
     for name in ("nan", "inf", "below_0", "above_1"):
-        assert serving.INVALID_PIXELS in answers[name]["error"], answers[name]
+        assert exporting.INVALID_PIXELS in answers[name]["error"], answers[name]
     if tflite:  # the converter drops the shape check; the reshape by the batch size still refuses this one
         assert "num_input_elements != num_output_elements" in answers["litert_half_images"]["error"]
 

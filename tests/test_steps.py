@@ -74,14 +74,49 @@ def test_one_sgd_step_on_a_padded_batch_equals_plain_gradient_descent_on_its_rea
     order = batches.epoch_order(300, 0, 0).numpy()[256:]
     x = split.images.numpy()[order].astype(np.float64) / 255.0
     y = split.labels.numpy()[order]
+    expected_w, expected_b = sgd_step_by_numpy(w, b, x, y, 0.5)
+    runner(1)
+    new_w, new_b = (v.numpy() for v in state.model.trainable_variables)
+    np.testing.assert_allclose(new_w, expected_w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(new_b, expected_b, rtol=1e-4, atol=1e-6)
+
+
+def shifted_by_numpy(images: np.ndarray, max_shift: int, offsets: np.ndarray) -> np.ndarray:
+    """Each image [28, 28] zero-padded by max_shift and cut at its (row, column) offset, as random_shift documents."""
+    padded = np.pad(images, [(0, 0), (max_shift, max_shift), (max_shift, max_shift)])
+    return np.stack([p[r:r + 28, c:c + 28] for p, (r, c) in zip(padded, offsets)])
+
+
+def sgd_step_by_numpy(w, b, x, y, learning_rate):
     logits = x @ w + b
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     p[np.arange(len(y)), y] -= 1.0
+    return w - learning_rate * x.T @ p / len(y), b - learning_rate * p.mean(0)
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_either_runner_shifts_a_batch_by_its_global_step_not_its_place_in_the_epoch(split, jit_compile):
+    """Step 7, the third batch of the second epoch, of a logistic regression with --augment_shift=3 against numpy:
+    the batch's images moved by the offsets Philox draws for global step 7, then one step of gradient descent."""
+    cfg = config(model=ModelConfig("logistic"), learning_rate=0.5, augment_shift=3, jit_compile=jit_compile)
+    state = training.build_state(cfg)
+    runner = steps.make_runner(cfg, state, steps.TrainMetrics(), split)
+    runner(7)
+    w, b = (v.numpy().astype(np.float64) for v in state.model.trainable_variables)
+    order = batches.epoch_order(300, 0, 1).numpy()[128:192]
+    images, y = split.images.numpy()[order].reshape(64, 28, 28), split.labels.numpy()[order]
+
+    def expected(step):
+        offsets = tf.random.stateless_uniform([64, 2], batches.shift_seed(0, step), 0, 7, tf.int32, alg="philox")
+        x = shifted_by_numpy(images, 3, offsets.numpy()).reshape(64, 784).astype(np.float64) / 255.0
+        return sgd_step_by_numpy(w, b, x, y, 0.5)
+
     runner(1)
     new_w, new_b = (v.numpy() for v in state.model.trainable_variables)
-    np.testing.assert_allclose(new_w, w - 0.5 * x.T @ p / len(y), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(new_b, b - 0.5 * p.mean(0), rtol=1e-4, atol=1e-6)
+    assert np.abs(expected(2)[0] - expected(7)[0]).max() > 1e-3  # the place in the epoch would train otherwise
+    np.testing.assert_allclose(new_w, expected(7)[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(new_b, expected(7)[1], rtol=1e-4, atol=1e-6)
 
 
 def assert_stops_before_updating(state, runner, steps_done: int):

@@ -16,10 +16,10 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import ROOT, assert_one_line_error, hparams, run_cli, scalars
+from conftest import ROOT, assert_one_line_error, copy_run, hparams, run_cli, scalars, synthetic_split, tiny_config
 from mnist_dnn.lib.core import data, evaluation
 from mnist_dnn.lib.experiments import reports, sweeps
-from mnist_dnn.lib.trainer import diagnostics
+from mnist_dnn.lib.trainer import diagnostics, training
 from mnist_dnn.lib.core.run_dir import RunDir
 from mnist_dnn.lib.errors import UsageError
 
@@ -125,6 +125,31 @@ def test_the_report_ranks_all_runs_with_the_test_accuracy_of_their_best_checkpoi
     markdown = (root / "report.md").read_text().splitlines()
     assert len(markdown) == 6 and markdown[0].startswith("| rank | learning_rate | hidden_units |")
     assert f"{float(rows[0]['test_accuracy_of_best']):.2%}" in markdown[2]
+
+
+def test_the_reports_test_accuracy_is_that_of_the_best_checkpoint_not_the_latest(tiny_run, tiny_data, tmp_path):
+    """A run whose latest checkpoint (step 40: the best's logits moved one class along) is far worse than its
+    best: the report's test accuracy is numpy's forward pass of the best checkpoint's weights on the test images."""
+    folder = copy_run(tiny_run, tmp_path / "root" / "run")
+    run = RunDir(str(folder / "ckpt"))
+    state = training.build_state(tiny_config(tiny_data, folder))
+    state.checkpoint.read(run.best_checkpoint()).assert_existing_objects_matched()  # TensorFlow's reader, not the tools'
+    weights = [v.numpy().astype(np.float64) for v in state.model.trainable_variables]
+    for variable in state.model.trainable_variables[-2:]:  # the output layer's kernel and bias
+        variable.assign(np.roll(variable.numpy(), 1, axis=-1))
+    state.step.assign(40)
+    run.save(state.checkpoint, 40, state.weights(), keep=2)
+    images, labels = synthetic_split(500, seed=2)  # the tiny data's test split, as conftest writes it
+
+    def numpy_accuracy(kernel, bias, out_kernel, out_bias):
+        hidden = np.maximum(images.reshape(-1, 784) / 255.0 @ kernel + bias, 0)
+        return float(np.mean((hidden @ out_kernel + out_bias).argmax(1) == labels))
+
+    best, latest = numpy_accuracy(*weights), numpy_accuracy(*weights[:2], *(np.roll(w, 1, -1) for w in weights[2:]))
+    assert best > 0.5 and latest < 0.3
+    row = reports.collect_row(str(tmp_path / "root"), "run", {}, data_dir=tiny_data.data_dir)
+    assert run.latest().endswith("model.ckpt-40") and row.best_step != 40
+    assert row.test_accuracy == pytest.approx(best, abs=1e-6)
 
 
 def check_confusion_matrix(report, stdout, real_data):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, call_tool, copy_run, folder_hashes, hparams, run_cli, scalars, tiny_config
 from mnist_dnn.lib.core import data, models
-from mnist_dnn.lib.trainer import actions, training
+from mnist_dnn.lib.trainer import actions, steps, training
 from mnist_dnn.lib.config import ModelConfig
 from mnist_dnn.lib.errors import UsageError
 from mnist_dnn.lib.core.run_dir import RunDir
@@ -65,6 +66,44 @@ def test_progress_lines_carry_step_total_percent_and_eta_and_the_run_is_describe
     progress = [line for line in out if line.startswith("step ") and "ETA" in line]
     assert progress[0].startswith("step 10/20 (50%): loss") and "includes compiling" in progress[0]
     assert progress[1].startswith("step 20/20 (100%)") and "includes" not in progress[1]
+
+
+def test_examples_per_second_and_the_eta_leave_out_validation_and_saving(tiny_data, tmp_path, monkeypatch):
+    """On a fake clock each training step takes 1 s, each validation 100 s and each save 50 s: 64 examples a
+    step make 64 examples/s in every line and in the result, and the elapsed time and ETA count 1 s a step."""
+    now = [1000.0]
+    monkeypatch.setattr(actions, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def taking(seconds, work):  # `work`, taking `seconds(*args)` on the clock
+        def run(*args):
+            work(*args)
+            now[0] += seconds(*args)
+        return run
+
+    make_runner, checkpoint_saver, validate = steps.make_runner, actions.checkpoint_saver, actions.Validation.__call__
+    monkeypatch.setattr(steps, "make_runner", lambda *a, **k: taking(lambda num_steps: num_steps, make_runner(*a, **k)))
+    monkeypatch.setattr(actions, "checkpoint_saver", lambda *a: taking(lambda step: 50, checkpoint_saver(*a)))
+    monkeypatch.setattr(actions.Validation, "__call__", taking(lambda self, step: 100, validate))
+    lines = []
+    result = training.train(tiny_config(tiny_data, tmp_path, max_steps=30), say=lines.append)
+    progress = [re.search(r"^step (\d+)/30 .*, ([\d,]+) examples/s.*; elapsed (\S+), ETA (\S+)$", line)
+                for line in lines if line.startswith("step ") and "ETA" in line]
+    assert [m.groups() for m in progress] == [("10", "64", "0:10", "0:20"), ("20", "64", "0:20", "0:10"),
+                                               ("30", "64", "0:30", "0:00")]
+    assert result.examples_per_second == pytest.approx(64.0)
+    assert now[0] == 1000 + 30 + 3 * 100 + 3 * 50  # the pauses did happen
+
+
+def test_each_hparams_column_shows_its_own_setting(tiny_data, tmp_path):
+    """Every setting TensorBoard's HParams lists given a value of its own, read back from the event files."""
+    config = tiny_config(tiny_data, tmp_path, model=ModelConfig("dense", (24, 12), 0.25), optimizer="sgd",
+                         learning_rate=0.05, lr_schedule="cosine", batch_size=48, max_steps=10, augment_shift=1,
+                         augment_rotate=7.0, augment_scale=0.15, seed=3)
+    training.train(config, say=lambda line: None)
+    assert hparams(tmp_path / "logs") == pytest.approx({
+        "model": "dense", "hidden_units": "24-12", "conv_filters": "none", "pool_every": 0, "dropout": 0.25,
+        "optimizer": "sgd", "learning_rate": 0.05, "lr_schedule": "cosine", "batch_size": 48, "max_steps": 10,
+        "augment_shift": 1, "augment_rotate": 7.0, "augment_scale": 0.15, "seed": 3, "dataset": "mnist"})
 
 
 @pytest.mark.slow

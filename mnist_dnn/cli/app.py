@@ -6,90 +6,62 @@ import dataclasses
 import os
 import re
 import sys
-import types
-import typing
 from typing import NoReturn
 
 from absl import app, flags, logging
 
 from mnist_dnn.cli import command_line, startup
-from mnist_dnn.lib import config as config_lib, files
+from mnist_dnn.lib import config as config_lib, files, settings
 from mnist_dnn.lib.errors import DataError, Error, UsageError
-
-
-def _flag_fields(config_class):
-    """(field, flag name) of every field that is a flag, nested configs included, in order."""
-    for field in dataclasses.fields(config_class):
-        if dataclasses.is_dataclass(field.default):
-            yield from _flag_fields(type(field.default))
-        elif field.metadata.get("flag") is not None:
-            yield field, field.metadata["flag"] or field.name
-
-
-def _kind(annotation) -> type:
-    """The flag type of a field's annotation: str, int, float, bool or tuple (a list flag)."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return _kind(args[0])
-    return typing.get_origin(annotation) or annotation
 
 
 _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
            bool: flags.DEFINE_boolean, tuple: flags.DEFINE_list}
 
 
-def define_config_flags(config_class, only: tuple[str, ...] | None = None, flag_values=flags.FLAGS) -> None:
-    """Declares a flag for each field of `config_class` (or those named in `only`), from its default and help."""
-    for field, name in _flag_fields(config_class):
+def define_config_flags(config_class, only: tuple[str, ...] | None = None, flag_values=flags.FLAGS,
+                        tool: str | None = None) -> None:
+    """Declares a flag for each field of `config_class` (or those named in `only`), from its default and help.
+
+    The help shows them as shared flags, but a `tool`'s own fields (given its __name__) in its own group.
+    """
+    own = set(dataclasses.fields(config_class)) if tool else set()
+    module = {"module_name": sys.argv[0] if tool == "__main__" else tool}  # as absl files a main module's flags
+    for field, name in settings.flag_fields(config_class):
         if only is None or name in only:
             default = field.default
             default = list(default) if isinstance(default, tuple) and default else (None if default == () else default)
-            _DEFINE[_kind(field.type)](name, default, field.metadata["help"], flag_values=flag_values)
+            choices = {"enum_values": field.metadata["choices"]} if field.metadata.get("choices") else {}
+            define = flags.DEFINE_enum if choices else _DEFINE[settings.kind(field.type)]
+            define(name, default, help=field.metadata["help"], flag_values=flag_values, **choices,
+                   **(module if field in own else {}))
+
+
+def define_train_flags() -> None:
+    """The training flags: TrainConfig's, and train's --result_file (sweep and search take them too)."""
+    # absl.logging's --log_dir (for log files we never write) gives way to ours: the run's TensorBoard folder.
+    if "log_dir" in flags.FLAGS:
+        delattr(flags.FLAGS, "log_dir")
+    define_config_flags(config_lib.TrainConfig)
+    flags.DEFINE_string("result_file", None, "At the end, write the run's figures (steps, examples/s, best) as JSON "
+                        "here; on an error, the error.", module_name="mnist_dnn.train")
+    define_overwrite_flag("result_file")
 
 
 def config_from_flags(config_class, values=flags.FLAGS):
     """An instance of `config_class` from the parsed flags; unflagged fields keep their defaults."""
-    settings = {}
-    for field in dataclasses.fields(config_class):
-        if dataclasses.is_dataclass(field.default):
-            settings[field.name] = config_from_flags(type(field.default), values)
-        elif field.metadata.get("flag") is not None:
-            name = field.metadata["flag"] or field.name
-            settings[field.name] = _field_value(field, name, values[name].value)
-    return config_class(**settings)
+    return settings.build(config_class, {name: values[name].value for _, name in settings.flag_fields(config_class)})
 
 
-def _field_value(field, name: str, value):
-    """A list flag's strings as the field's tuple (of ints, for hidden_units)."""
-    if _kind(field.type) is not tuple:
-        return value
-    if value is None:
-        return field.default
-    tuples = [a for a in (field.type, *typing.get_args(field.type)) if typing.get_origin(a) is tuple]
-    return parse_int_list(name, value) if typing.get_args(tuples[0])[0] is int else tuple(value)
+def tool_settings(config_class) -> dict:
+    """A tool's settings by flag name: its flags as parsed, and --idx_dir (if it has one) else the environment's."""
+    given = {name: flags.FLAGS[name].value for _, name in settings.flag_fields(config_class)}
+    return {**given, "idx_dir": idx_dir(flags.FLAGS)} if "idx_dir" in given else given
 
 
-def define_data_flags() -> None:
-    """Where the tools that read a trained run find its data; the dataset is the run's own."""
-    define_config_flags(config_lib.DataConfig, only=("data_dir", "idx_dir"))
-
-
-def define_dataset_check_flag() -> None:
-    flags.DEFINE_enum("dataset", None, config_lib.DATASETS, "The dataset the run must have been trained on: a run of "
-                      "another is refused (default: whichever it is; a model is always scored on its own).")
-
-
-def define_ckpt_dir_flag() -> None:
-    define_config_flags(config_lib.TrainConfig, only=("ckpt_dir",))
-
-
-def define_restore_flags() -> None:
-    """Flags of the tools that read a trained checkpoint."""
-    define_ckpt_dir_flag()
-    flags.DEFINE_string("checkpoint", None, "A given checkpoint (e.g. checkpoints/model.ckpt-1000) instead of the latest.")
-    flags.DEFINE_enum("which", "latest", config_lib.WHICH,
-                      "Without --checkpoint: the latest checkpoint of --ckpt_dir, or the best by validation "
-                      "accuracy (ckpt_dir/best/).")
+def tool_config(config_class):
+    """The config a tool's main reads its flags into, and passes down: from `tool_settings`."""
+    return settings.build(config_class, tool_settings(config_class))
 
 
 def idx_dir(values) -> str | config_lib.DatasetIdxDir | None:
@@ -102,13 +74,6 @@ def idx_dir(values) -> str | config_lib.DatasetIdxDir | None:
         return values.idx_dir
     folder = os.environ.get(config_lib.IDX_DIR_ENV)
     return config_lib.DatasetIdxDir(folder, "mnist") if folder else None
-
-
-def parse_int_list(name: str, values: list[str]) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in values)
-    except ValueError:
-        raise UsageError(f"--{name} must be comma-separated integers such as 256,128; got {','.join(values)}") from None
 
 
 def as_flags(text: str, flag_values=flags.FLAGS) -> str:

@@ -90,10 +90,11 @@ def check_flagfiles(args: list[str], reading: tuple[str, ...] = ()) -> None:
             if arg.startswith(("--flagfile=", "-flagfile=")) else ""
         path = os.path.expanduser(path)
         if path and path not in reading:
-            check_flagfiles([line.strip() for line in _flagfile_text(path).splitlines()], (*reading, path))
+            check_flagfiles([line.strip() for line in flagfile_text(path).splitlines()], (*reading, path))
 
 
-def _flagfile_text(path: str) -> str:
+def flagfile_text(path: str) -> str:
+    """The text of the flagfile (or preset) `path`: a regular UTF-8 file of at most MAX_FLAGFILE_BYTES; UsageError otherwise."""
     try:
         text = files.read_input(path, MAX_FLAGFILE_BYTES, "split it: a flagfile may name others (--flagfile=FILE)")
         if b"\0" in text:

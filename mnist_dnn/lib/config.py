@@ -1,13 +1,14 @@
-"""What a run is made of, defined once: defaults, help and validation of every setting.
+"""What a run and each tool are made of, defined once: defaults, help and validation of every setting.
 
-The tools declare their flags from these fields (`cli.define_flags`), so a default or a
-help text exists in one place only. `validate()` is the one check that every entry point
-(train, sweep, the Python API) goes through; it raises `ConfigError` naming the field, which
-the command line reports under the flag of the same name.
+The tools declare their flags from these fields (`cli.define_config_flags`) and read them back
+(`settings.build`), so a default or a help text exists in one place only. `validate()` is the one
+range check that every entry point (the tools, sweep, search, the Python API) goes through; it
+raises `ConfigError` naming the field, which the command line reports as the flag of that name.
 """
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 
@@ -28,7 +29,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 WHICH = ("latest", "best")  # which checkpoint of a run folder the tools read
 IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"  # the offline MNIST, for the tools that are not told --idx_dir
 # Exports: their formats, LiteRT quantizations and the SavedModel's signatures.
-EXPORT_FORMATS = ("saved_model", "litert")
+EXPORT_FORMATS = ("saved_model", "litert", "keras")
 QUANTIZATIONS = ("none", "int8")
 REPRESENTATIVE_IMAGES = 1000  # training images that calibrate an int8 LiteRT model
 SERVING_SIGNATURE, FLAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "predict_flat", "serving_bytes"
@@ -40,7 +41,9 @@ MAX_CONV_FILTERS = 4096
 MAX_CONV_LAYERS = 4  # 3x3 "valid" convolutions shrink 28x28 by 2 each; four leave 20x20 for the pool
 MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**31 - 1
+DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert", "keras": "exports/mnist_keras"}
 MAX_STEPS = 10**9
+MAX_PORT = 65535
 
 
 class ConfigError(UsageError):
@@ -50,9 +53,16 @@ class ConfigError(UsageError):
         super().__init__(problem, field)
 
 
-def setting(default, help: str, flag: str | None = "", **kwargs):
-    """A config field with its help text; `flag=None`: not a command-line flag, "": the field's name."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag}, **kwargs)
+def setting(default, help: str, flag: str | None = "", choices: tuple[str, ...] | None = None):
+    """A config field with its help text; `flag=None`: not a command-line flag, "": the field's name;
+    `choices`: an enum flag (absl refuses another value as it parses)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+def _same_as(config_class, name: str):
+    """A setting with the default and help of `config_class`'s field `name`: one flag of several configs."""
+    field = config_class.__dataclass_fields__[name]
+    return setting(field.default, field.metadata["help"])
 
 
 def _choice(field: str, value, choices) -> None:
@@ -286,3 +296,103 @@ class TrainConfig:
         return {"optimizer": self.optimizer, "lr_schedule": self.lr_schedule, "batch_size": self.batch_size,
                 "seed": self.seed, "augment_shift": self.augment_shift, "augment_rotate": self.augment_rotate,
                 "augment_scale": self.augment_scale}
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreConfig:
+    """Which checkpoint of a run folder a tool reads (all of inspect_checkpoint's settings; checkpoints checks them)."""
+
+    ckpt_dir: str = _same_as(TrainConfig, "ckpt_dir")
+    checkpoint: str | None = setting(None, "A given checkpoint (e.g. checkpoints/model.ckpt-1000) instead of the latest.")
+    which: str = setting("latest", "Without --checkpoint: the latest checkpoint of --ckpt_dir, or the best by "
+                         "validation accuracy (ckpt_dir/best/).", choices=WHICH)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """Where a tool that reads a trained run finds its data; the dataset is the run's own, and `dataset` checks it."""
+
+    data_dir: str | None = _same_as(DataConfig, "data_dir")
+    idx_dir: str | DatasetIdxDir | None = _same_as(DataConfig, "idx_dir")
+    dataset: str | None = setting(None, "The dataset the run must have been trained on: a run of another is refused "
+                                  "(default: whichever it is; a model is always scored on its own).", choices=DATASETS)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    restore: RestoreConfig = RestoreConfig()
+    data: RunData = RunData()
+    batch_size: int = setting(1000, "Evaluation batch size (every example counts, whatever it is).")
+    metrics_file: str | None = setting(None, "Also write the figures as JSON to this file.")
+    confusion_matrix: bool = setting(False, "Also print the test confusion matrix (rows true class, columns "
+                                     "predicted).")
+
+    def validate(self) -> "EvaluateConfig":
+        _positive_int("batch_size", self.batch_size, MAX_BATCH_SIZE)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    restore: RestoreConfig = RestoreConfig()
+    data: RunData = RunData()
+    format: str = setting("saved_model", "saved_model: for TensorFlow Serving; litert: a .tflite file for phones and "
+                          "microcontrollers; keras: a model.keras file for keras.models.load_model.", choices=EXPORT_FORMATS)
+    quantize: str = setting("none", "With --format=litert: int8 is full-integer post-training quantization, calibrated "
+                            f"on {REPRESENTATIVE_IMAGES} training images (needs the dataset: --idx_dir or TFDS's).",
+                            choices=QUANTIZATIONS)
+    export_dir: str | None = setting(None, "Model folder; each export is a numbered version inside it. Default: "
+                                     f"{DEFAULT_EXPORT_DIRS['saved_model']}, or exports/mnist_<format>.")
+    version: int | None = setting(None, "Version number to write (default: the next free one). Never overwritten.")
+
+    def validate(self) -> "ExportConfig":
+        if self.quantize != "none" and self.format != "litert":
+            raise ConfigError("quantize", "applies to `format`=litert only")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    model_dir: str = setting("exports/mnist", "A SavedModel version folder (exports/mnist/1), a .tflite file, or a "
+                             "model folder: its highest version.")
+    json: bool = setting(False, "Print one JSON object per file: file, class, probabilities, confident.")
+    min_confidence: float = setting(0.5, "Answers whose probability is below this are marked uncertain.")
+    rest_request: str | None = setting(None, "Instead of classifying, write the JSON body of a TensorFlow Serving REST "
+                                       "request (/v1/models/NAME:predict) for the files to this file.")
+    rest_signature: str = setting(BYTES_SIGNATURE, "The signature the REST request calls: the encoded files as "
+                                  '{"b64": ...}, or their pixels.', choices=(BYTES_SIGNATURE, SERVING_SIGNATURE))
+    max_image_bytes: int = setting(MAX_IMAGE_BYTES, "Larger image files are refused unread.")
+
+    def validate(self) -> "PredictConfig":
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError("min_confidence", f"must be between 0 and 1, got {self.min_confidence}")
+        if self.max_image_bytes < 1:
+            raise ConfigError("max_image_bytes", f"must be a whole number of bytes from 1, got {self.max_image_bytes}")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    model_dir: str = setting("exports/mnist", "A folder of numbered versions (the newest is served, and new ones "
+                             "are picked up), one SavedModel version folder, or a .tflite file.")
+    model_name: str = setting("mnist", "The NAME in /v1/models/NAME (TensorFlow Serving's MODEL_NAME).")
+    host: str = setting("127.0.0.1", "The address to listen on; 0.0.0.0 for every network (a phone on the same "
+                        "network), 127.0.0.1 for this machine only.")
+    port: int = setting(8501, "The port to listen on (TensorFlow Serving's REST port); 0 for any free one.")
+    max_request_bytes: int = setting(16 * 2**20, "Larger request bodies are refused with status 413.")
+    file_system_poll_wait_seconds: float = setting(1.0, "How often to look for a new version (as TensorFlow "
+                                                   "Serving's flag of the same name); 0: never.")
+    model_threads: int = setting(2, "Requests parsed and run through the model at the same time (a thread pool).")
+
+    def validate(self) -> "ServeConfig":
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.model_name):
+            raise ConfigError("model_name", f"must be letters, digits, '_', '.' or '-'; got {self.model_name!r}")
+        if not 0 <= self.port <= MAX_PORT:
+            raise ConfigError("port", f"must be a whole number from 0 to {MAX_PORT}; got {self.port}")
+        if not 1024 <= self.max_request_bytes <= 2**31:
+            raise ConfigError("max_request_bytes", f"must be from 1024 to {2**31:,}; got {self.max_request_bytes}")
+        if not 0 <= self.file_system_poll_wait_seconds <= 86400:
+            raise ConfigError("file_system_poll_wait_seconds", f"must be from 0 to 86400; got "
+                              f"{self.file_system_poll_wait_seconds}")
+        _positive_int("model_threads", self.model_threads, 64)
+        return self

@@ -13,11 +13,11 @@ import re
 from mnist_dnn.lib import files
 from mnist_dnn.lib.errors import UsageError
 
-# What marks a run folder (lib/core/run_dir.py's layout) and an export (lib/core/serving.py's), read without TensorFlow.
+# What marks a run folder (lib/core/run_dir.py's layout) and an export (lib/core/export_dir.py's), read without TensorFlow.
 RUN_CONFIG = "model_config.json"
 CHECKPOINT_INDEX = re.compile(r"model\.ckpt-\d+\.index$")
 SAVED_MODEL = "saved_model.pb"
-LITERT_EXTENSION = ".tflite"
+EXPORTED_FILES = (".tflite", ".keras")  # a LiteRT file, a Keras model
 MAX_OWN_FILE_BYTES = 10 * 2**20  # a larger file is no output of ours: not read to find out
 
 
@@ -76,10 +76,10 @@ def _folder_kind(folder: str) -> str | None:
 
 
 def _is_version(folder: str, names: list[str] | None = None) -> bool:
-    """A SavedModel folder, or a numbered folder holding a LiteRT file."""
+    """A SavedModel folder, or a numbered folder holding a LiteRT file or a Keras model."""
     names = _names(folder) if names is None else names
     return SAVED_MODEL in names or (os.path.basename(folder).isdigit()
-                                     and any(name.endswith(LITERT_EXTENSION) for name in names))
+                                     and any(name.endswith(EXPORTED_FILES) for name in names))
 
 
 def _names(folder: str) -> list[str]:

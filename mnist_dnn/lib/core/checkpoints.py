@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.core import serving
+from mnist_dnn.lib.core import export_dir
 from mnist_dnn.lib.errors import CheckpointError, UsageError, first_line
 from mnist_dnn.lib.core.models import create_model
 from mnist_dnn.lib.core.run_dir import RESTORE_ERRORS, WHICH, RunConfig, RunDir
@@ -41,7 +41,7 @@ def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str 
         raise CheckpointError(f"`ckpt_dir` {ckpt_dir} does not exist; train first or point it at a run folder")
     run = RunDir(ckpt_dir)
     path = run.latest() if which == "latest" else run.best_checkpoint()
-    exported = None if path else serving.exported_model(ckpt_dir)
+    exported = None if path else export_dir.exported_model(ckpt_dir)
     if exported:
         raise UsageError(f"`ckpt_dir` {ckpt_dir} holds {exported}: an export, not a training run's folder; read it "
                          f"with predict or serve (--model_dir={ckpt_dir}), or pass the run folder it was exported from")

@@ -61,10 +61,10 @@ def format_confusion_matrix(matrix: list[list[int]]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(ckpt_dir, checkpoint=None, data_dir=None, idx_dir=None, batch_size=1000, which="latest",
-                        load_splits=data.load_splits, dataset=None) -> dict:
-    """Restores a checkpoint (given, or the latest or best of `ckpt_dir`) and scores it on its
-    own dataset, which must be `dataset` if given; returns the JSON-ready report. `load_splits` may cache the data."""
+def evaluate_checkpoint(ckpt_dir, *, checkpoint=None, which="latest", data_dir=None, idx_dir=None, dataset=None,
+                        batch_size=1000, load_splits=data.load_splits) -> dict:
+    """Restores a checkpoint (given, or the latest or best of `ckpt_dir`) and scores it on its own dataset, which must
+    be `dataset` if given; returns the JSON-ready report. `load_splits` may cache the data. (config.EvaluateConfig)"""
     model, run_config, path, step = checkpoints.restore_model(ckpt_dir, checkpoint, which)
     checkpoints.check_dataset(path, run_config, dataset)
     splits = load_splits(data.DataConfig(run_config.dataset, data_dir, idx_dir))

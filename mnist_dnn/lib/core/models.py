@@ -15,6 +15,7 @@ from mnist_dnn.lib.core import threefry
 from mnist_dnn.lib.core.data import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 
 
+@keras.saving.register_keras_serializable("mnist_dnn")  # model.save() and load_model, once imported
 class RawDNN(keras.Model):
     """The course's DNN built from explicit weights: w1 784x128, b1, w2 128x10, b2.
 
@@ -22,8 +23,9 @@ class RawDNN(keras.Model):
     trains a bare `tf.Variable` attribute nor checkpoints variables held in a list.
     """
 
-    def __init__(self, hidden_units=(128,), seed=0, **kwargs):
-        super().__init__(name="raw", **kwargs)
+    def __init__(self, hidden_units=(128,), seed=0, name="raw", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.hidden_units, self.seed = tuple(hidden_units), seed
         sizes = [NUM_PIXELS, *hidden_units, NUM_CLASSES]
         self.num_layers = len(sizes) - 1
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
@@ -39,6 +41,9 @@ class RawDNN(keras.Model):
                 x = tf.nn.relu(x)
         return x
 
+    def get_config(self) -> dict:
+        return {**super().get_config(), "hidden_units": self.hidden_units, "seed": self.seed}
+
 
 def dropout(inputs, rate: float, seed):
     """`inputs` with each element zeroed with probability `rate`, the rest scaled by 1 / (1 - rate).
@@ -50,6 +55,7 @@ def dropout(inputs, rate: float, seed):
     return tf.where(keep, inputs / (1 - rate), tf.zeros_like(inputs))
 
 
+@keras.saving.register_keras_serializable("mnist_dnn")  # model.save() and load_model, once imported
 class Dropout(keras.layers.Dropout):
     """keras.layers.Dropout drawing its masks with `dropout` above.
 

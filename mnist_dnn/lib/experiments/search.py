@@ -16,9 +16,8 @@ folder, so it resumes from its checkpoint, and only the retry counts towards `tr
 import dataclasses
 import math
 import os
-import types
-import typing
 
+from mnist_dnn.lib import settings
 from mnist_dnn.lib.config import ConfigError, TrainConfig, setting
 
 KINDS = ("loguniform", "uniform", "int", "choice")
@@ -166,34 +165,8 @@ def grid_size(space: list[Param]) -> int:
     return math.prod(len(p.grid()) for p in space)
 
 
-def _field_value(annotation, text: str):
-    """A flag's text as the config field's type (hidden_units 256-128 or 256,128 -> (256, 128))."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    kind = typing.get_origin(annotation) or annotation
-    if kind in (typing.Union, types.UnionType):
-        return _field_value(args[0], text)
-    if kind is tuple:
-        element = typing.get_args(annotation)[0]
-        return tuple(element(v) for v in text.replace("-", ",").split(",") if v)
-    if kind is bool:
-        return text.lower() in ("true", "1", "yes")
-    return kind(text)
-
-
-def with_settings(config, settings: dict):
-    """`config` (a TrainConfig, nested configs included) with flag name -> text settings applied."""
-    changes = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if dataclasses.is_dataclass(value):
-            changes[field.name] = with_settings(value, settings)
-        elif field.metadata.get("flag") is not None and (field.metadata["flag"] or field.name) in settings:
-            changes[field.name] = _field_value(field.type, settings[field.metadata["flag"] or field.name])
-    return dataclasses.replace(config, **changes)
-
-
-def trial_config(base: TrainConfig, settings: dict, folder: str) -> TrainConfig:
-    config = with_settings(base, settings)
+def trial_config(base: TrainConfig, values: dict, folder: str) -> TrainConfig:
+    config = settings.build(base, values)
     return dataclasses.replace(config, ckpt_dir=os.path.join(folder, "ckpt"), log_dir=os.path.join(folder, "logs"),
                                export_dir=None)
 
@@ -202,7 +175,7 @@ def check_space_against(base: TrainConfig, space: list[Param]) -> None:
     """Each bound and choice, put into the base config, passes training's own validation."""
     for param in space:
         for value in param.candidates():
-            with_settings(base, {param.name: value}).validate()
+            settings.build(base, {param.name: value}).validate()
 
 
 def describe(space: list[Param]) -> dict:

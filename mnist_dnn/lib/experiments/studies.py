@@ -1,6 +1,6 @@
 """The Optuna side of a search: the storage, the study, its sampler and pruner, its progress.
 
-Optuna is imported inside the functions: it is an optional extra (`pip install mnist_dnn[search]`).
+Optuna is imported inside the functions: it is an optional extra (`pip install -e ".[search]"`).
 """
 
 import logging
@@ -12,7 +12,7 @@ from mnist_dnn.lib.experiments import search
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import DataError, UsageError, first_line
 
-INSTALL_HINT = "the search needs Optuna: pip install 'mnist_dnn[search]'"
+INSTALL_HINT = "the search needs Optuna: pip install -e '.[search]' (in a checkout; or 'mnist-dnn-course[search]')"
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting", "FAIL": "failed"}
 
 

@@ -21,7 +21,8 @@ import signal
 import subprocess
 import time
 
-from mnist_dnn.lib import files
+from mnist_dnn.lib import files, settings
+from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 SWEEP_FILE = "sweep.json"
@@ -30,6 +31,9 @@ RESULT_FILE = "result.json"
 LOG_FILE = "train.log"
 # Flags the sweep sets for each run; a grid or base flag cannot set them.
 RUN_FLAGS = ("ckpt_dir", "log_dir", "result_file")
+# The training flags that a grid or a search space varies, and those of them that take a list.
+TRAIN_FLAGS = [name for _, name in settings.flag_fields(TrainConfig)]
+LIST_FLAGS = {name for field, name in settings.flag_fields(TrainConfig) if settings.kind(field.type) is tuple}
 
 
 class SweepError(Error):
@@ -71,6 +75,13 @@ def parse_axis(spec: str, list_flags, check_value) -> Axis:
     for value in parts:
         check_value(name, value.replace("-", ",") if name in list_flags else value)
     return Axis(name, parts)
+
+
+def check_value(source: str, name: str, text: str) -> None:
+    """Reads a value that a grid or a search space (the flag `source`) gives training flag `name`, as the flag's."""
+    if name not in TRAIN_FLAGS:
+        raise UsageError(f"`{source}` names --{name}, which is not a flag of mnist_dnn.train")
+    settings.build(TrainConfig, {name: text}, source)
 
 
 def check_axes(axes: list[Axis]) -> None:

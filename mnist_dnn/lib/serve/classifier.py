@@ -13,8 +13,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import config, files, native_output
-from mnist_dnn.lib.core import images, litert, serving
+from mnist_dnn.lib import files, native_output
+from mnist_dnn.lib.config import BYTES_SIGNATURE, MAX_IMAGE_BYTES, SERVING_SIGNATURE
+from mnist_dnn.lib.core import export_dir, images
+from mnist_dnn.lib.serve import litert
 from mnist_dnn.lib.errors import DataError, UsageError
 
 
@@ -33,7 +35,7 @@ class Prediction:
         return cls(int(digit), float(p[digit]), runner_up, float(p[runner_up]), tuple(float(v) for v in p))
 
 
-def read_file(path: str, max_bytes: int = config.MAX_IMAGE_BYTES) -> bytes:
+def read_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     """The bytes of a regular file of at most `max_bytes` (`files.read_input`); DataError otherwise."""
     try:
         return files.read_input(path, max_bytes, to_raise_it="pass a smaller image, or raise `max_image_bytes`")
@@ -60,7 +62,7 @@ class ImageFile:
     pixels: np.ndarray  # as MNIST's: uint8 [28, 28, 1]
 
 
-def read_image_file(path: str, max_bytes: int = config.MAX_IMAGE_BYTES) -> ImageFile:
+def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> ImageFile:
     contents = read_file(path, max_bytes)
     with native_output.quiet_unless_logging():  # libjpeg says why it fails on descriptor 2: the line below says it
         try:
@@ -81,9 +83,9 @@ class SavedModelSignature:
             self.loaded = tf.saved_model.load(path)
         except (OSError, ValueError, tf.errors.OpError) as e:
             raise UsageError(f"cannot load the SavedModel {path}: {str(e).strip().splitlines()[0]}") from None
-        if serving.SERVING_SIGNATURE not in self.loaded.signatures:
-            raise UsageError(f"the SavedModel {path} has no {serving.SERVING_SIGNATURE} signature")
-        self.signature = self.loaded.signatures[serving.SERVING_SIGNATURE]
+        if SERVING_SIGNATURE not in self.loaded.signatures:
+            raise UsageError(f"the SavedModel {path} has no {SERVING_SIGNATURE} signature")
+        self.signature = self.loaded.signatures[SERVING_SIGNATURE]
 
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         return {name: value.numpy() for name, value in self.signature(images=tf.constant(pixels)).items()}
@@ -93,15 +95,16 @@ class Classifier:
     """An exported model: a SavedModel or a .tflite file, or the latest version in a model folder."""
 
     def __init__(self, model_dir: str):
-        path = serving.resolve_model(model_dir)
+        path = export_dir.resolve_model(model_dir)
         self.model = SavedModelSignature(path) if os.path.isdir(path) else litert.LiteRTModel(path)
         self.path = path
 
-    def __call__(self, pixels: list[np.ndarray]) -> list[Prediction]:
-        """Classifies uint8 [28, 28, 1] images."""
-        if not pixels:
+    def __call__(self, pixels) -> list[Prediction]:
+        """Classifies uint8 images 0..255, [28, 28, 1] or [28, 28] each: a list of them, or a numpy batch."""
+        if len(pixels) == 0:
             return []
-        outputs = self.model(np.stack(pixels))
+        batch = np.stack(pixels)
+        outputs = self.model(batch[..., np.newaxis] if batch.ndim == 3 else batch)
         return [Prediction.from_outputs(c, p) for c, p in zip(outputs["classes"], outputs["probabilities"])]
 
 
@@ -114,10 +117,10 @@ def rest_request(signature: str, files: list[ImageFile]) -> str:
     `serving_bytes`: each file's bytes as TensorFlow Serving's binary value, {"b64": base64}.
     `serving_default`: each file's MNIST pixels, 28x28x1 nested lists.
     """
-    if signature == serving.BYTES_SIGNATURE:
+    if signature == BYTES_SIGNATURE:
         instances = [{"b64": base64.b64encode(file.contents).decode("ascii")} for file in files]
-    elif signature == serving.SERVING_SIGNATURE:
+    elif signature == SERVING_SIGNATURE:
         instances = [file.pixels.tolist() for file in files]
     else:
-        raise UsageError(f"`rest_signature` must be {serving.BYTES_SIGNATURE} or {serving.SERVING_SIGNATURE}, got {signature!r}")
+        raise UsageError(f"`rest_signature` must be {BYTES_SIGNATURE} or {SERVING_SIGNATURE}, got {signature!r}")
     return json.dumps({"signature_name": signature, "instances": instances}, separators=(",", ":")) + "\n"

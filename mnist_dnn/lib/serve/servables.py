@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.core import litert, serving
+from mnist_dnn.lib.core import export_dir
+from mnist_dnn.lib.serve import litert
 from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
 
 
@@ -99,7 +100,7 @@ def load(path: str, version: int) -> Servable:
 def _loadable(folder: str) -> str | None:
     """The SavedModel folder or the one LiteRT file in `folder`; None when it holds neither (yet)."""
     try:
-        return serving._model_in(folder)  # noqa: SLF001 (the rule export and predict use)
+        return export_dir.model_in(folder)  # the rule export and predict use
     except UsageError:
         return None  # more than one LiteRT file: not a version export writes
 
@@ -149,7 +150,7 @@ class ModelVersions:
     def candidates(self) -> list[tuple[int, str]]:
         """(version, model path) of the complete versions, newest first."""
         found = []
-        for version in reversed(serving.versions(self.model_dir)):
+        for version in reversed(export_dir.versions(self.model_dir)):
             path = _loadable(os.path.join(self.model_dir, str(version)))
             if path:
                 found.append((version, path))

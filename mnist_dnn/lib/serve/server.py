@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from mnist_dnn.lib.serve import rest
 from mnist_dnn.lib.errors import UsageError, first_line
-from mnist_dnn.lib.serve.config import ServeConfig
+from mnist_dnn.lib.config import ServeConfig
 from mnist_dnn.lib.serve.servables import ModelVersions, Servable
 
 MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"

@@ -13,7 +13,7 @@ import time
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from mnist_dnn.lib.core import evaluation, serving
+from mnist_dnn.lib.core import evaluation, exporting
 from mnist_dnn.lib.trainer import diagnostics
 from mnist_dnn.lib.core.run_dir import Best, RunDir
 
@@ -268,5 +268,5 @@ class EndOfRunExport:
     def __call__(self, step: int) -> None:
         if self.signalled() or self.path:
             return
-        self.path = serving.export_model(self.model, self.export_dir)
+        self.path = exporting.export_model(self.model, self.export_dir)
         self.say(f"Exported a SavedModel to {self.path}")

@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from mnist_dnn.lib import files, xla_cache
-from mnist_dnn.lib.core import data, evaluation, serving
+from mnist_dnn.lib.core import data, evaluation, export_dir
 from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
@@ -157,7 +157,7 @@ def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
     run_dir = RunDir(config.ckpt_dir)
     _check_run_folder(config, run_dir)
     if config.export_dir:
-        serving.version_path(config.export_dir)  # fail now, not after training
+        export_dir.version_path(config.export_dir)  # fail now, not after training
     stored = run_dir.check_resumable(run_config(config))
     run_id = stored.run_id if stored and stored.run_id else new_run_id()
     _check_log_dir(log_dir, run_id, new_run=stored is None)
@@ -178,7 +178,7 @@ def train(config: TrainConfig, say=print, on_validation=None) -> TrainResult:
 
 def _check_run_folder(config: TrainConfig, run_dir: RunDir) -> None:
     """Refuses a `ckpt_dir` that is an export, or part of another run; an `export_dir` that is the run folder."""
-    exported = serving.exported_model(config.ckpt_dir)
+    exported = export_dir.exported_model(config.ckpt_dir)
     if exported and not run_dir.is_run():
         raise UsageError(f"`ckpt_dir` {config.ckpt_dir} holds {exported}: it is an export folder, not a run folder; "
                          "pass another `ckpt_dir` (predict and serve read exports with --model_dir)")

@@ -20,7 +20,7 @@ def preset(name: str, **changes) -> TrainConfig:
     if not path.is_file():
         raise UsageError(f"no preset {name!r}; choose one of: {', '.join(command_line.preset_names())}")
     given = {}
-    for line in path.read_text().splitlines():
+    for line in command_line.flagfile_text(str(path)).splitlines():  # checked as a flagfile is
         flag = line.split("#", 1)[0].strip().removeprefix("--")
         key, has_value, value = flag.partition("=")
         if has_value:

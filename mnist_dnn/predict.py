@@ -22,14 +22,14 @@ cli.define_overwrite_flag("rest_request")
 REQUEST_KINDS = (("signature_name", "instances"),)  # the keys of the request it writes
 
 
-def read_files(paths: list[str]) -> list:
+def read_files(paths: list[str], max_bytes: int) -> list:
     """The files that are images (`classifier.ImageFile`s); one error line on stderr for each of the others."""
     from mnist_dnn.lib.serve import classifier
 
     readable = []
     for path in paths:
         try:
-            readable.append(classifier.read_image_file(path))
+            readable.append(classifier.read_image_file(path, max_bytes))
         except DataError as e:
             print(f"error: {path}: {cli.message(e)}", file=sys.stderr)
     return readable
@@ -62,7 +62,7 @@ def main(argv):
     config = cli.tool_config(PredictConfig).validate()
     if config.rest_request:
         cli.check_output_file("rest_request", config.rest_request, REQUEST_KINDS, inputs=tuple(paths))
-        readable = read_files(paths)
+        readable = read_files(paths, config.max_image_bytes)
         if len(readable) < len(paths):
             return 1  # a request must hold every file: nothing written
         write_rest_request(readable, config.rest_request, config.rest_signature)
@@ -70,7 +70,7 @@ def main(argv):
     from mnist_dnn.lib.serve import classifier  # after cli.run's quiet start-up: it imports TensorFlow
 
     classify = classifier.Classifier(config.model_dir)
-    readable = read_files(paths)
+    readable = read_files(paths, config.max_image_bytes)
     for file, p in zip(readable, classify([file.pixels for file in readable])):
         print(describe(file.path, p, config))
     return 1 if len(readable) < len(paths) else 0

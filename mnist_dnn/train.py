@@ -13,6 +13,8 @@ from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
+import contextlib
+
 from absl import flags
 
 from mnist_dnn.cli import app as cli
@@ -37,8 +39,9 @@ def main(argv):
         result = training.train(cli.tool_config(TrainConfig), say=cli.say)
     except Error as e:
         if FLAGS.result_file:  # for programs that run this tool (the sweep): the error, machine-readable
-            files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code,
-                                                 "busy": isinstance(e, BusyError)})
+            with contextlib.suppress(OSError):  # a full disk: the error itself says so
+                files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code,
+                                                     "busy": isinstance(e, BusyError)})
         raise
     if FLAGS.result_file:
         files.write_text(FLAGS.result_file, result.to_json())

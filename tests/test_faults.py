@@ -1,6 +1,7 @@
 """Training that never loses work: kills, damaged checkpoints, locks, full disks (subprocesses)."""
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -10,6 +11,7 @@ import resource
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -301,3 +303,188 @@ def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tiny_run, tmp
                              f"--format={export_format}", cwd=ROOT)
             assert_one_line_error(result, 1, f"cannot write the export {disk / export_format}/1: No space left on device")
             assert os.listdir(disk) == []
+
+
+# issue 37 (item 2): what is not a small regular file, given where a file is read, is one line with memory bounded.
+# predict read /dev/zero until the kernel killed it at 22.7 GB, blocked on a FIFO, and crashed on a 3 GB sparse .png.
+ADDRESS_SPACE = 4 << 30  # the tools need about 1.9 GB of address space (TensorFlow's libraries, its threads' stacks)
+
+
+def _hostile_input(kind: str, tmp_path) -> tuple[str, str]:
+    """(path, what the error line says of it) for an input of that kind, made in tmp_path (/dev/zero is read only)."""
+    path = tmp_path / "input.png"
+    if kind == "/dev/zero":
+        return "/dev/zero", "/dev/zero: is a character device, not a regular file"
+    if kind == "a device node":
+        if os.geteuid() != 0:
+            pytest.skip("making a device node (mknod) needs root")
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 5))  # /dev/zero's numbers
+        return str(path), f"{path}: is a character device, not a regular file"
+    if kind == "a FIFO":
+        os.mkfifo(path)
+        return str(path), f"{path}: is a FIFO, not a regular file"
+    if kind == "a 3 GB sparse file":
+        with open(path, "wb") as f:
+            f.truncate(3 * 2**30)
+        return str(path), f"{path}: is 3,221,225,472 bytes, over the cap of 134,217,728"
+    path.write_bytes(tf.io.encode_jpeg(np.full((28, 28, 1), 7, np.uint8)).numpy()[:60])  # libjpeg complains on fd 2
+    return str(path), f"{path}: not an image TensorFlow can decode"
+
+
+def _limited(args: list[str]) -> subprocess.CompletedProcess:
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=180, preexec_fn=limit_memory)
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "a device node", "a FIFO", "a 3 GB sparse file", "a truncated JPEG"])
+def test_predict_on_what_is_no_image_file_is_one_line_with_memory_bounded(kind, tmp_path):
+    path, says = _hostile_input(kind, tmp_path)
+    request = tmp_path / "request.json"
+    result = _limited([sys.executable, "-m", "mnist_dnn.predict", f"--rest_request={request}", path])
+    assert_one_line_error(result, 1, says)
+    assert result.stderr.count("\n") == 1 and not request.exists(), result.stderr  # nothing else on stderr
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "a FIFO", "a 3 GB sparse file"])
+def test_a_flagfile_that_is_no_small_regular_file_is_one_line_with_memory_bounded(kind, tiny_data, tmp_path):
+    path, says = _hostile_input(kind, tmp_path)
+    result = _limited(_train_args(tiny_data.data_dir, tmp_path / "ckpt", f"--flagfile={path}"))
+    assert_one_line_error(result, 2, "--flagfile " + says.replace("134,217,728", "1,048,576"))
+    assert not (tmp_path / "ckpt").exists()
+
+
+# issue 37 (item 5): a disk that fills up, whichever write meets it first. One line naming the folder and "no space
+# left"; the last good checkpoint restores; nothing half-written is left where a later run would read it as whole.
+def _fill(disk: pathlib.Path) -> pathlib.Path:
+    """Fills `disk` to its last byte with one file; returns it (removing it frees the space)."""
+    filler = disk / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(descriptor, b"\0" * 65536):
+            pass
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(descriptor)
+    return filler
+
+
+def _full_disk_args(data_dir, ckpt, *extra) -> list[str]:
+    return [sys.executable, "-m", "mnist_dnn.train", f"--data_dir={data_dir}", f"--ckpt_dir={ckpt}", "--hidden_units=32",
+            "--batch_size=64", "--max_steps=200", "--checkpoint_every=20", "--eval_every=20", "--log_every=20",
+            "--keep_checkpoints=2", *extra]
+
+
+def _assert_nothing_half_written(folder: pathlib.Path) -> None:
+    """No temporary file or folder of a save, and every JSON file, checkpoint and export version below `folder` reads whole."""
+    leftovers = [p for p in folder.rglob("*") if "_temp" in p.name or ".tmp-" in p.name or p.name.endswith(".tmp")]
+    assert leftovers == []
+    for path in folder.rglob("*.json"):
+        json.loads(path.read_text())
+    for run in {p.parent for p in folder.rglob("model_config.json")}:
+        for step in RunDir(str(run)).steps():  # each checkpoint the run would resume from
+            _, _, restored, _ = checkpoints.restore_model(str(run), RunDir(str(run)).checkpoint_path(step))
+            assert restored.endswith(f"model.ckpt-{step}")
+        if RunDir(str(run / "best")).steps():
+            checkpoints.restore_model(str(run), which="best")
+    for version in folder.rglob("saved_model.pb"):
+        tf.saved_model.load(str(version.parent))
+
+
+FILL_POINTS = {  # where the disk fills -> (tmpfs size, the flags that write onto it, filled first?, what the line says)
+    "the summary writers": ("8k", ("ckpt_dir",), False, "no space left on device in {disk}/ckpt/logs"),
+    "the first checkpoint": ("300k", ("ckpt_dir",), False, "cannot write a checkpoint to {disk}/ckpt"),
+    # the result file of the error is lost too: the line still names the checkpoint
+    "a later checkpoint": ("700k", ("ckpt_dir", "result_file"), False, "cannot write a checkpoint to {disk}/ckpt"),
+    "the export at the end": ("1m", ("export_dir",), True, "cannot write the export {disk}/export/1"),
+    "the result file": ("1m", ("result_file",), True, "no space left on device in {disk} (writing result.json)"),
+}
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("where", FILL_POINTS)
+def test_training_onto_a_disk_that_fills_is_one_line_and_resumes_from_the_last_good_checkpoint(where, tiny_data,
+                                                                                                tmp_path):
+    size, on_disk, filled_first, says = FILL_POINTS[where]
+    with tiny_disk(tmp_path / "disk", size) as disk:
+        folders = {flag: (disk if flag in on_disk else tmp_path) / name
+                   for flag, name in (("ckpt_dir", "ckpt"), ("export_dir", "export"), ("result_file", "result.json"))}
+        args = _full_disk_args(tiny_data.data_dir, folders["ckpt_dir"], f"--export_dir={folders['export_dir']}",
+                               f"--result_file={folders['result_file']}")
+        filler = _fill(disk) if filled_first else None
+        result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert_one_line_error(result, 1)
+        error = result.stderr.splitlines()[-1]
+        assert says.format(disk=disk) in error and "no space left on device" in error.lower(), error
+        assert "{{function_node" not in error and "[Op:" not in error  # TensorFlow's decorations of the op
+        _assert_nothing_half_written(disk)
+        _assert_nothing_half_written(tmp_path)
+        steps = RunDir(str(folders["ckpt_dir"])).steps()
+        assert steps or where in ("the summary writers", "the first checkpoint")  # a good checkpoint to resume from
+        if filler:
+            filler.unlink()
+        else:
+            subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        if where == "the export at the end":  # the run finished: its last checkpoint exports
+            assert steps[-1] == 200 and not folders["export_dir"].exists()
+            exported = run_cli("export", f"--ckpt_dir={folders['ckpt_dir']}", f"--export_dir={folders['export_dir']}")
+            assert exported.returncode == 0 and (folders["export_dir"] / "1" / "saved_model.pb").exists()
+            return
+        again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        resumed = json.loads(folders["result_file"].read_text())
+        assert resumed["start_step"] == (steps[-1] if steps else 0) and resumed["step"] == 200
+        _assert_nothing_half_written(disk)
+        print(where, error, "resumed from step", resumed["start_step"])
+
+
+@ROOT_ONLY
+def test_a_report_onto_a_disk_that_fills_is_one_line_and_leaves_each_report_file_whole_or_absent(tiny_data, tmp_path):
+    root = tmp_path / "sweep"
+    swept = run_cli("sweep", f"--root={root}", "--grid=learning_rate=0.01", f"--data_dir={tiny_data.data_dir}",
+                    "--hidden_units=8", "--max_steps=20", "--eval_every=10", "--log_every=10", "--checkpoint_every=10",
+                    cwd=ROOT)
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    written = {name: (root / name).read_bytes() for name in ("report.csv", "report.md")}
+    with tiny_disk(tmp_path / "disk", "2m") as disk:
+        shutil.copytree(root, disk / "sweep", ignore=shutil.ignore_patterns("report.*"))
+        filler = _fill(disk)
+        os.truncate(filler, filler.stat().st_size - 16384)  # room for the table and the text, not the picture
+        report = run_cli("report", f"--root={disk / 'sweep'}", f"--data_dir={tiny_data.data_dir}", cwd=ROOT)
+        assert_one_line_error(report, 1, f"no space left on device in {disk / 'sweep'} (writing report.png)")
+        _assert_nothing_half_written(disk)
+        assert {name: (disk / "sweep" / name).read_bytes() for name in written} == written
+        assert not (disk / "sweep" / "report.png").exists()
+        filler.unlink()
+        again = run_cli("report", f"--root={disk / 'sweep'}", f"--data_dir={tiny_data.data_dir}", cwd=ROOT)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert tf.io.decode_png((disk / "sweep" / "report.png").read_bytes()).shape[-1] in (3, 4)  # whole
+
+
+@ROOT_ONLY
+def test_an_xla_cache_whose_disk_fills_during_the_run_costs_one_warning_and_leaves_no_entry_half_written(
+        warm_xla_cache, tiny_data, tmp_path):
+    # Over xla_cache.MIN_FREE_BYTES free when the run starts (so written), full by the time XLA writes its entry.
+    with tiny_disk(tmp_path / "disk", "66m") as disk:
+        env = {**os.environ, "MNIST_DNN_XLA_CACHE": str(disk / "xla"), "TF_XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+        args = _train_args(tiny_data.data_dir, tmp_path / "ckpt", "--hidden_units=8", "--max_steps=30",
+                           "--log_every=30", "--eval_every=30", f"--result_file={tmp_path}/result.json")
+        with open(tmp_path / "stderr", "w+") as stderr:
+            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT, env=env)
+            deadline = time.time() + 120
+            while process.poll() is None and not _loaded(process.pid, "libtensorflow_framework") and time.time() < deadline:
+                time.sleep(0.01)
+            assert process.poll() is None  # TensorFlow loads: the cache was set up (read-write: over 64 MB were free)
+            filler = _fill(disk)
+            assert process.wait(timeout=300) == 0
+            stderr.seek(0)
+            lines = stderr.read()
+        warnings = _cache_warnings(lines)
+        assert len(warnings) == 1 and "no space left on device" in warnings[0] and str(disk / "xla") in warnings[0], lines
+        assert json.loads((tmp_path / "result.json").read_text())["step"] == 30
+        assert _cache_files(disk / "xla") == []  # no entry, no temporary file
+        filler.unlink()
+        again, _ = _cached_run(tiny_data, disk / "xla", tmp_path / "again")
+        assert _cache_warnings(again.stderr) == [] and _cache_files(disk / "xla") == _cache_files(warm_xla_cache[0])

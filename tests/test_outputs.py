@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import call_tool
-from mnist_dnn.lib import outputs
+from mnist_dnn.lib import files, outputs
 from mnist_dnn.lib.errors import UsageError
 
 METRICS = (("checkpoint", "step", "validation", "test"),)
@@ -86,3 +86,14 @@ def test_a_write_never_replaces_what_is_not_a_regular_file(tmp_path, make):
     with pytest.raises(OSError, match="not a regular file"):
         files.write_text(str(target), "{}")
     assert os.lstat(target).st_mode == kind and sorted(os.listdir(tmp_path)) == ["fifo", "target"]
+
+
+# issue 37 (item 2): the reader under every input (the cases of test_bad_input.py: FIFOs, devices, sizes).
+def test_an_input_is_read_up_to_its_size_and_one_that_grows_meanwhile_is_refused(tmp_path):
+    (tmp_path / "small").write_bytes(b"12345")
+    assert files.read_input(str(tmp_path / "small"), 5) == b"12345"
+    with pytest.raises(OSError, match="is 5 bytes, over the cap of 4; raise it"):
+        files.read_input(str(tmp_path / "small"), 4, "raise it")
+    if os.path.exists("/proc/self/status"):  # a regular file of size 0 whose reads return text: it "grows"
+        with pytest.raises(OSError, match="grew while it was read"):
+            files.read_input("/proc/self/status", 1000)

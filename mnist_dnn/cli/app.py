@@ -11,8 +11,8 @@ from typing import NoReturn
 from absl import app, flags, logging
 
 from mnist_dnn.cli import command_line, startup
-from mnist_dnn.lib import config as config_lib, settings
-from mnist_dnn.lib.errors import Error, UsageError
+from mnist_dnn.lib import config as config_lib, files, settings
+from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 
 _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
@@ -101,7 +101,7 @@ def define_overwrite_flag(output_flag: str) -> None:
 def check_output_file(flag: str, path: str, kinds: tuple[tuple[str, ...], ...], **where) -> None:
     """Refuses an output file whose folder does not exist, or that is not the tool's to write
     (`outputs.check_output_file`, which takes `where`), before any work is done."""
-    from mnist_dnn.lib import files, outputs
+    from mnist_dnn.lib import outputs
 
     files.check_link(flag, path, "pass another file")  # (not "its folder does not exist")
     files.check_plain_target(flag, path)
@@ -172,6 +172,11 @@ def run(main, positional_args: bool = False, presets: bool = False) -> None:
             sys.exit(130)
         except BrokenPipeError:  # the reader of the output left (`tool | head -1`)
             _output_dropped()
+        except Exception as e:  # a write onto a full disk, wherever it happens (a summary writer, an output file)
+            problem = files.no_space_problem(e)
+            if problem is None:
+                raise
+            _report(DataError(problem))
 
     try:
         argv = _command_line(main, positional_args, presets)

@@ -7,6 +7,7 @@ import textwrap
 
 from absl import flags
 
+from mnist_dnn.lib import files
 from mnist_dnn.lib.errors import UsageError
 
 HELP_ARGS = ("-h", "--help", "-?", "--helpshort")
@@ -22,6 +23,7 @@ GENERAL_HELP = (
     ("--helpfull", "Every flag, TensorFlow's and absl's included."),
 )
 WIDTH = 100
+MAX_FLAGFILE_BYTES = 1 << 20  # flags, one a line: a larger file is no flagfile
 MULTI_FLAG_NOTE = "; repeat this option to specify a list of values"  # absl's, said as "(repeatable)"
 
 
@@ -54,7 +56,7 @@ def expand_presets(argv: list[str], flag_values=flags.FLAGS, refused_by: str = "
     --grid adds to the preset's). A tool that takes no training flags names itself in `refused_by`:
     a preset is then a UsageError. Raises flags.Error for a flagfile that cannot be read.
     """
-    args = flag_values.read_flags_from_files(argv[1:])
+    args = read_flagfiles(argv[1:], flag_values)
     end = args.index("--") if "--" in args else len(args)
     names, typed, options = [], [], iter(args[:end])
     for arg in options:
@@ -67,8 +69,42 @@ def expand_presets(argv: list[str], flag_values=flags.FLAGS, refused_by: str = "
     if names and refused_by:
         raise UsageError(f"--preset={names[0]} is a set of training flags, for {', '.join(PRESET_TOOLS[:-1])} and "
                          f"{PRESET_TOOLS[-1]} only; {refused_by} takes none: drop it (its flags: --help)")
-    presets = [a for name in names for a in flag_values.read_flags_from_files([preset_flagfile(name)])]
+    presets = [a for name in names for a in read_flagfiles([preset_flagfile(name)], flag_values)]
     return [argv[0], *presets, *typed, *args[end:]]
+
+
+def read_flagfiles(args: list[str], flag_values=flags.FLAGS) -> list[str]:
+    """`args` with absl's reading of the flagfiles they name, each checked first (`check_flagfiles`)."""
+    check_flagfiles(args)
+    return flag_values.read_flags_from_files(args)
+
+
+def check_flagfiles(args: list[str], reading: tuple[str, ...] = ()) -> None:
+    """Refuses (UsageError) a flagfile that `args` name, or that one names in turn, unless it is a regular
+    text file of at most MAX_FLAGFILE_BYTES: absl reads whatever it is given whole (a FIFO blocks it,
+    /dev/zero never ends, a binary file is a traceback)."""
+    for arg, following in zip(args, [*args[1:], ""]):
+        if arg == "--":
+            return
+        path = following if arg in ("--flagfile", "-flagfile") else arg.partition("=")[2].strip() \
+            if arg.startswith(("--flagfile=", "-flagfile=")) else ""
+        path = os.path.expanduser(path)
+        if path and path not in reading:
+            check_flagfiles([line.strip() for line in flagfile_text(path).splitlines()], (*reading, path))
+
+
+def flagfile_text(path: str) -> str:
+    """The text of the flagfile (or preset) `path`: a regular UTF-8 file of at most MAX_FLAGFILE_BYTES; UsageError otherwise."""
+    try:
+        text = files.read_input(path, MAX_FLAGFILE_BYTES, "split it: a flagfile may name others (--flagfile=FILE)")
+        if b"\0" in text:
+            raise UnicodeError("a NUL byte")
+        return text.decode()
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}{'' if ';' in e.strerror else '; check the path'}", "flagfile") from None
+    except UnicodeError:
+        raise UsageError(f"{path}: is not a text file (UTF-8); pass a file of flags, one --name=value a line",
+                         "flagfile") from None
 
 
 def wants_help(argv: list[str]) -> bool:

@@ -33,6 +33,7 @@ EXPORT_FORMATS = ("saved_model", "litert", "keras")
 QUANTIZATIONS = ("none", "int8")
 REPRESENTATIVE_IMAGES = 1000  # training images that calibrate an int8 LiteRT model
 SERVING_SIGNATURE, FLAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "predict_flat", "serving_bytes"
+MAX_IMAGE_BYTES = 128 << 20  # an image file is read whole: far more than a digit's image needs
 MAX_SHIFT, MAX_ROTATE, MAX_SCALE = 8, 45.0, 0.5  # the augmentations' bounds: pixels, degrees, fraction
 # Bounds that keep a typo from asking for terabytes: a 784 x 10**8 weight matrix, a batch of 10**9.
 MAX_HIDDEN_UNITS = 65_536
@@ -360,10 +361,13 @@ class PredictConfig:
                                        "request (/v1/models/NAME:predict) for the files to this file.")
     rest_signature: str = setting(BYTES_SIGNATURE, "The signature the REST request calls: the encoded files as "
                                   '{"b64": ...}, or their pixels.', choices=(BYTES_SIGNATURE, SERVING_SIGNATURE))
+    max_image_bytes: int = setting(MAX_IMAGE_BYTES, "Larger image files are refused unread.")
 
     def validate(self) -> "PredictConfig":
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError("min_confidence", f"must be between 0 and 1, got {self.min_confidence}")
+        if self.max_image_bytes < 1:
+            raise ConfigError("max_image_bytes", f"must be a whole number of bytes from 1, got {self.max_image_bytes}")
         return self
 
 

@@ -1,9 +1,13 @@
 """Errors that the command-line tools report as one line, without a traceback."""
 
+import re
+
 
 def first_line(error: Exception) -> str:
-    """The first line of an exception's message (TensorFlow's run to pages), or its type's name."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The first line of an exception's message (TensorFlow's run to pages), or its type's name; without
+    the op's decorations that TensorFlow adds (`{{function_node ...}} `, ` [Op:SaveV2]`)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"^\{\{function_node [^}]*\}\} | \[Op:\w+\]( name:.*)?$", "", line)
 
 
 class Error(Exception):

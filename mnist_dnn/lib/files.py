@@ -1,4 +1,4 @@
-"""Files and folders written atomically: a failed or killed write never leaves half of one."""
+"""Files and folders written atomically (a failed or killed write never leaves half of one); inputs read with a cap."""
 
 import errno
 import json
@@ -64,10 +64,12 @@ def special_file_problem(path: str) -> str | None:
         mode = os.stat(path).st_mode
     except OSError:  # nothing there, or a link that leads nowhere (check_link's case)
         return None
-    if stat.S_ISREG(mode):
-        return None
+    return None if stat.S_ISREG(mode) else f"{path} {_not_regular(path, mode)}"
+
+
+def _not_regular(path: str, mode: int) -> str:
     link = " a symbolic link to" if os.path.islink(path) else ""
-    return f"{path} is{link} {_kind_of(mode)}, not a regular file"
+    return f"is{link} {_kind_of(mode)}, not a regular file"
 
 
 def _kind_of(mode: int) -> str:
@@ -109,10 +111,26 @@ def write_with(path: str, write) -> None:
         with open(tmp, "wb") as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):  # name the file meant, not its temporary
+            e.filename = path
         raise
+
+
+def no_space_problem(error: BaseException) -> str | None:
+    """"no space left on device in <folder> (writing <file>)" when `error` is a write onto a full disk: an
+    OSError ENOSPC or EDQUOT, or TensorFlow's "<file>; No space left on device". None for any other error."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        path = error.filename
+    else:
+        match = re.search(r"(\S+); No space left on device", str(error))
+        if not match:
+            return None
+        path = match[1]
+    where = f" in {os.path.dirname(os.path.abspath(path))} (writing {os.path.basename(path)})" if path else ""
+    return f"no space left on device{where}; free some space there, then run the command again"
 
 
 def write_folder(path: str, write) -> None:
@@ -162,6 +180,35 @@ def write_json(path: str, payload) -> None:
     write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
-def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+def read_json(path: str, max_bytes: int = 64 << 20):  # (the tools' own files, of a few KB)
+    return json.loads(read_input(path, max_bytes))
+
+
+def read_input(path: str, max_bytes: int, to_raise_it: str = "") -> bytes:
+    """The bytes of `path`, which must be a regular file of at most `max_bytes`; OSError otherwise.
+
+    Whatever is at `path` is checked before it is opened (a FIFO blocks an open and a read; a
+    device such as /dev/zero never ends one), opened without blocking and checked again (it may
+    have been replaced meanwhile), then read up to its size. `to_raise_it` ends the message of a
+    file over the cap (e.g. "raise `max_image_bytes`").
+    """
+    _check_input(path, os.stat(path), max_bytes, to_raise_it)
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY), "rb") as f:
+        size = _check_input(path, os.fstat(f.fileno()), max_bytes, to_raise_it)
+        contents = f.read(size + 1)  # a byte more than its size: a file that grows is still being written
+    if len(contents) > size:
+        raise OSError(errno.EAGAIN, "grew while it was read: it is still being written; try again when it is whole")
+    return contents
+
+
+def _check_input(path: str, status: os.stat_result, max_bytes: int, to_raise_it: str) -> int:
+    """The size of a regular file of at most `max_bytes` (what `read_input` reads); OSError otherwise."""
+    if not stat.S_ISREG(status.st_mode):
+        raise OSError(errno.EINVAL, f"{_not_regular(path, status.st_mode)}; pass a regular file")
+    if status.st_size > max_bytes:
+        raise OSError(errno.EFBIG, _too_large(status.st_size, max_bytes, to_raise_it))
+    return status.st_size
+
+
+def _too_large(size: int, max_bytes: int, to_raise_it: str) -> str:
+    return f"is {size:,} bytes, over the cap of {max_bytes:,}" + (f"; {to_raise_it}" if to_raise_it else "")

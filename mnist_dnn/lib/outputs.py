@@ -92,10 +92,7 @@ def _names(folder: str) -> list[str]:
 def _is_output(path: str, kinds: tuple[tuple[str, ...], ...]) -> bool:
     """Whether the file holds a JSON object with the keys of one of `kinds`: an earlier output of the tool."""
     try:
-        if os.path.getsize(path) > MAX_OWN_FILE_BYTES:
-            return False
-        with open(path, "rb") as f:
-            content = json.loads(f.read())
+        content = json.loads(files.read_input(path, MAX_OWN_FILE_BYTES))
     except (OSError, ValueError):
         return False
     return isinstance(content, dict) and any(all(key in content for key in keys) for keys in kinds)

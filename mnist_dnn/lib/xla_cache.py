@@ -55,7 +55,7 @@ def recover(error: Exception, tf_xla_flags: str) -> str | None:
     removed = _remove([*_damaged_entries(folder, text), *_temporary_files(folder, lambda pid: pid == os.getpid())])
     if not removed and folder not in text:
         return None
-    kind = "the disk is full" if "No space left" in text or type(error).__name__ == "ResourceExhaustedError" \
+    kind = "no space left on device" if "No space left" in text or type(error).__name__ == "ResourceExhaustedError" \
         else f"{type(error).__name__}"
     return (f"XLA's compilation cache {folder} failed ({kind}); removed {len(removed)} damaged or unfinished "
             "file(s). This run goes on without XLA; the next one rebuilds the cache")

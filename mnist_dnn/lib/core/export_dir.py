@@ -14,7 +14,7 @@ import shutil
 import tensorflow as tf
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.errors import Error, UsageError
+from mnist_dnn.lib.errors import Error, UsageError, first_line
 from mnist_dnn.lib.core.run_dir import CONFIG_FILE, RunDir
 
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving reads versions as 64-bit integers
@@ -105,7 +105,7 @@ def write_version(export_dir: str, version: int | None, export_format: str, writ
 
 def _reason(error: Exception) -> str:
     if isinstance(error, tf.errors.OpError):  # "<file>; No space left on device"
-        return error.message.rsplit("; ", 1)[-1]
+        return first_line(error).rsplit("; ", 1)[-1]
     return error.strerror or str(error)
 
 

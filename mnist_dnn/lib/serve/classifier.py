@@ -13,7 +13,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib.config import BYTES_SIGNATURE, SERVING_SIGNATURE
+from mnist_dnn.lib import files, native_output
+from mnist_dnn.lib.config import BYTES_SIGNATURE, MAX_IMAGE_BYTES, SERVING_SIGNATURE
 from mnist_dnn.lib.core import export_dir, images
 from mnist_dnn.lib.serve import litert
 from mnist_dnn.lib.errors import DataError, UsageError
@@ -34,10 +35,10 @@ class Prediction:
         return cls(int(digit), float(p[digit]), runner_up, float(p[runner_up]), tuple(float(v) for v in p))
 
 
-def read_file(path: str) -> bytes:
+def read_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (`files.read_input`); DataError otherwise."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return files.read_input(path, max_bytes, to_raise_it="pass a smaller image, or raise `max_image_bytes`")
     except OSError as e:
         raise DataError(e.strerror or str(e)) from None
 
@@ -61,13 +62,15 @@ class ImageFile:
     pixels: np.ndarray  # as MNIST's: uint8 [28, 28, 1]
 
 
-def read_image_file(path: str) -> ImageFile:
-    contents = read_file(path)
-    try:
-        check_image(contents)
-        return ImageFile(path, contents, images.decode_digit(tf.constant(contents)).numpy())
-    except tf.errors.InvalidArgumentError:
-        raise DataError(f"not an image TensorFlow can decode ({images.FORMATS})") from None
+def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> ImageFile:
+    contents = read_file(path, max_bytes)
+    with native_output.quiet_unless_logging():  # libjpeg says why it fails on descriptor 2: the line below says it
+        try:
+            check_image(contents)
+            return ImageFile(path, contents, images.decode_digit(tf.constant(contents)).numpy())
+        except tf.errors.InvalidArgumentError:
+            pass
+    raise DataError(f"not an image TensorFlow can decode ({images.FORMATS})")
 
 
 class SavedModelSignature:

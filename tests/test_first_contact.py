@@ -335,7 +335,7 @@ def test_an_installed_package_runs_a_preset_from_any_folder(tiny_data, tmp_path)
     assert install.returncode == 0, install.stderr[-3000:]
     assert sorted(p.name for p in (target / "mnist_dnn" / "configs").glob("*.cfg")) == sorted(
         p.name for p in (ROOT / "configs").glob("*.cfg"))
-    assert [p.read_text() for p in target.glob("mnist_dnn-*.dist-info/**/LICENSE")] == [(ROOT / "LICENSE").read_text()]
+    assert [p.read_text() for p in target.glob("mnist_dnn_course-*.dist-info/**/LICENSE")] == [(ROOT / "LICENSE").read_text()]
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     result = subprocess.run([str(target / "bin" / "mnist-dnn-train"), "--preset=fast", "--max_steps=20",

@@ -104,7 +104,6 @@ def check_output_file(flag: str, path: str, kinds: tuple[tuple[str, ...], ...], 
     from mnist_dnn.lib import outputs
 
     files.check_link(flag, path, "pass another file")  # (not "its folder does not exist")
-    files.check_plain_target(flag, path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UsageError(f"--{flag} {path}: its folder does not exist or is not writable; pass a file in an existing "

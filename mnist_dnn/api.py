@@ -68,10 +68,9 @@ def export_with(export_config: ExportConfig, say=print) -> tuple[str, str, int]:
     version_path(folder, export_config.version, export_format=export_config.format)  # refused before restoring
     model, run_config, checkpoint, step = checkpoints.restore_model(**vars(export_config.restore))
     checkpoints.check_dataset(checkpoint, run_config, export_config.data.dataset)
-    if export_config.format == "saved_model":
-        return exporting.export_model(model, folder, export_config.version), checkpoint, step
-    if export_config.format == "keras":
-        return exporting.export_keras(model, folder, export_config.version), checkpoint, step
+    if export_config.format != "litert":
+        export = {"saved_model": exporting.export_model, "keras": exporting.export_keras, "onnx": exporting.export_onnx}
+        return export[export_config.format](model, folder, export_config.version), checkpoint, step
     representative = None
     if export_config.quantize == "int8":  # calibrated on the training split of the checkpoint's dataset
         where = export_config.data

@@ -29,7 +29,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 WHICH = ("latest", "best")  # which checkpoint of a run folder the tools read
 IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"  # the offline MNIST, for the tools that are not told --idx_dir
 # Exports: their formats, LiteRT quantizations and the SavedModel's signatures.
-EXPORT_FORMATS = ("saved_model", "litert", "keras")
+EXPORT_FORMATS = ("saved_model", "litert", "keras", "onnx")
 QUANTIZATIONS = ("none", "int8")
 REPRESENTATIVE_IMAGES = 1000  # training images that calibrate an int8 LiteRT model
 SERVING_SIGNATURE, FLAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "predict_flat", "serving_bytes"
@@ -41,7 +41,8 @@ MAX_CONV_FILTERS = 4096
 MAX_CONV_LAYERS = 4  # 3x3 "valid" convolutions shrink 28x28 by 2 each; four leave 20x20 for the pool
 MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**31 - 1
-DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert", "keras": "exports/mnist_keras"}
+DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert", "keras": "exports/mnist_keras",
+                       "onnx": "exports/mnist_onnx"}
 MAX_STEPS = 10**9
 MAX_PORT = 65535
 
@@ -337,7 +338,8 @@ class ExportConfig:
     restore: RestoreConfig = RestoreConfig()
     data: RunData = RunData()
     format: str = setting("saved_model", "saved_model: for TensorFlow Serving; litert: a .tflite file for phones and "
-                          "microcontrollers; keras: a model.keras file for keras.models.load_model.", choices=EXPORT_FORMATS)
+                          "microcontrollers; keras: a model.keras file for keras.models.load_model; onnx: a model.onnx "
+                          "file for onnxruntime (needs the onnx extra).", choices=EXPORT_FORMATS)
     quantize: str = setting("none", "With --format=litert: int8 is full-integer post-training quantization, calibrated "
                             f"on {REPRESENTATIVE_IMAGES} training images (needs the dataset: --idx_dir or TFDS's).",
                             choices=QUANTIZATIONS)

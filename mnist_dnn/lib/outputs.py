@@ -17,7 +17,7 @@ from mnist_dnn.lib.errors import UsageError
 RUN_CONFIG = "model_config.json"
 CHECKPOINT_INDEX = re.compile(r"model\.ckpt-\d+\.index$")
 SAVED_MODEL = "saved_model.pb"
-EXPORTED_FILES = (".tflite", ".keras")  # a LiteRT file, a Keras model
+EXPORTED_FILES = (".tflite", ".keras", ".onnx")  # a LiteRT file, a Keras model, an ONNX model
 MAX_OWN_FILE_BYTES = 10 * 2**20  # a larger file is no output of ours: not read to find out
 
 
@@ -76,7 +76,7 @@ def _folder_kind(folder: str) -> str | None:
 
 
 def _is_version(folder: str, names: list[str] | None = None) -> bool:
-    """A SavedModel folder, or a numbered folder holding a LiteRT file or a Keras model."""
+    """A SavedModel folder, or a numbered folder holding a LiteRT file, a Keras model or an ONNX model."""
     names = _names(folder) if names is None else names
     return SAVED_MODEL in names or (os.path.basename(folder).isdigit()
                                      and any(name.endswith(EXPORTED_FILES) for name in names))

@@ -1,4 +1,4 @@
-"""Classifying image files with an exported model (a SavedModel or a LiteRT file), as a client would.
+"""Classifying image files with an exported model (a SavedModel, a LiteRT, ONNX or Keras file), as a client would.
 
 The image is brought to MNIST's form here (28x28 grayscale, light digit on a dark
 background) by the same TensorFlow ops as the SavedModel's `serving_bytes` signature; the
@@ -9,15 +9,17 @@ import base64
 import dataclasses
 import json
 import os
+import zipfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files, native_output
 from mnist_dnn.lib.config import BYTES_SIGNATURE, MAX_IMAGE_BYTES, SERVING_SIGNATURE
-from mnist_dnn.lib.core import export_dir, images
-from mnist_dnn.lib.serve import litert
-from mnist_dnn.lib.errors import DataError, UsageError
+from mnist_dnn.lib.core import data, export_dir, exporting, images
+from mnist_dnn.lib.serve import litert, onnx_model
+from mnist_dnn.lib.errors import DataError, UsageError, first_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +93,30 @@ class SavedModelSignature:
         return {name: value.numpy() for name, value in self.signature(images=tf.constant(pixels)).items()}
 
 
+class KerasFile:
+    """A `model.keras` of `export --format=keras` (float [N, 784] in, logits out), answering as `serving_default`."""
+
+    def __init__(self, path: str):
+        try:
+            self.model = keras.models.load_model(path, compile=False)
+            self(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))
+        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as e:
+            raise UsageError(f"{path} is not a Keras model of mnist_dnn ({first_line(e)}); export one with "
+                             "python -m mnist_dnn.export `format`=keras") from None
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        flat = exporting.ServingModule.flatten(data.to_float(tf.constant(pixels)))
+        return {name: value.numpy() for name, value in exporting.outputs(self.model, flat).items()}
+
+
 class Classifier:
-    """An exported model: a SavedModel or a .tflite file, or the latest version in a model folder."""
+    """An exported model: a SavedModel, a .tflite, .onnx or .keras file, or the latest version in a model folder."""
 
     def __init__(self, model_dir: str):
         path = export_dir.resolve_model(model_dir)
-        self.model = SavedModelSignature(path) if os.path.isdir(path) else litert.LiteRTModel(path)
+        readers = {".onnx": onnx_model.OnnxModel, ".keras": KerasFile}
+        self.model = SavedModelSignature(path) if os.path.isdir(path) else readers.get(
+            os.path.splitext(path)[1], litert.LiteRTModel)(path)
         self.path = path
 
     def __call__(self, pixels) -> list[Prediction]:

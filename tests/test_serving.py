@@ -18,6 +18,7 @@ import textwrap
 import zlib
 
 import numpy as np
+import onnxruntime
 import pytest
 import tensorflow as tf
 from PIL import Image
@@ -363,6 +364,24 @@ def test_litert_scores_the_test_set_as_the_saved_model_does(trained, name):
     # logistic: 7.9 KB of int8 weights beside about 2.5 KB of fixed flatbuffer structure (see docs/serving.md)
     # logistic: see docs/serving.md, Size (its fixed structure outweighs 30% of so small a file)
     assert os.path.getsize(run["int8"]) <= {"logistic": 0.33}.get(name, 0.30) * os.path.getsize(run["float"])
+
+
+@pytest.mark.slow
+def test_onnx_scores_the_test_set_as_the_saved_model_does(trained, capsys):
+    """Issue 36: onnxruntime and the SavedModel on the 10,000 test images, the cnn (the most ops to convert)."""
+    run = trained("cnn")
+    restored, _, _, _ = checkpoints.restore_model(run["ckpt_dir"])
+    path = exporting.export_onnx(restored, str(run["folder"] / "onnx"))
+    saved = classifier.SavedModelSignature(run["saved_model"])(run["pixels"])
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])  # as a user would, not our reader
+    classes, probabilities = session.run(["classes", "probabilities"], {"images": run["pixels"]})
+    same_class = (classes == saved["classes"]).mean()
+    largest_difference = np.abs(probabilities - saved["probabilities"]).max()
+    with capsys.disabled():  # the figure docs/serving.md quotes
+        print(f"\nONNX vs SavedModel, cnn, 10,000 test images: same class {same_class:.2%}, "
+              f"largest probability difference {largest_difference:.1e}")
+    assert (saved["classes"] == run["labels"]).mean() > 0.95
+    assert same_class >= 0.999 and largest_difference <= 1e-4
 
 
 # --- Through the command line, and in a process that does not import mnist_dnn --------------

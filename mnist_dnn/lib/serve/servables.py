@@ -1,7 +1,7 @@
 """Exported models as a server holds them: their signatures, and the newest version of a model folder.
 
 A model folder holds numbered versions (`exports/mnist/1/`, `2/`, ...), each a SavedModel or a
-LiteRT file, as `export` writes them. Like TensorFlow Serving, the server serves the highest
+LiteRT, ONNX or Keras file, as `export` writes them. Like TensorFlow Serving, the server serves the highest
 version that loads, and `ModelVersions.refresh` switches to a newer one once it has loaded:
 requests already running finish on the model they started with.
 """
@@ -15,8 +15,9 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.core import export_dir
-from mnist_dnn.lib.serve import litert
+from mnist_dnn.lib.config import SERVING_SIGNATURE
+from mnist_dnn.lib.core import data, export_dir
+from mnist_dnn.lib.serve import classifier, litert, onnx_model
 from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
 
 
@@ -92,17 +93,29 @@ def load_litert(path: str, version: int) -> Servable:
     return Servable(version, path, signatures, owner=interpreter)
 
 
+def load_file_model(path: str, version: int, reader) -> Servable:
+    """An ONNX or Keras file, read as `predict` reads it: `serving_default` alone."""
+    model = reader(path)
+    inputs = {"images": TensorInfo(tf.uint8, (None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1))}
+    outputs = {"probabilities": TensorInfo(tf.float32, (None, data.NUM_CLASSES)), "classes": TensorInfo(tf.int64, (None,))}
+    return Servable(version, path, {SERVING_SIGNATURE: Signature(inputs, outputs, lambda named: model(named["images"]))},
+                    owner=model)
+
+
 def load(path: str, version: int) -> Servable:
-    """A SavedModel folder or a .tflite file, loaded."""
-    return load_saved_model(path, version) if os.path.isdir(path) else load_litert(path, version)
+    """A SavedModel folder or a .tflite, .onnx or .keras file, loaded."""
+    if os.path.isdir(path):
+        return load_saved_model(path, version)
+    reader = {".onnx": onnx_model.OnnxModel, ".keras": classifier.KerasFile}.get(os.path.splitext(path)[1])
+    return load_file_model(path, version, reader) if reader else load_litert(path, version)
 
 
 def _loadable(folder: str) -> str | None:
-    """The SavedModel folder or the one LiteRT file in `folder`; None when it holds neither (yet)."""
+    """The SavedModel folder or the one model file in `folder`; None when it holds neither (yet)."""
     try:
         return export_dir.model_in(folder)  # the rule export and predict use
     except UsageError:
-        return None  # more than one LiteRT file: not a version export writes
+        return None  # more than one model file: not a version export writes
 
 
 def _fingerprint(path: str) -> tuple:
@@ -142,7 +155,7 @@ class ModelVersions:
             raise DataError(f"{self.model_dir} does not exist; export a model there with python -m mnist_dnn.export")
         candidates = self.candidates()
         if not candidates:
-            raise DataError(f"{self.model_dir} holds no model: neither a SavedModel, a .tflite file nor numbered "
+            raise DataError(f"{self.model_dir} holds no model: neither a SavedModel, a .tflite, .onnx or .keras file nor numbered "
                             "version folders holding one; export one with python -m mnist_dnn.export")
         version, path = candidates[0]
         return load(path, version)  # the newest must load at start-up: its error is the one to see

@@ -312,7 +312,7 @@ PREDICT = [
 SERVE = [  # start-up errors: the server never starts serving
     (["--model_dir={tmp}/nothing"], 1, "{tmp}/nothing does not exist"),
     (["--model_dir={tmp}"], 1, "holds no model"),
-    (["--model_dir={file}"], 1, "cannot load the LiteRT file {file}"),
+    (["--model_dir={file}"], 2, "{file} is not a LiteRT model of mnist_dnn"),
     (["--model_dir={tmp}/nothing", "--port=70000"], 2, "--port must be a whole number from 0 to 65535"),
     (["--port=http"], 2, "port"),
     (["--model_name=a/b"], 2, "--model_name must be letters, digits"),

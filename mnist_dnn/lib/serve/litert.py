@@ -1,5 +1,7 @@
 """Running a LiteRT (formerly TensorFlow Lite) file: the `ai-edge-litert` interpreter, an optional extra."""
 
+import threading
+
 import numpy as np
 
 from mnist_dnn.lib import native_output
@@ -20,11 +22,13 @@ def interpreter_class():
 
 
 class LiteRTModel:
-    """A `.tflite` file's `serving_default` signature: uint8 [N, 28, 28, 1] in, probabilities out."""
+    """A `.tflite` file's `serving_default` signature: uint8 [N, 28, 28, 1] in, probabilities out.
+
+    One interpreter, so calls take turns (it is not thread-safe)."""
 
     def __init__(self, path: str):
         interpreter_type = interpreter_class()
-        self.path = path
+        self.path, self.lock = path, threading.Lock()
         try:
             self.interpreter = interpreter_type(model_path=path)
             self.runner = self.interpreter.get_signature_runner(SERVING_SIGNATURE)
@@ -44,7 +48,8 @@ class LiteRTModel:
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """`probabilities` float32 [N, 10] and `classes` int64 [N]."""
-        return self.runner(images=np.ascontiguousarray(images, dtype=np.uint8))
+        with self.lock:
+            return {k: np.array(v) for k, v in self.runner(images=np.ascontiguousarray(images, dtype=np.uint8)).items()}
 
     def input_quantization(self) -> tuple[float, int]:
         """(scale, zero point) of the input: (0.0, 0) when not quantized."""

@@ -8,7 +8,6 @@ requests already running finish on the model they started with.
 
 import dataclasses
 import os
-import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -68,33 +67,8 @@ def load_saved_model(path: str, version: int) -> Servable:
     return Servable(version, path, signatures, owner=loaded)
 
 
-def _litert_info(detail: dict) -> TensorInfo:
-    shape = detail.get("shape_signature", detail["shape"])
-    return TensorInfo(tf.as_dtype(detail["dtype"]), tuple(None if d < 0 else int(d) for d in shape))
-
-
-def load_litert(path: str, version: int) -> Servable:
-    """The LiteRT file's signatures; one interpreter, so calls take turns (it is not thread-safe)."""
-    try:
-        interpreter = litert.interpreter_class()(model_path=path)
-    except (ValueError, RuntimeError) as e:
-        raise DataError(f"cannot load the LiteRT file {path}: {first_line(e)}") from None
-    lock = threading.Lock()
-    signatures = {}
-    for name in interpreter.get_signature_list():
-        runner = interpreter.get_signature_runner(name)
-
-        def run(inputs, runner=runner):
-            with lock:
-                return {k: np.array(v) for k, v in runner(**inputs).items()}
-
-        signatures[name] = Signature({k: _litert_info(d) for k, d in runner.get_input_details().items()},
-                                     {k: _litert_info(d) for k, d in runner.get_output_details().items()}, run)
-    return Servable(version, path, signatures, owner=interpreter)
-
-
 def load_file_model(path: str, version: int, reader) -> Servable:
-    """An ONNX or Keras file, read as `predict` reads it: `serving_default` alone."""
+    """A LiteRT, ONNX or Keras file, read as `predict` reads it: `serving_default` alone."""
     model = reader(path)
     inputs = {"images": TensorInfo(tf.uint8, (None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1))}
     outputs = {"probabilities": TensorInfo(tf.float32, (None, data.NUM_CLASSES)), "classes": TensorInfo(tf.int64, (None,))}
@@ -106,8 +80,8 @@ def load(path: str, version: int) -> Servable:
     """A SavedModel folder or a .tflite, .onnx or .keras file, loaded."""
     if os.path.isdir(path):
         return load_saved_model(path, version)
-    reader = {".onnx": onnx_model.OnnxModel, ".keras": classifier.KerasFile}.get(os.path.splitext(path)[1])
-    return load_file_model(path, version, reader) if reader else load_litert(path, version)
+    readers = {".onnx": onnx_model.OnnxModel, ".keras": classifier.KerasFile}
+    return load_file_model(path, version, readers.get(os.path.splitext(path)[1], litert.LiteRTModel))
 
 
 def _loadable(folder: str) -> str | None:
@@ -155,8 +129,8 @@ class ModelVersions:
             raise DataError(f"{self.model_dir} does not exist; export a model there with python -m mnist_dnn.export")
         candidates = self.candidates()
         if not candidates:
-            raise DataError(f"{self.model_dir} holds no model: neither a SavedModel, a .tflite, .onnx or .keras file nor numbered "
-                            "version folders holding one; export one with python -m mnist_dnn.export")
+            raise DataError(f"{self.model_dir} holds no model: neither a SavedModel, a .tflite, .onnx or .keras file nor "
+                            "numbered version folders holding one; export one with python -m mnist_dnn.export")
         version, path = candidates[0]
         return load(path, version)  # the newest must load at start-up: its error is the one to see
 

@@ -91,7 +91,7 @@ def test_litert_int8_is_full_integer_with_raw_pixels_in(dense_exports, tiny_data
     for op in layers:
         assert [graph.tensors[i].type for i in op.inputs[:2]] == [schema.TensorType.INT8] * 2
     model = litert.LiteRTModel(dense_exports["int8"])
-    scale, zero_point = model.input_quantization()
+    scale, zero_point = model.runner.get_input_details()["images"]["quantization"]
     assert (scale, zero_point) == (np.float32(1 / 255), 0)  # the uint8 input is the raw pixel value
     pixels, _ = tiny_images(tiny_data)
     outputs = model(pixels)
@@ -106,7 +106,7 @@ def test_litert_int8_input_is_raw_pixels_whatever_the_calibration_images(tmp_pat
     model = models.create_model(models.make_config("logistic"), seed=1)
     gray = np.random.default_rng(0).integers(10, 200, (20, 28, 28, 1)).astype(np.uint8)  # neither black nor white
     path = exporting.export_litert(model, str(tmp_path), quantize="int8", representative=gray)
-    assert litert.LiteRTModel(path).input_quantization() == (np.float32(1 / 255), 0)
+    assert litert.LiteRTModel(path).runner.get_input_details()["images"]["quantization"] == (np.float32(1 / 255), 0)
 
 
 def test_litert_int8_file_is_under_30_percent_of_float(dense_exports):
@@ -239,7 +239,7 @@ def test_an_image_over_the_size_limit_is_refused_before_decoding(tmp_path):
     inflate, idat = zlib.decompressobj(), path.read_bytes()[41:-16]  # after the signature and IHDR, before its CRC and IEND
     assert len(inflate.decompress(idat)) == 4097 * 4097 and inflate.eof  # a whole image, 4097 rows of 1 + 4096 bytes
     with pytest.raises(DataError, match=r"4096x4097 pixels is too large: at most 16,777,216 pixels \(4096x4096\)"):
-        classifier.read_image(str(path))
+        classifier.read_image_file(str(path)).pixels
     with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):  # serving_bytes' graph too
         images.decode_digit(tf.constant(path.read_bytes()))
     classifier.check_image(huge_png(4096)[:33])  # the limit itself passes (its header is all that is read)
@@ -263,7 +263,7 @@ def test_serving_bytes_gives_the_classes_of_predicts_pixels(dense_exports, tiny_
         for name, encoded_file in digit_files(image).items():
             (tmp_path / f"{index}.{name}").write_bytes(encoded_file)
             contents.append(encoded_file)
-            read.append(classifier.read_image(str(tmp_path / f"{index}.{name}")))
+            read.append(classifier.read_image_file(str(tmp_path / f"{index}.{name}")).pixels)
             if name != "jpeg":
                 np.testing.assert_array_equal(read[-1], image, err_msg=name)  # lossless: MNIST's pixels exactly
     by_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant(contents))

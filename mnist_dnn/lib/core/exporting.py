@@ -121,22 +121,16 @@ def export_onnx(model: keras.Model, export_dir: str, version: int | None = None)
     """Writes the model as `model.onnx` (`serving_default`'s inputs and outputs) in version `version` of
     `export_dir`, by Keras' ONNX export; returns the file's path."""
     layout.version_path(export_dir, version, "onnx")  # refuse before converting
-    onnx_converter()
+    try:
+        import tf2onnx  # noqa: F401 (Keras' ONNX export runs it)
+    except ImportError:
+        raise UsageError(ONNX_INSTALL_HINT) from None
     served = ImagesModel(model)
     served(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))  # Keras exports built models only
     with warnings.catch_warnings():  # Keras' tf2onnx patch warns on numpy 2
         warnings.simplefilter("ignore", FutureWarning)
         return _write_file(export_dir, version, "onnx", layout.ONNX_FILE_NAME, lambda path: served.export(
             path, format="onnx", verbose=False, input_signature=[IMAGES]))
-
-
-def onnx_converter():
-    """The tf2onnx module Keras' ONNX export uses, or one line on how to install it."""
-    try:
-        import tf2onnx
-    except ImportError:
-        raise UsageError(ONNX_INSTALL_HINT) from None
-    return tf2onnx
 
 
 def _write_file(export_dir: str, version: int | None, export_format: str, name: str, write) -> str:

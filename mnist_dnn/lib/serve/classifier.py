@@ -52,11 +52,6 @@ def check_image(contents: bytes) -> None:
         raise DataError(images.too_large_message(height, width))
 
 
-def read_image(path: str) -> np.ndarray:
-    """A PNG, JPEG, BMP or GIF (its first frame) of up to images.MAX_PIXELS as MNIST pixels: uint8 [28, 28, 1]."""
-    return read_image_file(path).pixels
-
-
 @dataclasses.dataclass(frozen=True)
 class ImageFile:
     path: str
@@ -65,6 +60,7 @@ class ImageFile:
 
 
 def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> ImageFile:
+    """A PNG, JPEG, BMP or GIF (its first frame) of up to images.MAX_PIXELS, with its MNIST pixels: uint8 [28, 28, 1]."""
     contents = read_file(path, max_bytes)
     with native_output.quiet_unless_logging():  # libjpeg says why it fails on descriptor 2: the line below says it
         try:
@@ -109,15 +105,17 @@ class KerasFile:
         return {name: value.numpy() for name, value in exporting.outputs(self.model, flat).items()}
 
 
+def file_reader(path: str):
+    """What reads a model file with this name: OnnxModel, KerasFile or (any other) LiteRTModel."""
+    return {".onnx": onnx_model.OnnxModel, ".keras": KerasFile}.get(os.path.splitext(path)[1], litert.LiteRTModel)
+
+
 class Classifier:
     """An exported model: a SavedModel, a .tflite, .onnx or .keras file, or the latest version in a model folder."""
 
     def __init__(self, model_dir: str):
-        path = export_dir.resolve_model(model_dir)
-        readers = {".onnx": onnx_model.OnnxModel, ".keras": KerasFile}
-        self.model = SavedModelSignature(path) if os.path.isdir(path) else readers.get(
-            os.path.splitext(path)[1], litert.LiteRTModel)(path)
-        self.path = path
+        self.path = export_dir.resolve_model(model_dir)
+        self.model = SavedModelSignature(self.path) if os.path.isdir(self.path) else file_reader(self.path)(self.path)
 
     def __call__(self, pixels) -> list[Prediction]:
         """Classifies uint8 images 0..255, [28, 28, 1] or [28, 28] each: a list of them, or a numpy batch."""

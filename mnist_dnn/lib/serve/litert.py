@@ -32,14 +32,9 @@ class LiteRTModel:
         try:
             self.interpreter = interpreter_type(model_path=path)
             self.runner = self.interpreter.get_signature_runner(SERVING_SIGNATURE)
-        except (ValueError, RuntimeError) as e:
-            raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({first_line(e)}); export one with "
-                             "python -m mnist_dnn.export `format`=litert") from None
-        inputs = self.runner.get_input_details()
-        if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
-            raise UsageError(f"{path}: its {SERVING_SIGNATURE} signature does not take uint8 images; "
-                             "export one with python -m mnist_dnn.export `format`=litert")
-        try:
+            inputs = self.runner.get_input_details()
+            if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
+                raise ValueError(f"its {SERVING_SIGNATURE} signature does not take uint8 images")
             with native_output.quiet_unless_logging():  # the first run prints `INFO: Created ... XNNPACK delegate`
                 self(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))
         except (ValueError, RuntimeError) as e:
@@ -50,7 +45,3 @@ class LiteRTModel:
         """`probabilities` float32 [N, 10] and `classes` int64 [N]."""
         with self.lock:
             return {k: np.array(v) for k, v in self.runner(images=np.ascontiguousarray(images, dtype=np.uint8)).items()}
-
-    def input_quantization(self) -> tuple[float, int]:
-        """(scale, zero point) of the input: (0.0, 0) when not quantized."""
-        return tuple(self.runner.get_input_details()["images"]["quantization"])

@@ -25,6 +25,5 @@ class OnnxModel:
             raise UsageError(f"{path} is not an ONNX model of mnist_dnn ({first_line(e)}); {EXPORT_ONE}") from None
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        names = [output.name for output in self.session.get_outputs()]
-        outputs = dict(zip(names, self.session.run(names, {"images": np.ascontiguousarray(images, dtype=np.uint8)})))
-        return {"probabilities": outputs["probabilities"], "classes": outputs["classes"]}
+        names = ["probabilities", "classes"]
+        return dict(zip(names, self.session.run(names, {"images": np.ascontiguousarray(images, dtype=np.uint8)})))

@@ -16,7 +16,7 @@ import tensorflow as tf
 from mnist_dnn.lib import files
 from mnist_dnn.lib.config import SERVING_SIGNATURE
 from mnist_dnn.lib.core import data, export_dir
-from mnist_dnn.lib.serve import classifier, litert, onnx_model
+from mnist_dnn.lib.serve import classifier
 from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
 
 
@@ -80,8 +80,7 @@ def load(path: str, version: int) -> Servable:
     """A SavedModel folder or a .tflite, .onnx or .keras file, loaded."""
     if os.path.isdir(path):
         return load_saved_model(path, version)
-    readers = {".onnx": onnx_model.OnnxModel, ".keras": classifier.KerasFile}
-    return load_file_model(path, version, readers.get(os.path.splitext(path)[1], litert.LiteRTModel))
+    return load_file_model(path, version, classifier.file_reader(path))
 
 
 def _loadable(folder: str) -> str | None:

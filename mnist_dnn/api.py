@@ -82,7 +82,7 @@ def export_with(export_config: ExportConfig, say=print) -> tuple[str, str, int]:
 
 
 def load_exported(path: str):
-    """An exported model (a SavedModel, a .tflite file, or a folder's latest version) as a `Classifier`."""
+    """An exported model (a SavedModel, a .tflite, .onnx or .keras file, or a folder's latest version) as a `Classifier`."""
     from mnist_dnn.lib.serve import classifier
 
     return classifier.Classifier(path)

@@ -1,4 +1,4 @@
-"""Export a checkpoint as a SavedModel version for TensorFlow Serving, or as a LiteRT file.
+"""Export a checkpoint as a SavedModel version for TensorFlow Serving, or as a LiteRT, Keras or ONNX file.
 
 Examples (write exports/mnist/1, then 2, ... on later exports; LiteRT: exports/mnist_litert/N/):
 

@@ -355,8 +355,8 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
-    model_dir: str = setting("exports/mnist", "A SavedModel version folder (exports/mnist/1), a .tflite file, or a "
-                             "model folder: its highest version.")
+    model_dir: str = setting("exports/mnist", "A SavedModel version folder (exports/mnist/1), a .tflite, .onnx or "
+                             ".keras file, or a model folder: its highest version.")
     json: bool = setting(False, "Print one JSON object per file: file, class, probabilities, confident.")
     min_confidence: float = setting(0.5, "Answers whose probability is below this are marked uncertain.")
     rest_request: str | None = setting(None, "Instead of classifying, write the JSON body of a TensorFlow Serving REST "
@@ -376,7 +376,7 @@ class PredictConfig:
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
     model_dir: str = setting("exports/mnist", "A folder of numbered versions (the newest is served, and new ones "
-                             "are picked up), one SavedModel version folder, or a .tflite file.")
+                             "are picked up), one SavedModel version folder, or a .tflite, .onnx or .keras file.")
     model_name: str = setting("mnist", "The NAME in /v1/models/NAME (TensorFlow Serving's MODEL_NAME).")
     host: str = setting("127.0.0.1", "The address to listen on; 0.0.0.0 for every network (a phone on the same "
                         "network), 127.0.0.1 for this machine only.")

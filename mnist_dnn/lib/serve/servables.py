@@ -1,9 +1,9 @@
 """Exported models as a server holds them: their signatures, and the newest version of a model folder.
 
 A model folder holds numbered versions (`exports/mnist/1/`, `2/`, ...), each a SavedModel or a
-LiteRT, ONNX or Keras file, as `export` writes them. Like TensorFlow Serving, the server serves the highest
-version that loads, and `ModelVersions.refresh` switches to a newer one once it has loaded:
-requests already running finish on the model they started with.
+LiteRT, ONNX or Keras file, as `export` writes them. Like TensorFlow Serving, the server serves
+the highest version that loads, and `ModelVersions.refresh` switches to a newer one once it has
+loaded: requests already running finish on the model they started with.
 """
 
 import dataclasses

@@ -56,7 +56,7 @@ def config_from_flags(config_class, values=flags.FLAGS):
 def tool_settings(config_class) -> dict:
     """A tool's settings by flag name: its flags as parsed, and --idx_dir (if it has one) else the environment's."""
     given = {name: flags.FLAGS[name].value for _, name in settings.flag_fields(config_class)}
-    return {**given, "idx_dir": idx_dir(flags.FLAGS)} if "idx_dir" in given else given
+    return {**given, "idx_dir": settings.idx_dir(given["idx_dir"])} if "idx_dir" in given else given
 
 
 def tool_config(config_class):
@@ -65,15 +65,7 @@ def tool_config(config_class):
 
 
 def idx_dir(values) -> str | config_lib.DatasetIdxDir | None:
-    """--idx_dir (for the run's dataset, whichever it is), or else the MNIST_DNN_IDX_DIR variable.
-
-    The variable names MNIST, so it serves `mnist` only: a data.DatasetIdxDir, because tools
-    such as evaluate learn the dataset from the checkpoint, not from a flag.
-    """
-    if values.idx_dir:
-        return values.idx_dir
-    folder = os.environ.get(config_lib.IDX_DIR_ENV)
-    return config_lib.DatasetIdxDir(folder, "mnist") if folder else None
+    return settings.idx_dir(values.idx_dir)
 
 
 def as_flags(text: str, flag_values=flags.FLAGS) -> str:

@@ -1,5 +1,6 @@
 """Files and folders written atomically (a failed or killed write never leaves half of one); inputs read with a cap."""
 
+import contextlib
 import errno
 import json
 import os
@@ -212,3 +213,24 @@ def _check_input(path: str, status: os.stat_result, max_bytes: int, to_raise_it:
 
 def _too_large(size: int, max_bytes: int, to_raise_it: str) -> str:
     return f"is {size:,} bytes, over the cap of {max_bytes:,}" + (f"; {to_raise_it}" if to_raise_it else "")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str):
+    """Yields whether this process now holds `folder` (an flock on the folder itself, held for the block).
+
+    It dies with its process (a killed holder never leaves it locked) and, unlike a lock file,
+    cannot be deleted from under its holder.
+    """
+    import fcntl  # (here: a module-level import would stop the tools importing on Windows)
+
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(handle)

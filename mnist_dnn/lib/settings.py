@@ -6,11 +6,12 @@ with ',' or '-', as grids and run folder names do), or what absl parsed (a list 
 """
 
 import dataclasses
+import os
 import re
 import types
 import typing
 
-from mnist_dnn.lib.config import ConfigError
+from mnist_dnn.lib.config import IDX_DIR_ENV, ConfigError, DatasetIdxDir
 
 BOOLEANS = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}  # as absl reads them
 
@@ -22,6 +23,16 @@ def flag_fields(config_class):
             yield from flag_fields(type(field.default))
         elif field.metadata.get("flag") is not None:
             yield field, field.metadata["flag"] or field.name
+
+
+def idx_dir(given: str | None = None) -> str | DatasetIdxDir | None:
+    """`given` (--idx_dir: the run's own source, whatever its dataset), or else the MNIST_DNN_IDX_DIR variable.
+
+    The variable names MNIST, so it serves `mnist` only: a DatasetIdxDir, as tools such as evaluate
+    learn the dataset from the checkpoint, not from a flag.
+    """
+    folder = os.environ.get(IDX_DIR_ENV)
+    return given or (DatasetIdxDir(folder, "mnist") if folder else None)
 
 
 def kind(annotation) -> type:

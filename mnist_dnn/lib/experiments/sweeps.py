@@ -13,7 +13,6 @@ those, resumes an interrupted run from its checkpoint (train resumes by itself) 
 the others. `root/sweep.json` records the sweep, so a different one is refused there.
 """
 
-import contextlib
 import dataclasses
 import itertools
 import os
@@ -231,7 +230,9 @@ def _run_one(root: str, run: Run, base_args: list[str], train: list[str], prefix
         out(f"{prefix} done already, skipped")
         return "done"
     os.makedirs(folder, exist_ok=True)
-    with _run_lock(folder) as locked:
+    # A second sweep on the same root finds the run held and skips it before it starts anything (the trainer's
+    # own lock on ckpt/ would refuse it too, but only after its result file was written).
+    with files.folder_lock(folder) as locked:
         code = _started(root, run, base_args, train, prefix, out) if locked else None
     if code is None or code and _was_busy(folder):
         out(f"{prefix} busy: another process is training it; skipped (not failed)")
@@ -250,27 +251,6 @@ def _started(root: str, run: Run, base_args: list[str], train: list[str], prefix
     resuming = os.path.isdir(os.path.join(folder, roots.CKPT_DIR))
     out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(folder, roots.LOG_FILE)})")
     return execute(root, run, base_args, train)
-
-
-@contextlib.contextmanager
-def _run_lock(folder: str):
-    """Yields whether this sweep holds the run folder (an flock on it, for the run's whole training).
-
-    A second sweep on the same root finds the run held and skips it, before it starts anything
-    (the trainer's own lock on ckpt/ would refuse it too, but only after its result file was written).
-    """
-    import fcntl  # (here: a module-level import would stop the tools importing on Windows)
-
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(handle)
 
 
 def _was_busy(folder: str) -> bool:

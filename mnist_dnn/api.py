@@ -5,11 +5,14 @@ through the same function from text to a config (`settings.build`) and the same 
 TensorFlow is imported by the first call that needs it, not by importing this module.
 """
 
+import functools
+
 from absl import flags
 
 from mnist_dnn.cli import app as cli, command_line
 from mnist_dnn.lib import settings
-from mnist_dnn.lib.config import DEFAULT_EXPORT_DIRS, EvaluateConfig, ExportConfig, TrainConfig
+from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, EvaluateConfig, ExportConfig,  # noqa: F401 (the tools' configs)
+                                  PredictConfig, RestoreConfig, TrainConfig)
 from mnist_dnn.lib.errors import UsageError
 
 
@@ -41,11 +44,16 @@ def train(train_config: TrainConfig, say=print):
 
 def evaluate(ckpt_dir: str, **changes) -> dict:
     """The metrics of a run's latest checkpoint (`which="best"`, or `checkpoint=PATH`) on validation and test."""
-    from mnist_dnn.lib.core import evaluation
+    return evaluate_with(_tool_config(EvaluateConfig, ckpt_dir=ckpt_dir, **changes))
 
-    evaluate_config = _tool_config(EvaluateConfig, ckpt_dir=ckpt_dir, **changes)
+
+def evaluate_with(evaluate_config: EvaluateConfig, say=print) -> dict:
+    """`evaluate` and the evaluate tool: the report of `evaluation.evaluate_checkpoint`."""
+    from mnist_dnn.lib.core import data, evaluation
+
     return evaluation.evaluate_checkpoint(**vars(evaluate_config.restore), **vars(evaluate_config.data),
-                                          batch_size=evaluate_config.batch_size)
+                                          batch_size=evaluate_config.batch_size,
+                                          load_splits=functools.partial(data.load_splits, say=say))
 
 
 def export(ckpt_dir: str, export_dir: str, **changes) -> str:

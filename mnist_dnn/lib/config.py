@@ -15,6 +15,8 @@ import numpy as np
 from mnist_dnn.lib.errors import UsageError
 
 IMAGE_SIZE = 28  # MNIST's images are IMAGE_SIZE x IMAGE_SIZE
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+NUM_CLASSES = 10
 MODELS = ("raw", "dense", "logistic", "cnn", "lenet5")
 ALIASES = {"DNN": "raw", "contrib_DNN": "dense", "LogisticRegression": "logistic"}  # the TF1 course's names
 DEFAULT_HIDDEN_UNITS = {"raw": (128,), "dense": (60, 30), "logistic": (), "cnn": (128,), "lenet5": (120, 84)}

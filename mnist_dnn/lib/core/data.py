@@ -26,11 +26,10 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import DATASETS, IDX_DIR_ENV, IMAGE_SIZE, DataConfig, DatasetIdxDir  # noqa: F401 (part of this module's API)
+from mnist_dnn.lib.config import (DATASETS, IDX_DIR_ENV, IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS,  # noqa: F401 (part of this module's API)
+                                  DataConfig, DatasetIdxDir)
 from mnist_dnn.lib.errors import DataError, UsageError
 
-NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
-NUM_CLASSES = 10
 VALIDATION_SIZE = 5000
 # The decoded arrays of a prepared split, beside its TFDS record files (see _load_split).
 ARRAY_CACHE_PREFIX = "mnist_dnn-arrays-"

@@ -52,15 +52,6 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     return np.bincount(flat, minlength=data.NUM_CLASSES**2).reshape(data.NUM_CLASSES, data.NUM_CLASSES)
 
 
-def format_confusion_matrix(matrix: list[list[int]]) -> str:
-    """A text table: rows are the true class, columns the predicted class."""
-    width = max(5, len(str(max(max(row) for row in matrix))) + 1)
-    lines = ["rows: true class, columns: predicted class",
-             "     " + "".join(f"{c:>{width}}" for c in range(len(matrix)))]
-    lines += [f"{t:>5}" + "".join(f"{n:>{width}}" for n in row) for t, row in enumerate(matrix)]
-    return "\n".join(lines)
-
-
 def evaluate_checkpoint(ckpt_dir, *, checkpoint=None, which="latest", data_dir=None, idx_dir=None, dataset=None,
                         batch_size=1000, load_splits=data.load_splits) -> dict:
     """Restores a checkpoint (given, or the latest or best of `ckpt_dir`) and scores it on its own dataset, which must

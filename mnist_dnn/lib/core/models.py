@@ -10,9 +10,8 @@ import keras
 import tensorflow as tf
 
 from mnist_dnn.lib.config import ALIASES, DEFAULT_CONV_FILTERS, DEFAULT_HIDDEN_UNITS, MODELS, ModelConfig  # noqa: F401 (the registry)
-from mnist_dnn.lib.config import conv_stages
+from mnist_dnn.lib.config import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS, conv_stages
 from mnist_dnn.lib.core import threefry
-from mnist_dnn.lib.core.data import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 
 
 @keras.saving.register_keras_serializable("mnist_dnn")  # model.save() and load_model, once imported

@@ -100,13 +100,21 @@ def expand(axes: list[Axis], list_flags) -> list[Run]:
     return runs
 
 
+def check_runs(base: dict, runs: list[Run]) -> None:
+    """Every run's settings (`base`, flag name -> value, under its own) pass train's own validation."""
+    for run in runs:
+        settings.build(TrainConfig, {**base, **run.params}).validate()
+
+
 def describe(axes: list[Axis], base_args: list[str], runs: list[Run]) -> dict:
     return {"grid": {a.name: list(a.values) for a in axes}, "base_args": list(base_args),
             "runs": [{"name": r.name, "params": r.params} for r in runs]}
 
 
-def check_root(root: str) -> None:
+def check_root(root: str | None) -> None:
     """Refuses a --root that cannot hold a sweep, and a damaged sweep.json, before anything is written."""
+    if not root:
+        raise UsageError("`root` is required: the folder of the sweep's runs, e.g. `root`=runs/lr-width")
     files.check_link("root", root, "pass a folder for the sweep's runs")
     if os.path.exists(root) and not os.path.isdir(root):
         raise UsageError(f"`root` {root} is a file; pass a folder for the sweep's runs")

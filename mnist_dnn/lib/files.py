@@ -216,12 +216,10 @@ def _too_large(size: int, max_bytes: int, to_raise_it: str) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str):
-    """Yields whether this process now holds `folder` (an flock on the folder itself, held for the block).
-
-    It dies with its process (a killed holder never leaves it locked) and, unlike a lock file,
-    cannot be deleted from under its holder.
-    """
+def folder_lock(folder: str, on_wait=None):
+    """Yields whether this process holds `folder` (an flock on the folder itself) for the block; with `on_wait`,
+    calls it and waits for a held folder instead. The lock dies with its process (a killed holder never leaves it
+    locked) and, unlike a lock file, cannot be deleted from under its holder."""
     import fcntl  # (here: a module-level import would stop the tools importing on Windows)
 
     handle = os.open(folder, os.O_RDONLY)
@@ -229,8 +227,11 @@ def folder_lock(folder: str):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if on_wait is None:
+                yield False
+                return
+            on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         yield True
     finally:
         os.close(handle)

@@ -68,15 +68,10 @@ class CheckpointStore:
         return self.checkpoint_path(steps[-1]) if steps else None
 
     def restore_newest(self, checkpoint: tf.train.Checkpoint, set_aside: bool = False, say=print) -> str | None:
-        """Restores the newest checkpoint that reads back whole into `checkpoint`; None if there is none.
-
-        Each must match what the run builds, variable for variable (`assert_consumed`): a
-        checkpoint of another structure is skipped (and if none restores, the run stops rather
-        than train on a half-restored state). A damaged one is skipped too, and with `set_aside`
-        (the trainer that owns the folder) renamed `model.ckpt-<step>-damaged`, kept for a look
-        but out of the way of the save that will reach its step again; if none restores, nothing is
-        renamed. Restoring replaces initialization: nothing may re-initialize afterwards. A skipped
-        checkpoint is told to `say` as a line starting `warning: `.
+        """Restores the newest checkpoint that reads back whole into `checkpoint` (variable for variable); None if
+        there is none. One of another structure, or damaged, is skipped with a `warning: ` line to `say`; with
+        `set_aside` (the trainer owning the folder) a damaged one is renamed `model.ckpt-<step>-damaged`, out of the
+        way of the save that will reach its step again, unless none restores. Nothing may re-initialize afterwards.
         """
         steps = self.steps() if os.path.isdir(self.path) else []
         damaged = []  # (path, why)
@@ -157,15 +152,9 @@ class CheckpointStore:
                 _remove_checkpoint(self.checkpoint_path(step, self.best_dir))
 
     def _link_best(self, step: int) -> bool:
-        """Hard-links the best checkpoint of `step` into the run folder instead of writing the
-        same state again (validation keeps the best, then the periodic save of its step comes).
-
-        Only a best checkpoint this object wrote: the state in memory now, not one of an earlier
-        run that reached the same step on another path. Safe because checkpoint files are never
-        written over: each name keeps its content whatever happens to the other (pruned, set
-        aside). False, and nothing changed, if there is none to link or the run folder has files
-        of that name.
-        """
+        """Hard-links the best checkpoint of `step`, if this object wrote it (the state in memory now), into the run
+        folder instead of writing the same state again; safe as checkpoint files are never written over. False, and
+        nothing changed, if there is none to link or the run folder has files of that name."""
         source, target = self.checkpoint_path(step, self.best_dir), self.checkpoint_path(step)
         if (self._best_written != step or step not in self.steps(self.best_dir)
                 or glob.glob(glob.escape(target) + ".*")):

@@ -1,10 +1,5 @@
-"""MNIST-format data: TFDS loading, offline import of IDX files, tf.data pipelines.
-
-The source of truth is always a prepared TFDS dataset (`mnist` by default) in
-`data_dir`. Online, TFDS downloads and prepares it. Offline, `import_idx` prepares the
-very same dataset (name, version, features, splits) from the four IDX files, without the
-network and without TFDS's registered download checksums: instead it checks that the files
-hold the dataset they are imported as (`check_canonical`) before TFDS writes anything.
+"""MNIST-format data: a prepared TFDS dataset in `data_dir`, downloaded by TFDS, or offline prepared the very
+same (`import_idx`) from the four IDX files, once they prove to be the dataset they claim (`check_canonical`).
 """
 
 import contextlib
@@ -223,11 +218,8 @@ def _offline_builder_class(dataset: str, idx_dir: str):
 def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.DatasetBuilder:
     """Prepares the TFDS dataset in `config.data_dir` from the IDX folder `config.idx_folder`.
 
-    TFDS registers whatever it is given under the dataset's name and version, for every later
-    `tfds.load` of that data_dir: so the files must first prove to be the official ones
-    (`check_canonical`), and nothing is written when they are not. `verify=False` exists for
-    the tests alone, which import small synthetic folders; `prepare`, the path of the tools
-    and of library users, always verifies.
+    TFDS registers whatever it is given for every later `tfds.load`: the files must first prove to be the
+    official ones (`check_canonical`). `verify=False` is for the tests' small synthetic folders only.
     """
     folder = config.idx_folder
     if not folder or not os.path.isdir(folder):
@@ -249,28 +241,15 @@ def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.
     return builder
 
 
-@contextlib.contextmanager
 def _preparing(dataset_dir: str, say):
     """Holds the import lock of the data folder that holds `dataset_dir` (<data_dir>/<name>/<version>).
 
     Two imports into one folder would both write the dataset, and TFDS's final rename fails for
-    the second (FileExistsError): the second waits, then finds the dataset prepared. The lock is
-    an flock on the folder itself, released when its process ends, however it ends.
+    the second (FileExistsError): the second waits, then finds the dataset prepared.
     """
-    import fcntl  # (here: a module-level import would stop the tools importing on Windows)
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(dataset_dir)))
     os.makedirs(root, exist_ok=True)
-    folder = os.open(root, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"Waiting for another process that is preparing a dataset in {root}")
-            fcntl.flock(folder, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(folder)
+    return files.folder_lock(root, on_wait=lambda: say(f"Waiting for another process that is preparing a dataset in {root}"))
 
 
 @contextlib.contextmanager

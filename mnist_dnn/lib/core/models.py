@@ -56,12 +56,8 @@ def dropout(inputs, rate: float, seed):
 
 @keras.saving.register_keras_serializable("mnist_dnn")  # model.save() and load_model, once imported
 class Dropout(keras.layers.Dropout):
-    """keras.layers.Dropout drawing its masks with `dropout` above.
-
-    Inside an XLA program on a CPU, Keras' default generator made a training step of 784-512-10
-    about ten times slower, and TensorFlow's Philox took about a quarter of a 784-512-512-10
-    step; these masks cost little (docs/speed.md).
-    """
+    """keras.layers.Dropout drawing its masks with `dropout` above: in XLA on a CPU, Keras' own generator made
+    a step about ten times slower, TensorFlow's Philox a quarter (docs/speed.md)."""
 
     def call(self, inputs, training=False):
         if not (training and self.rate > 0):

@@ -46,13 +46,8 @@ def _duration(seconds: float) -> str:
 
 
 class TrainingLog:
-    """Training loss, accuracy, learning rate and examples/s: to TensorBoard, and as progress.
-
-    On a terminal, a progress bar (tqdm's): the global step out of `max_steps` (a resumed run
-    starts where it resumed), elapsed time and ETA, loss, accuracy in % and examples/s, fitted to
-    the terminal's width (never wrapped; the bar shrinks, then the line is cut). Otherwise one
-    line per report, with step/total, percent and ETA, fit for logs.
-    """
+    """Training loss, accuracy, learning rate and examples/s: to TensorBoard, and as progress: on a terminal,
+    tqdm's bar fitted to its width (never wrapped); otherwise a line per report, fit for logs."""
 
     def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock, say=print,
                  interactive: bool | None = None):

@@ -1,15 +1,7 @@
-"""TensorBoard diagnostics at each evaluation, in `log_dir/diagnostics`.
-
-- `weights/<variable>`: histograms of every trainable variable;
-- `gradients/<variable>` (histograms) and `gradient_norm/<variable>`, `gradient_norm/global`
-  (scalars): gradients of the loss on one validation batch (the first 500 images);
-- `confusion_matrix`: an image of the validation confusion matrix (rows true class, columns
-  predicted, each row scaled to its own count: white = all of that class), its axes labelled
-  TRUE (green, left) and PREDICTED (red, top) with the class numbers, and
-  `confusion_matrix_counts`, the counts as a text table;
-- `misclassified`: up to 24 misclassified validation digits, each above a strip showing its
-  true class (green, left) and the predicted one (red, right), drawn with a built-in 3x5
-  digit font (no matplotlib). The description lists them as `true->predicted`.
+"""TensorBoard diagnostics at each evaluation, in `log_dir/diagnostics`: histograms of the weights and of their
+gradients on the first 500 validation images, and their norms; the validation confusion matrix as an image (each
+row scaled to its count) and as counts; up to 24 misclassified digits, each above its true (green) and predicted
+(red) class in a built-in 3x5 digit font (no matplotlib).
 """
 
 import os

@@ -1,9 +1,7 @@
-"""The Python API: train, evaluate and export a model, and classify images, with no flags (docs/python.md).
-
-`import mnist_dnn` offers these names lazily. Settings are named as the tools' flags, and go
-through the same function from text to a config (`settings.build`) and the same checks.
-TensorFlow is imported by the first call that needs it, not by importing this module.
-"""
+"""The Python API: train, evaluate and export a model, and classify images, with no flags (docs/python.md). `import
+mnist_dnn` offers these names lazily. Settings are named as the tools' flags, and go through the same function from text
+to a config (`settings.build`) and the same checks. TensorFlow is imported by the first call that needs it, not by
+importing this module."""
 
 import functools
 
@@ -28,10 +26,8 @@ def preset(name: str, **changes) -> TrainConfig:
 
 
 def config(**changes) -> TrainConfig:
-    """A TrainConfig from settings named as flags (model="cnn", hidden_units=(256, 128), max_steps=500, ...).
-
-    Without `idx_dir`, the MNIST IDX files of $MNIST_DNN_IDX_DIR are used if it is set, as the tools do.
-    """
+    """A TrainConfig from settings named as flags (model="cnn", hidden_units=(256, 128), max_steps=500, ...). Without
+    `idx_dir`, the MNIST IDX files of $MNIST_DNN_IDX_DIR are used if it is set, as the tools do."""
     return _build(TrainConfig, changes)
 
 

@@ -21,10 +21,8 @@ _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEF
 
 def define_config_flags(config_class, only: tuple[str, ...] | None = None, flag_values=flags.FLAGS,
                         tool: str | None = None) -> None:
-    """Declares a flag for each field of `config_class` (or those named in `only`), from its default and help.
-
-    The help shows them as shared flags, but a `tool`'s own fields (given its __name__) in its own group.
-    """
+    """Declares a flag for each field of `config_class` (or those named in `only`), from its default and help. The help
+    shows them as shared flags, but a `tool`'s own fields (given its __name__) in its own group."""
     own = set(dataclasses.fields(config_class)) if tool else set()
     module = {"module_name": sys.argv[0] if tool == "__main__" else tool}  # as absl files a main module's flags
     for field, name in settings.flag_fields(config_class):
@@ -107,8 +105,7 @@ def _parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _report(UsageError(str(e)))
 
 
 def _report(error: Error) -> NoReturn:
@@ -125,22 +122,17 @@ def _command_line(main, positional_args: bool, presets: bool) -> list[str]:
     try:
         return command_line.expand_presets(sys.argv, refused_by="" if presets else command_line.tool_name(tool))
     except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _report(UsageError(str(e)))
     except Error as e:
         _report(e)
 
 
 def run(main, positional_args: bool = False, presets: bool = False) -> None:
-    """`absl.app.run` that reports user and data errors as one line and a non-zero exit.
-
-    Arguments other than flags are refused unless `positional_args` (then `main` gets them
-    in `argv[1:]`). `-h`/`--help` print the tool's own help (its module docstring and flags).
-    With `presets` (the tools that take training flags), `--preset=NAME` gives the shipped
-    configs/NAME.cfg's flags as defaults (`command_line.expand_presets`); without, it is
-    refused. TensorFlow is imported first, quietly (`startup.quiet_tensorflow`); the tools
-    import the library in `main`.
-    """
+    """`absl.app.run` that reports user and data errors as one line and a non-zero exit. Arguments other than flags are
+    refused unless `positional_args` (then `main` gets them in `argv[1:]`). `-h`/`--help` print the tool's own help (its
+    module docstring and flags). With `presets` (the tools that take training flags), `--preset=NAME` gives the shipped
+    configs/NAME.cfg's flags as defaults (`command_line.expand_presets`); without, it is refused. TensorFlow is imported
+    first, quietly (`startup.quiet_tensorflow`); the tools import the library in `main`."""
 
     def guarded_main(argv):
         startup.end_of_start_up()
@@ -207,12 +199,9 @@ def _output_dropped() -> NoReturn:
 
 
 def _end_process(code) -> NoReturn:
-    """Ends the process now, without Python's teardown of TensorFlow's modules (over a second here).
-
-    That teardown does nothing a finished command needs: its files are closed, its
-    checkpoints and summaries written. The exit handlers still run (AutoGraph deletes its
-    temporary source files in one), and output is flushed.
-    """
+    """Ends the process now, without Python's teardown of TensorFlow's modules (over a second here). That teardown does
+    nothing a finished command needs: its files are closed, its checkpoints and summaries written. The exit handlers
+    still run (AutoGraph deletes its temporary source files in one), and output is flushed."""
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1

@@ -1,12 +1,9 @@
-"""The tools' start-up (run by `cli.run`; importing this module changes nothing): TensorFlow imported quietly,
-and a persistent XLA cache for this CPU.
-
-Importing TensorFlow writes 6-7 lines to descriptor 2 (CUDA probing, CPU notices, `failed call to
-cuInit`) that no variable silences: the import runs with descriptor 2 on a temporary file, shown if
-it fails, and kept with `--verbosity=1`, `MNIST_DNN_TF_LOGS=1` or `TF_CPP_MIN_LOG_LEVEL` 0 or 1.
-XLA keys its cache by the program, not the CPU, and runs an entry compiled for another CPU (which
-can end in SIGILL): hence one cache folder per instruction set.
-"""
+"""The tools' start-up (run by `cli.run`; importing this module changes nothing): TensorFlow imported quietly, and a
+persistent XLA cache for this CPU. Importing TensorFlow writes 6-7 lines to descriptor 2 (CUDA probing, CPU notices,
+`failed call to cuInit`) that no variable silences: the import runs with descriptor 2 on a temporary file, shown if it
+fails, and kept with `--verbosity=1`, `MNIST_DNN_TF_LOGS=1` or `TF_CPP_MIN_LOG_LEVEL` 0 or 1. XLA keys its cache by the
+program, not the CPU, and runs an entry compiled for another CPU (which can end in SIGILL): hence one cache folder per
+instruction set."""
 
 import hashlib
 import os
@@ -27,10 +24,9 @@ def is_tool_process(module_name: str, argv0: str) -> bool:
 
 
 def interrupt_quietly(module_name: str) -> None:
-    """In a tool's own process: Ctrl-C while it starts (its imports, TensorFlow's) is one line and exit 130, not
-    a traceback, written to a copy of the real stderr (fd 2 may be the quiet start-up's file). Nothing is on
-    disk yet. `end_of_start_up` hands Ctrl-C back; in a module imported by a test or a program it does nothing.
-    """
+    """In a tool's own process: Ctrl-C while it starts (its imports, TensorFlow's) is one line and exit 130, not a
+    traceback, written to a copy of the real stderr (fd 2 may be the quiet start-up's file). Nothing is on disk yet.
+    `end_of_start_up` hands Ctrl-C back; in a module imported by a test or a program it does nothing."""
     if not is_tool_process(module_name, sys.argv[0] if sys.argv else ""):
         return
     try:
@@ -123,11 +119,9 @@ def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
 
 
 def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:
-    """The XLA cache, then TensorFlow imported (and its devices probed) quietly.
-
-    Unless its logs are wanted, TensorFlow's later C++ lines stay off too (TF_CPP_MIN_LOG_LEVEL=3): XLA's
-    notices, and the two ERROR lines every hit of the persistent cache logs. Real errors are Python exceptions.
-    """
+    """The XLA cache, then TensorFlow imported (and its devices probed) quietly. Unless its logs are wanted,
+    TensorFlow's later C++ lines stay off too (TF_CPP_MIN_LOG_LEVEL=3): XLA's notices, and the two ERROR lines every hit
+    of the persistent cache logs. Real errors are Python exceptions."""
     use_xla_cache(environ)
     if wants_tf_logs(argv, environ):
         import tensorflow  # noqa: F401

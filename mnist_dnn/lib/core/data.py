@@ -1,6 +1,5 @@
-"""MNIST-format data: a prepared TFDS dataset in `data_dir`, downloaded by TFDS, or offline prepared the very
-same (`import_idx`) from the four IDX files, once they prove to be the dataset they claim (`check_canonical`).
-"""
+"""MNIST-format data: a prepared TFDS dataset in `data_dir`, downloaded by TFDS, or offline prepared the very same
+(`import_idx`) from the four IDX files, once they prove to be the dataset they claim (`check_canonical`)."""
 
 import contextlib
 import dataclasses
@@ -216,11 +215,9 @@ def _offline_builder_class(dataset: str, idx_dir: str):
 
 
 def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.DatasetBuilder:
-    """Prepares the TFDS dataset in `config.data_dir` from the IDX folder `config.idx_folder`.
-
-    TFDS registers whatever it is given for every later `tfds.load`: the files must first prove to be the
-    official ones (`check_canonical`). `verify=False` is for the tests' small synthetic folders only.
-    """
+    """Prepares the TFDS dataset in `config.data_dir` from the IDX folder `config.idx_folder`. TFDS registers whatever
+    it is given for every later `tfds.load`: the files must first prove to be the official ones (`check_canonical`).
+    `verify=False` is for the tests' small synthetic folders only."""
     folder = config.idx_folder
     if not folder or not os.path.isdir(folder):
         raise DataError(f"`idx_dir` {folder} is not a folder; point `idx_dir` at the four {config.dataset} IDX files")
@@ -242,11 +239,9 @@ def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.
 
 
 def _preparing(dataset_dir: str, say):
-    """Holds the import lock of the data folder that holds `dataset_dir` (<data_dir>/<name>/<version>).
-
-    Two imports into one folder would both write the dataset, and TFDS's final rename fails for
-    the second (FileExistsError): the second waits, then finds the dataset prepared.
-    """
+    """Holds the import lock of the data folder that holds `dataset_dir` (<data_dir>/<name>/<version>). Two imports into
+    one folder would both write the dataset, and TFDS's final rename fails for the second (FileExistsError): the second
+    waits, then finds the dataset prepared."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(dataset_dir)))
     os.makedirs(root, exist_ok=True)
     return files.folder_lock(root, on_wait=lambda: say(f"Waiting for another process that is preparing a dataset in {root}"))
@@ -264,10 +259,6 @@ def _tfds_quiet():
             yield
     finally:
         absl_logger.setLevel(level)
-
-
-def _download_host(dataset: str) -> str:
-    return urllib.parse.urlparse(_builder_class(dataset).URL).hostname
 
 
 def _check_reachable(host: str) -> None:
@@ -296,9 +287,8 @@ def _check_data_dir(data_dir: str | None) -> None:
 
 
 def prepare(config: DataConfig, say=print) -> tfds.core.DatasetBuilder:
-    """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded.
-
-    `say(line)` tells of an import (the one output line of this module)."""
+    """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded. `say(line)` tells of an
+    import (the one output line of this module)."""
     config.validate()
     _check_data_dir(config.data_dir)
     with _tfds_quiet():
@@ -309,7 +299,7 @@ def prepare(config: DataConfig, say=print) -> tfds.core.DatasetBuilder:
     if config.idx_folder:
         return import_idx(config, say=say)
     try:
-        _check_reachable(_download_host(config.dataset))
+        _check_reachable(urllib.parse.urlparse(_builder_class(config.dataset).URL).hostname)
         builder.download_and_prepare()
     except (OSError, ImportError) as e:  # requests' ConnectionError is an OSError
         raise _not_available(config, str(e).splitlines()[0]) from None
@@ -331,11 +321,9 @@ def load_splits(config: DataConfig, say=print) -> dict[str, Split]:
 
 
 def _load_split(builder, split: str) -> Split:
-    """The split as arrays: from the array cache beside the prepared dataset, else decoded from TFDS.
-
-    TFDS stores each image as a PNG in a record: reading and decoding 60,000 of them takes
-    seconds, loading the decoded uint8 arrays back about a tenth of a second.
-    """
+    """The split as arrays: from the array cache beside the prepared dataset, else decoded from TFDS. TFDS stores each
+    image as a PNG in a record: reading and decoding 60,000 of them takes seconds, loading the decoded uint8 arrays back
+    about a tenth of a second."""
     images, labels = _read_array_cache(builder, split) or _decode_and_cache(builder, split)
     return Split(tf.constant(images), tf.constant(labels))
 

@@ -31,10 +31,8 @@ def make_predict_fn(model: keras.Model):
 
 
 def evaluate_split(predict_fn, split: data.Split, batch_size: int = 1000) -> Metrics:
-    """Scores every example of the split once, `batch_size` at a time (the last batch keeps the remainder).
-
-    The split is in memory already: slicing it costs less than a tf.data pipeline would.
-    """
+    """Scores every example of the split once, `batch_size` at a time (the last batch keeps the remainder). The split is
+    in memory already: slicing it costs less than a tf.data pipeline would."""
     logits = tf.concat([predict_fn(data.to_float(split.images[begin : begin + batch_size]))
                         for begin in range(0, split.size, batch_size)], axis=0)
     losses = per_example_loss(split.labels, logits).numpy()

@@ -113,10 +113,8 @@ class RunDir(CheckpointStore):
                                  f"move that run away or pass another `ckpt_dir`")
 
     def check_resumable(self, config: RunConfig) -> RunConfig | None:
-        """Refuses, before writing anything, to continue a run with settings it was not trained with.
-
-        Returns the stored configuration, None for a new run.
-        """
+        """Refuses, before writing anything, to continue a run with settings it was not trained with. Returns the stored
+        configuration, None for a new run."""
         if not os.path.exists(self.config_path):
             if self.latest():
                 raise UsageError(f"{self.path} holds checkpoints but no {CONFIG_FILE}; pass another `ckpt_dir`")

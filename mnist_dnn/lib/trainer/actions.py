@@ -124,12 +124,10 @@ def patience_exhausted(best: Best | None, step: int, patience: int, eval_every: 
 
 
 class Validation:
-    """Scores the validation split; keeps the best checkpoint; decides early stopping; writes diagnostics.
-
-    `patience` counts evaluations (every `eval_every` steps) without a better accuracy; 0 is off.
-    Counting is by steps since the best, so it survives a resume without extra state.
-    `on_result(step, metrics)` (a search's pruner) gets each result; True requests the stop (`pruned`).
-    """
+    """Scores the validation split; keeps the best checkpoint; decides early stopping; writes diagnostics. `patience`
+    counts evaluations (every `eval_every` steps) without a better accuracy; 0 is off. Counting is by steps since the
+    best, so it survives a resume without extra state. `on_result(step, metrics)` (a search's pruner) gets each result;
+    True requests the stop (`pruned`)."""
 
     def __init__(self, state, split, writer, save_best, best: Best | None, patience: int, eval_every: int,
                  diagnose: diagnostics.Diagnostics, say=print, on_result=None):
@@ -161,10 +159,8 @@ class Validation:
 
 
 class EndOfRunExport:
-    """At the end of a completed or early-stopped run, a SavedModel version as `mnist_dnn.export` writes it.
-
-    Not when a signal stops the run: a run stopped half way is no model to serve.
-    """
+    """At the end of a completed or early-stopped run, a SavedModel version as `mnist_dnn.export` writes it. Not when a
+    signal stops the run: a run stopped half way is no model to serve."""
 
     def __init__(self, model, export_dir: str, signalled, say):
         self.model, self.export_dir, self.signalled, self.say = model, export_dir, signalled, say

@@ -11,8 +11,8 @@ from mnist_dnn.cli import startup
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
 from mnist_dnn import api
+from mnist_dnn.api import ExportConfig
 from mnist_dnn.cli import app as cli
-from mnist_dnn.lib.config import ExportConfig
 
 cli.define_config_flags(ExportConfig, tool=__name__)
 

@@ -1,21 +1,9 @@
-"""The tools' start-up: TensorFlow imported quietly, and a persistent XLA cache for this CPU.
-
-Called by `cli.run` before a tool's main imports the library; importing this module (or any
-other of the package) changes nothing in the process.
-
-Importing TensorFlow 2.21 writes 6-7 lines to file descriptor 2 (CUDA probing, CPU
-instruction notices, a `failed call to cuInit` on machines without a GPU) that no
-environment variable silences, so the first import (and the device probe that prints
-the cuInit line) runs with descriptor 2 pointed at a temporary file. The lines come
-back with `--verbosity=1` (or higher) on the command line, `MNIST_DNN_TF_LOGS=1`, or
-`TF_CPP_MIN_LOG_LEVEL` set to 0 or 1; if the import fails, everything it printed is shown.
-
-Before the import it also points XLA's persistent compilation cache at a folder of this
-machine's CPU (`use_xla_cache`): the training loop compiles in seconds, and a later run of the
-same model loads the compiled program instead. XLA keys its cache entries by the program, not
-by the CPU, and runs an entry compiled for another CPU after only logging that its features
-differ (which can end in SIGILL): hence one folder per instruction set.
-"""
+"""The tools' start-up (run by `cli.run`; importing this module changes nothing): TensorFlow imported quietly, and a
+persistent XLA cache for this CPU. Importing TensorFlow writes 6-7 lines to descriptor 2 (CUDA probing, CPU notices,
+`failed call to cuInit`) that no variable silences: the import runs with descriptor 2 on a temporary file, shown if it
+fails, and kept with `--verbosity=1`, `MNIST_DNN_TF_LOGS=1` or `TF_CPP_MIN_LOG_LEVEL` 0 or 1. XLA keys its cache by the
+program, not the CPU, and runs an entry compiled for another CPU (which can end in SIGILL): hence one cache folder per
+instruction set."""
 
 import hashlib
 import os
@@ -36,14 +24,9 @@ def is_tool_process(module_name: str, argv0: str) -> bool:
 
 
 def interrupt_quietly(module_name: str) -> None:
-    """In a tool's own process: Ctrl-C while it starts (its imports, TensorFlow's) is one line and exit 130.
-
-    The tools call it first, before their imports, which take a second or more; without it a
-    KeyboardInterrupt raised inside an import is a traceback of 18-64 lines. Nothing is on disk
-    yet, so the process ends at once (fd 2 may point at the quiet start-up's file: the line goes
-    to a copy of the real stderr). `cli.run` hands Ctrl-C back to Python when the tool's main
-    starts (`end_of_start_up`). Elsewhere (a module imported by a test or a program) it does nothing.
-    """
+    """In a tool's own process: Ctrl-C while it starts (its imports, TensorFlow's) is one line and exit 130, not a
+    traceback, written to a copy of the real stderr (fd 2 may be the quiet start-up's file). Nothing is on disk yet.
+    `end_of_start_up` hands Ctrl-C back; in a module imported by a test or a program it does nothing."""
     if not is_tool_process(module_name, sys.argv[0] if sys.argv else ""):
         return
     try:
@@ -97,12 +80,8 @@ def wants_tf_logs(argv: list[str], environ) -> bool:
 
 
 def cpu_key(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """A name for this processor's instruction set, or None where it cannot be read.
-
-    The flags line of /proc/cpuinfo lists every instruction-set extension the kernel lets
-    programs use, a superset of the LLVM features XLA compiles for and compares when it
-    loads a cached program. Elsewhere (no /proc/cpuinfo) the CPU is unknown.
-    """
+    """A name for this processor's instruction set (from /proc/cpuinfo's flags, a superset of the LLVM features
+    XLA compiles for), or None where it cannot be read."""
     try:
         with open(cpuinfo) as f:
             flags = next((line for line in f if line.startswith("flags")), None)
@@ -125,11 +104,8 @@ def xla_cache_folder(environ, cpu: str | None) -> str | None:
 
 
 def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
-    """Adds XLA's persistent cache to TF_XLA_FLAGS (read when XLA first compiles), unless one is set.
-
-    A folder XLA could not write would fail every compilation: then there is no cache (with a
-    warning if the user chose that folder). Short of space, it is only read (`xla_cache.prepare`).
-    """
+    """Adds XLA's persistent cache to TF_XLA_FLAGS, unless one is set; none (with a warning if the user chose
+    it) in a folder XLA could not write, which would fail every compilation."""
     folder = xla_cache_folder(environ, cpu or cpu_key())
     flags = environ.get("TF_XLA_FLAGS", "")
     if not folder or xla_cache.FOLDER_FLAG in flags:
@@ -143,14 +119,9 @@ def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
 
 
 def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:
-    """The tools' start-up: the XLA cache, then TensorFlow imported (and its devices probed) quietly.
-
-    Unless TensorFlow's logs are wanted, its later C++ lines stay off too (TF_CPP_MIN_LOG_LEVEL=3,
-    also over a 2 from the user's shell): XLA's start-up notices, and the two ERROR lines that
-    every hit of the persistent cache logs (the entry is tried as text before binary; two LLVM
-    tuning flags, +prefer-no-gather and +prefer-no-scatter, are never host CPU features). Real
-    errors still reach the user, as Python exceptions.
-    """
+    """The XLA cache, then TensorFlow imported (and its devices probed) quietly. Unless its logs are wanted,
+    TensorFlow's later C++ lines stay off too (TF_CPP_MIN_LOG_LEVEL=3): XLA's notices, and the two ERROR lines every hit
+    of the persistent cache logs. Real errors are Python exceptions."""
     use_xla_cache(environ)
     if wants_tf_logs(argv, environ):
         import tensorflow  # noqa: F401

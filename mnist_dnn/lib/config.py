@@ -1,10 +1,8 @@
-"""What a run and each tool are made of, defined once: defaults, help and validation of every setting.
-
-The tools declare their flags from these fields (`cli.define_config_flags`) and read them back
-(`settings.build`), so a default or a help text exists in one place only. `validate()` is the one
-range check that every entry point (the tools, sweep, search, the Python API) goes through; it
-raises `ConfigError` naming the field, which the command line reports as the flag of that name.
-"""
+"""What a run and each tool are made of, defined once: defaults, help and validation of every setting. The tools declare
+their flags from these fields (`cli.define_config_flags`) and read them back (`settings.build`), so a default or a help
+text exists in one place only. `validate()` is the one range check that every entry point (the tools, sweep, search, the
+Python API) goes through; it raises `ConfigError` naming the field, which the command line reports as the flag of that
+name."""
 
 import dataclasses
 import math
@@ -15,6 +13,8 @@ import numpy as np
 from mnist_dnn.lib.errors import UsageError
 
 IMAGE_SIZE = 28  # MNIST's images are IMAGE_SIZE x IMAGE_SIZE
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+NUM_CLASSES = 10
 MODELS = ("raw", "dense", "logistic", "cnn", "lenet5")
 ALIASES = {"DNN": "raw", "contrib_DNN": "dense", "LogisticRegression": "logistic"}  # the TF1 course's names
 DEFAULT_HIDDEN_UNITS = {"raw": (128,), "dense": (60, 30), "logistic": (), "cnn": (128,), "lenet5": (120, 84)}
@@ -184,11 +184,9 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetIdxDir:
-    """An IDX folder that holds one named dataset and is used for that dataset only.
-
-    The default from the MNIST_DNN_IDX_DIR variable is one (for `mnist`): a tool such as
-    evaluate learns the dataset from the checkpoint, so only the library can tell whether it applies.
-    """
+    """An IDX folder that holds one named dataset and is used for that dataset only. The default from the
+    MNIST_DNN_IDX_DIR variable is one (for `mnist`): a tool such as evaluate learns the dataset from the checkpoint, so
+    only the library can tell whether it applies."""
 
     folder: str
     dataset: str = "mnist"

@@ -1,8 +1,6 @@
-"""The models, chosen by name. Each maps a float batch [B, 784] to logits [B, 10].
-
-The convolutional ones reshape that batch to images [B, 28, 28, 1] themselves, so every
-boundary (data pipelines, checkpoints, serving signatures, LiteRT) is the same for all models.
-"""
+"""The models, chosen by name. Each maps a float batch [B, 784] to logits [B, 10]. The convolutional ones reshape that
+batch to images [B, 28, 28, 1] themselves, so every boundary (data pipelines, checkpoints, serving signatures, LiteRT)
+is the same for all models."""
 
 import itertools
 
@@ -10,18 +8,15 @@ import keras
 import tensorflow as tf
 
 from mnist_dnn.lib.config import ALIASES, DEFAULT_CONV_FILTERS, DEFAULT_HIDDEN_UNITS, MODELS, ModelConfig  # noqa: F401 (the registry)
-from mnist_dnn.lib.config import conv_stages
+from mnist_dnn.lib.config import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS, conv_stages
 from mnist_dnn.lib.core import threefry
-from mnist_dnn.lib.core.data import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 
 
 @keras.saving.register_keras_serializable("mnist_dnn")  # model.save() and load_model, once imported
 class RawDNN(keras.Model):
-    """The course's DNN built from explicit weights: w1 784x128, b1, w2 128x10, b2.
-
-    Weights come from `add_weight` and are kept as named attributes: Keras 3 neither
-    trains a bare `tf.Variable` attribute nor checkpoints variables held in a list.
-    """
+    """The course's DNN built from explicit weights: w1 784x128, b1, w2 128x10, b2. Weights come from `add_weight` and
+    are kept as named attributes: Keras 3 neither trains a bare `tf.Variable` attribute nor checkpoints variables held
+    in a list."""
 
     def __init__(self, hidden_units=(128,), seed=0, name="raw", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -46,10 +41,8 @@ class RawDNN(keras.Model):
 
 
 def dropout(inputs, rate: float, seed):
-    """`inputs` with each element zeroed with probability `rate`, the rest scaled by 1 / (1 - rate).
-
-    A stateless function of `seed` (int32 [2]), its bits from `threefry.random_bits`.
-    """
+    """`inputs` with each element zeroed with probability `rate`, the rest scaled by 1 / (1 - rate). A stateless
+    function of `seed` (int32 [2]), its bits from `threefry.random_bits`."""
     threshold = tf.constant(min(int(rate * 2.0**32), 2**32 - 1), tf.uint32)
     keep = threefry.random_bits(tf.shape(inputs), seed) >= threshold
     return tf.where(keep, inputs / (1 - rate), tf.zeros_like(inputs))
@@ -57,12 +50,8 @@ def dropout(inputs, rate: float, seed):
 
 @keras.saving.register_keras_serializable("mnist_dnn")  # model.save() and load_model, once imported
 class Dropout(keras.layers.Dropout):
-    """keras.layers.Dropout drawing its masks with `dropout` above.
-
-    Inside an XLA program on a CPU, Keras' default generator made a training step of 784-512-10
-    about ten times slower, and TensorFlow's Philox took about a quarter of a 784-512-512-10
-    step; these masks cost little (docs/speed.md).
-    """
+    """keras.layers.Dropout drawing its masks with `dropout` above: in XLA on a CPU, Keras' own generator made
+    a step about ten times slower, TensorFlow's Philox a quarter (docs/speed.md)."""
 
     def call(self, inputs, training=False):
         if not (training and self.rate > 0):
@@ -117,11 +106,9 @@ def _classifier_head(hidden_units, seed: int, dropout: float, first_layer: int) 
 
 
 def cnn(conv_filters=(32, 64), hidden_units=(128,), seed=0, dropout=0.0, pool_every=0) -> keras.Model:
-    """The convnet of the Keras, PyTorch and Flax MNIST examples: 3x3 convolutions with ReLU,
-    a 2x2 max-pool, dropout, Dense ReLU layers with dropout, the logits.
-
-    `pool_every=N` puts a 2x2 max-pool after every N convolutions (and after the last) instead.
-    """
+    """The convnet of the Keras, PyTorch and Flax MNIST examples: 3x3 convolutions with ReLU, a 2x2 max-pool, dropout,
+    Dense ReLU layers with dropout, the logits. `pool_every=N` puts a 2x2 max-pool after every N convolutions (and after
+    the last) instead."""
     layers, conv_seeds = _images(), itertools.count(seed + 1)
     for stage in conv_stages(conv_filters, pool_every):
         for filters in stage:

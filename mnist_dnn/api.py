@@ -6,9 +6,10 @@ TensorFlow is imported by the first call that needs it, not by importing this mo
 """
 
 import os
+import sys
 
 from mnist_dnn.cli import command_line
-from mnist_dnn.lib import settings
+from mnist_dnn.lib import onednn, settings
 from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, IDX_DIR_ENV, DatasetIdxDir, EvaluateConfig, ExportConfig,
                                   TrainConfig)
 from mnist_dnn.lib.errors import UsageError
@@ -87,6 +88,16 @@ def load_exported(path: str):
     from mnist_dnn.lib.serve import classifier
 
     return classifier.Classifier(path)
+
+
+def use_onednn(choice: str = "auto") -> None:
+    """TensorFlow's oneDNN CPU kernels on, off, or `auto` as the tools choose them (lib/onednn.py).
+
+    Call it before TensorFlow is imported: TensorFlow reads the switch once, as it starts.
+    """
+    if "tensorflow" in sys.modules:
+        raise UsageError("use_onednn must be called before TensorFlow is imported: call it first in the program")
+    onednn.choose(choice)
 
 
 def _tool_config(config_class, **changes):

@@ -14,7 +14,7 @@ TF_SAYS_ON = "oneDNN custom operations are on"
 
 
 @pytest.mark.parametrize("choice, flags, machine, expected", [
-    ("auto", X86_AVX2, "x86_64", True),  # measured: benchmarks/onednn.json
+    ("auto", X86_AVX2, "x86_64", True),  # measured: benchmarks/cnn_speed.json
     ("auto", X86_AVX2 | {"avx512f", "avx512_vnni"}, "x86_64", True),
     ("auto", {"sse2", "avx"}, "x86_64", None),  # not measured: TensorFlow's default
     ("auto", {"asimd"}, "aarch64", None),

@@ -3,7 +3,7 @@
 TensorFlow 2.21 turns them on by itself only on CPUs with AVX-512 VNNI or BF16, or AMX; elsewhere
 its convolutions run on Eigen. On a 2-core AMD EPYC (Zen 3: AVX2 and FMA, no AVX-512) oneDNN
 trained the convnets faster, and kept the exact resume, the NaN guard and `--deterministic`
-(benchmarks/onednn.json, docs/speed.md). So `auto` turns it on on every x86-64 CPU with AVX2 and
+(benchmarks/cnn_speed.json, docs/speed.md). So `auto` turns it on on every x86-64 CPU with AVX2 and
 FMA (oneDNN's AVX2 kernels are the same code on Intel's and AMD's), and leaves TensorFlow's own
 choice elsewhere, where it was not measured. The switch is the variable TF_ENABLE_ONEDNN_OPTS,
 which TensorFlow reads once, as it is imported.

@@ -130,8 +130,8 @@ def _classifier_head(hidden_units, seed: int, dropout: float, first_layer: int) 
 
 
 def cnn(conv_filters=(32, 64), hidden_units=(128,), seed=0, dropout=0.0, pool_every=0) -> keras.Model:
-    """The convnet of the Keras, PyTorch and Flax MNIST examples: 3x3 convolutions with ReLU,
-    a 2x2 max-pool, dropout, Dense ReLU layers with dropout, the logits.
+    """The convnet of PyTorch's MNIST example by default: 3x3 convolutions with ReLU, a 2x2
+    max-pool, dropout, Dense ReLU layers with dropout, the logits.
 
     `pool_every=N` puts a 2x2 max-pool after every N convolutions (and after the last) instead.
     """

@@ -4,11 +4,12 @@ to a config (`settings.build`) and the same checks. TensorFlow is imported by th
 importing this module."""
 
 import functools
+import sys
 
 from absl import flags
 
 from mnist_dnn.cli import app as cli, command_line
-from mnist_dnn.lib import settings
+from mnist_dnn.lib import onednn, settings
 from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, EvaluateConfig, ExportConfig,  # noqa: F401 (the tools' configs)
                                   PredictConfig, RestoreConfig, TrainConfig)
 from mnist_dnn.lib.errors import UsageError
@@ -84,6 +85,16 @@ def load_exported(path: str):
     from mnist_dnn.lib.serve import classifier
 
     return classifier.Classifier(path)
+
+
+def use_onednn(choice: str = "auto") -> None:
+    """TensorFlow's oneDNN CPU kernels on, off, or `auto` as the tools choose them (lib/onednn.py).
+
+    Call it before TensorFlow is imported: TensorFlow reads the switch once, as it starts.
+    """
+    if "tensorflow" in sys.modules:
+        raise UsageError("use_onednn must be called before TensorFlow is imported: call it first in the program")
+    onednn.choose(choice)
 
 
 def _tool_config(config_class, **changes):

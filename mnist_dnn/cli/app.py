@@ -11,10 +11,13 @@ from typing import NoReturn
 from absl import app, flags, logging
 
 from mnist_dnn.cli import command_line, startup
-from mnist_dnn.lib import config as config_lib, files, settings
+from mnist_dnn.lib import config as config_lib, files, onednn, settings
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 
+flags.DEFINE_enum("onednn", "auto", onednn.CHOICES, "TensorFlow's oneDNN CPU kernels: on, off, or auto (on for "
+                  "x86-64 CPUs with AVX2, where they were measured faster; else TensorFlow's default). Set before "
+                  "TensorFlow starts; an exported TF_ENABLE_ONEDNN_OPTS wins over auto.", module_name="mnist_dnn.cli")
 _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
            bool: flags.DEFINE_boolean, tuple: flags.DEFINE_list}
 

@@ -11,7 +11,7 @@ import platform
 import signal
 import sys
 
-from mnist_dnn.lib import files, native_output, xla_cache
+from mnist_dnn.lib import files, native_output, onednn, xla_cache
 
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
@@ -52,21 +52,22 @@ def end_of_start_up() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _verbosity(argv: list[str]) -> int | None:
-    """The value of absl's --verbosity (-v) on the command line, read before absl parses it."""
+def _flag_value(argv: list[str], names: tuple[str, ...]) -> str | None:
+    """The last value of a flag (--name=value or --name value) on the command line, read before absl parses it."""
+    found = None
     for i, arg in enumerate(argv):
-        if not arg.startswith("-"):
-            continue
         name, has_value, value = arg.lstrip("-").partition("=")
-        if name not in ("verbosity", "v"):
-            continue
-        if not has_value:
-            value = argv[i + 1] if i + 1 < len(argv) else ""
-        try:
-            return int(value)
-        except ValueError:
-            return None
-    return None
+        if arg.startswith("-") and name in names:
+            found = value if has_value else (argv[i + 1] if i + 1 < len(argv) else "")
+    return found
+
+
+def _verbosity(argv: list[str]) -> int | None:
+    """The value of absl's --verbosity (-v) on the command line."""
+    try:
+        return int(_flag_value(argv, ("verbosity", "v")))
+    except (TypeError, ValueError):
+        return None
 
 
 def wants_tf_logs(argv: list[str], environ) -> bool:
@@ -119,10 +120,13 @@ def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
 
 
 def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:
-    """The XLA cache, then TensorFlow imported (and its devices probed) quietly. Unless its logs are wanted,
-    TensorFlow's later C++ lines stay off too (TF_CPP_MIN_LOG_LEVEL=3): XLA's notices, and the two ERROR lines every hit
-    of the persistent cache logs. Real errors are Python exceptions."""
+    """The XLA cache and oneDNN's switch (--onednn), then TensorFlow imported (and its devices probed) quietly. Unless
+    its logs are wanted, TensorFlow's later C++ lines stay off too (TF_CPP_MIN_LOG_LEVEL=3): XLA's notices, and the two
+    ERROR lines every hit of the persistent cache logs. Real errors are Python exceptions."""
     use_xla_cache(environ)
+    if "tensorflow" not in sys.modules:
+        choice = _flag_value(argv[1:], ("onednn",))
+        onednn.choose(choice if choice in onednn.CHOICES else "auto", environ)  # absl refuses a bad one
     if wants_tf_logs(argv, environ):
         import tensorflow  # noqa: F401
         return

@@ -17,7 +17,8 @@ import importlib
 
 _API = {"preset": "mnist_dnn.api", "config": "mnist_dnn.api", "train": "mnist_dnn.api", "evaluate": "mnist_dnn.api",
         "export": "mnist_dnn.api", "load_exported": "mnist_dnn.api", "TrainConfig": "mnist_dnn.lib.config",
-        "Classifier": "mnist_dnn.lib.serve.classifier", "Error": "mnist_dnn.lib.errors"}
+        "Classifier": "mnist_dnn.lib.serve.classifier", "Error": "mnist_dnn.lib.errors",
+        "read_scalars": "mnist_dnn.lib.experiments.reports"}
 __all__ = sorted(_API)
 
 

@@ -22,8 +22,8 @@ HEADER = """\
 *This notebook is [docs/course.md](../docs/course.md), made into cells by `notebooks/build_course.py`:
 edit that page, then run `python notebooks/build_course.py`. Run the notebook from this folder, top to
 bottom: where the page says the repository's folder, read this one. It runs every block of the page,
-the 10,000-step training of section 5 included (a few minutes on 2 CPU cores). Offline, set
-`MNIST_DNN_IDX_DIR` before you start Jupyter ([docs/data.md](../docs/data.md)).*"""
+the 10,000-step training of section 5 included. Offline, set `MNIST_DNN_IDX_DIR` before you start
+Jupyter ([docs/data.md](../docs/data.md)).*"""
 
 INSTALL = """\
 # Installs this clone (the folder above this notebook) with its plots extra (matplotlib) into this kernel's

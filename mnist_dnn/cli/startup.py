@@ -13,11 +13,14 @@ back with `--verbosity=1` (or higher) on the command line, `MNIST_DNN_TF_LOGS=1`
 Before the import it also points XLA's persistent compilation cache at a folder of this
 machine's CPU (`use_xla_cache`): the training loop compiles in seconds, and a later run of the
 same model loads the compiled program instead. XLA keys its cache entries by the program, not
-by the CPU, and runs an entry compiled for another CPU after only logging that its features
-differ (which can end in SIGILL): hence one folder per instruction set.
+by the CPU or its own version, and runs an entry compiled for another CPU after only logging
+that its features differ (which can end in SIGILL): hence one folder per instruction set and
+TensorFlow version.
 """
 
+import atexit
 import hashlib
+import importlib.metadata
 import os
 import platform
 import signal
@@ -27,6 +30,8 @@ from mnist_dnn.lib import files, native_output, xla_cache
 
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
+XLA_CACHE_MB_ENV = "MNIST_DNN_XLA_CACHE_MB"
+XLA_CACHE_MB = 512  # the cap by default: over 500 of the MLPs' entries (0.2-1.8 MB each)
 INTERRUPTED = "error: interrupted (Ctrl-C) before any work was saved; run the command again"
 
 
@@ -96,41 +101,53 @@ def wants_tf_logs(argv: list[str], environ) -> bool:
     return verbosity is not None and verbosity >= 1
 
 
-def cpu_key(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """A name for this processor's instruction set, or None where it cannot be read.
+def cache_key(cpuinfo: str = "/proc/cpuinfo", tensorflow: str | None = None) -> str | None:
+    """A name for this processor's instruction set and TensorFlow's version, or None where either is unknown.
 
     The flags line of /proc/cpuinfo lists every instruction-set extension the kernel lets
     programs use, a superset of the LLVM features XLA compiles for and compares when it
-    loads a cached program. Elsewhere (no /proc/cpuinfo) the CPU is unknown.
+    loads a cached program. Elsewhere (no /proc/cpuinfo) the CPU is unknown. `tensorflow` is
+    the installed distribution's version unless given (read without importing it).
     """
     try:
         with open(cpuinfo) as f:
             flags = next((line for line in f if line.startswith("flags")), None)
-    except OSError:
-        flags = None
+        tensorflow = tensorflow or importlib.metadata.version("tensorflow")
+    except (OSError, importlib.metadata.PackageNotFoundError):
+        return None
     if not flags:
         return None
-    return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+    return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}-tf{tensorflow}"
 
 
-def xla_cache_folder(environ, cpu: str | None) -> str | None:
-    """<$MNIST_DNN_XLA_CACHE or ~/.cache/mnist_dnn/xla>/<cpu>; None with `off`, or for an unknown CPU."""
+def xla_cache_folder(environ, key: str | None) -> str | None:
+    """<$MNIST_DNN_XLA_CACHE or ~/.cache/mnist_dnn/xla>/<key>; None with `off`, or for an unknown CPU."""
     chosen = environ.get(XLA_CACHE_ENV)
     if chosen is not None and chosen.strip().lower() in ("", "0", "off"):
         return None
-    if cpu is None:
+    if key is None:
         return None
     cache_home = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(chosen or os.path.join(cache_home, "mnist_dnn", "xla"), cpu)
+    return os.path.join(chosen or os.path.join(cache_home, "mnist_dnn", "xla"), key)
 
 
-def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
+def xla_cache_cap(environ) -> int:
+    """The cap of the cache's root in bytes: $MNIST_DNN_XLA_CACHE_MB MiB, or XLA_CACHE_MB (warned if not a number)."""
+    chosen = environ.get(XLA_CACHE_MB_ENV, "").strip()
+    if chosen and not chosen.isdecimal():
+        print(f"warning: {XLA_CACHE_MB_ENV}={chosen} is not a whole number of MB; the XLA cache keeps "
+              f"{XLA_CACHE_MB} MB", file=sys.stderr)
+    return (int(chosen) if chosen.isdecimal() else XLA_CACHE_MB) << 20
+
+
+def use_xla_cache(environ=os.environ, key: str | None = None) -> None:
     """Adds XLA's persistent cache to TF_XLA_FLAGS (read when XLA first compiles), unless one is set.
 
     A folder XLA could not write would fail every compilation: then there is no cache (with a
     warning if the user chose that folder). Short of space, it is only read (`xla_cache.prepare`).
+    The cache's root is kept within its cap now and when the process ends (`xla_cache.evict`).
     """
-    folder = xla_cache_folder(environ, cpu or cpu_key())
+    folder = xla_cache_folder(environ, key or cache_key())
     flags = environ.get("TF_XLA_FLAGS", "")
     if not folder or xla_cache.FOLDER_FLAG in flags:
         return
@@ -140,6 +157,9 @@ def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
                   "compiling without the cache", file=sys.stderr)
         return
     environ["TF_XLA_FLAGS"] = f"{flags} {xla_cache.prepare(folder)}".strip()
+    root, cap, used = os.path.dirname(folder), xla_cache_cap(environ), xla_cache.watch(folder)
+    xla_cache.evict(root, cap)
+    atexit.register(lambda: xla_cache.evict(root, cap, used()))
 
 
 def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:

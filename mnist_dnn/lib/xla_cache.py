@@ -1,31 +1,40 @@
-"""XLA's persistent compilation cache, which must never make a run fail.
+"""XLA's persistent compilation cache: bounded, shared safely, and never a reason for a run to fail.
 
-`startup.use_xla_cache` points XLA at a folder (one per CPU) through TF_XLA_FLAGS. XLA reads an
-entry there when it compiles a program it has seen before, and writes one (through a temporary
-`<entry>.pb<host>-<thread>-<pid>-<time>.tmp` renamed into place) after compiling a new one. A
-damaged entry fails the compiled call itself: DataLossError (garbled), OutOfRangeError
-(truncated), InvalidArgumentError (empty); so does a write onto a full disk
-(ResourceExhaustedError), which leaves the temporary file behind. XLA reads its flags once per
-process, so a process cannot turn the cache off once it has started. Hence:
+`startup.use_xla_cache` points XLA at a folder of its root (one per CPU and TensorFlow version)
+through TF_XLA_FLAGS. XLA reads an entry there when it compiles a program it has seen before,
+and writes one (through a temporary `<entry>.pb<host>-<thread>-<pid>-<time>.tmp` renamed into
+place) after compiling a new one. A damaged entry fails the compiled call itself: DataLossError
+(garbled), OutOfRangeError (truncated), InvalidArgumentError (empty); so does a write onto a full
+disk (ResourceExhaustedError), which leaves the temporary file behind. XLA reads its flags once
+per process, so a process cannot turn the cache off once it has started. Hence:
 
 - before TensorFlow starts (`prepare`): temporary files of this host's processes that are gone
   are removed, and a folder with less than MIN_FREE_BYTES free is used read-only;
+- when a tool starts and when it ends (`evict`): the least recently used entries of the whole
+  root are removed until it holds no more than the cap (`watch` tells which entries were used);
 - after a compiled call failed (`recover`): if the cache played a part, its damaged entries and
   this process's temporary files are removed, and the caller trains on without XLA.
 
 Imports no TensorFlow (the start-up runs it before the import).
 """
 
+import contextlib
+import ctypes
+import fnmatch
+import glob
 import os
 import re
 import shutil
 import socket
+import struct
 
 from mnist_dnn.lib import files
 
 FOLDER_FLAG = "--tf_xla_persistent_cache_directory"
 READ_ONLY_FLAG = "--tf_xla_persistent_cache_read_only"
 MIN_FREE_BYTES = 64 << 20  # several entries of the largest models here (an MLP's is 0.4-10 MB)
+ENTRY = "xla_compile_cache__*.pb"  # XLA's entries (its default prefix); never its temporary files
+_IN_OPEN = 0x20  # inotify's event for a file opened
 _TEMPORARY = re.compile(r"\.pb(?P<host>.+)-[0-9a-f]+-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
 
 
@@ -40,6 +49,63 @@ def prepare(folder: str) -> str:
     _remove(_temporary_files(folder, files.process_is_gone))
     flags = f"{FOLDER_FLAG}={folder}"
     return f"{flags} {READ_ONLY_FLAG}=true" if _free_bytes(folder) < MIN_FREE_BYTES else flags
+
+
+def evict(root: str, cap_bytes: int, used: list[str] = ()) -> list[str]:
+    """Removes the least recently used entries of the folders in `root` until they hold `cap_bytes` or less.
+
+    An entry's modification time is when it was last used: when XLA wrote it, or when it was
+    opened, for the `used` entries (stamped now). Only whole entries are removed, each by one
+    unlink: a process that is reading one keeps its open file, and one that looks for it then
+    compiles the program afresh (in the instant between XLA's check and its read, `recover`
+    turns the failed read into a warning). Another process evicting at once changes nothing.
+    """
+    for path in used:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
+    entries = []
+    for path in glob.glob(os.path.join(glob.escape(root), "*", ENTRY)):
+        with contextlib.suppress(FileNotFoundError):  # (evicted by another process meanwhile)
+            status = os.stat(path)
+            entries.append((status.st_mtime_ns, path, status.st_size))
+    excess, total = [], sum(size for _, _, size in entries)
+    for _, path, size in sorted(entries):
+        if total <= cap_bytes:
+            break
+        excess.append(path)
+        total -= size
+    return _remove(excess)
+
+
+def watch(folder: str):
+    """A function that lists the entries of `folder` opened (by any process) since this call, through inotify.
+
+    Access times cannot tell: a disk mounted `noatime` keeps none, and `relatime` one a day. Where
+    inotify is missing or out of instances, or the folder is not there yet, it lists nothing.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        descriptor = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, AttributeError):  # (no inotify: not Linux)
+        return list
+    if descriptor < 0:
+        return list
+    if libc.inotify_add_watch(descriptor, os.fsencode(folder), _IN_OPEN) < 0:
+        os.close(descriptor)
+        return list
+
+    def opened() -> list[str]:
+        names = set()
+        with contextlib.suppress(BlockingIOError):
+            while events := os.read(descriptor, 1 << 16):
+                offset = 0
+                while offset < len(events):  # struct inotify_event: wd, mask, cookie, len, then the name
+                    length = struct.unpack_from("I", events, offset + 12)[0]
+                    names.add(os.fsdecode(events[offset + 16:offset + 16 + length].rstrip(b"\0")))
+                    offset += 16 + length
+        return [os.path.join(folder, name) for name in sorted(names) if fnmatch.fnmatch(name, ENTRY)]
+
+    return opened
 
 
 def recover(error: Exception, tf_xla_flags: str) -> str | None:

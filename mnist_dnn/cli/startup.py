@@ -111,11 +111,9 @@ def cache_key(cpuinfo: str = "/proc/cpuinfo", tensorflow: str | None = None) -> 
     """
     try:
         with open(cpuinfo) as f:
-            flags = next((line for line in f if line.startswith("flags")), None)
+            flags = next(line for line in f if line.startswith("flags"))
         tensorflow = tensorflow or importlib.metadata.version("tensorflow")
-    except (OSError, importlib.metadata.PackageNotFoundError):
-        return None
-    if not flags:
+    except (OSError, StopIteration, importlib.metadata.PackageNotFoundError):
         return None
     return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}-tf{tensorflow}"
 
@@ -123,9 +121,7 @@ def cache_key(cpuinfo: str = "/proc/cpuinfo", tensorflow: str | None = None) -> 
 def xla_cache_folder(environ, key: str | None) -> str | None:
     """<$MNIST_DNN_XLA_CACHE or ~/.cache/mnist_dnn/xla>/<key>; None with `off`, or for an unknown CPU."""
     chosen = environ.get(XLA_CACHE_ENV)
-    if chosen is not None and chosen.strip().lower() in ("", "0", "off"):
-        return None
-    if key is None:
+    if key is None or chosen is not None and chosen.strip().lower() in ("", "0", "off"):
         return None
     cache_home = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(chosen or os.path.join(cache_home, "mnist_dnn", "xla"), key)

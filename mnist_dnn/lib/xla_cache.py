@@ -20,13 +20,12 @@ Imports no TensorFlow (the start-up runs it before the import).
 
 import contextlib
 import ctypes
-import fnmatch
 import glob
+import itertools
 import os
 import re
 import shutil
 import socket
-import struct
 
 from mnist_dnn.lib import files
 
@@ -34,31 +33,25 @@ FOLDER_FLAG = "--tf_xla_persistent_cache_directory"
 READ_ONLY_FLAG = "--tf_xla_persistent_cache_read_only"
 MIN_FREE_BYTES = 64 << 20  # several entries of the largest models here (an MLP's is 0.4-10 MB)
 ENTRY = "xla_compile_cache__*.pb"  # XLA's entries (its default prefix); never its temporary files
-_IN_OPEN = 0x20  # inotify's event for a file opened
+_IN_OPEN = 0x20  # inotify's event for a file opened; its events end with the file's name, NUL-terminated:
+_OPENED_ENTRY = re.compile(rb"xla_compile_cache__[^\0/]*\.pb(?=\0)")
 _TEMPORARY = re.compile(r"\.pb(?P<host>.+)-[0-9a-f]+-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
-
-
-def folder_of(tf_xla_flags: str) -> str | None:
-    """The cache folder that TF_XLA_FLAGS names, if any."""
-    match = re.search(re.escape(FOLDER_FLAG) + r"=(\S+)", tf_xla_flags)
-    return match[1] if match else None
 
 
 def prepare(folder: str) -> str:
     """Tidies `folder` before XLA uses it; returns the flags that point XLA at it."""
     _remove(_temporary_files(folder, files.process_is_gone))
     flags = f"{FOLDER_FLAG}={folder}"
-    return f"{flags} {READ_ONLY_FLAG}=true" if _free_bytes(folder) < MIN_FREE_BYTES else flags
+    short_of_space = shutil.disk_usage(files.nearest_existing(folder)).free < MIN_FREE_BYTES
+    return f"{flags} {READ_ONLY_FLAG}=true" if short_of_space else flags
 
 
 def evict(root: str, cap_bytes: int, used: list[str] = ()) -> list[str]:
     """Removes the least recently used entries of the folders in `root` until they hold `cap_bytes` or less.
 
-    An entry's modification time is when it was last used: when XLA wrote it, or when it was
-    opened, for the `used` entries (stamped now). Only whole entries are removed, each by one
-    unlink: a process that is reading one keeps its open file, and one that looks for it then
-    compiles the program afresh (in the instant between XLA's check and its read, `recover`
-    turns the failed read into a warning). Another process evicting at once changes nothing.
+    An entry's modification time is its last use: XLA's write, or now for the `used` entries. Only
+    whole entries go, each by one unlink: a process reading one keeps its open file; one about to
+    read it compiles afresh (or, in the instant between XLA's check and its read, `recover` warns).
     """
     for path in used:
         with contextlib.suppress(FileNotFoundError):
@@ -68,42 +61,28 @@ def evict(root: str, cap_bytes: int, used: list[str] = ()) -> list[str]:
         with contextlib.suppress(FileNotFoundError):  # (evicted by another process meanwhile)
             status = os.stat(path)
             entries.append((status.st_mtime_ns, path, status.st_size))
-    excess, total = [], sum(size for _, _, size in entries)
-    for _, path, size in sorted(entries):
-        if total <= cap_bytes:
-            break
-        excess.append(path)
-        total -= size
-    return _remove(excess)
+    newest_first = sorted(entries, reverse=True)
+    kept = list(itertools.takewhile(lambda total: total <= cap_bytes, itertools.accumulate(e[2] for e in newest_first)))
+    return _remove([path for _, path, _ in newest_first[len(kept):]])
 
 
 def watch(folder: str):
-    """A function that lists the entries of `folder` opened (by any process) since this call, through inotify.
+    """A function that lists the entries of `folder` opened (by any process) since this call: inotify's (Linux).
 
-    Access times cannot tell: a disk mounted `noatime` keeps none, and `relatime` one a day. Where
-    inotify is missing or out of instances, or the folder is not there yet, it lists nothing.
+    Access times cannot tell: a disk mounted `noatime` keeps none, `relatime` one a day. Where
+    inotify is out of instances, or the folder is not there yet, it lists nothing.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        descriptor = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, AttributeError):  # (no inotify: not Linux)
-        return list
-    if descriptor < 0:
-        return list
-    if libc.inotify_add_watch(descriptor, os.fsencode(folder), _IN_OPEN) < 0:
-        os.close(descriptor)
-        return list
+    libc = ctypes.CDLL(None, use_errno=True)
+    descriptor = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if descriptor < 0 or libc.inotify_add_watch(descriptor, os.fsencode(folder), _IN_OPEN) < 0:
+        return list  # (a descriptor without a watch is closed when the process ends, as one with)
 
     def opened() -> list[str]:
-        names = set()
+        events = b""
         with contextlib.suppress(BlockingIOError):
-            while events := os.read(descriptor, 1 << 16):
-                offset = 0
-                while offset < len(events):  # struct inotify_event: wd, mask, cookie, len, then the name
-                    length = struct.unpack_from("I", events, offset + 12)[0]
-                    names.add(os.fsdecode(events[offset + 16:offset + 16 + length].rstrip(b"\0")))
-                    offset += 16 + length
-        return [os.path.join(folder, name) for name in sorted(names) if fnmatch.fnmatch(name, ENTRY)]
+            while chunk := os.read(descriptor, 1 << 16):
+                events += chunk
+        return [os.path.join(folder, os.fsdecode(name)) for name in sorted(set(_OPENED_ENTRY.findall(events)))]
 
     return opened
 
@@ -114,7 +93,7 @@ def recover(error: Exception, tf_xla_flags: str) -> str | None:
     Removes the entries that are damaged (named by the error, empty, or not protocol-buffer
     bytes) and this process's temporary files, so that the next run compiles them afresh.
     """
-    folder = folder_of(tf_xla_flags)
+    folder = (re.search(re.escape(FOLDER_FLAG) + r"=(\S+)", tf_xla_flags) or [None, None])[1]
     if not folder or not os.path.isdir(folder):
         return None
     text = str(error)
@@ -127,31 +106,18 @@ def recover(error: Exception, tf_xla_flags: str) -> str | None:
             "file(s). This run goes on without XLA; the next one rebuilds the cache")
 
 
-def _free_bytes(folder: str) -> int:
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    return shutil.disk_usage(existing).free
-
-
 def _temporary_files(folder: str, whose) -> list[str]:
     """XLA's temporary files in `folder` written on this host by a process `whose(pid)` selects."""
-    found = []
-    for name in _names(folder):
-        match = _TEMPORARY.search(name)
-        if match and match["host"] == socket.gethostname() and whose(int(match["pid"])):
-            found.append(os.path.join(folder, name))
-    return found
+    paths = glob.glob(os.path.join(glob.escape(folder), "*.tmp"))
+    found = [(path, _TEMPORARY.search(os.path.basename(path))) for path in paths]
+    return [path for path, match in found if match and match["host"] == socket.gethostname() and whose(int(match["pid"]))]
 
 
 def _damaged_entries(folder: str, error_text: str) -> list[str]:
     from google.protobuf import empty_pb2, message  # (protobuf comes with TensorFlow)
 
     damaged = []
-    for name in _names(folder):
-        path = os.path.join(folder, name)
-        if not name.endswith(".pb"):
-            continue
+    for path in glob.glob(os.path.join(glob.escape(folder), "*.pb")):
         try:
             with open(path, "rb") as f:
                 content = f.read()
@@ -164,19 +130,10 @@ def _damaged_entries(folder: str, error_text: str) -> list[str]:
     return damaged
 
 
-def _names(folder: str) -> list[str]:
-    try:
-        return sorted(os.listdir(folder))
-    except OSError:
-        return []
-
-
 def _remove(paths: list[str]) -> list[str]:
     removed = []
     for path in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(path)
             removed.append(path)
-        except FileNotFoundError:
-            pass
     return removed

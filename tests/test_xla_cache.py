@@ -14,6 +14,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from conftest import ROOT
 from mnist_dnn.cli import startup
 from mnist_dnn.lib import xla_cache
@@ -202,3 +204,39 @@ def test_two_processes_writing_reading_and_evicting_one_cache_never_see_a_partia
         content = entry.read_bytes()
         assert hashlib.sha256(content[32:]).digest() == content[:32], entry
 
+
+
+def _train(tiny_data, root, ckpt, hidden: int, cap_mb: str) -> subprocess.Popen:
+    env = {**os.environ, startup.XLA_CACHE_ENV: str(root), startup.XLA_CACHE_MB_ENV: cap_mb, "TF_XLA_FLAGS": "",
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "mnist_dnn.train", f"--data_dir={tiny_data.data_dir}",
+                             f"--ckpt_dir={ckpt}", f"--log_dir={ckpt}-logs", f"--hidden_units={hidden}",
+                             "--max_steps=30", "--log_every=30", "--eval_every=30"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_trainings_sharing_a_full_cache_keep_the_entry_xla_loaded_and_the_one_it_wrote(tiny_data, tmp_path):
+    """Real XLA: one run loads its entry, the other writes one, at once, in a cache that is then over its cap."""
+    from mnist_dnn.lib.core import data
+
+    data.load_splits(tiny_data)  # decoded once, so that every run traces the loop under the same name
+    root, cap = tmp_path / "xla", 2 ** 20
+    first = _train(tiny_data, root, tmp_path / "a0", 8, "1")
+    assert first.wait(timeout=300) == 0 and first.stderr.read() == ""
+    loaded = _entries(root)
+    assert loaded and sum(_sizes(loaded).values()) < cap / 2
+    for path in loaded:  # the oldest of the cache, as if unused for a day
+        os.utime(path, (NOW - 86_400, NOW - 86_400))
+    filler = _entry(root / startup.cache_key(), 1, cap - sum(_sizes(loaded).values()), age_s=3600)  # just fits
+    runs = [_train(tiny_data, root, tmp_path / "a1", 8, "1"), _train(tiny_data, root, tmp_path / "b1", 16, "1")]
+    for run in runs:
+        assert run.wait(timeout=300) == 0
+        assert run.stderr.read() == ""  # no cache warning: every entry XLA read was whole
+    written = _entries(root) - loaded - {filler}
+    assert written and not filler.exists()  # the least recently used: the entry XLA loaded counts as used
+    assert _entries(root) == loaded | written and sum(_sizes(_entries(root)).values()) <= cap
+    again = [_train(tiny_data, root, tmp_path / "a2", 8, "1"), _train(tiny_data, root, tmp_path / "b2", 16, "1")]
+    for run in again:
+        assert run.wait(timeout=300) == 0 and run.stderr.read() == ""
+    assert _entries(root) == loaded | written  # both loaded whole: nothing compiled anew

@@ -134,6 +134,16 @@ def test_a_tool_evicts_when_it_starts_and_when_it_ends_keeping_what_it_used(tmp_
     assert _entries(root) == _kept_newest_first([order[5], new, order[3], order[4]], sizes, 2 ** 20) == {new, *order[3:5]}
 
 
+
+def test_an_entry_evicted_between_xlas_check_and_its_read_costs_one_warning(tmp_path):
+    import tensorflow as tf
+
+    gone = tmp_path / "xla_compile_cache__1__2__XLA_CPU_JIT.pb"
+    with pytest.raises(tf.errors.NotFoundError) as raised:  # TensorFlow's own file system, as XLA reads entries
+        tf.io.gfile.GFile(str(gone), "rb").read()
+    warning = xla_cache.recover(raised.value, f"--tf_xla_persistent_cache_directory={tmp_path}")
+    assert warning.startswith(f"XLA's compilation cache {tmp_path} failed (NotFoundError); removed 0 ")
+
 # Two processes share a cache whose cap holds a few entries: each writes entries as XLA does (a temporary file
 # renamed into place; the two write under the same names), reads them, and evicts, a few hundred times.
 _SHARER = textwrap.dedent("""

@@ -76,6 +76,19 @@ def test_the_least_recently_used_entries_of_every_folder_go_first_until_the_root
     assert xla_cache.evict(str(root), cap) == []  # within the cap: nothing more
 
 
+
+def test_entries_that_cannot_be_stamped_or_removed_stay_and_fail_nothing(tmp_path, monkeypatch):
+    """Another user's entries in a shared cache (the tests run as root: permissions are not refused here)."""
+    order = [_entry(tmp_path / "xla" / "k", i, 10_000, age_s=100 - i) for i in range(3)]
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "utime", refused)
+    monkeypatch.setattr(os, "remove", refused)
+    assert xla_cache.evict(str(tmp_path / "xla"), 0, [str(order[0])]) == []
+    assert _entries(tmp_path / "xla") == set(order)
+
 def test_an_entry_read_by_any_process_counts_as_used_whatever_the_access_times_say(tmp_path):
     folder = tmp_path / "xla" / "k"
     order = [_entry(folder, i, 10_000, age_s=1000 - 10 * i) for i in range(8)]

@@ -52,13 +52,14 @@ def evict(root: str, cap_bytes: int, used: list[str] = ()) -> list[str]:
     An entry's modification time is its last use: XLA's write, or now for the `used` entries. Only
     whole entries go, each by one unlink: a process reading one keeps its open file; one about to
     read it compiles afresh (or, in the instant between XLA's check and its read, `recover` warns).
+    An entry that cannot be stamped or removed (another user's) stays: eviction never fails a run.
     """
     for path in used:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.utime(path)
     entries = []
     for path in glob.glob(os.path.join(glob.escape(root), "*", ENTRY)):
-        with contextlib.suppress(FileNotFoundError):  # (evicted by another process meanwhile)
+        with contextlib.suppress(OSError):  # (evicted by another process meanwhile)
             status = os.stat(path)
             entries.append((status.st_mtime_ns, path, status.st_size))
     newest_first = sorted(entries, reverse=True)
@@ -133,7 +134,7 @@ def _damaged_entries(folder: str, error_text: str) -> list[str]:
 def _remove(paths: list[str]) -> list[str]:
     removed = []
     for path in paths:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.remove(path)
             removed.append(path)
     return removed

@@ -31,7 +31,7 @@ from mnist_dnn.lib import files, native_output, xla_cache
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
 XLA_CACHE_MB_ENV = "MNIST_DNN_XLA_CACHE_MB"
-XLA_CACHE_MB = 512  # the cap by default: over 500 of the MLPs' entries (0.2-1.8 MB each)
+XLA_CACHE_MB = 512  # the cap by default (MiB): several hundred of the MLPs' entries (0.2-1.8 MB each)
 INTERRUPTED = "error: interrupted (Ctrl-C) before any work was saved; run the command again"
 
 
@@ -128,7 +128,7 @@ def xla_cache_folder(environ, key: str | None) -> str | None:
 
 
 def xla_cache_cap(environ) -> int:
-    """The cap of the cache's root in bytes: $MNIST_DNN_XLA_CACHE_MB MiB, or XLA_CACHE_MB (warned if not a number)."""
+    """The cache root's cap in bytes: $MNIST_DNN_XLA_CACHE_MB MiB, or XLA_CACHE_MB (warned if not a number)."""
     chosen = environ.get(XLA_CACHE_MB_ENV, "").strip()
     if chosen and not chosen.isdecimal():
         print(f"warning: {XLA_CACHE_MB_ENV}={chosen} is not a whole number of MB; the XLA cache keeps "

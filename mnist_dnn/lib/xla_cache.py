@@ -109,8 +109,8 @@ def recover(error: Exception, tf_xla_flags: str) -> str | None:
 
 def _temporary_files(folder: str, whose) -> list[str]:
     """XLA's temporary files in `folder` written on this host by a process `whose(pid)` selects."""
-    paths = glob.glob(os.path.join(glob.escape(folder), "*.tmp"))
-    found = [(path, _TEMPORARY.search(os.path.basename(path))) for path in paths]
+    found = [(path, _TEMPORARY.search(os.path.basename(path)))
+             for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp"))]
     return [path for path, match in found if match and match["host"] == socket.gethostname() and whose(int(match["pid"]))]
 
 

@@ -161,7 +161,7 @@ def test_an_entry_evicted_between_xlas_check_and_its_read_costs_one_warning(tmp_
 # Two processes share a cache whose cap holds a few entries: each writes entries as XLA does (a temporary file
 # renamed into place; the two write under the same names), reads them, and evicts, a few hundred times.
 _SHARER = textwrap.dedent("""
-    import hashlib, json, os, random, socket, sys, threading, time
+    import glob, hashlib, json, os, random, socket, sys, threading, time
     from mnist_dnn.lib import xla_cache
 
     folder, cap, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -170,9 +170,11 @@ _SHARER = textwrap.dedent("""
     open(f"{go}.{os.getpid()}", "w").close()  # ready
     while not os.path.exists(go):
         time.sleep(0.001)
-    began = time.time()
-    for step in range(400):
-        name = os.path.join(folder, f"xla_compile_cache__{random.randrange(24)}__1__XLA_CPU_JIT.pb")
+    began, step = time.time(), 0
+    open(f"{go}-began.{os.getpid()}", "w").close()
+    while step < 400 or len(glob.glob(f"{go}-began.*")) < 2:  # until both have begun: they overlap
+        step += 1
+        name = os.path.join(folder, f"xla_compile_cache__{random.randrange(12)}__1__XLA_CPU_JIT.pb")
         if step % 3 == 0:
             payload = os.urandom(random.randrange(1_000, 20_000))
             temporary = f"{name}{socket.gethostname()}-{threading.get_ident():x}-{os.getpid()}-{time.time_ns():x}.tmp"
@@ -181,6 +183,7 @@ _SHARER = textwrap.dedent("""
                 for start in range(0, len(payload), 4096):  # slowly, as a large entry is written
                     f.write(payload[start:start + 4096])
                     f.flush()
+                    time.sleep(0.0005)
             try:
                 os.rename(temporary, name)
                 counts["written"] += 1

@@ -17,7 +17,7 @@ from mnist_dnn.lib.errors import UsageError
 
 
 def test_a_preset_is_its_flagfile_with_the_settings_given_on_top():
-    config = mnist_dnn.preset("fast", max_steps=20, hidden_units=(64, 32))  # configs/fast.cfg, read here by hand
+    config = mnist_dnn.preset("fast", max_steps=20, hidden_units=(64, 32))  # configs/fast.cfg, read as a flagfile
     assert (config.model.name, config.optimizer, config.learning_rate, config.lr_schedule, config.batch_size,
             config.eval_every, config.ckpt_dir) == ("dense", "adam", 0.001, "cosine", 16, 3438, "checkpoints/fast")
     assert (config.max_steps, config.model.hidden_units) == (20, (64, 32))

@@ -1,21 +1,13 @@
-"""XLA's persistent compilation cache: bounded, shared safely, and never a reason for a run to fail.
+"""XLA's persistent compilation cache: bounded, shared safely, never failing a run (imports no TensorFlow).
 
-`startup.use_xla_cache` points XLA at a folder of its root (one per CPU and TensorFlow version)
-through TF_XLA_FLAGS. XLA reads an entry there when it compiles a program it has seen before,
-and writes one (through a temporary `<entry>.pb<host>-<thread>-<pid>-<time>.tmp` renamed into
-place) after compiling a new one. A damaged entry fails the compiled call itself: DataLossError
-(garbled), OutOfRangeError (truncated), InvalidArgumentError (empty); so does a write onto a full
-disk (ResourceExhaustedError), which leaves the temporary file behind. XLA reads its flags once
-per process, so a process cannot turn the cache off once it has started. Hence:
-
-- before TensorFlow starts (`prepare`): temporary files of this host's processes that are gone
-  are removed, and a folder with less than MIN_FREE_BYTES free is used read-only;
-- when a tool starts and when it ends (`evict`): the least recently used entries of the whole
-  root are removed until it holds no more than the cap (`watch` tells which entries were used);
-- after a compiled call failed (`recover`): if the cache played a part, its damaged entries and
-  this process's temporary files are removed, and the caller trains on without XLA.
-
-Imports no TensorFlow (the start-up runs it before the import).
+XLA reads an entry of its folder (`startup.use_xla_cache`'s, one per CPU and TensorFlow version) for a program it has
+seen, and writes one through a temporary `<entry>.pb<host>-<thread>-<pid>-<time>.tmp` renamed into place. A damaged
+entry fails the compiled call: DataLossError (garbled), OutOfRangeError (truncated), InvalidArgumentError (empty); so
+does a write onto a full disk (ResourceExhaustedError), leaving the temporary file. XLA reads its flags once per
+process. Hence: before TensorFlow starts (`prepare`), dead processes' temporary files go, and a folder short of
+MIN_FREE_BYTES is only read; when a tool starts and ends (`evict`), the least recently used entries of the whole root
+go until it fits its cap (`watch` tells what was used); after a failed call (`recover`), if the cache played a part,
+its damaged entries and this process's temporary files go, and the caller trains on without XLA.
 """
 
 import contextlib
@@ -47,13 +39,10 @@ def prepare(folder: str) -> str:
 
 
 def evict(root: str, cap_bytes: int, used: list[str] = ()) -> list[str]:
-    """Removes the least recently used entries of the folders in `root` until they hold `cap_bytes` or less.
-
-    An entry's modification time is its last use: XLA's write, or now for the `used` entries. Only
-    whole entries go, each by one unlink: a process reading one keeps its open file; one about to
-    read it compiles afresh (or, in the instant between XLA's check and its read, `recover` warns).
-    An entry that cannot be stamped or removed (another user's) stays: eviction never fails a run.
-    """
+    """Removes the least recently used entries of the folders in `root` until they hold `cap_bytes` or less. An
+    entry's modification time is its last use: XLA's write, or now for the `used` entries. Only whole entries go, each
+    by one unlink: a process reading one keeps its open file; one about to read it compiles afresh (or, in the instant
+    between XLA's check and its read, `recover` warns). One that cannot be stamped or removed (another user's) stays."""
     for path in used:
         with contextlib.suppress(OSError):
             os.utime(path)
@@ -68,11 +57,9 @@ def evict(root: str, cap_bytes: int, used: list[str] = ()) -> list[str]:
 
 
 def watch(folder: str):
-    """A function that lists the entries of `folder` opened (by any process) since this call: inotify's (Linux).
-
-    Access times cannot tell: a disk mounted `noatime` keeps none, `relatime` one a day. Where
-    inotify is out of instances, or the folder is not there yet, it lists nothing.
-    """
+    """A function that lists the entries of `folder` opened (by any process) since this call, through Linux's inotify:
+    access times cannot tell (`noatime` keeps none, `relatime` one a day). It lists none where inotify is out of
+    instances or the folder is not there yet."""
     libc = ctypes.CDLL(None, use_errno=True)
     descriptor = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
     if descriptor < 0 or libc.inotify_add_watch(descriptor, os.fsencode(folder), _IN_OPEN) < 0:
@@ -89,11 +76,8 @@ def watch(folder: str):
 
 
 def recover(error: Exception, tf_xla_flags: str) -> str | None:
-    """After a compiled call failed with `error`: what the cache did wrong, or None if it played no part.
-
-    Removes the entries that are damaged (named by the error, empty, or not protocol-buffer
-    bytes) and this process's temporary files, so that the next run compiles them afresh.
-    """
+    """After a compiled call failed with `error`: what the cache did wrong, or None if it played no part. Removes the
+    damaged entries (named by the error, empty, or not protocol-buffer bytes) and this process's temporary files."""
     folder = (re.search(re.escape(FOLDER_FLAG) + r"=(\S+)", tf_xla_flags) or [None, None])[1]
     if not folder or not os.path.isdir(folder):
         return None

@@ -708,5 +708,5 @@ def test_a_second_run_that_loads_the_cached_loop_prints_nothing_on_stderr(log_le
         result = run_cli("train", "--max_steps=20", "--log_every=10", "--eval_every=20", f"--data_dir={tiny_data.data_dir}",
                          f"--ckpt_dir={tmp_path / run}", f"--log_dir={tmp_path / run / 'logs'}", cwd=ROOT, env_extra=env)
         assert result.returncode == 0 and result.stderr == "", result.stderr
-        programs.append(sorted(os.listdir(tmp_path / "xla" / startup.cpu_key())))
+        programs.append(sorted(os.listdir(tmp_path / "xla" / startup.cache_key())))
     assert programs[0] and programs[1] == programs[0]  # the second run compiled nothing new

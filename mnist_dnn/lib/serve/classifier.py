@@ -17,7 +17,7 @@ from mnist_dnn.lib import files, native_output
 from mnist_dnn.lib.config import BYTES_SIGNATURE, MAX_IMAGE_BYTES, SERVING_SIGNATURE
 from mnist_dnn.lib.core import export_dir, images
 from mnist_dnn.lib.serve import litert
-from mnist_dnn.lib.errors import DataError, UsageError
+from mnist_dnn.lib.errors import DataError, UsageError, first_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +81,8 @@ class SavedModelSignature:
         try:
             # Keep the loaded object: its signatures read variables it owns.
             self.loaded = tf.saved_model.load(path)
-        except (OSError, ValueError, tf.errors.OpError) as e:
-            raise UsageError(f"cannot load the SavedModel {path}: {str(e).strip().splitlines()[0]}") from None
+        except Exception as e:  # whatever damaged files raise (a truncated variables file: IndexError)
+            raise UsageError(f"cannot load the SavedModel {path}: {first_line(e)}") from None
         if SERVING_SIGNATURE not in self.loaded.signatures:
             raise UsageError(f"the SavedModel {path} has no {SERVING_SIGNATURE} signature")
         self.signature = self.loaded.signatures[SERVING_SIGNATURE]

@@ -449,6 +449,32 @@ def test_no_request_fails_while_a_new_version_appears_under_load(running_server,
     assert all(later >= earlier for session in sessions for earlier, later in zip(session.result(), session.result()[1:]))
 
 
+@pytest.mark.slow
+def test_a_rollout_under_load_loses_no_request_and_each_answer_is_its_versions(tmp_path):
+    """benchmarks/serve_load.py's rollout, shorter (about 20 s of load): 8 clients, 1 and 100 images a request, on
+    `python -m mnist_dnn.serve` while version 2 is exported by another process, version 1 is deleted once 2 answers,
+    and a version 3 appears half written, is listed as failed, then completed. The script checks each answer against
+    the Keras model (in its own process) of the version the server named, and fails on any check (exit 1)."""
+    out = tmp_path / "rollout.json"
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}  # random pixels: no dataset needed
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--smoke", "--parts=rollout",
+                           "--phase_seconds=6", "--hold_seconds=3", "--rollout_clients=8", f"--out={out}"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rollout = json.loads(out.read_text())["results"]["rollout"]
+    assert rollout["checks"] and all(rollout["checks"].values()), rollout["checks"]
+    phases = rollout["phases"]
+    assert [set(phases[p]["versions"]) for p in ("before", "after")] == [{"1"}, {"3"}]
+    assert "2" in phases["during"]["versions"] and set(phases["during"]["versions"]) <= {"1", "2", "3"}
+    for phase, row in phases.items():
+        for batch in (1, 100):
+            assert row[f"batch_{batch}"]["requests"] > 0 and row[f"batch_{batch}"]["errors"] == 0, (phase, row)
+    said = [line for line in rollout["server_said"] if line.startswith(("serving version", "version"))]
+    assert [line.split(" (")[0].split(",")[0] for line in said] == [
+        "serving version 2", "version 3 failed to load", "serving version 3"], said
+
+
 # --- LiteRT -------------------------------------------------------------------------------------
 
 

@@ -158,11 +158,8 @@ class ModelVersions:
         return found
 
     def refresh(self) -> bool:
-        """Loads and switches to the newest version if it is not the one served; True if it switched.
-
-        A version that fails to load is said in one line and kept in `failed` (with its error) until its
-        files change; the older versions are still tried in the same pass.
-        """
+        """Loads and switches to the newest version if it is not the one served; True if it switched. A version that
+        fails to load is said once and kept in `failed` until its files change; older ones are tried in the same pass."""
         if not self.watched:
             return False
         for version, path in self.candidates():

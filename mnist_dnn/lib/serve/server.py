@@ -45,18 +45,14 @@ def _json_response(content: dict, status: int = 200) -> Response:
     return Response(json.dumps(content, separators=(",", ":")), status, media_type="application/json")
 
 
-def _error(status: int, message: str) -> Response:
-    return _json_response({"error": message}, status)
+def _error(status: int, message: str, headers: dict | None = None) -> Response:
+    return Response(json.dumps({"error": message}), status, headers, media_type="application/json")
 
 
-async def _http_error(request: Request, error: HTTPException) -> Response:
-    """Starlette's own refusals (404 no such path or file, 405 another method) as TensorFlow Serving's JSON body."""
-    response = _error(error.status_code, f"{error.detail}: {request.method} {request.url.path}")
-    response.headers.update(error.headers or {})  # 405's Allow
-    return response
-
-
-async def _server_error(request: Request, error: Exception) -> Response:
+async def _starlette_error(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (404 no such path or file, 405 another method; 500) as TensorFlow Serving's body."""
+    if isinstance(error, HTTPException):
+        return _error(error.status_code, f"{error.detail}: {request.method} {request.url.path}", error.headers)
     return _error(500, f"{type(error).__name__}: {first_line(error)}")
 
 
@@ -174,7 +170,7 @@ def create_app(config: ServeConfig, versions: ModelVersions, say: Callable[[str]
               Route("/v1/models/{path:path}", state.models, methods=["GET", "POST"]),
               Mount("/static", StaticFiles(directory=str(static_folder())), name="static")]
     return Starlette(routes=routes, lifespan=state.lifespan,
-                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
+                     exception_handlers={HTTPException: _starlette_error, Exception: _starlette_error})
 
 
 # --- Running it --------------------------------------------------------------------------

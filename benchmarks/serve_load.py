@@ -18,7 +18,8 @@ The rollout (--parts=rollout): --rollout_clients clients (half of them sending 1
 100) load a server on a folder holding version 1 for --phase_seconds ("before"); then, "during":
 version 2 is exported by another process (`exporting.export_model`, as `export` writes it), version
 1 is deleted once 2 answers, a version 3 appears half written (its variables file cut in half, its
-saved_model.pb written last, as a copy under way), stays so --hold_seconds, and is then completed;
+saved_model.pb written last, as a copy under way), stays so --hold_seconds (at least twice the time
+from its appearance to its listing as failed, so that a retry would show), and is then completed;
 "after" starts when 3 answers and lasts --phase_seconds. Every answer is checked against the
 version that the server names in its X-Model-Version header: the classes and probabilities the
 Keras model of that version (seeds 1, 2, 3, random weights) computes in this process for the same
@@ -56,9 +57,10 @@ def images(args, count: int = 1000) -> np.ndarray:
 
 def summary(latencies: list[float], wall: float, batch: int, errors: int) -> dict:
     ms = np.array(latencies) * 1000
+    percentile = (lambda q: round(float(np.percentile(ms, q)), 3)) if len(ms) else (lambda q: None)  # none answered
     return {"requests": len(latencies) + errors, "errors": errors, "wall_s": round(wall, 3),
             "requests_per_s": round(len(latencies) / wall, 1), "images_per_s": round(batch * len(latencies) / wall, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+            "p50_ms": percentile(50), "p99_ms": percentile(99)}
 
 
 async def one_client(url: str, bodies: list[bytes], latencies: list, errors: list) -> None:
@@ -251,7 +253,9 @@ async def drive(rollout: Rollout, model_dir: str, spare: str, args) -> dict:
         await asyncio.to_thread(write_half, spare, os.path.join(model_dir, "3"))
         rollout.mark("version 3 written half")
         failed = await rollout.until(http, lambda s: state(s).get("3") == "END", "version 3 failed")
-        await asyncio.sleep(args.hold_seconds)
+        # Long enough for a retry to show (said again) if the server made one: twice what the first try took.
+        events = rollout.events
+        await asyncio.sleep(max(args.hold_seconds, 2 * (events["version 3 failed"] - events["version 3 written half"])))
         held = await rollout.status(http)
         whole = os.path.join(spare, "variables")
         for name in os.listdir(whole):
@@ -273,7 +277,7 @@ def phase_rows(rollout: Rollout) -> dict:
     for phase, (start, end) in bounds.items():
         answers = [a for a in rollout.answers if start <= a[0] < end]
         rows[phase] = {"seconds": round(end - start, 3),
-                       "versions": {str(v): sum(a[3] == v for a in answers) for v in sorted({a[3] for a in answers})}}
+                       "versions": {str(v): sum(a[3] == v for a in answers) for v in sorted({a[3] for a in answers} - {None})}}
         for batch in BATCHES:
             mine = [a for a in answers if a[2] == batch]
             if mine:
@@ -344,7 +348,7 @@ def rollout_table(result: dict) -> str:
             if f"batch_{batch}" in row:
                 r = row[f"batch_{batch}"]
                 lines.append(f"| {phase} | {row['seconds']:.1f} | {batch} | {r['requests']} | {r['errors']} | "
-                             f"{r['requests_per_s']:,.1f} | {r['images_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+                             f"{r['requests_per_s']:,.1f} | {r['images_per_s']:,.0f} | {r['p50_ms'] or 0:.1f} | {r['p99_ms'] or 0:.1f} |")
     return "\n".join(lines)
 
 
@@ -384,7 +388,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--rollout_clients", type=int, default=8)
     parser.add_argument("--phase_seconds", type=float, default=25, help="the rollout's before and after phases")
-    parser.add_argument("--hold_seconds", type=float, default=5, help="how long version 3 stays half written")
+    parser.add_argument("--hold_seconds", type=float, default=5, help="how long version 3 stays half written, "
+                        "at least (and twice the time it took to be listed as failed)")
     parser.add_argument("--poll_seconds", type=float, default=1, help="the server's --file_system_poll_wait_seconds")
     args = harness.parse(parser, smoke={"clients": 2, "requests": 3, "phase_seconds": 1, "hold_seconds": 1,
                                         "poll_seconds": 0.2})

@@ -441,13 +441,13 @@ def image_variants(folder, index: int, image: np.ndarray) -> list[str]:
 def test_read_image_gives_back_the_mnist_pixels(tmp_path, real_run):
     image = real_run["images"][0]
     for path in image_variants(tmp_path, 0, image):
-        pixels = classifier.read_image(path)
+        pixels = classifier.read_image_file(path).pixels
         assert pixels.shape == (28, 28, 1) and pixels.dtype == np.uint8
         if "-100" not in path and not path.endswith(".jpg"):  # lossless and full size: exact
             np.testing.assert_array_equal(pixels, image, err_msg=path)
     with pytest.raises(DataError, match="not an image"):
         (tmp_path / "notes.txt").write_text("not a digit")
-        classifier.read_image(str(tmp_path / "notes.txt"))
+        classifier.read_image_file(str(tmp_path / "notes.txt")).pixels
 
 
 @pytest.mark.slow

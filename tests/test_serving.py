@@ -238,7 +238,7 @@ def test_an_image_over_the_size_limit_is_refused_before_decoding(tmp_path):
     inflate, idat = zlib.decompressobj(), path.read_bytes()[41:-16]  # after the signature and IHDR, before its CRC and IEND
     assert len(inflate.decompress(idat)) == 4097 * 4097 and inflate.eof  # a whole image, 4097 rows of 1 + 4096 bytes
     with pytest.raises(DataError, match=r"4096x4097 pixels is too large: at most 16,777,216 pixels \(4096x4096\)"):
-        classifier.read_image(str(path))
+        classifier.read_image_file(str(path)).pixels
     with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):  # serving_bytes' graph too
         images.decode_digit(tf.constant(path.read_bytes()))
     classifier.check_image(huge_png(4096)[:33])  # the limit itself passes (its header is all that is read)
@@ -262,7 +262,7 @@ def test_serving_bytes_gives_the_classes_of_predicts_pixels(dense_exports, tiny_
         for name, encoded_file in digit_files(image).items():
             (tmp_path / f"{index}.{name}").write_bytes(encoded_file)
             contents.append(encoded_file)
-            read.append(classifier.read_image(str(tmp_path / f"{index}.{name}")))
+            read.append(classifier.read_image_file(str(tmp_path / f"{index}.{name}")).pixels)
             if name != "jpeg":
                 np.testing.assert_array_equal(read[-1], image, err_msg=name)  # lossless: MNIST's pixels exactly
     by_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant(contents))

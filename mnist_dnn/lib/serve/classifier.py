@@ -16,8 +16,8 @@ import tensorflow as tf
 from mnist_dnn.lib import files, native_output
 from mnist_dnn.lib.config import BYTES_SIGNATURE, MAX_IMAGE_BYTES, SERVING_SIGNATURE
 from mnist_dnn.lib.core import export_dir, images
-from mnist_dnn.lib.serve import litert
-from mnist_dnn.lib.errors import DataError, UsageError, first_line
+from mnist_dnn.lib.serve import litert, servables
+from mnist_dnn.lib.errors import DataError, UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +50,6 @@ def check_image(contents: bytes) -> None:
         raise DataError(images.too_large_message(height, width))
 
 
-def read_image(path: str) -> np.ndarray:
-    """A PNG, JPEG, BMP or GIF (its first frame) of up to images.MAX_PIXELS as MNIST pixels: uint8 [28, 28, 1]."""
-    return read_image_file(path).pixels
-
-
 @dataclasses.dataclass(frozen=True)
 class ImageFile:
     path: str
@@ -63,6 +58,7 @@ class ImageFile:
 
 
 def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> ImageFile:
+    """A PNG, JPEG, BMP or GIF (its first frame) of up to images.MAX_PIXELS, and its MNIST pixels: uint8 [28, 28, 1]."""
     contents = read_file(path, max_bytes)
     with native_output.quiet_unless_logging():  # libjpeg says why it fails on descriptor 2: the line below says it
         try:
@@ -79,16 +75,14 @@ class SavedModelSignature:
     def __init__(self, path: str):
         self.path = path
         try:
-            # Keep the loaded object: its signatures read variables it owns.
-            self.loaded = tf.saved_model.load(path)
-        except Exception as e:  # whatever damaged files raise (a truncated variables file: IndexError)
-            raise UsageError(f"cannot load the SavedModel {path}: {first_line(e)}") from None
-        if SERVING_SIGNATURE not in self.loaded.signatures:
+            self.servable = servables.load_saved_model(path, version=1)  # kept: its signatures read its variables
+        except DataError as e:
+            raise UsageError(str(e)) from None
+        if SERVING_SIGNATURE not in self.servable.signatures:
             raise UsageError(f"the SavedModel {path} has no {SERVING_SIGNATURE} signature")
-        self.signature = self.loaded.signatures[SERVING_SIGNATURE]
 
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: value.numpy() for name, value in self.signature(images=tf.constant(pixels)).items()}
+        return self.servable.signatures[SERVING_SIGNATURE].run({"images": pixels})
 
 
 class Classifier:

@@ -165,10 +165,7 @@ class ModelVersions:
         for version, path in self.candidates():
             if version == self.current.version:
                 return False
-            try:
-                fingerprint = _fingerprint(path)
-            except OSError:
-                continue  # its files are being moved or deleted: look again next time
+            fingerprint = _fingerprint(path)
             if self.failed.get(version, (None,))[0] == fingerprint:
                 continue  # still the files that failed: try an older version
             try:

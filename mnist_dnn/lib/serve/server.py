@@ -109,13 +109,6 @@ class ModelServer:
             raise rest.RestError(404, f"Servable not found for request: Specific({name}, {version})")
         return servable
 
-    def status(self, name: str, version: str | None) -> dict:
-        failed = {v: error for v, (_, error) in self.versions.failed.items()}
-        body = rest.status(self.servable(name, None), failed, version and int(version))
-        if not body["model_version_status"]:
-            raise rest.RestError(404, f"Could not find version {version} of model {name}")
-        return body
-
     async def models(self, request: Request) -> Response:
         match = MODEL_PATH.match(request.path_params["path"])
         try:
@@ -123,7 +116,9 @@ class ModelServer:
                     (match["metadata"] and request.method != "GET"):
                 raise rest.RestError(404, f"Malformed request: {request.method} {request.url.path}")
             if request.method == "GET" and not match["metadata"]:
-                return _json_response(self.status(match["name"], match["version"]))
+                failed = {v: error for v, (_, error) in self.versions.failed.items()}
+                return _json_response(rest.status(match["name"], self.servable(match["name"], None), failed,
+                                                  match["version"] and str(int(match["version"]))))
             servable = self.servable(match["name"], match["version"])
             if request.method == "GET":
                 return _json_response(rest.metadata(match["name"], servable))

@@ -322,6 +322,10 @@ SERVE = [  # start-up errors: the server never starts serving
     (["--model_dir={tmp}", "stray"], 2, "unexpected arguments"),
     # issue 27 (item 12): a loop of symbolic links is worded as one
     (["--model_dir={loop}"], 2, "--model_dir {loop} is a loop of symbolic links; point it at a model folder"),
+    # issue 37: a version whose variables are half written (an IndexError traceback before), or whose index is empty
+    (["--model_dir={halfvars}"], 1, "cannot load the SavedModel {halfvars}/1: Read less bytes than requested"),
+    (["--model_dir={halfvars}/1"], 1, "cannot load the SavedModel {halfvars}/1: Read less bytes than requested"),
+    (["--model_dir={noindex}"], 1, "cannot load the SavedModel {noindex}/1: file is too short to be an sstable"),
 ]
 SWEEP = [
     (["--grid=learning_rate=0.1,0.01"], 2, "--root is required"),
@@ -453,6 +457,9 @@ INPUTS = [
     ("predict", ["--model_dir={model}", "{fifo}"], 1, "{fifo}: is a FIFO, not a regular file"),
     ("predict", ["--model_dir={model}", "{device}", "--json"], 1, "{device}: is a character device"),
     ("predict", ["--model_dir={model}", "--max_image_bytes=10", "{digit}"], 1, "bytes, over the cap of 10;"),
+    # issue 37: an export whose variables are half written (an IndexError traceback before)
+    ("predict", ["--model_dir={halfvars}", "{digit}"], 2, "cannot load the SavedModel {halfvars}/1: Read less bytes"),
+    ("predict", ["--model_dir={noindex}/1", "{digit}"], 2, "cannot load the SavedModel {noindex}/1: file is too short"),
     ("predict", ["--max_image_bytes=0", "{digit}"], 2, "--max_image_bytes must be a whole number of bytes from 1, got 0"),
     ("predict", ["--max_image_bytes=-1", "{digit}"], 2, "--max_image_bytes must be a whole number of bytes from 1"),
     ("predict", ["--max_image_bytes=lots", "{digit}"], 2, "--max_image_bytes"),
@@ -645,6 +652,12 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     _make_inputs(tmp_path, places, args)
     if any("{model}" in a for a in args):
         places["model"] = request.getfixturevalue("tiny_export")
+    if any("{halfvars}" in a or "{noindex}" in a for a in args):  # copies of it, damaged
+        places["halfvars"] = shutil.copytree(request.getfixturevalue("tiny_export"), tmp_path / "halfvars")
+        data_file = next(places["halfvars"].glob("1/variables/*.data-*"))
+        _truncate(data_file, data_file.stat().st_size // 2)
+        places["noindex"] = shutil.copytree(request.getfixturevalue("tiny_export"), tmp_path / "noindex")
+        _truncate(next(places["noindex"].glob("1/variables/*.index")), 0)
     if os.path.isdir(places["configs"]):
         monkeypatch.setattr(command_line, "configs_dir", lambda: pathlib.Path(places["configs"]))
     os.symlink("fifo", places["fifolink"])

@@ -19,8 +19,9 @@ SMOKE_STEPS = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log
 
 
 def one_round(args, scratch: str) -> dict:
-    data_dir = os.path.join(scratch, "tfds")
-    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir = args.data_dir if args.smoke else os.path.join(scratch, "tfds")  # --smoke: the tests' prepared data
+    if not args.smoke:
+        shutil.rmtree(data_dir, ignore_errors=True)
     seconds = {}
     for run in ("first", "second"):
         folder = os.path.join(scratch, run)

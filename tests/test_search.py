@@ -29,7 +29,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from conftest import ROOT, hparams, scalars, tiny_config
+from conftest import ROOT, assert_one_line_error, hparams, scalars, tiny_config
 from test_sweep import wait_for
 from mnist_dnn.lib.core import evaluation
 from mnist_dnn.lib.experiments import reports, search, studies, trials
@@ -386,9 +386,10 @@ def _postgres_bin(name: str) -> str | None:
     return shutil.which(name) or (found[-1] if found else None)
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server of its own on a loopback port in a temporary folder, stopped after the tests.
+@contextlib.contextmanager
+def postgres_server(password=None):
+    """A PostgreSQL server of its own on a loopback port in a temporary folder, stopped after the tests; its URL.
+    With `password`, the user postgres needs it over TCP (scram-sha-256), and the URL leaves it out.
 
     .ci/run installs the server (the Debian package postgresql). As root, the server runs as the
     package's postgres user, since PostgreSQL refuses to run as root.
@@ -407,7 +408,13 @@ def postgres():
         as_user = ["runuser", "-u", "postgres", "--"]
     os.chmod(folder, 0o755)
     data, port = os.path.join(folder, "data"), _free_port()
-    subprocess.run([*as_user, initdb, "-D", data, "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    auth = ["--auth=trust"]
+    if password:
+        with open(os.path.join(folder, "pwfile"), "w") as f:
+            f.write(password + "\n")
+        os.chmod(f.name, 0o644)
+        auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={f.name}"]
+    subprocess.run([*as_user, initdb, "-D", data, "-U", "postgres", *auth], check=True, capture_output=True)
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
     subprocess.run([*as_user, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(folder, "log"), "-w", "start"],
                    check=True, capture_output=True)
@@ -418,26 +425,72 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as url:
+        yield url
+
+
+PASSWORD = "s3cret-Pw-5f1e"  # a string no file of a search could hold by chance
+
+
+@pytest.fixture(scope="module")
+def postgres_password():
+    """A server whose user needs a password; the URL without it."""
+    with postgres_server(PASSWORD) as url:
+        yield url
+
+
 @pytest.mark.slow
-def test_two_roots_share_one_study_on_postgresql(postgres, tiny_data, tmp_path):
-    """Two machines (two roots) on one PostgreSQL study: the second runs only what the first left."""
+def test_two_roots_share_one_study_on_postgresql_and_each_reports_all_of_it(postgres_password, tiny_data, tmp_path):
+    """Two machines (two roots) on one PostgreSQL study that needs a password: the second runs only what the first
+    left, and the report of either root ranks all three trials, with their host and folder (issue 36, item 4). The
+    password comes from MNIST_DNN_STORAGE (root a) or a pgpass file (root b); no file of either root holds it, and
+    a's search.json, written with it as the code before wrote it, is read, then written again without it."""
+    url = postgres_password
+    full = url.replace("postgres@", f"postgres:{PASSWORD}@")
     base = tmp_path / "base.cfg"
     base.write_text(f"--hidden_units=16\n--max_steps=30\n--eval_every=10\n--log_every=10\n--checkpoint_every=10\n"
                     f"--batch_size=64\n--nodiagnostics\n--nojit_compile\n--data_dir={tiny_data.data_dir}\n"
-                    f"--storage={postgres}\n--study_name=shared\n")
-    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
-    results = [subprocess.run(search_command(base, tmp_path / machine, f"--trials={trials}"), cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)
+                    f"--storage={url}\n--study_name=shared\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "search.json").write_text(json.dumps({"study_name": "shared", "storage": full}))
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:*:*:postgres:{PASSWORD}\n")
+    pgpass.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_DNN_IDX_DIR", studies.STORAGE_ENV)}
+    passwords = {"a": {studies.STORAGE_ENV: full}, "b": {"PGPASSFILE": str(pgpass)}}
+    results = [subprocess.run(search_command(base, tmp_path / machine, f"--trials={trials}"), cwd=ROOT,
+                              env={**env, **passwords[machine]}, capture_output=True, text=True, timeout=600)
                for machine, trials in (("a", 2), ("b", 3))]
     for result in results:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    study = optuna.load_study(study_name="shared", storage=postgres)
+    assert f"{tmp_path / 'a' / 'search.json'} held the storage's password: written again" in results[0].stdout
+    study = optuna.load_study(study_name="shared", storage=full)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert sorted(p.name for p in (tmp_path / "a").glob("trial-*")) == ["trial-0000", "trial-0001"]
     assert sorted(p.name for p in (tmp_path / "b").glob("trial-*")) == ["trial-0002"]
-    assert json.loads((tmp_path / "b" / "search.json").read_text())["storage"] == postgres
-    with open(tmp_path / "b" / "report.csv") as f:
-        assert [r["trial"] for r in csv.DictReader(f)] == ["trial-0002"]  # each root reports its own trials
+    folders = {f"trial-000{i}": str(tmp_path / ("a" if i < 2 else "b") / f"trial-000{i}") for i in range(3)}
+    values = {t.user_attrs["folder"]: t.value for t in study.trials}
+    for machine in "ab":
+        assert json.loads((tmp_path / machine / "search.json").read_text()) == {"study_name": "shared", "storage": url}
+        report = subprocess.run([sys.executable, "-m", "mnist_dnn.report", f"--root={tmp_path / machine}"], cwd=ROOT,
+                                env={**env, **passwords["b" if machine == "a" else "a"]}, capture_output=True,
+                                text=True, timeout=300)
+        assert report.returncode == 0, report.stderr[-2000:]
+        with open(tmp_path / machine / "report.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["trial"] for r in rows] == sorted(values, key=lambda name: -values[name])  # all, ranked
+        assert [float(r["best_val_accuracy"]) for r in rows] == sorted(values.values(), reverse=True)
+        assert {r["trial"]: r["folder"] for r in rows} == folders
+        assert {r["host"] for r in rows} == {socket.gethostname()}
+        best = max(values, key=values.get)
+        assert f"Best trial: {int(best[-4:])} in {folders[best]} on {socket.gethostname()} " in report.stdout
+    no_password = subprocess.run([sys.executable, "-m", "mnist_dnn.report", f"--root={tmp_path / 'b'}"], cwd=ROOT,
+                                 env=env, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(no_password, 2, f"the storage {url} needs a password", studies.STORAGE_ENV, "~/.pgpass")
+    for path in tmp_path.glob("[ab]/**/*"):
+        assert not path.is_file() or PASSWORD.encode() not in path.read_bytes(), path
 
 
 # The one waiting trial of a study (a trial queued again) asked for by four processes at the same moment: one takes

@@ -312,6 +312,75 @@ def test_a_retried_trial_resumes_from_the_checkpoint_in_its_own_folder(tiny_data
     assert "trial 1 resuming in" in lines[0]
 
 
+# --- Fast: a shared study's storage URL and report (issue 36, item 4; issue 37, item 7) ---
+
+SECRET_URL = "postgresql+psycopg://ann:p%40ss@db.example:5432/studies?sslmode=require"
+PLAIN_URL = "postgresql+psycopg://ann@db.example:5432/studies?sslmode=require"
+
+
+def test_a_storage_url_is_written_without_its_password_and_connected_with_the_environments(monkeypatch):
+    assert studies.without_password(SECRET_URL) == PLAIN_URL
+    assert studies.without_password(PLAIN_URL) == PLAIN_URL and studies.without_password(None) is None
+    assert studies.without_password("sqlite:////data/study.db") == "sqlite:////data/study.db"
+    assert studies.shown(SECRET_URL) == "postgresql+psycopg://ann:***@db.example:5432/studies?sslmode=require"
+    monkeypatch.delenv(studies.STORAGE_ENV, raising=False)
+    assert studies.connect_url(PLAIN_URL) == PLAIN_URL  # libpq looks in ~/.pgpass itself
+    monkeypatch.setenv(studies.STORAGE_ENV, SECRET_URL)
+    assert studies.connect_url(PLAIN_URL) == SECRET_URL
+    assert studies.connect_url(PLAIN_URL.replace("ann@", "bob@")) == PLAIN_URL.replace("ann@", "bob@")  # not its
+    other_password = SECRET_URL.replace("p%40ss", "other")
+    assert studies.connect_url(other_password) == other_password  # the flag's own password first
+
+
+def test_an_older_search_json_holding_the_password_is_read_then_written_again_without_it(tmp_path):
+    (tmp_path / "search.json").write_text(json.dumps({"study_name": "shared", "storage": SECRET_URL}))
+    assert studies.read_root(str(tmp_path))["storage"] == SECRET_URL  # still read: the report connects with it
+    said = []
+    studies.record_root(search.SearchConfig(root=str(tmp_path), storage=PLAIN_URL, study_name="shared"), said.append)
+    assert json.loads((tmp_path / "search.json").read_text()) == {"study_name": "shared", "storage": PLAIN_URL}
+    assert said == [f"{tmp_path / 'search.json'} held the storage's password: written again without it (give it in "
+                    f"`storage`, {studies.STORAGE_ENV} or ~/.pgpass)"]
+    studies.record_root(search.SearchConfig(root=str(tmp_path), storage=SECRET_URL, study_name="shared"), said.append)
+    assert len(said) == 1 and b"p%40ss" not in (tmp_path / "search.json").read_bytes()
+    new = tmp_path / "new"
+    studies.record_root(search.SearchConfig(root=str(new), storage=SECRET_URL, study_name="shared"), said.append)
+    assert json.loads((new / "search.json").read_text())["storage"] == PLAIN_URL and len(said) == 1
+
+
+def test_the_report_of_a_root_ranks_the_trials_other_roots_trained_from_what_the_study_holds(tmp_path, monkeypatch):
+    """Trials trained on other hosts (no folder here): their best reported validation and its step, their host and
+    folder; the plot's labels name each trial once (they said `trial=trial-0000`)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    space = [parse("learning_rate=loguniform:1e-3:1e-1")]
+    config = start_study(tmp_path / "here", space)
+    study = studies.load_from_root(config.root)
+    distributions = {"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}
+    reported = {0: {10: 0.5, 20: 0.8, 30: 0.8}, 1: {10: 0.6, 20: 0.9, 30: 0.7}, 2: {10: 0.3}}
+    for number, values in reported.items():
+        state = optuna.trial.TrialState.PRUNED if number == 2 else optuna.trial.TrialState.COMPLETE
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=None if number == 2 else max(values.values()), params={"learning_rate": 0.01 * (number + 1)},
+            distributions=distributions, intermediate_values=values,
+            user_attrs={"folder": f"trial-000{number}", "host": f"host-{number}", "root": f"/runs/{number}"}))
+    names, rows = reports.collect(config.root)
+    assert names == ["trial", "learning_rate"]
+    assert [(r.name, r.status, r.steps, r.best_accuracy, r.best_step, r.host, r.folder) for r in rows] == [
+        ("trial-0001", "complete", 30, 0.9, 20, "host-1", "/runs/1/trial-0001"),
+        ("trial-0000", "complete", 30, 0.8, 20, "host-0", "/runs/0/trial-0000"),  # the first step at its best
+        ("trial-0002", "pruned", 10, 0.3, 10, "host-2", "/runs/2/trial-0002")]
+    grid = reports.table(names, rows)
+    assert grid[0][-2:] == ["host", "folder"] and grid[1][-2:] == ["host-1", "/runs/1/trial-0001"]
+    assert reports.best_trial_line(config.root, study).startswith("Best trial: 1 in /runs/1/trial-0001 on host-1 ")
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert reports.plot(config.root, names, rows, str(tmp_path / "report.png"))
+    labels = [line.get_label() for line in figures[0].axes[0].get_lines()]
+    assert labels == ["trial-0001, learning_rate=0.02", "trial-0000, learning_rate=0.01",
+                      "trial-0002, learning_rate=0.03"]
+
+
 # --- The tool in subprocesses: a SIGKILLed search resumed by two searches at once; PostgreSQL. ---
 
 def search_command(base, root, *extra):

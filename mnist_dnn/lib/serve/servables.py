@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import files
+from mnist_dnn.lib import files, native_output
 from mnist_dnn.lib.core import export_dir
 from mnist_dnn.lib.serve import litert
 from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
@@ -75,7 +75,9 @@ def _litert_info(detail: dict) -> TensorInfo:
 def load_litert(path: str, version: int) -> Servable:
     """The LiteRT file's signatures; one interpreter, so calls take turns (it is not thread-safe)."""
     try:
-        interpreter = litert.interpreter_class()(model_path=path)
+        with native_output.quiet_unless_logging():  # allocating prints `INFO: Created ... XNNPACK delegate for CPU.`
+            interpreter = litert.interpreter_class()(model_path=path)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise DataError(f"cannot load the LiteRT file {path}: {first_line(e)}") from None
     lock = threading.Lock()

@@ -182,7 +182,7 @@ def test_a_pooled_cnn_run_records_its_pools_and_a_resume_without_them_is_refused
     assert json.loads((tmp_path / "ckpt" / "model_config.json").read_text())["pool_every"] == 2
     assert RunDir(config.ckpt_dir).load_config().model == STAGED_CNN
     assert capsys.readouterr().out.startswith("Training cnn conv 4-4/8-8, 16, 10 (dropout 0.25)")
-    assert hparams(tmp_path / "logs")["pool_every"] == 2
+    assert hparams(tmp_path / "logs")["pool_every"] == "2"
     one_pool = dataclasses.replace(config, model=dataclasses.replace(STAGED_CNN, pool_every=0), max_steps=4)
     with pytest.raises(UsageError, match="holds a run of cnn conv 4-4/8-8, 16 on mnist, not cnn conv 4-4-8-8, 16"):
         training.train(one_pool)

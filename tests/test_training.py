@@ -57,7 +57,7 @@ def test_training_writes_step_named_checkpoints_config_summaries_hparams_and_the
     graph_ops = {node.op for node in run.Graph().node}
     assert "MatMul" in graph_ops and "Relu" in graph_ops  # the model's forward pass
     stored = hparams(folder / "logs")
-    assert stored["hidden_units"] == "32" and stored["batch_size"] == 64 and stored["optimizer"] == "adam"
+    assert stored["hidden_units"] == "32" and stored["batch_size"] == "64" and stored["optimizer"] == "adam"
 
 
 def test_progress_lines_carry_step_total_percent_and_eta_and_the_run_is_described(tiny_data, tmp_path, capsys):
@@ -96,15 +96,16 @@ def test_examples_per_second_and_the_eta_leave_out_validation_and_saving(tiny_da
 
 
 def test_each_hparams_column_shows_its_own_setting(tiny_data, tmp_path):
-    """Every setting TensorBoard's HParams lists given a value of its own, read back from the event files."""
+    """Every setting TensorBoard's HParams lists given a value of its own, read back from the event files. Whole
+    numbers are text: the dashboard shows a number to 5 significant digits, a batch size of 48 as 48.000."""
     config = tiny_config(tiny_data, tmp_path, model=ModelConfig("dense", (24, 12), 0.25), optimizer="sgd",
                          learning_rate=0.05, lr_schedule="cosine", batch_size=48, max_steps=10, augment_shift=1,
                          augment_rotate=7.0, augment_scale=0.15, seed=3)
     training.train(config, say=lambda line: None)
     assert hparams(tmp_path / "logs") == pytest.approx({
-        "model": "dense", "hidden_units": "24-12", "conv_filters": "none", "pool_every": 0, "dropout": 0.25,
-        "optimizer": "sgd", "learning_rate": 0.05, "lr_schedule": "cosine", "batch_size": 48, "max_steps": 10,
-        "augment_shift": 1, "augment_rotate": 7.0, "augment_scale": 0.15, "seed": 3, "dataset": "mnist"})
+        "model": "dense", "hidden_units": "24-12", "conv_filters": "none", "pool_every": "0", "dropout": 0.25,
+        "optimizer": "sgd", "learning_rate": 0.05, "lr_schedule": "cosine", "batch_size": "48", "max_steps": "10",
+        "augment_shift": "1", "augment_rotate": 7.0, "augment_scale": 0.15, "seed": "3", "dataset": "mnist"})
 
 
 @pytest.mark.slow

@@ -331,13 +331,15 @@ class _Run:
 
 
 def hparams(config: TrainConfig) -> dict:
-    """The run's settings as TensorBoard's HParams dashboard lists them."""
-    return {"model": config.model.name, "hidden_units": "-".join(map(str, config.model.hidden_units)) or "none",
+    """The run's settings as TensorBoard's HParams dashboard lists them: whole numbers as text, since it shows every
+    number to 5 significant digits (a batch size of 128 as 128.00)."""
+    settings = {"model": config.model.name, "hidden_units": "-".join(map(str, config.model.hidden_units)) or "none",
             "conv_filters": "-".join(map(str, config.model.conv_filters)) or "none", "pool_every": config.model.pool_every,
             "dropout": config.model.dropout, "optimizer": config.optimizer, "learning_rate": config.learning_rate,
             "lr_schedule": config.lr_schedule, "batch_size": config.batch_size, "max_steps": config.max_steps,
             "augment_shift": config.augment_shift, "augment_rotate": config.augment_rotate,
             "augment_scale": config.augment_scale, "seed": config.seed, "dataset": config.data.dataset}
+    return {name: str(value) if isinstance(value, int) else value for name, value in settings.items()}
 
 
 def describe(config: TrainConfig, strategy, start: int, log_dir: str | None) -> str:

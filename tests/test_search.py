@@ -32,7 +32,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from conftest import ROOT, assert_one_line_error, hparams, scalars, tiny_config
 from test_sweep import wait_for
 from mnist_dnn.lib.core import evaluation
-from mnist_dnn.lib.experiments import reports, search, studies, trials
+from mnist_dnn.lib.experiments import reports, roots, search, studies, trials
 from mnist_dnn.lib.config import ConfigError, ModelConfig
 from mnist_dnn.lib.core.run_dir import RunDir
 from mnist_dnn.lib.trainer.training import TrainResult
@@ -379,6 +379,34 @@ def test_the_report_of_a_root_ranks_the_trials_other_roots_trained_from_what_the
     labels = [line.get_label() for line in figures[0].axes[0].get_lines()]
     assert labels == ["trial-0001, learning_rate=0.02", "trial-0000, learning_rate=0.01",
                       "trial-0002, learning_rate=0.03"]
+
+
+@pytest.mark.parametrize("finished", [3, 10])
+def test_the_importance_plot_says_when_it_rests_on_fewer_than_10_finished_trials(finished, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    space = [parse("learning_rate=loguniform:1e-3:1e-1"), parse("dropout=uniform:0:0.5")]
+    config = start_study(tmp_path, space)
+    study = studies.load_from_root(config.root)
+    rng = np.random.default_rng(0)
+    distributions = {"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
+                     "dropout": optuna.distributions.FloatDistribution(0, 0.5)}
+    for number in range(finished + 2):  # and two pruned trials, which do not count
+        learning_rate, dropout = 10 ** rng.uniform(-3, -1), rng.uniform(0, 0.5)
+        state = optuna.trial.TrialState.COMPLETE if number < finished else optuna.trial.TrialState.PRUNED
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=0.9 - dropout / 10 if state.name == "COMPLETE" else None,
+            params={"learning_rate": learning_rate, "dropout": dropout}, distributions=distributions,
+            intermediate_values={10: 0.5}))
+    figures, said = [], []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert studies.plot(study, config.root, said.append) == [str(tmp_path / n) for n in roots.STUDY_PLOTS]
+    importances = figures[1].axes[0].get_title()
+    caveat = "param_importances.png: from 3 finished trials only: a rough guide until 10 or more"
+    assert said == ([caveat] if finished < 10 else [])
+    assert ("(from 3 finished trials only" in importances) == (finished < 10), importances
+    assert "from" not in figures[0].axes[0].get_title()  # the history shows every trial as it is
 
 
 # --- The tool in subprocesses: a SIGKILLed search resumed by two searches at once; PostgreSQL. ---

@@ -409,6 +409,17 @@ def test_the_importance_plot_says_when_it_rests_on_fewer_than_10_finished_trials
     assert "from" not in figures[0].axes[0].get_title()  # the history shows every trial as it is
 
 
+def test_the_search_extra_brings_what_the_plots_extra_does():
+    """The report's pictures needed a second extra (issue 36, item 5): `[search]` holds every requirement of `[plots]`."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    extras = {name: {line.strip() for line in value.splitlines() if line.strip() and not line.strip().startswith("#")}
+              for name, value in setup["options.extras_require"].items()}
+    assert extras["plots"] and extras["plots"] <= extras["search"], extras
+
+
 # --- The tool in subprocesses: a SIGKILLed search resumed by two searches at once; PostgreSQL. ---
 
 def search_command(base, root, *extra):

@@ -168,9 +168,9 @@ def test_a_cnn_run_records_its_filters_graph_hparams_and_diagnostics(tiny_data, 
     run = event_accumulator.EventAccumulator(str(tmp_path / "logs"))
     run.Reload()
     assert {"Conv2D", "MaxPool", "Relu", "MatMul"} <= {node.op for node in run.Graph().node}
-    diagnosed = event_accumulator.EventAccumulator(str(tmp_path / "logs" / "diagnostics"), size_guidance={"tensors": 0})
+    diagnosed = event_accumulator.EventAccumulator(str(tmp_path / "logs"), size_guidance={"tensors": 0})
     diagnosed.Reload()
-    tags = set(diagnosed.Tags()["tensors"])
+    tags = {t.removeprefix("diagnostics/") for t in diagnosed.Tags()["tensors"] if t.startswith("diagnostics/")}
     kernels = [v for v in tags if v.startswith("weights/") and v.endswith("kernel")]
     assert len(kernels) == 4 and {"confusion_matrix", "misclassified"} <= tags, tags
 

@@ -126,17 +126,19 @@ def write_csv(path: str, names: list[str], rows: list[Row]) -> None:
     files.write_text(path, text.getvalue())
 
 
-def read_scalars(event_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a scalar summary (stored as tensors) in a run's event files."""
+def read_scalars(logs: str, part: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a scalar summary (stored as tensors) of a run's part (train, validation): `part/tag` in
+    its logs/, and `tag` in logs/part/, where runs before 2026-12 wrote it (a run resumed since has both)."""
     from tensorboard.backend.event_processing import event_accumulator
 
-    if not os.path.isdir(event_dir):
-        return np.zeros(0, int), np.zeros(0)
-    acc = event_accumulator.EventAccumulator(event_dir, size_guidance={event_accumulator.TENSORS: 0})
-    acc.Reload()
-    if tag not in acc.Tags()["tensors"]:
-        return np.zeros(0, int), np.zeros(0)
-    by_step = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}  # a resume rewrites steps
+    by_step = {}
+    for event_dir, name in ((os.path.join(logs, part), tag), (logs, f"{part}/{tag}")):
+        if not os.path.isdir(event_dir):
+            continue
+        acc = event_accumulator.EventAccumulator(event_dir, size_guidance={event_accumulator.TENSORS: 0})
+        acc.Reload()
+        if name in acc.Tags()["tensors"]:  # a resume rewrites steps: the last value of each
+            by_step.update({e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(name)})
     steps = np.array(sorted(by_step), int)
     return steps, np.array([by_step[s] for s in steps])
 
@@ -154,8 +156,8 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
     for row in rows:
         logs = os.path.join(roots.run_dir(root, row.name), roots.LOGS_DIR)
         label = ", ".join(row.name if row.params[n] == row.name else f"{n}={row.params[n]}" for n in names)
-        line, = left.plot(*read_scalars(os.path.join(logs, "validation"), "accuracy"), marker=".", label=label)
-        right.plot(*read_scalars(os.path.join(logs, "train"), "loss"), color=line.get_color(), label=label)
+        line, = left.plot(*read_scalars(logs, "validation", "accuracy"), marker=".", label=label)
+        right.plot(*read_scalars(logs, "train", "loss"), color=line.get_color(), label=label)
     left.set(title="validation accuracy", xlabel="step")
     right.set(title="training loss", xlabel="step", yscale="log")
     for axes in (left, right):

@@ -247,7 +247,7 @@ class TrainConfig:
     early_stopping_patience: int = setting(0, "Stop after this many evaluations (--eval_every) without a better "
                                            "validation accuracy; 0: off.")
     diagnostics: bool = setting(True, "At each evaluation, write weight and gradient histograms, gradient norms, "
-                                "a confusion matrix and misclassified digits to <log_dir>/diagnostics.")
+                                "a confusion matrix and misclassified digits to <log_dir> (tags diagnostics/...).")
     jit_compile: bool | None = setting(None, "Train with an XLA-compiled loop over the split in memory (the default on one "
                                        "device); --nojit_compile uses the tf.data pipeline, as several devices do.")
 

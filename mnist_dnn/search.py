@@ -55,7 +55,7 @@ def check_root(config: search.SearchConfig) -> None:
         raise ConfigError("root", f"{config.root} is a file; pass a folder for the search's trials")
     if studies.is_search_root(config.root):
         stored = studies.read_root(config.root)
-        if studies.holds_another_study(stored, config):
+        if {**stored, "storage": studies.without_password(stored.get("storage"))} != studies.root_description(config):
             where = studies.shown(stored.get("storage") or f"its {roots.STUDY_FILE}")
             raise ConfigError("root", f"{config.root} holds the trials of another study ({stored['study_name']} in "
                               f"{where}); pass another --root")

@@ -40,32 +40,26 @@ def check_storage_url(url: str) -> None:
                           "workers could not share it; name a file (sqlite:///path/study.db), or leave `storage` out")
 
 
-def _parsed(url: str):
+def shown(url: str | None, masked: bool = True) -> str | None:
+    """The URL with *** for its password, for messages; not `masked`: left out, as search.json keeps it."""
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url)
-    except Exception:  # noqa: BLE001 (a URL that does not parse is shown as given)
-        return None
-
-
-def shown(url: str) -> str:
-    """The URL with *** for its password, for messages."""
-    parsed = _parsed(url)
-    return parsed.render_as_string(hide_password=True) if parsed else url
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 (None, or a URL that does not parse, is shown as given)
+        return url
+    return (parsed if masked else parsed._replace(password=None)).render_as_string(hide_password=True)
 
 
 def without_password(url: str | None) -> str | None:
-    """The URL as it is written to disk (search.json): its password left out."""
-    parsed = url and _parsed(url)
-    return parsed._replace(password=None).render_as_string(hide_password=False) if parsed else url
+    return shown(url, masked=False)
 
 
 def connect_url(url: str) -> str:
     """The URL to connect with: `url`, or the environment's STORAGE_ENV when that is `url` with a password (else
     the driver finds one in ~/.pgpass, or connects without)."""
-    given, parsed = os.environ.get(STORAGE_ENV), _parsed(url)
-    if given and parsed and parsed.password is None and without_password(given) == without_password(url):
+    given = os.environ.get(STORAGE_ENV)
+    if given and shown(url) == without_password(url) == without_password(given):
         return given
     return url
 
@@ -182,26 +176,18 @@ def root_description(config: search.SearchConfig) -> dict:
     return {"study_name": config.study_name, "storage": without_password(config.storage)}
 
 
-def holds_another_study(stored: dict, config: search.SearchConfig) -> bool:
-    return {**stored, "storage": without_password(stored.get("storage"))} != root_description(config)
-
-
 def record_root(config: search.SearchConfig, say=print) -> None:
-    """root/search.json names the study, for the report; a root holds one study only. One written before the
-    password was left out is written again without it."""
+    """root/search.json names the study, for the report (the search refused a root of another study first). One
+    written before the password was left out is written again without it."""
     path = os.path.join(config.root, roots.SEARCH_FILE)
-    if os.path.exists(path):
-        stored = read_root(config.root)
-        if holds_another_study(stored, config):
-            raise UsageError(f"{config.root} holds the trials of another study ({stored.get('study_name')} in "
-                             f"{shown(stored.get('storage') or 'its ' + roots.STUDY_FILE)}); pass another `root`")
-        if stored != root_description(config):
-            files.write_json(path, root_description(config))
-            say(f"{path} held the storage's password: written again without it (give it in `storage`, "
-                f"{STORAGE_ENV} or ~/.pgpass)")
+    rewrite = os.path.exists(path)
+    if rewrite and read_root(config.root) == root_description(config):
         return
     os.makedirs(config.root, exist_ok=True)
     files.write_json(path, root_description(config))
+    if rewrite:
+        say(f"{path} held the storage's password: written again without it (give it in `storage`, {STORAGE_ENV} or "
+            "~/.pgpass)")
 
 
 def read_root(root: str) -> dict:

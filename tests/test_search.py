@@ -361,7 +361,8 @@ def test_the_report_of_a_root_ranks_the_trials_other_roots_trained_from_what_the
     for number, values in reported.items():
         state = optuna.trial.TrialState.PRUNED if number == 2 else optuna.trial.TrialState.COMPLETE
         study.add_trial(optuna.trial.create_trial(
-            state=state, value=None if number == 2 else max(values.values()), params={"learning_rate": 0.01 * (number + 1)},
+            state=state, value=None if number == 2 else max(values.values()),
+            params={"learning_rate": 0.01 * (number + 1)},
             distributions=distributions, intermediate_values=values,
             user_attrs={"folder": f"trial-000{number}", "host": f"host-{number}", "root": f"/runs/{number}"}))
     names, rows = reports.collect(config.root)
@@ -410,7 +411,7 @@ def test_the_importance_plot_says_when_it_rests_on_fewer_than_10_finished_trials
 
 
 def test_the_search_extra_brings_what_the_plots_extra_does():
-    """The report's pictures needed a second extra (issue 36, item 5): `[search]` holds every requirement of `[plots]`."""
+    """The report's pictures needed a second extra (issue 36, item 5): `[search]` holds all that `[plots]` does."""
     import configparser
 
     setup = configparser.ConfigParser()

@@ -491,7 +491,8 @@ def test_serving_a_litert_model_prints_no_line_of_litert(exported, tmp_path):
     exporting.export_litert(exported["models"][1], str(tmp_path / "mnist_litert"))
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the tool's default
     process = subprocess.Popen([sys.executable, "-m", "mnist_dnn.serve", f"--model_dir={tmp_path / 'mnist_litert'}",
-                                "--port=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                                "--port=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               env=env)
     try:
         line = process.stdout.readline()
         assert line.startswith("Serving mnist version 1"), line

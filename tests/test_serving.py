@@ -632,5 +632,5 @@ def test_writing_test_digits_prints_no_line_of_tensorflow(real_data, tmp_path):
                       cwd=ROOT)
     assert written.returncode == 0 and written.stderr == "", written.stderr
     assert written.stdout.count("Wrote ") == 2
-    classified = run_cli("predict", "--rest_request=" + str(tmp_path / "r.json"), str(tmp_path / "test-0.png"), cwd=ROOT)
+    classified = run_cli("predict", f"--rest_request={tmp_path / 'r.json'}", str(tmp_path / "test-0.png"), cwd=ROOT)
     assert classified.returncode == 0, classified.stderr  # a file predict reads

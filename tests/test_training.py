@@ -107,7 +107,8 @@ def test_one_training_is_one_run_in_tensorboard_with_its_parts_as_tag_prefixes(t
     assert list(board.Runs()) == [os.path.join("run", "logs")]
     tags = board.Runs()[os.path.join("run", "logs")]["tensors"]
     assert {"train/loss", "train/accuracy", "train/learning_rate", "validation/loss", "validation/accuracy",
-            "diagnostics/gradient_norm/global", "diagnostics/confusion_matrix", "_hparams_/session_start_info"} <= set(tags)
+            "diagnostics/gradient_norm/global", "diagnostics/confusion_matrix",
+            "_hparams_/session_start_info"} <= set(tags)
     assert len(glob.glob(str(tmp_path / "run" / "logs" / "*tfevents*"))) == 1  # TensorBoard follows one file a folder
 
 

@@ -72,10 +72,11 @@ def collect(root: str, data_dir=None, idx_dir=None, say=print) -> tuple[list[str
         sweep = sweeps.load(root)
         names, runs = list(sweep["grid"]), sweep["runs"]
     load_once = functools.lru_cache(maxsize=None)(functools.partial(data.load_splits, say=say))  # one dataset for all
-    rows = [Row(r["name"], r["params"], r["status"], **r["reported"], host=r["host"], folder=r["folder"])
+    where = lambda r: dict(host=r.get("host"), folder=r.get("folder"))  # noqa: E731 (a search's trial)
+    rows = [Row(r["name"], r["params"], r["status"], **r["reported"], **where(r))
             if "reported" in r else  # a trial of the study whose folder is on another root: what the study holds
-            dataclasses.replace(collect_row(root, r["name"], r["params"], data_dir, idx_dir, load_once, r.get("status")),
-                                host=r.get("host"), folder=r.get("folder")) for r in runs]
+            dataclasses.replace(collect_row(root, r["name"], r["params"], data_dir, idx_dir, load_once,
+                                            r.get("status")), **where(r)) for r in runs]
     rows.sort(key=lambda r: -r.best_accuracy if r.best_accuracy is not None else math.inf)
     return names, rows
 

@@ -15,6 +15,7 @@ from mnist_dnn.lib.errors import DataError, UsageError, first_line
 
 INSTALL_HINT = "the search needs Optuna: pip install -e '.[search]' (in a checkout; or 'mnist-dnn-course[search]')"
 STORAGE_ENV = "MNIST_DNN_STORAGE"  # the storage URL with its password, which no file holds
+FEW_TRIALS = 10  # parameter importances from fewer finished trials say so
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting", "FAIL": "failed"}
 
 
@@ -269,6 +270,7 @@ def plot(study, root: str, say) -> list[str]:
     written = []
     if best(study) is None:
         return written
+    finished = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
     for name, draw in drawings.items():
         try:
             with warnings.catch_warnings():
@@ -277,6 +279,10 @@ def plot(study, root: str, say) -> list[str]:
         except (ValueError, RuntimeError) as e:  # too few finished trials, or a single-valued space
             say(f"No {name}: {first_line(e)}")
             continue
+        if draw is plots.plot_param_importances and finished < FEW_TRIALS:
+            caveat = f"from {finished} finished trials only: a rough guide until {FEW_TRIALS} or more"
+            axes.set_title(f"{axes.get_title()}\n({caveat})")
+            say(f"{name}: {caveat}")
         path = os.path.join(root, name)
         axes.figure.set_size_inches(8, 5)
         axes.figure.tight_layout()

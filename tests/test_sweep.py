@@ -250,10 +250,10 @@ def test_training_writes_image_and_histogram_diagnostics(swept):
     assert any(t.startswith("weights/") for t in tags) and any(t.startswith("gradients/") for t in tags)
     assert acc.SummaryMetadata("diagnostics/misclassified").plugin_data.plugin_name == "images"
     assert [e.step for e in acc.Tensors("diagnostics/confusion_matrix")][-1] == 200
-    width, height, png = tf.make_ndarray(acc.Tensors("confusion_matrix")[-1].tensor_proto)
+    width, height, png = tf.make_ndarray(acc.Tensors("diagnostics/confusion_matrix")[-1].tensor_proto)
     assert tf.io.decode_png(png).shape == (int(height), int(width), 3) == (196, 188, 3)
-    event = acc.Tensors("misclassified")[-1]
-    shown = acc.SummaryMetadata("misclassified").summary_description.split(": ")[1].split(", ")
+    event = acc.Tensors("diagnostics/misclassified")[-1]
+    shown = acc.SummaryMetadata("diagnostics/misclassified").summary_description.split(": ")[1].split(", ")
     assert 0 < len(shown) <= diagnostics.MAX_MISCLASSIFIED and all("->" in s for s in shown)
     assert tf.io.decode_png(tf.make_ndarray(event.tensor_proto)[2]).shape[2] == 3
 

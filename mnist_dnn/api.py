@@ -1,40 +1,34 @@
-"""The Python API: train, evaluate and export a model, and classify images, with no flags (docs/python.md).
+"""The Python API: train, evaluate and export a model, and classify images, with no flags (docs/python.md). `import
+mnist_dnn` offers these names lazily. Settings are named as the tools' flags, and go through the same function from text
+to a config (`settings.build`) and the same checks. TensorFlow is imported by the first call that needs it, not by
+importing this module."""
 
-`import mnist_dnn` offers these names lazily. Settings are named as the tools' flags, and go
-through the same function from text to a config (`settings.build`) and the same checks.
-TensorFlow is imported by the first call that needs it, not by importing this module.
-"""
+import functools
+import sys
 
-import os
+from absl import flags
 
-from mnist_dnn.cli import command_line
-from mnist_dnn.lib import settings
-from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, IDX_DIR_ENV, DatasetIdxDir, EvaluateConfig, ExportConfig,
-                                  TrainConfig)
+from mnist_dnn.cli import app as cli, command_line
+from mnist_dnn.lib import onednn, settings
+from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, EvaluateConfig, ExportConfig,  # noqa: F401 (the tools' configs)
+                                  PredictConfig, RestoreConfig, TrainConfig)
 from mnist_dnn.lib.errors import UsageError
 
 
 def preset(name: str, **changes) -> TrainConfig:
-    """The shipped configs/NAME.cfg as a TrainConfig, with `changes` (named as flags) on top."""
-    path = command_line.configs_dir() / f"{name}.cfg"
-    if not path.is_file():
+    """The shipped configs/NAME.cfg as a TrainConfig, read as the tools read it, with `changes` (named as flags) on top."""
+    if name not in command_line.preset_names():
         raise UsageError(f"no preset {name!r}; choose one of: {', '.join(command_line.preset_names())}")
-    given = {}
-    for line in command_line.flagfile_text(str(path)).splitlines():  # checked as a flagfile is
-        flag = line.split("#", 1)[0].strip().removeprefix("--")
-        key, has_value, value = flag.partition("=")
-        if has_value:
-            given[key] = value
-        elif flag:  # a boolean: --name or --noname
-            given[flag.removeprefix("no") if flag.startswith("no") else flag] = not flag.startswith("no")
-    return config(**{**given, **changes})
+    values = flags.FlagValues()
+    cli.define_config_flags(TrainConfig, flag_values=values)
+    others = values(["", *command_line.read_flagfiles([command_line.preset_flagfile(name)], values)], known_only=True)
+    given = {flag: values[flag].value for flag in values if values[flag].present}
+    return config(**{**dict.fromkeys(arg.lstrip("-").partition("=")[0] for arg in others[1:]), **given, **changes})
 
 
 def config(**changes) -> TrainConfig:
-    """A TrainConfig from settings named as flags (model="cnn", hidden_units=(256, 128), max_steps=500, ...).
-
-    Without `idx_dir`, the MNIST IDX files of $MNIST_DNN_IDX_DIR are used if it is set, as the tools do.
-    """
+    """A TrainConfig from settings named as flags (model="cnn", hidden_units=(256, 128), max_steps=500, ...). Without
+    `idx_dir`, the MNIST IDX files of $MNIST_DNN_IDX_DIR are used if it is set, as the tools do."""
     return _build(TrainConfig, changes)
 
 
@@ -47,11 +41,16 @@ def train(train_config: TrainConfig, say=print):
 
 def evaluate(ckpt_dir: str, **changes) -> dict:
     """The metrics of a run's latest checkpoint (`which="best"`, or `checkpoint=PATH`) on validation and test."""
-    from mnist_dnn.lib.core import evaluation
+    return evaluate_with(_tool_config(EvaluateConfig, ckpt_dir=ckpt_dir, **changes))
 
-    evaluate_config = _tool_config(EvaluateConfig, ckpt_dir=ckpt_dir, **changes)
+
+def evaluate_with(evaluate_config: EvaluateConfig, say=print) -> dict:
+    """`evaluate` and the evaluate tool: the report of `evaluation.evaluate_checkpoint`."""
+    from mnist_dnn.lib.core import data, evaluation
+
     return evaluation.evaluate_checkpoint(**vars(evaluate_config.restore), **vars(evaluate_config.data),
-                                          batch_size=evaluate_config.batch_size)
+                                          batch_size=evaluate_config.batch_size,
+                                          load_splits=functools.partial(data.load_splits, say=say))
 
 
 def export(ckpt_dir: str, export_dir: str, **changes) -> str:
@@ -68,10 +67,9 @@ def export_with(export_config: ExportConfig, say=print) -> tuple[str, str, int]:
     version_path(folder, export_config.version, export_format=export_config.format)  # refused before restoring
     model, run_config, checkpoint, step = checkpoints.restore_model(**vars(export_config.restore))
     checkpoints.check_dataset(checkpoint, run_config, export_config.data.dataset)
-    if export_config.format == "saved_model":
-        return exporting.export_model(model, folder, export_config.version), checkpoint, step
-    if export_config.format == "keras":
-        return exporting.export_keras(model, folder, export_config.version), checkpoint, step
+    if export_config.format != "litert":
+        export = {"saved_model": exporting.export_model, "keras": exporting.export_keras, "onnx": exporting.export_onnx}
+        return export[export_config.format](model, folder, export_config.version), checkpoint, step
     representative = None
     if export_config.quantize == "int8":  # calibrated on the training split of the checkpoint's dataset
         where = export_config.data
@@ -83,10 +81,20 @@ def export_with(export_config: ExportConfig, say=print) -> tuple[str, str, int]:
 
 
 def load_exported(path: str):
-    """An exported model (a SavedModel, a .tflite file, or a folder's latest version) as a `Classifier`."""
+    """An exported model (a SavedModel, a .tflite, .onnx or .keras file, or a folder's latest version) as a `Classifier`."""
     from mnist_dnn.lib.serve import classifier
 
     return classifier.Classifier(path)
+
+
+def use_onednn(choice: str = "auto") -> None:
+    """TensorFlow's oneDNN CPU kernels on, off, or `auto` as the tools choose them (lib/onednn.py).
+
+    Call it before TensorFlow is imported: TensorFlow reads the switch once, as it starts.
+    """
+    if "tensorflow" in sys.modules:
+        raise UsageError("use_onednn must be called before TensorFlow is imported: call it first in the program")
+    onednn.choose(choice)
 
 
 def _tool_config(config_class, **changes):
@@ -98,11 +106,4 @@ def _build(config_class, changes: dict):
     if unknown:
         raise UsageError(f"{', '.join(unknown)}: not a setting of {config_class.__name__} (the settings are named as "
                          "the tool's flags: python -m mnist_dnn.train --help)")
-    return settings.build(config_class, _offline_default(changes))
-
-
-def _offline_default(changes: dict) -> dict:
-    """`changes`, with the MNIST IDX files of $MNIST_DNN_IDX_DIR as `idx_dir` if it is set and none is given."""
-    if "idx_dir" in changes or not os.environ.get(IDX_DIR_ENV):
-        return changes
-    return {**changes, "idx_dir": DatasetIdxDir(os.environ[IDX_DIR_ENV], "mnist")}
+    return settings.build(config_class, {**changes, "idx_dir": settings.idx_dir(changes.get("idx_dir"))})

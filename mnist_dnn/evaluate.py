@@ -9,11 +9,10 @@ from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
-import functools
-
+from mnist_dnn import api
+from mnist_dnn.api import EvaluateConfig
 from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import EvaluateConfig
 
 cli.define_config_flags(EvaluateConfig, tool=__name__)
 cli.define_overwrite_flag("metrics_file")
@@ -31,19 +30,25 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_confusion_matrix(matrix: list[list[int]]) -> str:
+    """A text table: rows are the true class, columns the predicted class."""
+    width = max(5, len(str(max(max(row) for row in matrix))) + 1)
+    lines = ["rows: true class, columns: predicted class",
+             "     " + "".join(f"{c:>{width}}" for c in range(len(matrix)))]
+    lines += [f"{t:>5}" + "".join(f"{n:>{width}}" for n in row) for t, row in enumerate(matrix)]
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
-    from mnist_dnn.lib.core import data, evaluation  # after cli.run's quiet start-up: they import TensorFlow
-
     config = cli.tool_config(EvaluateConfig).validate()
     if config.metrics_file:
         cli.check_output_file("metrics_file", config.metrics_file, METRICS_KINDS)
-    report = evaluation.evaluate_checkpoint(**vars(config.restore), **vars(config.data), batch_size=config.batch_size,
-                                            load_splits=functools.partial(data.load_splits, say=cli.say))
+    report = api.evaluate_with(config, say=cli.say)
     print(format_report(report))
     if config.confusion_matrix:
         print("confusion matrix (test):")
-        print(evaluation.format_confusion_matrix(report["test"]["confusion_matrix"]))
+        print(format_confusion_matrix(report["test"]["confusion_matrix"]))
     if config.metrics_file:
         files.write_json(config.metrics_file, report)
 

@@ -1,4 +1,4 @@
-"""Export a checkpoint as a SavedModel version for TensorFlow Serving, or as a LiteRT file.
+"""Export a checkpoint as a SavedModel version for TensorFlow Serving, or as a LiteRT, Keras or ONNX file.
 
 Examples (write exports/mnist/1, then 2, ... on later exports; LiteRT: exports/mnist_litert/N/):
 
@@ -11,8 +11,8 @@ from mnist_dnn.cli import startup
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
 from mnist_dnn import api
+from mnist_dnn.api import ExportConfig
 from mnist_dnn.cli import app as cli
-from mnist_dnn.lib.config import ExportConfig
 
 cli.define_config_flags(ExportConfig, tool=__name__)
 

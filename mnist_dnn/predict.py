@@ -1,4 +1,4 @@
-"""Classify image files with an exported model (a SavedModel or a LiteRT file), or write a REST request for them.
+"""Classify image files with an exported model (a SavedModel, a LiteRT, ONNX or Keras file), or write a REST request for them.
 
 Example (the highest version in exports/mnist):
 

@@ -21,11 +21,9 @@ import sys
 
 from absl import flags
 
+from mnist_dnn.api import TrainConfig
 from mnist_dnn.cli import app as cli
-from mnist_dnn.lib import settings
-from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.experiments import sweeps
-from mnist_dnn.lib.errors import UsageError
 
 cli.define_train_flags()  # passed to each run
 flags.DEFINE_multi_string("grid", [], "An axis of the grid: NAME=V1,V2,... (repeat for more axes); "
@@ -47,17 +45,13 @@ def main(argv):
     del argv
     from mnist_dnn.lib.experiments import reports  # after cli.run's quiet start-up: it imports TensorFlow
 
-    if not FLAGS.root:
-        raise UsageError("--root is required: the folder of the sweep's runs, e.g. --root=runs/lr-width")
     sweeps.check_root(FLAGS.root)
     check = functools.partial(sweeps.check_value, "grid")
     axes = [sweeps.parse_axis(spec, sweeps.LIST_FLAGS, check) for spec in FLAGS.grid]
     sweeps.check_axes(axes)
     args = base_args({a.name for a in axes})
     runs = sweeps.expand(axes, sweeps.LIST_FLAGS)
-    base = cli.tool_settings(TrainConfig)
-    for run in runs:  # every combination passes train's own validation before anything is written
-        settings.build(TrainConfig, {**base, **run.params}).validate()
+    sweeps.check_runs(cli.tool_settings(TrainConfig), runs)  # before anything is written
     sweeps.record(FLAGS.root, sweeps.describe(axes, args, runs))
     print(f"Sweep of {len(runs)} runs in {FLAGS.root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}",
           flush=True)

@@ -17,9 +17,9 @@ import contextlib
 
 from absl import flags
 
+from mnist_dnn import api
 from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import BusyError, Error
 
 cli.define_train_flags()
@@ -30,13 +30,11 @@ RESULT_KINDS = (("step", "start_step", "checkpoint"), ("error", "exit_code"))
 
 def main(argv):
     del argv
-    from mnist_dnn.lib.trainer import training  # after cli.run's quiet start-up: it imports TensorFlow
-
     if FLAGS.result_file:  # (refused, it gets no error written into it)
         cli.check_output_file("result_file", FLAGS.result_file, RESULT_KINDS,
                               written=tuple(d for d in (FLAGS.ckpt_dir, FLAGS.export_dir) if d))
     try:
-        result = training.train(cli.tool_config(TrainConfig), say=cli.say)
+        result = api.train(cli.tool_config(api.TrainConfig), say=cli.say)
     except Error as e:
         if FLAGS.result_file:  # for programs that run this tool (the sweep): the error, machine-readable
             with contextlib.suppress(OSError):  # a full disk: the error itself says so

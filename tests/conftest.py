@@ -24,8 +24,10 @@ if os.environ.get("MNIST_DNN_TEST_XLA_CACHE") == "off":
     atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ["MNIST_DNN_XLA_CACHE"] = str(_XLA_CACHE)
 from mnist_dnn.cli import startup  # noqa: E402 (imports no TensorFlow)
+from mnist_dnn.lib import onednn  # noqa: E402
 
 startup.use_xla_cache()  # as the tools do first: TensorFlow reads the flag when it starts
+onednn.choose("auto")  # the kernels the tools choose (test_onednn runs the guards on the others too)
 
 import numpy as np
 import pytest

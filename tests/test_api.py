@@ -17,7 +17,7 @@ from mnist_dnn.lib.errors import UsageError
 
 
 def test_a_preset_is_its_flagfile_with_the_settings_given_on_top():
-    config = mnist_dnn.preset("fast", max_steps=20, hidden_units=(64, 32))  # configs/fast.cfg, read here by hand
+    config = mnist_dnn.preset("fast", max_steps=20, hidden_units=(64, 32))  # configs/fast.cfg, read as a flagfile
     assert (config.model.name, config.optimizer, config.learning_rate, config.lr_schedule, config.batch_size,
             config.eval_every, config.ckpt_dir) == ("dense", "adam", 0.001, "cosine", 16, 3438, "checkpoints/fast")
     assert (config.max_steps, config.model.hidden_units) == (20, (64, 32))
@@ -66,6 +66,19 @@ def test_an_export_classifies_a_numpy_batch_as_its_model_does(tmp_path):
     assert [p.digit for p in classify(images)] == expected.tolist()  # a [N, 28, 28] batch
     assert [p.digit for p in classify(list(images[..., np.newaxis]))] == expected.tolist()  # a list of [28, 28, 1]
     assert classify(np.zeros((0, 28, 28), np.uint8)) == []
+
+
+def test_read_scalars_gives_the_steps_and_values_a_run_logged(tmp_path):
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(tmp_path / "validation"))
+    with writer.as_default():
+        for step, value in ((430, 0.5), (860, 0.75), (430, 0.25)):  # a resumed run logs step 430 again
+            tf.summary.scalar("accuracy", value, step=step)
+    writer.close()
+    steps, values = mnist_dnn.read_scalars(str(tmp_path / "validation"), "accuracy")
+    assert (steps.tolist(), values.tolist()) == ([430, 860], [0.25, 0.75])
+    assert [a.size for a in mnist_dnn.read_scalars(str(tmp_path / "validation"), "loss")] == [0, 0]
 
 
 def python_block() -> str:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import stat
 import struct
+import sys
 import zlib
 
 import pytest
@@ -268,8 +269,12 @@ EXPORT = [
                                                               "export, not a training run's folder; read it with predict"),
     (["--ckpt_dir={run}", "--export_dir={run}"], 2, "--export_dir {run} is a training run's folder"),
     (["--ckpt_dir={run}", "--export_dir={nest}/best"], 2, "--export_dir {nest}/best is a training run's folder"),
-    # issue 36: a Keras model into a folder of SavedModel and LiteRT versions
+    # issue 36: a Keras or ONNX model into a folder of SavedModel and LiteRT versions; an ONNX version that exists
     (["--ckpt_dir={run}", "--export_dir={export}", "--format=keras"], 2, "--export_dir {export} holds"),
+    (["--ckpt_dir={run}", "--export_dir={export}", "--format=onnx"], 2, "--export_dir {export} holds"),
+    (["--ckpt_dir={run}", "--export_dir={onnx_exports}", "--format=onnx", "--version=1"], 2,
+     "{onnx_exports}/1 already exists; pass another --version"),
+    (["--ckpt_dir={run}", "--export_dir={onnx_exports}"], 2, "--export_dir {onnx_exports} holds onnx versions"),
 ]
 INSPECT = [
     (["--ckpt_dir={tmp}/nothing"], 1, "does not exist"),
@@ -289,6 +294,9 @@ PREDICT = [
     (["--model_dir={tmp}/nothing"], 2, "no image files given"),
     (["--model_dir={tmp}/nothing", "{file}"], 2, "--model_dir"),
     (["--model_dir={tmp}", "{file}"], 2, "neither a SavedModel"),
+    # issue 36: an ONNX or Keras file that is not one
+    (["--model_dir={onnx_exports}", "{digit}"], 2, "{onnx_exports}/1/model.onnx is not an ONNX model of mnist_dnn"),
+    (["--model_dir={keras_file}", "{digit}"], 2, "{keras_file} is not a Keras model of mnist_dnn"),
     # issue 27 (and 26, item 7): a preset is a set of training flags
     (["--preset=fast", "{file}"], 2, "--preset=fast is a set of training flags, for train, sweep and search only"),
     # issue 27: an output file that is not the tool's to write
@@ -305,7 +313,7 @@ PREDICT = [
 SERVE = [  # start-up errors: the server never starts serving
     (["--model_dir={tmp}/nothing"], 1, "{tmp}/nothing does not exist"),
     (["--model_dir={tmp}"], 1, "holds no model"),
-    (["--model_dir={file}"], 1, "cannot load the LiteRT file {file}"),
+    (["--model_dir={file}"], 2, "{file} is not a LiteRT model of mnist_dnn"),
     (["--model_dir={tmp}/nothing", "--port=70000"], 2, "--port must be a whole number from 0 to 65535"),
     (["--port=http"], 2, "port"),
     (["--model_name=a/b"], 2, "--model_name must be letters, digits"),
@@ -487,7 +495,7 @@ INPUTS = [
     ("predict", ["--rest_signature=predict_flat", "{digit}"], 2, "--rest_signature"),
     ("predict", ["--model_dir={fifo}", "{digit}"], 2, "--model_dir {fifo} is neither a SavedModel"),
     ("predict", ["--model_dir={device}", "{digit}"], 2, "--model_dir {device} is neither a SavedModel"),
-    ("export", ["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--format=onnx"], 2, "--format"),
+    ("export", ["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--format=tflite"], 2, "--format"),
     ("export", ["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--quantize=int4"], 2, "--quantize"),
     ("export", ["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--quantize=int8"], 2,
      "--quantize applies to --format=litert only"),
@@ -521,7 +529,13 @@ CASES = ([("train", args, code, fragment, None) for args, code, fragment in TRAI
                        "--max_steps=40"], 1, "all 2 checkpoints in {run} are damaged", damage)
             for damage in ("every checkpoint zeroed", "every checkpoint truncated")]
          + [(tool, args, 2, fragment, None) for tool, args, fragment in SPECIAL_OUTPUTS]
-         + [(tool, args, code, fragment, None) for tool, args, code, fragment in INPUTS])
+         + [(tool, args, code, fragment, None) for tool, args, code, fragment in INPUTS]
+         # issue 36: an extra that is not installed (its import fails)
+         + [("export", ["--ckpt_dir={run}", "--export_dir={tmp}/exports", "--format=onnx"], 2,
+             'ONNX exports need the onnx extra: pip install -e ".[onnx]"', "no tf2onnx"),
+            ("predict", ["--model_dir={onnx_exports}", "{digit}"], 2, 'needs onnxruntime: pip install -e ".[onnx]"',
+             "no onnxruntime")])
+MISSING_MODULES = {"no tf2onnx": "tf2onnx", "no onnxruntime": "onnxruntime"}  # damage: the import made to fail
 
 
 def _write(path, content):
@@ -586,6 +600,12 @@ def _make_inputs(tmp_path, places: dict, args: list[str]) -> None:
         if f"{{{name}}}" in named:
             _write(places[name], content)
     places["sparse"], places["socket"] = str(tmp_path / "sparse.png"), str(tmp_path / "socket")
+    places["onnx_exports"], places["keras_file"] = str(tmp_path / "onnx_exports"), str(tmp_path / "model.keras")
+    if "{onnx_exports}" in named:  # version 1: a file named as an ONNX export, which is none
+        os.makedirs(f"{places['onnx_exports']}/1")
+        _write(f"{places['onnx_exports']}/1/model.onnx", b"not an ONNX model")
+    if "{keras_file}" in named:
+        _write(places["keras_file"], b"not a Keras model")
     if "{sparse}" in named:
         os.truncate(os.open(places["sparse"], os.O_CREAT | os.O_WRONLY), config.MAX_IMAGE_BYTES + 1)
     if "{socket}" in named:
@@ -655,8 +675,10 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
         _write(f"{places['export']}/2/model.tflite", b"a LiteRT model")
     if any("{run}" in a for a in args):
         shutil.copytree(trained, places["run"])
-        if damage:
+        if damage in PREPARE:
             PREPARE[damage](places["run"])
+    if damage in MISSING_MODULES:
+        monkeypatch.setitem(sys.modules, MISSING_MODULES[damage], None)
     if any("{runlogs}" in a for a in args) or any("{run}/.." in a for a in args):
         shutil.copytree(os.path.join(os.path.dirname(trained), "logs"), places["runlogs"])
         shutil.copytree(places["runlogs"], tmp_path, dirs_exist_ok=True)  # {run}/..: the run's parent as a log folder
@@ -721,5 +743,5 @@ def test_a_second_run_that_loads_the_cached_loop_prints_nothing_on_stderr(log_le
         result = run_cli("train", "--max_steps=20", "--log_every=10", "--eval_every=20", f"--data_dir={tiny_data.data_dir}",
                          f"--ckpt_dir={tmp_path / run}", f"--log_dir={tmp_path / run / 'logs'}", cwd=ROOT, env_extra=env)
         assert result.returncode == 0 and result.stderr == "", result.stderr
-        programs.append(sorted(os.listdir(tmp_path / "xla" / startup.cpu_key())))
+        programs.append(sorted(os.listdir(tmp_path / "xla" / startup.cache_key())))
     assert programs[0] and programs[1] == programs[0]  # the second run compiled nothing new

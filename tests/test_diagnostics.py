@@ -45,3 +45,44 @@ def test_histograms_and_gradient_norms_match_numpy_on_a_fixed_logistic_regressio
     shown = acc.SummaryMetadata("diagnostics/misclassified").summary_description.split(": ")[1].split(", ")
     wrong = np.flatnonzero(logits.argmax(1) != labels[: diagnostics.GRADIENT_BATCH])
     assert shown[0] == f"{labels[wrong[0]]}->{logits[wrong[0]].argmax()}"
+
+
+def test_the_confusion_image_has_the_matrix_and_labelled_axes():
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(0, 50, (10, 10)) + np.diag(rng.integers(500, 900, 10))
+    image = diagnostics.confusion_image(matrix.tolist())
+    top, left, cell = diagnostics.MATRIX_TOP, diagnostics.MATRIX_LEFT, 16
+    assert image.shape == (top + 160 + 4, left + 160 + 4, 3)
+    expected = np.sqrt(matrix / matrix.sum(axis=1, keepdims=True))
+    cells = image[top : top + 160, left : left + 160, 0]
+    np.testing.assert_allclose(cells[::cell, ::cell], expected, rtol=1e-6)
+    np.testing.assert_allclose(cells[cell - 1 :: cell, cell - 1 :: cell], expected, rtol=1e-6)
+    green = (image[..., 1] > 0.9) & (image[..., 0] < 0.5)
+    red = (image[..., 0] > 0.9) & (image[..., 1] < 0.5)
+    assert not (green | red)[top : top + 160, left : left + 160].any()  # the labels stay in the margin
+    h, w = diagnostics.GLYPH_HEIGHT, diagnostics.GLYPH_WIDTH
+    for c in range(10):  # row numbers left of the matrix (green), column numbers above it (red)
+        row_label = green[top + c * cell + (cell - h) // 2 :][:h, left - 4 - w : left - 4]
+        column_label = red[top - 4 - h : top - 4, left + c * cell + (cell - w) // 2 :][:, :w]
+        np.testing.assert_array_equal(row_label, diagnostics.glyph(c))
+        np.testing.assert_array_equal(column_label, diagnostics.glyph(c))
+    t = np.array([[1, 1, 1], [0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0]], bool).repeat(2, 0).repeat(2, 1)
+    np.testing.assert_array_equal(diagnostics.glyph("T"), t)
+    title = red[4 : 4 + h].any(axis=0)
+    assert np.flatnonzero(np.diff(title.astype(int)) == 1).size == len("PREDICTED")  # 9 separate letters
+    true_title = green[top : top + 160, 4 : 4 + w].any(axis=1)
+    assert np.flatnonzero(np.diff(true_title.astype(int)) == 1).size == len("TRUE")
+    np.testing.assert_array_equal(green[top:, 4 : 4 + w][np.flatnonzero(true_title)[0]:][:h], t)
+
+
+
+def test_misclassified_grid_draws_true_and_predicted_digits():
+    images = np.zeros((5, 784), np.float32)
+    labels, predictions = np.array([1, 2, 3, 4, 5]), np.array([1, 7, 3, 0, 5])
+    grid, names = diagnostics.misclassified_grid(images, labels, predictions)
+    assert names == ["2->7", "4->0"]
+    tile = grid[1:-1, 1:31 - 1]  # first tile inside its frame: the digit, then the label strip
+    strip = tile[30:42]
+    green, red = strip[..., 1] > strip[..., 0], strip[..., 0] > strip[..., 1]
+    np.testing.assert_array_equal(green[:, 4:10][:10], diagnostics.glyph(2))
+    np.testing.assert_array_equal(red[:, 18:24][:10], diagnostics.glyph(7))

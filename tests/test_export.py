@@ -11,6 +11,7 @@ import zipfile
 
 import keras
 import numpy as np
+import onnxruntime
 import pytest
 import tensorflow as tf
 
@@ -369,6 +370,51 @@ def test_keras_exports_score_the_test_set_as_their_checkpoints_in_a_fresh_proces
         np.testing.assert_allclose(softmax(logits[f"arr_{i}"]), softmax(want), rtol=0, atol=1e-6, err_msg=name)
 
 
+# --- ONNX (issue 36) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_onnxruntime_answers_as_the_keras_model(tiny_data, tmp_path, name):
+    """Keras' ONNX export of every model kind, run by onnxruntime itself, against numpy's softmax of the logits."""
+    model = models.create_model(keras_model_config(name, dropout=0.5 if name in ("dense", "cnn") else 0.0), seed=3)
+    path = exporting.export_onnx(model, str(tmp_path / "exports"))
+    assert path == str(tmp_path / "exports" / "1" / "model.onnx") and os.listdir(tmp_path / "exports") == ["1"]
+    assert export_dir.exported_model(str(tmp_path / "exports")) == "ONNX versions 1"
+    pixels = data.load_splits(tiny_data)["test"].images.numpy()[:64].reshape(-1, 28, 28, 1)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    classes, probabilities = session.run(["classes", "probabilities"], {"images": pixels})
+    expected = softmax(np.asarray(model(pixels.reshape(-1, 784).astype(np.float32) / 255.0, training=False)))
+    np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(classes, expected.argmax(axis=1))
+
+
+def test_predict_reads_onnx_and_keras_exports_as_the_saved_model(tiny_run, tiny_data, tmp_path):
+    ckpt, exports = f"--ckpt_dir={tiny_run[0] / 'ckpt'}", tmp_path / "exports"
+    for export_format in ("saved_model", "onnx", "onnx", "keras"):
+        exported = call_tool("export", ckpt, f"--export_dir={exports / export_format}", f"--format={export_format}")
+        assert exported.returncode == 0 and not exported.stderr, exported.stderr
+    assert sorted(os.listdir(exports / "onnx")) == ["1", "2"] and os.listdir(exports / "onnx" / "2") == ["model.onnx"]
+    before = tree(exports)
+    assert_one_line_error(call_tool("export", ckpt, f"--export_dir={exports / 'onnx'}", "--format=onnx", "--version=2"),
+                          2, f"{exports / 'onnx' / '2'} already exists")
+    assert tree(exports) == before
+    test = data.load_splits(tiny_data)["test"]
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"{i}.png")
+        images[-1].write_bytes(tf.io.encode_png(test.images[i].numpy().reshape(28, 28, 1)).numpy())
+    answers = {}
+    for model_dir in (exports / "saved_model", exports / "onnx", exports / "onnx" / "1" / "model.onnx", exports / "keras"):
+        predicted = call_tool("predict", f"--model_dir={model_dir}", "--json", *images)
+        assert predicted.returncode == 0 and not predicted.stderr, predicted.stderr
+        answers[model_dir] = [json.loads(line) for line in predicted.stdout.splitlines()]
+    saved_model = answers.pop(exports / "saved_model")
+    for model_dir, answer in answers.items():
+        assert [a["class"] for a in answer] == [a["class"] for a in saved_model], model_dir
+        np.testing.assert_allclose([a["probabilities"] for a in answer], [a["probabilities"] for a in saved_model],
+                                   rtol=0, atol=1e-6, err_msg=str(model_dir))
+
+
 # --- Inspect ------------------------------------------------------------------------------
 
 
@@ -441,13 +487,13 @@ def image_variants(folder, index: int, image: np.ndarray) -> list[str]:
 def test_read_image_gives_back_the_mnist_pixels(tmp_path, real_run):
     image = real_run["images"][0]
     for path in image_variants(tmp_path, 0, image):
-        pixels = classifier.read_image(path)
+        pixels = classifier.read_image_file(path).pixels
         assert pixels.shape == (28, 28, 1) and pixels.dtype == np.uint8
         if "-100" not in path and not path.endswith(".jpg"):  # lossless and full size: exact
             np.testing.assert_array_equal(pixels, image, err_msg=path)
     with pytest.raises(DataError, match="not an image"):
         (tmp_path / "notes.txt").write_text("not a digit")
-        classifier.read_image(str(tmp_path / "notes.txt"))
+        classifier.read_image_file(str(tmp_path / "notes.txt"))
 
 
 @pytest.mark.slow
@@ -505,7 +551,7 @@ def test_bad_input_is_a_one_line_error_that_touches_nothing(tmp_path, raw_run):
         (("export", f"--ckpt_dir={missing}", f"--export_dir={exports}"), 1, "does not exist"),
         (("inspect_checkpoint", f"--ckpt_dir={empty}"), 1, "holds no checkpoint"),
         (("predict", f"--model_dir={empty}"), 2, "no image files given"),
-        (("predict", f"--model_dir={empty}", str(digit)), 2, "neither a SavedModel, a .tflite file nor a folder of numbered versions"),
+        (("predict", f"--model_dir={empty}", str(digit)), 2, "neither a SavedModel, a .tflite, .keras or .onnx file nor a folder of numbered versions"),
         (("export", ckpt, f"--export_dir={tmp_path / 'file' / 'exports'}"), 2, f"is under a file (at {tmp_path / 'file'})"),
         (("export", ckpt, f"--export_dir={tmp_path / 'dangling'}"), 2, "is a symbolic link to the missing"),
         (("export", ckpt, f"--export_dir={exports}", f"--version={10**20}"), 2, "--version must be a positive integer of at most"),

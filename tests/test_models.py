@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dnn.lib.core import models
+from mnist_dnn.lib.core import models, threefry
 from mnist_dnn.lib.trainer import training
 from mnist_dnn.lib.errors import UsageError
 
@@ -81,6 +81,20 @@ def test_dropout_drops_at_its_rate_keeps_the_mean_and_is_off_at_inference():
     np.testing.assert_array_equal(layer(ones, training=False).numpy(), ones.numpy())
     compiled = tf.function(lambda x: layer(x, training=True), jit_compile=True)
     assert abs((compiled(ones).numpy() == 0).mean() - 0.25) < 0.01
+
+
+def test_dropout_draws_threefry_bits_inside_xla_and_philox_halves_elsewhere():
+    """Each path's mask, recomputed with numpy from its generator's raw bits."""
+    seed, shape, rate = tf.constant([3, 4], tf.int32), (30, 7), 0.25
+    ones = tf.ones(shape)
+    words = tf.random.stateless_uniform([105], seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox")
+    halves = words.numpy().view(np.uint16)[:210].reshape(shape)
+    graph = tf.function(lambda x: models.dropout(x, rate, seed))(ones).numpy()
+    np.testing.assert_array_equal(graph != 0, halves >= 2**14)
+    threefry_bits = threefry.random_bits(tf.constant(shape), seed).numpy()
+    xla = tf.function(lambda x: models.dropout(x, rate, seed), jit_compile=True)(ones).numpy()
+    np.testing.assert_array_equal(xla != 0, threefry_bits >= 2**30)
+    np.testing.assert_allclose(graph[graph != 0], 1 / 0.75, rtol=1e-6)
 
 
 def test_dropout_refuses_a_noise_shape_rather_than_ignore_it():

@@ -403,13 +403,14 @@ def test_no_request_fails_while_a_new_version_appears_under_load(running_server,
     assert all(later >= earlier for session in sessions for earlier, later in zip(session.result(), session.result()[1:]))
 
 
-# --- LiteRT -------------------------------------------------------------------------------------
+# --- LiteRT, ONNX and Keras files ---------------------------------------------------------------
 
 
-@needs_litert
-def test_a_litert_model_is_served_through_the_same_api(exported, pixels, tmp_path):
-    path = exporting.export_litert(exported["models"][1], str(tmp_path / "mnist_litert"))
-    for model_dir in (tmp_path / "mnist_litert", path):
+@pytest.mark.parametrize("export", [pytest.param(exporting.export_litert, marks=needs_litert), exporting.export_onnx,
+                                    exporting.export_keras], ids=["litert", "onnx", "keras"])
+def test_a_model_file_is_served_through_the_same_api(exported, pixels, tmp_path, export):
+    path = export(exported["models"][1], str(tmp_path / "mnist_file"))
+    for model_dir in (tmp_path / "mnist_file", path):
         with client_for(model_dir) as test_client:
             assert test_client.get("/v1/models/mnist").json()["model_version_status"][0]["version"] == "1"
             defs = test_client.get("/v1/models/mnist/metadata").json()["metadata"]["signature_def"]["signature_def"]

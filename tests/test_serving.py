@@ -18,6 +18,7 @@ import textwrap
 import zlib
 
 import numpy as np
+import onnxruntime
 import pytest
 import tensorflow as tf
 from PIL import Image
@@ -90,7 +91,7 @@ def test_litert_int8_is_full_integer_with_raw_pixels_in(dense_exports, tiny_data
     for op in layers:
         assert [graph.tensors[i].type for i in op.inputs[:2]] == [schema.TensorType.INT8] * 2
     model = litert.LiteRTModel(dense_exports["int8"])
-    scale, zero_point = model.input_quantization()
+    scale, zero_point = model.runner.get_input_details()["images"]["quantization"]
     assert (scale, zero_point) == (np.float32(1 / 255), 0)  # the uint8 input is the raw pixel value
     pixels, _ = tiny_images(tiny_data)
     outputs = model(pixels)
@@ -105,7 +106,7 @@ def test_litert_int8_input_is_raw_pixels_whatever_the_calibration_images(tmp_pat
     model = models.create_model(models.make_config("logistic"), seed=1)
     gray = np.random.default_rng(0).integers(10, 200, (20, 28, 28, 1)).astype(np.uint8)  # neither black nor white
     path = exporting.export_litert(model, str(tmp_path), quantize="int8", representative=gray)
-    assert litert.LiteRTModel(path).input_quantization() == (np.float32(1 / 255), 0)
+    assert litert.LiteRTModel(path).runner.get_input_details()["images"]["quantization"] == (np.float32(1 / 255), 0)
 
 
 def test_litert_int8_file_is_under_30_percent_of_float(dense_exports):
@@ -238,7 +239,7 @@ def test_an_image_over_the_size_limit_is_refused_before_decoding(tmp_path):
     inflate, idat = zlib.decompressobj(), path.read_bytes()[41:-16]  # after the signature and IHDR, before its CRC and IEND
     assert len(inflate.decompress(idat)) == 4097 * 4097 and inflate.eof  # a whole image, 4097 rows of 1 + 4096 bytes
     with pytest.raises(DataError, match=r"4096x4097 pixels is too large: at most 16,777,216 pixels \(4096x4096\)"):
-        classifier.read_image(str(path))
+        classifier.read_image_file(str(path)).pixels
     with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):  # serving_bytes' graph too
         images.decode_digit(tf.constant(path.read_bytes()))
     classifier.check_image(huge_png(4096)[:33])  # the limit itself passes (its header is all that is read)
@@ -262,7 +263,7 @@ def test_serving_bytes_gives_the_classes_of_predicts_pixels(dense_exports, tiny_
         for name, encoded_file in digit_files(image).items():
             (tmp_path / f"{index}.{name}").write_bytes(encoded_file)
             contents.append(encoded_file)
-            read.append(classifier.read_image(str(tmp_path / f"{index}.{name}")))
+            read.append(classifier.read_image_file(str(tmp_path / f"{index}.{name}")).pixels)
             if name != "jpeg":
                 np.testing.assert_array_equal(read[-1], image, err_msg=name)  # lossless: MNIST's pixels exactly
     by_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant(contents))
@@ -363,6 +364,24 @@ def test_litert_scores_the_test_set_as_the_saved_model_does(trained, name):
     # logistic: 7.9 KB of int8 weights beside about 2.5 KB of fixed flatbuffer structure (see docs/serving.md)
     # logistic: see docs/serving.md, Size (its fixed structure outweighs 30% of so small a file)
     assert os.path.getsize(run["int8"]) <= {"logistic": 0.33}.get(name, 0.30) * os.path.getsize(run["float"])
+
+
+@pytest.mark.slow
+def test_onnx_scores_the_test_set_as_the_saved_model_does(trained, capsys):
+    """Issue 36: onnxruntime and the SavedModel on the 10,000 test images, the cnn (the most ops to convert)."""
+    run = trained("cnn")
+    restored, _, _, _ = checkpoints.restore_model(run["ckpt_dir"])
+    path = exporting.export_onnx(restored, str(run["folder"] / "onnx"))
+    saved = classifier.SavedModelSignature(run["saved_model"])(run["pixels"])
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])  # as a user would, not our reader
+    classes, probabilities = session.run(["classes", "probabilities"], {"images": run["pixels"]})
+    same_class = (classes == saved["classes"]).mean()
+    largest_difference = np.abs(probabilities - saved["probabilities"]).max()
+    with capsys.disabled():  # the figures docs/serving.md quotes
+        print(f"\nONNX vs SavedModel, cnn, {len(classes):,} test images: {(classes != saved['classes']).sum()} classes "
+              f"differ, largest probability difference {largest_difference:.1e}")
+    assert (saved["classes"] == run["labels"]).mean() > 0.95
+    assert same_class >= 0.999 and largest_difference <= 1e-4
 
 
 # --- Through the command line, and in a process that does not import mnist_dnn --------------

@@ -258,18 +258,6 @@ def test_training_writes_image_and_histogram_diagnostics(swept):
     assert tf.io.decode_png(tf.make_ndarray(event.tensor_proto)[2]).shape[2] == 3
 
 
-def test_misclassified_grid_draws_true_and_predicted_digits():
-    images = np.zeros((5, 784), np.float32)
-    labels, predictions = np.array([1, 2, 3, 4, 5]), np.array([1, 7, 3, 0, 5])
-    grid, names = diagnostics.misclassified_grid(images, labels, predictions)
-    assert names == ["2->7", "4->0"]
-    tile = grid[1:-1, 1:31 - 1]  # first tile inside its frame: the digit, then the label strip
-    strip = tile[30:42]
-    green, red = strip[..., 1] > strip[..., 0], strip[..., 0] > strip[..., 1]
-    np.testing.assert_array_equal(green[:, 4:10][:10], diagnostics.glyph(2))
-    np.testing.assert_array_equal(red[:, 18:24][:10], diagnostics.glyph(7))
-
-
 @pytest.mark.parametrize("specs, expected", [
     (["learning_rate=0.1,1e-3", "hidden_units=128,256-128"],
      [("learning_rate=0.1,hidden_units=128", ("--learning_rate=0.1", "--hidden_units=128")),

@@ -11,20 +11,21 @@ from typing import NoReturn
 from absl import app, flags, logging
 
 from mnist_dnn.cli import command_line, startup
-from mnist_dnn.lib import config as config_lib, files, settings
+from mnist_dnn.lib import config as config_lib, files, onednn, settings
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 
+flags.DEFINE_enum("onednn", "auto", onednn.CHOICES, "TensorFlow's oneDNN CPU kernels: on, off, or auto (on for "
+                  "x86-64 CPUs with AVX2, where they were measured faster; else TensorFlow's default). Set before "
+                  "TensorFlow starts; an exported TF_ENABLE_ONEDNN_OPTS wins over auto.", module_name="mnist_dnn.cli")
 _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
            bool: flags.DEFINE_boolean, tuple: flags.DEFINE_list}
 
 
 def define_config_flags(config_class, only: tuple[str, ...] | None = None, flag_values=flags.FLAGS,
                         tool: str | None = None) -> None:
-    """Declares a flag for each field of `config_class` (or those named in `only`), from its default and help.
-
-    The help shows them as shared flags, but a `tool`'s own fields (given its __name__) in its own group.
-    """
+    """Declares a flag for each field of `config_class` (or those named in `only`), from its default and help. The help
+    shows them as shared flags, but a `tool`'s own fields (given its __name__) in its own group."""
     own = set(dataclasses.fields(config_class)) if tool else set()
     module = {"module_name": sys.argv[0] if tool == "__main__" else tool}  # as absl files a main module's flags
     for field, name in settings.flag_fields(config_class):
@@ -56,7 +57,7 @@ def config_from_flags(config_class, values=flags.FLAGS):
 def tool_settings(config_class) -> dict:
     """A tool's settings by flag name: its flags as parsed, and --idx_dir (if it has one) else the environment's."""
     given = {name: flags.FLAGS[name].value for _, name in settings.flag_fields(config_class)}
-    return {**given, "idx_dir": idx_dir(flags.FLAGS)} if "idx_dir" in given else given
+    return {**given, "idx_dir": settings.idx_dir(given["idx_dir"])} if "idx_dir" in given else given
 
 
 def tool_config(config_class):
@@ -65,15 +66,7 @@ def tool_config(config_class):
 
 
 def idx_dir(values) -> str | config_lib.DatasetIdxDir | None:
-    """--idx_dir (for the run's dataset, whichever it is), or else the MNIST_DNN_IDX_DIR variable.
-
-    The variable names MNIST, so it serves `mnist` only: a data.DatasetIdxDir, because tools
-    such as evaluate learn the dataset from the checkpoint, not from a flag.
-    """
-    if values.idx_dir:
-        return values.idx_dir
-    folder = os.environ.get(config_lib.IDX_DIR_ENV)
-    return config_lib.DatasetIdxDir(folder, "mnist") if folder else None
+    return settings.idx_dir(values.idx_dir)
 
 
 def as_flags(text: str, flag_values=flags.FLAGS) -> str:
@@ -115,8 +108,7 @@ def _parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _report(UsageError(str(e)))
 
 
 def _report(error: Error) -> NoReturn:
@@ -133,22 +125,17 @@ def _command_line(main, positional_args: bool, presets: bool) -> list[str]:
     try:
         return command_line.expand_presets(sys.argv, refused_by="" if presets else command_line.tool_name(tool))
     except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _report(UsageError(str(e)))
     except Error as e:
         _report(e)
 
 
 def run(main, positional_args: bool = False, presets: bool = False) -> None:
-    """`absl.app.run` that reports user and data errors as one line and a non-zero exit.
-
-    Arguments other than flags are refused unless `positional_args` (then `main` gets them
-    in `argv[1:]`). `-h`/`--help` print the tool's own help (its module docstring and flags).
-    With `presets` (the tools that take training flags), `--preset=NAME` gives the shipped
-    configs/NAME.cfg's flags as defaults (`command_line.expand_presets`); without, it is
-    refused. TensorFlow is imported first, quietly (`startup.quiet_tensorflow`); the tools
-    import the library in `main`.
-    """
+    """`absl.app.run` that reports user and data errors as one line and a non-zero exit. Arguments other than flags are
+    refused unless `positional_args` (then `main` gets them in `argv[1:]`). `-h`/`--help` print the tool's own help (its
+    module docstring and flags). With `presets` (the tools that take training flags), `--preset=NAME` gives the shipped
+    configs/NAME.cfg's flags as defaults (`command_line.expand_presets`); without, it is refused. TensorFlow is imported
+    first, quietly (`startup.quiet_tensorflow`); the tools import the library in `main`."""
 
     def guarded_main(argv):
         startup.end_of_start_up()
@@ -215,12 +202,9 @@ def _output_dropped() -> NoReturn:
 
 
 def _end_process(code) -> NoReturn:
-    """Ends the process now, without Python's teardown of TensorFlow's modules (over a second here).
-
-    That teardown does nothing a finished command needs: its files are closed, its
-    checkpoints and summaries written. The exit handlers still run (AutoGraph deletes its
-    temporary source files in one), and output is flushed.
-    """
+    """Ends the process now, without Python's teardown of TensorFlow's modules (over a second here). That teardown does
+    nothing a finished command needs: its files are closed, its checkpoints and summaries written. The exit handlers
+    still run (AutoGraph deletes its temporary source files in one), and output is flushed."""
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1

@@ -49,13 +49,11 @@ def preset_flagfile(name: str) -> str:
 
 
 def expand_presets(argv: list[str], flag_values=flags.FLAGS, refused_by: str = "") -> list[str]:
-    """argv with flagfiles read in and the flags of each --preset=NAME first: a preset only sets defaults.
-
-    Wherever --preset=NAME (or --preset NAME) stands, on the command line or in a flagfile, its
-    flags go before every flag typed, so whatever the user typed wins (a repeatable flag such as
-    --grid adds to the preset's). A tool that takes no training flags names itself in `refused_by`:
-    a preset is then a UsageError. Raises flags.Error for a flagfile that cannot be read.
-    """
+    """argv with flagfiles read in and the flags of each --preset=NAME first: a preset only sets defaults. Wherever
+    --preset=NAME (or --preset NAME) stands, on the command line or in a flagfile, its flags go before every flag typed,
+    so whatever the user typed wins (a repeatable flag such as --grid adds to the preset's). A tool that takes no
+    training flags names itself in `refused_by`: a preset is then a UsageError. Raises flags.Error for a flagfile that
+    cannot be read."""
     args = read_flagfiles(argv[1:], flag_values)
     end = args.index("--") if "--" in args else len(args)
     names, typed, options = [], [], iter(args[:end])
@@ -135,11 +133,6 @@ def _indented(text: str) -> str:
     return textwrap.fill(text, WIDTH, initial_indent="      ", subsequent_indent="      ")
 
 
-def _module_key(module) -> str:
-    """The name absl files a module's flags under (sys.argv[0] for the main module)."""
-    return sys.argv[0] if module.__name__ == "__main__" else module.__name__
-
-
 def tool_name(module) -> str:
     spec = getattr(module, "__spec__", None)
     return spec.name if module.__name__ == "__main__" and spec else module.__name__
@@ -148,7 +141,7 @@ def tool_name(module) -> str:
 def flag_groups(module, flag_values=flags.FLAGS) -> list[tuple[str, list[flags.Flag]]]:
     """(title, flags) for the tool's own flags, then those of the package's other modules it uses."""
     by_module = flag_values.flags_by_module_dict()
-    own = _module_key(module)
+    own = sys.argv[0] if module.__name__ == "__main__" else module.__name__  # as absl files the module's flags
     others = sorted(m for m in by_module if m.startswith("mnist_dnn.") and m not in (own, SHARED_MODULE))
     groups = [(f"{tool_name(module)} flags", by_module.get(own, []))]
     groups += [(f"{m} flags", by_module[m]) for m in others]
@@ -156,15 +149,10 @@ def flag_groups(module, flag_values=flags.FLAGS) -> list[tuple[str, list[flags.F
     return [(title, sorted(fs, key=lambda f: f.name)) for title, fs in groups if fs]
 
 
-def _program(module) -> str:
-    if module.__name__ == "__main__":
-        return f"python -m {tool_name(module)}"
-    return os.path.basename(sys.argv[0])
-
-
 def help_text(module, positional_args: bool = False, flag_values=flags.FLAGS, presets: bool = True) -> str:
     """The tool's docstring, its usage line, and its flags grouped, each with its default (and --preset if `presets`)."""
-    usage = f"usage: {_program(module)} [flags]" + (" FILE..." if positional_args else "")
+    program = f"python -m {tool_name(module)}" if module.__name__ == "__main__" else os.path.basename(sys.argv[0])
+    usage = f"usage: {program} [flags]" + (" FILE..." if positional_args else "")
     parts = [(module.__doc__ or "").strip(), usage]
     for title, group in flag_groups(module, flag_values):
         parts.append(f"{title}:\n" + "\n".join(_describe(f) for f in group))

@@ -1,32 +1,24 @@
-"""The tools' start-up: TensorFlow imported quietly, and a persistent XLA cache for this CPU.
+"""The tools' start-up (run by `cli.run`; importing this module changes nothing): TensorFlow imported quietly, and a
+persistent XLA cache for this CPU. Importing TensorFlow writes 6-7 lines to descriptor 2 (CUDA probing, CPU notices,
+`failed call to cuInit`) that no variable silences: the import runs with descriptor 2 on a temporary file, shown if it
+fails, and kept with `--verbosity=1`, `MNIST_DNN_TF_LOGS=1` or `TF_CPP_MIN_LOG_LEVEL` 0 or 1. XLA keys its cache by the
+program, not the CPU nor its own version, and runs an entry compiled for another CPU (which can end in SIGILL): hence
+one cache folder per instruction set and TensorFlow version."""
 
-Called by `cli.run` before a tool's main imports the library; importing this module (or any
-other of the package) changes nothing in the process.
-
-Importing TensorFlow 2.21 writes 6-7 lines to file descriptor 2 (CUDA probing, CPU
-instruction notices, a `failed call to cuInit` on machines without a GPU) that no
-environment variable silences, so the first import (and the device probe that prints
-the cuInit line) runs with descriptor 2 pointed at a temporary file. The lines come
-back with `--verbosity=1` (or higher) on the command line, `MNIST_DNN_TF_LOGS=1`, or
-`TF_CPP_MIN_LOG_LEVEL` set to 0 or 1; if the import fails, everything it printed is shown.
-
-Before the import it also points XLA's persistent compilation cache at a folder of this
-machine's CPU (`use_xla_cache`): the training loop compiles in seconds, and a later run of the
-same model loads the compiled program instead. XLA keys its cache entries by the program, not
-by the CPU, and runs an entry compiled for another CPU after only logging that its features
-differ (which can end in SIGILL): hence one folder per instruction set.
-"""
-
+import atexit
 import hashlib
+import importlib.metadata
 import os
 import platform
 import signal
 import sys
 
-from mnist_dnn.lib import files, native_output, xla_cache
+from mnist_dnn.lib import files, native_output, onednn, xla_cache
 
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
+XLA_CACHE_MB_ENV = "MNIST_DNN_XLA_CACHE_MB"
+XLA_CACHE_MB = 512  # the cap by default (MiB): several hundred of the MLPs' entries (0.2-1.8 MB each)
 INTERRUPTED = "error: interrupted (Ctrl-C) before any work was saved; run the command again"
 
 
@@ -36,14 +28,9 @@ def is_tool_process(module_name: str, argv0: str) -> bool:
 
 
 def interrupt_quietly(module_name: str) -> None:
-    """In a tool's own process: Ctrl-C while it starts (its imports, TensorFlow's) is one line and exit 130.
-
-    The tools call it first, before their imports, which take a second or more; without it a
-    KeyboardInterrupt raised inside an import is a traceback of 18-64 lines. Nothing is on disk
-    yet, so the process ends at once (fd 2 may point at the quiet start-up's file: the line goes
-    to a copy of the real stderr). `cli.run` hands Ctrl-C back to Python when the tool's main
-    starts (`end_of_start_up`). Elsewhere (a module imported by a test or a program) it does nothing.
-    """
+    """In a tool's own process: Ctrl-C while it starts (its imports, TensorFlow's) is one line and exit 130, not a
+    traceback, written to a copy of the real stderr (fd 2 may be the quiet start-up's file). Nothing is on disk yet.
+    `end_of_start_up` hands Ctrl-C back; in a module imported by a test or a program it does nothing."""
     if not is_tool_process(module_name, sys.argv[0] if sys.argv else ""):
         return
     try:
@@ -69,21 +56,22 @@ def end_of_start_up() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _verbosity(argv: list[str]) -> int | None:
-    """The value of absl's --verbosity (-v) on the command line, read before absl parses it."""
+def _flag_value(argv: list[str], names: tuple[str, ...]) -> str | None:
+    """The last value of a flag (--name=value or --name value) on the command line, read before absl parses it."""
+    found = None
     for i, arg in enumerate(argv):
-        if not arg.startswith("-"):
-            continue
         name, has_value, value = arg.lstrip("-").partition("=")
-        if name not in ("verbosity", "v"):
-            continue
-        if not has_value:
-            value = argv[i + 1] if i + 1 < len(argv) else ""
-        try:
-            return int(value)
-        except ValueError:
-            return None
-    return None
+        if arg.startswith("-") and name in names:
+            found = value if has_value else (argv[i + 1] if i + 1 < len(argv) else "")
+    return found
+
+
+def _verbosity(argv: list[str]) -> int | None:
+    """The value of absl's --verbosity (-v) on the command line."""
+    try:
+        return int(_flag_value(argv, ("verbosity", "v")))
+    except (TypeError, ValueError):
+        return None
 
 
 def wants_tf_logs(argv: list[str], environ) -> bool:
@@ -96,41 +84,42 @@ def wants_tf_logs(argv: list[str], environ) -> bool:
     return verbosity is not None and verbosity >= 1
 
 
-def cpu_key(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """A name for this processor's instruction set, or None where it cannot be read.
-
-    The flags line of /proc/cpuinfo lists every instruction-set extension the kernel lets
-    programs use, a superset of the LLVM features XLA compiles for and compares when it
-    loads a cached program. Elsewhere (no /proc/cpuinfo) the CPU is unknown.
-    """
+def cache_key(cpuinfo: str = "/proc/cpuinfo", tensorflow: str | None = None) -> str | None:
+    """A name for this processor's instruction set (from /proc/cpuinfo's flags, a superset of the LLVM features XLA
+    compiles for) and the installed TensorFlow's version (`tensorflow` unless given; read without importing it), or
+    None where either cannot be read."""
     try:
         with open(cpuinfo) as f:
-            flags = next((line for line in f if line.startswith("flags")), None)
-    except OSError:
-        flags = None
-    if not flags:
+            flags = next(line for line in f if line.startswith("flags"))
+        tensorflow = tensorflow or importlib.metadata.version("tensorflow")
+    except (OSError, StopIteration, importlib.metadata.PackageNotFoundError):
         return None
-    return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+    return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}-tf{tensorflow}"
 
 
-def xla_cache_folder(environ, cpu: str | None) -> str | None:
-    """<$MNIST_DNN_XLA_CACHE or ~/.cache/mnist_dnn/xla>/<cpu>; None with `off`, or for an unknown CPU."""
+def xla_cache_folder(environ, key: str | None) -> str | None:
+    """<$MNIST_DNN_XLA_CACHE or ~/.cache/mnist_dnn/xla>/<key>; None with `off`, or for an unknown CPU."""
     chosen = environ.get(XLA_CACHE_ENV)
-    if chosen is not None and chosen.strip().lower() in ("", "0", "off"):
-        return None
-    if cpu is None:
+    if key is None or chosen is not None and chosen.strip().lower() in ("", "0", "off"):
         return None
     cache_home = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(chosen or os.path.join(cache_home, "mnist_dnn", "xla"), cpu)
+    return os.path.join(chosen or os.path.join(cache_home, "mnist_dnn", "xla"), key)
 
 
-def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
-    """Adds XLA's persistent cache to TF_XLA_FLAGS (read when XLA first compiles), unless one is set.
+def xla_cache_cap(environ) -> int:
+    """The cache root's cap in bytes: $MNIST_DNN_XLA_CACHE_MB MiB, or XLA_CACHE_MB (warned if not a number)."""
+    chosen = environ.get(XLA_CACHE_MB_ENV, "").strip()
+    if chosen and not chosen.isdecimal():
+        print(f"warning: {XLA_CACHE_MB_ENV}={chosen} is not a whole number of MB; the XLA cache keeps "
+              f"{XLA_CACHE_MB} MB", file=sys.stderr)
+    return (int(chosen) if chosen.isdecimal() else XLA_CACHE_MB) << 20
 
-    A folder XLA could not write would fail every compilation: then there is no cache (with a
-    warning if the user chose that folder). Short of space, it is only read (`xla_cache.prepare`).
-    """
-    folder = xla_cache_folder(environ, cpu or cpu_key())
+
+def use_xla_cache(environ=os.environ, key: str | None = None) -> None:
+    """Adds XLA's persistent cache to TF_XLA_FLAGS, unless one is set; none (with a warning if the user chose
+    it) in a folder XLA could not write, which would fail every compilation. The cache's root is kept within its
+    cap now and when the process ends (`xla_cache.evict`)."""
+    folder = xla_cache_folder(environ, key or cache_key())
     flags = environ.get("TF_XLA_FLAGS", "")
     if not folder or xla_cache.FOLDER_FLAG in flags:
         return
@@ -140,18 +129,19 @@ def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
                   "compiling without the cache", file=sys.stderr)
         return
     environ["TF_XLA_FLAGS"] = f"{flags} {xla_cache.prepare(folder)}".strip()
+    root, cap, used = os.path.dirname(folder), xla_cache_cap(environ), xla_cache.watch(folder)
+    xla_cache.evict(root, cap)
+    atexit.register(lambda: xla_cache.evict(root, cap, used()))
 
 
 def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:
-    """The tools' start-up: the XLA cache, then TensorFlow imported (and its devices probed) quietly.
-
-    Unless TensorFlow's logs are wanted, its later C++ lines stay off too (TF_CPP_MIN_LOG_LEVEL=3,
-    also over a 2 from the user's shell): XLA's start-up notices, and the two ERROR lines that
-    every hit of the persistent cache logs (the entry is tried as text before binary; two LLVM
-    tuning flags, +prefer-no-gather and +prefer-no-scatter, are never host CPU features). Real
-    errors still reach the user, as Python exceptions.
-    """
+    """The XLA cache and oneDNN's switch (--onednn), then TensorFlow imported (and its devices probed) quietly. Unless
+    its logs are wanted, TensorFlow's later C++ lines stay off too (TF_CPP_MIN_LOG_LEVEL=3): XLA's notices, and the two
+    ERROR lines every hit of the persistent cache logs. Real errors are Python exceptions."""
     use_xla_cache(environ)
+    if "tensorflow" not in sys.modules:
+        choice = _flag_value(argv[1:], ("onednn",))
+        onednn.choose(choice if choice in onednn.CHOICES else "auto", environ)  # absl refuses a bad one
     if wants_tf_logs(argv, environ):
         import tensorflow  # noqa: F401
         return

@@ -1,10 +1,8 @@
-"""What a run and each tool are made of, defined once: defaults, help and validation of every setting.
-
-The tools declare their flags from these fields (`cli.define_config_flags`) and read them back
-(`settings.build`), so a default or a help text exists in one place only. `validate()` is the one
-range check that every entry point (the tools, sweep, search, the Python API) goes through; it
-raises `ConfigError` naming the field, which the command line reports as the flag of that name.
-"""
+"""What a run and each tool are made of, defined once: defaults, help and validation of every setting. The tools declare
+their flags from these fields (`cli.define_config_flags`) and read them back (`settings.build`), so a default or a help
+text exists in one place only. `validate()` is the one range check that every entry point (the tools, sweep, search, the
+Python API) goes through; it raises `ConfigError` naming the field, which the command line reports as the flag of that
+name."""
 
 import dataclasses
 import math
@@ -15,6 +13,8 @@ import numpy as np
 from mnist_dnn.lib.errors import UsageError
 
 IMAGE_SIZE = 28  # MNIST's images are IMAGE_SIZE x IMAGE_SIZE
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+NUM_CLASSES = 10
 MODELS = ("raw", "dense", "logistic", "cnn", "lenet5")
 ALIASES = {"DNN": "raw", "contrib_DNN": "dense", "LogisticRegression": "logistic"}  # the TF1 course's names
 DEFAULT_HIDDEN_UNITS = {"raw": (128,), "dense": (60, 30), "logistic": (), "cnn": (128,), "lenet5": (120, 84)}
@@ -29,7 +29,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 WHICH = ("latest", "best")  # which checkpoint of a run folder the tools read
 IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"  # the offline MNIST, for the tools that are not told --idx_dir
 # Exports: their formats, LiteRT quantizations and the SavedModel's signatures.
-EXPORT_FORMATS = ("saved_model", "litert", "keras")
+EXPORT_FORMATS = ("saved_model", "litert", "keras", "onnx")
 QUANTIZATIONS = ("none", "int8")
 REPRESENTATIVE_IMAGES = 1000  # training images that calibrate an int8 LiteRT model
 SERVING_SIGNATURE, FLAT_SIGNATURE, BYTES_SIGNATURE = "serving_default", "predict_flat", "serving_bytes"
@@ -41,7 +41,8 @@ MAX_CONV_FILTERS = 4096
 MAX_CONV_LAYERS = 4  # 3x3 "valid" convolutions shrink 28x28 by 2 each; four leave 20x20 for the pool
 MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**31 - 1
-DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert", "keras": "exports/mnist_keras"}
+DEFAULT_EXPORT_DIRS = {"saved_model": "exports/mnist", "litert": "exports/mnist_litert", "keras": "exports/mnist_keras",
+                       "onnx": "exports/mnist_onnx"}
 MAX_STEPS = 10**9
 MAX_PORT = 65535
 
@@ -183,11 +184,9 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetIdxDir:
-    """An IDX folder that holds one named dataset and is used for that dataset only.
-
-    The default from the MNIST_DNN_IDX_DIR variable is one (for `mnist`): a tool such as
-    evaluate learns the dataset from the checkpoint, so only the library can tell whether it applies.
-    """
+    """An IDX folder that holds one named dataset and is used for that dataset only. The default from the
+    MNIST_DNN_IDX_DIR variable is one (for `mnist`): a tool such as evaluate learns the dataset from the checkpoint, so
+    only the library can tell whether it applies."""
 
     folder: str
     dataset: str = "mnist"
@@ -337,7 +336,8 @@ class ExportConfig:
     restore: RestoreConfig = RestoreConfig()
     data: RunData = RunData()
     format: str = setting("saved_model", "saved_model: for TensorFlow Serving; litert: a .tflite file for phones and "
-                          "microcontrollers; keras: a model.keras file for keras.models.load_model.", choices=EXPORT_FORMATS)
+                          "microcontrollers; keras: a model.keras file for keras.models.load_model; onnx: a model.onnx "
+                          "file for onnxruntime (needs the onnx extra).", choices=EXPORT_FORMATS)
     quantize: str = setting("none", "With --format=litert: int8 is full-integer post-training quantization, calibrated "
                             f"on {REPRESENTATIVE_IMAGES} training images (needs the dataset: --idx_dir or TFDS's).",
                             choices=QUANTIZATIONS)
@@ -353,8 +353,8 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
-    model_dir: str = setting("exports/mnist", "A SavedModel version folder (exports/mnist/1), a .tflite file, or a "
-                             "model folder: its highest version.")
+    model_dir: str = setting("exports/mnist", "A SavedModel version folder (exports/mnist/1), a .tflite, .onnx or "
+                             ".keras file, or a model folder: its highest version.")
     json: bool = setting(False, "Print one JSON object per file: file, class, probabilities, confident.")
     min_confidence: float = setting(0.5, "Answers whose probability is below this are marked uncertain.")
     rest_request: str | None = setting(None, "Instead of classifying, write the JSON body of a TensorFlow Serving REST "
@@ -379,7 +379,7 @@ class PredictConfig:
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
     model_dir: str = setting("exports/mnist", "A folder of numbered versions (the newest is served, and new ones "
-                             "are picked up), one SavedModel version folder, or a .tflite file.")
+                             "are picked up), one SavedModel version folder, or a .tflite, .onnx or .keras file.")
     model_name: str = setting("mnist", "The NAME in /v1/models/NAME (TensorFlow Serving's MODEL_NAME).")
     host: str = setting("127.0.0.1", "The address to listen on; 0.0.0.0 for every network (a phone on the same "
                         "network), 127.0.0.1 for this machine only.")

@@ -1,5 +1,6 @@
 """Files and folders written atomically (a failed or killed write never leaves half of one); inputs read with a cap."""
 
+import contextlib
 import errno
 import json
 import os
@@ -11,11 +12,8 @@ from mnist_dnn.lib.errors import UsageError
 
 
 def nearest_existing(path: str) -> str:
-    """`path` made absolute, or its closest ancestor that exists (what a write there would meet).
-
-    A symbolic link counts as existing even where it leads nowhere (a loop, a missing target):
-    creating a folder in its place fails.
-    """
+    """`path` made absolute, or its closest ancestor that exists (what a write there would meet). A symbolic link counts
+    as existing even where it leads nowhere (a loop, a missing target): creating a folder in its place fails."""
     existing = os.path.abspath(path)
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
@@ -69,13 +67,9 @@ def special_file_problem(path: str) -> str | None:
 
 def _not_regular(path: str, mode: int) -> str:
     link = " a symbolic link to" if os.path.islink(path) else ""
-    return f"is{link} {_kind_of(mode)}, not a regular file"
-
-
-def _kind_of(mode: int) -> str:
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-    return next((name for test, name in kinds if test(mode)), "a special file")
+    return f"is{link} {next((name for test, name in kinds if test(mode)), 'a special file')}, not a regular file"
 
 
 def check_plain_target(field: str, path: str) -> None:
@@ -99,10 +93,8 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_with(path: str, write) -> None:
-    """Calls `write(binary_file)` on a temporary file, then renames it over `path`; on an error, removes it.
-
-    Refuses (OSError) to replace anything but a regular file: a device or FIFO at `path` stays.
-    """
+    """Calls `write(binary_file)` on a temporary file, then renames it over `path`; on an error, removes it. Refuses
+    (OSError) to replace anything but a regular file: a device or FIFO at `path` stays."""
     problem = special_file_problem(path)
     if problem:
         raise OSError(errno.EEXIST, problem)
@@ -134,12 +126,9 @@ def no_space_problem(error: BaseException) -> str | None:
 
 
 def write_folder(path: str, write) -> None:
-    """Calls `write(folder)` on a hidden temporary folder beside `path`, then renames it to `path`.
-
-    The rename fails (OSError) rather than replace a folder with files that appeared meanwhile
-    (an empty one it replaces, as rename(2) does). A crash's leftover is a hidden `.tmp-` folder
-    beside `path`, never a half-written `path`.
-    """
+    """Calls `write(folder)` on a hidden temporary folder beside `path`, then renames it to `path`. The rename fails
+    (OSError) rather than replace a folder with files that appeared meanwhile (an empty one it replaces, as rename(2)
+    does). A crash's leftover is a hidden `.tmp-` folder beside `path`, never a half-written `path`."""
     parent, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(parent, f".tmp-{name}-{os.getpid()}")
     try:
@@ -161,10 +150,8 @@ def process_is_gone(pid: int) -> bool:
 
 
 def remove_leftover_folders(parent: str) -> list[str]:
-    """Removes the hidden `.tmp-<name>-<pid>` folders of `write_folder` in `parent` whose process is gone.
-
-    A killed write leaves one; a running write's own is kept. Nothing else is touched.
-    """
+    """Removes the hidden `.tmp-<name>-<pid>` folders of `write_folder` in `parent` whose process is gone. A killed
+    write leaves one; a running write's own is kept. Nothing else is touched."""
     removed = []
     names = os.listdir(parent) if os.path.isdir(parent) else []
     for name in names:
@@ -185,13 +172,10 @@ def read_json(path: str, max_bytes: int = 64 << 20):  # (the tools' own files, o
 
 
 def read_input(path: str, max_bytes: int, to_raise_it: str = "") -> bytes:
-    """The bytes of `path`, which must be a regular file of at most `max_bytes`; OSError otherwise.
-
-    Whatever is at `path` is checked before it is opened (a FIFO blocks an open and a read; a
-    device such as /dev/zero never ends one), opened without blocking and checked again (it may
-    have been replaced meanwhile), then read up to its size. `to_raise_it` ends the message of a
-    file over the cap (e.g. "raise `max_image_bytes`").
-    """
+    """The bytes of `path`, which must be a regular file of at most `max_bytes`; OSError otherwise. Whatever is at
+    `path` is checked before it is opened (a FIFO blocks an open and a read; a device such as /dev/zero never ends one),
+    opened without blocking and checked again (it may have been replaced meanwhile), then read up to its size.
+    `to_raise_it` ends the message of a file over the cap (e.g. "raise `max_image_bytes`")."""
     _check_input(path, os.stat(path), max_bytes, to_raise_it)
     with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY), "rb") as f:
         size = _check_input(path, os.fstat(f.fileno()), max_bytes, to_raise_it)
@@ -206,9 +190,28 @@ def _check_input(path: str, status: os.stat_result, max_bytes: int, to_raise_it:
     if not stat.S_ISREG(status.st_mode):
         raise OSError(errno.EINVAL, f"{_not_regular(path, status.st_mode)}; pass a regular file")
     if status.st_size > max_bytes:
-        raise OSError(errno.EFBIG, _too_large(status.st_size, max_bytes, to_raise_it))
+        raise OSError(errno.EFBIG, f"is {status.st_size:,} bytes, over the cap of {max_bytes:,}"
+                      + (f"; {to_raise_it}" if to_raise_it else ""))
     return status.st_size
 
 
-def _too_large(size: int, max_bytes: int, to_raise_it: str) -> str:
-    return f"is {size:,} bytes, over the cap of {max_bytes:,}" + (f"; {to_raise_it}" if to_raise_it else "")
+@contextlib.contextmanager
+def folder_lock(folder: str, on_wait=None):
+    """Yields whether this process holds `folder` (an flock on the folder itself) for the block; with `on_wait`,
+    calls it and waits for a held folder instead. The lock dies with its process (a killed holder never leaves it
+    locked) and, unlike a lock file, cannot be deleted from under its holder."""
+    import fcntl  # (here: a module-level import would stop the tools importing on Windows)
+
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is None:
+                yield False
+                return
+            on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(handle)

@@ -1,16 +1,15 @@
 """One way from text to a config: flags, flagfiles and presets (as absl parsed them), sweep grids, search spaces.
-
 Settings are named by their flags (a field's name, or the flag its `setting` names), nested configs' included:
-`build(TrainConfig, {"model": "cnn", "hidden_units": "256-128"})`. A value is text (a list joins its elements
-with ',' or '-', as grids and run folder names do), or what absl parsed (a list flag's strings).
-"""
+`build(TrainConfig, {"model": "cnn", "hidden_units": "256-128"})`. A value is text (a list joins its elements with ','
+or '-', as grids and run folder names do), or what absl parsed (a list flag's strings)."""
 
 import dataclasses
+import os
 import re
 import types
 import typing
 
-from mnist_dnn.lib.config import ConfigError
+from mnist_dnn.lib.config import IDX_DIR_ENV, ConfigError, DatasetIdxDir
 
 BOOLEANS = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}  # as absl reads them
 
@@ -24,6 +23,14 @@ def flag_fields(config_class):
             yield field, field.metadata["flag"] or field.name
 
 
+def idx_dir(given: str | None = None) -> str | DatasetIdxDir | None:
+    """`given` (--idx_dir: the run's own source, whatever its dataset), or else the MNIST_DNN_IDX_DIR variable. The
+    variable names MNIST, so it serves `mnist` only: a DatasetIdxDir, as tools such as evaluate learn the dataset from
+    the checkpoint, not from a flag."""
+    folder = os.environ.get(IDX_DIR_ENV)
+    return given or (DatasetIdxDir(folder, "mnist") if folder else None)
+
+
 def kind(annotation) -> type:
     """The type of a field's annotation, None aside: str, int, float, bool or tuple (a list flag)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -33,9 +40,8 @@ def kind(annotation) -> type:
 
 
 def build(base, settings: dict, source: str | None = None):
-    """`base`, a config class (its defaults) or a config, with the fields that `settings` names (flag name -> value).
-
-    A value its field cannot hold is a ConfigError naming the field (a scalar's: in flag `source`, e.g. grid, if given).
+    """`base`, a config class (its defaults) or a config, with the fields that `settings` names (flag name -> value). A
+    value its field cannot hold is a ConfigError naming the field (a scalar's: in flag `source`, e.g. grid, if given).
     """
     changes = {}
     for field in dataclasses.fields(base):

@@ -1,9 +1,6 @@
 """The checkpoints of a run folder on disk: found, written, linked, pruned, set aside (the layout: `run_dir`).
-
-Checkpoints are found from their own files, so a missing, empty or garbled state file loses
-nothing. A checkpoint file that exists is never written over, and no checkpoint is written
-whose weights are not all finite.
-"""
+Checkpoints are found from their own files, so a missing, empty or garbled state file loses nothing. A checkpoint file
+that exists is never written over, and no checkpoint is written whose weights are not all finite."""
 
 import contextlib
 import dataclasses
@@ -37,11 +34,6 @@ class Best:
     accuracy: float
 
 
-def all_finite(variables) -> bool:
-    values = [np.asarray(v) for v in variables]
-    return all(np.isfinite(value).all() for value in values if np.issubdtype(value.dtype, np.floating))
-
-
 class CheckpointStore:
     """The numbered checkpoints of a folder, and the best one in its best/."""
 
@@ -68,16 +60,10 @@ class CheckpointStore:
         return self.checkpoint_path(steps[-1]) if steps else None
 
     def restore_newest(self, checkpoint: tf.train.Checkpoint, set_aside: bool = False, say=print) -> str | None:
-        """Restores the newest checkpoint that reads back whole into `checkpoint`; None if there is none.
-
-        Each must match what the run builds, variable for variable (`assert_consumed`): a
-        checkpoint of another structure is skipped (and if none restores, the run stops rather
-        than train on a half-restored state). A damaged one is skipped too, and with `set_aside`
-        (the trainer that owns the folder) renamed `model.ckpt-<step>-damaged`, kept for a look
-        but out of the way of the save that will reach its step again; if none restores, nothing is
-        renamed. Restoring replaces initialization: nothing may re-initialize afterwards. A skipped
-        checkpoint is told to `say` as a line starting `warning: `.
-        """
+        """Restores the newest checkpoint that reads back whole into `checkpoint` (variable for variable); None if there
+        is none. One of another structure, or damaged, is skipped with a `warning: ` line to `say`; with `set_aside`
+        (the trainer owning the folder) a damaged one is renamed `model.ckpt-<step>-damaged`, out of the way of the save
+        that will reach its step again, unless none restores. Nothing may re-initialize afterwards."""
         steps = self.steps() if os.path.isdir(self.path) else []
         damaged = []  # (path, why)
         for step in reversed(steps):
@@ -111,7 +97,8 @@ class CheckpointStore:
         path = self.checkpoint_path(step, folder)
         if os.path.exists(path + ".index"):
             raise CheckpointError(f"{path} exists already and is never written over; pass another `ckpt_dir`")
-        if not all_finite(weights):
+        values = [np.asarray(v) for v in weights]
+        if not all(np.isfinite(v).all() for v in values if np.issubdtype(v.dtype, np.floating)):
             raise TrainingError(f"the weights at step {step} are not all finite, so they were not saved; "
                                 f"last good checkpoint: {self.latest() or 'none'}. Lower `learning_rate`")
         checkpoint.save_counter  # noqa: B018 (creates it, so it is written too: restoring expects it)
@@ -157,15 +144,9 @@ class CheckpointStore:
                 _remove_checkpoint(self.checkpoint_path(step, self.best_dir))
 
     def _link_best(self, step: int) -> bool:
-        """Hard-links the best checkpoint of `step` into the run folder instead of writing the
-        same state again (validation keeps the best, then the periodic save of its step comes).
-
-        Only a best checkpoint this object wrote: the state in memory now, not one of an earlier
-        run that reached the same step on another path. Safe because checkpoint files are never
-        written over: each name keeps its content whatever happens to the other (pruned, set
-        aside). False, and nothing changed, if there is none to link or the run folder has files
-        of that name.
-        """
+        """Hard-links the best checkpoint of `step`, if this object wrote it (the state in memory now), into the run
+        folder instead of writing the same state again; safe as checkpoint files are never written over. False, and
+        nothing changed, if there is none to link or the run folder has files of that name."""
         source, target = self.checkpoint_path(step, self.best_dir), self.checkpoint_path(step)
         if (self._best_written != step or step not in self.steps(self.best_dir)
                 or glob.glob(glob.escape(target) + ".*")):

@@ -1,8 +1,6 @@
-"""Reading trained checkpoints: what the course did with `tf.train.Saver.restore` and
-`tf.train.NewCheckpointReader`, for the tools that evaluate, export and inspect a run.
-
-Which checkpoint and how to rebuild its model are the run folder's business (`run_dir`).
-"""
+"""Reading trained checkpoints: what the course did with `tf.train.Saver.restore` and `tf.train.NewCheckpointReader`,
+for the tools that evaluate, export and inspect a run. Which checkpoint and how to rebuild its model are the run
+folder's business (`run_dir`)."""
 
 import contextlib
 import dataclasses
@@ -65,12 +63,10 @@ def _existing_checkpoint(path: str) -> str:
 
 
 def restore_model(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest") -> tuple[keras.Model, RunConfig, str, int]:
-    """Rebuilds the stored model and restores its weights; fails unless all are restored.
-
-    Reads `checkpoint`, or else the latest or best (`which`) of `ckpt_dir`, from a private copy
-    (`_held`) that a trainer pruning beside it cannot remove; if the trainer pruned it before it
-    was held, the newest one left is read. Returns (model, run config, path, step).
-    """
+    """Rebuilds the stored model and restores its weights; fails unless all are restored. Reads `checkpoint`, or else
+    the latest or best (`which`) of `ckpt_dir`, from a private copy (`_held`) that a trainer pruning beside it cannot
+    remove; if the trainer pruned it before it was held, the newest one left is read. Returns (model, run config, path,
+    step)."""
     return _newest_held(ckpt_dir, checkpoint, which,
                         lambda path, copy: _restore(path, copy, RunDir.of_checkpoint(path).load_config()))
 
@@ -106,10 +102,8 @@ def _named_checkpoint_gone(checkpoint: str) -> CheckpointError:
 
 @contextlib.contextmanager
 def _held(path: str):
-    """A private copy of the checkpoint `path`; raises _Pruned if its files are already gone.
-
-    Its files are all opened first: an open file stays readable after a trainer deletes it.
-    """
+    """A private copy of the checkpoint `path`; raises _Pruned if its files are already gone. Its files are all opened
+    first: an open file stays readable after a trainer deletes it."""
     names = [path + ".index", *glob.glob(glob.escape(path) + ".data-*-of-*")]
     match = re.search(r"-of-(\d+)$", names[-1])
     if not match or len(names) != 1 + int(match[1]):

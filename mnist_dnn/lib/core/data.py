@@ -1,11 +1,5 @@
-"""MNIST-format data: TFDS loading, offline import of IDX files, tf.data pipelines.
-
-The source of truth is always a prepared TFDS dataset (`mnist` by default) in
-`data_dir`. Online, TFDS downloads and prepares it. Offline, `import_idx` prepares the
-very same dataset (name, version, features, splits) from the four IDX files, without the
-network and without TFDS's registered download checksums: instead it checks that the files
-hold the dataset they are imported as (`check_canonical`) before TFDS writes anything.
-"""
+"""MNIST-format data: a prepared TFDS dataset in `data_dir`, downloaded by TFDS, or offline prepared the very same
+(`import_idx`) from the four IDX files, once they prove to be the dataset they claim (`check_canonical`)."""
 
 import contextlib
 import dataclasses
@@ -26,11 +20,10 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import DATASETS, IDX_DIR_ENV, IMAGE_SIZE, DataConfig, DatasetIdxDir  # noqa: F401 (part of this module's API)
+from mnist_dnn.lib.config import (DATASETS, IDX_DIR_ENV, IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS,  # noqa: F401 (part of this module's API)
+                                  DataConfig, DatasetIdxDir)
 from mnist_dnn.lib.errors import DataError, UsageError
 
-NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
-NUM_CLASSES = 10
 VALIDATION_SIZE = 5000
 # The decoded arrays of a prepared split, beside its TFDS record files (see _load_split).
 ARRAY_CACHE_PREFIX = "mnist_dnn-arrays-"
@@ -222,14 +215,9 @@ def _offline_builder_class(dataset: str, idx_dir: str):
 
 
 def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.DatasetBuilder:
-    """Prepares the TFDS dataset in `config.data_dir` from the IDX folder `config.idx_folder`.
-
-    TFDS registers whatever it is given under the dataset's name and version, for every later
-    `tfds.load` of that data_dir: so the files must first prove to be the official ones
-    (`check_canonical`), and nothing is written when they are not. `verify=False` exists for
-    the tests alone, which import small synthetic folders; `prepare`, the path of the tools
-    and of library users, always verifies.
-    """
+    """Prepares the TFDS dataset in `config.data_dir` from the IDX folder `config.idx_folder`. TFDS registers whatever
+    it is given for every later `tfds.load`: the files must first prove to be the official ones (`check_canonical`).
+    `verify=False` is for the tests' small synthetic folders only."""
     folder = config.idx_folder
     if not folder or not os.path.isdir(folder):
         raise DataError(f"`idx_dir` {folder} is not a folder; point `idx_dir` at the four {config.dataset} IDX files")
@@ -250,28 +238,13 @@ def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.
     return builder
 
 
-@contextlib.contextmanager
 def _preparing(dataset_dir: str, say):
-    """Holds the import lock of the data folder that holds `dataset_dir` (<data_dir>/<name>/<version>).
-
-    Two imports into one folder would both write the dataset, and TFDS's final rename fails for
-    the second (FileExistsError): the second waits, then finds the dataset prepared. The lock is
-    an flock on the folder itself, released when its process ends, however it ends.
-    """
-    import fcntl  # (here: a module-level import would stop the tools importing on Windows)
-
+    """Holds the import lock of the data folder that holds `dataset_dir` (<data_dir>/<name>/<version>). Two imports into
+    one folder would both write the dataset, and TFDS's final rename fails for the second (FileExistsError): the second
+    waits, then finds the dataset prepared."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(dataset_dir)))
     os.makedirs(root, exist_ok=True)
-    folder = os.open(root, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"Waiting for another process that is preparing a dataset in {root}")
-            fcntl.flock(folder, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(folder)
+    return files.folder_lock(root, on_wait=lambda: say(f"Waiting for another process that is preparing a dataset in {root}"))
 
 
 @contextlib.contextmanager
@@ -286,10 +259,6 @@ def _tfds_quiet():
             yield
     finally:
         absl_logger.setLevel(level)
-
-
-def _download_host(dataset: str) -> str:
-    return urllib.parse.urlparse(_builder_class(dataset).URL).hostname
 
 
 def _check_reachable(host: str) -> None:
@@ -318,9 +287,8 @@ def _check_data_dir(data_dir: str | None) -> None:
 
 
 def prepare(config: DataConfig, say=print) -> tfds.core.DatasetBuilder:
-    """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded.
-
-    `say(line)` tells of an import (the one output line of this module)."""
+    """Returns a builder whose dataset is prepared: reused, imported offline, or downloaded. `say(line)` tells of an
+    import (the one output line of this module)."""
     config.validate()
     _check_data_dir(config.data_dir)
     with _tfds_quiet():
@@ -331,7 +299,7 @@ def prepare(config: DataConfig, say=print) -> tfds.core.DatasetBuilder:
     if config.idx_folder:
         return import_idx(config, say=say)
     try:
-        _check_reachable(_download_host(config.dataset))
+        _check_reachable(urllib.parse.urlparse(_builder_class(config.dataset).URL).hostname)
         builder.download_and_prepare()
     except (OSError, ImportError) as e:  # requests' ConnectionError is an OSError
         raise _not_available(config, str(e).splitlines()[0]) from None
@@ -353,11 +321,9 @@ def load_splits(config: DataConfig, say=print) -> dict[str, Split]:
 
 
 def _load_split(builder, split: str) -> Split:
-    """The split as arrays: from the array cache beside the prepared dataset, else decoded from TFDS.
-
-    TFDS stores each image as a PNG in a record: reading and decoding 60,000 of them takes
-    seconds, loading the decoded uint8 arrays back about a tenth of a second.
-    """
+    """The split as arrays: from the array cache beside the prepared dataset, else decoded from TFDS. TFDS stores each
+    image as a PNG in a record: reading and decoding 60,000 of them takes seconds, loading the decoded uint8 arrays back
+    about a tenth of a second."""
     images, labels = _read_array_cache(builder, split) or _decode_and_cache(builder, split)
     return Split(tf.constant(images), tf.constant(labels))
 

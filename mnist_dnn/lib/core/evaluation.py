@@ -31,10 +31,8 @@ def make_predict_fn(model: keras.Model):
 
 
 def evaluate_split(predict_fn, split: data.Split, batch_size: int = 1000) -> Metrics:
-    """Scores every example of the split once, `batch_size` at a time (the last batch keeps the remainder).
-
-    The split is in memory already: slicing it costs less than a tf.data pipeline would.
-    """
+    """Scores every example of the split once, `batch_size` at a time (the last batch keeps the remainder). The split is
+    in memory already: slicing it costs less than a tf.data pipeline would."""
     logits = tf.concat([predict_fn(data.to_float(split.images[begin : begin + batch_size]))
                         for begin in range(0, split.size, batch_size)], axis=0)
     losses = per_example_loss(split.labels, logits).numpy()
@@ -50,15 +48,6 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     """Counts [true class, predicted class], int64 [10, 10]."""
     flat = labels.astype(np.int64) * data.NUM_CLASSES + predictions.astype(np.int64)
     return np.bincount(flat, minlength=data.NUM_CLASSES**2).reshape(data.NUM_CLASSES, data.NUM_CLASSES)
-
-
-def format_confusion_matrix(matrix: list[list[int]]) -> str:
-    """A text table: rows are the true class, columns the predicted class."""
-    width = max(5, len(str(max(max(row) for row in matrix))) + 1)
-    lines = ["rows: true class, columns: predicted class",
-             "     " + "".join(f"{c:>{width}}" for c in range(len(matrix)))]
-    lines += [f"{t:>5}" + "".join(f"{n:>{width}}" for n in row) for t, row in enumerate(matrix)]
-    return "\n".join(lines)
 
 
 def evaluate_checkpoint(ckpt_dir, *, checkpoint=None, which="latest", data_dir=None, idx_dir=None, dataset=None,

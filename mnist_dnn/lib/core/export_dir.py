@@ -1,10 +1,9 @@
 """The export folder's layout: numbered versions, what each holds, writing one atomically, finding the model.
 
 An export is a numbered version folder, `<export_dir>/<version>/`, the layout TensorFlow
-Serving watches: a SavedModel, a LiteRT file (`model.tflite`, `model_int8.tflite`) or a Keras
-model (`model.keras`). A
-version is written to a hidden temporary folder beside it and renamed into place, so a server
-never sees half of one.
+Serving watches: a SavedModel, a LiteRT file (`model.tflite`, `model_int8.tflite`), a Keras
+model (`model.keras`) or an ONNX model (`model.onnx`). A version is written to a hidden
+temporary folder beside it and renamed into place, so a server never sees half of one.
 """
 
 import glob
@@ -19,9 +18,10 @@ from mnist_dnn.lib.core.run_dir import CONFIG_FILE, RunDir
 
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving reads versions as 64-bit integers
 LITERT_FILE_NAMES = {"none": "model.tflite", "int8": "model_int8.tflite"}
-LITERT_EXTENSION = ".tflite"
 KERAS_FILE_NAME = "model.keras"
-NAMES = {"saved_model": "SavedModel", "litert": "LiteRT", "keras": "Keras"}
+ONNX_FILE_NAME = "model.onnx"
+FILE_FORMATS = {".tflite": "litert", ".keras": "keras", ".onnx": "onnx"}  # a version of one file: its extension
+NAMES = {"saved_model": "SavedModel", "litert": "LiteRT", "keras": "Keras", "onnx": "ONNX"}
 
 
 def versions(export_dir: str) -> list[int]:
@@ -31,13 +31,17 @@ def versions(export_dir: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(export_dir) if name.isascii() and name.isdigit())
 
 
+def model_files(folder: str) -> list[str]:
+    """The model files in `folder` (.tflite, .keras, .onnx), sorted."""
+    return sorted(path for extension in FILE_FORMATS for path in glob.glob(os.path.join(glob.escape(folder), "*" + extension)))
+
+
 def version_format(folder: str) -> str | None:
-    """What a version folder holds: "saved_model", "litert", "keras" or None."""
+    """What a version folder holds: "saved_model", "litert", "keras", "onnx" or None."""
     if tf.saved_model.contains_saved_model(folder):
         return "saved_model"
-    if os.path.isfile(os.path.join(folder, KERAS_FILE_NAME)):
-        return "keras"
-    return "litert" if glob.glob(os.path.join(glob.escape(folder), "*" + LITERT_EXTENSION)) else None
+    found = model_files(folder)
+    return FILE_FORMATS[os.path.splitext(found[0])[1]] if found else None
 
 
 def exported_model(folder: str) -> str | None:
@@ -46,7 +50,7 @@ def exported_model(folder: str) -> str | None:
         return None
     kind = version_format(folder)
     if kind:
-        return {"saved_model": "a SavedModel", "litert": "a LiteRT file", "keras": "a Keras model"}[kind]
+        return {"saved_model": "a SavedModel", "litert": "a LiteRT file", "keras": "a Keras model", "onnx": "an ONNX model"}[kind]
     held = {}
     for version in versions(folder):
         kind = version_format(os.path.join(folder, str(version)))
@@ -113,20 +117,20 @@ def _reason(error: Exception) -> str:
 
 
 def model_in(folder: str) -> str | None:
-    """The SavedModel folder itself, or its one LiteRT file; None if it holds neither."""
+    """The SavedModel folder itself, or its one model file (.tflite, .keras, .onnx); None if it holds neither."""
     if tf.saved_model.contains_saved_model(folder):
         return folder
-    found = sorted(glob.glob(os.path.join(glob.escape(folder), "*" + LITERT_EXTENSION)))
+    found = model_files(folder)
     if len(found) > 1:
-        raise UsageError(f"{folder} holds {len(found)} LiteRT files; pass one of them as `model_dir`")
+        raise UsageError(f"{folder} holds {len(found)} model files; pass one of them as `model_dir`")
     return found[0] if found else None
 
 
 def resolve_model(model_dir: str) -> str:
-    """A SavedModel folder or a LiteRT file: as given, or the one in the highest numbered version."""
+    """A SavedModel folder or a model file: as given, or the one in the highest numbered version."""
     files.check_link("model_dir", model_dir, "point it at an exported model")
     if os.path.isfile(model_dir):
-        return model_dir  # a LiteRT file; checked when loaded
+        return model_dir  # a model file; checked when loaded
     found = model_in(model_dir) if os.path.isdir(model_dir) else None
     if found:
         return found
@@ -136,5 +140,7 @@ def resolve_model(model_dir: str) -> str:
         found = model_in(latest)
         if found:
             return found
-        raise UsageError(f"`model_dir` {model_dir}: its latest version {latest} holds neither a SavedModel nor a .tflite file")
-    raise UsageError(f"`model_dir` {model_dir} is neither a SavedModel, a .tflite file nor a folder of numbered versions")
+        raise UsageError(f"`model_dir` {model_dir}: its latest version {latest} holds neither a SavedModel nor a "
+                         ".tflite, .keras or .onnx file")
+    raise UsageError(f"`model_dir` {model_dir} is neither a SavedModel, a .tflite, .keras or .onnx file nor a folder "
+                     "of numbered versions")

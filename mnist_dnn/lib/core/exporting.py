@@ -1,11 +1,13 @@
-"""Writing a model for serving: the SavedModel's signatures, LiteRT files converted from them, a Keras model.
+"""Writing a model for serving: the SavedModel's signatures, LiteRT files converted from them, a Keras or ONNX model.
 
 Where a version goes and how it is written atomically is `export_dir`'s business. The LiteRT
-converter is TensorFlow's own (`tf.lite.TFLiteConverter`); running a LiteRT file is serving's.
+converter is TensorFlow's own (`tf.lite.TFLiteConverter`), the ONNX one Keras' (tf2onnx inside);
+running an exported file is serving's.
 """
 
 import os
 import pathlib
+import warnings
 
 import keras
 import numpy as np
@@ -18,7 +20,14 @@ from mnist_dnn.lib.errors import UsageError
 
 IMAGES = tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1], tf.uint8, name="images")
 FLAT_IMAGES = tf.TensorSpec([None, data.NUM_PIXELS], tf.float32, name="images")
+ONNX_INSTALL_HINT = 'ONNX exports need the onnx extra: pip install -e ".[onnx]" (or pip install tf2onnx onnx onnxruntime)'
 INVALID_PIXELS = f"{FLAT_SIGNATURE} takes pixels from 0 to 1; some are NaN, infinite or outside that range"
+
+
+def outputs(model: keras.Model, images: tf.Tensor) -> dict:
+    """What every export answers for float [N, 784] pixels in [0, 1]: probabilities and classes."""
+    logits = model(images, training=False)
+    return {"probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, axis=1, output_type=tf.int64)}
 
 
 class ServingModule(tf.Module):
@@ -38,7 +47,7 @@ class ServingModule(tf.Module):
     def serve_images(self, images):
         """Raw pixels 0..255, as MNIST stores them: scaled and flattened as in training."""
         images = tf.ensure_shape(images, IMAGES.shape)
-        return self.outputs(self.flatten(data.to_float(images)))
+        return outputs(self.model, self.flatten(data.to_float(images)))
 
     @staticmethod
     def flatten(images):
@@ -52,16 +61,12 @@ class ServingModule(tf.Module):
         images = tf.ensure_shape(images, FLAT_IMAGES.shape)
         valid = tf.reduce_all((images >= 0.0) & (images <= 1.0))  # False for NaN too
         with tf.control_dependencies([tf.debugging.Assert(valid, [INVALID_PIXELS])]):
-            return self.outputs(tf.identity(images))
+            return outputs(self.model, tf.identity(images))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_bytes(self, image_bytes):
         """Encoded PNG, JPEG, BMP or GIF files, decoded and brought to MNIST's form as `predict` does."""
         return self.serve_images(images.decode_digits(image_bytes))
-
-    def outputs(self, images):
-        logits = self.model(images, training=False)
-        return {"probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, axis=1, output_type=tf.int64)}
 
     def signatures(self) -> dict:
         return {SERVING_SIGNATURE: self.serve_images, FLAT_SIGNATURE: self.serve_flat, BYTES_SIGNATURE: self.serve_bytes}
@@ -98,6 +103,34 @@ def export_keras(model: keras.Model, export_dir: str, version: int | None = None
     In Keras' own layers only, so that `keras.models.load_model` reads it without this package.
     """
     return _write_file(export_dir, version, "keras", layout.KERAS_FILE_NAME, keras_layers_only(model).save)
+
+
+class ImagesModel(keras.Model):
+    """`serving_default` as a Keras model, for Keras' ONNX export: uint8 [N, 28, 28, 1] in. tf.argmax, not
+    keras.ops.argmax, whose handling of -0.0 (Bitcast, BitwiseAnd) tf2onnx cannot convert."""
+
+    def __init__(self, model: keras.Model):
+        super().__init__(name="mnist_serving")
+        self.model = model
+
+    def call(self, images):
+        return outputs(self.model, ServingModule.flatten(data.to_float(images)))
+
+
+def export_onnx(model: keras.Model, export_dir: str, version: int | None = None) -> str:
+    """Writes the model as `model.onnx` (`serving_default`'s inputs and outputs) in version `version` of
+    `export_dir`, by Keras' ONNX export; returns the file's path."""
+    layout.version_path(export_dir, version, "onnx")  # refuse before converting
+    try:
+        import tf2onnx  # noqa: F401 (Keras' ONNX export runs it)
+    except ImportError:
+        raise UsageError(ONNX_INSTALL_HINT) from None
+    served = ImagesModel(model)
+    served(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))  # Keras exports built models only
+    with warnings.catch_warnings():  # Keras' tf2onnx patch warns on numpy 2
+        warnings.simplefilter("ignore", FutureWarning)
+        return _write_file(export_dir, version, "onnx", layout.ONNX_FILE_NAME, lambda path: served.export(
+            path, format="onnx", verbose=False, input_signature=[IMAGES]))
 
 
 def _write_file(export_dir: str, version: int | None, export_format: str, name: str, write) -> str:
@@ -149,7 +182,7 @@ def convert_int8(serving_module: ServingModule, representative: np.ndarray) -> b
         for image in np.concatenate([pinned, representative]):
             yield [image[np.newaxis].astype(np.float32) / 255.0]
 
-    scaled = tf.function(lambda images: serving_module.outputs(serving_module.flatten(images)),
+    scaled = tf.function(lambda images: outputs(serving_module.model, serving_module.flatten(images)),
                          input_signature=[tf.TensorSpec(IMAGES.shape, tf.float32, name="images")])
     converter = _converter(serving_module, scaled)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

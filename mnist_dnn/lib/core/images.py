@@ -1,9 +1,6 @@
-"""Encoded image files to MNIST pixels, in TensorFlow ops.
-
-`predict` runs these functions on the files it reads and the SavedModel's `serving_bytes`
-signature runs them in its graph, so both give the same pixels, and so the same answer,
-for the same file.
-"""
+"""Encoded image files to MNIST pixels, in TensorFlow ops. `predict` runs these functions on the files it reads and the
+SavedModel's `serving_bytes` signature runs them in its graph, so both give the same pixels, and so the same answer, for
+the same file."""
 
 import tensorflow as tf
 
@@ -64,11 +61,9 @@ def to_grayscale_on_white(image: tf.Tensor) -> tf.Tensor:
 
 @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
 def decode_digit(contents: tf.Tensor) -> tf.Tensor:
-    """An encoded PNG, JPEG, BMP or GIF (its first frame) to MNIST pixels, uint8 [28, 28, 1].
-
-    Grayscale, light digit on a dark background (inverted when the border is brighter than
-    mid-gray), resized. Images larger than MAX_PIXELS are refused before they are decoded.
-    """
+    """An encoded PNG, JPEG, BMP or GIF (its first frame) to MNIST pixels, uint8 [28, 28, 1]. Grayscale, light digit on
+    a dark background (inverted when the border is brighter than mid-gray), resized. Images larger than MAX_PIXELS are
+    refused before they are decoded."""
     height, width = image_size(contents)
     tf.debugging.assert_less_equal(height * width, tf.constant(MAX_PIXELS, tf.int64),
                                    message=f"image too large: at most {MAX_PIXELS} pixels are decoded")

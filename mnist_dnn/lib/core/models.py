@@ -1,27 +1,23 @@
-"""The models, chosen by name. Each maps a float batch [B, 784] to logits [B, 10].
-
-The convolutional ones reshape that batch to images [B, 28, 28, 1] themselves, so every
-boundary (data pipelines, checkpoints, serving signatures, LiteRT) is the same for all models.
-"""
+"""The models, chosen by name. Each maps a float batch [B, 784] to logits [B, 10]. The convolutional ones reshape that
+batch to images [B, 28, 28, 1] themselves, so every boundary (data pipelines, checkpoints, serving signatures, LiteRT)
+is the same for all models."""
 
 import itertools
 
 import keras
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # tf.function's own test for an XLA program
 
 from mnist_dnn.lib.config import ALIASES, DEFAULT_CONV_FILTERS, DEFAULT_HIDDEN_UNITS, MODELS, ModelConfig  # noqa: F401 (the registry)
-from mnist_dnn.lib.config import conv_stages
+from mnist_dnn.lib.config import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS, conv_stages
 from mnist_dnn.lib.core import threefry
-from mnist_dnn.lib.core.data import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 
 
 @keras.saving.register_keras_serializable("mnist_dnn")  # model.save() and load_model, once imported
 class RawDNN(keras.Model):
-    """The course's DNN built from explicit weights: w1 784x128, b1, w2 128x10, b2.
-
-    Weights come from `add_weight` and are kept as named attributes: Keras 3 neither
-    trains a bare `tf.Variable` attribute nor checkpoints variables held in a list.
-    """
+    """The course's DNN built from explicit weights: w1 784x128, b1, w2 128x10, b2. Weights come from `add_weight` and
+    are kept as named attributes: Keras 3 neither trains a bare `tf.Variable` attribute nor checkpoints variables held
+    in a list."""
 
     def __init__(self, hidden_units=(128,), seed=0, name="raw", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -46,23 +42,28 @@ class RawDNN(keras.Model):
 
 
 def dropout(inputs, rate: float, seed):
-    """`inputs` with each element zeroed with probability `rate`, the rest scaled by 1 / (1 - rate).
-
-    A stateless function of `seed` (int32 [2]), its bits from `threefry.random_bits`.
-    """
-    threshold = tf.constant(min(int(rate * 2.0**32), 2**32 - 1), tf.uint32)
-    keep = threefry.random_bits(tf.shape(inputs), seed) >= threshold
-    return tf.where(keep, inputs / (1 - rate), tf.zeros_like(inputs))
+    """`inputs` with each element zeroed with probability `rate`, the rest scaled to keep the mean. A stateless function
+    of `seed` (int32 [2]). Inside an XLA program its bits come from `threefry.random_bits`, which XLA fuses into one
+    vectorized loop; elsewhere (the convnet's graph loop on a CPU) from TensorFlow's Philox kernel, one op where
+    Threefry's 100 elementwise ops each cost a pass over memory: 16 bits per element, two from each 32-bit draw (so
+    `rate` is rounded to a multiple of 1/65536)."""
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        threshold = min(int(rate * 2.0**32), 2**32 - 1)
+        keep = threefry.random_bits(tf.shape(inputs), seed) >= tf.constant(threshold, tf.uint32)
+        return tf.where(keep, inputs / (1 - rate), tf.zeros_like(inputs))
+    threshold = min(round(rate * 2**16), 2**16 - 1)
+    size = tf.size(inputs)
+    words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32,
+                                        alg="philox")
+    halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
+    keep = tf.reshape(halves >= tf.constant(threshold, tf.uint16), tf.shape(inputs))
+    return inputs * (tf.cast(keep, inputs.dtype) * (2**16 / (2**16 - threshold)))
 
 
 @keras.saving.register_keras_serializable("mnist_dnn")  # model.save() and load_model, once imported
 class Dropout(keras.layers.Dropout):
-    """keras.layers.Dropout drawing its masks with `dropout` above.
-
-    Inside an XLA program on a CPU, Keras' default generator made a training step of 784-512-10
-    about ten times slower, and TensorFlow's Philox took about a quarter of a 784-512-512-10
-    step; these masks cost little (docs/speed.md).
-    """
+    """keras.layers.Dropout drawing its masks with `dropout` above: in XLA on a CPU, Keras' own generator made
+    a step about ten times slower, TensorFlow's Philox a quarter (docs/speed.md)."""
 
     def call(self, inputs, training=False):
         if not (training and self.rate > 0):
@@ -117,11 +118,9 @@ def _classifier_head(hidden_units, seed: int, dropout: float, first_layer: int) 
 
 
 def cnn(conv_filters=(32, 64), hidden_units=(128,), seed=0, dropout=0.0, pool_every=0) -> keras.Model:
-    """The convnet of the Keras, PyTorch and Flax MNIST examples: 3x3 convolutions with ReLU,
-    a 2x2 max-pool, dropout, Dense ReLU layers with dropout, the logits.
-
-    `pool_every=N` puts a 2x2 max-pool after every N convolutions (and after the last) instead.
-    """
+    """The convnet of PyTorch's MNIST example by default: 3x3 convolutions with ReLU, a 2x2 max-pool, dropout, Dense
+    ReLU layers with dropout, the logits. `pool_every=N` puts a 2x2 max-pool after every N convolutions (and after the
+    last) instead."""
     layers, conv_seeds = _images(), itertools.count(seed + 1)
     for stage in conv_stages(conv_filters, pool_every):
         for filters in stage:

@@ -113,10 +113,8 @@ class RunDir(CheckpointStore):
                                  f"move that run away or pass another `ckpt_dir`")
 
     def check_resumable(self, config: RunConfig) -> RunConfig | None:
-        """Refuses, before writing anything, to continue a run with settings it was not trained with.
-
-        Returns the stored configuration, None for a new run.
-        """
+        """Refuses, before writing anything, to continue a run with settings it was not trained with. Returns the stored
+        configuration, None for a new run."""
         if not os.path.exists(self.config_path):
             if self.latest():
                 raise UsageError(f"{self.path} holds checkpoints but no {CONFIG_FILE}; pass another `ckpt_dir`")
@@ -133,23 +131,12 @@ class RunDir(CheckpointStore):
 
     @contextlib.contextmanager
     def lock(self):
-        """Holds the folder's training lock; a second trainer on the folder is refused.
-
-        The lock is an flock on the folder itself: it dies with its process (a killed trainer never
-        leaves the folder locked), and unlike a lock file it cannot be deleted from under its holder.
-        """
-        import fcntl  # (here: a module-level import would stop evaluate and export importing on Windows)
-
-        folder = os.open(self.path, os.O_RDONLY)
-        try:
-            try:
-                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        """Holds the folder's training lock (`files.folder_lock`); a second trainer on the folder is refused."""
+        with files.folder_lock(self.path) as locked:
+            if not locked:
                 raise BusyError(f"another training run is using {self.path}; wait for it to end or pass "
-                                "another `ckpt_dir`") from None
+                                "another `ckpt_dir`")
             yield
-        finally:
-            os.close(folder)
 
 
 def new_run_id() -> str:

@@ -1,19 +1,12 @@
-"""Sweeps: every combination of a grid of training flags, each as its own run, resumably.
+"""Sweeps: every combination of a grid of training flags, each as its own run, resumably. A grid axis is written
+`NAME=V1,V2,...`: values are separated by commas. A list-valued flag (`hidden_units`) writes the elements of one value
+joined by `-`, as run folder names do: `hidden_units=128,256-128` is two values, [128] and [256, 128]. Each run is
+`<train command> <base flags> <its combination>` in a subprocess (the command is the tool's to give, e.g. `python -m
+mnist_dnn.train`), one after another, in `root/<name>/` with `ckpt/`, `logs/` and `train.log`, where the name is the
+combination, e.g. `learning_rate=0.1,hidden_units=256-128`. A run that ends well gets a `done.json` (wall time,
+examples/s, steps, best); running the sweep again skips those, resumes an interrupted run from its checkpoint (train
+resumes by itself) and starts the others. `root/sweep.json` records the sweep, so a different one is refused there."""
 
-A grid axis is written `NAME=V1,V2,...`: values are separated by commas. A list-valued
-flag (`hidden_units`) writes the elements of one value joined by `-`, as run folder names
-do: `hidden_units=128,256-128` is two values, [128] and [256, 128].
-
-Each run is `<train command> <base flags> <its combination>` in a subprocess (the command is the
-tool's to give, e.g. `python -m mnist_dnn.train`),
-one after another, in `root/<name>/` with `ckpt/`, `logs/` and `train.log`, where the name
-is the combination, e.g. `learning_rate=0.1,hidden_units=256-128`. A run that ends well
-gets a `done.json` (wall time, examples/s, steps, best); running the sweep again skips
-those, resumes an interrupted run from its checkpoint (train resumes by itself) and starts
-the others. `root/sweep.json` records the sweep, so a different one is refused there.
-"""
-
-import contextlib
 import dataclasses
 import itertools
 import os
@@ -101,19 +94,27 @@ def expand(axes: list[Axis], list_flags) -> list[Run]:
     return runs
 
 
+def check_runs(base: dict, runs: list[Run]) -> None:
+    """Every run's settings (`base`, flag name -> value, under its own) pass train's own validation."""
+    for run in runs:
+        settings.build(TrainConfig, {**base, **run.params}).validate()
+
+
 def describe(axes: list[Axis], base_args: list[str], runs: list[Run]) -> dict:
     return {"grid": {a.name: list(a.values) for a in axes}, "base_args": list(base_args),
             "runs": [{"name": r.name, "params": r.params} for r in runs]}
 
 
-def check_root(root: str) -> None:
-    """Refuses a --root that cannot hold a sweep, and a damaged sweep.json, before anything is written."""
+def check_root(root: str | None) -> dict | None:
+    """Refuses a --root that cannot hold a sweep, and a damaged sweep.json, before anything is written; returns the
+    sweep that sweep.json describes, if there is one."""
+    if not root:
+        raise UsageError("`root` is required: the folder of the sweep's runs, e.g. `root`=runs/lr-width")
     files.check_link("root", root, "pass a folder for the sweep's runs")
     if os.path.exists(root) and not os.path.isdir(root):
         raise UsageError(f"`root` {root} is a file; pass a folder for the sweep's runs")
     path = os.path.join(root, roots.SWEEP_FILE)
-    if os.path.exists(path):
-        _read_description(path)
+    return _read_description(path) if os.path.exists(path) else None
 
 
 def _read_description(path: str) -> dict:
@@ -128,16 +129,13 @@ def _read_description(path: str) -> dict:
 
 def record(root: str, description: dict) -> None:
     """Writes root/sweep.json, or checks that the root holds this very sweep."""
-    check_root(root)
-    path = os.path.join(root, roots.SWEEP_FILE)
-    if os.path.exists(path):
-        stored = _read_description(path)
-        if stored != description:
-            raise UsageError(f"{root} holds another sweep ({path}: grid {stored.get('grid')}, base flags "
-                             f"{stored.get('base_args')}); pass another `root` or the same flags")
-        return
-    os.makedirs(root, exist_ok=True)
-    files.write_json(path, description)
+    stored, path = check_root(root), os.path.join(root, roots.SWEEP_FILE)
+    if stored is None:
+        os.makedirs(root, exist_ok=True)
+        files.write_json(path, description)
+    elif stored != description:
+        raise UsageError(f"{root} holds another sweep ({path}: grid {stored.get('grid')}, base flags "
+                         f"{stored.get('base_args')}); pass another `root` or the same flags")
 
 
 def load(root: str) -> dict:
@@ -158,12 +156,6 @@ def train_command(root: str, run: Run, base_args: list[str], train: list[str]) -
             f"--result_file={os.path.join(folder, roots.RESULT_FILE)}"]
 
 
-def _wait_forwarding_signals(child: subprocess.Popen) -> int:
-    """Waits for the run; Ctrl-C or SIGTERM to the sweep reach it, and it saves before it stops."""
-    with processes.signals_to(lambda signum, frame: child.send_signal(signum)):
-        return child.wait()
-
-
 def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
     """Runs (or resumes) one run, its output appended to its train.log; writes done.json on success."""
     folder = roots.run_dir(root, run.name)
@@ -173,9 +165,10 @@ def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
     with open(os.path.join(folder, roots.LOG_FILE), "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        # The run saves and stops if the sweep dies, even by SIGKILL.
+        # The run saves and stops if the sweep dies, even by SIGKILL; Ctrl-C or SIGTERM to the sweep reach it.
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=processes.die_with_parent)
-        code = _wait_forwarding_signals(child)
+        with processes.signals_to(lambda signum, frame: child.send_signal(signum)):
+            code = child.wait()
     wall = time.perf_counter() - started
     if code == 0:
         from mnist_dnn.lib.trainer.training import TrainResult  # TensorFlow: not at the tool's import
@@ -205,10 +198,8 @@ def last_error(root: str, name: str) -> str:
 
 
 def run_all(root: str, runs: list[Run], base_args: list[str], train: list[str], out=print) -> None:
-    """Runs every unfinished run in order with the command `train`.
-
-    Raises SweepError naming the failed runs, or SweepBusy naming those that another process
-    was training (the same sweep started twice): those are busy, not failed.
+    """Runs every unfinished run in order with the command `train`. Raises SweepError naming the failed runs, or
+    SweepBusy naming those that another process was training (the same sweep started twice): those are busy, not failed.
     """
     failed, busy = [], []
     for i, run in enumerate(runs, 1):
@@ -231,8 +222,13 @@ def _run_one(root: str, run: Run, base_args: list[str], train: list[str], prefix
         out(f"{prefix} done already, skipped")
         return "done"
     os.makedirs(folder, exist_ok=True)
-    with _run_lock(folder) as locked:
-        code = _started(root, run, base_args, train, prefix, out) if locked else None
+    # A second sweep on the same root finds the run held and skips it before it starts anything (the trainer's
+    # own lock on ckpt/ would refuse it too, but only after its result file was written).
+    with files.folder_lock(folder) as locked:
+        if locked:
+            resuming = os.path.isdir(os.path.join(folder, roots.CKPT_DIR))
+            out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(folder, roots.LOG_FILE)})")
+        code = execute(root, run, base_args, train) if locked else None
     if code is None or code and _was_busy(folder):
         out(f"{prefix} busy: another process is training it; skipped (not failed)")
         return "busy"
@@ -243,34 +239,6 @@ def _run_one(root: str, run: Run, base_args: list[str], train: list[str], prefix
         return "failed"
     out(f"{prefix} done in {files.read_json(os.path.join(folder, roots.DONE_FILE))['wall_time_s']:.1f} s")
     return "done"
-
-
-def _started(root: str, run: Run, base_args: list[str], train: list[str], prefix: str, out) -> int:
-    folder = roots.run_dir(root, run.name)
-    resuming = os.path.isdir(os.path.join(folder, roots.CKPT_DIR))
-    out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(folder, roots.LOG_FILE)})")
-    return execute(root, run, base_args, train)
-
-
-@contextlib.contextmanager
-def _run_lock(folder: str):
-    """Yields whether this sweep holds the run folder (an flock on it, for the run's whole training).
-
-    A second sweep on the same root finds the run held and skips it, before it starts anything
-    (the trainer's own lock on ckpt/ would refuse it too, but only after its result file was written).
-    """
-    import fcntl  # (here: a module-level import would stop the tools importing on Windows)
-
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(handle)
 
 
 def _was_busy(folder: str) -> bool:

@@ -1,4 +1,4 @@
-"""Classifying image files with an exported model (a SavedModel or a LiteRT file), as a client would.
+"""Classifying image files with an exported model (a SavedModel, a LiteRT, ONNX or Keras file), as a client would.
 
 The image is brought to MNIST's form here (28x28 grayscale, light digit on a dark
 background) by the same TensorFlow ops as the SavedModel's `serving_bytes` signature; the
@@ -9,15 +9,17 @@ import base64
 import dataclasses
 import json
 import os
+import zipfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files, native_output
 from mnist_dnn.lib.config import BYTES_SIGNATURE, MAX_IMAGE_BYTES, SERVING_SIGNATURE
-from mnist_dnn.lib.core import export_dir, images
-from mnist_dnn.lib.serve import litert
-from mnist_dnn.lib.errors import DataError, UsageError
+from mnist_dnn.lib.core import data, export_dir, exporting, images
+from mnist_dnn.lib.serve import litert, onnx_model
+from mnist_dnn.lib.errors import DataError, UsageError, first_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +52,6 @@ def check_image(contents: bytes) -> None:
         raise DataError(images.too_large_message(height, width))
 
 
-def read_image(path: str) -> np.ndarray:
-    """A PNG, JPEG, BMP or GIF (its first frame) of up to images.MAX_PIXELS as MNIST pixels: uint8 [28, 28, 1]."""
-    return read_image_file(path).pixels
-
-
 @dataclasses.dataclass(frozen=True)
 class ImageFile:
     path: str
@@ -63,6 +60,7 @@ class ImageFile:
 
 
 def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> ImageFile:
+    """A PNG, JPEG, BMP or GIF (its first frame) of up to images.MAX_PIXELS, with its MNIST pixels: uint8 [28, 28, 1]."""
     contents = read_file(path, max_bytes)
     with native_output.quiet_unless_logging():  # libjpeg says why it fails on descriptor 2: the line below says it
         try:
@@ -91,13 +89,33 @@ class SavedModelSignature:
         return {name: value.numpy() for name, value in self.signature(images=tf.constant(pixels)).items()}
 
 
+class KerasFile:
+    """A `model.keras` of `export --format=keras` (float [N, 784] in, logits out), answering as `serving_default`."""
+
+    def __init__(self, path: str):
+        try:
+            self.model = keras.models.load_model(path, compile=False)
+            self(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))
+        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as e:
+            raise UsageError(f"{path} is not a Keras model of mnist_dnn ({first_line(e)}); export one with "
+                             "python -m mnist_dnn.export `format`=keras") from None
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        flat = exporting.ServingModule.flatten(data.to_float(tf.constant(pixels)))
+        return {name: value.numpy() for name, value in exporting.outputs(self.model, flat).items()}
+
+
+def file_reader(path: str):
+    """What reads a model file with this name: OnnxModel, KerasFile or (any other) LiteRTModel."""
+    return {".onnx": onnx_model.OnnxModel, ".keras": KerasFile}.get(os.path.splitext(path)[1], litert.LiteRTModel)
+
+
 class Classifier:
-    """An exported model: a SavedModel or a .tflite file, or the latest version in a model folder."""
+    """An exported model: a SavedModel, a .tflite, .onnx or .keras file, or the latest version in a model folder."""
 
     def __init__(self, model_dir: str):
-        path = export_dir.resolve_model(model_dir)
-        self.model = SavedModelSignature(path) if os.path.isdir(path) else litert.LiteRTModel(path)
-        self.path = path
+        self.path = export_dir.resolve_model(model_dir)
+        self.model = SavedModelSignature(self.path) if os.path.isdir(self.path) else file_reader(self.path)(self.path)
 
     def __call__(self, pixels) -> list[Prediction]:
         """Classifies uint8 images 0..255, [28, 28, 1] or [28, 28] each: a list of them, or a numpy batch."""

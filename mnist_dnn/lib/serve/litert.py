@@ -1,5 +1,7 @@
 """Running a LiteRT (formerly TensorFlow Lite) file: the `ai-edge-litert` interpreter, an optional extra."""
 
+import threading
+
 import numpy as np
 
 from mnist_dnn.lib import native_output
@@ -20,22 +22,19 @@ def interpreter_class():
 
 
 class LiteRTModel:
-    """A `.tflite` file's `serving_default` signature: uint8 [N, 28, 28, 1] in, probabilities out."""
+    """A `.tflite` file's `serving_default` signature: uint8 [N, 28, 28, 1] in, probabilities out.
+
+    One interpreter, so calls take turns (it is not thread-safe)."""
 
     def __init__(self, path: str):
         interpreter_type = interpreter_class()
-        self.path = path
+        self.path, self.lock = path, threading.Lock()
         try:
             self.interpreter = interpreter_type(model_path=path)
             self.runner = self.interpreter.get_signature_runner(SERVING_SIGNATURE)
-        except (ValueError, RuntimeError) as e:
-            raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({first_line(e)}); export one with "
-                             "python -m mnist_dnn.export `format`=litert") from None
-        inputs = self.runner.get_input_details()
-        if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
-            raise UsageError(f"{path}: its {SERVING_SIGNATURE} signature does not take uint8 images; "
-                             "export one with python -m mnist_dnn.export `format`=litert")
-        try:
+            inputs = self.runner.get_input_details()
+            if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
+                raise ValueError(f"its {SERVING_SIGNATURE} signature does not take uint8 images")
             with native_output.quiet_unless_logging():  # the first run prints `INFO: Created ... XNNPACK delegate`
                 self(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))
         except (ValueError, RuntimeError) as e:
@@ -44,8 +43,5 @@ class LiteRTModel:
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """`probabilities` float32 [N, 10] and `classes` int64 [N]."""
-        return self.runner(images=np.ascontiguousarray(images, dtype=np.uint8))
-
-    def input_quantization(self) -> tuple[float, int]:
-        """(scale, zero point) of the input: (0.0, 0) when not quantized."""
-        return tuple(self.runner.get_input_details()["images"]["quantization"])
+        with self.lock:
+            return {k: np.array(v) for k, v in self.runner(images=np.ascontiguousarray(images, dtype=np.uint8)).items()}

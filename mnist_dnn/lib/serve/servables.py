@@ -1,22 +1,22 @@
 """Exported models as a server holds them: their signatures, and the newest version of a model folder.
 
 A model folder holds numbered versions (`exports/mnist/1/`, `2/`, ...), each a SavedModel or a
-LiteRT file, as `export` writes them. Like TensorFlow Serving, the server serves the highest
-version that loads, and `ModelVersions.refresh` switches to a newer one once it has loaded:
-requests already running finish on the model they started with.
+LiteRT, ONNX or Keras file, as `export` writes them. Like TensorFlow Serving, the server serves
+the highest version that loads, and `ModelVersions.refresh` switches to a newer one once it has
+loaded: requests already running finish on the model they started with.
 """
 
 import dataclasses
 import os
-import threading
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import files, native_output
-from mnist_dnn.lib.core import export_dir
-from mnist_dnn.lib.serve import litert
+from mnist_dnn.lib import files
+from mnist_dnn.lib.config import SERVING_SIGNATURE
+from mnist_dnn.lib.core import data, export_dir
+from mnist_dnn.lib.serve import classifier
 from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
 
 
@@ -67,44 +67,28 @@ def load_saved_model(path: str, version: int) -> Servable:
     return Servable(version, path, signatures, owner=loaded)
 
 
-def _litert_info(detail: dict) -> TensorInfo:
-    shape = detail.get("shape_signature", detail["shape"])
-    return TensorInfo(tf.as_dtype(detail["dtype"]), tuple(None if d < 0 else int(d) for d in shape))
-
-
-def load_litert(path: str, version: int) -> Servable:
-    """The LiteRT file's signatures; one interpreter, so calls take turns (it is not thread-safe)."""
-    try:
-        with native_output.quiet_unless_logging():  # allocating prints `INFO: Created ... XNNPACK delegate for CPU.`
-            interpreter = litert.interpreter_class()(model_path=path)
-            interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as e:
-        raise DataError(f"cannot load the LiteRT file {path}: {first_line(e)}") from None
-    lock = threading.Lock()
-    signatures = {}
-    for name in interpreter.get_signature_list():
-        runner = interpreter.get_signature_runner(name)
-
-        def run(inputs, runner=runner):
-            with lock:
-                return {k: np.array(v) for k, v in runner(**inputs).items()}
-
-        signatures[name] = Signature({k: _litert_info(d) for k, d in runner.get_input_details().items()},
-                                     {k: _litert_info(d) for k, d in runner.get_output_details().items()}, run)
-    return Servable(version, path, signatures, owner=interpreter)
+def load_file_model(path: str, version: int, reader) -> Servable:
+    """A LiteRT, ONNX or Keras file, read as `predict` reads it: `serving_default` alone."""
+    model = reader(path)
+    inputs = {"images": TensorInfo(tf.uint8, (None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1))}
+    outputs = {"probabilities": TensorInfo(tf.float32, (None, data.NUM_CLASSES)), "classes": TensorInfo(tf.int64, (None,))}
+    return Servable(version, path, {SERVING_SIGNATURE: Signature(inputs, outputs, lambda named: model(named["images"]))},
+                    owner=model)
 
 
 def load(path: str, version: int) -> Servable:
-    """A SavedModel folder or a .tflite file, loaded."""
-    return load_saved_model(path, version) if os.path.isdir(path) else load_litert(path, version)
+    """A SavedModel folder or a .tflite, .onnx or .keras file, loaded."""
+    if os.path.isdir(path):
+        return load_saved_model(path, version)
+    return load_file_model(path, version, classifier.file_reader(path))
 
 
 def _loadable(folder: str) -> str | None:
-    """The SavedModel folder or the one LiteRT file in `folder`; None when it holds neither (yet)."""
+    """The SavedModel folder or the one model file in `folder`; None when it holds neither (yet)."""
     try:
         return export_dir.model_in(folder)  # the rule export and predict use
     except UsageError:
-        return None  # more than one LiteRT file: not a version export writes
+        return None  # more than one model file: not a version export writes
 
 
 def _fingerprint(path: str) -> tuple:
@@ -144,8 +128,8 @@ class ModelVersions:
             raise DataError(f"{self.model_dir} does not exist; export a model there with python -m mnist_dnn.export")
         candidates = self.candidates()
         if not candidates:
-            raise DataError(f"{self.model_dir} holds no model: neither a SavedModel, a .tflite file nor numbered "
-                            "version folders holding one; export one with python -m mnist_dnn.export")
+            raise DataError(f"{self.model_dir} holds no model: neither a SavedModel, a .tflite, .onnx or .keras file nor "
+                            "numbered version folders holding one; export one with python -m mnist_dnn.export")
         version, path = candidates[0]
         return load(path, version)  # the newest must load at start-up: its error is the one to see
 

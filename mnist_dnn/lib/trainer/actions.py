@@ -46,13 +46,8 @@ def _duration(seconds: float) -> str:
 
 
 class TrainingLog:
-    """Training loss, accuracy, learning rate and examples/s: to TensorBoard, and as progress.
-
-    On a terminal, a progress bar (tqdm's): the global step out of `max_steps` (a resumed run
-    starts where it resumed), elapsed time and ETA, loss, accuracy in % and examples/s, fitted to
-    the terminal's width (never wrapped; the bar shrinks, then the line is cut). Otherwise one
-    line per report, with step/total, percent and ETA, fit for logs.
-    """
+    """Training loss, accuracy, learning rate and examples/s: to TensorBoard, and as progress: on a terminal,
+    tqdm's bar fitted to its width (never wrapped); otherwise a line per report, fit for logs."""
 
     def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock, say=print,
                  interactive: bool | None = None):
@@ -129,12 +124,10 @@ def patience_exhausted(best: Best | None, step: int, patience: int, eval_every: 
 
 
 class Validation:
-    """Scores the validation split; keeps the best checkpoint; decides early stopping; writes diagnostics.
-
-    `patience` counts evaluations (every `eval_every` steps) without a better accuracy; 0 is off.
-    Counting is by steps since the best, so it survives a resume without extra state.
-    `on_result(step, metrics)` (a search's pruner) gets each result; True requests the stop (`pruned`).
-    """
+    """Scores the validation split; keeps the best checkpoint; decides early stopping; writes diagnostics. `patience`
+    counts evaluations (every `eval_every` steps) without a better accuracy; 0 is off. Counting is by steps since the
+    best, so it survives a resume without extra state. `on_result(step, metrics)` (a search's pruner) gets each result;
+    True requests the stop (`pruned`)."""
 
     def __init__(self, state, split, writer, save_best, best: Best | None, patience: int, eval_every: int,
                  diagnose: diagnostics.Diagnostics, say=print, on_result=None):
@@ -166,10 +159,8 @@ class Validation:
 
 
 class EndOfRunExport:
-    """At the end of a completed or early-stopped run, a SavedModel version as `mnist_dnn.export` writes it.
-
-    Not when a signal stops the run: a run stopped half way is no model to serve.
-    """
+    """At the end of a completed or early-stopped run, a SavedModel version as `mnist_dnn.export` writes it. Not when a
+    signal stops the run: a run stopped half way is no model to serve."""
 
     def __init__(self, model, export_dir: str, signalled, say):
         self.model, self.export_dir, self.signalled, self.say = model, export_dir, signalled, say

@@ -1,8 +1,6 @@
-"""The batches the training loops read: each epoch's order, padding, image shifts, tf.data pipelines.
-
-Every batch is a function of the seed and the global step alone (stateless shuffles and
-shifts), so a resumed run reads exactly the batches an uninterrupted one would have read.
-"""
+"""The batches the training loops read: each epoch's order, padding, image shifts, tf.data pipelines. Every batch is a
+function of the seed and the global step alone (stateless shuffles and shifts), so a resumed run reads exactly the
+batches an uninterrupted one would have read."""
 
 import math
 
@@ -17,11 +15,9 @@ def steps_per_epoch(size: int, batch_size: int) -> int:
 
 
 def random_shift(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
-    """Moves each image [B, 784] by its own random (dy, dx) in [-max_shift, max_shift], filling with 0.
-
-    Stateless in `seed` (shape [2]): the same seed always gives the same shifts, so a resumed
-    run augments each step as an uninterrupted one does.
-    """
+    """Moves each image [B, 784] by its own random (dy, dx) in [-max_shift, max_shift], filling with 0. Stateless in
+    `seed` (shape [2]): the same seed always gives the same shifts, so a resumed run augments each step as an
+    uninterrupted one does."""
     side = IMAGE_SIZE + 2 * max_shift
     padded = tf.pad(tf.reshape(images, [-1, IMAGE_SIZE, IMAGE_SIZE]), [[0, 0], [max_shift] * 2, [max_shift] * 2])
     # Shape [B, 2] so that image i gets the same offsets in a batch padded to any size; Philox
@@ -45,11 +41,8 @@ def random_warp(images: tf.Tensor, max_degrees: float, max_scale: float, seed: t
 
 
 def warp(images: tf.Tensor, angle: tf.Tensor, zoom: tf.Tensor) -> tf.Tensor:
-    """Each uint8 image [B, 784] turned counter-clockwise by its `angle` (radians, [B]) and zoomed by its
-    `zoom` ([B]) about its centre: bilinear, filling with 0.
-
-    Gathers only (no image op), so it runs inside XLA.
-    """
+    """Each uint8 image [B, 784] turned counter-clockwise by its `angle` (radians, [B]) and zoomed by its `zoom` ([B])
+    about its centre: bilinear, filling with 0. Gathers only (no image op), so it runs inside XLA."""
     count = tf.shape(images)[0]
     # Output pixel p reads the source at c + rotation(angle) (p - c) / zoom about the centre c; with
     # rows counted downwards, that turns the picture counter-clockwise on screen.
@@ -73,9 +66,7 @@ def warp(images: tf.Tensor, angle: tf.Tensor, zoom: tf.Tensor) -> tf.Tensor:
 
 def _neighbours(source: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The padded-image indices of the pixels on either side of `source` coordinates, and the weight of the upper one.
-
-    Coordinates outside the image are clipped onto the zero border, with weight 0 beyond it.
-    """
+    Coordinates outside the image are clipped onto the zero border, with weight 0 beyond it."""
     source = tf.clip_by_value(source, -1.0, float(IMAGE_SIZE))
     low = tf.floor(source)
     low_index = tf.cast(low, tf.int32) + 1
@@ -100,11 +91,9 @@ def epoch_order(size: int, seed: int, epoch) -> tf.Tensor:
 
 
 def padded_epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """`epoch_order` cut into full batches: indices [steps * batch_size] and weights (1, or 0 for padding).
-
-    A compiled loop needs one batch shape: the epoch's ragged last batch is padded with
-    weight-0 examples, so the weighted mean loss equals that of the smaller batch.
-    """
+    """`epoch_order` cut into full batches: indices [steps * batch_size] and weights (1, or 0 for padding). A compiled
+    loop needs one batch shape: the epoch's ragged last batch is padded with weight-0 examples, so the weighted mean
+    loss equals that of the smaller batch."""
     padding = steps_per_epoch(size, batch_size) * batch_size - size
     order = tf.concat([epoch_order(size, seed, epoch), tf.zeros([padding], tf.int32)], 0)
     weights = tf.concat([tf.ones([size]), tf.zeros([padding])], 0)
@@ -122,10 +111,8 @@ def augment(images: tf.Tensor, augmentation: Augmentation, seed: int, step) -> t
 
 def gather_batch(images, labels, order, weights, batch_in_epoch, batch_size: int, step, seed: int,
                  augmentation: Augmentation = Augmentation()):
-    """The batch `batch_in_epoch` of an epoch's padded order: float images, labels, weights.
-
-    The one rule both training loops read batches by; `step` is the global step (for the shifts).
-    """
+    """The batch `batch_in_epoch` of an epoch's padded order: float images, labels, weights. The one rule both training
+    loops read batches by; `step` is the global step (for the shifts)."""
     begin = [batch_in_epoch * batch_size]
     indices, batch_weights = tf.slice(order, begin, [batch_size]), tf.slice(weights, begin, [batch_size])
     batch_images = augment(tf.gather(images, indices), augmentation, seed, step)
@@ -134,14 +121,11 @@ def gather_batch(images, labels, order, weights, batch_in_epoch, batch_size: int
 
 def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0,
                   augmentation: Augmentation = Augmentation()) -> tf.data.Dataset:
-    """Endless (images, labels, weights) batches, reshuffled every epoch, starting at `start_step`.
-
-    The whole split stays in memory as uint8; each epoch's order is a stateless permutation of
-    (seed, epoch). So the batch at any step is a function of the seed and the step alone, and a
-    resumed run sees exactly the batches it would have seen without a stop, while the
-    checkpoint stores only the step. Every batch has `batch_size` rows: an epoch's last one is
-    padded with weight-0 examples (`padded_epoch_order`).
-    """
+    """Endless (images, labels, weights) batches, reshuffled every epoch, starting at `start_step`. The whole split
+    stays in memory as uint8; each epoch's order is a stateless permutation of (seed, epoch). So the batch at any step
+    is a function of the seed and the step alone, and a resumed run sees exactly the batches it would have seen without
+    a stop, while the checkpoint stores only the step. Every batch has `batch_size` rows: an epoch's last one is padded
+    with weight-0 examples (`padded_epoch_order`)."""
     epoch_steps = steps_per_epoch(split.size, batch_size)
     start_epoch, skip = divmod(start_step, epoch_steps)
 

@@ -1,9 +1,6 @@
-"""The training loop's outer shell, in the shape of Orbit's controller.
-
-The runner trains a number of steps in one call; periodic work (logging, validation,
-checkpoints) are actions that the controller calls when their step comes. Adding a periodic
-job is adding an action.
-"""
+"""The training loop's outer shell, in the shape of Orbit's controller. The runner trains a number of steps in one call;
+periodic work (logging, validation, checkpoints) are actions that the controller calls when their step comes. Adding a
+periodic job is adding an action."""
 
 import dataclasses
 from typing import Callable
@@ -26,11 +23,9 @@ def next_stop(step: int, max_steps: int, steps_per_call: int, actions: list[Acti
 
 def run(runner, get_step: Callable[[], int], max_steps: int, steps_per_call: int, actions: list[Action],
         stop_requested: Callable[[], bool]) -> int:
-    """Trains to `max_steps` or until `stop_requested()`; returns the step it ended at.
-
-    After each call of the runner, the actions due at that step run, in order; one of them may
-    request the stop (early stopping), which the actions after it see.
-    """
+    """Trains to `max_steps` or until `stop_requested()`; returns the step it ended at. After each call of the runner,
+    the actions due at that step run, in order; one of them may request the stop (early stopping), which the actions
+    after it see."""
     step = get_step()
     while step < max_steps and not stop_requested():
         runner(next_stop(step, max_steps, steps_per_call, actions) - step)

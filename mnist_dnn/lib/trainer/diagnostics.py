@@ -1,16 +1,7 @@
-"""TensorBoard diagnostics at each evaluation, in the run's folder under the tag prefix `diagnostics/`:
-
-- `weights/<variable>`: histograms of every trainable variable;
-- `gradients/<variable>` (histograms) and `gradient_norm/<variable>`, `gradient_norm/global`
-  (scalars): gradients of the loss on one validation batch (the first 500 images);
-- `confusion_matrix`: an image of the validation confusion matrix (rows true class, columns
-  predicted, each row scaled to its own count: white = all of that class), its axes labelled
-  TRUE (green, left) and PREDICTED (red, top) with the class numbers, and
-  `confusion_matrix_counts`, the counts as a text table;
-- `misclassified`: up to 24 misclassified validation digits, each above a strip showing its
-  true class (green, left) and the predicted one (red, right), drawn with a built-in 3x5
-  digit font (no matplotlib). The description lists them as `true->predicted`.
-"""
+"""TensorBoard diagnostics at each evaluation, in the run's log folder under the tags diagnostics/...: histograms of
+the weights and of their gradients on the first 500 validation images, and their norms; the validation confusion matrix
+as an image (each row scaled to its count) and as counts; up to 24 misclassified digits, each above its true (green) and
+predicted (red) class in a built-in 3x5 digit font (no matplotlib)."""
 
 import numpy as np
 import tensorflow as tf
@@ -84,10 +75,8 @@ def misclassified_grid(images: np.ndarray, labels: np.ndarray, predictions: np.n
 
 
 def confusion_image(matrix: list[list[int]]) -> np.ndarray:
-    """The confusion matrix as an RGB image, each row normalized, with labelled axes.
-
-    Cell (t, p) is the square of `_CELL` pixels at (MATRIX_TOP + t * _CELL, MATRIX_LEFT + p * _CELL).
-    """
+    """The confusion matrix as an RGB image, each row normalized, with labelled axes. Cell (t, p) is the square of
+    `_CELL` pixels at (MATRIX_TOP + t * _CELL, MATRIX_LEFT + p * _CELL)."""
     counts = np.asarray(matrix, np.float32)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     classes = len(counts)
@@ -140,11 +129,9 @@ class Diagnostics:
         return tape.gradient(loss, self.model.trainable_variables)
 
     def _variable_summaries(self) -> list[summary_pb2.Summary]:
-        """Histograms of the weights and of their gradients on the first validation images, and the norms.
-
-        The histograms come from numpy and TensorBoard's own protobuf helpers: as TensorFlow
-        ops, run eagerly, they take about 0.15 s a call, and traced, seconds to trace.
-        """
+        """Histograms of the weights and of their gradients on the first validation images, and the norms. The
+        histograms come from numpy and TensorBoard's own protobuf helpers: as TensorFlow ops, run eagerly, they take
+        about 0.15 s a call, and traced, seconds to trace."""
         variables = self.model.trainable_variables
         gradients = [g.numpy() for g in self.gradients()]
         summaries = []

@@ -1,8 +1,6 @@
-"""tf.distribute strategies for training on one device, several devices, or several hosts.
-
-The training loop is the same for all: it builds everything under `strategy.scope()` and runs
-each step with `strategy.run`. Which devices take part is decided here and only here.
-"""
+"""tf.distribute strategies for training on one device, several devices, or several hosts. The training loop is the same
+for all: it builds everything under `strategy.scope()` and runs each step with `strategy.run`. Which devices take part
+is decided here and only here."""
 
 import json
 import os
@@ -14,10 +12,8 @@ from mnist_dnn.lib.errors import UsageError
 
 
 def split_cpu(virtual_cpus: int) -> None:
-    """Splits the CPU into `virtual_cpus` logical devices, so mirrored training runs on a CPU.
-
-    Must run before TensorFlow initializes its devices (before any op).
-    """
+    """Splits the CPU into `virtual_cpus` logical devices, so mirrored training runs on a CPU. Must run before
+    TensorFlow initializes its devices (before any op)."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * virtual_cpus)

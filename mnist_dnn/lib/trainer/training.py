@@ -14,7 +14,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from mnist_dnn.lib import files, processes, xla_cache
+from mnist_dnn.lib import files, onednn, processes, xla_cache
 from mnist_dnn.lib.core import data, evaluation, export_dir
 from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps, summaries
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
@@ -353,9 +353,9 @@ def describe(config: TrainConfig, strategy, start: int, log_dir: str | None) -> 
     replicas = strategy.num_replicas_in_sync
     device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
     where = f"{replicas} {device}{'s' if replicas > 1 else ''}"
-    loop = "tf.data pipeline"
-    if config.compiled:
-        loop = "XLA-compiled loop" if steps.xla_for(model) else "in-memory loop (oneDNN kernels)"
+    loop = "tf.data pipeline" if not config.compiled else "XLA-compiled loop" if steps.xla_for(model) else "graph loop"
+    if device == "CPU" and loop != "XLA-compiled loop":
+        loop += f" on {'oneDNN' if onednn.running() else 'Eigen'} kernels"
     return (f"Training {model.name} {layers}{dropout} with {config.optimizer} lr={config.learning_rate:g}{schedule}, "
             f"batch {config.batch_size}, steps {start}->{config.max_steps} on {where}, {loop}; "
             f"TensorBoard: {log_dir or 'on the chief worker'}")

@@ -123,9 +123,10 @@ def test_the_report_reads_the_curves_of_runs_written_before_and_after_the_parts_
         for step, value in points.items():
             summaries.log_scalars(writer, step, **{tag: value})
         writer.close()
-    steps_, values = reports.read_scalars(str(logs), "validation", "accuracy")
+    steps_, values = reports.read_scalars(str(logs / "validation"), "accuracy")  # as the public API was called
     assert steps_.tolist() == [10, 20, 30] and values.tolist() == pytest.approx([0.5, 0.65, 0.7])  # the resume's last
-    assert reports.read_scalars(str(logs), "train", "loss")[0].tolist() == []
+    assert reports.read_scalars(str(logs), "validation/accuracy")[0].tolist() == [20, 30]
+    assert reports.read_scalars(str(logs / "train"), "loss")[0].tolist() == []
 
 
 def test_each_hparams_column_shows_its_own_setting(tiny_data, tmp_path):

@@ -20,6 +20,7 @@ from mnist_dnn.lib.core import data, evaluation
 from mnist_dnn.lib.experiments import roots, studies, sweeps
 from mnist_dnn.lib.core.checkpoint_store import CheckpointStore
 
+PARTS = ("train", "validation", "diagnostics")  # a run's summaries: its log folder's tag prefixes
 PLOTS_HEIGHT = 4.2  # inches of report.png above the legend
 LEGEND_MARGIN = 0.2  # inches around the legend (constrained layout's padding)
 PLOTS_HINT = "install matplotlib (pip install matplotlib, or the package's plots extra) to draw report.png"
@@ -127,13 +128,15 @@ def write_csv(path: str, names: list[str], rows: list[Row]) -> None:
     files.write_text(path, text.getvalue())
 
 
-def read_scalars(logs: str, part: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a scalar summary (stored as tensors) of a run's part (train, validation): `part/tag` in
-    its logs/, and `tag` in logs/part/, where runs before 2026-12 wrote it (a run resumed since has both)."""
+def read_scalars(log_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a scalar summary (stored as tensors) a run logged: `read_scalars("runs/x/logs",
+    "validation/accuracy")`. A part's folder, as runs before 2026-12 wrote them (`read_scalars("runs/x/logs/validation",
+    "accuracy")`), reads both layouts: a run resumed since has both."""
     from tensorboard.backend.event_processing import event_accumulator
 
+    parent, part = os.path.split(os.path.normpath(log_dir))
     by_step = {}
-    for event_dir, name in ((os.path.join(logs, part), tag), (logs, f"{part}/{tag}")):
+    for event_dir, name in ((log_dir, tag), *([(parent, f"{part}/{tag}")] if part in PARTS else [])):
         if not os.path.isdir(event_dir):
             continue
         acc = event_accumulator.EventAccumulator(event_dir, size_guidance={event_accumulator.TENSORS: 0})
@@ -157,8 +160,8 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
     for row in rows:
         logs = os.path.join(roots.run_dir(root, row.name), roots.LOGS_DIR)
         label = ", ".join(row.name if row.params[n] == row.name else f"{n}={row.params[n]}" for n in names)
-        line, = left.plot(*read_scalars(logs, "validation", "accuracy"), marker=".", label=label)
-        right.plot(*read_scalars(logs, "train", "loss"), color=line.get_color(), label=label)
+        line, = left.plot(*read_scalars(logs, "validation/accuracy"), marker=".", label=label)
+        right.plot(*read_scalars(logs, "train/loss"), color=line.get_color(), label=label)
     left.set(title="validation accuracy", xlabel="step")
     right.set(title="training loss", xlabel="step", yscale="log")
     for axes in (left, right):

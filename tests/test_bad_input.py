@@ -18,6 +18,7 @@ import zlib
 import pytest
 
 from conftest import ROOT, call_tool, folder_hashes, run_cli
+from test_search import postgres_password  # noqa: F401 (a fixture)
 from mnist_dnn.cli import command_line, startup
 from mnist_dnn.lib import config
 from mnist_dnn.lib.core import data
@@ -397,6 +398,10 @@ SEARCH = [
     (["--root={tmp}/s", LR, "--storage=postgresql+psycopg://nobody:secret@127.0.0.1:1/none"], 1,
      "cannot open the study storage postgresql+psycopg://nobody:***@127.0.0.1:1/none"),
     (["--root={tmp}/s", LR, "--storage=sqlite:///{tmp}/missing/study.db"], 1, "cannot open the study storage"),
+    # issue 37 (item 7): a database in memory is one per process, which the workers cannot share
+    (["--root={tmp}/s", LR, "--storage=sqlite://"], 2, "--storage sqlite:// is a database in memory"),
+    (["--root={tmp}/s", LR, "--storage=sqlite:///:memory:"], 2, "--storage sqlite:///:memory: is a database in memory"),
+    (["--root={tmp}/s", LR, "--storage=sqlite+pysqlite:///:memory:?cache=shared"], 2, "is a database in memory"),
     (["--root={other_study}", "--space=optimizer=choice:sgd,adam"], 2, "was created with another space or objective"),
     (["--root={other_study}", LR, "--study_name=another"], 2, "holds the trials of another study"),
     (["--root={tmp}/s", LR, "--max_steps=0"], 2, "--max_steps must be"),
@@ -463,6 +468,14 @@ INPUTS = [
     ("predict", ["--max_image_bytes=0", "{digit}"], 2, "--max_image_bytes must be a whole number of bytes from 1, got 0"),
     ("predict", ["--max_image_bytes=-1", "{digit}"], 2, "--max_image_bytes must be a whole number of bytes from 1"),
     ("predict", ["--max_image_bytes=lots", "{digit}"], 2, "--max_image_bytes"),
+    # issue 36 (item 5): a few test digits as PNG files, through predict
+    ("predict", ["--write_test_digits={file}"], 2, "--write_test_digits {file} is not a folder; pass a folder for"),
+    ("predict", ["--write_test_digits={fifo}"], 2, "--write_test_digits {fifo} is not a folder"),
+    ("predict", ["--write_test_digits={loop}"], 2, "--write_test_digits {loop} is a loop of symbolic links"),
+    ("predict", ["--write_test_digits={tmp}/d", "--digits=0"], 2, "--digits must be a whole number from 1 to 10,000"),
+    ("predict", ["--write_test_digits={tmp}/d", "--digits=10001"], 2, "--digits must be a whole number from 1"),
+    ("predict", ["--write_test_digits={tmp}/d", "--digits=few"], 2, "--digits"),
+    ("predict", ["--write_test_digits={tmp}/d", "{digit}"], 2, "--write_test_digits takes no image files; got {digit}"),
     ("train", ["--flagfile={fifo}"], 2, "--flagfile {fifo}: is a FIFO, not a regular file; pass a regular file"),
     ("train", ["--flagfile", "{fifo}"], 2, "--flagfile {fifo}: is a FIFO"),
     ("train", ["-flagfile={fifolink}"], 2, "--flagfile {fifolink}: is a symbolic link to a FIFO"),
@@ -704,6 +717,28 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     assert len(errors) == 1, result.stderr
     assert fragment.format(**places) in errors[0], errors[0]
     assert folder_hashes(tmp_path, trained, tiny_data.data_dir, *([places["model"]] if "model" in places else [])) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool, extra", [("search", ["--storage={url}", LR]), ("report", [])])
+def test_a_storage_that_needs_a_password_given_none_is_one_line(tool, extra, postgres_password, tiny_data, tmp_path):
+    """Issue 36 (item 4): the URL without the password, none in MNIST_DNN_STORAGE or a pgpass file: one line that
+    says where to give it; nothing written (the search's root is not created; the report's root is unchanged)."""
+    from mnist_dnn.lib.experiments import studies
+
+    root = tmp_path / "root"
+    if tool == "report":  # a root as a search writes it: the study's name and the URL without the password
+        root.mkdir()
+        _write(root / "search.json", json.dumps({"study_name": "shared", "storage": postgres_password}))
+    args = [f"--root={root}", f"--data_dir={tiny_data.data_dir}", *(a.format(url=postgres_password) for a in extra)]
+    before = folder_hashes(tmp_path)
+    result = call_tool(tool, *args, env_extra={"PGPASSFILE": str(tmp_path / "none"), studies.STORAGE_ENV: ""})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: the storage {postgres_password} needs a password, and none was given: put the whole "
+                      f"URL in the environment, {studies.STORAGE_ENV}=postgresql+psycopg://user:PASSWORD@host/db, or "
+                      "the password in ~/.pgpass (no file of the search holds it)"], result.stderr
+    assert folder_hashes(tmp_path) == before
 
 
 @pytest.mark.slow

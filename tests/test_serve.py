@@ -557,6 +557,29 @@ def test_the_command_serves_on_loopback_unless_told_and_stops_cleanly(exported, 
 
 
 @pytest.mark.slow
+@needs_litert
+def test_serving_a_litert_model_prints_no_line_of_litert(exported, tmp_path):
+    """LiteRT's `INFO: Created TensorFlow Lite XNNPACK delegate for CPU.` came at the first request (issue 37, item 7):
+    the version is allocated as it loads, with descriptor 2 captured as elsewhere."""
+    exporting.export_litert(exported["models"][1], str(tmp_path / "mnist_litert"))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the tool's default
+    process = subprocess.Popen([sys.executable, "-m", "mnist_dnn.serve", f"--model_dir={tmp_path / 'mnist_litert'}",
+                                "--port=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               env=env)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("Serving mnist version 1"), line
+        url = line.split(" at ")[1].split()[0]
+        for _ in range(2):
+            assert httpx.post(url + PREDICT[1:], json={"instances": [ZEROS]}).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and err == "", err
+
+
+@pytest.mark.slow
 def test_an_installed_package_serves_its_page(exported, tmp_path):
     """`pip install .` (not editable): the page's files are package data, served from the installed package."""
     source, target = tmp_path / "src", tmp_path / "site"

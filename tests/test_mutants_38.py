@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -265,3 +266,15 @@ def test_each_model_file_goes_to_its_reader():
     assert classifier.file_reader("a/model.onnx") is onnx_model.OnnxModel
     assert classifier.file_reader("a/model.keras") is classifier.KerasFile
     assert classifier.file_reader("a/model.tflite") is classifier.litert.LiteRTModel
+
+
+def test_a_keras_file_with_damaged_zip_headers_is_a_usage_error(tmp_path):
+    """A zip whose end record is whole (Keras takes it for one) but whose members' headers are not: BadZipFile."""
+    with zipfile.ZipFile(tmp_path / "model.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
+        archive.writestr("metadata.json", "{}")
+    damaged = bytearray((tmp_path / "model.keras").read_bytes())
+    damaged[:4] = b"XXXX"  # the first member's local header
+    (tmp_path / "model.keras").write_bytes(bytes(damaged))
+    with pytest.raises(UsageError, match="is not a Keras model of mnist_dnn"):
+        classifier.Classifier(str(tmp_path / "model.keras"))

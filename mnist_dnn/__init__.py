@@ -16,8 +16,9 @@ leaves the process as it was (the tools' quiet start-up runs in `cli.app.run`, w
 import importlib
 
 _API = {"preset": "mnist_dnn.api", "config": "mnist_dnn.api", "train": "mnist_dnn.api", "evaluate": "mnist_dnn.api",
-        "export": "mnist_dnn.api", "load_exported": "mnist_dnn.api", "use_onednn": "mnist_dnn.api", "TrainConfig": "mnist_dnn.lib.config",
-        "Classifier": "mnist_dnn.lib.serve.classifier", "Error": "mnist_dnn.lib.errors"}
+        "export": "mnist_dnn.api", "load_exported": "mnist_dnn.api", "use_onednn": "mnist_dnn.api",
+        "TrainConfig": "mnist_dnn.lib.config", "Classifier": "mnist_dnn.lib.serve.classifier",
+        "Error": "mnist_dnn.lib.errors", "read_scalars": "mnist_dnn.lib.experiments.reports"}
 __all__ = sorted(_API)
 
 

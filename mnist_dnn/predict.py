@@ -3,6 +3,10 @@
 Example (the highest version in exports/mnist):
 
     python -m mnist_dnn.predict --model_dir=exports/mnist digit.png
+
+A few of MNIST's test digits to try it on (no model needed; the data is imported the first time):
+
+    python -m mnist_dnn.predict --write_test_digits=digits --digits=3
 """
 
 from mnist_dnn.cli import startup
@@ -10,14 +14,18 @@ from mnist_dnn.cli import startup
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
 import json
+import os
 import sys
+
+from absl import flags
 
 from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import PredictConfig
+from mnist_dnn.lib.config import PredictConfig, RunData
 from mnist_dnn.lib.errors import DataError, UsageError
 
 cli.define_config_flags(PredictConfig, tool=__name__)
+cli.define_config_flags(RunData, only=("data_dir", "idx_dir"))
 cli.define_overwrite_flag("rest_request")
 REQUEST_KINDS = (("signature_name", "instances"),)  # the keys of the request it writes
 
@@ -55,11 +63,37 @@ def write_rest_request(readable: list, path: str, signature: str) -> None:
           f"  curl -d @{path} -H 'Content-Type: application/json' http://localhost:8501/v1/models/mnist:predict")
 
 
+def write_test_digits(folder: str, count: int) -> None:
+    """The first `count` test images as folder/test-N.png; refuses to replace a file."""
+    import tensorflow as tf
+
+    from mnist_dnn.lib.core import data
+
+    paths = [os.path.join(folder, f"test-{i}.png") for i in range(count)]
+    files.check_link("write_test_digits", folder, "pass another folder")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{folder} is not a folder; pass a folder for the PNG files", field="write_test_digits")
+    taken = [p for p in paths if os.path.lexists(p)]
+    if taken:
+        raise UsageError(f"{taken[0]} exists; pass another folder", field="write_test_digits")
+    test = data.load_splits(data.DataConfig(data_dir=flags.FLAGS.data_dir, idx_dir=cli.idx_dir(flags.FLAGS)),
+                            say=cli.say)["test"]
+    os.makedirs(folder, exist_ok=True)
+    for path, image, label in zip(paths, test.images[:count], test.labels[:count].numpy()):
+        png = tf.io.encode_png(tf.reshape(image, (data.IMAGE_SIZE, data.IMAGE_SIZE, 1))).numpy()
+        files.write_with(path, lambda f: f.write(png))
+        print(f"Wrote {path}: a {label}")
+
+
 def main(argv):
     paths = argv[1:]
+    config = cli.tool_config(PredictConfig).validate()
+    if config.write_test_digits:
+        if paths:
+            raise UsageError(f"`write_test_digits` takes no image files; got {' '.join(paths)}")
+        return write_test_digits(config.write_test_digits, config.digits)
     if not paths:
         raise UsageError("no image files given: python -m mnist_dnn.predict --model_dir=exports/mnist/1 FILE [FILE...]")
-    config = cli.tool_config(PredictConfig).validate()
     if config.rest_request:
         cli.check_output_file("rest_request", config.rest_request, REQUEST_KINDS, inputs=tuple(paths))
         readable = read_files(paths, config.max_image_bytes)

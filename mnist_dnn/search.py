@@ -24,6 +24,7 @@ from mnist_dnn.cli import startup
 
 startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
 
+import dataclasses
 import functools
 import os
 import signal
@@ -54,7 +55,7 @@ def check_root(config: search.SearchConfig) -> None:
         raise ConfigError("root", f"{config.root} is a file; pass a folder for the search's trials")
     if studies.is_search_root(config.root):
         stored = studies.read_root(config.root)
-        if stored != {"study_name": config.study_name, "storage": config.storage}:
+        if {**stored, "storage": studies.without_password(stored.get("storage"))} != studies.root_description(config):
             where = studies.shown(stored.get("storage") or f"its {roots.STUDY_FILE}")
             raise ConfigError("root", f"{config.root} holds the trials of another study ({stored['study_name']} in "
                               f"{where}); pass another --root")
@@ -65,7 +66,7 @@ def open_study(config: search.SearchConfig, space) -> None:
     description = search.describe(space)
     if config.storage or studies.default_storage_exists(config):
         studies.open_study(config, description, create=True)
-    studies.record_root(config)
+    studies.record_root(config, cli.say)
     studies.open_study(config, description, create=True)
 
 
@@ -75,6 +76,8 @@ def main(argv):
     from mnist_dnn.lib.experiments import reports
 
     config = cli.tool_config(search.SearchConfig)
+    if config.storage is None and os.environ.get(studies.STORAGE_ENV):
+        config = dataclasses.replace(config, storage=os.environ[studies.STORAGE_ENV])
     config.validate()
     check_root(config)
     if config.storage:

@@ -68,6 +68,19 @@ def test_an_export_classifies_a_numpy_batch_as_its_model_does(tmp_path):
     assert classify(np.zeros((0, 28, 28), np.uint8)) == []
 
 
+def test_read_scalars_gives_the_steps_and_values_a_run_logged(tmp_path):
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(tmp_path / "validation"))
+    with writer.as_default():
+        for step, value in ((430, 0.5), (860, 0.75), (430, 0.25)):  # a resumed run logs step 430 again
+            tf.summary.scalar("accuracy", value, step=step)
+    writer.close()
+    steps, values = mnist_dnn.read_scalars(str(tmp_path / "validation"), "accuracy")
+    assert (steps.tolist(), values.tolist()) == ([430, 860], [0.25, 0.75])
+    assert [a.size for a in mnist_dnn.read_scalars(str(tmp_path / "validation"), "loss")] == [0, 0]
+
+
 def python_block() -> str:
     text = (ROOT / "docs" / "python.md").read_text()
     return re.search(r"```python\n(.*?)```", text, re.S)[1]

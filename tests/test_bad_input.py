@@ -18,6 +18,7 @@ import zlib
 import pytest
 
 from conftest import ROOT, call_tool, folder_hashes, run_cli
+from test_search import postgres_password  # noqa: F401 (a fixture)
 from mnist_dnn.cli import command_line, startup
 from mnist_dnn.lib import config
 from mnist_dnn.lib.core import data
@@ -322,6 +323,10 @@ SERVE = [  # start-up errors: the server never starts serving
     (["--model_dir={tmp}", "stray"], 2, "unexpected arguments"),
     # issue 27 (item 12): a loop of symbolic links is worded as one
     (["--model_dir={loop}"], 2, "--model_dir {loop} is a loop of symbolic links; point it at a model folder"),
+    # issue 37: a version whose variables are half written (an IndexError traceback before), or whose index is empty
+    (["--model_dir={halfvars}"], 1, "cannot load the SavedModel {halfvars}/1: Read less bytes than requested"),
+    (["--model_dir={halfvars}/1"], 1, "cannot load the SavedModel {halfvars}/1: Read less bytes than requested"),
+    (["--model_dir={noindex}"], 1, "cannot load the SavedModel {noindex}/1: file is too short to be an sstable"),
 ]
 SWEEP = [
     (["--grid=learning_rate=0.1,0.01"], 2, "--root is required"),
@@ -393,6 +398,10 @@ SEARCH = [
     (["--root={tmp}/s", LR, "--storage=postgresql+psycopg://nobody:secret@127.0.0.1:1/none"], 1,
      "cannot open the study storage postgresql+psycopg://nobody:***@127.0.0.1:1/none"),
     (["--root={tmp}/s", LR, "--storage=sqlite:///{tmp}/missing/study.db"], 1, "cannot open the study storage"),
+    # issue 37 (item 7): a database in memory is one per process, which the workers cannot share
+    (["--root={tmp}/s", LR, "--storage=sqlite://"], 2, "--storage sqlite:// is a database in memory"),
+    (["--root={tmp}/s", LR, "--storage=sqlite:///:memory:"], 2, "--storage sqlite:///:memory: is a database in memory"),
+    (["--root={tmp}/s", LR, "--storage=sqlite+pysqlite:///:memory:?cache=shared"], 2, "is a database in memory"),
     (["--root={other_study}", "--space=optimizer=choice:sgd,adam"], 2, "was created with another space or objective"),
     (["--root={other_study}", LR, "--study_name=another"], 2, "holds the trials of another study"),
     (["--root={tmp}/s", LR, "--max_steps=0"], 2, "--max_steps must be"),
@@ -453,9 +462,20 @@ INPUTS = [
     ("predict", ["--model_dir={model}", "{fifo}"], 1, "{fifo}: is a FIFO, not a regular file"),
     ("predict", ["--model_dir={model}", "{device}", "--json"], 1, "{device}: is a character device"),
     ("predict", ["--model_dir={model}", "--max_image_bytes=10", "{digit}"], 1, "bytes, over the cap of 10;"),
+    # issue 37: an export whose variables are half written (an IndexError traceback before)
+    ("predict", ["--model_dir={halfvars}", "{digit}"], 2, "cannot load the SavedModel {halfvars}/1: Read less bytes"),
+    ("predict", ["--model_dir={noindex}/1", "{digit}"], 2, "cannot load the SavedModel {noindex}/1: file is too short"),
     ("predict", ["--max_image_bytes=0", "{digit}"], 2, "--max_image_bytes must be a whole number of bytes from 1, got 0"),
     ("predict", ["--max_image_bytes=-1", "{digit}"], 2, "--max_image_bytes must be a whole number of bytes from 1"),
     ("predict", ["--max_image_bytes=lots", "{digit}"], 2, "--max_image_bytes"),
+    # issue 36 (item 5): a few test digits as PNG files, through predict
+    ("predict", ["--write_test_digits={file}"], 2, "--write_test_digits {file} is not a folder; pass a folder for"),
+    ("predict", ["--write_test_digits={fifo}"], 2, "--write_test_digits {fifo} is not a folder"),
+    ("predict", ["--write_test_digits={loop}"], 2, "--write_test_digits {loop} is a loop of symbolic links"),
+    ("predict", ["--write_test_digits={tmp}/d", "--digits=0"], 2, "--digits must be a whole number from 1 to 10,000"),
+    ("predict", ["--write_test_digits={tmp}/d", "--digits=10001"], 2, "--digits must be a whole number from 1"),
+    ("predict", ["--write_test_digits={tmp}/d", "--digits=few"], 2, "--digits"),
+    ("predict", ["--write_test_digits={tmp}/d", "{digit}"], 2, "--write_test_digits takes no image files; got {digit}"),
     ("train", ["--flagfile={fifo}"], 2, "--flagfile {fifo}: is a FIFO, not a regular file; pass a regular file"),
     ("train", ["--flagfile", "{fifo}"], 2, "--flagfile {fifo}: is a FIFO"),
     ("train", ["-flagfile={fifolink}"], 2, "--flagfile {fifolink}: is a symbolic link to a FIFO"),
@@ -645,6 +665,12 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
     _make_inputs(tmp_path, places, args)
     if any("{model}" in a for a in args):
         places["model"] = request.getfixturevalue("tiny_export")
+    if any("{halfvars}" in a or "{noindex}" in a for a in args):  # copies of it, damaged
+        places["halfvars"] = shutil.copytree(request.getfixturevalue("tiny_export"), tmp_path / "halfvars")
+        data_file = next(places["halfvars"].glob("1/variables/*.data-*"))
+        _truncate(data_file, data_file.stat().st_size // 2)
+        places["noindex"] = shutil.copytree(request.getfixturevalue("tiny_export"), tmp_path / "noindex")
+        _truncate(next(places["noindex"].glob("1/variables/*.index")), 0)
     if os.path.isdir(places["configs"]):
         monkeypatch.setattr(command_line, "configs_dir", lambda: pathlib.Path(places["configs"]))
     os.symlink("fifo", places["fifolink"])
@@ -694,6 +720,28 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tool, extra", [("search", ["--storage={url}", LR]), ("report", [])])
+def test_a_storage_that_needs_a_password_given_none_is_one_line(tool, extra, postgres_password, tiny_data, tmp_path):
+    """Issue 36 (item 4): the URL without the password, none in MNIST_DNN_STORAGE or a pgpass file: one line that
+    says where to give it; nothing written (the search's root is not created; the report's root is unchanged)."""
+    from mnist_dnn.lib.experiments import studies
+
+    root = tmp_path / "root"
+    if tool == "report":  # a root as a search writes it: the study's name and the URL without the password
+        root.mkdir()
+        _write(root / "search.json", json.dumps({"study_name": "shared", "storage": postgres_password}))
+    args = [f"--root={root}", f"--data_dir={tiny_data.data_dir}", *(a.format(url=postgres_password) for a in extra)]
+    before = folder_hashes(tmp_path)
+    result = call_tool(tool, *args, env_extra={"PGPASSFILE": str(tmp_path / "none"), studies.STORAGE_ENV: ""})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: the storage {postgres_password} needs a password, and none was given: put the whole "
+                      f"URL in the environment, {studies.STORAGE_ENV}=postgresql+psycopg://user:PASSWORD@host/db, or "
+                      "the password in ~/.pgpass (no file of the search holds it)"], result.stderr
+    assert folder_hashes(tmp_path) == before
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("log_level", [None, "2", "3"])
 def test_a_second_run_that_loads_the_cached_loop_prints_nothing_on_stderr(log_level, tiny_data, tmp_path, monkeypatch):
     """Not bad input, but a common shell setting: TF_CPP_MIN_LOG_LEVEL=2 let XLA's cache-hit ERROR lines through."""
@@ -708,5 +756,5 @@ def test_a_second_run_that_loads_the_cached_loop_prints_nothing_on_stderr(log_le
         result = run_cli("train", "--max_steps=20", "--log_every=10", "--eval_every=20", f"--data_dir={tiny_data.data_dir}",
                          f"--ckpt_dir={tmp_path / run}", f"--log_dir={tmp_path / run / 'logs'}", cwd=ROOT, env_extra=env)
         assert result.returncode == 0 and result.stderr == "", result.stderr
-        programs.append(sorted(os.listdir(tmp_path / "xla" / startup.cpu_key())))
+        programs.append(sorted(os.listdir(tmp_path / "xla" / startup.cache_key())))
     assert programs[0] and programs[1] == programs[0]  # the second run compiled nothing new

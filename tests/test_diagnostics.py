@@ -17,8 +17,8 @@ def test_histograms_and_gradient_norms_match_numpy_on_a_fixed_logistic_regressio
     model.layers[0].set_weights([weights, bias])
     split = data.Split(tf.constant(images), tf.constant(labels))
     metrics = evaluation.evaluate_split(evaluation.make_predict_fn(model), split)
-    writer = diagnostics.Diagnostics(str(tmp_path), model, models.mean_loss, split)
-    writer.write(7, metrics)
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    diagnostics.Diagnostics(writer, model, models.mean_loss, split).write(7, metrics)
     writer.close()
 
     # Mean cross-entropy over the first 500 images: d/dW = X^T (softmax - onehot) / N.
@@ -29,10 +29,12 @@ def test_histograms_and_gradient_norms_match_numpy_on_a_fixed_logistic_regressio
     error = (probabilities - np.eye(10)[labels[: diagnostics.GRADIENT_BATCH]]) / len(x)
     kernel_gradient, bias_gradient = x.T @ error, error.sum(0)
 
-    acc = event_accumulator.EventAccumulator(str(tmp_path / "diagnostics"), size_guidance={"tensors": 0})
+    acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     acc.Reload()
-    value = {tag: tf.make_ndarray(acc.Tensors(tag)[0].tensor_proto) for tag in acc.Tags()["tensors"]}
-    assert {event.step for tag in value for event in acc.Tensors(tag)} == {7}
+    value = {tag.removeprefix("diagnostics/"): tf.make_ndarray(acc.Tensors(tag)[0].tensor_proto)
+             for tag in acc.Tags()["tensors"]}
+    assert all(tag.startswith("diagnostics/") for tag in acc.Tags()["tensors"])  # the run's part, in its folder
+    assert {event.step for tag in acc.Tags()["tensors"] for event in acc.Tensors(tag)} == {7}
     kernel = next(tag for tag in value if tag.startswith("gradient_norm/") and tag.endswith("kernel"))
     np.testing.assert_allclose(value[kernel], np.linalg.norm(kernel_gradient), rtol=1e-4)
     np.testing.assert_allclose(value["gradient_norm/global"],
@@ -40,7 +42,7 @@ def test_histograms_and_gradient_norms_match_numpy_on_a_fixed_logistic_regressio
     histogram = value[kernel.replace("gradient_norm/", "weights/")]  # [buckets, 3]: left, right, count
     assert histogram[:, 2].sum() == weights.size
     np.testing.assert_allclose([histogram[0, 0], histogram[-1, 1]], [weights.min(), weights.max()], rtol=1e-6)
-    shown = acc.SummaryMetadata("misclassified").summary_description.split(": ")[1].split(", ")
+    shown = acc.SummaryMetadata("diagnostics/misclassified").summary_description.split(": ")[1].split(", ")
     wrong = np.flatnonzero(logits.argmax(1) != labels[: diagnostics.GRADIENT_BATCH])
     assert shown[0] == f"{labels[wrong[0]]}->{logits[wrong[0]].argmax()}"
 

@@ -29,10 +29,10 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from conftest import ROOT, hparams, scalars, tiny_config
+from conftest import ROOT, assert_one_line_error, hparams, scalars, tiny_config
 from test_sweep import wait_for
 from mnist_dnn.lib.core import evaluation
-from mnist_dnn.lib.experiments import reports, search, studies, trials
+from mnist_dnn.lib.experiments import reports, roots, search, studies, trials
 from mnist_dnn.lib.config import ConfigError, ModelConfig
 from mnist_dnn.lib.core.run_dir import RunDir
 from mnist_dnn.lib.trainer.training import TrainResult
@@ -312,6 +312,115 @@ def test_a_retried_trial_resumes_from_the_checkpoint_in_its_own_folder(tiny_data
     assert "trial 1 resuming in" in lines[0]
 
 
+# --- Fast: a shared study's storage URL and report (issue 36, item 4; issue 37, item 7) ---
+
+SECRET_URL = "postgresql+psycopg://ann:p%40ss@db.example:5432/studies?sslmode=require"
+PLAIN_URL = "postgresql+psycopg://ann@db.example:5432/studies?sslmode=require"
+
+
+def test_a_storage_url_is_written_without_its_password_and_connected_with_the_environments(monkeypatch):
+    assert studies.without_password(SECRET_URL) == PLAIN_URL
+    assert studies.without_password(PLAIN_URL) == PLAIN_URL and studies.without_password(None) is None
+    assert studies.without_password("sqlite:////data/study.db") == "sqlite:////data/study.db"
+    assert studies.shown(SECRET_URL) == "postgresql+psycopg://ann:***@db.example:5432/studies?sslmode=require"
+    monkeypatch.delenv(studies.STORAGE_ENV, raising=False)
+    assert studies.connect_url(PLAIN_URL) == PLAIN_URL  # libpq looks in ~/.pgpass itself
+    monkeypatch.setenv(studies.STORAGE_ENV, SECRET_URL)
+    assert studies.connect_url(PLAIN_URL) == SECRET_URL
+    assert studies.connect_url(PLAIN_URL.replace("ann@", "bob@")) == PLAIN_URL.replace("ann@", "bob@")  # not its
+    other_password = SECRET_URL.replace("p%40ss", "other")
+    assert studies.connect_url(other_password) == other_password  # the flag's own password first
+
+
+def test_an_older_search_json_holding_the_password_is_read_then_written_again_without_it(tmp_path):
+    (tmp_path / "search.json").write_text(json.dumps({"study_name": "shared", "storage": SECRET_URL}))
+    assert studies.read_root(str(tmp_path))["storage"] == SECRET_URL  # still read: the report connects with it
+    said = []
+    studies.record_root(search.SearchConfig(root=str(tmp_path), storage=PLAIN_URL, study_name="shared"), said.append)
+    assert json.loads((tmp_path / "search.json").read_text()) == {"study_name": "shared", "storage": PLAIN_URL}
+    assert said == [f"{tmp_path / 'search.json'} held the storage's password: written again without it (give it in "
+                    f"`storage`, {studies.STORAGE_ENV} or ~/.pgpass)"]
+    studies.record_root(search.SearchConfig(root=str(tmp_path), storage=SECRET_URL, study_name="shared"), said.append)
+    assert len(said) == 1 and b"p%40ss" not in (tmp_path / "search.json").read_bytes()
+    new = tmp_path / "new"
+    studies.record_root(search.SearchConfig(root=str(new), storage=SECRET_URL, study_name="shared"), said.append)
+    assert json.loads((new / "search.json").read_text())["storage"] == PLAIN_URL and len(said) == 1
+
+
+def test_the_report_of_a_root_ranks_the_trials_other_roots_trained_from_what_the_study_holds(tmp_path, monkeypatch):
+    """Trials trained on other hosts (no folder here): their best reported validation and its step, their host and
+    folder; the plot's labels name each trial once (they said `trial=trial-0000`)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    space = [parse("learning_rate=loguniform:1e-3:1e-1")]
+    config = start_study(tmp_path / "here", space)
+    study = studies.load_from_root(config.root)
+    distributions = {"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}
+    reported = {0: {10: 0.5, 20: 0.8, 30: 0.8}, 1: {10: 0.6, 20: 0.9, 30: 0.7}, 2: {10: 0.3}}
+    for number, values in reported.items():
+        state = optuna.trial.TrialState.PRUNED if number == 2 else optuna.trial.TrialState.COMPLETE
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=None if number == 2 else max(values.values()),
+            params={"learning_rate": 0.01 * (number + 1)},
+            distributions=distributions, intermediate_values=values,
+            user_attrs={"folder": f"trial-000{number}", "host": f"host-{number}", "root": f"/runs/{number}"}))
+    names, rows = reports.collect(config.root)
+    assert names == ["trial", "learning_rate"]
+    assert [(r.name, r.status, r.steps, r.best_accuracy, r.best_step, r.host, r.folder) for r in rows] == [
+        ("trial-0001", "complete", 30, 0.9, 20, "host-1", "/runs/1/trial-0001"),
+        ("trial-0000", "complete", 30, 0.8, 20, "host-0", "/runs/0/trial-0000"),  # the first step at its best
+        ("trial-0002", "pruned", 10, 0.3, 10, "host-2", "/runs/2/trial-0002")]
+    grid = reports.table(names, rows)
+    assert grid[0][-2:] == ["host", "folder"] and grid[1][-2:] == ["host-1", "/runs/1/trial-0001"]
+    assert reports.best_trial_line(config.root, study).startswith("Best trial: 1 in /runs/1/trial-0001 on host-1 ")
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert reports.plot(config.root, names, rows, str(tmp_path / "report.png"))
+    labels = [line.get_label() for line in figures[0].axes[0].get_lines()]
+    assert labels == ["trial-0001, learning_rate=0.02", "trial-0000, learning_rate=0.01",
+                      "trial-0002, learning_rate=0.03"]
+
+
+@pytest.mark.parametrize("finished", [3, 10])
+def test_the_importance_plot_says_when_it_rests_on_fewer_than_10_finished_trials(finished, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    space = [parse("learning_rate=loguniform:1e-3:1e-1"), parse("dropout=uniform:0:0.5")]
+    config = start_study(tmp_path, space)
+    study = studies.load_from_root(config.root)
+    rng = np.random.default_rng(0)
+    distributions = {"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
+                     "dropout": optuna.distributions.FloatDistribution(0, 0.5)}
+    for number in range(finished + 2):  # and two pruned trials, which do not count
+        learning_rate, dropout = 10 ** rng.uniform(-3, -1), rng.uniform(0, 0.5)
+        state = optuna.trial.TrialState.COMPLETE if number < finished else optuna.trial.TrialState.PRUNED
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=0.9 - dropout / 10 if state.name == "COMPLETE" else None,
+            params={"learning_rate": learning_rate, "dropout": dropout}, distributions=distributions,
+            intermediate_values={10: 0.5}))
+    figures, said = [], []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert studies.plot(study, config.root, said.append) == [str(tmp_path / n) for n in roots.STUDY_PLOTS]
+    importances = figures[1].axes[0].get_title()
+    caveat = "param_importances.png: from 3 finished trials only: a rough guide until 10 or more"
+    assert said == ([caveat] if finished < 10 else [])
+    assert ("(from 3 finished trials only" in importances) == (finished < 10), importances
+    assert "from" not in figures[0].axes[0].get_title()  # the history shows every trial as it is
+
+
+def test_the_search_extra_brings_what_the_plots_extra_does():
+    """The report's pictures needed a second extra (issue 36, item 5): `[search]` holds all that `[plots]` does."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    extras = {name: {line.strip() for line in value.splitlines() if line.strip() and not line.strip().startswith("#")}
+              for name, value in setup["options.extras_require"].items()}
+    assert extras["plots"] and extras["plots"] <= extras["search"], extras
+
+
 # --- The tool in subprocesses: a SIGKILLed search resumed by two searches at once; PostgreSQL. ---
 
 def search_command(base, root, *extra):
@@ -386,9 +495,10 @@ def _postgres_bin(name: str) -> str | None:
     return shutil.which(name) or (found[-1] if found else None)
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server of its own on a loopback port in a temporary folder, stopped after the tests.
+@contextlib.contextmanager
+def postgres_server(password=None):
+    """A PostgreSQL server of its own on a loopback port in a temporary folder, stopped after the tests; its URL.
+    With `password`, the user postgres needs it over TCP (scram-sha-256), and the URL leaves it out.
 
     .ci/run installs the server (the Debian package postgresql). As root, the server runs as the
     package's postgres user, since PostgreSQL refuses to run as root.
@@ -407,7 +517,13 @@ def postgres():
         as_user = ["runuser", "-u", "postgres", "--"]
     os.chmod(folder, 0o755)
     data, port = os.path.join(folder, "data"), _free_port()
-    subprocess.run([*as_user, initdb, "-D", data, "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    auth = ["--auth=trust"]
+    if password:
+        with open(os.path.join(folder, "pwfile"), "w") as f:
+            f.write(password + "\n")
+        os.chmod(f.name, 0o644)
+        auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={f.name}"]
+    subprocess.run([*as_user, initdb, "-D", data, "-U", "postgres", *auth], check=True, capture_output=True)
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
     subprocess.run([*as_user, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(folder, "log"), "-w", "start"],
                    check=True, capture_output=True)
@@ -418,26 +534,72 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as url:
+        yield url
+
+
+PASSWORD = "s3cret-Pw-5f1e"  # a string no file of a search could hold by chance
+
+
+@pytest.fixture(scope="module")
+def postgres_password():
+    """A server whose user needs a password; the URL without it."""
+    with postgres_server(PASSWORD) as url:
+        yield url
+
+
 @pytest.mark.slow
-def test_two_roots_share_one_study_on_postgresql(postgres, tiny_data, tmp_path):
-    """Two machines (two roots) on one PostgreSQL study: the second runs only what the first left."""
+def test_two_roots_share_one_study_on_postgresql_and_each_reports_all_of_it(postgres_password, tiny_data, tmp_path):
+    """Two machines (two roots) on one PostgreSQL study that needs a password: the second runs only what the first
+    left, and the report of either root ranks all three trials, with their host and folder (issue 36, item 4). The
+    password comes from MNIST_DNN_STORAGE (root a) or a pgpass file (root b); no file of either root holds it, and
+    a's search.json, written with it as the code before wrote it, is read, then written again without it."""
+    url = postgres_password
+    full = url.replace("postgres@", f"postgres:{PASSWORD}@")
     base = tmp_path / "base.cfg"
     base.write_text(f"--hidden_units=16\n--max_steps=30\n--eval_every=10\n--log_every=10\n--checkpoint_every=10\n"
                     f"--batch_size=64\n--nodiagnostics\n--nojit_compile\n--data_dir={tiny_data.data_dir}\n"
-                    f"--storage={postgres}\n--study_name=shared\n")
-    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
-    results = [subprocess.run(search_command(base, tmp_path / machine, f"--trials={trials}"), cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)
+                    f"--storage={url}\n--study_name=shared\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "search.json").write_text(json.dumps({"study_name": "shared", "storage": full}))
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:*:*:postgres:{PASSWORD}\n")
+    pgpass.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_DNN_IDX_DIR", studies.STORAGE_ENV)}
+    passwords = {"a": {studies.STORAGE_ENV: full}, "b": {"PGPASSFILE": str(pgpass)}}
+    results = [subprocess.run(search_command(base, tmp_path / machine, f"--trials={trials}"), cwd=ROOT,
+                              env={**env, **passwords[machine]}, capture_output=True, text=True, timeout=600)
                for machine, trials in (("a", 2), ("b", 3))]
     for result in results:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    study = optuna.load_study(study_name="shared", storage=postgres)
+    assert f"{tmp_path / 'a' / 'search.json'} held the storage's password: written again" in results[0].stdout
+    study = optuna.load_study(study_name="shared", storage=full)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert sorted(p.name for p in (tmp_path / "a").glob("trial-*")) == ["trial-0000", "trial-0001"]
     assert sorted(p.name for p in (tmp_path / "b").glob("trial-*")) == ["trial-0002"]
-    assert json.loads((tmp_path / "b" / "search.json").read_text())["storage"] == postgres
-    with open(tmp_path / "b" / "report.csv") as f:
-        assert [r["trial"] for r in csv.DictReader(f)] == ["trial-0002"]  # each root reports its own trials
+    folders = {f"trial-000{i}": str(tmp_path / ("a" if i < 2 else "b") / f"trial-000{i}") for i in range(3)}
+    values = {t.user_attrs["folder"]: t.value for t in study.trials}
+    for machine in "ab":
+        assert json.loads((tmp_path / machine / "search.json").read_text()) == {"study_name": "shared", "storage": url}
+        report = subprocess.run([sys.executable, "-m", "mnist_dnn.report", f"--root={tmp_path / machine}"], cwd=ROOT,
+                                env={**env, **passwords["b" if machine == "a" else "a"]}, capture_output=True,
+                                text=True, timeout=300)
+        assert report.returncode == 0, report.stderr[-2000:]
+        with open(tmp_path / machine / "report.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["trial"] for r in rows] == sorted(values, key=lambda name: -values[name])  # all, ranked
+        assert [float(r["best_val_accuracy"]) for r in rows] == sorted(values.values(), reverse=True)
+        assert {r["trial"]: r["folder"] for r in rows} == folders
+        assert {r["host"] for r in rows} == {socket.gethostname()}
+        best = max(values, key=values.get)
+        assert f"Best trial: {int(best[-4:])} in {folders[best]} on {socket.gethostname()} " in report.stdout
+    no_password = subprocess.run([sys.executable, "-m", "mnist_dnn.report", f"--root={tmp_path / 'b'}"], cwd=ROOT,
+                                 env=env, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(no_password, 2, f"the storage {url} needs a password", studies.STORAGE_ENV, "~/.pgpass")
+    for path in tmp_path.glob("[ab]/**/*"):
+        assert not path.is_file() or PASSWORD.encode() not in path.read_bytes(), path
 
 
 # The one waiting trial of a study (a trial queued again) asked for by four processes at the same moment: one takes

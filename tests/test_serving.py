@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, call_tool, run_cli, synthetic_split
 from mnist_dnn.lib.core import checkpoints, data, export_dir, exporting, images, models
 from mnist_dnn.lib.serve import classifier, litert
 from mnist_dnn.lib.trainer import training
@@ -621,3 +621,35 @@ def test_int8_export_and_litert_predict_leave_stderr_empty(tiny_run, tiny_data, 
     predicted = run_cli("predict", f"--model_dir={tmp_path / 'litert'}", str(digit), cwd=ROOT)
     assert predicted.returncode == 0 and predicted.stderr == "", predicted.stderr  # no `INFO: Created ... XNNPACK`
     assert predicted.stdout.startswith(f"{digit}: ")
+
+
+# --- A few test digits as PNG files (issue 36, item 5) ------------------------------------------
+
+
+def test_predict_writes_the_first_test_digits_as_png_files(tiny_data, tmp_path):
+    result = call_tool("predict", f"--write_test_digits={tmp_path / 'digits'}", "--digits=3",
+                       f"--data_dir={tiny_data.data_dir}")
+    assert result.returncode == 0, result.stderr
+    images, labels = synthetic_split(500, seed=2)  # the tiny data's test split, as conftest wrote its IDX files
+    lines = result.stdout.splitlines()
+    assert sorted(os.listdir(tmp_path / "digits")) == ["test-0.png", "test-1.png", "test-2.png"]
+    found = []
+    for i, line in enumerate(lines):  # in TFDS's order of the split, which is not the IDX files'
+        path = tmp_path / "digits" / f"test-{i}.png"
+        written = tf.io.decode_png(tf.io.read_file(str(path))).numpy()
+        assert written.shape == (28, 28, 1)
+        found.append(next(j for j in range(len(images)) if np.array_equal(images[j], written[:, :, 0])))
+        assert line == f"Wrote {path}: a {labels[found[-1]]}"
+    assert len(lines) == len(set(found)) == 3
+
+
+@pytest.mark.slow
+def test_writing_test_digits_prints_no_line_of_tensorflow(real_data, tmp_path):
+    """The README's one-liner (tfds.load and tf.io.write_file) printed TensorFlow's C++ lines, `failed call to
+    cuInit` among them; predict --write_test_digits starts as quietly as every tool."""
+    written = run_cli("predict", f"--write_test_digits={tmp_path}", "--digits=2", f"--data_dir={real_data.data_dir}",
+                      cwd=ROOT)
+    assert written.returncode == 0 and written.stderr == "", written.stderr
+    assert written.stdout.count("Wrote ") == 2
+    classified = run_cli("predict", f"--rest_request={tmp_path / 'r.json'}", str(tmp_path / "test-0.png"), cwd=ROOT)
+    assert classified.returncode == 0, classified.stderr  # a file predict reads

@@ -106,30 +106,32 @@ def test_xla_programs_are_cached_per_cpu_under_the_users_cache_unless_told_other
         assert startup.xla_cache_folder({startup.XLA_CACHE_ENV: off}, "x86_64-abc") is None
 
 
-def test_the_cpu_key_is_the_architecture_and_a_digest_of_every_instruction_set_flag(tmp_path):
-    """XLA runs a cached program compiled for other CPU features (it only logs): each flag set gets its own folder."""
+def test_the_cache_key_is_the_architecture_a_digest_of_every_instruction_set_flag_and_tensorflows_version(tmp_path):
+    """XLA runs a cached program compiled for other CPU features (it only logs), and its entries' names say
+    nothing of the XLA that wrote them: each instruction set and each TensorFlow version gets its own folder."""
     keys = []
-    for flags in ("fpu sse2 avx2", "fpu sse2 avx2 avx512f", "fpu sse2 avx2 amx_tile"):
+    for flags, version in [("fpu sse2 avx2", "2.21.0"), ("fpu sse2 avx2 avx512f", "2.21.0"),
+                           ("fpu sse2 avx2 amx_tile", "2.21.0"), ("fpu sse2 avx2", "2.20.0"), ("fpu sse2 avx2", None)]:
         cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
         digest = hashlib.sha256(f"flags\t\t: {flags}\n".encode()).hexdigest()[:12]
-        keys.append(startup.cpu_key(str(cpuinfo)))
-        assert keys[-1] == f"{platform.machine()}-{digest}"
-    assert len(set(keys)) == 3
+        keys.append(startup.cache_key(str(cpuinfo), version))
+        assert keys[-1] == f"{platform.machine()}-{digest}-tf{version or tf.__version__}"  # None: the installed one
+    assert len(set(keys)) == 4 and keys[0] == keys[-1]
     (tmp_path / "noflags").write_text("processor\t: 0\n")
-    assert startup.cpu_key(str(tmp_path / "noflags")) is None
-    assert startup.cpu_key(str(tmp_path / "missing")) is None
+    assert startup.cache_key(str(tmp_path / "noflags")) is None
+    assert startup.cache_key(str(tmp_path / "missing")) is None
 
 
 def test_the_xla_cache_flag_joins_the_users_flags_and_never_replaces_theirs():
     env = {startup.XLA_CACHE_ENV: "/c", "TF_XLA_FLAGS": "--tf_xla_auto_jit=2"}
-    startup.use_xla_cache(env, cpu="k")
+    startup.use_xla_cache(env, key="k")
     assert env["TF_XLA_FLAGS"] == "--tf_xla_auto_jit=2 --tf_xla_persistent_cache_directory=/c/k"
     theirs = {startup.XLA_CACHE_ENV: "/c", "TF_XLA_FLAGS": "--tf_xla_persistent_cache_directory=/mine"}
-    startup.use_xla_cache(theirs, cpu="k")
+    startup.use_xla_cache(theirs, key="k")
     assert theirs["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine"
     off = {startup.XLA_CACHE_ENV: "off"}
-    startup.use_xla_cache(off, cpu="k")
+    startup.use_xla_cache(off, key="k")
     assert "TF_XLA_FLAGS" not in off
 
 
@@ -138,13 +140,13 @@ def test_an_xla_cache_folder_that_cannot_be_written_is_not_used(tmp_path, capsys
     (tmp_path / "afile").write_text("")
     before = sorted(os.listdir(tmp_path))
     chosen = {startup.XLA_CACHE_ENV: str(tmp_path / "afile" / "xla")}
-    startup.use_xla_cache(chosen, cpu="k")
+    startup.use_xla_cache(chosen, key="k")
     assert "TF_XLA_FLAGS" not in chosen and "is not a folder that can be written" in capsys.readouterr().err
     default = {"XDG_CACHE_HOME": str(tmp_path / "afile")}  # the default place, under a file: quietly none
-    startup.use_xla_cache(default, cpu="k")
+    startup.use_xla_cache(default, key="k")
     assert "TF_XLA_FLAGS" not in default and capsys.readouterr().err == ""
     new = {startup.XLA_CACHE_ENV: str(tmp_path / "new" / "xla")}  # not there yet: XLA creates it
-    startup.use_xla_cache(new, cpu="k")
+    startup.use_xla_cache(new, key="k")
     assert new["TF_XLA_FLAGS"].endswith(str(tmp_path / "new" / "xla" / "k"))
     assert sorted(os.listdir(tmp_path)) == before  # nothing created by the check
 

@@ -189,9 +189,9 @@ def test_report_png_plots_each_runs_own_curves(swept, monkeypatch, tmp_path):
     for axes, split, tag in ((accuracy_axes, "validation", "accuracy"), (loss_axes, "train", "loss")):
         drawn = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.get_lines()}
         for name in RUNS:
-            expected = scalars(swept["root"] / name / "logs" / split, tag)
+            expected = scalars(swept["root"] / name / "logs", f"{split}/{tag}")
             assert len(expected) >= 2
-            assert drawn[f"run={name}"] == (sorted(expected), [expected[k] for k in sorted(expected)])
+            assert drawn[name] == (sorted(expected), [expected[k] for k in sorted(expected)])  # not run=<name>
 
 
 def test_report_png_of_many_trials_holds_their_legend_without_a_layout_warning(monkeypatch, tmp_path):
@@ -242,18 +242,18 @@ def test_report_without_matplotlib_says_how_to_get_the_picture(swept, monkeypatc
 
 @pytest.mark.slow
 def test_training_writes_image_and_histogram_diagnostics(swept):
-    folder = swept["root"] / RUNS[1] / "logs" / "diagnostics"
+    folder = swept["root"] / RUNS[1] / "logs"
     acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"tensors": 0})
     acc.Reload()
-    tags = set(acc.Tags()["tensors"])
+    tags = {t.removeprefix("diagnostics/") for t in acc.Tags()["tensors"] if t.startswith("diagnostics/")}
     assert {"confusion_matrix", "misclassified", "gradient_norm/global", "confusion_matrix_counts"} <= tags
     assert any(t.startswith("weights/") for t in tags) and any(t.startswith("gradients/") for t in tags)
-    assert acc.SummaryMetadata("misclassified").plugin_data.plugin_name == "images"
-    assert [e.step for e in acc.Tensors("confusion_matrix")][-1] == 200
-    width, height, png = tf.make_ndarray(acc.Tensors("confusion_matrix")[-1].tensor_proto)
+    assert acc.SummaryMetadata("diagnostics/misclassified").plugin_data.plugin_name == "images"
+    assert [e.step for e in acc.Tensors("diagnostics/confusion_matrix")][-1] == 200
+    width, height, png = tf.make_ndarray(acc.Tensors("diagnostics/confusion_matrix")[-1].tensor_proto)
     assert tf.io.decode_png(png).shape == (int(height), int(width), 3) == (196, 188, 3)
-    event = acc.Tensors("misclassified")[-1]
-    shown = acc.SummaryMetadata("misclassified").summary_description.split(": ")[1].split(", ")
+    event = acc.Tensors("diagnostics/misclassified")[-1]
+    shown = acc.SummaryMetadata("diagnostics/misclassified").summary_description.split(": ")[1].split(", ")
     assert 0 < len(shown) <= diagnostics.MAX_MISCLASSIFIED and all("->" in s for s in shown)
     assert tf.io.decode_png(tf.make_ndarray(event.tensor_proto)[2]).shape[2] == 3
 

@@ -50,14 +50,14 @@ def test_training_writes_step_named_checkpoints_config_summaries_hparams_and_the
     assert names == ["model.ckpt-20.index", "model.ckpt-30.index"]  # keep_checkpoints=2
     stored = RunDir(str(folder / "ckpt")).load_config()
     assert stored.model == ModelConfig("dense", (32,)) and stored.resume["batch_size"] == 64
-    assert sorted(scalars(folder / "logs" / "train", "loss")) == [10, 20, 30]
-    assert sorted(scalars(folder / "logs" / "validation", "accuracy")) == [10, 20, 30]
+    assert sorted(scalars(folder / "logs", "train/loss")) == [10, 20, 30]
+    assert sorted(scalars(folder / "logs", "validation/accuracy")) == [10, 20, 30]
     run = event_accumulator.EventAccumulator(str(folder / "logs"))
     run.Reload()
     graph_ops = {node.op for node in run.Graph().node}
     assert "MatMul" in graph_ops and "Relu" in graph_ops  # the model's forward pass
     stored = hparams(folder / "logs")
-    assert stored["hidden_units"] == "32" and stored["batch_size"] == 64 and stored["optimizer"] == "adam"
+    assert stored["hidden_units"] == "32" and stored["batch_size"] == "64" and stored["optimizer"] == "adam"
 
 
 def test_progress_lines_carry_step_total_percent_and_eta_and_the_run_is_described(tiny_data, tmp_path, capsys):
@@ -95,16 +95,51 @@ def test_examples_per_second_and_the_eta_leave_out_validation_and_saving(tiny_da
     assert now[0] == 1000 + 30 + 3 * 100 + 3 * 50  # the pauses did happen
 
 
+def test_one_training_is_one_run_in_tensorboard_with_its_parts_as_tag_prefixes(tiny_data, tmp_path):
+    """TensorBoard's runs are the folders that hold event files: a training's logs/train, logs/validation and
+    logs/diagnostics were three runs beside logs/ (issue 36, item 5). Now logs/ holds every part, and one file."""
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
+
+    training.train(tiny_config(tiny_data, tmp_path / "run", max_steps=20, diagnostics=True), say=lambda line: None)
+    board = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={"tensors": 0})
+    board.AddRunsFromDirectory(str(tmp_path))  # as `tensorboard --logdir` finds runs
+    board.Reload()
+    assert list(board.Runs()) == [os.path.join("run", "logs")]
+    tags = board.Runs()[os.path.join("run", "logs")]["tensors"]
+    assert {"train/loss", "train/accuracy", "train/learning_rate", "validation/loss", "validation/accuracy",
+            "diagnostics/gradient_norm/global", "diagnostics/confusion_matrix",
+            "_hparams_/session_start_info"} <= set(tags)
+    assert len(glob.glob(str(tmp_path / "run" / "logs" / "*tfevents*"))) == 1  # TensorBoard follows one file a folder
+
+
+def test_the_report_reads_the_curves_of_runs_written_before_and_after_the_parts_moved_into_one_folder(tmp_path):
+    """A run of the old layout (logs/validation, tag `accuracy`) resumed into the new (logs/, `validation/accuracy`)."""
+    from mnist_dnn.lib.experiments import reports
+
+    logs = tmp_path / "logs"
+    for folder, tag, points in ((logs / "validation", "accuracy", {10: 0.5, 20: 0.6}),
+                                (logs, "validation/accuracy", {20: 0.65, 30: 0.7})):
+        writer = tf.summary.create_file_writer(str(folder))
+        for step, value in points.items():
+            summaries.log_scalars(writer, step, **{tag: value})
+        writer.close()
+    steps_, values = reports.read_scalars(str(logs / "validation"), "accuracy")  # as the public API was called
+    assert steps_.tolist() == [10, 20, 30] and values.tolist() == pytest.approx([0.5, 0.65, 0.7])  # the resume's last
+    assert reports.read_scalars(str(logs), "validation/accuracy")[0].tolist() == [20, 30]
+    assert reports.read_scalars(str(logs / "train"), "loss")[0].tolist() == []
+
+
 def test_each_hparams_column_shows_its_own_setting(tiny_data, tmp_path):
-    """Every setting TensorBoard's HParams lists given a value of its own, read back from the event files."""
+    """Every setting TensorBoard's HParams lists given a value of its own, read back from the event files. Whole
+    numbers are text: the dashboard shows a number to 5 significant digits, a batch size of 48 as 48.000."""
     config = tiny_config(tiny_data, tmp_path, model=ModelConfig("dense", (24, 12), 0.25), optimizer="sgd",
                          learning_rate=0.05, lr_schedule="cosine", batch_size=48, max_steps=10, augment_shift=1,
                          augment_rotate=7.0, augment_scale=0.15, seed=3)
     training.train(config, say=lambda line: None)
     assert hparams(tmp_path / "logs") == pytest.approx({
-        "model": "dense", "hidden_units": "24-12", "conv_filters": "none", "pool_every": 0, "dropout": 0.25,
-        "optimizer": "sgd", "learning_rate": 0.05, "lr_schedule": "cosine", "batch_size": 48, "max_steps": 10,
-        "augment_shift": 1, "augment_rotate": 7.0, "augment_scale": 0.15, "seed": 3, "dataset": "mnist"})
+        "model": "dense", "hidden_units": "24-12", "conv_filters": "none", "pool_every": "0", "dropout": 0.25,
+        "optimizer": "sgd", "learning_rate": 0.05, "lr_schedule": "cosine", "batch_size": "48", "max_steps": "10",
+        "augment_shift": "1", "augment_rotate": 7.0, "augment_scale": 0.15, "seed": "3", "dataset": "mnist"})
 
 
 @pytest.mark.slow
@@ -181,13 +216,13 @@ def test_resume_uses_the_learning_rate_of_the_command_line(tiny_data, tmp_path):
 def test_cosine_schedule_decays_to_zero_at_max_steps_and_resumes_on_the_curve(tiny_data, tmp_path):
     cosine = dict(lr_schedule="cosine", learning_rate=0.01, max_steps=40, keep_checkpoints=5)
     training.train(tiny_config(tiny_data, tmp_path / "whole", **cosine))
-    curve = scalars(tmp_path / "whole" / "logs" / "train", "learning_rate")
+    curve = scalars(tmp_path / "whole" / "logs", "train/learning_rate")
     assert curve[20] == pytest.approx(0.005, rel=1e-3) and curve[40] == pytest.approx(0.0, abs=1e-7)
     training.train(tiny_config(tiny_data, tmp_path / "parts", **{**cosine, "max_steps": 20}))
     with pytest.raises(UsageError, match="--lr_schedule=cosine, not --lr_schedule=constant"):
         training.train(tiny_config(tiny_data, tmp_path / "parts", max_steps=40, learning_rate=0.01))
     training.train(tiny_config(tiny_data, tmp_path / "parts", **cosine))
-    resumed = scalars(tmp_path / "parts" / "logs" / "train", "learning_rate")
+    resumed = scalars(tmp_path / "parts" / "logs", "train/learning_rate")
     assert {step: resumed[step] for step in (30, 40)} == pytest.approx({step: curve[step] for step in (30, 40)})
 
 
@@ -211,7 +246,7 @@ def test_a_diverging_run_stops_with_the_step_and_saves_no_non_finite_weights(tin
 def test_the_runner_step_count_matches_what_the_controller_asked(tiny_data, tmp_path):
     """steps_per_call smaller than every period: the runner returns at each multiple, nothing is skipped."""
     result = training.train(tiny_config(tiny_data, tmp_path, max_steps=25, steps_per_call=3, log_every=5))
-    assert result.step == 25 and sorted(scalars(tmp_path / "logs" / "train", "loss")) == [5, 10, 15, 20, 25]
+    assert result.step == 25 and sorted(scalars(tmp_path / "logs", "train/loss")) == [5, 10, 15, 20, 25]
 
 
 @pytest.mark.slow
@@ -250,14 +285,14 @@ def test_the_process_ends_with_every_summary_on_disk(tiny_data, tmp_path, ending
                      env_extra={"TMPDIR": str(tmp_path / "tmp")})
     assert result.returncode == {"done": 0, "diverged": 1}[ending], result.stderr
     assert os.listdir(tmp_path / "tmp") == []
-    logged = sorted(scalars(tmp_path / "logs" / "train", "loss"))
+    logged = sorted(scalars(tmp_path / "logs", "train/loss"))
     printed = [int(line.split()[1].split("/")[0]) for line in result.stdout.splitlines() if line.startswith("step ")
                and "/" in line.split()[1]]
     stopped_at = 61 if ending == "done" else int(re.search(r"NaN or infinite at step (\d+)", result.stderr)[1])
     assert logged == printed and logged[-1] == stopped_at - 1
     if ending == "done":
-        assert sorted(scalars(tmp_path / "logs" / "validation", "accuracy")) == [20, 40, 60]
-        assert 60 in scalars(tmp_path / "logs" / "diagnostics", "gradient_norm/global")
+        assert sorted(scalars(tmp_path / "logs", "validation/accuracy")) == [20, 40, 60]
+        assert 60 in scalars(tmp_path / "logs", "diagnostics/gradient_norm/global")
 
 
 def test_the_library_prints_nothing_itself_every_line_goes_to_say(tiny_data, tmp_path, capsys, monkeypatch):
@@ -279,8 +314,8 @@ def test_runs_of_the_same_settings_log_into_their_own_run_folders_and_a_resume_a
         training.train(tiny_config(tiny_data, tmp_path / name, log_dir=None, max_steps=20))
     training.train(tiny_config(tiny_data, tmp_path / "a", log_dir=None, max_steps=30))  # resumed
     logs = {name: tmp_path / name / "ckpt" / "logs" for name in ("a", "b")}
-    assert sorted(scalars(logs["a"] / "validation", "accuracy")) == [10, 20, 30]
-    assert sorted(scalars(logs["b"] / "validation", "accuracy")) == [10, 20]
+    assert sorted(scalars(logs["a"], "validation/accuracy")) == [10, 20, 30]
+    assert sorted(scalars(logs["b"], "validation/accuracy")) == [10, 20]
     trials = {name: summaries.logged_trials(str(folder)) for name, folder in logs.items()}
     assert len(trials["a"]) == 2 and len(set(trials["a"])) == 1  # the start and the resume: one trial
     assert trials["b"][0] != trials["a"][0] and trials["b"][0].startswith("ckpt (")

@@ -2,10 +2,12 @@
 persistent XLA cache for this CPU. Importing TensorFlow writes 6-7 lines to descriptor 2 (CUDA probing, CPU notices,
 `failed call to cuInit`) that no variable silences: the import runs with descriptor 2 on a temporary file, shown if it
 fails, and kept with `--verbosity=1`, `MNIST_DNN_TF_LOGS=1` or `TF_CPP_MIN_LOG_LEVEL` 0 or 1. XLA keys its cache by the
-program, not the CPU, and runs an entry compiled for another CPU (which can end in SIGILL): hence one cache folder per
-instruction set."""
+program, not the CPU nor its own version, and runs an entry compiled for another CPU (which can end in SIGILL): hence
+one cache folder per instruction set and TensorFlow version."""
 
+import atexit
 import hashlib
+import importlib.metadata
 import os
 import platform
 import signal
@@ -15,6 +17,8 @@ from mnist_dnn.lib import files, native_output, onednn, xla_cache
 
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
+XLA_CACHE_MB_ENV = "MNIST_DNN_XLA_CACHE_MB"
+XLA_CACHE_MB = 512  # the cap by default (MiB): several hundred of the MLPs' entries (0.2-1.8 MB each)
 INTERRUPTED = "error: interrupted (Ctrl-C) before any work was saved; run the command again"
 
 
@@ -80,34 +84,42 @@ def wants_tf_logs(argv: list[str], environ) -> bool:
     return verbosity is not None and verbosity >= 1
 
 
-def cpu_key(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """A name for this processor's instruction set (from /proc/cpuinfo's flags, a superset of the LLVM features
-    XLA compiles for), or None where it cannot be read."""
+def cache_key(cpuinfo: str = "/proc/cpuinfo", tensorflow: str | None = None) -> str | None:
+    """A name for this processor's instruction set (from /proc/cpuinfo's flags, a superset of the LLVM features XLA
+    compiles for) and the installed TensorFlow's version (`tensorflow` unless given; read without importing it), or
+    None where either cannot be read."""
     try:
         with open(cpuinfo) as f:
-            flags = next((line for line in f if line.startswith("flags")), None)
-    except OSError:
-        flags = None
-    if not flags:
+            flags = next(line for line in f if line.startswith("flags"))
+        tensorflow = tensorflow or importlib.metadata.version("tensorflow")
+    except (OSError, StopIteration, importlib.metadata.PackageNotFoundError):
         return None
-    return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+    return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}-tf{tensorflow}"
 
 
-def xla_cache_folder(environ, cpu: str | None) -> str | None:
-    """<$MNIST_DNN_XLA_CACHE or ~/.cache/mnist_dnn/xla>/<cpu>; None with `off`, or for an unknown CPU."""
+def xla_cache_folder(environ, key: str | None) -> str | None:
+    """<$MNIST_DNN_XLA_CACHE or ~/.cache/mnist_dnn/xla>/<key>; None with `off`, or for an unknown CPU."""
     chosen = environ.get(XLA_CACHE_ENV)
-    if chosen is not None and chosen.strip().lower() in ("", "0", "off"):
-        return None
-    if cpu is None:
+    if key is None or chosen is not None and chosen.strip().lower() in ("", "0", "off"):
         return None
     cache_home = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(chosen or os.path.join(cache_home, "mnist_dnn", "xla"), cpu)
+    return os.path.join(chosen or os.path.join(cache_home, "mnist_dnn", "xla"), key)
 
 
-def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
+def xla_cache_cap(environ) -> int:
+    """The cache root's cap in bytes: $MNIST_DNN_XLA_CACHE_MB MiB, or XLA_CACHE_MB (warned if not a number)."""
+    chosen = environ.get(XLA_CACHE_MB_ENV, "").strip()
+    if chosen and not chosen.isdecimal():
+        print(f"warning: {XLA_CACHE_MB_ENV}={chosen} is not a whole number of MB; the XLA cache keeps "
+              f"{XLA_CACHE_MB} MB", file=sys.stderr)
+    return (int(chosen) if chosen.isdecimal() else XLA_CACHE_MB) << 20
+
+
+def use_xla_cache(environ=os.environ, key: str | None = None) -> None:
     """Adds XLA's persistent cache to TF_XLA_FLAGS, unless one is set; none (with a warning if the user chose
-    it) in a folder XLA could not write, which would fail every compilation."""
-    folder = xla_cache_folder(environ, cpu or cpu_key())
+    it) in a folder XLA could not write, which would fail every compilation. The cache's root is kept within its
+    cap now and when the process ends (`xla_cache.evict`)."""
+    folder = xla_cache_folder(environ, key or cache_key())
     flags = environ.get("TF_XLA_FLAGS", "")
     if not folder or xla_cache.FOLDER_FLAG in flags:
         return
@@ -117,6 +129,9 @@ def use_xla_cache(environ=os.environ, cpu: str | None = None) -> None:
                   "compiling without the cache", file=sys.stderr)
         return
     environ["TF_XLA_FLAGS"] = f"{flags} {xla_cache.prepare(folder)}".strip()
+    root, cap, used = os.path.dirname(folder), xla_cache_cap(environ), xla_cache.watch(folder)
+    xla_cache.evict(root, cap)
+    atexit.register(lambda: xla_cache.evict(root, cap, used()))
 
 
 def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:

@@ -246,7 +246,7 @@ class TrainConfig:
     early_stopping_patience: int = setting(0, "Stop after this many evaluations (--eval_every) without a better "
                                            "validation accuracy; 0: off.")
     diagnostics: bool = setting(True, "At each evaluation, write weight and gradient histograms, gradient norms, "
-                                "a confusion matrix and misclassified digits to <log_dir>/diagnostics.")
+                                "a confusion matrix and misclassified digits to <log_dir> (tags diagnostics/...).")
     jit_compile: bool | None = setting(None, "Train with an XLA-compiled loop over the split in memory (the default on one "
                                        "device); --nojit_compile uses the tf.data pipeline, as several devices do.")
 
@@ -362,12 +362,17 @@ class PredictConfig:
     rest_signature: str = setting(BYTES_SIGNATURE, "The signature the REST request calls: the encoded files as "
                                   '{"b64": ...}, or their pixels.', choices=(BYTES_SIGNATURE, SERVING_SIGNATURE))
     max_image_bytes: int = setting(MAX_IMAGE_BYTES, "Larger image files are refused unread.")
+    write_test_digits: str | None = setting(None, "Instead of classifying, write the first `digits` images of MNIST's "
+                                            "test split into this folder as test-0.png, test-1.png, ... (no model).")
+    digits: int = setting(1, "How many test images `write_test_digits` writes (1 to 10,000).")
 
     def validate(self) -> "PredictConfig":
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError("min_confidence", f"must be between 0 and 1, got {self.min_confidence}")
         if self.max_image_bytes < 1:
             raise ConfigError("max_image_bytes", f"must be a whole number of bytes from 1, got {self.max_image_bytes}")
+        if not 1 <= self.digits <= 10_000:
+            raise ConfigError("digits", f"must be a whole number from 1 to 10,000, got {self.digits}")
         return self
 
 

@@ -20,6 +20,7 @@ from mnist_dnn.lib.core import data, evaluation
 from mnist_dnn.lib.experiments import roots, studies, sweeps
 from mnist_dnn.lib.core.checkpoint_store import CheckpointStore
 
+PARTS = ("train", "validation", "diagnostics")  # a run's summaries: its log folder's tag prefixes
 PLOTS_HEIGHT = 4.2  # inches of report.png above the legend
 LEGEND_MARGIN = 0.2  # inches around the legend (constrained layout's padding)
 PLOTS_HINT = "install matplotlib (pip install matplotlib, or the package's plots extra) to draw report.png"
@@ -37,6 +38,8 @@ class Row:
     wall_time_s: float | None = None  # of the attempt that finished the run
     examples_per_second: float | None = None
     resumed_from_step: int | None = None
+    host: str | None = None  # a search's trial: where it trained, so that every root's report finds it
+    folder: str | None = None
 
 
 def collect_row(root: str, name: str, params: dict, data_dir=None, idx_dir=None, load_splits=data.load_splits,
@@ -70,7 +73,11 @@ def collect(root: str, data_dir=None, idx_dir=None, say=print) -> tuple[list[str
         sweep = sweeps.load(root)
         names, runs = list(sweep["grid"]), sweep["runs"]
     load_once = functools.lru_cache(maxsize=None)(functools.partial(data.load_splits, say=say))  # one dataset for all
-    rows = [collect_row(root, r["name"], r["params"], data_dir, idx_dir, load_once, r.get("status")) for r in runs]
+    where = lambda r: dict(host=r.get("host"), folder=r.get("folder"))  # noqa: E731 (a search's trial)
+    rows = [Row(r["name"], r["params"], r["status"], **r["reported"], **where(r))
+            if "reported" in r else  # a trial of the study whose folder is on another root: what the study holds
+            dataclasses.replace(collect_row(root, r["name"], r["params"], data_dir, idx_dir, load_once,
+                                            r.get("status")), **where(r)) for r in runs]
     rows.sort(key=lambda r: -r.best_accuracy if r.best_accuracy is not None else math.inf)
     return names, rows
 
@@ -90,8 +97,10 @@ def cells(row: Row) -> list[str]:
 
 
 def table(names: list[str], rows: list[Row]) -> list[list[str]]:
-    header = ["rank", *names, *COLUMNS]
-    return [header] + [[str(i), *(r.params[n] for n in names), *cells(r)] for i, r in enumerate(rows, 1)]
+    where = any(r.folder for r in rows)  # a search's: the host and folder of each trial
+    header = ["rank", *names, *COLUMNS, *(["host", "folder"] if where else [])]
+    return [header] + [[str(i), *(r.params[n] for n in names), *cells(r), *([r.host or "", r.folder or ""] if where
+                                                                            else [])] for i, r in enumerate(rows, 1)]
 
 
 def format_text(grid: list[list[str]]) -> str:
@@ -108,27 +117,32 @@ def format_markdown(grid: list[list[str]]) -> str:
 def write_csv(path: str, names: list[str], rows: list[Row]) -> None:
     """Plain numbers (fractions, seconds), one row per run, in rank order."""
     fields = ["rank", *names, "status", "steps", "best_val_accuracy", "best_step", "test_accuracy_of_best",
-              "wall_time_s", "examples_per_second", "resumed_from_step", "run"]
+              "wall_time_s", "examples_per_second", "resumed_from_step", "run", "host", "folder"]
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(fields)
     for i, r in enumerate(rows, 1):
         writer.writerow([i, *(r.params[n] for n in names), r.status, r.steps, r.best_accuracy, r.best_step,
-                         r.test_accuracy, r.wall_time_s, r.examples_per_second, r.resumed_from_step, r.name])
+                         r.test_accuracy, r.wall_time_s, r.examples_per_second, r.resumed_from_step, r.name,
+                         r.host, r.folder])
     files.write_text(path, text.getvalue())
 
 
-def read_scalars(event_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a scalar summary (stored as tensors) in a run's event files."""
+def read_scalars(log_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a scalar summary (stored as tensors) a run logged: `read_scalars("runs/x/logs",
+    "validation/accuracy")`. A part's folder, as runs before 2026-12 wrote them (`read_scalars("runs/x/logs/validation",
+    "accuracy")`), reads both layouts: a run resumed since has both."""
     from tensorboard.backend.event_processing import event_accumulator
 
-    if not os.path.isdir(event_dir):
-        return np.zeros(0, int), np.zeros(0)
-    acc = event_accumulator.EventAccumulator(event_dir, size_guidance={event_accumulator.TENSORS: 0})
-    acc.Reload()
-    if tag not in acc.Tags()["tensors"]:
-        return np.zeros(0, int), np.zeros(0)
-    by_step = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}  # a resume rewrites steps
+    parent, part = os.path.split(os.path.normpath(log_dir))
+    by_step = {}
+    for event_dir, name in ((log_dir, tag), *([(parent, f"{part}/{tag}")] if part in PARTS else [])):
+        if not os.path.isdir(event_dir):
+            continue
+        acc = event_accumulator.EventAccumulator(event_dir, size_guidance={event_accumulator.TENSORS: 0})
+        acc.Reload()
+        if name in acc.Tags()["tensors"]:  # a resume rewrites steps: the last value of each
+            by_step.update({e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(name)})
     steps = np.array(sorted(by_step), int)
     return steps, np.array([by_step[s] for s in steps])
 
@@ -145,9 +159,9 @@ def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, PLOTS_HEIGHT), dpi=100, layout="constrained")
     for row in rows:
         logs = os.path.join(roots.run_dir(root, row.name), roots.LOGS_DIR)
-        label = ", ".join(f"{n}={row.params[n]}" for n in names)
-        line, = left.plot(*read_scalars(os.path.join(logs, "validation"), "accuracy"), marker=".", label=label)
-        right.plot(*read_scalars(os.path.join(logs, "train"), "loss"), color=line.get_color(), label=label)
+        label = ", ".join(row.name if row.params[n] == row.name else f"{n}={row.params[n]}" for n in names)
+        line, = left.plot(*read_scalars(logs, "validation/accuracy"), marker=".", label=label)
+        right.plot(*read_scalars(logs, "train/loss"), color=line.get_color(), label=label)
     left.set(title="validation accuracy", xlabel="step")
     right.set(title="training loss", xlabel="step", yscale="log")
     for axes in (left, right):
@@ -199,10 +213,11 @@ def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
 
 
 def best_trial_line(root: str, study) -> str | None:
-    """Names the best complete trial of a search and its run folder."""
-    best = studies.best(study, root)
+    """Names the best complete trial of a search, its run folder and host (any root's)."""
+    best = studies.best(study)
     if best is None:
         return None
-    folder = roots.run_dir(root, best.user_attrs["folder"])
-    return (f"Best trial: {best.number} in {folder} (best validation accuracy {best.value:.2%}): "
+    host, folder = studies.where(best, root)
+    return (f"Best trial: {best.number} in {folder or best.user_attrs['folder']}{f' on {host}' if host else ''} "
+            f"(best validation accuracy {best.value:.2%}): "
             + ", ".join(f"{k}={studies.value_text(v)}" for k, v in best.params.items()))

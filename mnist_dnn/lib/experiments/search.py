@@ -44,7 +44,8 @@ class SearchConfig:
                            "and int parameters).")
     pruner: str = setting("median", f"Stops hopeless trials at an evaluation: {', '.join(PRUNERS)}.")
     storage: str | None = setting(None, "Optuna RDB storage URL shared by several machines, e.g. "
-                                  "postgresql+psycopg://user:password@host/db (default: sqlite under --root).")
+                                  "postgresql+psycopg://user@host/db, its password in ~/.pgpass; or the whole URL in "
+                                  "MNIST_DNN_STORAGE (default: sqlite under --root). No file holds the password.")
     study_name: str = setting("mnist_dnn", "Name of the study in the storage (one storage can hold several).")
     search_seed: int | None = setting(None, "Seed of the sampler (worker i uses seed + i); default: random.")
 

@@ -5,6 +5,7 @@ Optuna is imported inside the functions: it is an optional extra (`pip install -
 
 import logging
 import os
+import socket
 import warnings
 
 from mnist_dnn.lib import files
@@ -13,6 +14,8 @@ from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import DataError, UsageError, first_line
 
 INSTALL_HINT = "the search needs Optuna: pip install -e '.[search]' (in a checkout; or 'mnist-dnn-course[search]')"
+STORAGE_ENV = "MNIST_DNN_STORAGE"  # the storage URL with its password, which no file holds
+FEW_TRIALS = 10  # parameter importances from fewer finished trials say so
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting", "FAIL": "failed"}
 
 
@@ -32,17 +35,34 @@ def check_storage_url(url: str) -> None:
     if kind not in search.STORAGE_KINDS:
         raise ConfigError("storage", f"{url!r} is not an Optuna RDB storage URL; use one of "
                           f"{', '.join(k + '://' for k in search.STORAGE_KINDS)}, e.g. "
-                          "postgresql+psycopg://user:password@host:5432/db")
+                          "postgresql+psycopg://user@host:5432/db")
+    if kind == "sqlite" and url.partition("://")[2].split("?")[0] in ("", "/", "/:memory:"):
+        raise ConfigError("storage", f"{url} is a database in memory, which each process has its own of: the "
+                          "workers could not share it; name a file (sqlite:///path/study.db), or leave `storage` out")
 
 
-def shown(url: str) -> str:
-    """The URL without its password, for messages."""
+def shown(url: str | None, masked: bool = True) -> str | None:
+    """The URL with *** for its password, for messages; not `masked`: left out, as search.json keeps it."""
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 (a URL that does not parse is shown as given)
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 (None, or a URL that does not parse, is shown as given)
         return url
+    return (parsed if masked else parsed._replace(password=None)).render_as_string(hide_password=True)
+
+
+def without_password(url: str | None) -> str | None:
+    return shown(url, masked=False)
+
+
+def connect_url(url: str) -> str:
+    """The URL to connect with: `url`, or the environment's STORAGE_ENV when that is `url` with a password (else
+    the driver finds one in ~/.pgpass, or connects without)."""
+    given = os.environ.get(STORAGE_ENV)
+    if given and shown(url) == without_password(url) == without_password(given):
+        return given
+    return url
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -57,12 +77,17 @@ def open_storage(url: str):
     import sqlalchemy.event
     import sqlalchemy.exc
 
+    url = connect_url(url)
     try:
         storage = op.storages.RDBStorage(
             url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=search.HEARTBEAT_S,
             grace_period=search.GRACE_PERIOD_S,
             heartbeat_stale_trial_callback=op.storages.RetryHeartbeatStaleTrialCallback())
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+        if "no password supplied" in str(e):
+            raise UsageError(f"the storage {shown(url)} needs a password, and none was given: put the whole URL in "
+                             f"the environment, {STORAGE_ENV}=postgresql+psycopg://user:PASSWORD@host/db, or the "
+                             "password in ~/.pgpass (no file of the search holds it)") from None
         raise DataError(f"cannot open the study storage {shown(url)}: {first_line(e)}") from None
     if url.startswith("sqlite"):
         # Each transaction takes the write lock as it begins, so that Optuna's read-then-write steps are whole.
@@ -147,18 +172,23 @@ def folder_name(trial) -> str:
     return roots.trial_name(history[0])
 
 
-def record_root(config: search.SearchConfig) -> None:
-    """root/search.json names the study, for the report; a root holds one study only."""
+def root_description(config: search.SearchConfig) -> dict:
+    """What root/search.json holds: the study's name and storage URL, without its password."""
+    return {"study_name": config.study_name, "storage": without_password(config.storage)}
+
+
+def record_root(config: search.SearchConfig, say=print) -> None:
+    """root/search.json names the study, for the report (the search refused a root of another study first). One
+    written before the password was left out is written again without it."""
     path = os.path.join(config.root, roots.SEARCH_FILE)
-    description = {"study_name": config.study_name, "storage": config.storage}
-    if os.path.exists(path):
-        stored = read_root(config.root)
-        if stored != description:
-            raise UsageError(f"{config.root} holds the trials of another study ({stored.get('study_name')} in "
-                             f"{shown(stored.get('storage') or 'its ' + roots.STUDY_FILE)}); pass another `root`")
+    rewrite = os.path.exists(path)
+    if rewrite and read_root(config.root) == root_description(config):
         return
     os.makedirs(config.root, exist_ok=True)
-    files.write_json(path, description)
+    files.write_json(path, root_description(config))
+    if rewrite:
+        say(f"{path} held the storage's password: written again without it (give it in `storage`, {STORAGE_ENV} or "
+            "~/.pgpass)")
 
 
 def read_root(root: str) -> dict:
@@ -193,24 +223,36 @@ def _in_root(trial, root: str) -> bool:
     return "folder" in trial.user_attrs and os.path.isdir(os.path.join(root, trial.user_attrs["folder"]))
 
 
+def where(trial, root: str) -> tuple[str | None, str | None]:
+    """(host, folder) of the trial: its folder under `root`, or where the host that trained it wrote it."""
+    if _in_root(trial, root):
+        return trial.user_attrs.get("host") or socket.gethostname(), roots.run_dir(root, trial.user_attrs["folder"])
+    folder = trial.user_attrs.get("root") and os.path.join(trial.user_attrs["root"], trial.user_attrs["folder"])
+    return trial.user_attrs.get("host"), folder
+
+
+def reported(trial) -> dict:
+    """The best validation the trial reported to the study, and its step: for a trial whose folder is elsewhere."""
+    values = trial.intermediate_values
+    step = max(values, key=lambda s: (values[s], -s)) if values else None
+    return {"steps": trial.last_step, "best_accuracy": values.get(step), "best_step": step}
+
+
 def runs(study, root: str) -> tuple[list[str], list[dict]]:
-    """The space's names, and one run per trial folder under `root` (its latest trial): name, params, status,
-    trial. A study shared by several machines lists here only the trials of this root."""
-    latest = {}
-    for trial in study.get_trials(deepcopy=False):
-        if _in_root(trial, root):
-            latest[trial.user_attrs["folder"]] = trial
+    """The space's names, and one run per trial folder of the study, from every root that shares it (its latest
+    trial): name, params, status, trial, host, folder; and `reported` for a folder that is not under `root`."""
+    latest = {t.user_attrs["folder"]: t for t in study.get_trials(deepcopy=False) if "folder" in t.user_attrs}
     names = [spec.split("=", 1)[0] for spec in study.user_attrs.get("search", {}).get("space", [])]
-    return ["trial", *names], [{"name": folder, "params": {"trial": folder, **{n: value_text(t.params.get(n, ""))
-                                                                          for n in names}},
-                    "status": STATES.get(t.state.name, t.state.name.lower()), "trial": t.number}
-                   for folder, t in sorted(latest.items())]
+    return ["trial", *names], [
+        {"name": folder, "params": {"trial": folder, **{n: value_text(t.params.get(n, "")) for n in names}},
+         "status": STATES.get(t.state.name, t.state.name.lower()), "trial": t.number,
+         **dict(zip(("host", "folder"), where(t, root))), **({} if _in_root(t, root) else {"reported": reported(t)})}
+        for folder, t in sorted(latest.items())]
 
 
-def best(study, root: str | None = None):
-    """The best complete trial (of those under `root`, if given), or None."""
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
-                and (root is None or _in_root(t, root))]
+def best(study):
+    """The best complete trial of the study, or None."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     return max(complete, key=lambda t: t.value) if complete else None
 
 
@@ -228,6 +270,7 @@ def plot(study, root: str, say) -> list[str]:
     written = []
     if best(study) is None:
         return written
+    finished = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
     for name, draw in drawings.items():
         try:
             with warnings.catch_warnings():
@@ -236,6 +279,10 @@ def plot(study, root: str, say) -> list[str]:
         except (ValueError, RuntimeError) as e:  # too few finished trials, or a single-valued space
             say(f"No {name}: {first_line(e)}")
             continue
+        if draw is plots.plot_param_importances and finished < FEW_TRIALS:
+            caveat = f"from {finished} finished trials only: a rough guide until {FEW_TRIALS} or more"
+            axes.set_title(f"{axes.get_title()}\n({caveat})")
+            say(f"{name}: {caveat}")
         path = os.path.join(root, name)
         axes.figure.set_size_inches(8, 5)
         axes.figure.tight_layout()

@@ -12,6 +12,7 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -177,7 +178,9 @@ def _objective(plan: Plan, study, say, current: list, stop: Stop):
             trial.set_user_attr("surplus", True)
             raise _NoRoom()
         name = studies.folder_name(studies.frozen(study, trial.number))
-        trial.set_user_attr("folder", name)
+        where = {"folder": name, "host": socket.gethostname(), "root": os.path.abspath(plan.search.root)}
+        for key, value in where.items():
+            trial.set_user_attr(key, value)  # where the report of any root of the study finds it
         settings = {p.name: p.suggest(trial) for p in plan.space}
         folder = os.path.join(plan.search.root, name)
         try:

@@ -79,8 +79,8 @@ class SavedModelSignature:
         try:
             # Keep the loaded object: its signatures read variables it owns.
             self.loaded = tf.saved_model.load(path)
-        except (OSError, ValueError, tf.errors.OpError) as e:
-            raise UsageError(f"cannot load the SavedModel {path}: {str(e).strip().splitlines()[0]}") from None
+        except Exception as e:  # whatever damaged files raise (a truncated variables file: IndexError)
+            raise UsageError(f"cannot load the SavedModel {path}: {first_line(e)}") from None
         if SERVING_SIGNATURE not in self.loaded.signatures:
             raise UsageError(f"the SavedModel {path} has no {SERVING_SIGNATURE} signature")
         self.signature = self.loaded.signatures[SERVING_SIGNATURE]

@@ -166,10 +166,15 @@ def predict_response(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
     return {"predictions": [dict(zip(values, row)) for row in rows]}
 
 
-def status(servable: Servable) -> dict:
-    """GET /v1/models/NAME: the version served."""
-    return {"model_version_status": [{"version": str(servable.version), "state": "AVAILABLE",
-                                      "status": {"error_code": "OK", "error_message": ""}}]}
+def status(name: str, servable: Servable, failed: dict[int, str], version: str | None = None) -> dict:
+    """GET /v1/models/NAME[/versions/N]: the version served and those that failed to load (END, with their error),
+    newest first, as TensorFlow Serving lists them (its error_code is its loader's; this server says UNKNOWN)."""
+    states = {v: ("END", "UNKNOWN", error) for v, error in failed.items()} | {servable.version: ("AVAILABLE", "OK", "")}
+    listed = [{"version": str(v), "state": state, "status": {"error_code": code, "error_message": error}}
+              for v, (state, code, error) in sorted(states.items(), reverse=True) if version in (None, str(v))]
+    if not listed:
+        raise RestError(404, f"Could not find version {version} of model {name}")
+    return {"model_version_status": listed}
 
 
 def _tensor_info(info: TensorInfo) -> dict:

@@ -61,7 +61,7 @@ def _saved_model_signature(function) -> Signature:
 def load_saved_model(path: str, version: int) -> Servable:
     try:
         loaded = tf.saved_model.load(path)
-    except (OSError, ValueError, tf.errors.OpError) as e:
+    except Exception as e:  # whatever damaged files raise (a truncated variables file: IndexError)
         raise DataError(f"cannot load the SavedModel {path}: {first_line(e)}") from None
     signatures = {name: _saved_model_signature(function) for name, function in loaded.signatures.items()}
     return Servable(version, path, signatures, owner=loaded)
@@ -69,7 +69,12 @@ def load_saved_model(path: str, version: int) -> Servable:
 
 def load_file_model(path: str, version: int, reader) -> Servable:
     """A LiteRT, ONNX or Keras file, read as `predict` reads it: `serving_default` alone."""
-    model = reader(path)
+    try:
+        model = reader(path)
+    except Error:
+        raise
+    except Exception as e:  # whatever a damaged file makes its reader raise
+        raise DataError(f"cannot load {path}: {first_line(e)}") from None
     inputs = {"images": TensorInfo(tf.uint8, (None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1))}
     outputs = {"probabilities": TensorInfo(tf.float32, (None, data.NUM_CLASSES)), "classes": TensorInfo(tf.int64, (None,))}
     return Servable(version, path, {SERVING_SIGNATURE: Signature(inputs, outputs, lambda named: model(named["images"]))},
@@ -114,7 +119,7 @@ class ModelVersions:
     def __init__(self, model_dir: str, say: Callable[[str], None] = lambda line: None):
         self.model_dir = model_dir
         self.say = say
-        self.failed: dict[int, tuple] = {}  # version -> fingerprint of what failed to load
+        self.failed: dict[int, tuple[tuple, str]] = {}  # version -> (fingerprint of what failed to load, error)
         self.watched = not (os.path.isfile(model_dir) or (os.path.isdir(model_dir) and _loadable(model_dir)))
         self.current = self._first()
 
@@ -143,22 +148,25 @@ class ModelVersions:
         return found
 
     def refresh(self) -> bool:
-        """Loads and switches to the newest version if it is not the one served; True if it switched."""
+        """Loads and switches to the newest version if it is not the one served; True if it switched. A version that
+        fails to load is said once and kept in `failed` until its files change; older ones are tried in the same pass."""
         if not self.watched:
             return False
         for version, path in self.candidates():
             if version == self.current.version:
                 return False
             fingerprint = _fingerprint(path)
-            if self.failed.get(version) == fingerprint:
+            if self.failed.get(version, (None,))[0] == fingerprint:
                 continue  # still the files that failed: try an older version
             try:
                 servable = load(path, version)
             except Error as e:
-                self.failed[version] = fingerprint
-                self.say(f"version {version} does not load, still serving version {self.current.version}: {e}")
+                self.failed = {**self.failed, version: (fingerprint, str(e))}  # replaced whole: status reads it
+                self.say(f"version {version} failed to load (marked failed, tried again once its files change), "
+                         f"still serving version {self.current.version}: {e}")
                 continue
             self.say(f"serving version {version} ({path}) instead of version {self.current.version}")
+            self.failed = {v: failure for v, failure in self.failed.items() if v != version}
             self.current = servable
             return True
         return False

@@ -11,7 +11,6 @@ import html
 import importlib.resources
 import json
 import re
-import signal
 import socket
 from collections.abc import Callable
 
@@ -20,16 +19,19 @@ import anyio.to_thread
 import tensorflow as tf
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from mnist_dnn.lib import processes
 from mnist_dnn.lib.serve import rest
 from mnist_dnn.lib.errors import UsageError, first_line
 from mnist_dnn.lib.config import ServeConfig
 from mnist_dnn.lib.serve.servables import ModelVersions, Servable
 
+VERSION_HEADER = "X-Model-Version"  # on each predict answer: the version that computed it (not TensorFlow Serving's)
 MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
                         r"(?:(?P<metadata>/metadata)|:(?P<method>[A-Za-z]+))?$")
 
@@ -43,8 +45,15 @@ def _json_response(content: dict, status: int = 200) -> Response:
     return Response(json.dumps(content, separators=(",", ":")), status, media_type="application/json")
 
 
-def _error(status: int, message: str) -> Response:
-    return _json_response({"error": message}, status)
+def _error(status: int, message: str, headers: dict | None = None) -> Response:
+    return Response(json.dumps({"error": message}), status, headers, media_type="application/json")
+
+
+async def _starlette_error(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (404 no such path or file, 405 another method; 500) as TensorFlow Serving's body."""
+    if isinstance(error, HTTPException):
+        return _error(error.status_code, f"{error.detail}: {request.method} {request.url.path}", error.headers)
+    return _error(500, f"{type(error).__name__}: {first_line(error)}")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -106,15 +115,18 @@ class ModelServer:
             if not match or (request.method == "GET") != (match["method"] is None) or \
                     (match["metadata"] and request.method != "GET"):
                 raise rest.RestError(404, f"Malformed request: {request.method} {request.url.path}")
+            if request.method == "GET" and not match["metadata"]:
+                failed = {v: error for v, (_, error) in self.versions.failed.items()}
+                return _json_response(rest.status(match["name"], self.servable(match["name"], None), failed,
+                                                  match["version"] and str(int(match["version"]))))
             servable = self.servable(match["name"], match["version"])
             if request.method == "GET":
-                body = rest.metadata(match["name"], servable) if match["metadata"] else rest.status(servable)
-                return _json_response(body)
+                return _json_response(rest.metadata(match["name"], servable))
             if match["method"] != "predict":
                 raise rest.RestError(400, f"{match['method']} is not supported: this server answers predict only")
             body = await read_body(request, self.config.max_request_bytes)
             answer = await anyio.to_thread.run_sync(run_predict, servable, body, limiter=self.model_calls)
-            return Response(answer, media_type="application/json")
+            return Response(answer, media_type="application/json", headers={VERSION_HEADER: str(servable.version)})
         except rest.RestError as e:
             return _error(e.status, str(e))
         except Exception as e:  # a failure of the server's own: the client still gets TensorFlow Serving's body
@@ -152,7 +164,8 @@ def create_app(config: ServeConfig, versions: ModelVersions, say: Callable[[str]
     routes = [Route("/", state.page),
               Route("/v1/models/{path:path}", state.models, methods=["GET", "POST"]),
               Mount("/static", StaticFiles(directory=str(static_folder())), name="static")]
-    return Starlette(routes=routes, lifespan=state.lifespan)
+    return Starlette(routes=routes, lifespan=state.lifespan,
+                     exception_handlers={HTTPException: _starlette_error, Exception: _starlette_error})
 
 
 # --- Running it --------------------------------------------------------------------------
@@ -186,10 +199,8 @@ def serve(app, sock: socket.socket) -> None:
     server = uvicorn_server(app)
     # uvicorn raises the signal it caught again once stopped (a traceback for Ctrl-C, death by
     # SIGTERM); handlers that do nothing make both a clean return.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[sock])
+        with processes.signals_to(lambda *_: None):
+            server.run(sockets=[sock])
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         sock.close()

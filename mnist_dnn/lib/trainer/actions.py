@@ -67,7 +67,7 @@ class TrainingLog:
         self.examples, self.seconds = self.examples + examples, self.seconds + seconds
         loss, accuracy = float(self.metrics.loss.result()), float(self.metrics.accuracy.result())
         learning_rate = float(tf.convert_to_tensor(self.optimizer.learning_rate))
-        log_scalars(self.writer, step, loss=loss, accuracy=accuracy, learning_rate=learning_rate)
+        log_scalars(self.writer, step, "train", loss=loss, accuracy=accuracy, learning_rate=learning_rate)
         self.metrics.reset()
         rate = examples / seconds if seconds else 0.0
         if self.interactive:
@@ -140,7 +140,7 @@ class Validation:
 
     def __call__(self, step: int) -> None:
         metrics = evaluation.evaluate_split(self.predict_fn, self.split)
-        log_scalars(self.writer, step, loss=metrics.loss, accuracy=metrics.accuracy)
+        log_scalars(self.writer, step, "validation", loss=metrics.loss, accuracy=metrics.accuracy)
         self.say(f"step {step}: validation loss {metrics.loss:.4f}, accuracy {metrics.accuracy:.2%}")
         if self.best is None or metrics.accuracy > self.best.accuracy:
             self.best = Best(step, metrics.loss, metrics.accuracy)

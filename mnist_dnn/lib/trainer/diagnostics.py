@@ -1,9 +1,7 @@
-"""TensorBoard diagnostics at each evaluation, in `log_dir/diagnostics`: histograms of the weights and of their
-gradients on the first 500 validation images, and their norms; the validation confusion matrix as an image (each row
-scaled to its count) and as counts; up to 24 misclassified digits, each above its true (green) and predicted (red) class
-in a built-in 3x5 digit font (no matplotlib)."""
-
-import os
+"""TensorBoard diagnostics at each evaluation, in the run's log folder under the tags diagnostics/...: histograms of
+the weights and of their gradients on the first 500 validation images, and their norms; the validation confusion matrix
+as an image (each row scaled to its count) and as counts; up to 24 misclassified digits, each above its true (green) and
+predicted (red) class in a built-in 3x5 digit font (no matplotlib)."""
 
 import numpy as np
 import tensorflow as tf
@@ -13,6 +11,7 @@ from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 
 from mnist_dnn.lib.core import data, evaluation
 
+PART = "diagnostics"  # the tags' prefix in the run's TensorBoard folder
 GRADIENT_BATCH = 500
 MAX_MISCLASSIFIED = 24
 GRID_COLUMNS = 8
@@ -112,11 +111,12 @@ def _name(variable) -> str:
 class Diagnostics:
     """Writes the diagnostics of one run; does nothing when disabled."""
 
-    def __init__(self, log_dir: str, model, loss_fn, validation_split: data.Split, enabled: bool = True):
+    def __init__(self, writer, model, loss_fn, validation_split: data.Split, enabled: bool = True):
+        """`writer`: the run's; its tags here start with diagnostics/."""
         self.enabled = enabled
         if not enabled:
             return
-        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "diagnostics"))
+        self.writer = writer
         self.model, self.loss_fn = model, loss_fn
         self.images = validation_split.images.numpy().astype(np.float32) / 255.0
         self.labels = validation_split.labels.numpy()
@@ -136,11 +136,11 @@ class Diagnostics:
         gradients = [g.numpy() for g in self.gradients()]
         summaries = []
         for variable, gradient in zip(variables, gradients):
-            summaries += [histogram_pb(f"weights/{_name(variable)}", variable.numpy()),
-                          histogram_pb(f"gradients/{_name(variable)}", gradient),
-                          scalar_pb(f"gradient_norm/{_name(variable)}", np.linalg.norm(gradient))]
+            summaries += [histogram_pb(f"{PART}/weights/{_name(variable)}", variable.numpy()),
+                          histogram_pb(f"{PART}/gradients/{_name(variable)}", gradient),
+                          scalar_pb(f"{PART}/gradient_norm/{_name(variable)}", np.linalg.norm(gradient))]
         global_norm = np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in gradients))
-        return summaries + [scalar_pb("gradient_norm/global", global_norm)]
+        return summaries + [scalar_pb(f"{PART}/gradient_norm/global", global_norm)]
 
     def write(self, step: int, metrics: evaluation.Metrics) -> None:
         """`metrics`: of the validation split at `step`, with its predictions."""
@@ -150,15 +150,11 @@ class Diagnostics:
         with self.writer.as_default(step=step):
             tf.summary.experimental.write_raw_pb([s.SerializeToString() for s in self._variable_summaries()])
             if metrics.confusion_matrix:
-                tf.summary.image("confusion_matrix", confusion_image(metrics.confusion_matrix)[None],
+                tf.summary.image(f"{PART}/confusion_matrix", confusion_image(metrics.confusion_matrix)[None],
                                  description="Validation confusion matrix: rows true class 0-9 (top to bottom, green), "
                                  "columns predicted class 0-9 (left to right, red); brightness sqrt(row share).")
-                tf.summary.text("confusion_matrix_counts", counts_markdown(metrics.confusion_matrix))
-            tf.summary.image("misclassified", grid[None],
+                tf.summary.text(f"{PART}/confusion_matrix_counts", counts_markdown(metrics.confusion_matrix))
+            tf.summary.image(f"{PART}/misclassified", grid[None],
                              description=f"First {len(names)} misclassified validation digits, row by row, "
                              f"labelled true (green, left) and predicted (red, right): {', '.join(names)}")
         self.writer.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.writer.close()

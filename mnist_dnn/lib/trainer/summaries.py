@@ -1,4 +1,8 @@
-"""A run's TensorBoard files: scalar summaries, the HParams session (its trial, start and end) and the graph."""
+"""A run's TensorBoard files: scalar summaries, the HParams session (its trial, start and end) and the graph.
+
+A run's folder (`logs/`) holds all of them, so that TensorBoard, whose runs are the folders that hold event files,
+lists one training as one run; its parts are tag prefixes: train/, validation/, diagnostics/. (Runs before
+2026-12 wrote each part into a subfolder, logs/train, logs/validation, logs/diagnostics: four runs.)"""
 
 import glob
 import os
@@ -10,25 +14,26 @@ from tensorboard.plugins.hparams import api as hparams_api
 from mnist_dnn.lib.core.run_dir import LOGS_DIR
 
 
-def summary_writer(log_dir: str | None, name: str):
-    """A writer for `log_dir/name`; `log_dir=None` writes nothing (the other workers of a cluster)."""
-    return tf.summary.create_file_writer(os.path.join(log_dir, name)) if log_dir else tf.summary.create_noop_writer()
+def summary_writer(log_dir: str | None):
+    """The run's one writer (TensorBoard follows one growing file per folder); `log_dir=None` writes nothing (the
+    other workers of a cluster)."""
+    return tf.summary.create_file_writer(log_dir) if log_dir else tf.summary.create_noop_writer()
 
 
-def log_scalars(writer, step: int, **scalars) -> None:
+def log_scalars(writer, step: int, part: str = "", **scalars) -> None:
+    """Each scalar as the tag `part/name` (`name` without a part)."""
     with writer.as_default(step=step):
         for name, value in scalars.items():
-            tf.summary.scalar(name, value)
+            tf.summary.scalar(f"{part}/{name}" if part else name, value)
 
 
-def write_run_summary(log_dir: str, hparams: dict, forward_graph, trial: str) -> None:
+def write_run_summary(writer, hparams: dict, forward_graph, trial: str) -> None:
     """The run's hyperparameters (TensorBoard's HParams dashboard, as trial `trial`) and its model's forward graph
     (Graphs tab)."""
-    writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default(step=0):
         hparams_api.hparams(hparams, trial_id=trial)
         tf.summary.graph(forward_graph)
-    writer.close()
+    writer.flush()
 
 
 _RUN_ID = re.compile(r" \(([0-9a-f]{12})\)$")

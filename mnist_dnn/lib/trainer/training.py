@@ -223,7 +223,7 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ch
     if log_dir:
         chief_dir.save_config(run_config(config, run_id))
         graph = run.validation.predict_fn.get_concrete_function().graph
-        summaries.write_run_summary(log_dir, hparams(config), graph, summaries.trial_id(log_dir, run_id))
+        summaries.write_run_summary(run.writer, hparams(config), graph, summaries.trial_id(log_dir, run_id))
     run.log.message(describe(config, strategy, start, log_dir))
     stopping = stop_on_signals() if stop_signals is None else contextlib.nullcontext(stop_signals)
     with _report_lost_workers(config.ckpt_dir), stopping as received, contextlib.closing(run):
@@ -253,13 +253,13 @@ class _Run:
             self.metrics = steps.TrainMetrics()
         self.runner = steps.make_runner(config, state, self.metrics, splits["train"], strategy, self.start)
         self.clock = actions.Clock()
-        self.train_writer, validation_writer = (summaries.summary_writer(log_dir, n) for n in ("train", "validation"))
-        self.log = actions.TrainingLog(self.train_writer, self.metrics, state.optimizer, self.start, config.max_steps,
+        self.writer = summaries.summary_writer(log_dir)
+        self.log = actions.TrainingLog(self.writer, self.metrics, state.optimizer, self.start, config.max_steps,
                                        self.clock, say)
-        self.diagnose = diagnostics.Diagnostics(log_dir, state.model, mean_loss, splits["validation"],
+        self.diagnose = diagnostics.Diagnostics(self.writer, state.model, mean_loss, splits["validation"],
                                                 config.diagnostics and log_dir is not None)
         save_best = lambda best: save_to.save_best(state.checkpoint, best, state.weights())  # noqa: E731
-        self.validation = actions.Validation(state, splits["validation"], validation_writer, save_best, best,
+        self.validation = actions.Validation(state, splits["validation"], self.writer, save_best, best,
                                              config.early_stopping_patience, config.eval_every, self.diagnose,
                                              say=self.log.message, on_result=on_validation)
         self.save = lambda step: save_to.save(state.checkpoint, step, state.weights(), config.keep_checkpoints)
@@ -309,8 +309,8 @@ class _Run:
 
     def close(self) -> None:
         """Flushes and closes the summary files and the progress bar, however the run ended."""
-        for closable in (self.log, self.train_writer, self.validation.writer, self.diagnose):
-            closable.close()
+        self.log.close()
+        self.writer.close()
 
     def finish(self, step: int, signal_number: int | None, resumed_from: str | None) -> TrainResult:
         latest, early = self.save_to.latest(), self.validation.stop_requested and step < self.config.max_steps
@@ -331,13 +331,15 @@ class _Run:
 
 
 def hparams(config: TrainConfig) -> dict:
-    """The run's settings as TensorBoard's HParams dashboard lists them."""
-    return {"model": config.model.name, "hidden_units": "-".join(map(str, config.model.hidden_units)) or "none",
+    """The run's settings as TensorBoard's HParams dashboard lists them: whole numbers as text, since it shows every
+    number to 5 significant digits (a batch size of 128 as 128.00)."""
+    settings = {"model": config.model.name, "hidden_units": "-".join(map(str, config.model.hidden_units)) or "none",
             "conv_filters": "-".join(map(str, config.model.conv_filters)) or "none", "pool_every": config.model.pool_every,
             "dropout": config.model.dropout, "optimizer": config.optimizer, "learning_rate": config.learning_rate,
             "lr_schedule": config.lr_schedule, "batch_size": config.batch_size, "max_steps": config.max_steps,
             "augment_shift": config.augment_shift, "augment_rotate": config.augment_rotate,
             "augment_scale": config.augment_scale, "seed": config.seed, "dataset": config.data.dataset}
+    return {name: str(value) if isinstance(value, int) else value for name, value in settings.items()}
 
 
 def describe(config: TrainConfig, strategy, start: int, log_dir: str | None) -> str:

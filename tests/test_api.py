@@ -88,7 +88,7 @@ def python_block() -> str:
 
 @pytest.mark.slow
 def test_the_example_of_docs_python_md_runs_on_the_real_mnist(tmp_path):
-    """The block as written, but 300 steps instead of cnn_fast's 1,720 (about 96% instead of 99%)."""
+    """The block as written, but 300 steps instead of cnn_fast's 1,290 (about 96% instead of 99%)."""
     block = python_block()
     assert len([line for line in block.splitlines() if line.strip() and not line.startswith("#")]) <= 10
     shortened = block.replace('ckpt_dir="runs/cnn_fast")', 'ckpt_dir="runs/cnn_fast", max_steps=300)')

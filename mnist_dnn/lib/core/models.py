@@ -43,18 +43,17 @@ class RawDNN(keras.Model):
 
 def dropout(inputs, rate: float, seed):
     """`inputs` with each element zeroed with probability `rate`, the rest scaled to keep the mean. A stateless function
-    of `seed` (int32 [2]). Inside an XLA program its bits come from `threefry.random_bits`, which XLA fuses into one
-    vectorized loop; elsewhere (the convnet's graph loop on a CPU) from TensorFlow's Philox kernel, one op where
-    Threefry's 100 elementwise ops each cost a pass over memory: 16 bits per element, two from each 32-bit draw (so
-    `rate` is rounded to a multiple of 1/65536)."""
-    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
-        threshold = min(int(rate * 2.0**32), 2**32 - 1)
-        keep = threefry.random_bits(tf.shape(inputs), seed) >= tf.constant(threshold, tf.uint32)
-        return tf.where(keep, inputs / (1 - rate), tf.zeros_like(inputs))
+    of `seed` (int32 [2]) drawing 16 bits per element, two from each 32-bit word (so `rate` is rounded to a multiple of
+    1/65536). Inside an XLA program the words come from `threefry.random_bits`, which XLA fuses into one vectorized
+    loop; elsewhere (the convnet's graph loop on a CPU) from TensorFlow's Philox kernel, one op where Threefry's 100
+    elementwise ops would each cost a pass over memory."""
     threshold = min(round(rate * 2**16), 2**16 - 1)
     size = tf.size(inputs)
-    words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32,
-                                        alg="philox")
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        words = threefry.random_bits([(size + 1) // 2], seed)
+    else:
+        words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32,
+                                            alg="philox")
     halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
     keep = tf.reshape(halves >= tf.constant(threshold, tf.uint16), tf.shape(inputs))
     return inputs * (tf.cast(keep, inputs.dtype) * (2**16 / (2**16 - threshold)))

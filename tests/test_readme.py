@@ -14,6 +14,7 @@ A command that fails fails the test, naming the command. Every fenced block of t
 say what it is (`sh`: commands, run here; `text`: anything else), so no command escapes.
 """
 
+import json
 import os
 import re
 import shlex
@@ -202,3 +203,10 @@ def test_every_install_line_of_the_docs_names_this_distribution_or_a_path():
                                         ("-e . optuna-dashboard", False), ('"tensorflow[and-cuda]>=2.21"', False)])
 def test_the_install_line_check_tells_ours_from_others(line, ours):
     assert all(map(_is_ours_or_a_path, _installed_names(line))) == ours
+
+
+def test_the_readme_gives_the_first_runs_measured_time_and_the_one_after():
+    """The one-time data import is said, with the figures benchmarks/first_run.py measured."""
+    results = json.loads((ROOT / "benchmarks" / "first_run.json").read_text())["results"]
+    first, second = (round(results[run]["median"]) for run in ("first", "second"))
+    assert f"first\nrun took {first} s, and {second} s from the second on" in (ROOT / "README.md").read_text()

@@ -230,7 +230,7 @@ def test_cosine_schedule_decays_to_zero_at_max_steps_and_resumes_on_the_curve(ti
 def test_a_diverging_run_stops_with_the_step_and_saves_no_non_finite_weights(tiny_data, tmp_path):
     result = call_tool("train", f"--data_dir={tiny_data.data_dir}", f"--ckpt_dir={tmp_path / 'ckpt'}",
                        f"--log_dir={tmp_path / 'logs'}", "--optimizer=sgd", "--learning_rate=1e6", "--max_steps=1000",
-                       "--checkpoint_every=1", "--steps_per_call=1", "--hidden_units=32", "--dropout=0.2",
+                       "--checkpoint_every=1", "--steps_per_call=1", "--hidden_units=32", "--dropout=0",
                        "--batch_size=64", "--eval_every=1000", "--nodiagnostics")
     # The loss turns NaN, or the weights overflow first: either way one line, and nothing non-finite saved.
     assert result.returncode == 1 and ("NaN or infinite at step" in result.stderr or "not all finite" in result.stderr)

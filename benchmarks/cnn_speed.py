@@ -73,6 +73,7 @@ def mnist_dnn_runner(images, labels, variant, filters):
     from mnist_dnn.lib.core import data, models
     from mnist_dnn.lib.trainer import steps, training
     if variant == "bare":
+        assert hasattr(steps, "_all_finite"), "the finiteness check moved: this row would measure it"
         steps._all_finite = lambda tensors: tf.constant(True)
         steps.TrainMetrics.update = lambda *args: None
     config = training.TrainConfig(model=models.make_config("cnn", (UNITS,), DROPOUT, filters), batch_size=BATCH,

@@ -88,11 +88,12 @@ def cache_key(cpuinfo: str = "/proc/cpuinfo", tensorflow: str | None = None) -> 
     """A name for this processor's instruction set (from /proc/cpuinfo's flags, a superset of the LLVM features XLA
     compiles for) and the installed TensorFlow's version (`tensorflow` unless given; read without importing it), or
     None where either cannot be read."""
+    flags = onednn.cpu_flags_line(cpuinfo)
     try:
-        with open(cpuinfo) as f:
-            flags = next(line for line in f if line.startswith("flags"))
         tensorflow = tensorflow or importlib.metadata.version("tensorflow")
-    except (OSError, StopIteration, importlib.metadata.PackageNotFoundError):
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if flags is None:
         return None
     return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}-tf{tensorflow}"
 

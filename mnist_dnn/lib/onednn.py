@@ -16,14 +16,19 @@ ENV = "TF_ENABLE_ONEDNN_OPTS"
 CHOICES = ("auto", "on", "off")
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """The instruction-set flags of this CPU (empty where /proc/cpuinfo cannot be read)."""
+def cpu_flags_line(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The flags line of /proc/cpuinfo: every instruction-set extension the kernel lets programs use (None where
+    there is none)."""
     try:
         with open(cpuinfo) as f:
-            line = next((line for line in f if line.startswith("flags")), "")
+            return next((line for line in f if line.startswith("flags")), None)
     except OSError:
-        return set()
-    return set(line.partition(":")[2].split())
+        return None
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The instruction-set flags of this CPU (empty where /proc/cpuinfo cannot be read)."""
+    return set((cpu_flags_line(cpuinfo) or "").partition(":")[2].split())
 
 
 def wanted(choice: str, flags: set[str], machine: str) -> bool | None:

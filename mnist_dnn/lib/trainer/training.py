@@ -353,8 +353,9 @@ def describe(config: TrainConfig, strategy, start: int, log_dir: str | None) -> 
     replicas = strategy.num_replicas_in_sync
     device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
     where = f"{replicas} {device}{'s' if replicas > 1 else ''}"
-    loop = "tf.data pipeline" if not config.compiled else "XLA-compiled loop" if steps.xla_for(model) else "graph loop"
-    if device == "CPU" and loop != "XLA-compiled loop":
+    xla = config.compiled and steps.xla_for(model)
+    loop = "XLA-compiled loop" if xla else "graph loop" if config.compiled else "tf.data pipeline"
+    if device == "CPU" and not xla:
         loop += f" on {'oneDNN' if onednn.running() else 'Eigen'} kernels"
     return (f"Training {model.name} {layers}{dropout} with {config.optimizer} lr={config.learning_rate:g}{schedule}, "
             f"batch {config.batch_size}, steps {start}->{config.max_steps} on {where}, {loop}; "

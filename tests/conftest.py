@@ -9,6 +9,7 @@ import importlib
 import io
 import os
 import pathlib
+import re
 import shutil
 import stat
 import subprocess
@@ -45,6 +46,8 @@ from mnist_dnn.lib.trainer import training
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # absolute: tests run tools in other folders (.ci/run sets a path relative to the checkout)
 REAL_IDX_DIR = os.path.abspath(os.environ.get(data.IDX_DIR_ENV) or ROOT.parent / "shared" / "data" / "mnist")
+# What TensorFlow's C++ code prints when it starts (lines of its own log format, and the notices).
+TF_STARTUP = re.compile(r"\.cc:\d+\]|absl::InitializeLog|cuInit|To enable the following instructions")
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 
 import conftest
-from conftest import ROOT, run_cli
+from conftest import ROOT, TF_STARTUP, run_cli
 from mnist_dnn.cli import app as cli, command_line
 from mnist_dnn.lib.errors import UsageError
 
@@ -28,7 +28,6 @@ TOOLS = {
     "sweep": ("mnist-dnn-sweep", ["--grid (repeatable)", "--root", "--model", "--learning_rate", "--data_dir"]),
     "report": ("mnist-dnn-report", ["--root", "--data_dir", "--idx_dir"]),
 }
-# What TensorFlow's C++ code prints when it starts (lines of its own log format, and the notices).
 
 
 def fake_tool(name="mnist_dnn.fake_tool"):

@@ -394,7 +394,7 @@ def _assert_nothing_half_written(folder: pathlib.Path) -> None:
 
 
 FILL_POINTS = {  # where the disk fills -> (tmpfs size, the flags that write onto it, filled first?, what the line says)
-    "the summary writers": ("8k", ("ckpt_dir",), False, "no space left on device in {disk}/ckpt/logs"),
+    "the summary writers": ("4k", ("log_dir",), False, "no space left on device in {disk}/logs"),
     "the first checkpoint": ("300k", ("ckpt_dir",), False, "cannot write a checkpoint to {disk}/ckpt"),
     # the result file of the error is lost too: the line still names the checkpoint
     "a later checkpoint": ("700k", ("ckpt_dir", "result_file"), False, "cannot write a checkpoint to {disk}/ckpt"),
@@ -410,9 +410,10 @@ def test_training_onto_a_disk_that_fills_is_one_line_and_resumes_from_the_last_g
     size, on_disk, filled_first, says = FILL_POINTS[where]
     with tiny_disk(tmp_path / "disk", size) as disk:
         folders = {flag: (disk if flag in on_disk else tmp_path) / name
-                   for flag, name in (("ckpt_dir", "ckpt"), ("export_dir", "export"), ("result_file", "result.json"))}
+                   for flag, name in (("ckpt_dir", "ckpt"), ("log_dir", "logs"), ("export_dir", "export"),
+                                      ("result_file", "result.json"))}
         args = _full_disk_args(tiny_data.data_dir, folders["ckpt_dir"], f"--export_dir={folders['export_dir']}",
-                               f"--result_file={folders['result_file']}")
+                               f"--result_file={folders['result_file']}", f"--log_dir={folders['log_dir']}")
         filler = _fill(disk) if filled_first else None
         result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert_one_line_error(result, 1)

@@ -4,7 +4,6 @@ import hashlib
 import os
 import pkgutil
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -15,13 +14,11 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, TF_STARTUP, assert_one_line_error, run_cli
 import mnist_dnn
 from mnist_dnn.cli import startup
 from mnist_dnn.lib import native_output, xla_cache
 
-
-TF_STARTUP = re.compile(r"\.cc:\d+\]|absl::InitializeLog|cuInit|To enable the following instructions")
 
 
 @pytest.mark.parametrize("argv, env, wanted", [

@@ -112,6 +112,18 @@ def test_one_training_is_one_run_in_tensorboard_with_its_parts_as_tag_prefixes(t
     assert len(glob.glob(str(tmp_path / "run" / "logs" / "*tfevents*"))) == 1  # TensorBoard follows one file a folder
 
 
+def test_a_resumed_run_writes_its_graph_once_so_tensorboard_does_not_warn_of_a_second(tiny_data, tmp_path):
+    """Two graph events in one run folder make TensorBoard's reader log a warning (a search's workers printed it)."""
+    for max_steps in (10, 20):
+        training.train(tiny_config(tiny_data, tmp_path / "run", max_steps=max_steps), say=lambda line: None)
+    files = sorted(glob.glob(str(tmp_path / "run" / "logs" / "*tfevents*")))
+    graphs = [event for path in files for event in tf.compat.v1.train.summary_iterator(path) if event.graph_def]
+    assert len(files) == 2 and len(graphs) == 1
+    hparams_starts = [path for path in files if "_hparams_/session_start_info" in
+                      {v.tag for e in tf.compat.v1.train.summary_iterator(path) for v in e.summary.value}]
+    assert hparams_starts == files  # the resumed run still tells HParams its settings
+
+
 def test_the_report_reads_the_curves_of_runs_written_before_and_after_the_parts_moved_into_one_folder(tmp_path):
     """A run of the old layout (logs/validation, tag `accuracy`) resumed into the new (logs/, `validation/accuracy`)."""
     from mnist_dnn.lib.experiments import reports

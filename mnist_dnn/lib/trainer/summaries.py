@@ -27,12 +27,17 @@ def log_scalars(writer, step: int, part: str = "", **scalars) -> None:
             tf.summary.scalar(f"{part}/{name}" if part else name, value)
 
 
+def has_events(log_dir: str) -> bool:
+    return bool(tf.io.gfile.glob(os.path.join(log_dir, "events.out.tfevents.*")))
+
+
 def write_run_summary(writer, hparams: dict, forward_graph, trial: str) -> None:
     """The run's hyperparameters (TensorBoard's HParams dashboard, as trial `trial`) and its model's forward graph
-    (Graphs tab)."""
+    (Graphs tab), unless None: a resumed run's folder has it already, and TensorBoard warns of a second one."""
     with writer.as_default(step=0):
         hparams_api.hparams(hparams, trial_id=trial)
-        tf.summary.graph(forward_graph)
+        if forward_graph is not None:
+            tf.summary.graph(forward_graph)
     writer.flush()
 
 

@@ -219,10 +219,11 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ch
     if start >= config.max_steps or actions.patience_exhausted(best, start, config.early_stopping_patience,
                                                                 config.eval_every):
         return _already_finished(config, start, best, save_to, resumed_from, say)
+    first_in_log_dir = log_dir is not None and not summaries.has_events(log_dir)
     run = _Run(config, state, strategy, splits, log_dir, save_to, best, say, on_validation)
     if log_dir:
         chief_dir.save_config(run_config(config, run_id))
-        graph = run.validation.predict_fn.get_concrete_function().graph
+        graph = run.validation.predict_fn.get_concrete_function().graph if first_in_log_dir else None
         summaries.write_run_summary(run.writer, hparams(config), graph, summaries.trial_id(log_dir, run_id))
     run.log.message(describe(config, strategy, start, log_dir))
     stopping = stop_on_signals() if stop_signals is None else contextlib.nullcontext(stop_signals)

@@ -33,7 +33,7 @@ def saved(tmp_path):
     """A run folder with checkpoints at steps 10, 20, 30 of a small model (no training needed)."""
     run = RunDir(str(tmp_path / "ckpt"))
     state = training.build_state(SMALL)
-    run.save_config(training.run_config(SMALL))
+    run.save_config(RunConfig.of(SMALL))
     for step in (10, 20, 30):
         state.step.assign(step)
         run.save(state.checkpoint, step, state.weights(), keep=5)
@@ -178,13 +178,13 @@ def test_resuming_with_other_settings_is_refused_and_the_stored_config_is_untouc
     before = folder_hashes(run.path)
     other = TrainConfig(**{"model": SMALL.model, **change})
     with pytest.raises(UsageError, match=fragment):
-        run.check_resumable(training.run_config(other))
+        run.check_resumable(RunConfig.of(other))
     assert folder_hashes(run.path) == before
 
 
 def test_a_new_learning_rate_is_allowed_on_resume(saved):
     run, _ = saved
-    run.check_resumable(training.run_config(TrainConfig(model=SMALL.model, learning_rate=0.0001)))
+    run.check_resumable(RunConfig.of(TrainConfig(model=SMALL.model, learning_rate=0.0001)))
 
 
 def test_run_config_round_trips_through_json():

@@ -36,10 +36,12 @@ def test_every_optimizer_name_builds_that_optimizer():
             assert (optimizer.momentum, optimizer.nesterov) == tuple(sgd)
 
 
-def test_the_default_log_dir_follows_the_run_folder_whatever_the_hyperparameters():
+def test_the_default_log_dir_follows_the_run_folder_whatever_the_hyperparameters(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     config = training.TrainConfig(model=models.make_config("raw", (10, 20)), optimizer="sgd", learning_rate=0.1)
-    assert training.default_log_dir(config) == os.path.join("checkpoints", "logs")
-    assert training.default_log_dir(dataclasses.replace(config, ckpt_dir="runs/x")) == os.path.join("runs/x", "logs")
+    assert training.check_folders(config)[1] == os.path.join("checkpoints", "logs")
+    assert training.check_folders(dataclasses.replace(config, ckpt_dir="runs/x"))[1] == os.path.join("runs/x", "logs")
+    assert os.listdir(tmp_path) == []  # checked, nothing written
 
 
 def test_training_writes_step_named_checkpoints_config_summaries_hparams_and_the_model_graph(tiny_run):

@@ -18,7 +18,7 @@ import os
 import uuid
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import WHICH, ModelConfig  # noqa: F401 (WHICH: part of this module's API)
+from mnist_dnn.lib.config import WHICH, ModelConfig, TrainConfig  # noqa: F401 (WHICH: part of this module's API)
 from mnist_dnn.lib.core.checkpoint_store import BEST_DIR, CheckpointStore
 from mnist_dnn.lib.errors import BusyError, CheckpointError, UsageError
 
@@ -35,6 +35,10 @@ class RunConfig:
     dataset: str = "mnist"
     resume: dict = dataclasses.field(default_factory=dict)  # TrainConfig.resume_settings(); {} in older folders
     run_id: str = ""  # the run's own id (its HParams trial id ends with it); "" in older folders
+
+    @classmethod
+    def of(cls, config: TrainConfig, run_id: str = "") -> "RunConfig":
+        return cls(config.model, config.data.dataset, config.resume_settings(), run_id)
 
     def to_json(self) -> str:
         fields = {**dataclasses.asdict(self.model), "dataset": self.dataset, "training": self.resume}

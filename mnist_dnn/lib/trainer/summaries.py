@@ -12,6 +12,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from mnist_dnn.lib.core.run_dir import LOGS_DIR
+from mnist_dnn.lib.errors import UsageError
 
 
 def summary_writer(log_dir: str | None):
@@ -41,7 +42,7 @@ def write_run_summary(writer, hparams: dict, forward_graph, trial: str) -> None:
     writer.flush()
 
 
-_RUN_ID = re.compile(r" \(([0-9a-f]{12})\)$")
+_RUN_ID = re.compile(r" \(([0-9a-f]{12})\)$")  # a trial id's run id; none in trials written before runs had ids
 
 
 def trial_id(log_dir: str, run_id: str) -> str:
@@ -52,10 +53,15 @@ def trial_id(log_dir: str, run_id: str) -> str:
     return f"{name} ({run_id})"
 
 
-def run_id_of(trial: str) -> str | None:
-    """The run id at the end of a trial id; None for a trial written before runs had ids."""
-    match = _RUN_ID.search(trial)
-    return match[1] if match else None
+def check_log_dir(log_dir: str, run_id: str, new_run: bool) -> None:
+    """Refuses a log folder that holds another run's TensorBoard events: a run never writes into another's curves.
+    A new run takes a folder that no run has logged into; a resumed run, its own (or one with no run id)."""
+    for trial in logged_trials(log_dir):
+        logged_by = _RUN_ID.search(trial)
+        if new_run or (logged_by and logged_by[1] != run_id):
+            raise UsageError(f"`log_dir` {log_dir} holds the TensorBoard events of another run (HParams trial "
+                             f"{trial!r}); pass another `log_dir`, or leave it out: by default a run logs into "
+                             f"its own <ckpt_dir>/{LOGS_DIR}")
 
 
 def logged_trials(log_dir: str) -> list[str]:

@@ -68,12 +68,6 @@ class TrainResult:
         return cls(**fields)
 
 
-def default_log_dir(config: TrainConfig) -> str:
-    """The run's TensorBoard folder unless `log_dir` says otherwise: `logs/` inside the run folder, so that it
-    follows the run (resumed, copied, deleted with it) and `tensorboard --logdir` on the runs' parent shows every run."""
-    return os.path.join(config.ckpt_dir, LOGS_DIR)
-
-
 def make_optimizer(name: str, learning_rate: float, schedule: str = "constant", max_steps: int = 0):
     """The optimizer by name; `schedule="cosine"` decays the learning rate to 0 at `max_steps`."""
     if schedule == "cosine":
@@ -126,11 +120,11 @@ _LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededErr
 
 
 @contextlib.contextmanager
-def _report_lost_workers(ckpt_dir: str):
+def _report_lost_workers(chief_dir: RunDir):
     try:
         yield
     except _LOST_WORKER_ERRORS as e:
-        resume_from = CheckpointStore(ckpt_dir).latest() or "the start (no checkpoint yet)"
+        resume_from = chief_dir.latest() or "the start (no checkpoint yet)"
         raise TrainingError(
             f"lost contact with another worker of the cluster ({type(e).__name__}: it stopped or crashed); "
             f"restart every worker with the same command to resume from {resume_from}"
@@ -147,18 +141,7 @@ def train(config: TrainConfig, say=print, on_validation=None, stop_signals: list
     `stop_signals`, a list that the caller's own handler fills, the run stops at its first entry instead,
     even one that came before the run started.
     """
-    config.validate()
-    log_dir = config.log_dir or default_log_dir(config)
-    for field, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir), ("export_dir", config.export_dir)):
-        if folder:
-            files.check_folder(field, folder)
-    run_dir = RunDir(config.ckpt_dir)
-    _check_run_folder(config, run_dir)
-    if config.export_dir:
-        export_dir.version_path(config.export_dir)  # fail now, not after training
-    stored = run_dir.check_resumable(run_config(config))
-    run_id = stored.run_id if stored and stored.run_id else new_run_id()
-    _check_log_dir(log_dir, run_id, new_run=stored is None)
+    run_dir, log_dir, run_id = check_folders(config)
     # First: devices can only be configured before TensorFlow runs an op.
     strategy = distribute.make_strategy(config.strategy, config.devices, config.virtual_cpus)
     splits = data.load_splits(config.data, say)
@@ -174,33 +157,30 @@ def train(config: TrainConfig, say=print, on_validation=None, stop_signals: list
         return _run(config, strategy, splits, log_dir, run_dir, say, on_validation, stop_signals, run_id)
 
 
-def _check_run_folder(config: TrainConfig, run_dir: RunDir) -> None:
-    """Refuses a `ckpt_dir` that is an export, or part of another run; an `export_dir` that is the run folder."""
+def check_folders(config: TrainConfig) -> tuple[RunDir, str, str]:
+    """Refuses, before anything is written or TensorFlow starts, the settings and folders a run cannot use. Returns
+    the run folder, the log folder (by default `logs/` inside the run folder, so that it follows the run: resumed,
+    copied, deleted with it) and the run's id."""
+    config.validate()
+    log_dir = config.log_dir or os.path.join(config.ckpt_dir, LOGS_DIR)
+    for field, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir), ("export_dir", config.export_dir)):
+        if folder:
+            files.check_folder(field, folder)
+    run_dir = RunDir(config.ckpt_dir)
     exported = export_dir.exported_model(config.ckpt_dir)
     if exported and not run_dir.is_run():
         raise UsageError(f"`ckpt_dir` {config.ckpt_dir} holds {exported}: it is an export folder, not a run folder; "
                          "pass another `ckpt_dir` (predict and serve read exports with --model_dir)")
     run_dir.check_own_folder()
-    if config.export_dir and os.path.realpath(config.export_dir) == os.path.realpath(config.ckpt_dir):
-        raise UsageError(f"`export_dir` {config.export_dir} is the run folder (`ckpt_dir`); give the exports a folder "
-                         "of their own, e.g. `export_dir`=exports/mnist")
-
-
-def _check_log_dir(log_dir: str, run_id: str, new_run: bool) -> None:
-    """Refuses a log folder that holds another run's TensorBoard events: a run never writes into another's curves.
-
-    A new run takes a folder that no run has logged into; a resumed run, its own (or one whose trials have no
-    run id: written before runs had one).
-    """
-    for trial in summaries.logged_trials(log_dir):
-        if new_run or summaries.run_id_of(trial) not in (None, run_id):
-            raise UsageError(f"`log_dir` {log_dir} holds the TensorBoard events of another run (HParams trial "
-                             f"{trial!r}); pass another `log_dir`, or leave it out: by default a run logs into "
-                             f"its own <ckpt_dir>/{LOGS_DIR}")
-
-
-def run_config(config: TrainConfig, run_id: str = "") -> RunConfig:
-    return RunConfig(config.model, config.data.dataset, config.resume_settings(), run_id)
+    if config.export_dir:
+        if os.path.realpath(config.export_dir) == os.path.realpath(config.ckpt_dir):
+            raise UsageError(f"`export_dir` {config.export_dir} is the run folder (`ckpt_dir`); give the exports a "
+                             "folder of their own, e.g. `export_dir`=exports/mnist")
+        export_dir.version_path(config.export_dir)  # fail now, not after training
+    stored = run_dir.check_resumable(RunConfig.of(config))
+    run_id = stored.run_id if stored and stored.run_id else new_run_id()
+    summaries.check_log_dir(log_dir, run_id, new_run=stored is None)
+    return run_dir, log_dir, run_id
 
 
 def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: CheckpointStore, say,
@@ -222,12 +202,12 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ch
     first_in_log_dir = log_dir is not None and not summaries.has_events(log_dir)
     run = _Run(config, state, strategy, splits, log_dir, save_to, best, say, on_validation)
     if log_dir:
-        chief_dir.save_config(run_config(config, run_id))
+        chief_dir.save_config(RunConfig.of(config, run_id))
         graph = run.validation.predict_fn.get_concrete_function().graph if first_in_log_dir else None
         summaries.write_run_summary(run.writer, hparams(config), graph, summaries.trial_id(log_dir, run_id))
     run.log.message(describe(config, strategy, start, log_dir))
     stopping = stop_on_signals() if stop_signals is None else contextlib.nullcontext(stop_signals)
-    with _report_lost_workers(config.ckpt_dir), stopping as received, contextlib.closing(run):
+    with _report_lost_workers(chief_dir), stopping as received, contextlib.closing(run):
         end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
                              run.actions(lambda: bool(received)), lambda: bool(received) or run.validation.stop_requested)
     return run.finish(end, received[0] if received else None, resumed_from)

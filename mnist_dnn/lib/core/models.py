@@ -76,24 +76,12 @@ class Dropout(keras.layers.Dropout):
 
 def dense_dnn(hidden_units=(60, 30), seed=0, dropout=0.0) -> keras.Model:
     """The course's layer-API DNN: Dense layers with ReLU, optional dropout."""
-    layers = [keras.Input((NUM_PIXELS,))]
-    for i, units in enumerate(hidden_units, start=1):
-        init = keras.initializers.GlorotUniform(seed=seed + i)
-        layers.append(keras.layers.Dense(units, activation="relu", kernel_initializer=init))
-        if dropout:
-            layers.append(Dropout(dropout, seed=seed + 100 + i))
-    out_init = keras.initializers.GlorotUniform(seed=seed + len(hidden_units) + 1)
-    layers.append(keras.layers.Dense(NUM_CLASSES, kernel_initializer=out_init))
-    return keras.Sequential(layers, name="dense")
+    return keras.Sequential([keras.Input((NUM_PIXELS,)), *_dense_layers(hidden_units, seed, dropout, 1)], name="dense")
 
 
 def logistic_regression(seed=0) -> keras.Model:
     """Softmax regression: one affine map from pixels to logits."""
-    init = keras.initializers.GlorotUniform(seed=seed + 1)
-    return keras.Sequential(
-        [keras.Input((NUM_PIXELS,)), keras.layers.Dense(NUM_CLASSES, kernel_initializer=init)],
-        name="logistic",
-    )
+    return keras.Sequential([keras.Input((NUM_PIXELS,)), *_dense_layers((), seed, 0.0, 1)], name="logistic")
 
 
 def _glorot(seed: int):
@@ -105,9 +93,9 @@ def _images() -> list:
     return [keras.Input((NUM_PIXELS,)), keras.layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, 1))]
 
 
-def _classifier_head(hidden_units, seed: int, dropout: float, first_layer: int) -> list:
-    """Flatten, then Dense ReLU layers (each followed by dropout if any), then the logits."""
-    layers = [keras.layers.Flatten()]
+def _dense_layers(hidden_units, seed: int, dropout: float, first_layer: int) -> list:
+    """Dense ReLU layers (each followed by dropout if any), then the logits; layer i's initializer has seed + i."""
+    layers = []
     for i, units in enumerate(hidden_units, start=first_layer):
         layers.append(keras.layers.Dense(units, activation="relu", kernel_initializer=_glorot(seed + i)))
         if dropout:
@@ -128,7 +116,7 @@ def cnn(conv_filters=(32, 64), hidden_units=(128,), seed=0, dropout=0.0, pool_ev
         layers.append(keras.layers.MaxPooling2D(2))
     if dropout:
         layers.append(Dropout(dropout, seed=seed + 100))
-    layers += _classifier_head(hidden_units, seed, dropout, first_layer=len(conv_filters) + 1)
+    layers += [keras.layers.Flatten(), *_dense_layers(hidden_units, seed, dropout, first_layer=len(conv_filters) + 1)]
     return keras.Sequential(layers, name="cnn")
 
 
@@ -141,7 +129,7 @@ def lenet5(seed=0) -> keras.Model:
               keras.layers.MaxPooling2D(2),
               keras.layers.Conv2D(second, 5, activation="relu", kernel_initializer=_glorot(seed + 2)),
               keras.layers.MaxPooling2D(2)]
-    layers += _classifier_head(hidden_units, seed, 0.0, first_layer=3)
+    layers += [keras.layers.Flatten(), *_dense_layers(hidden_units, seed, 0.0, first_layer=3)]
     return keras.Sequential(layers, name="lenet5")
 
 

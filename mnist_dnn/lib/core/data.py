@@ -24,7 +24,6 @@ from mnist_dnn.lib.config import (DATASETS, IDX_DIR_ENV, IMAGE_SIZE, NUM_CLASSES
                                   DataConfig, DatasetIdxDir)
 from mnist_dnn.lib.errors import DataError, UsageError
 
-VALIDATION_SIZE = 5000
 # The decoded arrays of a prepared split, beside its TFDS record files (see _load_split).
 ARRAY_CACHE_PREFIX = "mnist_dnn-arrays-"
 _IDX_PREFIXES = {"train": "train", "test": "t10k"}
@@ -52,9 +51,7 @@ def _idx_path(idx_dir: str, stem: str) -> str:
         path = os.path.join(idx_dir, name)
         if os.path.isfile(path):
             return path
-    raise DataError(
-        f"{idx_dir} has no {stem}.gz or {stem}: `idx_dir` must hold the four MNIST IDX files"
-    )
+    raise DataError(f"{idx_dir} has no {stem}.gz or {stem}: `idx_dir` must hold the four MNIST IDX files")
 
 
 def _read_bytes(path: str) -> bytes:
@@ -77,19 +74,15 @@ def read_idx(path: str, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
         raise DataError(f"{path} is too short to be an IDX file ({len(raw)} bytes)")
     found_magic = int.from_bytes(raw[:4], "big")
     if found_magic != magic:
-        raise DataError(
-            f"{path} has IDX magic number {found_magic:#010x}, expected {magic:#010x}: "
-            "is it the right file?"
-        )
+        raise DataError(f"{path} has IDX magic number {found_magic:#010x}, expected {magic:#010x}: "
+                        "is it the right file?")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if dims[1:] != item_shape:
         raise DataError(f"{path} holds items of shape {dims[1:]}, expected {item_shape}")
     expected_size = header_size + math.prod(dims)
     if len(raw) != expected_size:
-        raise DataError(
-            f"{path} has {len(raw)} bytes but its header announces {expected_size}: "
-            "the file is truncated or damaged"
-        )
+        raise DataError(f"{path} has {len(raw)} bytes but its header announces {expected_size}: the file is truncated "
+                        "or damaged")
     return np.frombuffer(raw, np.uint8, offset=header_size).reshape(dims)
 
 
@@ -200,10 +193,7 @@ def _offline_builder_class(dataset: str, idx_dir: str):
         name = base.name
 
         def _split_generators(self, dl_manager):
-            return [
-                tfds.core.SplitGenerator(name=split, gen_kwargs={"split": split})
-                for split in _IDX_PREFIXES
-            ]
+            return [tfds.core.SplitGenerator(name=split, gen_kwargs={"split": split}) for split in _IDX_PREFIXES]
 
         def _generate_examples(self, split):
             images, labels = read_idx_split(idx_dir, split)
@@ -272,11 +262,9 @@ def _check_reachable(host: str) -> None:
 def _not_available(config: DataConfig, reason: str) -> DataError:
     unused = config.idx_dir if config.idx_dir and not config.idx_folder else None
     note = f" ({IDX_DIR_ENV} is used for {unused.dataset} only)" if unused else ""
-    return DataError(
-        f"{config.dataset} is not prepared in `data_dir` ({config.data_dir or 'TFDS default'}) "
-        f"and could not be downloaded: {reason}. Offline, pass `idx_dir`=FOLDER (or set "
-        f"{IDX_DIR_ENV}, for mnist) to a folder with the four IDX files, or `data_dir` to a prepared copy{note}."
-    )
+    return DataError(f"{config.dataset} is not prepared in `data_dir` ({config.data_dir or 'TFDS default'}) and "
+                     f"could not be downloaded: {reason}. Offline, pass `idx_dir`=FOLDER (or set {IDX_DIR_ENV}, for "
+                     f"mnist) to a folder with the four IDX files, or `data_dir` to a prepared copy{note}.")
 
 
 def _check_data_dir(data_dir: str | None) -> None:

@@ -24,10 +24,8 @@ class Metrics:
 
 def make_predict_fn(model: keras.Model):
     """A traced forward pass: float images [B, 784] to logits [B, 10]."""
-    return tf.function(
-        lambda images: model(images, training=False),
-        input_signature=[tf.TensorSpec([None, data.NUM_PIXELS], tf.float32)],
-    )
+    return tf.function(lambda images: model(images, training=False),
+                       input_signature=[tf.TensorSpec([None, data.NUM_PIXELS], tf.float32)])
 
 
 def evaluate_split(predict_fn, split: data.Split, batch_size: int = 1000) -> Metrics:
@@ -61,11 +59,6 @@ def evaluate_checkpoint(ckpt_dir, *, checkpoint=None, which="latest", data_dir=N
     report = {"checkpoint": path, "step": step}
     for name in ("validation", "test"):
         metrics = evaluate_split(predict_fn, splits[name], batch_size)
-        report[name] = {
-            "loss": metrics.loss,
-            "accuracy": metrics.accuracy,
-            "examples": metrics.examples,
-            "per_class_accuracy": metrics.per_class_accuracy,
-            "confusion_matrix": metrics.confusion_matrix,
-        }
+        report[name] = {key: getattr(metrics, key)
+                        for key in ("loss", "accuracy", "examples", "per_class_accuracy", "confusion_matrix")}
     return report

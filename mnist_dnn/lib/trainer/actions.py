@@ -148,10 +148,7 @@ class Validation:
         self.diagnose.write(step, metrics)
         self.last = metrics
         self.pruned = bool(self.on_result and self.on_result(step, metrics))
-        self.stop_requested = self.pruned or self.should_stop(step)
-
-    def should_stop(self, step: int) -> bool:
-        return patience_exhausted(self.best, step, self.patience, self.eval_every)
+        self.stop_requested = self.pruned or patience_exhausted(self.best, step, self.patience, self.eval_every)
 
     def stop_message(self, step: int) -> str:
         return (f"Stopped early at step {step}: no better validation accuracy in {self.patience} evaluations "

@@ -1,10 +1,8 @@
 """The export folder's layout: numbered versions, what each holds, writing one atomically, finding the model.
 
-An export is a numbered version folder, `<export_dir>/<version>/`, the layout TensorFlow
-Serving watches: a SavedModel, a LiteRT file (`model.tflite`, `model_int8.tflite`), a Keras
-model (`model.keras`) or an ONNX model (`model.onnx`). A version is written to a hidden
-temporary folder beside it and renamed into place, so a server never sees half of one.
-"""
+An export is a numbered version folder, `<export_dir>/<version>/`, the layout TensorFlow Serving watches: a SavedModel,
+a LiteRT file (`model.tflite`, `model_int8.tflite`), a Keras model (`model.keras`) or an ONNX model (`model.onnx`). A
+version is written to a hidden temporary folder beside it and renamed into place, so a server never sees half of one."""
 
 import glob
 import os

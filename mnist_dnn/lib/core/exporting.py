@@ -1,9 +1,7 @@
 """Writing a model for serving: the SavedModel's signatures, LiteRT files converted from them, a Keras or ONNX model.
 
-Where a version goes and how it is written atomically is `export_dir`'s business. The LiteRT
-converter is TensorFlow's own (`tf.lite.TFLiteConverter`), the ONNX one Keras' (tf2onnx inside);
-running an exported file is serving's.
-"""
+Where a version goes and how it is written atomically is `export_dir`'s business. The LiteRT converter is TensorFlow's
+own (`tf.lite.TFLiteConverter`), the ONNX one Keras' (tf2onnx inside); running an exported file is serving's."""
 
 import os
 import pathlib
@@ -73,10 +71,8 @@ class ServingModule(tf.Module):
 
 
 def export_model(model: keras.Model, export_dir: str, version: int | None = None) -> str:
-    """Writes the model as SavedModel version `version` (default: the next free) of `export_dir`.
-
-    Returns the version folder.
-    """
+    """Writes the model as SavedModel version `version` (default: the next free) of `export_dir`. Returns the version
+    folder."""
     module = ServingModule(model)  # alive until written: its tf.function methods hold it weakly
     archive = keras.export.ExportArchive()  # saves the tf.Variables the signatures read, once (see docs/serving.md)
     for name, function in module.signatures().items():
@@ -88,9 +84,7 @@ def export_model(model: keras.Model, export_dir: str, version: int | None = None
 def export_litert(model: keras.Model, export_dir: str, version: int | None = None, quantize: str = "none",
                   representative: np.ndarray | None = None) -> str:
     """Writes the model as a LiteRT file in version `version` of `export_dir`; returns the file's path.
-
-    `quantize="int8"`: full-integer quantization calibrated on `representative` uint8 images.
-    """
+    `quantize="int8"`: full-integer quantization calibrated on `representative` uint8 images."""
     layout.version_path(export_dir, version, "litert")  # refuse before converting
     flatbuffer = convert(ServingModule(model), quantize, representative)
     return _write_file(export_dir, version, "litert", layout.LITERT_FILE_NAMES[quantize],
@@ -98,10 +92,8 @@ def export_litert(model: keras.Model, export_dir: str, version: int | None = Non
 
 
 def export_keras(model: keras.Model, export_dir: str, version: int | None = None) -> str:
-    """Writes the model as `model.keras` in version `version` of `export_dir`; returns the file's path.
-
-    In Keras' own layers only, so that `keras.models.load_model` reads it without this package.
-    """
+    """Writes the model as `model.keras` in version `version` of `export_dir`; returns the file's path. In Keras' own
+    layers only, so that `keras.models.load_model` reads it without this package."""
     return _write_file(export_dir, version, "keras", layout.KERAS_FILE_NAME, keras_layers_only(model).save)
 
 
@@ -168,13 +160,10 @@ def _converter(serving_module: ServingModule, function) -> tf.lite.TFLiteConvert
 
 
 def convert_int8(serving_module: ServingModule, representative: np.ndarray) -> bytes:
-    """Full-integer post-training quantization, calibrated on `representative` (uint8 [N, 28, 28, 1]).
-
-    Converted from a float signature taking pixels in [0, 1] whose input then becomes uint8
-    with scale 1/255 and zero point 0: raw pixels 0..255, as `serving_default` takes, with no
-    float ops before the first layer. The calibration images include black and white pixels,
-    so the input range is exactly [0, 1].
-    """
+    """Full-integer post-training quantization, calibrated on `representative` (uint8 [N, 28, 28, 1]). Converted from a
+    float signature taking pixels in [0, 1] whose input then becomes uint8 with scale 1/255 and zero point 0: raw pixels
+    0..255, as `serving_default` takes, with no float ops before the first layer. The calibration images include black
+    and white pixels, so the input range is exactly [0, 1]."""
     pinned = np.zeros((1,) + representative.shape[1:], np.uint8)
     pinned.flat[0] = 255  # both ends of the range, whatever the calibration images hold
 

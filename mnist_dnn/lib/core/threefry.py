@@ -1,11 +1,9 @@
 """Counter-based random bits (Threefry-2x32, 20 rounds) written in TensorFlow's uint32 ops.
 
-Dropout draws its masks here. Inside an XLA program on a CPU, TensorFlow's own stateless
-generators are expanded into scalar code with 64-bit multiplies, a whole generator block per
-output element: Philox masks took about a quarter of a 784-512-512-10 training step. Written
-with plain uint32 ops, XLA fuses the generator into one vectorized loop (about 8x cheaper per
-mask; docs/speed.md). The numbers are those of Salmon et al. (2011), as in `jax.random`.
-"""
+Dropout draws its masks here. Inside an XLA program on a CPU, TensorFlow's own stateless generators are expanded into
+scalar code with 64-bit multiplies, a whole generator block per output element: Philox masks took about a quarter of a
+784-512-512-10 training step. Written with plain uint32 ops, XLA fuses the generator into one vectorized loop (about 8x
+cheaper per mask; docs/speed.md). The numbers are those of Salmon et al. (2011), as in `jax.random`."""
 
 import tensorflow as tf
 

@@ -1,9 +1,8 @@
 """Classifying image files with an exported model (a SavedModel, a LiteRT, ONNX or Keras file), as a client would.
 
-The image is brought to MNIST's form here (28x28 grayscale, light digit on a dark
-background) by the same TensorFlow ops as the SavedModel's `serving_bytes` signature; the
-model's `serving_default` signature does the rest (scaling, flattening).
-"""
+The image is brought to MNIST's form here (28x28 grayscale, light digit on a dark background) by the same TensorFlow ops
+as the SavedModel's `serving_bytes` signature; the model's `serving_default` signature does the rest (scaling,
+flattening)."""
 
 import base64
 import dataclasses
@@ -130,11 +129,9 @@ class Classifier:
 
 
 def rest_request(signature: str, files: list[ImageFile]) -> str:
-    """The JSON body of a `/v1/models/NAME:predict` request for these image files (row format).
-
-    `serving_bytes`: each file's bytes as TensorFlow Serving's binary value, {"b64": base64}.
-    `serving_default`: each file's MNIST pixels, 28x28x1 nested lists.
-    """
+    """The JSON body of a `/v1/models/NAME:predict` request for these image files (row format). `serving_bytes`: each
+    file's bytes as TensorFlow Serving's binary value, {"b64": base64}. `serving_default`: each file's MNIST pixels,
+    28x28x1 nested lists."""
     if signature == BYTES_SIGNATURE:
         instances = [{"b64": base64.b64encode(file.contents).decode("ascii")} for file in files]
     elif signature == SERVING_SIGNATURE:

@@ -1,9 +1,8 @@
 """TensorFlow Serving's REST API as JSON: predict requests to numpy inputs, outputs, status and metadata.
 
-The formats are TensorFlow Serving's (https://www.tensorflow.org/tfx/serving/api_rest): the row
-format (`"instances"`, answered with `"predictions"`) and the columnar one (`"inputs"`, answered
-with `"outputs"`); binary values as `{"b64": "<base64>"}`; errors as `{"error": "<message>"}`.
-"""
+The formats are TensorFlow Serving's (https://www.tensorflow.org/tfx/serving/api_rest): the row format (`"instances"`,
+answered with `"predictions"`) and the columnar one (`"inputs"`, answered with `"outputs"`); binary values as `{"b64":
+"<base64>"}`; errors as `{"error": "<message>"}`."""
 
 import base64
 import binascii

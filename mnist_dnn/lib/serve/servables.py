@@ -1,10 +1,9 @@
 """Exported models as a server holds them: their signatures, and the newest version of a model folder.
 
-A model folder holds numbered versions (`exports/mnist/1/`, `2/`, ...), each a SavedModel or a
-LiteRT, ONNX or Keras file, as `export` writes them. Like TensorFlow Serving, the server serves
-the highest version that loads, and `ModelVersions.refresh` switches to a newer one once it has
-loaded: requests already running finish on the model they started with.
-"""
+A model folder holds numbered versions (`exports/mnist/1/`, `2/`, ...), each a SavedModel or a LiteRT, ONNX or Keras
+file, as `export` writes them. Like TensorFlow Serving, the server serves the highest version that loads, and
+`ModelVersions.refresh` switches to a newer one once it has loaded: requests already running finish on the model they
+started with."""
 
 import dataclasses
 import os
@@ -110,11 +109,9 @@ def _fingerprint(path: str) -> tuple:
 
 
 class ModelVersions:
-    """The servable of `model_dir`: the highest numbered version that loads, or a single model.
-
-    `model_dir` is a folder of numbered versions (watched by `refresh`), or one SavedModel folder
-    or .tflite file (served as it is, as version 1 unless its folder is numbered).
-    """
+    """The servable of `model_dir`: the highest numbered version that loads, or a single model. `model_dir` is a folder
+    of numbered versions (watched by `refresh`), or one SavedModel folder or .tflite file (served as it is, as version 1
+    unless its folder is numbered)."""
 
     def __init__(self, model_dir: str, say: Callable[[str], None] = lambda line: None):
         self.model_dir = model_dir

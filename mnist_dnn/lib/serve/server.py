@@ -1,10 +1,8 @@
 """A local server that speaks TensorFlow Serving's REST API, and the drawing page, on Starlette and uvicorn.
 
-Routes: `GET /` (the page), `/static/...` (its files, from the package), and TensorFlow
-Serving's `GET /v1/models/NAME[/versions/N][/metadata]` and
-`POST /v1/models/NAME[/versions/N]:predict`. Requests are parsed and models called in worker
-threads, never on the event loop; a background task picks up new versions.
-"""
+Routes: `GET /` (the page), `/static/...` (its files, from the package), and TensorFlow Serving's
+`GET /v1/models/NAME[/versions/N][/metadata]` and `POST /v1/models/NAME[/versions/N]:predict`. Requests are parsed and
+models called in worker threads, never on the event loop; a background task picks up new versions."""
 
 import contextlib
 import html

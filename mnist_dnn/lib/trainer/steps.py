@@ -1,22 +1,18 @@
 """Training steps: one step body, run by two runners.
 
-`train_steps` is the loop both runners compile: for each step it reads a batch, computes the
-loss and gradients on every replica, and applies them only if the loss and every gradient are
-finite (such a step updates nothing, and the loop stops there). Checking the loss alone is not
-enough: a gradient can overflow while the loss is finite, and once a weight is NaN some CPU
-kernels hide it from the loss (oneDNN's fused MatMul+BiasAdd+Relu, on by default on CPUs with
-AVX-512 VNNI or AMX, returns 0 for relu(NaN) where TensorFlow's own Relu and XLA return NaN).
-The runners differ only in where batches come from:
+`train_steps` is the loop both runners compile: for each step it reads a batch, computes the loss and gradients on every
+replica, and applies them only if the loss and every gradient are finite (such a step updates nothing, and the loop
+stops there). Checking the loss alone is not enough: a gradient can overflow while the loss is finite, and once a weight
+is NaN some CPU kernels hide it from the loss (oneDNN's fused MatMul+BiasAdd+Relu, on by default on CPUs with AVX-512
+VNNI or AMX, returns 0 for relu(NaN) where TensorFlow's own Relu and XLA return NaN). The runners differ only in where
+batches come from:
 
-- `CompiledRunner` (one device, the default): the uint8 split and the epoch's order are
-  arguments of one XLA program, which gathers each batch itself (for a convnet on a CPU, one
-  TensorFlow graph instead: see `xla_for`);
-- `PipelineRunner` (several devices, or `--nojit_compile`): a `tf.data` pipeline distributed by
-  the strategy.
+- `CompiledRunner` (one device, the default): the uint8 split and the epoch's order are arguments of one XLA program,
+  which gathers each batch itself (for a convnet on a CPU, one TensorFlow graph instead: see `xla_for`);
+- `PipelineRunner` (several devices, or `--nojit_compile`): a `tf.data` pipeline distributed by the strategy.
 
-Both read the batch at a step by the same rule (`batches.gather_batch` over the epoch's padded
-order), so they train on the same examples in the same order.
-"""
+Both read the batch at a step by the same rule (`batches.gather_batch` over the epoch's padded order), so they train on
+the same examples in the same order."""
 
 import dataclasses
 
@@ -56,12 +52,10 @@ def _all_finite(tensors) -> tf.Tensor:
 
 
 def _gradients(model, images, labels, weights):
-    """One replica's share: its weighted losses divided by the weight of the GLOBAL batch.
-
-    So the gradients that the strategy sums across replicas are those of one device on the
-    whole batch; padding examples (weight 0) count for nothing. Also returns 1.0 where this
-    replica's loss or a gradient is not finite, else 0.0 (a number, for `strategy.reduce`).
-    """
+    """One replica's share: its weighted losses divided by the weight of the GLOBAL batch. So the gradients that the
+    strategy sums across replicas are those of one device on the whole batch; padding examples (weight 0) count for
+    nothing. Also returns 1.0 where this replica's loss or a gradient is not finite, else 0.0 (a number, for
+    `strategy.reduce`)."""
     total_weight = tf.distribute.get_replica_context().all_reduce("sum", tf.reduce_sum(weights))
     with tf.GradientTape() as tape:
         logits = model(images, training=True)
@@ -73,11 +67,9 @@ def _gradients(model, images, labels, weights):
 
 
 def train_steps(state, metrics: TrainMetrics, strategy, next_batch, num_steps, first=0):
-    """Runs up to `num_steps` steps on `next_batch(i)`, i from `first`; False if it stopped at a non-finite step.
-
-    Call it inside a `tf.function`. The finiteness test sits outside the replicas' code, since a
-    condition around an optimizer update inside it cannot synchronize the replicas.
-    """
+    """Runs up to `num_steps` steps on `next_batch(i)`, i from `first`; False if it stopped at a non-finite step. Call
+    it inside a `tf.function`. The finiteness test sits outside the replicas' code, since a condition around an
+    optimizer update inside it cannot synchronize the replicas."""
     # The batch index is a loop variable: were it `first + counter`, XLA would take the argument
     # `first` for a compile-time constant (it feeds a slice) and compile anew for each value.
     finite, i = tf.constant(True), tf.convert_to_tensor(first)
@@ -101,20 +93,15 @@ def _apply(state, metrics, gradients, labels, weights, example_losses, logits):
 
 
 def xla_for(model_config) -> bool:
-    """Whether the in-memory loop of this model compiles with XLA.
-
-    Not for a convnet on a CPU: with XLA's CPU convolutions the cnn's loop did not finish 60
-    steps in 5 minutes, where TensorFlow's oneDNN kernels ran about 490 examples/s
-    (benchmarks/cnn_speed.py, docs/speed.md); the MLPs gain from XLA.
-    """
+    """Whether the in-memory loop of this model compiles with XLA. Not for a convnet on a CPU: with XLA's CPU
+    convolutions the cnn's loop did not finish 60 steps in 5 minutes, where TensorFlow's oneDNN kernels ran about 490
+    examples/s (benchmarks/cnn_speed.py, docs/speed.md); the MLPs gain from XLA."""
     return not model_config.conv_filters or bool(tf.config.list_logical_devices("GPU"))
 
 
 class CompiledRunner:
-    """`runner(num_steps)` as XLA programs over the split in memory: one call per epoch segment.
-
-    `xla=False`: the same loop as a TensorFlow graph (its ops' own kernels, oneDNN on a CPU).
-    """
+    """`runner(num_steps)` as XLA programs over the split in memory: one call per epoch segment. `xla=False`: the same
+    loop as a TensorFlow graph (its ops' own kernels, oneDNN on a CPU)."""
 
     def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
                  augmentation: Augmentation = Augmentation(), xla: bool = True):

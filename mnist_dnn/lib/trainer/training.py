@@ -132,15 +132,12 @@ def _report_lost_workers(chief_dir: RunDir):
 
 
 def train(config: TrainConfig, say=print, on_validation=None, stop_signals: list | None = None) -> TrainResult:
-    """Trains (or resumes) until `config.max_steps`, checkpointing on the way.
-
-    `say(line)` receives every line for the user: what trains, progress, validation, how the run
-    ended; warnings start with `warning: `. `on_validation(step, metrics)`, if given, runs after each
-    validation; when it returns True the run stops there as an early stop does (a checkpoint saved)
-    and the result says `pruned`. SIGINT and SIGTERM stop the run (a checkpoint saved); with
-    `stop_signals`, a list that the caller's own handler fills, the run stops at its first entry instead,
-    even one that came before the run started.
-    """
+    """Trains (or resumes) until `config.max_steps`, checkpointing on the way. `say(line)` receives every line for the
+    user: what trains, progress, validation, how the run ended; warnings start with `warning: `. `on_validation(step,
+    metrics)`, if given, runs after each validation; when it returns True the run stops there as an early stop does (a
+    checkpoint saved) and the result says `pruned`. SIGINT and SIGTERM stop the run (a checkpoint saved); with
+    `stop_signals`, a list that the caller's own handler fills, the run stops at its first entry instead, even one that
+    came before the run started."""
     run_dir, log_dir, run_id = check_folders(config)
     # First: devices can only be configured before TensorFlow runs an op.
     strategy = distribute.make_strategy(config.strategy, config.devices, config.virtual_cpus)

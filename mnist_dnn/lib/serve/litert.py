@@ -12,25 +12,18 @@ from mnist_dnn.lib.errors import UsageError, first_line
 INSTALL_HINT = 'running LiteRT models needs the ai-edge-litert package: pip install -e ".[litert]" (or pip install ai-edge-litert)'
 
 
-def interpreter_class():
-    """`ai_edge_litert.interpreter.Interpreter`, or one line on how to install it."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise UsageError(INSTALL_HINT) from None
-    return Interpreter
-
-
 class LiteRTModel:
-    """A `.tflite` file's `serving_default` signature: uint8 [N, 28, 28, 1] in, probabilities out.
-
-    One interpreter, so calls take turns (it is not thread-safe)."""
+    """A `.tflite` file's `serving_default` signature: uint8 [N, 28, 28, 1] in, probabilities out. One interpreter, so
+    calls take turns (it is not thread-safe)."""
 
     def __init__(self, path: str):
-        interpreter_type = interpreter_class()
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise UsageError(INSTALL_HINT) from None
         self.path, self.lock = path, threading.Lock()
         try:
-            self.interpreter = interpreter_type(model_path=path)
+            self.interpreter = Interpreter(model_path=path)
             self.runner = self.interpreter.get_signature_runner(SERVING_SIGNATURE)
             inputs = self.runner.get_input_details()
             if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:

@@ -97,15 +97,9 @@ def _loadable(folder: str) -> str | None:
 
 def _fingerprint(path: str) -> tuple:
     """Names, sizes and times of the files below `path`: a version that failed is retried when they change."""
-    if os.path.isfile(path):
-        stat = os.stat(path)
-        return ((path, stat.st_size, stat.st_mtime_ns),)
-    found = []
-    for root, _, names in os.walk(path):
-        for name in names:
-            stat = os.stat(os.path.join(root, name))
-            found.append((os.path.join(root, name), stat.st_size, stat.st_mtime_ns))
-    return tuple(sorted(found))
+    walked = (os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    stats = [(p, os.stat(p)) for p in ([path] if os.path.isfile(path) else walked)]
+    return tuple(sorted((p, stat.st_size, stat.st_mtime_ns) for p, stat in stats))
 
 
 class ModelVersions:
@@ -137,12 +131,9 @@ class ModelVersions:
 
     def candidates(self) -> list[tuple[int, str]]:
         """(version, model path) of the complete versions, newest first."""
-        found = []
-        for version in reversed(export_dir.versions(self.model_dir)):
-            path = _loadable(os.path.join(self.model_dir, str(version)))
-            if path:
-                found.append((version, path))
-        return found
+        versions = reversed(export_dir.versions(self.model_dir))
+        found = [(v, _loadable(os.path.join(self.model_dir, str(v)))) for v in versions]
+        return [(version, path) for version, path in found if path]
 
     def refresh(self) -> bool:
         """Loads and switches to the newest version if it is not the one served; True if it switched. A version that

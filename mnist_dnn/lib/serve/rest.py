@@ -1,8 +1,8 @@
 """TensorFlow Serving's REST API as JSON: predict requests to numpy inputs, outputs, status and metadata.
 
 The formats are TensorFlow Serving's (https://www.tensorflow.org/tfx/serving/api_rest): the row format (`"instances"`,
-answered with `"predictions"`) and the columnar one (`"inputs"`, answered with `"outputs"`); binary values as `{"b64":
-"<base64>"}`; errors as `{"error": "<message>"}`."""
+answered with `"predictions"`) and the columnar one (`"inputs"`, answered with `"outputs"`); binary values as
+`{"b64": "<base64>"}`; errors as `{"error": "<message>"}`."""
 
 import base64
 import binascii
@@ -12,9 +12,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
+from mnist_dnn.lib.config import SERVING_SIGNATURE
 from mnist_dnn.lib.serve.servables import Servable, Signature, TensorInfo
 
-DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 
@@ -45,12 +45,12 @@ def parse_json(body: bytes) -> dict:
     return request
 
 
-def signature_of(request: dict, signatures: dict[str, Signature]) -> tuple[str, Signature]:
-    name = request.get("signature_name", DEFAULT_SIGNATURE)
+def signature_of(request: dict, signatures: dict[str, Signature]) -> Signature:
+    name = request.get("signature_name", SERVING_SIGNATURE)
     if not isinstance(name, str) or name not in signatures:
         raise bad_request(f"Serving signature name: {json.dumps(name)} not found in signature def "
                           f"(the model has {', '.join(sorted(signatures))})")
-    return name, signatures[name]
+    return signatures[name]
 
 
 def _is_b64(value) -> bool:

@@ -79,7 +79,7 @@ def tf_error_message(error: tf.errors.OpError) -> str:
 def run_predict(servable: Servable, body: bytes) -> str:
     """Parses a predict request, runs the signature and writes the answer (in a worker thread)."""
     request = rest.parse_json(body)
-    _, signature = rest.signature_of(request, servable.signatures)
+    signature = rest.signature_of(request, servable.signatures)
     inputs, row_format = rest.predict_inputs(request, signature)
     try:
         outputs = signature.run(inputs)

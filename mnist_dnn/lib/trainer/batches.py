@@ -85,9 +85,8 @@ def warp_seed(seed: int, step) -> tf.Tensor:
 
 def epoch_order(size: int, seed: int, epoch) -> tf.Tensor:
     """The example indices of an epoch: a stateless permutation of (seed, epoch)."""
-    return tf.random.experimental.stateless_shuffle(
-        tf.range(size), seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    )
+    return tf.random.experimental.stateless_shuffle(tf.range(size),
+                                                    seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
 
 
 def padded_epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> tuple[tf.Tensor, tf.Tensor]:

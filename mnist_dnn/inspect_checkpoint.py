@@ -8,13 +8,10 @@ Example (the latest checkpoint of a run; --which=best or --checkpoint=PATH for a
     python -m mnist_dnn.inspect_checkpoint --ckpt_dir=checkpoints/fast
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 import json
 
-from mnist_dnn.cli import app as cli
 from mnist_dnn.lib.config import RestoreConfig
 from mnist_dnn.lib.errors import CheckpointError
 

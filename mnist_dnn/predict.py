@@ -9,9 +9,7 @@ A few of MNIST's test digits to try it on (no model needed; the data is imported
     python -m mnist_dnn.predict --write_test_digits=digits --digits=3
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 import json
 import os
@@ -19,7 +17,6 @@ import sys
 
 from absl import flags
 
-from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import files
 from mnist_dnn.lib.config import PredictConfig, RunData
 from mnist_dnn.lib.errors import DataError, UsageError

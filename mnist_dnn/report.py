@@ -10,13 +10,10 @@ Example:
     python -m mnist_dnn.report --root=runs/sweep_example
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 from absl import flags
 
-from mnist_dnn.cli import app as cli
 from mnist_dnn.lib.config import RunData
 from mnist_dnn.lib.errors import UsageError
 

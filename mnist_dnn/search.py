@@ -20,9 +20,7 @@ Example (configs/search_example.cfg):
     python -m mnist_dnn.search --preset=search_example
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 import dataclasses
 import functools
@@ -31,7 +29,6 @@ import signal
 
 from absl import flags
 
-from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import files
 from mnist_dnn.lib.experiments import roots, search, studies, sweeps, trials
 from mnist_dnn.lib.config import ConfigError, TrainConfig

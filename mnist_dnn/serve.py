@@ -11,14 +11,11 @@ Example (Ctrl-C stops it):
     python -m mnist_dnn.serve --model_dir=exports/mnist --host=0.0.0.0   # reachable from a phone on the network
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 import gc
 import socket
 
-from mnist_dnn.cli import app as cli
 from mnist_dnn.lib.config import ServeConfig
 
 cli.define_config_flags(ServeConfig)

@@ -12,9 +12,7 @@ configs/sweep_example.cfg):
     python -m mnist_dnn.sweep --preset=sweep_example
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 import functools
 import sys
@@ -22,7 +20,6 @@ import sys
 from absl import flags
 
 from mnist_dnn.api import TrainConfig
-from mnist_dnn.cli import app as cli
 from mnist_dnn.lib.experiments import sweeps
 
 cli.define_train_flags()  # passed to each run

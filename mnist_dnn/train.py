@@ -9,16 +9,13 @@ Example (the shipped config that reaches 98% test accuracy quickest):
 Every training flag is a field of lib.config.TrainConfig (its default and help live there).
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 import contextlib
 
 from absl import flags
 
 from mnist_dnn import api
-from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import files
 from mnist_dnn.lib.errors import BusyError, Error
 

@@ -213,11 +213,13 @@ def test_after_a_cache_fault_its_damaged_entries_and_our_temporary_files_go_and_
 def test_the_start_up_ctrl_c_handler_is_a_tools_own_and_leaves_an_importing_process_alone():
     """Its effect, one line and 130 at any moment of the start-up, is tested in test_faults.py -k ctrl_c."""
     handler = signal.getsignal(signal.SIGINT)
-    startup.interrupt_quietly("mnist_dnn.train")  # imported by a program (here, the tests)
+    startup.interrupt_quietly()  # cli.app imported by a program (here, the tests)
     startup.end_of_start_up()
     assert signal.getsignal(signal.SIGINT) is handler
-    assert startup.is_tool_process("__main__", "/x/python") and startup.is_tool_process("m", "/venv/bin/mnist-dnn-train")
-    assert not startup.is_tool_process("mnist_dnn.train", "/venv/bin/pytest")
+    assert startup.is_tool_process("mnist_dnn.train", "/x/python")  # python -m mnist_dnn.train
+    assert startup.is_tool_process(None, "/venv/bin/mnist-dnn-train")  # the installed script
+    assert not startup.is_tool_process("pytest", "/venv/bin/pytest")
+    assert not startup.is_tool_process("mnist_dnn.lib.config", "/x/python") and not startup.is_tool_process(None, "-c")
 
 
 # issue 27: `tool | head -1` (BrokenPipeError) ends quietly, as Unix tools do.

@@ -8,9 +8,13 @@ import re
 import sys
 from typing import NoReturn
 
+from mnist_dnn.cli import startup
+
+startup.interrupt_quietly()  # first: in a tool's process, Ctrl-C during the imports that follow is one line
+
 from absl import app, flags, logging
 
-from mnist_dnn.cli import command_line, startup
+from mnist_dnn.cli import command_line
 from mnist_dnn.lib import config as config_lib, files, onednn, settings
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 

@@ -108,6 +108,11 @@ def check_output_file(flag: str, path: str, kinds: tuple[tuple[str, ...], ...], 
     outputs.check_output_file(flag, path, kinds, overwrite=flags.FLAGS["overwrite"].value, **where)
 
 
+def write_output(path: str, content: str | dict) -> None:
+    """Writes a tool's output file (refused or not by `check_output_file` before the work): text, or else JSON."""
+    (files.write_text if isinstance(content, str) else files.write_json)(path, content)
+
+
 def _parse_flags(argv):
     try:
         return flags.FLAGS(argv)

@@ -8,6 +8,7 @@ examples/s, steps, best); running the sweep again skips those, resumes an interr
 resumes by itself) and starts the others. `root/sweep.json` records the sweep, so a different one is refused there."""
 
 import dataclasses
+import functools
 import itertools
 import os
 import signal
@@ -81,6 +82,27 @@ def check_axes(axes: list[Axis]) -> None:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise UsageError(f"`grid` gives {', '.join(repeated)} more than once; put all values in one `grid`")
+
+
+def prepare(root: str, grid: list[str], train_settings: dict, given_args: dict[str, str], say) -> tuple[list[Run], list[str]]:
+    """(the runs, the flags passed to each) of the sweep of `grid` in `root`, checked before anything is written, and
+    recorded in root/sweep.json. `given_args`: the flags given (name -> --name=value), passed on but those of the grid."""
+    check_root(root)
+    axes = [parse_axis(spec, LIST_FLAGS, functools.partial(check_value, "grid")) for spec in grid]
+    check_axes(axes)
+    args = base_args(given_args, {a.name for a in axes})
+    runs = expand(axes, LIST_FLAGS)
+    check_runs(train_settings, runs)  # before anything is written
+    record(root, describe(axes, args, runs))
+    say(f"Sweep of {len(runs)} runs in {root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}")
+    return runs, args
+
+
+def base_args(given_args: dict[str, str], grid_names) -> list[str]:
+    """The training flags given (command line or flagfiles, and train's --overwrite), but those of the grid and those
+    the sweep sets per run (--ckpt_dir, --log_dir, --result_file: a single run's flagfile may set them)."""
+    skipped = set(grid_names) | set(RUN_FLAGS)
+    return [given_args[n] for n in sorted({*TRAIN_FLAGS, "overwrite"}) if n in given_args and n not in skipped]
 
 
 def expand(axes: list[Axis], list_flags) -> list[Run]:

@@ -148,12 +148,9 @@ def serve(serve_config: ServeConfig, say=print, on_start=lambda servable, port: 
           after_switch=lambda: None) -> None:
     """Serves the newest version of `serve_config.model_dir` (TensorFlow Serving's REST API and the drawing page) until
     Ctrl-C: `on_start(servable, port)` once it listens, `after_switch()` after each newer version is loaded."""
-    from mnist_dnn.lib.serve import server, servables
+    from mnist_dnn.lib.serve import server
 
-    versions = servables.ModelVersions(serve_config.model_dir, say)
-    sock = server.bind(serve_config.host, serve_config.port)
-    on_start(versions.current, sock.getsockname()[1])
-    server.serve(server.create_app(serve_config, versions, say, after_switch=after_switch), sock)
+    server.run(serve_config, say, on_start, after_switch)
 
 
 def sweep(root: str, grid: list[str], train_settings: dict, given_args: dict[str, str], say=print) -> None:

@@ -193,20 +193,18 @@ def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
             code = child.wait()
     wall = time.perf_counter() - started
     if code == 0:
-        from mnist_dnn.lib.trainer.training import TrainResult  # TensorFlow: not at the tool's import
-
-        with open(os.path.join(folder, roots.RESULT_FILE)) as f:
-            write_done(folder, TrainResult.from_json(f.read()), wall, command=command)
+        write_done(folder, wall, command=command)
     return code
 
 
-def write_done(folder: str, result, wall_time_s: float, **extra) -> None:
-    """The run's done.json (from a training.TrainResult): it ended well; the report reads its wall time and
-    throughput."""
-    best = result.best and dataclasses.asdict(result.best)
+def write_done(folder: str, wall_time_s: float, **extra) -> None:
+    """The run's done.json, from the result file its training wrote (a `TrainResult` as JSON): it ended well; the
+    report reads its wall time and throughput."""
+    result = files.read_json(os.path.join(folder, roots.RESULT_FILE))
     files.write_json(os.path.join(folder, roots.DONE_FILE), {
-        "wall_time_s": wall_time_s, "examples_per_second": result.examples_per_second, "steps": result.step,
-        "resumed_from_step": result.start_step, "early_stopped": result.early_stopped, "best": best, **extra})
+        "wall_time_s": wall_time_s, "examples_per_second": result["examples_per_second"], "steps": result["step"],
+        "resumed_from_step": result["start_step"], "early_stopped": result["early_stopped"], "best": result["best"],
+        **extra})
 
 
 def last_error(root: str, name: str) -> str:

@@ -262,7 +262,7 @@ def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say, st
     files.write_text(os.path.join(folder, roots.RESULT_FILE), result.to_json())
     if result.stopped_by_signal:
         raise _Interrupted(result.stopped_by_signal)
-    sweeps.write_done(folder, result, time.perf_counter() - started, trial=trial.number)
+    sweeps.write_done(folder, time.perf_counter() - started, trial=trial.number)
     _record_state(config.log_dir, "pruned" if result.pruned else "complete")
     best = result.best.accuracy if result.best else float("nan")
     if result.pruned:

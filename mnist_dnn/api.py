@@ -99,8 +99,7 @@ def read_checkpoint(restore_config: RestoreConfig) -> tuple[str, int | None, lis
 
 
 def stored_config(checkpoint: str) -> tuple[str, dict | CheckpointError]:
-    """(the name of the file that holds the config of the run `checkpoint` belongs to, that config), or instead of the
-    config the reason there is none (a bare checkpoint still reads)."""
+    """(the file in the run folder of `checkpoint` that holds its run's config, the config or why there is none)."""
     from mnist_dnn.lib.core import run_dir
 
     try:
@@ -146,18 +145,17 @@ def write_test_digits(folder: str, count: int, data_dir: str | None = None, idx_
 
 def serve(serve_config: ServeConfig, say=print, on_start=lambda servable, port: None,
           after_switch=lambda: None) -> None:
-    """Serves the newest version of `serve_config.model_dir` (TensorFlow Serving's REST API and the drawing page) until
-    Ctrl-C: `on_start(servable, port)` once it listens, `after_switch()` after each newer version is loaded."""
+    """Serves the newest version of `serve_config.model_dir` (TensorFlow Serving's REST API, the drawing page) until
+    Ctrl-C (`server.run`)."""
     from mnist_dnn.lib.serve import server
 
     server.run(serve_config, say, on_start, after_switch)
 
 
 def sweep(root: str, grid: list[str], train_settings: dict, given_args: dict[str, str], say=print) -> None:
-    """Trains every combination of `grid` (NAME=V1,V2,... each) under `root`, each run a `python -m mnist_dnn.train`
-    with the training flags given (`given_args`, name -> --name=value; `train_settings`: every training setting by flag
-    name), resuming an interrupted sweep; then ranks the runs, as `report` does."""
-    from mnist_dnn.lib.experiments import reports, sweeps
+    """Trains (or resumes) each combination of `grid` (NAME=V1,V2,...) in `root` by `python -m mnist_dnn.train` with the
+    flags given (`given_args`: name -> --name=value; `train_settings`: by flag name), then ranks them, as `report` does."""
+    from mnist_dnn.lib.experiments import sweeps
 
     runs, args = sweeps.prepare(root, grid, train_settings, given_args, say)
     try:
@@ -167,8 +165,7 @@ def sweep(root: str, grid: list[str], train_settings: dict, given_args: dict[str
 
 
 def search(search_config: SearchConfig, space: list[str], base: TrainConfig, say=print) -> None:
-    """An Optuna search of `space` (NAME=KIND:ARGS each) around the run `base`, in `search_config.root` (resumed if it
-    holds this search); then ranks its trials, as `report` does."""
+    """Runs (or resumes) an Optuna search of `space` (NAME=KIND:ARGS each) around `base`, then ranks its trials."""
     from mnist_dnn.lib.core import data
     from mnist_dnn.lib.experiments import trials
 

@@ -84,7 +84,7 @@ def check_axes(axes: list[Axis]) -> None:
         raise UsageError(f"`grid` gives {', '.join(repeated)} more than once; put all values in one `grid`")
 
 
-def prepare(root: str, grid: list[str], train_settings: dict, given_args: dict[str, str], say) -> tuple[list[Run], list[str]]:
+def prepare(root: str, grid: list[str], train_settings: dict, given_args: dict[str, str], say) -> tuple[list, list]:
     """(the runs, the flags passed to each) of the sweep of `grid` in `root`, checked before anything is written, and
     recorded in root/sweep.json. `given_args`: the flags given (name -> --name=value), passed on but those of the grid."""
     check_root(root)

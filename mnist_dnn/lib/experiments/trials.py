@@ -59,8 +59,8 @@ def check_search(config: search.SearchConfig, space_specs: list[str], base: Trai
     studies.check_root(config)
     if config.storage:
         studies.check_storage_url(config.storage)
-    check = functools.partial(sweeps.check_value, "space")
-    space = [search.parse_param(spec, sweeps.TRAIN_FLAGS.__contains__, check) for spec in space_specs]
+    check, is_flag = functools.partial(sweeps.check_value, "space"), sweeps.TRAIN_FLAGS.__contains__
+    space = [search.parse_param(spec, is_flag, check) for spec in space_specs]
     search.check_space(space, config.sampler)
     base.validate()
     search.check_space_against(base, space)

@@ -9,9 +9,7 @@ import json
 import os
 import sys
 
-from absl import flags
-
-from mnist_dnn.cli import app as cli, command_line
+from mnist_dnn.cli import app as cli
 from mnist_dnn.lib import files, onednn, settings
 from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, MAX_IMAGE_BYTES, EvaluateConfig,  # noqa: F401 (the tools' configs)
                                   ExportConfig, PredictConfig, RestoreConfig, RunData, ServeConfig, TrainConfig)
@@ -21,13 +19,7 @@ from mnist_dnn.lib.experiments.search import KINDS as SEARCH_KINDS, SearchConfig
 
 def preset(name: str, **changes) -> TrainConfig:
     """The shipped configs/NAME.cfg as a TrainConfig, read as the tools read it, with `changes` (named as flags) on top."""
-    if name not in command_line.preset_names():
-        raise UsageError(f"no preset {name!r}; choose one of: {', '.join(command_line.preset_names())}")
-    values = flags.FlagValues()
-    cli.define_config_flags(TrainConfig, flag_values=values)
-    others = values(["", *command_line.read_flagfiles([command_line.preset_flagfile(name)], values)], known_only=True)
-    given = {flag: values[flag].value for flag in values if values[flag].present}
-    return config(**{**dict.fromkeys(arg.lstrip("-").partition("=")[0] for arg in others[1:]), **given, **changes})
+    return config(**{**cli.preset_settings(name, TrainConfig), **changes})
 
 
 def config(**changes) -> TrainConfig:

@@ -53,6 +53,18 @@ def define_train_flags() -> None:
     define_overwrite_flag("result_file")
 
 
+def preset_settings(name: str, config_class) -> dict:
+    """The flags of the shipped configs/NAME.cfg, read as the tools read them into `config_class`'s: by flag name (one
+    that is not `config_class`'s as None, for the caller to refuse)."""
+    if name not in command_line.preset_names():
+        raise UsageError(f"no preset {name!r}; choose one of: {', '.join(command_line.preset_names())}")
+    values = flags.FlagValues()
+    define_config_flags(config_class, flag_values=values)
+    others = values(["", *command_line.read_flagfiles([command_line.preset_flagfile(name)], values)], known_only=True)
+    given = {flag: values[flag].value for flag in values if values[flag].present}
+    return {**dict.fromkeys(arg.lstrip("-").partition("=")[0] for arg in others[1:]), **given}
+
+
 def config_from_flags(config_class, values=flags.FLAGS):
     """An instance of `config_class` from the parsed flags; unflagged fields keep their defaults."""
     return settings.build(config_class, {name: values[name].value for _, name in settings.flag_fields(config_class)})

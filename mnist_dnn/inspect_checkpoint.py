@@ -31,17 +31,13 @@ def format_variables(summaries: list) -> str:
     return "\n".join(lines)
 
 
-def describe_config(config: dict | api.CheckpointError) -> str:
-    """The stored configuration on one line, or why there is none (a bare checkpoint still lists)."""
-    return f"unavailable: {cli.message(config)}" if isinstance(config, api.Error) else json.dumps(config)
-
-
 def main(argv):
     del argv
     path, step, summaries = api.read_checkpoint(cli.tool_config(api.RestoreConfig))
     print(f"checkpoint {path} (step {'unknown' if step is None else step})")
-    config_file, config = api.stored_config(path)
-    print(f"configuration ({config_file}): {describe_config(config)}")
+    config_file, config = api.stored_config(path)  # or why there is none: a bare checkpoint still lists
+    shown = f"unavailable: {cli.message(config)}" if isinstance(config, api.Error) else json.dumps(config)
+    print(f"configuration ({config_file}): {shown}")
     print(f"{len(summaries)} values:")
     print(format_variables(summaries))
 

@@ -23,16 +23,14 @@ INTERRUPTED = "error: interrupted (Ctrl-C) before any work was saved; run the co
 
 
 def is_tool_process(main_module: str | None, argv0: str) -> bool:
-    """Whether this process runs a tool: `python -m mnist_dnn.NAME` (`main_module`: the module `__main__` runs), or an
-    installed `mnist-dnn-*` script."""
+    """Whether the process runs a tool: `python -m mnist_dnn.NAME` (`main_module`), or a `mnist-dnn-*` script."""
     return (main_module or "").rpartition(".")[0] == "mnist_dnn" or os.path.basename(argv0).startswith("mnist-dnn-")
 
 
 def interrupt_quietly() -> None:
-    """In a tool's own process (`cli.app` calls it as it is imported, before the rest of the tool's imports): Ctrl-C
-    while it starts (its imports, TensorFlow's) is one line and exit 130, not a traceback, written to a copy of the real
-    stderr (fd 2 may be the quiet start-up's file). Nothing is on disk yet. `end_of_start_up` hands Ctrl-C back; in a
-    program or a test that imports the package it does nothing."""
+    """In a tool's own process (`cli.app` calls it as it is imported): Ctrl-C while it starts (its imports, TensorFlow's)
+    is one line and exit 130, not a traceback, written to a copy of the real stderr (fd 2 may be the quiet start-up's
+    file). Nothing is on disk yet. `end_of_start_up` hands Ctrl-C back; in a program or a test it does nothing."""
     main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if not is_tool_process(main_spec and main_spec.name, sys.argv[0] if sys.argv else ""):
         return

@@ -51,8 +51,7 @@ class SearchError(Error):
 
 
 def check_search(config: search.SearchConfig, space_specs: list[str], base: TrainConfig):
-    """(the search's config, with the storage of $MNIST_DNN_STORAGE if it names none; the space's `search.Param`s), all
-    checked against each other and `base` before anything is written."""
+    """(the config, its storage $MNIST_DNN_STORAGE if it names none; the space's Params), checked before any write."""
     if config.storage is None and os.environ.get(studies.STORAGE_ENV):
         config = dataclasses.replace(config, storage=os.environ[studies.STORAGE_ENV])
     config.validate()

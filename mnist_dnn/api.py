@@ -1,29 +1,25 @@
-"""The Python API: train, evaluate and export a model, and classify images, with no flags (docs/python.md). `import
-mnist_dnn` offers these names lazily. Settings are named as the tools' flags, and go through the same function from text
+"""The Python API: train, evaluate and export a model, and classify images, with no flags (docs/python.md); and what the
+other tools do (inspect, serve, sweep, search, report), which reach the library only through here. `import
+mnist_dnn` offers the first names lazily. Settings are named as the tools' flags, and go through the same function from text
 to a config (`settings.build`) and the same checks. TensorFlow is imported by the first call that needs it, not by
 importing this module."""
 
 import functools
+import json
+import os
 import sys
 
-from absl import flags
-
-from mnist_dnn.cli import app as cli, command_line
-from mnist_dnn.lib import onednn, settings
-from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, EvaluateConfig, ExportConfig,  # noqa: F401 (the tools' configs)
-                                  PredictConfig, RestoreConfig, TrainConfig)
-from mnist_dnn.lib.errors import UsageError
+from mnist_dnn.cli import app as cli
+from mnist_dnn.lib import files, onednn, settings
+from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, MAX_IMAGE_BYTES, EvaluateConfig,  # noqa: F401 (the tools' configs)
+                                  ExportConfig, PredictConfig, RestoreConfig, RunData, ServeConfig, TrainConfig)
+from mnist_dnn.lib.errors import BusyError, CheckpointError, DataError, Error, UsageError  # noqa: F401 (for the tools)
+from mnist_dnn.lib.experiments.search import KINDS as SEARCH_KINDS, SearchConfig  # noqa: F401 (the search tool's)
 
 
 def preset(name: str, **changes) -> TrainConfig:
     """The shipped configs/NAME.cfg as a TrainConfig, read as the tools read it, with `changes` (named as flags) on top."""
-    if name not in command_line.preset_names():
-        raise UsageError(f"no preset {name!r}; choose one of: {', '.join(command_line.preset_names())}")
-    values = flags.FlagValues()
-    cli.define_config_flags(TrainConfig, flag_values=values)
-    others = values(["", *command_line.read_flagfiles([command_line.preset_flagfile(name)], values)], known_only=True)
-    given = {flag: values[flag].value for flag in values if values[flag].present}
-    return config(**{**dict.fromkeys(arg.lstrip("-").partition("=")[0] for arg in others[1:]), **given, **changes})
+    return config(**{**cli.preset_settings(name, TrainConfig), **changes})
 
 
 def config(**changes) -> TrainConfig:
@@ -85,6 +81,101 @@ def load_exported(path: str):
     from mnist_dnn.lib.serve import classifier
 
     return classifier.Classifier(path)
+
+
+def read_checkpoint(restore_config: RestoreConfig) -> tuple[str, int | None, list]:
+    """(the checkpoint's path, its step or None, a `checkpoints.VariableSummary` per value): inspect_checkpoint's list."""
+    from mnist_dnn.lib.core import checkpoints
+
+    return checkpoints.read_checkpoint_variables(**vars(restore_config))
+
+
+def stored_config(checkpoint: str) -> tuple[str, dict | CheckpointError]:
+    """(the file in the run folder of `checkpoint` that holds its run's config, the config or why there is none)."""
+    from mnist_dnn.lib.core import run_dir
+
+    try:
+        return run_dir.CONFIG_FILE, json.loads(run_dir.RunDir.of_checkpoint(checkpoint).load_config().to_json())
+    except CheckpointError as e:
+        return run_dir.CONFIG_FILE, e
+
+
+def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES):
+    """A PNG, JPEG, BMP or GIF file as a `classifier.ImageFile` (its bytes, its MNIST pixels); DataError if it is none."""
+    from mnist_dnn.lib.serve import classifier
+
+    return classifier.read_image_file(path, max_bytes)
+
+
+def rest_request(signature: str, image_files: list) -> str:
+    """The JSON body of TensorFlow Serving's `:predict` request for these `ImageFile`s, with that signature."""
+    from mnist_dnn.lib.serve import classifier
+
+    return classifier.rest_request(signature, image_files)
+
+
+def write_test_digits(folder: str, count: int, data_dir: str | None = None, idx_dir=None, say=print) -> None:
+    """The first `count` test images as folder/test-N.png, to try a model on; refuses to replace a file."""
+    import tensorflow as tf
+
+    from mnist_dnn.lib.core import data
+
+    paths = [os.path.join(folder, f"test-{i}.png") for i in range(count)]
+    files.check_link("write_test_digits", folder, "pass another folder")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{folder} is not a folder; pass a folder for the PNG files", field="write_test_digits")
+    taken = [p for p in paths if os.path.lexists(p)]
+    if taken:
+        raise UsageError(f"{taken[0]} exists; pass another folder", field="write_test_digits")
+    test = data.load_splits(data.DataConfig(data_dir=data_dir, idx_dir=idx_dir), say=say)["test"]
+    os.makedirs(folder, exist_ok=True)
+    for path, image, label in zip(paths, test.images[:count], test.labels[:count].numpy()):
+        png = tf.io.encode_png(tf.reshape(image, (data.IMAGE_SIZE, data.IMAGE_SIZE, 1))).numpy()
+        files.write_with(path, lambda f: f.write(png))
+        say(f"Wrote {path}: a {label}")
+
+
+def serve(serve_config: ServeConfig, say=print, on_start=lambda servable, port: None,
+          after_switch=lambda: None) -> None:
+    """Serves the newest version of `serve_config.model_dir` (TensorFlow Serving's REST API, the drawing page) until
+    Ctrl-C (`server.run`)."""
+    from mnist_dnn.lib.serve import server
+
+    server.run(serve_config, say, on_start, after_switch)
+
+
+def sweep(root: str, grid: list[str], train_settings: dict, given_args: dict[str, str], say=print) -> None:
+    """Trains (or resumes) each combination of `grid` (NAME=V1,V2,...) in `root` by `python -m mnist_dnn.train` with the
+    flags given (`given_args`: name -> --name=value; `train_settings`: by flag name), then ranks them, as `report` does."""
+    from mnist_dnn.lib.experiments import sweeps
+
+    runs, args = sweeps.prepare(root, grid, train_settings, given_args, say)
+    try:
+        sweeps.run_all(root, runs, args, [sys.executable, "-m", "mnist_dnn.train"], out=say)
+    finally:
+        report(root, train_settings["data_dir"], train_settings["idx_dir"], say)
+
+
+def search(search_config: SearchConfig, space: list[str], base: TrainConfig, say=print) -> None:
+    """Runs (or resumes) an Optuna search of `space` (NAME=KIND:ARGS each) around `base`, then ranks its trials."""
+    from mnist_dnn.lib.core import data
+    from mnist_dnn.lib.experiments import trials
+
+    search_config, params = trials.check_search(search_config, space, base)
+    data.prepare(base.data)  # once, here: workers importing it at the same time would race
+    plan = trials.start_search(search_config, params, base, say)
+    try:
+        codes = trials.run_workers(plan, say)
+    finally:
+        report(search_config.root, base.data.data_dir, base.data.idx_dir, say)
+    trials.check_exit_codes(codes)
+
+
+def report(root: str, data_dir: str | None = None, idx_dir=None, say=print) -> None:
+    """Ranks the runs of a sweep or the trials of a search in `root`; writes report.csv, .md and .png there."""
+    from mnist_dnn.lib.experiments import reports
+
+    reports.report(root, data_dir=data_dir, idx_dir=idx_dir, out=say)
 
 
 def use_onednn(choice: str = "auto") -> None:

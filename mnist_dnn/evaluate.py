@@ -5,14 +5,10 @@ Example (the latest checkpoint of the run trained by `python -m mnist_dnn.train 
     python -m mnist_dnn.evaluate --ckpt_dir=checkpoints/fast
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 from mnist_dnn import api
 from mnist_dnn.api import EvaluateConfig
-from mnist_dnn.cli import app as cli
-from mnist_dnn.lib import files
 
 cli.define_config_flags(EvaluateConfig, tool=__name__)
 cli.define_overwrite_flag("metrics_file")
@@ -50,7 +46,7 @@ def main(argv):
         print("confusion matrix (test):")
         print(format_confusion_matrix(report["test"]["confusion_matrix"]))
     if config.metrics_file:
-        files.write_json(config.metrics_file, report)
+        cli.write_output(config.metrics_file, report)
 
 
 def run():

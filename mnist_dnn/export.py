@@ -6,13 +6,10 @@ Examples (write exports/mnist/1, then 2, ... on later exports; LiteRT: exports/m
     python -m mnist_dnn.export --ckpt_dir=checkpoints/fast --format=litert --quantize=int8
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 from mnist_dnn import api
 from mnist_dnn.api import ExportConfig
-from mnist_dnn.cli import app as cli
 
 cli.define_config_flags(ExportConfig, tool=__name__)
 

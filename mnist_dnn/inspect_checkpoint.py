@@ -8,17 +8,13 @@ Example (the latest checkpoint of a run; --which=best or --checkpoint=PATH for a
     python -m mnist_dnn.inspect_checkpoint --ckpt_dir=checkpoints/fast
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 import json
 
-from mnist_dnn.cli import app as cli
-from mnist_dnn.lib.config import RestoreConfig
-from mnist_dnn.lib.errors import CheckpointError
+from mnist_dnn import api
 
-cli.define_config_flags(RestoreConfig)
+cli.define_config_flags(api.RestoreConfig)
 
 
 def _number(value: float | None) -> str:
@@ -35,24 +31,13 @@ def format_variables(summaries: list) -> str:
     return "\n".join(lines)
 
 
-def describe_config(ckpt_dir: str) -> str:
-    """The stored configuration, or why there is none (a bare checkpoint still lists)."""
-    from mnist_dnn.lib.core import run_dir
-
-    try:
-        return json.dumps(json.loads(run_dir.RunDir(ckpt_dir).load_config().to_json()))  # on one line
-    except CheckpointError as e:
-        return f"unavailable: {cli.message(e)}"
-
-
 def main(argv):
     del argv
-    from mnist_dnn.lib.core import checkpoints, run_dir  # after cli.run's quiet start-up: they import TensorFlow
-
-    config = cli.tool_config(RestoreConfig)
-    path, step, summaries = checkpoints.read_checkpoint_variables(**vars(config))
+    path, step, summaries = api.read_checkpoint(cli.tool_config(api.RestoreConfig))
     print(f"checkpoint {path} (step {'unknown' if step is None else step})")
-    print(f"configuration ({run_dir.CONFIG_FILE}): {describe_config(run_dir.RunDir.of_checkpoint(path).path)}")
+    config_file, config = api.stored_config(path)  # or why there is none: a bare checkpoint still lists
+    shown = f"unavailable: {cli.message(config)}" if isinstance(config, api.Error) else json.dumps(config)
+    print(f"configuration ({config_file}): {shown}")
     print(f"{len(summaries)} values:")
     print(format_variables(summaries))
 

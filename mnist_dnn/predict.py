@@ -9,36 +9,29 @@ A few of MNIST's test digits to try it on (no model needed; the data is imported
     python -m mnist_dnn.predict --write_test_digits=digits --digits=3
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 import json
-import os
 import sys
 
 from absl import flags
 
-from mnist_dnn.cli import app as cli
-from mnist_dnn.lib import files
-from mnist_dnn.lib.config import PredictConfig, RunData
-from mnist_dnn.lib.errors import DataError, UsageError
+from mnist_dnn import api
+from mnist_dnn.api import PredictConfig, UsageError
 
 cli.define_config_flags(PredictConfig, tool=__name__)
-cli.define_config_flags(RunData, only=("data_dir", "idx_dir"))
+cli.define_config_flags(api.RunData, only=("data_dir", "idx_dir"))
 cli.define_overwrite_flag("rest_request")
 REQUEST_KINDS = (("signature_name", "instances"),)  # the keys of the request it writes
 
 
 def read_files(paths: list[str], max_bytes: int) -> list:
     """The files that are images (`classifier.ImageFile`s); one error line on stderr for each of the others."""
-    from mnist_dnn.lib.serve import classifier
-
     readable = []
     for path in paths:
         try:
-            readable.append(classifier.read_image_file(path, max_bytes))
-        except DataError as e:
+            readable.append(api.read_image_file(path, max_bytes))
+        except api.DataError as e:
             print(f"error: {path}: {cli.message(e)}", file=sys.stderr)
     return readable
 
@@ -53,36 +46,12 @@ def describe(path: str, p, config: PredictConfig) -> str:
 
 
 def write_rest_request(readable: list, path: str, signature: str) -> None:
-    from mnist_dnn.lib.serve import classifier
-
     try:
-        files.write_text(path, classifier.rest_request(signature, readable))
+        cli.write_output(path, api.rest_request(signature, readable))
     except OSError as e:
         raise UsageError(f"cannot write --rest_request {path}: {e.strerror}") from None
     print(f"Wrote a {signature} request for {len(readable)} image{'s' if len(readable) != 1 else ''} to {path}; send it with\n"
           f"  curl -d @{path} -H 'Content-Type: application/json' http://localhost:8501/v1/models/mnist:predict")
-
-
-def write_test_digits(folder: str, count: int) -> None:
-    """The first `count` test images as folder/test-N.png; refuses to replace a file."""
-    import tensorflow as tf
-
-    from mnist_dnn.lib.core import data
-
-    paths = [os.path.join(folder, f"test-{i}.png") for i in range(count)]
-    files.check_link("write_test_digits", folder, "pass another folder")
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UsageError(f"{folder} is not a folder; pass a folder for the PNG files", field="write_test_digits")
-    taken = [p for p in paths if os.path.lexists(p)]
-    if taken:
-        raise UsageError(f"{taken[0]} exists; pass another folder", field="write_test_digits")
-    test = data.load_splits(data.DataConfig(data_dir=flags.FLAGS.data_dir, idx_dir=cli.idx_dir(flags.FLAGS)),
-                            say=cli.say)["test"]
-    os.makedirs(folder, exist_ok=True)
-    for path, image, label in zip(paths, test.images[:count], test.labels[:count].numpy()):
-        png = tf.io.encode_png(tf.reshape(image, (data.IMAGE_SIZE, data.IMAGE_SIZE, 1))).numpy()
-        files.write_with(path, lambda f: f.write(png))
-        print(f"Wrote {path}: a {label}")
 
 
 def main(argv):
@@ -91,7 +60,8 @@ def main(argv):
     if config.write_test_digits:
         if paths:
             raise UsageError(f"`write_test_digits` takes no image files; got {' '.join(paths)}")
-        return write_test_digits(config.write_test_digits, config.digits)
+        return api.write_test_digits(config.write_test_digits, config.digits, flags.FLAGS.data_dir,
+                                     cli.idx_dir(flags.FLAGS), say=cli.say)
     if not paths:
         raise UsageError("no image files given: python -m mnist_dnn.predict --model_dir=exports/mnist/1 FILE [FILE...]")
     if config.rest_request:
@@ -101,9 +71,7 @@ def main(argv):
             return 1  # a request must hold every file: nothing written
         write_rest_request(readable, config.rest_request, config.rest_signature)
         return 0
-    from mnist_dnn.lib.serve import classifier  # after cli.run's quiet start-up: it imports TensorFlow
-
-    classify = classifier.Classifier(config.model_dir)
+    classify = api.load_exported(config.model_dir)
     readable = read_files(paths, config.max_image_bytes)
     for file, p in zip(readable, classify([file.pixels for file in readable])):
         print(describe(file.path, p, config))

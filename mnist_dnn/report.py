@@ -10,28 +10,22 @@ Example:
     python -m mnist_dnn.report --root=runs/sweep_example
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 from absl import flags
 
-from mnist_dnn.cli import app as cli
-from mnist_dnn.lib.config import RunData
-from mnist_dnn.lib.errors import UsageError
+from mnist_dnn import api
 
 flags.DEFINE_string("root", None, "Folder of a sweep or a search (written by mnist_dnn.sweep or mnist_dnn.search).")
-cli.define_config_flags(RunData, only=("data_dir", "idx_dir"))
+cli.define_config_flags(api.RunData, only=("data_dir", "idx_dir"))
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     if not FLAGS.root:
-        raise UsageError("--root is required: the folder of a sweep or a search, e.g. --root=runs/lr-width")
-    from mnist_dnn.lib.experiments import reports  # after cli.run's quiet start-up: it imports TensorFlow
-
-    reports.report(FLAGS.root, data_dir=FLAGS.data_dir, idx_dir=cli.idx_dir(FLAGS), out=cli.say)
+        raise api.UsageError("--root is required: the folder of a sweep or a search, e.g. --root=runs/lr-width")
+    api.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS), say=cli.say)
 
 
 def run():

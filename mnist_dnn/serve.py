@@ -11,15 +11,13 @@ Example (Ctrl-C stops it):
     python -m mnist_dnn.serve --model_dir=exports/mnist --host=0.0.0.0   # reachable from a phone on the network
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 import gc
 import socket
 
-from mnist_dnn.cli import app as cli
-from mnist_dnn.lib.config import ServeConfig
+from mnist_dnn import api
+from mnist_dnn.api import ServeConfig
 
 cli.define_config_flags(ServeConfig)
 
@@ -38,21 +36,17 @@ def addresses(config: ServeConfig, port: int) -> str:
 
 def main(argv):
     del argv
-    from mnist_dnn.lib.serve import server  # after cli.run's quiet start-up: it imports TensorFlow
-    from mnist_dnn.lib.serve.servables import ModelVersions
-
     config = cli.tool_config(ServeConfig).validate()
-    versions = ModelVersions(config.model_dir, say)
-    sock = server.bind(config.host, config.port)
-    port = sock.getsockname()[1]
-    current = versions.current
-    say(f"Serving {config.model_name} version {current.version} ({current.path}) at {addresses(config, port)}\n"
-        f"  REST: http://{config.host}:{port}/v1/models/{config.model_name}:predict (Ctrl-C stops the server)")
-    # TensorFlow and the loaded model are hundreds of thousands of Python objects that the garbage
-    # collector would go through again and again while a large request's JSON is parsed (most of
-    # the time of a 100-image request): set them aside, now and after each new version.
-    gc.freeze()
-    server.serve(server.create_app(config, versions, say, after_switch=gc.freeze), sock)
+
+    def serving(current, port: int) -> None:
+        say(f"Serving {config.model_name} version {current.version} ({current.path}) at {addresses(config, port)}\n"
+            f"  REST: http://{config.host}:{port}/v1/models/{config.model_name}:predict (Ctrl-C stops the server)")
+        # TensorFlow and the loaded model are hundreds of thousands of Python objects that the garbage
+        # collector would go through again and again while a large request's JSON is parsed (most of
+        # the time of a 100-image request): set them aside, now and after each new version.
+        gc.freeze()
+
+    api.serve(config, say, on_start=serving, after_switch=gc.freeze)
     say("Stopped.")
     return 0
 

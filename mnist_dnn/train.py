@@ -9,18 +9,13 @@ Example (the shipped config that reaches 98% test accuracy quickest):
 Every training flag is a field of lib.config.TrainConfig (its default and help live there).
 """
 
-from mnist_dnn.cli import startup
-
-startup.interrupt_quietly(__name__)  # first: Ctrl-C during the imports below is one line, not a traceback
+from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
 import contextlib
 
 from absl import flags
 
 from mnist_dnn import api
-from mnist_dnn.cli import app as cli
-from mnist_dnn.lib import files
-from mnist_dnn.lib.errors import BusyError, Error
 
 cli.define_train_flags()
 FLAGS = flags.FLAGS
@@ -35,14 +30,14 @@ def main(argv):
                               written=tuple(d for d in (FLAGS.ckpt_dir, FLAGS.export_dir) if d))
     try:
         result = api.train(cli.tool_config(api.TrainConfig), say=cli.say)
-    except Error as e:
+    except api.Error as e:
         if FLAGS.result_file:  # for programs that run this tool (the sweep): the error, machine-readable
             with contextlib.suppress(OSError):  # a full disk: the error itself says so
-                files.write_json(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code,
-                                                     "busy": isinstance(e, BusyError)})
+                cli.write_output(FLAGS.result_file, {"error": cli.message(e), "exit_code": e.exit_code,
+                                                     "busy": isinstance(e, api.BusyError)})
         raise
     if FLAGS.result_file:
-        files.write_text(FLAGS.result_file, result.to_json())
+        cli.write_output(FLAGS.result_file, result.to_json())
     if result.stopped_by_signal:
         return 128 + result.stopped_by_signal
 

@@ -22,7 +22,7 @@ from mnist_dnn.lib import files, onednn, outputs, processes
 from mnist_dnn.lib.core import exporting, models
 from mnist_dnn.lib.errors import Error, UsageError
 from mnist_dnn.lib.experiments import trials
-from mnist_dnn.lib.serve import classifier, onnx_model
+from mnist_dnn.lib.serve import classifier
 
 X86 = "x86_64"
 
@@ -263,9 +263,9 @@ def test_a_model_file_that_is_not_one_is_a_usage_error(tmp_path, name):
 
 
 def test_each_model_file_goes_to_its_reader():
-    assert classifier.file_reader("a/model.onnx") is onnx_model.OnnxModel
+    assert classifier.file_reader("a/model.onnx") is classifier.OnnxModel
     assert classifier.file_reader("a/model.keras") is classifier.KerasFile
-    assert classifier.file_reader("a/model.tflite") is classifier.litert.LiteRTModel
+    assert classifier.file_reader("a/model.tflite") is classifier.LiteRTModel
 
 
 def test_a_keras_file_with_damaged_zip_headers_is_a_usage_error(tmp_path):

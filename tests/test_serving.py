@@ -25,7 +25,7 @@ from PIL import Image
 
 from conftest import ROOT, assert_one_line_error, call_tool, run_cli, synthetic_split
 from mnist_dnn.lib.core import checkpoints, data, export_dir, exporting, images, models
-from mnist_dnn.lib.serve import classifier, litert
+from mnist_dnn.lib.serve import classifier
 from mnist_dnn.lib.trainer import training
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
@@ -71,7 +71,7 @@ def test_litert_exports_go_into_numbered_versions(dense_exports):
 @needs_litert
 def test_litert_float_gives_the_models_outputs(dense_exports, tiny_data):
     pixels, _ = tiny_images(tiny_data)
-    outputs = litert.LiteRTModel(dense_exports["float"])(pixels)
+    outputs = classifier.LiteRTModel(dense_exports["float"])(pixels)
     expected = expected_probabilities(dense_exports["model"], pixels)
     assert outputs["probabilities"].dtype == np.float32 and outputs["classes"].dtype == np.int64
     np.testing.assert_allclose(outputs["probabilities"], expected, rtol=0, atol=1e-5)
@@ -90,7 +90,7 @@ def test_litert_int8_is_full_integer_with_raw_pixels_in(dense_exports, tiny_data
     assert len(layers) == 3  # 784-60-30-10
     for op in layers:
         assert [graph.tensors[i].type for i in op.inputs[:2]] == [schema.TensorType.INT8] * 2
-    model = litert.LiteRTModel(dense_exports["int8"])
+    model = classifier.LiteRTModel(dense_exports["int8"])
     scale, zero_point = model.runner.get_input_details()["images"]["quantization"]
     assert (scale, zero_point) == (np.float32(1 / 255), 0)  # the uint8 input is the raw pixel value
     pixels, _ = tiny_images(tiny_data)
@@ -106,7 +106,7 @@ def test_litert_int8_input_is_raw_pixels_whatever_the_calibration_images(tmp_pat
     model = models.create_model(models.make_config("logistic"), seed=1)
     gray = np.random.default_rng(0).integers(10, 200, (20, 28, 28, 1)).astype(np.uint8)  # neither black nor white
     path = exporting.export_litert(model, str(tmp_path), quantize="int8", representative=gray)
-    assert litert.LiteRTModel(path).runner.get_input_details()["images"]["quantization"] == (np.float32(1 / 255), 0)
+    assert classifier.LiteRTModel(path).runner.get_input_details()["images"]["quantization"] == (np.float32(1 / 255), 0)
 
 
 def test_litert_int8_file_is_under_30_percent_of_float(dense_exports):
@@ -354,8 +354,8 @@ def test_litert_scores_the_test_set_as_the_saved_model_does(trained, name):
     run = trained(name)
     pixels, labels = run["pixels"], run["labels"]
     saved = classifier.SavedModelSignature(run["saved_model"])(pixels)["classes"]
-    float_classes = litert.LiteRTModel(run["float"])(pixels)["classes"]
-    int8_classes = litert.LiteRTModel(run["int8"])(pixels)["classes"]
+    float_classes = classifier.LiteRTModel(run["float"])(pixels)["classes"]
+    int8_classes = classifier.LiteRTModel(run["int8"])(pixels)["classes"]
 
     saved_accuracy = (saved == labels).mean()
     assert saved_accuracy > {"logistic": 0.90}.get(name, 0.95)
@@ -520,8 +520,8 @@ def test_export_cli_writes_litert_files_and_bad_input_is_one_line(trained, real_
     assert results[0].returncode == 0, results[0].stderr[-2000:]
     written = str(exports / "1" / "model_int8.tflite")
     assert written in results[0].stdout and os.listdir(exports) == ["1"]
-    np.testing.assert_array_equal(litert.LiteRTModel(written)(run["pixels"])["classes"],
-                                  litert.LiteRTModel(run["int8"])(run["pixels"])["classes"])
+    np.testing.assert_array_equal(classifier.LiteRTModel(written)(run["pixels"])["classes"],
+                                  classifier.LiteRTModel(run["int8"])(run["pixels"])["classes"])
     for result, path in ((results[1], truncated), (results[2], text)):
         assert_one_line_error(result, 2, f"{path} is not a LiteRT model of mnist_dnn")
     assert_one_line_error(results[3], 1, f"{huge}: image of 20000x20000 pixels is too large")

@@ -1,6 +1,7 @@
 """The tools' start-up: TensorFlow's lines kept quiet unless asked, Ctrl-C while starting, the XLA cache per CPU."""
 
 import hashlib
+import importlib.util
 import os
 import pkgutil
 import platform
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import types
 
 import pytest
 import tensorflow as tf
@@ -210,14 +212,26 @@ def test_after_a_cache_fault_its_damaged_entries_and_our_temporary_files_go_and_
     assert xla_cache.recover(named, "--tf_xla_auto_jit=2") is None  # no cache
 
 
-def test_the_start_up_ctrl_c_handler_is_a_tools_own_and_leaves_an_importing_process_alone():
+def test_the_start_up_ctrl_c_handler_is_a_tools_own_and_leaves_an_importing_process_alone(monkeypatch):
     """Its effect, one line and 130 at any moment of the start-up, is tested in test_faults.py -k ctrl_c."""
     handler = signal.getsignal(signal.SIGINT)
-    startup.interrupt_quietly("mnist_dnn.train")  # imported by a program (here, the tests)
+    startup.interrupt_quietly()  # cli.app imported by a program (here, the tests)
     startup.end_of_start_up()
     assert signal.getsignal(signal.SIGINT) is handler
-    assert startup.is_tool_process("__main__", "/x/python") and startup.is_tool_process("m", "/venv/bin/mnist-dnn-train")
-    assert not startup.is_tool_process("mnist_dnn.train", "/venv/bin/pytest")
+    tool = types.ModuleType("__main__")
+    tool.__spec__ = importlib.util.find_spec("mnist_dnn.train")
+    monkeypatch.setitem(sys.modules, "__main__", tool)  # as `python -m mnist_dnn.train` runs it, importing cli.app
+    try:
+        startup.interrupt_quietly()
+        assert signal.getsignal(signal.SIGINT) not in (handler, signal.default_int_handler)
+        startup.end_of_start_up()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert startup.is_tool_process("mnist_dnn.train", "/x/python")  # python -m mnist_dnn.train
+    assert startup.is_tool_process(None, "/venv/bin/mnist-dnn-train")  # the installed script
+    assert not startup.is_tool_process("pytest", "/venv/bin/pytest")
+    assert not startup.is_tool_process("mnist_dnn.lib.config", "/x/python") and not startup.is_tool_process(None, "-c")
 
 
 # issue 27: `tool | head -1` (BrokenPipeError) ends quietly, as Unix tools do.

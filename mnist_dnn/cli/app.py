@@ -8,9 +8,13 @@ import re
 import sys
 from typing import NoReturn
 
+from mnist_dnn.cli import startup
+
+startup.interrupt_quietly()  # first: in a tool's process, Ctrl-C during the imports that follow is one line
+
 from absl import app, flags, logging
 
-from mnist_dnn.cli import command_line, startup
+from mnist_dnn.cli import command_line
 from mnist_dnn.lib import config as config_lib, files, onednn, settings
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
@@ -47,6 +51,18 @@ def define_train_flags() -> None:
     flags.DEFINE_string("result_file", None, "At the end, write the run's figures (steps, examples/s, best) as JSON "
                         "here; on an error, the error.", module_name="mnist_dnn.train")
     define_overwrite_flag("result_file")
+
+
+def preset_settings(name: str, config_class) -> dict:
+    """The flags of the shipped configs/NAME.cfg, read as the tools read them into `config_class`'s: by flag name (one
+    that is not `config_class`'s as None, for the caller to refuse)."""
+    if name not in command_line.preset_names():
+        raise UsageError(f"no preset {name!r}; choose one of: {', '.join(command_line.preset_names())}")
+    values = flags.FlagValues()
+    define_config_flags(config_class, flag_values=values)
+    others = values(["", *command_line.read_flagfiles([command_line.preset_flagfile(name)], values)], known_only=True)
+    given = {flag: values[flag].value for flag in values if values[flag].present}
+    return {**dict.fromkeys(arg.lstrip("-").partition("=")[0] for arg in others[1:]), **given}
 
 
 def config_from_flags(config_class, values=flags.FLAGS):
@@ -102,6 +118,11 @@ def check_output_file(flag: str, path: str, kinds: tuple[tuple[str, ...], ...], 
         raise UsageError(f"--{flag} {path}: its folder does not exist or is not writable; pass a file in an existing "
                          "folder")
     outputs.check_output_file(flag, path, kinds, overwrite=flags.FLAGS["overwrite"].value, **where)
+
+
+def write_output(path: str, content: str | dict) -> None:
+    """Writes a tool's output file (refused or not by `check_output_file` before the work): text, or else JSON."""
+    (files.write_text if isinstance(content, str) else files.write_json)(path, content)
 
 
 def _parse_flags(argv):

@@ -22,16 +22,17 @@ XLA_CACHE_MB = 512  # the cap by default (MiB): several hundred of the MLPs' ent
 INTERRUPTED = "error: interrupted (Ctrl-C) before any work was saved; run the command again"
 
 
-def is_tool_process(module_name: str, argv0: str) -> bool:
-    """Whether the module `module_name` runs as a tool (`python -m`, or an installed `mnist-dnn-*` script)."""
-    return module_name == "__main__" or os.path.basename(argv0).startswith("mnist-dnn-")
+def is_tool_process(main_module: str | None, argv0: str) -> bool:
+    """Whether the process runs a tool: `python -m mnist_dnn.NAME` (`main_module`), or a `mnist-dnn-*` script."""
+    return (main_module or "").rpartition(".")[0] == "mnist_dnn" or os.path.basename(argv0).startswith("mnist-dnn-")
 
 
-def interrupt_quietly(module_name: str) -> None:
-    """In a tool's own process: Ctrl-C while it starts (its imports, TensorFlow's) is one line and exit 130, not a
-    traceback, written to a copy of the real stderr (fd 2 may be the quiet start-up's file). Nothing is on disk yet.
-    `end_of_start_up` hands Ctrl-C back; in a module imported by a test or a program it does nothing."""
-    if not is_tool_process(module_name, sys.argv[0] if sys.argv else ""):
+def interrupt_quietly() -> None:
+    """In a tool's own process (`cli.app` calls it as it is imported): Ctrl-C while it starts (its imports, TensorFlow's)
+    is one line and exit 130, not a traceback, written to a copy of the real stderr (fd 2 may be the quiet start-up's
+    file). Nothing is on disk yet. `end_of_start_up` hands Ctrl-C back; in a program or a test it does nothing."""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if not is_tool_process(main_spec and main_spec.name, sys.argv[0] if sys.argv else ""):
         return
     try:
         stderr = os.dup(2)

@@ -177,6 +177,28 @@ def root_description(config: search.SearchConfig) -> dict:
     return {"study_name": config.study_name, "storage": without_password(config.storage)}
 
 
+def check_root(config: search.SearchConfig) -> None:
+    """Refuses a --root that is not a folder, or that holds the trials of another study."""
+    files.check_link("root", config.root, "pass a folder for the search's trials")
+    if os.path.exists(config.root) and not os.path.isdir(config.root):
+        raise ConfigError("root", f"{config.root} is a file; pass a folder for the search's trials")
+    if is_search_root(config.root):
+        stored = read_root(config.root)
+        if {**stored, "storage": without_password(stored.get("storage"))} != root_description(config):
+            where = shown(stored.get("storage") or f"its {roots.STUDY_FILE}")
+            raise ConfigError("root", f"{config.root} holds the trials of another study ({stored['study_name']} in "
+                              f"{where}); pass another --root")
+
+
+def start(config: search.SearchConfig, space, say) -> None:
+    """Creates the study, or checks that the stored one has this space, before anything is written; then the root."""
+    description = search.describe(space)
+    if config.storage or default_storage_exists(config):
+        open_study(config, description, create=True)
+    record_root(config, say)
+    open_study(config, description, create=True)
+
+
 def record_root(config: search.SearchConfig, say=print) -> None:
     """root/search.json names the study, for the report (the search refused a root of another study first). One
     written before the password was left out is written again without it."""

@@ -8,6 +8,7 @@ examples/s, steps, best); running the sweep again skips those, resumes an interr
 resumes by itself) and starts the others. `root/sweep.json` records the sweep, so a different one is refused there."""
 
 import dataclasses
+import functools
 import itertools
 import os
 import signal
@@ -81,6 +82,27 @@ def check_axes(axes: list[Axis]) -> None:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise UsageError(f"`grid` gives {', '.join(repeated)} more than once; put all values in one `grid`")
+
+
+def prepare(root: str, grid: list[str], train_settings: dict, given_args: dict[str, str], say) -> tuple[list, list]:
+    """(the runs, the flags passed to each) of the sweep of `grid` in `root`, checked before anything is written, and
+    recorded in root/sweep.json. `given_args`: the flags given (name -> --name=value), passed on but those of the grid."""
+    check_root(root)
+    axes = [parse_axis(spec, LIST_FLAGS, functools.partial(check_value, "grid")) for spec in grid]
+    check_axes(axes)
+    args = base_args(given_args, {a.name for a in axes})
+    runs = expand(axes, LIST_FLAGS)
+    check_runs(train_settings, runs)  # before anything is written
+    record(root, describe(axes, args, runs))
+    say(f"Sweep of {len(runs)} runs in {root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}")
+    return runs, args
+
+
+def base_args(given_args: dict[str, str], grid_names) -> list[str]:
+    """The training flags given (command line or flagfiles, and train's --overwrite), but those of the grid and those
+    the sweep sets per run (--ckpt_dir, --log_dir, --result_file: a single run's flagfile may set them)."""
+    skipped = set(grid_names) | set(RUN_FLAGS)
+    return [given_args[n] for n in sorted({*TRAIN_FLAGS, "overwrite"}) if n in given_args and n not in skipped]
 
 
 def expand(axes: list[Axis], list_flags) -> list[Run]:
@@ -171,20 +193,18 @@ def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
             code = child.wait()
     wall = time.perf_counter() - started
     if code == 0:
-        from mnist_dnn.lib.trainer.training import TrainResult  # TensorFlow: not at the tool's import
-
-        with open(os.path.join(folder, roots.RESULT_FILE)) as f:
-            write_done(folder, TrainResult.from_json(f.read()), wall, command=command)
+        write_done(folder, wall, command=command)
     return code
 
 
-def write_done(folder: str, result, wall_time_s: float, **extra) -> None:
-    """The run's done.json (from a training.TrainResult): it ended well; the report reads its wall time and
-    throughput."""
-    best = result.best and dataclasses.asdict(result.best)
+def write_done(folder: str, wall_time_s: float, **extra) -> None:
+    """The run's done.json, from the result file its training wrote (a `TrainResult` as JSON): it ended well; the
+    report reads its wall time and throughput."""
+    result = files.read_json(os.path.join(folder, roots.RESULT_FILE))
     files.write_json(os.path.join(folder, roots.DONE_FILE), {
-        "wall_time_s": wall_time_s, "examples_per_second": result.examples_per_second, "steps": result.step,
-        "resumed_from_step": result.start_step, "early_stopped": result.early_stopped, "best": best, **extra})
+        "wall_time_s": wall_time_s, "examples_per_second": result["examples_per_second"], "steps": result["step"],
+        "resumed_from_step": result["start_step"], "early_stopped": result["early_stopped"], "best": result["best"],
+        **extra})
 
 
 def last_error(root: str, name: str) -> str:

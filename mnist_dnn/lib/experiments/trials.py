@@ -9,6 +9,7 @@ two cores train side by side on one core each.
 
 import contextlib
 import dataclasses
+import functools
 import multiprocessing
 import os
 import signal
@@ -43,6 +44,43 @@ class _Interrupted(Exception):
 
 class _NoRoom(Exception):
     """Other workers took the last trials of the budget first."""
+
+
+class SearchError(Error):
+    """The search stopped before its end (interrupted, or its workers failed)."""
+
+
+def check_search(config: search.SearchConfig, space_specs: list[str], base: TrainConfig):
+    """(the config, its storage $MNIST_DNN_STORAGE if it names none; the space's Params), checked before any write."""
+    if config.storage is None and os.environ.get(studies.STORAGE_ENV):
+        config = dataclasses.replace(config, storage=os.environ[studies.STORAGE_ENV])
+    config.validate()
+    studies.check_root(config)
+    if config.storage:
+        studies.check_storage_url(config.storage)
+    check, is_flag = functools.partial(sweeps.check_value, "space"), sweeps.TRAIN_FLAGS.__contains__
+    space = [search.parse_param(spec, is_flag, check) for spec in space_specs]
+    search.check_space(space, config.sampler)
+    base.validate()
+    search.check_space_against(base, space)
+    return config, space
+
+
+def start_search(config: search.SearchConfig, space, base: TrainConfig, say) -> "Plan":
+    """Opens (or creates) the study and its root; the plan that `run_workers` carries out."""
+    studies.start(config, space, say)
+    plan = make_plan(config, space, base)
+    say(f"Search of {plan.total} trials in {config.root} ({config.sampler} sampler, {config.pruner} pruner): "
+        + " x ".join(p.spec() for p in space))
+    return plan
+
+
+def check_exit_codes(codes: list[int]) -> None:
+    """SearchError if a worker was interrupted or failed."""
+    if any(c in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM) for c in codes):
+        raise SearchError("interrupted (the trials saved a checkpoint); run the same command to resume")
+    if any(codes):
+        raise SearchError(f"{sum(map(bool, codes))} worker(s) failed (exit codes {codes}); see the lines above")
 
 
 def threads_per_worker(workers: int) -> int:
@@ -223,7 +261,7 @@ def train_trial(trial, folder: str, config: TrainConfig, settings: dict, say, st
     files.write_text(os.path.join(folder, roots.RESULT_FILE), result.to_json())
     if result.stopped_by_signal:
         raise _Interrupted(result.stopped_by_signal)
-    sweeps.write_done(folder, result, time.perf_counter() - started, trial=trial.number)
+    sweeps.write_done(folder, time.perf_counter() - started, trial=trial.number)
     _record_state(config.log_dir, "pruned" if result.pruned else "complete")
     best = result.best.accuracy if result.best else float("nan")
     if result.pruned:

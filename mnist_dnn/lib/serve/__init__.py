@@ -1,4 +1,4 @@
-"""Serving exported models: the classifier, LiteRT's interpreter, the REST server and its versions.
+"""Serving exported models: the classifier (with its readers of each format), the REST server and its versions.
 
 May import the core and the ground; never the trainer, experiments or cli.
 """

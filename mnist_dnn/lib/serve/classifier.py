@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import json
 import os
+import threading
 import zipfile
 
 import keras
@@ -17,8 +18,12 @@ import tensorflow as tf
 from mnist_dnn.lib import files, native_output
 from mnist_dnn.lib.config import BYTES_SIGNATURE, MAX_IMAGE_BYTES, SERVING_SIGNATURE
 from mnist_dnn.lib.core import data, export_dir, exporting, images
-from mnist_dnn.lib.serve import litert, onnx_model
 from mnist_dnn.lib.errors import DataError, UsageError, first_line
+
+# The LiteRT interpreter and onnxruntime are optional extras: imported by the reader that needs them.
+LITERT_INSTALL_HINT = ('running LiteRT models needs the ai-edge-litert package: pip install -e ".[litert]" (or pip '
+                       'install ai-edge-litert)')
+ONNX_INSTALL_HINT = 'running ONNX models needs onnxruntime: pip install -e ".[onnx]" (or pip install onnxruntime)'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +109,59 @@ class KerasFile:
         return {name: value.numpy() for name, value in exporting.outputs(self.model, flat).items()}
 
 
+class LiteRTModel:
+    """A `.tflite` file's `serving_default` signature: uint8 [N, 28, 28, 1] in, probabilities out.
+
+    One interpreter, so calls take turns (it is not thread-safe)."""
+
+    def __init__(self, path: str):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise UsageError(LITERT_INSTALL_HINT) from None
+        self.path, self.lock = path, threading.Lock()
+        try:
+            self.interpreter = Interpreter(model_path=path)
+            self.runner = self.interpreter.get_signature_runner(SERVING_SIGNATURE)
+            inputs = self.runner.get_input_details()
+            if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
+                raise ValueError(f"its {SERVING_SIGNATURE} signature does not take uint8 images")
+            with native_output.quiet_unless_logging():  # the first run prints `INFO: Created ... XNNPACK delegate`
+                self(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))
+        except (ValueError, RuntimeError) as e:
+            raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({first_line(e)}); export one with "
+                             "python -m mnist_dnn.export `format`=litert") from None
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """`probabilities` float32 [N, 10] and `classes` int64 [N]."""
+        with self.lock:
+            return {k: np.array(v) for k, v in self.runner(images=np.ascontiguousarray(images, dtype=np.uint8)).items()}
+
+
+class OnnxModel:
+    """A `model.onnx`: uint8 images [N, 28, 28, 1] in, `probabilities` float32 [N, 10] and `classes` int64 [N] out."""
+
+    def __init__(self, path: str):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UsageError(ONNX_INSTALL_HINT) from None
+        self.path = path
+        try:
+            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            self(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))
+        except Exception as e:  # onnxruntime's errors (InvalidProtobuf, InvalidArgument, ...) derive from Exception only
+            raise UsageError(f"{path} is not an ONNX model of mnist_dnn ({first_line(e)}); export one with "
+                             "python -m mnist_dnn.export `format`=onnx") from None
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        names = ["probabilities", "classes"]
+        return dict(zip(names, self.session.run(names, {"images": np.ascontiguousarray(images, dtype=np.uint8)})))
+
+
 def file_reader(path: str):
     """What reads a model file with this name: OnnxModel, KerasFile or (any other) LiteRTModel."""
-    return {".onnx": onnx_model.OnnxModel, ".keras": KerasFile}.get(os.path.splitext(path)[1], litert.LiteRTModel)
+    return {".onnx": OnnxModel, ".keras": KerasFile}.get(os.path.splitext(path)[1], LiteRTModel)
 
 
 class Classifier:

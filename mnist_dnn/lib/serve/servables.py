@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import SERVING_SIGNATURE
-from mnist_dnn.lib.core import data, export_dir
+from mnist_dnn.lib.config import IMAGE_SIZE, NUM_CLASSES, SERVING_SIGNATURE
+from mnist_dnn.lib.core import export_dir
 from mnist_dnn.lib.serve import classifier
 from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
 
@@ -74,8 +74,8 @@ def load_file_model(path: str, version: int, reader) -> Servable:
         raise
     except Exception as e:  # whatever a damaged file makes its reader raise
         raise DataError(f"cannot load {path}: {first_line(e)}") from None
-    inputs = {"images": TensorInfo(tf.uint8, (None, data.IMAGE_SIZE, data.IMAGE_SIZE, 1))}
-    outputs = {"probabilities": TensorInfo(tf.float32, (None, data.NUM_CLASSES)), "classes": TensorInfo(tf.int64, (None,))}
+    inputs = {"images": TensorInfo(tf.uint8, (None, IMAGE_SIZE, IMAGE_SIZE, 1))}
+    outputs = {"probabilities": TensorInfo(tf.float32, (None, NUM_CLASSES)), "classes": TensorInfo(tf.int64, (None,))}
     return Servable(version, path, {SERVING_SIGNATURE: Signature(inputs, outputs, lambda named: model(named["images"]))},
                     owner=model)
 

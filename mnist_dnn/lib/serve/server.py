@@ -192,6 +192,15 @@ def uvicorn_server(app) -> uvicorn.Server:
                                          server_header=False, timeout_graceful_shutdown=5, lifespan="on"))
 
 
+def run(config: ServeConfig, say: Callable[[str], None], on_start, after_switch: Callable[[], None]) -> None:
+    """Serves the newest version of `config.model_dir` until Ctrl-C: `on_start(servable, port)` once it listens,
+    `after_switch()` after each newer version is loaded."""
+    versions = ModelVersions(config.model_dir, say)
+    sock = bind(config.host, config.port)
+    on_start(versions.current, sock.getsockname()[1])
+    serve(create_app(config, versions, say, after_switch=after_switch), sock)
+
+
 def serve(app, sock: socket.socket) -> None:
     """Serves until Ctrl-C or SIGTERM, then returns once the requests under way are answered."""
     server = uvicorn_server(app)

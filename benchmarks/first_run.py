@@ -27,7 +27,8 @@ def one_round(args, scratch: str) -> dict:
         folder = os.path.join(scratch, run)
         shutil.rmtree(folder, ignore_errors=True)
         command = [sys.executable, *COMMAND, f"--data_dir={data_dir}", f"--ckpt_dir={folder}",
-                   *([f"--idx_dir={args.idx_dir}"] if args.idx_dir else []), *(SMOKE_STEPS if args.smoke else [])]
+                   *([f"--idx_dir={args.idx_dir}"] if args.idx_dir else []),
+                   *(SMOKE_STEPS + [f"--log_dir={folder}-logs"] if args.smoke else [])]  # not into the checkout's logs/
         seconds[run] = harness.run(command)[0]
     return seconds
 

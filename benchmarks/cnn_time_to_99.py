@@ -307,7 +307,7 @@ def run_project(args):
     if args.subset:  # a tiny test run: as many steps as --subset images make
         steps = max(1, args.subset // 128)
         train += [f"--max_steps={steps}", f"--eval_every={steps}", f"--checkpoint_every={steps}",
-                  f"--log_dir={folder}/logs"]  # not into the checkout's logs/
+                  f"--log_dir={folder}/logs", "--nodiagnostics"]  # not into the checkout's logs/
     try:
         train_s, _ = harness.run(train, args.timeout)
         evaluate_s, _ = harness.run([sys.executable, "-m", "mnist_dnn.evaluate", f"--ckpt_dir={folder}/ckpt",

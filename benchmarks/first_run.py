@@ -15,7 +15,7 @@ import tempfile
 import harness
 
 COMMAND = ["-m", "mnist_dnn.train", "--model=dense", "--optimizer=adam"]
-SMOKE_STEPS = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5"]
+SMOKE_STEPS = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5", "--nodiagnostics"]
 
 
 def one_round(args, scratch: str) -> dict:

@@ -389,8 +389,8 @@ def main():
     parser.add_argument("--hold_seconds", type=float, default=5, help="how long version 3 stays half written, "
                         "at least (and twice the time it took to be listed as failed)")
     parser.add_argument("--poll_seconds", type=float, default=1, help="the server's --file_system_poll_wait_seconds")
-    args = harness.parse(parser, smoke={"clients": 2, "requests": 3, "rollout_clients": 2, "phase_seconds": 1,
-                                        "hold_seconds": 1, "poll_seconds": 0.2})
+    args = harness.parse(parser, smoke={"clients": 2, "requests": 3, "rollout_clients": 2, "phase_seconds": 0.3,
+                                        "hold_seconds": 0.3, "poll_seconds": 0.05})
     parts = set(args.parts.split(","))
     if not parts or parts - {"steady", "rollout"}:
         parser.error(f"--parts must name steady, rollout or both, got {args.parts!r}")

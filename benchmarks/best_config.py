@@ -16,7 +16,7 @@ import tempfile
 
 import harness
 
-SMOKE_STEPS = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5"]
+SMOKE_STEPS = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5", "--nodiagnostics"]
 
 
 def run_seed(seed, args, scratch):

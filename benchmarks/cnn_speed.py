@@ -197,13 +197,14 @@ def make_runner(name, images, labels, filters):
     return torch_runner(images, labels, name == "torch_compile", filters, channels_last=name == "torch_eager_cl")
 
 
-def peaks() -> dict:
-    """GFLOP/s of one large float32 convolution and one large matmul, TensorFlow (oneDNN), median of 5."""
+def peaks(size: int) -> dict:
+    """GFLOP/s of one large float32 convolution (a batch of size/8) and one size x size matmul, median of 5."""
     import tensorflow as tf
-    x, w = tf.random.uniform([256, 26, 26, 32]), tf.random.uniform([3, 3, 32, 64])
-    a, b = tf.random.uniform([2048, 2048]), tf.random.uniform([2048, 2048])
-    ops = {"conv": (tf.function(lambda: tf.nn.conv2d(x, w, 1, "VALID")), 2 * 256 * 24 * 24 * 64 * 9 * 32),
-           "matmul": (tf.function(lambda: tf.matmul(a, b)), 2 * 2048**3)}
+    batch = size // 8
+    x, w = tf.random.uniform([batch, 26, 26, 32]), tf.random.uniform([3, 3, 32, 64])
+    a, b = tf.random.uniform([size, size]), tf.random.uniform([size, size])
+    ops = {"conv": (tf.function(lambda: tf.nn.conv2d(x, w, 1, "VALID")), 2 * batch * 24 * 24 * 64 * 9 * 32),
+           "matmul": (tf.function(lambda: tf.matmul(a, b)), 2 * size**3)}
     result = {}
     for name, (fn, flops) in ops.items():
         fn().numpy()
@@ -216,7 +217,7 @@ def measure(name, args):
     """One row in this process (a worker's)."""
     choose_kernels(name)
     if name.startswith("peak"):
-        return harness.worker_line(name, peaks())
+        return harness.worker_line(name, peaks(args.peak_size))
     images, labels = load(args.idx_dir, args.data_dir, args.steps * BATCH)
     run = make_runner(name, images, labels, args.filters)
     first = harness.seconds(lambda: run(args.steps))
@@ -270,11 +271,13 @@ def main():
                         help="the two convolutions' filters (default 16,32)")
     parser.add_argument("--rows", default=",".join(("peak", "peak_onednn") + tuple(r for r in RUNNERS if r not in SLOW_ROWS)),
                         help="comma-separated (default: all but " + ", ".join(SLOW_ROWS) + ")")
+    parser.add_argument("--peak_size", type=int, default=2048, help="the peak rows' matmul side (conv batch: /8)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds for one run (warm-up and repeats)")
     parser.add_argument("--worker", help="(internal) measure these rows, comma-separated")
     # --smoke: each kind of runner once (not the XLA rows: minutes of compiling), the peers if installed.
-    args = harness.parse(parser, smoke={"steps": 2, "rounds": 1, "rows": "peak,mnist_dnn,mnist_dnn_pipeline,"
-                                                                          "keras_fit,jax_jit,torch_eager,mnist_dnn_bare"})
+    args = harness.parse(parser, smoke={"steps": 2, "rounds": 1, "peak_size": 64,
+                                        "rows": "peak,mnist_dnn,mnist_dnn_pipeline,keras_fit,jax_jit,torch_eager,"
+                                                "mnist_dnn_bare"})
     if args.worker:
         for name in args.worker.split(","):
             measure(name, args)
@@ -283,7 +286,8 @@ def main():
     rows = harness.installed(args.rows.split(","), {name: name.split("_")[0] for name in RUNNERS
                                                     if name.startswith(("jax", "torch"))})
     command = [sys.executable, __file__, f"--data_dir={args.data_dir}", f"--steps={args.steps}",
-               f"--repeats={args.repeats}", "--filters=" + ",".join(map(str, args.filters))] + ([f"--idx_dir={args.idx_dir}"] if args.idx_dir else [])
+               f"--repeats={args.repeats}", f"--peak_size={args.peak_size}",
+               "--filters=" + ",".join(map(str, args.filters))] + ([f"--idx_dir={args.idx_dir}"] if args.idx_dir else [])
     results = {name: summarize(values)
                for name, values in harness.in_workers(command, rows, args.rounds, args.smoke, args.timeout).items()}
     bench.write(results, table(results, args.filters))

@@ -288,8 +288,7 @@ def run_peer(name, args):
                f"--max_epochs={args.max_epochs}", f"--subset={args.subset}"]
     started = time.time()
     try:
-        done = subprocess.run(command + [f"--started={started!r}"], capture_output=True, text=True,
-                              timeout=args.timeout, cwd=ROOT)
+        done = harness.call(command + [f"--started={started!r}"], args.timeout)
     except subprocess.TimeoutExpired as e:
         stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout
         return {**summarize(json_lines(stdout), args.max_epochs), "timed_out_after_s": args.timeout}
@@ -307,7 +306,8 @@ def run_project(args):
              f"--result_file={folder}/train.json"]
     if args.subset:  # a tiny test run: as many steps as --subset images make
         steps = max(1, args.subset // 128)
-        train += [f"--max_steps={steps}", f"--eval_every={steps}", f"--checkpoint_every={steps}"]
+        train += [f"--max_steps={steps}", f"--eval_every={steps}", f"--checkpoint_every={steps}",
+                  f"--log_dir={folder}/logs", "--nodiagnostics"]  # not into the checkout's logs/
     try:
         train_s, _ = harness.run(train, args.timeout)
         evaluate_s, _ = harness.run([sys.executable, "-m", "mnist_dnn.evaluate", f"--ckpt_dir={folder}/ckpt",

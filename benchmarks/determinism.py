@@ -21,7 +21,8 @@ def examples_per_second(extra_flags, args) -> float:
             [sys.executable, "-m", "mnist_dnn.train", f"--data_dir={args.data_dir}", f"--ckpt_dir={tmp}/ckpt",
              f"--log_dir={tmp}/logs", f"--max_steps={args.steps}", f"--log_every={max(1, args.steps // 10)}",
              "--eval_every=100000", "--checkpoint_every=100000",
-             *([f"--idx_dir={args.idx_dir}"] if args.idx_dir else []), *extra_flags])
+             *([f"--idx_dir={args.idx_dir}"] if args.idx_dir else []), *(["--nodiagnostics"] if args.smoke else []),
+             *extra_flags])
     rates = [float(rate.replace(",", "")) for rate in re.findall(r"([\d,.]+) examples/s", stdout)]
     return statistics.median(rates[1:])
 

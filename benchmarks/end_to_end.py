@@ -22,7 +22,7 @@ import tempfile
 import harness
 
 IMPORT_TF = [sys.executable, "-c", "import tensorflow"]
-SMOKE_STEPS = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5"]
+SMOKE_STEPS = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5", "--nodiagnostics"]
 
 
 def paired(command: list[str], args, before=lambda: None) -> dict:

@@ -11,7 +11,8 @@ A benchmark script (run as `python benchmarks/NAME.py`, which puts this folder o
     bench.write({name: harness.spread(values) for name, values in rounds.items()}, table)
 
 `--smoke` runs the benchmark's code end to end at tiny sizes, so that a stale one fails the fast
-tier (tests/test_benchmarks.py runs every script of this folder so); its JSON goes to a temporary
+tier (tests/test_benchmarks.py runs every script of this folder so, in its own process, with the
+processes a script starts through `call` and `start` run there too); its JSON goes to a temporary
 file unless --out names one, and never into this folder, whose JSON files are measured figures.
 """
 
@@ -111,9 +112,18 @@ def cpu(cpuinfo: str = "/proc/cpuinfo") -> dict:
 
 def tensorflow() -> dict:
     """TensorFlow's version and whether its oneDNN kernels are on, as TensorFlow reports it, and the variable."""
+    if "tensorflow" in sys.modules:  # imported already (a benchmark run in a test's process): its own answer
+        from tensorflow.python.util import _pywrap_util_port
+        found = {"version": sys.modules["tensorflow"].__version__, "onednn": _pywrap_util_port.IsMklEnabled()}
+    else:
+        found = probe_tensorflow()
+    return {**found, "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+
+
+def probe_tensorflow() -> dict:
+    """TensorFlow's version and oneDNN answer, from a process that loads only the extension that knows it."""
     done = subprocess.run([sys.executable, "-c", _TENSORFLOW_PROBE], capture_output=True, text=True, check=True)
-    return {**json.loads(done.stdout.splitlines()[-1]),
-            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def commit() -> str | None:
@@ -193,11 +203,25 @@ class Failed(SystemExit):
     """A command that failed or timed out: uncaught, it ends the benchmark with its message (exit 1)."""
 
 
+# call() and start() are where a benchmark starts another process (a tool, a worker, a server): the fast
+# tier replaces them with in-process runs of the same commands (tests/test_benchmarks.py).
+
+
+def call(command: list[str], timeout: float | None = None, env=None) -> subprocess.CompletedProcess:
+    """Runs `command` from the checkout's root, its output captured. Raises subprocess.TimeoutExpired."""
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    """Starts `command` from the checkout's root, its stdout a pipe of text lines."""
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+
+
 def run(command: list[str], timeout: float | None = None, env=None) -> tuple[float, str]:
     """Runs `command` from the checkout's root: its wall seconds and stdout. Raises Failed."""
     started = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+        done = call(command, timeout, env)
     except subprocess.TimeoutExpired:
         raise Failed(f"error: timed out after {timeout} s: {' '.join(command)}") from None
     if done.returncode:

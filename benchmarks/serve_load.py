@@ -120,9 +120,8 @@ def in_process_rows(model_path: str, pixels: np.ndarray, batch: int, clients: in
 
 def start_server(model_dir: str, threads: int, poll_seconds: float = 1) -> tuple[subprocess.Popen, str, list]:
     """The server on a free port: its process, its predict URL, and the lines it prints after the first (growing)."""
-    process = subprocess.Popen([sys.executable, "-m", "mnist_dnn.serve", f"--model_dir={model_dir}", "--port=0",
-                                f"--model_threads={threads}", f"--file_system_poll_wait_seconds={poll_seconds}"],
-                               stdout=subprocess.PIPE, text=True, cwd=harness.ROOT)
+    process = harness.start([sys.executable, "-m", "mnist_dnn.serve", f"--model_dir={model_dir}", "--port=0",
+                             f"--model_threads={threads}", f"--file_system_poll_wait_seconds={poll_seconds}"])
     line = process.stdout.readline()
     if not line.startswith("Serving"):
         process.kill()
@@ -241,11 +240,10 @@ async def drive(rollout: Rollout, model_dir: str, spare: str, args) -> dict:
     async with httpx.AsyncClient(timeout=60) as http:
         await asyncio.sleep(args.phase_seconds)
         rollout.mark("export of version 2 started")
-        export = await asyncio.create_subprocess_exec(sys.executable, "-c", EXPORT_VERSION, model_dir, str(SEEDS[2]), "2",
-                                                      cwd=harness.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, err = await export.communicate()
+        export = await asyncio.to_thread(harness.call, [sys.executable, "-c", EXPORT_VERSION, model_dir,
+                                                        str(SEEDS[2]), "2"])
         if export.returncode:
-            raise harness.Failed(f"error: the export of version 2 failed: {err.decode()[-2000:]}")
+            raise harness.Failed(f"error: the export of version 2 failed: {export.stderr[-2000:]}")
         rollout.mark("export of version 2 done")
         await rollout.until(http, lambda s: state(s).get("2") == "AVAILABLE", "version 2 served")
         await asyncio.to_thread(shutil.rmtree, os.path.join(model_dir, "1"))
@@ -391,8 +389,8 @@ def main():
     parser.add_argument("--hold_seconds", type=float, default=5, help="how long version 3 stays half written, "
                         "at least (and twice the time it took to be listed as failed)")
     parser.add_argument("--poll_seconds", type=float, default=1, help="the server's --file_system_poll_wait_seconds")
-    args = harness.parse(parser, smoke={"clients": 2, "requests": 3, "phase_seconds": 1, "hold_seconds": 1,
-                                        "poll_seconds": 0.2})
+    args = harness.parse(parser, smoke={"clients": 2, "requests": 3, "rollout_clients": 2, "phase_seconds": 0.3,
+                                        "hold_seconds": 0.3, "poll_seconds": 0.05})
     parts = set(args.parts.split(","))
     if not parts or parts - {"steady", "rollout"}:
         parser.error(f"--parts must name steady, rollout or both, got {args.parts!r}")

@@ -1,20 +1,23 @@
 """benchmarks/: every script runs at --smoke and writes its JSON with the machine record; the harness's parts."""
 
 import concurrent.futures
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import subprocess
 import sys
 import time
+import traceback
 
 import numpy as np
 import pytest
 from tensorflow.python.util import _pywrap_util_port  # (TensorFlow's own answer; no public name)
 
 import tensorflow as tf
-from conftest import ROOT
+from conftest import ROOT, _environment
 
 BENCHMARKS = ROOT / "benchmarks"
 _spec = importlib.util.spec_from_file_location("benchmarks_harness", BENCHMARKS / "harness.py")
@@ -22,9 +25,11 @@ harness = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(harness)
 
 
-# The benchmarks that start no other TensorFlow process: about 30 CPU seconds together at --smoke
-# (some 15-20 s on an idle 2-core machine). Every other script of the folder starts the tools, workers
-# or a server (two to four TensorFlow start-ups of about 5 CPU seconds each, 145 in all): the slow tier.
+# The benchmarks that start no other TensorFlow process run in this one (their main(), as `python
+# benchmarks/NAME.py --smoke` calls it), which has TensorFlow started: a start-up of some 5 CPU seconds
+# saved for each. Not phases.py, which times the start-up of its own process and wraps the library's
+# functions for good: it runs as a script, beside them. Every other script of the folder starts the
+# tools, workers or a server (two to four TensorFlow start-ups each, 145 CPU seconds in all): the slow tier.
 IN_PROCESS = ("dropout_masks.py", "inference.py", "periodic_stop.py", "phases.py")
 
 
@@ -37,14 +42,41 @@ def committed_results() -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in BENCHMARKS.iterdir() if p.is_file()}
 
 
+def smoke_arguments(script: str, tiny_data, out) -> list[str]:
+    return [str(BENCHMARKS / script), "--smoke", f"--out={out}", f"--data_dir={tiny_data.data_dir}",
+            f"--idx_dir={tiny_data.idx_dir}"]
+
+
 def smoke(script: str, tiny_data, out) -> tuple[subprocess.CompletedProcess, float]:
     env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke", f"--out={out}",
-                           f"--data_dir={tiny_data.data_dir}", f"--idx_dir={tiny_data.idx_dir}"],
+    done = subprocess.run([sys.executable, *smoke_arguments(script, tiny_data, out)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     return done, time.perf_counter() - started
+
+
+def smoke_here(script: str, tiny_data, out) -> tuple[subprocess.CompletedProcess, float]:
+    """`python benchmarks/SCRIPT --smoke` in this process: its main() with the same arguments and environment;
+    what it sets in the environment is undone. Exit 1 with the traceback if it raises."""
+    argv = smoke_arguments(script, tiny_data, out)
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DNN_IDX_DIR"}
+    spec = importlib.util.spec_from_file_location(f"benchmark_{script[:-len('.py')]}", BENCHMARKS / script)
+    module = importlib.util.module_from_spec(spec)
+    started, code, err = time.perf_counter(), 0, io.StringIO()
+    with _environment(env), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        sys.argv, sys.modules["harness"] = argv, harness  # (`import harness`, as beside it)
+        try:
+            spec.loader.exec_module(module)
+            module.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        except Exception:
+            code = 1
+            traceback.print_exc(file=err)
+        finally:
+            del sys.modules["harness"]
+    return subprocess.CompletedProcess(argv, code, "", err.getvalue()), time.perf_counter() - started
 
 
 def cpu_flags() -> list[str]:
@@ -65,11 +97,15 @@ def check_machine(machine: dict) -> None:
     assert [len(machine["load_average"][when]) for when in ("before", "after")] == [3, 3]
 
 
-def run_at_smoke(names: list[str], tiny_data, tmp_path) -> None:
-    """Each script at --smoke, a few at a time: exit 0, a JSON with the machine record, nothing in benchmarks/ changed."""
+def run_at_smoke(names: list[str], tiny_data, tmp_path, here=()) -> None:
+    """Each script at --smoke, those in `here` in this process, the others a few at a time in their own, meanwhile:
+    exit 0, a JSON with the machine record, nothing in benchmarks/ changed."""
     before = committed_results()
     with concurrent.futures.ThreadPoolExecutor(min(6, (os.cpu_count() or 1) + 1)) as pool:
-        runs = dict(zip(names, pool.map(lambda name: smoke(name, tiny_data, tmp_path / f"{name}.json"), names)))
+        started = {name: pool.submit(smoke, name, tiny_data, tmp_path / f"{name}.json")
+                   for name in names if name not in here}
+        runs = {name: smoke_here(name, tiny_data, tmp_path / f"{name}.json") for name in here}  # meanwhile
+        runs.update((name, future.result()) for name, future in started.items())
     for name, (done, seconds) in sorted(runs.items(), key=lambda item: -item[1][1]):
         print(f"{name}: exit {done.returncode}, {seconds:.1f} s")
     failed = {name: done.stderr[-1500:] for name, (done, _) in runs.items() if done.returncode}
@@ -84,7 +120,7 @@ def run_at_smoke(names: list[str], tiny_data, tmp_path) -> None:
 
 def test_benchmarks_that_start_no_other_process_run_at_smoke(tiny_data, tmp_path):
     assert set(IN_PROCESS) <= set(scripts())
-    run_at_smoke(list(IN_PROCESS), tiny_data, tmp_path)
+    run_at_smoke(list(IN_PROCESS), tiny_data, tmp_path, here=[n for n in IN_PROCESS if n != "phases.py"])
 
 
 @pytest.mark.slow

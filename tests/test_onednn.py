@@ -50,6 +50,22 @@ def test_this_session_runs_the_kernels_its_environment_chose():
     assert onednn.running() is (os.environ[onednn.ENV] == "1")
 
 
+def test_use_onednn_sets_the_variable_before_tensorflow_is_imported_and_refuses_after(monkeypatch):
+    """In this process (TensorFlow imported): the refusal, and the variable set as if it were not yet.
+    That TensorFlow then runs the kernels it chose: the session's own choice above, and in a fresh process below."""
+    import mnist_dnn
+    monkeypatch.setenv(onednn.ENV, "1")
+    with pytest.raises(mnist_dnn.Error, match="^use_onednn must be called before TensorFlow is imported: call it "
+                                              "first in the program$"):
+        mnist_dnn.use_onednn("off")
+    assert os.environ[onednn.ENV] == "1"
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    for choice, expected in (("off", "0"), ("on", "1"), ("auto", "1")):  # auto keeps a value set
+        mnist_dnn.use_onednn(choice)
+        assert os.environ[onednn.ENV] == expected
+
+
+@pytest.mark.slow
 def test_use_onednn_sets_the_switch_before_tensorflow_starts_and_refuses_after():
     probe = ("import mnist_dnn\n"
              "mnist_dnn.use_onednn('on')\n"

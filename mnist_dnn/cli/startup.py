@@ -90,11 +90,11 @@ def cache_key(cpuinfo: str = "/proc/cpuinfo", tensorflow: str | None = None) -> 
     compiles for) and the installed TensorFlow's version (`tensorflow` unless given; read without importing it), or
     None where either cannot be read."""
     flags = onednn.cpu_flags_line(cpuinfo)
+    if flags is None:
+        return None
     try:
         tensorflow = tensorflow or importlib.metadata.version("tensorflow")
     except importlib.metadata.PackageNotFoundError:
-        return None
-    if flags is None:
         return None
     return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}-tf{tensorflow}"
 

@@ -28,8 +28,9 @@ def log_scalars(writer, step: int, part: str = "", **scalars) -> None:
             tf.summary.scalar(f"{part}/{name}" if part else name, value)
 
 
-def has_events(log_dir: str) -> bool:
-    return bool(tf.io.gfile.glob(os.path.join(log_dir, "events.out.tfevents.*")))
+def event_files(log_dir: str) -> list[str]:
+    """The event files in the log folder itself (not its subfolders'), oldest first."""
+    return sorted(glob.glob(os.path.join(glob.escape(log_dir), "*tfevents*")))
 
 
 def write_run_summary(writer, hparams: dict, forward_graph, trial: str) -> None:
@@ -72,7 +73,7 @@ def logged_trials(log_dir: str) -> list[str]:
 
     trials = []
     # TensorBoard's reader: no TensorFlow op, so devices can still be configured after it (--virtual_cpus).
-    for path in sorted(glob.glob(os.path.join(glob.escape(log_dir), "*tfevents*"))):
+    for path in event_files(log_dir):
         try:
             for event in event_file_loader.EventFileLoader(path).Load():
                 for value in event.summary.value:

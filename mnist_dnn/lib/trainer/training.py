@@ -196,7 +196,7 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ch
     if start >= config.max_steps or actions.patience_exhausted(best, start, config.early_stopping_patience,
                                                                 config.eval_every):
         return _already_finished(config, start, best, save_to, resumed_from, say)
-    first_in_log_dir = log_dir is not None and not summaries.has_events(log_dir)
+    first_in_log_dir = log_dir is not None and not summaries.event_files(log_dir)
     run = _Run(config, state, strategy, splits, log_dir, save_to, best, say, on_validation)
     if log_dir:
         chief_dir.save_config(RunConfig.of(config, run_id))

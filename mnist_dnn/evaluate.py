@@ -7,6 +7,8 @@ Example (the latest checkpoint of the run trained by `python -m mnist_dnn.train 
 
 from mnist_dnn.cli import app as cli  # first: in a tool's process, Ctrl-C during the imports below is one line
 
+from absl import flags
+
 from mnist_dnn import api
 from mnist_dnn.api import EvaluateConfig
 
@@ -39,7 +41,7 @@ def main(argv):
     del argv
     config = cli.tool_config(EvaluateConfig).validate()
     if config.metrics_file:
-        cli.check_output_file("metrics_file", config.metrics_file, METRICS_KINDS)
+        cli.check_output_file("metrics_file", config.metrics_file, METRICS_KINDS, overwrite=flags.FLAGS.overwrite)
     report = api.evaluate_with(config, say=cli.say)
     print(format_report(report))
     if config.confusion_matrix:

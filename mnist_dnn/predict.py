@@ -65,7 +65,8 @@ def main(argv):
     if not paths:
         raise UsageError("no image files given: python -m mnist_dnn.predict --model_dir=exports/mnist/1 FILE [FILE...]")
     if config.rest_request:
-        cli.check_output_file("rest_request", config.rest_request, REQUEST_KINDS, inputs=tuple(paths))
+        cli.check_output_file("rest_request", config.rest_request, REQUEST_KINDS, overwrite=flags.FLAGS.overwrite,
+                              inputs=tuple(paths))
         readable = read_files(paths, config.max_image_bytes)
         if len(readable) < len(paths):
             return 1  # a request must hold every file: nothing written

@@ -26,7 +26,7 @@ RESULT_KINDS = (("step", "start_step", "checkpoint"), ("error", "exit_code"))
 def main(argv):
     del argv
     if FLAGS.result_file:  # (refused, it gets no error written into it)
-        cli.check_output_file("result_file", FLAGS.result_file, RESULT_KINDS,
+        cli.check_output_file("result_file", FLAGS.result_file, RESULT_KINDS, overwrite=FLAGS.overwrite,
                               written=tuple(d for d in (FLAGS.ckpt_dir, FLAGS.export_dir) if d))
     try:
         result = api.train(cli.tool_config(api.TrainConfig), say=cli.say)

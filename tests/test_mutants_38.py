@@ -17,8 +17,8 @@ import tensorflow as tf
 import mnist_dnn
 from conftest import ROOT
 from mnist_dnn import api
-from mnist_dnn.cli import startup
-from mnist_dnn.lib import files, onednn, outputs, processes
+from mnist_dnn.cli import app as cli, startup
+from mnist_dnn.lib import files, onednn, processes
 from mnist_dnn.lib.core import exporting, models
 from mnist_dnn.lib.errors import Error, UsageError
 from mnist_dnn.lib.experiments import trials
@@ -113,7 +113,7 @@ def test_a_link_to_a_regular_file_is_a_plain_target(tmp_path):
 def test_an_output_file_over_a_fifo_is_refused_as_usage(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(UsageError, match="is a FIFO, not a regular file; pass the path of a regular file"):
-        outputs.check_output_file("result_file", str(tmp_path / "fifo"), (("accuracy",),), overwrite=True)
+        cli.check_output_file("result_file", str(tmp_path / "fifo"), (("accuracy",),), overwrite=True)
 
 
 def test_a_file_of_exactly_the_cap_is_read_and_a_byte_more_is_refused(tmp_path):
@@ -166,9 +166,9 @@ def test_a_file_with_only_some_of_an_outputs_keys_is_not_replaced(tmp_path):
     path.write_text('{"accuracy": 0.5}')
     kinds = (("accuracy", "loss", "checkpoint"),)
     with pytest.raises(UsageError, match="exists and is not a file this tool wrote"):
-        outputs.check_output_file("metrics_file", str(path), kinds)
+        cli.check_output_file("metrics_file", str(path), kinds)
     path.write_text('{"accuracy": 0.5, "loss": 1, "checkpoint": "c"}')
-    outputs.check_output_file("metrics_file", str(path), kinds)
+    cli.check_output_file("metrics_file", str(path), kinds)
 
 
 # --- the worker shutdown --------------------------------------------------------------------------

@@ -12,17 +12,18 @@ import pytest
 import tensorflow as tf
 
 from conftest import call_tool
-from mnist_dnn.lib import files, outputs
+from mnist_dnn.cli import app as cli
+from mnist_dnn.lib import files
 from mnist_dnn.lib.errors import UsageError
 
 METRICS = (("checkpoint", "step", "validation", "test"),)
 
 
 def test_a_new_file_or_an_earlier_output_of_the_same_kind_may_be_written(tmp_path):
-    outputs.check_output_file("metrics_file", str(tmp_path / "new.json"), METRICS)
+    cli.check_output_file("metrics_file", str(tmp_path / "new.json"), METRICS)
     earlier = tmp_path / "m.json"
     earlier.write_text(json.dumps({"checkpoint": "c", "step": 3, "validation": {}, "test": {}, "more": 1}))
-    outputs.check_output_file("metrics_file", str(earlier), METRICS)
+    cli.check_output_file("metrics_file", str(earlier), METRICS)
 
 
 @pytest.mark.parametrize("content", ['{"checkpoint": "c", "step": 3}', "[1, 2]", "not json", ""])
@@ -30,29 +31,29 @@ def test_another_file_is_replaced_only_with_overwrite(tmp_path, content):
     other = tmp_path / "other.json"
     other.write_text(content)
     with pytest.raises(UsageError, match="exists and is not a file this tool wrote"):
-        outputs.check_output_file("metrics_file", str(other), METRICS)
-    outputs.check_output_file("metrics_file", str(other), METRICS, overwrite=True)
+        cli.check_output_file("metrics_file", str(other), METRICS)
+    cli.check_output_file("metrics_file", str(other), METRICS, overwrite=True)
 
 
 def test_a_file_beside_a_run_folder_is_not_inside_it(tmp_path):
     """A sweep's <root>/<run>/result.json sits beside the run's ckpt/: allowed."""
     (tmp_path / "run" / "ckpt").mkdir(parents=True)
     (tmp_path / "run" / "ckpt" / "model_config.json").write_text("{}")
-    outputs.check_output_file("result_file", str(tmp_path / "run" / "result.json"), (("step",),))
+    cli.check_output_file("result_file", str(tmp_path / "run" / "result.json"), (("step",),))
     with pytest.raises(UsageError, match="is inside a run folder"):
-        outputs.check_output_file("result_file", str(tmp_path / "run" / "ckpt" / "result.json"), (("step",),))
+        cli.check_output_file("result_file", str(tmp_path / "run" / "ckpt" / "result.json"), (("step",),))
 
 
 def test_a_folder_of_checkpoints_without_its_config_is_a_run_folder_too(tmp_path):
     (tmp_path / "model.ckpt-30.index").write_bytes(b"")
     with pytest.raises(UsageError, match="is inside a run folder"):
-        outputs.check_output_file("metrics_file", str(tmp_path / "m.json"), METRICS)
+        cli.check_output_file("metrics_file", str(tmp_path / "m.json"), METRICS)
 
 
 def test_numbered_folders_without_a_model_are_no_export(tmp_path):
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "notes.txt").write_text("a numbered folder of my own")
-    outputs.check_output_file("metrics_file", str(tmp_path / "m.json"), METRICS)
+    cli.check_output_file("metrics_file", str(tmp_path / "m.json"), METRICS)
 
 
 def test_predict_replaces_its_own_request_and_another_file_with_overwrite(tmp_path):
@@ -82,7 +83,7 @@ def test_a_write_never_replaces_what_is_not_a_regular_file(tmp_path, make):
      "link to a fifo": lambda: target.symlink_to(fifo)}[make]()
     kind = os.lstat(target).st_mode
     with pytest.raises(UsageError, match="not a regular file"):
-        outputs.check_output_file("metrics_file", str(target), METRICS, overwrite=True)
+        cli.check_output_file("metrics_file", str(target), METRICS, overwrite=True)
     with pytest.raises(OSError, match="not a regular file"):
         files.write_text(str(target), "{}")
     assert os.lstat(target).st_mode == kind and sorted(os.listdir(tmp_path)) == ["fifo", "target"]

@@ -1,7 +1,7 @@
 """The Python API: train, evaluate and export a model, and classify images, with no flags (docs/python.md); and what the
 other tools do (inspect, serve, sweep, search, report), which reach the library only through here. `import
 mnist_dnn` offers the first names lazily. Settings are named as the tools' flags, and go through the same function from text
-to a config (`settings.build`) and the same checks. TensorFlow is imported by the first call that needs it, not by
+to a config (`cli.config_from`) and the same checks. TensorFlow is imported by the first call that needs it, not by
 importing this module."""
 
 import functools
@@ -10,7 +10,7 @@ import os
 import sys
 
 from mnist_dnn.cli import app as cli
-from mnist_dnn.lib import files, onednn, settings
+from mnist_dnn.lib import files, onednn
 from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, MAX_IMAGE_BYTES, EvaluateConfig,  # noqa: F401 (the tools' configs)
                                   ExportConfig, PredictConfig, RestoreConfig, RunData, ServeConfig, TrainConfig)
 from mnist_dnn.lib.errors import BusyError, CheckpointError, DataError, Error, UsageError  # noqa: F401 (for the tools)
@@ -19,13 +19,13 @@ from mnist_dnn.lib.experiments.search import KINDS as SEARCH_KINDS, SearchConfig
 
 def preset(name: str, **changes) -> TrainConfig:
     """The shipped configs/NAME.cfg as a TrainConfig, read as the tools read it, with `changes` (named as flags) on top."""
-    return config(**{**cli.preset_settings(name, TrainConfig), **changes})
+    return cli.config_from(TrainConfig, {**cli.preset_settings(name, TrainConfig), **changes})
 
 
 def config(**changes) -> TrainConfig:
     """A TrainConfig from settings named as flags (model="cnn", hidden_units=(256, 128), max_steps=500, ...). Without
     `idx_dir`, the MNIST IDX files of $MNIST_DNN_IDX_DIR are used if it is set, as the tools do."""
-    return _build(TrainConfig, changes)
+    return cli.config_from(TrainConfig, changes)
 
 
 def train(train_config: TrainConfig, say=print):
@@ -37,7 +37,7 @@ def train(train_config: TrainConfig, say=print):
 
 def evaluate(ckpt_dir: str, **changes) -> dict:
     """The metrics of a run's latest checkpoint (`which="best"`, or `checkpoint=PATH`) on validation and test."""
-    return evaluate_with(_tool_config(EvaluateConfig, ckpt_dir=ckpt_dir, **changes))
+    return evaluate_with(cli.config_from(EvaluateConfig, {"ckpt_dir": ckpt_dir, **changes}).validate())
 
 
 def evaluate_with(evaluate_config: EvaluateConfig, say=print) -> dict:
@@ -51,7 +51,8 @@ def evaluate_with(evaluate_config: EvaluateConfig, say=print) -> dict:
 
 def export(ckpt_dir: str, export_dir: str, **changes) -> str:
     """Exports a run's checkpoint as the next version of `export_dir` (`format="litert"` or "keras"); returns its path."""
-    return export_with(_tool_config(ExportConfig, ckpt_dir=ckpt_dir, export_dir=export_dir, **changes))[0]
+    return export_with(cli.config_from(ExportConfig, {"ckpt_dir": ckpt_dir, "export_dir": export_dir, **changes})
+                       .validate())[0]
 
 
 def export_with(export_config: ExportConfig, say=print) -> tuple[str, str, int]:
@@ -187,14 +188,3 @@ def use_onednn(choice: str = "auto") -> None:
         raise UsageError("use_onednn must be called before TensorFlow is imported: call it first in the program")
     onednn.choose(choice)
 
-
-def _tool_config(config_class, **changes):
-    return _build(config_class, changes).validate()
-
-
-def _build(config_class, changes: dict):
-    unknown = sorted(set(changes) - {name for _, name in settings.flag_fields(config_class)})
-    if unknown:
-        raise UsageError(f"{', '.join(unknown)}: not a setting of {config_class.__name__} (the settings are named as "
-                         "the tool's flags: python -m mnist_dnn.train --help)")
-    return settings.build(config_class, {**changes, "idx_dir": settings.idx_dir(changes.get("idx_dir"))})

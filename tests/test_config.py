@@ -78,8 +78,9 @@ def test_the_defaults_validate():
 
 
 @pytest.fixture
-def flag_values():
-    """A private FlagValues with the training flags declared from TrainConfig."""
+def flag_values(monkeypatch):
+    """A private FlagValues with the training flags declared from TrainConfig (no offline MNIST of the environment)."""
+    monkeypatch.delenv("MNIST_DNN_IDX_DIR", raising=False)
     values = flags.FlagValues()
     cli.define_config_flags(TrainConfig, flag_values=values)
     return values
@@ -97,7 +98,7 @@ def test_every_field_is_a_flag_with_the_field_default(flag_values):
 def test_flags_parse_into_the_config(flag_values):
     flag_values(["prog", "--model=DNN", "--hidden_units=256,128", "--learning_rate=0.5", "--devices=/cpu:0,/cpu:1",
                  "--nojit_compile", "--dataset=kmnist"])
-    config = cli.config_from_flags(TrainConfig, flag_values)
+    config = cli.tool_config(TrainConfig, flag_values)
     assert config.model == ModelConfig("raw", (256, 128)) and config.learning_rate == 0.5
     assert config.devices == ("/cpu:0", "/cpu:1") and config.jit_compile is False and config.data.dataset == "kmnist"
     assert config.data.validation_size == config_lib.DataConfig.validation_size  # not a flag: its default
@@ -105,7 +106,7 @@ def test_flags_parse_into_the_config(flag_values):
 
 def test_no_flags_give_the_default_config(flag_values):
     flag_values(["prog"])
-    assert cli.config_from_flags(TrainConfig, flag_values) == TrainConfig()
+    assert cli.tool_config(TrainConfig, flag_values) == TrainConfig()
 
 
 def test_a_config_error_is_reported_as_the_flag_of_the_same_name():
@@ -114,13 +115,13 @@ def test_a_config_error_is_reported_as_the_flag_of_the_same_name():
 
 def test_conv_filters_parse_from_flags_and_default_to_the_models_own(flag_values):
     flag_values(["prog", "--model=cnn", "--conv_filters=16,32", "--dropout=0.25"])
-    assert cli.config_from_flags(TrainConfig, flag_values).model == ModelConfig("cnn", (128,), 0.25, (16, 32))
+    assert cli.tool_config(TrainConfig, flag_values).model == ModelConfig("cnn", (128,), 0.25, (16, 32))
     flag_values.unparse_flags()
     flag_values(["prog", "--model=lenet5"])
-    assert cli.config_from_flags(TrainConfig, flag_values).model.conv_filters == (6, 16)
+    assert cli.tool_config(TrainConfig, flag_values).model.conv_filters == (6, 16)
     flag_values.unparse_flags()
     flag_values(["prog", "--model=cnn", "--conv_filters=16,16,32,32", "--pool_every=2"])
-    assert cli.config_from_flags(TrainConfig, flag_values).model == ModelConfig("cnn", conv_filters=(16, 16, 32, 32),
+    assert cli.tool_config(TrainConfig, flag_values).model == ModelConfig("cnn", conv_filters=(16, 16, 32, 32),
                                                                                 pool_every=2)
 
 
@@ -175,7 +176,8 @@ def test_each_tool_s_config_takes_its_defaults_and_its_bounds():
         config_lib.ExportConfig(format="saved_model", quantize="int8").validate()
 
 
-def test_a_tool_s_own_flags_are_its_own_its_nested_configs_shared_and_choices_enums():
+def test_a_tool_s_own_flags_are_its_own_its_nested_configs_shared_and_choices_enums(monkeypatch):
+    monkeypatch.delenv("MNIST_DNN_IDX_DIR", raising=False)
     values = flags.FlagValues()
     cli.define_config_flags(config_lib.EvaluateConfig, flag_values=values, tool="mnist_dnn.evaluate")
     by_module = {module: {f.name for f in defined} for module, defined in values.flags_by_module_dict().items()}
@@ -184,6 +186,6 @@ def test_a_tool_s_own_flags_are_its_own_its_nested_configs_shared_and_choices_en
     with pytest.raises(flags.IllegalFlagValueError, match=re.escape("value should be one of <latest|best>")):
         values(["prog", "--which=worst"])
     values(["prog", "--which=best", "--batch_size=10", "--dataset=kmnist", "--checkpoint=c/model.ckpt-5"])
-    assert cli.config_from_flags(config_lib.EvaluateConfig, values) == config_lib.EvaluateConfig(
+    assert cli.tool_config(config_lib.EvaluateConfig, values) == config_lib.EvaluateConfig(
         config_lib.RestoreConfig(checkpoint="c/model.ckpt-5", which="best"), config_lib.RunData(dataset="kmnist"),
         batch_size=10)

@@ -66,20 +66,25 @@ def preset_settings(name: str, config_class) -> dict:
     return {**dict.fromkeys(arg.lstrip("-").partition("=")[0] for arg in others[1:]), **given}
 
 
-def config_from_flags(config_class, values=flags.FLAGS):
-    """An instance of `config_class` from the parsed flags; unflagged fields keep their defaults."""
-    return settings.build(config_class, {name: values[name].value for _, name in settings.flag_fields(config_class)})
-
-
-def tool_settings(config_class) -> dict:
+def tool_settings(config_class, values=flags.FLAGS) -> dict:
     """A tool's settings by flag name: its flags as parsed, and --idx_dir (if it has one) else the environment's."""
-    given = {name: flags.FLAGS[name].value for _, name in settings.flag_fields(config_class)}
+    given = {name: values[name].value for _, name in settings.flag_fields(config_class)}
     return {**given, "idx_dir": settings.idx_dir(given["idx_dir"])} if "idx_dir" in given else given
 
 
-def tool_config(config_class):
-    """The config a tool's main reads its flags into, and passes down: from `tool_settings`."""
-    return settings.build(config_class, tool_settings(config_class))
+def tool_config(config_class, values=flags.FLAGS):
+    """The config a tool's main reads its flags into, and passes down; unflagged fields keep their defaults."""
+    return config_from(config_class, tool_settings(config_class, values))
+
+
+def config_from(config_class, given: dict):
+    """A `config_class` from settings named as its flags (a tool's, or the Python API's keywords): another name is a
+    UsageError; without `idx_dir`, the environment's (`settings.idx_dir`)."""
+    unknown = sorted(set(given) - {name for _, name in settings.flag_fields(config_class)})
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)}: not a setting of {config_class.__name__} (the settings are named as "
+                         "the tool's flags: python -m mnist_dnn.train --help)")
+    return settings.build(config_class, {**given, "idx_dir": settings.idx_dir(given.get("idx_dir"))})
 
 
 def idx_dir(values) -> str | config_lib.DatasetIdxDir | None:

@@ -13,7 +13,7 @@ import platform
 import signal
 import sys
 
-from mnist_dnn.lib import files, native_output, onednn, xla_cache
+from mnist_dnn.lib import native_output, onednn, xla_cache
 
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
@@ -119,18 +119,19 @@ def xla_cache_cap(environ) -> int:
 
 def use_xla_cache(environ=os.environ, key: str | None = None) -> None:
     """Adds XLA's persistent cache to TF_XLA_FLAGS, unless one is set; none (with a warning if the user chose
-    it) in a folder XLA could not write, which would fail every compilation. The cache's root is kept within its
-    cap now and when the process ends (`xla_cache.evict`)."""
+    it) in a folder XLA could not write (`xla_cache.prepare`). The cache's root is kept within its cap now and when
+    the process ends (`xla_cache.evict`)."""
     folder = xla_cache_folder(environ, key or cache_key())
     flags = environ.get("TF_XLA_FLAGS", "")
     if not folder or xla_cache.FOLDER_FLAG in flags:
         return
-    if files.folder_problem(folder):
+    cache_flags = xla_cache.prepare(folder)
+    if cache_flags is None:
         if environ.get(XLA_CACHE_ENV) is not None:
             print(f"warning: {XLA_CACHE_ENV}={environ[XLA_CACHE_ENV]} is not a folder that can be written; "
                   "compiling without the cache", file=sys.stderr)
         return
-    environ["TF_XLA_FLAGS"] = f"{flags} {xla_cache.prepare(folder)}".strip()
+    environ["TF_XLA_FLAGS"] = f"{flags} {cache_flags}".strip()
     root, cap, used = os.path.dirname(folder), xla_cache_cap(environ), xla_cache.watch(folder)
     xla_cache.evict(root, cap)
     atexit.register(lambda: xla_cache.evict(root, cap, used()))

@@ -30,8 +30,11 @@ _OPENED_ENTRY = re.compile(rb"xla_compile_cache__[^\0/]*\.pb(?=\0)")
 _TEMPORARY = re.compile(r"\.pb(?P<host>.+)-[0-9a-f]+-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
 
 
-def prepare(folder: str) -> str:
-    """Tidies `folder` before XLA uses it; returns the flags that point XLA at it."""
+def prepare(folder: str) -> str | None:
+    """Tidies `folder` before XLA uses it; returns the flags that point XLA at it, or None for a folder XLA could not
+    write, which would fail every compilation."""
+    if files.folder_problem(folder):
+        return None
     _remove(_temporary_files(folder, files.process_is_gone))
     flags = f"{FOLDER_FLAG}={folder}"
     short_of_space = shutil.disk_usage(files.nearest_existing(folder)).free < MIN_FREE_BYTES

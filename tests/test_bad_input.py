@@ -314,7 +314,7 @@ SERVE = [  # start-up errors: the server never starts serving
     (["--model_dir={tmp}/nothing"], 1, "{tmp}/nothing does not exist"),
     (["--model_dir={tmp}"], 1, "holds no model"),
     (["--model_dir={file}"], 2, "{file} is not a LiteRT model of mnist_dnn"),
-    (["--model_dir={tmp}/nothing", "--port=70000"], 2, "--port must be a whole number from 0 to 65535"),
+    (["--model_dir={tmp}/nothing", "--port=70000"], 2, "--port must be a whole number from 0 to 65,535"),
     (["--port=http"], 2, "port"),
     (["--model_name=a/b"], 2, "--model_name must be letters, digits"),
     (["--max_request_bytes=0"], 2, "--max_request_bytes must be"),

@@ -71,9 +71,9 @@ def _choice(field: str, value, choices) -> None:
         raise ConfigError(field, f"must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _positive_int(field: str, value, maximum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
-        raise ConfigError(field, f"must be a whole number from 1 to {maximum:,}; got {value!r}")
+def _whole_number(field: str, value, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(field, f"must be a whole number from {low:,} to {high:,}; got {value!r}")
 
 
 def _float32_in(field: str, value, low: float, high: float, what: str, low_inclusive: bool = False) -> None:
@@ -143,7 +143,7 @@ class ModelConfig:
         if self.name != "logistic" and not self.hidden_units:
             raise ConfigError("hidden_units", f"must name at least one layer for `model`={self.name}, e.g. 128")
         for units in self.hidden_units:
-            _positive_int("hidden_units", units, MAX_HIDDEN_UNITS)
+            _whole_number("hidden_units", units, 1, MAX_HIDDEN_UNITS)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout!r}")
         if self.dropout and self.name not in DROPOUT_MODELS:
@@ -169,7 +169,7 @@ class ModelConfig:
             raise ConfigError("conv_filters", f"must name 1 to {MAX_CONV_LAYERS} convolutions for the {self.name} model, "
                               f"e.g. 32,64; got {len(self.conv_filters)}")
         for filters in self.conv_filters:
-            _positive_int("conv_filters", filters, MAX_CONV_FILTERS)
+            _whole_number("conv_filters", filters, 1, MAX_CONV_FILTERS)
         if isinstance(self.pool_every, bool) or not isinstance(self.pool_every, int) or self.pool_every < 0:
             raise ConfigError("pool_every", f"must be a whole number of convolutions, 0 for one pool after the last; "
                               f"got {self.pool_every!r}")
@@ -268,11 +268,12 @@ class TrainConfig:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("strategy", self.strategy, STRATEGIES)
         _float32_in("learning_rate", self.learning_rate, 0.0, 1e6, "a positive number of at most 1e6")
-        _positive_int("batch_size", self.batch_size, MAX_BATCH_SIZE)
-        for field in ("max_steps", "log_every", "eval_every", "checkpoint_every", "steps_per_call"):
-            _positive_int(field, getattr(self, field), MAX_STEPS)
-        _positive_int("keep_checkpoints", self.keep_checkpoints, 10_000)
-        self._validate_ranges()
+        ranges = {"batch_size": (1, MAX_BATCH_SIZE), "max_steps": (1, MAX_STEPS), "log_every": (1, MAX_STEPS),
+                  "eval_every": (1, MAX_STEPS), "checkpoint_every": (1, MAX_STEPS), "steps_per_call": (1, MAX_STEPS),
+                  "keep_checkpoints": (1, 10_000), "seed": (0, MAX_SEED), "augment_shift": (0, MAX_SHIFT),
+                  "virtual_cpus": (0, 64), "early_stopping_patience": (0, MAX_STEPS)}
+        for field, (low, high) in ranges.items():
+            _whole_number(field, getattr(self, field), low, high)
         _float32_in("augment_rotate", self.augment_rotate, 0.0, MAX_ROTATE, f"a number of degrees from 0 to {MAX_ROTATE:g}",
                     low_inclusive=True)
         _float32_in("augment_scale", self.augment_scale, 0.0, MAX_SCALE, f"a fraction from 0 to {MAX_SCALE:g}",
@@ -281,14 +282,6 @@ class TrainConfig:
             raise ConfigError("jit_compile", f"runs on one device, not with `strategy`={self.strategy}; drop one of them")
         if self.devices and self.strategy != "mirrored":
             raise ConfigError("devices", f"is for `strategy`=mirrored, not `strategy`={self.strategy}")
-
-    def _validate_ranges(self) -> None:
-        ranges = {"seed": (0, MAX_SEED), "augment_shift": (0, MAX_SHIFT), "virtual_cpus": (0, 64),
-                  "early_stopping_patience": (0, MAX_STEPS)}
-        for field, (low, high) in ranges.items():
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigError(field, f"must be a whole number from {low} to {high:,}; got {value!r}")
 
     def resume_settings(self) -> dict:
         """What an exact resume depends on besides the model: stored beside the checkpoints."""
@@ -327,7 +320,7 @@ class EvaluateConfig:
                                      "predicted).")
 
     def validate(self) -> "EvaluateConfig":
-        _positive_int("batch_size", self.batch_size, MAX_BATCH_SIZE)
+        _whole_number("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         return self
 
 
@@ -371,8 +364,7 @@ class PredictConfig:
             raise ConfigError("min_confidence", f"must be between 0 and 1, got {self.min_confidence}")
         if self.max_image_bytes < 1:
             raise ConfigError("max_image_bytes", f"must be a whole number of bytes from 1, got {self.max_image_bytes}")
-        if not 1 <= self.digits <= 10_000:
-            raise ConfigError("digits", f"must be a whole number from 1 to 10,000, got {self.digits}")
+        _whole_number("digits", self.digits, 1, 10_000)
         return self
 
 
@@ -392,12 +384,9 @@ class ServeConfig:
     def validate(self) -> "ServeConfig":
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.model_name):
             raise ConfigError("model_name", f"must be letters, digits, '_', '.' or '-'; got {self.model_name!r}")
-        if not 0 <= self.port <= MAX_PORT:
-            raise ConfigError("port", f"must be a whole number from 0 to {MAX_PORT}; got {self.port}")
-        if not 1024 <= self.max_request_bytes <= 2**31:
-            raise ConfigError("max_request_bytes", f"must be from 1024 to {2**31:,}; got {self.max_request_bytes}")
-        if not 0 <= self.file_system_poll_wait_seconds <= 86400:
-            raise ConfigError("file_system_poll_wait_seconds", f"must be from 0 to 86400; got "
-                              f"{self.file_system_poll_wait_seconds}")
-        _positive_int("model_threads", self.model_threads, 64)
+        _whole_number("port", self.port, 0, MAX_PORT)
+        _whole_number("max_request_bytes", self.max_request_bytes, 1024, 2**31)
+        _float32_in("file_system_poll_wait_seconds", self.file_system_poll_wait_seconds, 0, 86400,
+                    "a number of seconds from 0 to 86400", low_inclusive=True)
+        _whole_number("model_threads", self.model_threads, 1, 64)
         return self

@@ -26,7 +26,7 @@ from absl import flags
 
 from mnist_dnn import api
 
-cli.define_train_flags()  # the base of every trial
+cli.define_train_flags(api.TrainConfig)  # the base of every trial
 cli.define_config_flags(api.SearchConfig)
 flags.DEFINE_multi_string("space", [], "An axis of the search space: NAME=KIND:ARGS with KIND one of "
                           f"{', '.join(api.SEARCH_KINDS)}, e.g. learning_rate=loguniform:1e-4:1e-1 or "

@@ -18,7 +18,7 @@ from absl import flags
 
 from mnist_dnn import api
 
-cli.define_train_flags()  # passed to each run
+cli.define_train_flags(api.TrainConfig)  # passed to each run
 flags.DEFINE_multi_string("grid", [], "An axis of the grid: NAME=V1,V2,... (repeat for more axes); "
                           "list values join their elements with '-', e.g. hidden_units=128,256-128.")
 flags.DEFINE_string("root", None, "Folder of the sweep: one subfolder per run, sweep.json, report.{csv,md,png}.")

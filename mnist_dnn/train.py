@@ -17,7 +17,7 @@ from absl import flags
 
 from mnist_dnn import api
 
-cli.define_train_flags()
+cli.define_train_flags(api.TrainConfig)
 FLAGS = flags.FLAGS
 # The forms of the result file (an existing one of these is the tool's own): a run's figures, or its error.
 RESULT_KINDS = (("step", "start_step", "checkpoint"), ("error", "exit_code"))

@@ -16,13 +16,10 @@ startup.interrupt_quietly()  # first: in a tool's process, Ctrl-C during the imp
 from absl import app, flags, logging
 
 from mnist_dnn.cli import command_line
-from mnist_dnn.lib import config as config_lib, files, onednn, settings
+from mnist_dnn.lib import files, settings
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
-
-flags.DEFINE_enum("onednn", "auto", onednn.CHOICES, "TensorFlow's oneDNN CPU kernels: on, off, or auto (on for "
-                  "x86-64 CPUs with AVX2, where they were measured faster; else TensorFlow's default). Set before "
-                  "TensorFlow starts; an exported TF_ENABLE_ONEDNN_OPTS wins over auto.", module_name="mnist_dnn.cli")
+startup.define_onednn_flag()
 _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
            bool: flags.DEFINE_boolean, tuple: flags.DEFINE_list}
 
@@ -43,12 +40,13 @@ def define_config_flags(config_class, only: tuple[str, ...] | None = None, flag_
                    **(module if field in own else {}))
 
 
-def define_train_flags() -> None:
-    """The training flags: TrainConfig's, and train's --result_file (sweep and search take them too)."""
+def define_train_flags(train_config_class) -> None:
+    """The training flags: TrainConfig's (`train_config_class`), and train's --result_file (sweep and search take them
+    too)."""
     # absl.logging's --log_dir (for log files we never write) gives way to ours: the run's TensorBoard folder.
     if "log_dir" in flags.FLAGS:
         delattr(flags.FLAGS, "log_dir")
-    define_config_flags(config_lib.TrainConfig)
+    define_config_flags(train_config_class)
     flags.DEFINE_string("result_file", None, "At the end, write the run's figures (steps, examples/s, best) as JSON "
                         "here; on an error, the error.", module_name="mnist_dnn.train")
     define_overwrite_flag("result_file")
@@ -87,7 +85,8 @@ def config_from(config_class, given: dict):
     return settings.build(config_class, {**given, "idx_dir": settings.idx_dir(given.get("idx_dir"))})
 
 
-def idx_dir(values) -> str | config_lib.DatasetIdxDir | None:
+def idx_dir(values):
+    """The --idx_dir of the parsed `values`, or else the environment's (`settings.idx_dir`)."""
     return settings.idx_dir(values.idx_dir)
 
 

@@ -57,6 +57,15 @@ def end_of_start_up() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def define_onednn_flag() -> None:
+    """--onednn, which `quiet_tensorflow` reads from the command line before absl parses it."""
+    from absl import flags  # (here: importing this module imports nothing more)
+
+    flags.DEFINE_enum("onednn", "auto", onednn.CHOICES, "TensorFlow's oneDNN CPU kernels: on, off, or auto (on for "
+                      "x86-64 CPUs with AVX2, where they were measured faster; else TensorFlow's default). Set before "
+                      "TensorFlow starts; an exported TF_ENABLE_ONEDNN_OPTS wins over auto.", module_name="mnist_dnn.cli")
+
+
 def _flag_value(argv: list[str], names: tuple[str, ...]) -> str | None:
     """The last value of a flag (--name=value or --name value) on the command line, read before absl parses it."""
     found = None

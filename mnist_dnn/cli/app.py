@@ -3,7 +3,6 @@
 import atexit
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -193,7 +192,7 @@ def _names(folder: str) -> list[str]:
 def _is_output(path: str, kinds: tuple[tuple[str, ...], ...]) -> bool:
     """Whether the file holds a JSON object with the keys of one of `kinds`: an earlier output of the tool."""
     try:
-        content = json.loads(files.read_input(path, MAX_OWN_FILE_BYTES))
+        content = files.read_json(path, MAX_OWN_FILE_BYTES)
     except (OSError, ValueError):
         return False
     return isinstance(content, dict) and any(all(key in content for key in keys) for keys in kinds)

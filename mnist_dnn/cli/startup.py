@@ -76,22 +76,16 @@ def _flag_value(argv: list[str], names: tuple[str, ...]) -> str | None:
     return found
 
 
-def _verbosity(argv: list[str]) -> int | None:
-    """The value of absl's --verbosity (-v) on the command line."""
-    try:
-        return int(_flag_value(argv, ("verbosity", "v")))
-    except (TypeError, ValueError):
-        return None
-
-
 def wants_tf_logs(argv: list[str], environ) -> bool:
     """Whether the user asked for TensorFlow's own log lines."""
     if environ.get(TF_LOGS_ENV, "").strip() not in ("", "0"):
         return True
     if environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
         return True
-    verbosity = _verbosity(argv[1:])
-    return verbosity is not None and verbosity >= 1
+    try:
+        return int(_flag_value(argv[1:], ("verbosity", "v"))) >= 1  # absl's --verbosity (-v)
+    except (TypeError, ValueError):
+        return False
 
 
 def cache_key(cpuinfo: str = "/proc/cpuinfo", tensorflow: str | None = None) -> str | None:

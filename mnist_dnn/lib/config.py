@@ -151,10 +151,9 @@ class ModelConfig:
         self._validate_convolutions()
 
     def _validate_convolutions(self) -> None:
-        if self.name not in DEFAULT_CONV_FILTERS:
-            if self.conv_filters:
-                raise ConfigError("conv_filters", f"applies to the convolutional models ({', '.join(DEFAULT_CONV_FILTERS)}) "
-                                  f"only, not to the {self.name} model")
+        if self.name not in DEFAULT_CONV_FILTERS and self.conv_filters:
+            raise ConfigError("conv_filters", f"applies to the convolutional models ({', '.join(DEFAULT_CONV_FILTERS)}) "
+                              f"only, not to the {self.name} model")
         if self.name != "cnn" and self.pool_every:
             raise ConfigError("pool_every", f"applies to the cnn model only, not to the {self.name} model")
         if self.name not in DEFAULT_CONV_FILTERS:

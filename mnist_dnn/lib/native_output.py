@@ -37,15 +37,12 @@ def captured_stderr():
 
 
 def import_tensorflow(quiet: bool):
-    """TensorFlow, imported and its devices probed; with `quiet`, inside `captured_stderr()`.
-
-    The import's C++ notices (oneDNN, CPU instructions, CUDA) and the device probe's `failed call
-    to cuInit` ignore TF_CPP_MIN_LOG_LEVEL: capturing descriptor 2 is the only way to keep them off.
-    """
+    """TensorFlow, imported and its devices probed (the probe prints `failed call to cuInit` where there is no GPU);
+    with `quiet`, inside `captured_stderr()`: these lines ignore TF_CPP_MIN_LOG_LEVEL."""
     with captured_stderr() if quiet else contextlib.nullcontext():
         import tensorflow as tf
 
-        tf.config.list_physical_devices()  # prints the cuInit error where there is no GPU
+        tf.config.list_physical_devices()
     return tf
 
 

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, assert_one_line_error, call_tool, run_cli
-from mnist_dnn.lib import outputs
+from mnist_dnn.cli import app as cli
 from mnist_dnn.lib.core import checkpoints, data, export_dir, exporting, models
 from mnist_dnn.lib.serve import classifier
 from mnist_dnn.lib.trainer import actions, controller, training
@@ -343,7 +343,7 @@ def test_no_output_file_goes_into_a_keras_export(tmp_path):
     (tmp_path / "exports" / "1" / "model.keras").write_bytes(b"a Keras model")
     for inside in (tmp_path / "exports" / "1" / "m.json", tmp_path / "exports" / "m.json"):
         with pytest.raises(UsageError, match="is inside an export"):
-            outputs.check_output_file("metrics_file", str(inside), (("step",),))
+            cli.check_output_file("metrics_file", str(inside), (("step",),))
 
 
 @pytest.mark.slow

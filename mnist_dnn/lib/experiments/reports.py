@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from mnist_dnn.lib import files
 from mnist_dnn.lib.core import data, evaluation
-from mnist_dnn.lib.experiments import roots, studies, sweeps
+from mnist_dnn.lib.experiments import roots, search, sweeps
 from mnist_dnn.lib.core.checkpoint_store import CheckpointStore
 
 PARTS = ("train", "validation", "diagnostics")  # a run's summaries: its log folder's tag prefixes
@@ -67,8 +67,8 @@ def collect(root: str, data_dir=None, idx_dir=None, say=print) -> tuple[list[str
     """The varied flag names and the rows, best validation accuracy first (runs without one last).
 
     `say` tells of a dataset import (the test accuracy of each run's best checkpoint needs the data)."""
-    if os.path.isdir(root) and studies.is_search_root(root):
-        names, runs = studies.runs(studies.load_from_root(root), root)
+    if os.path.isdir(root) and search.is_search_root(root):
+        names, runs = search.runs(search.load_from_root(root), root)
     else:
         sweep = sweeps.load(root)
         names, runs = list(sweep["grid"]), sweep["runs"]
@@ -194,7 +194,7 @@ def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
     names, rows = collect(root, data_dir, idx_dir, out)
     grid = table(names, rows)
     out(format_text(grid))
-    study = studies.load_from_root(root) if studies.is_search_root(root) else None
+    study = search.load_from_root(root) if search.is_search_root(root) else None
     best = study and best_trial_line(root, study)
     if best:
         out(best)
@@ -207,17 +207,17 @@ def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
     else:
         out(f"No picture: {PLOTS_HINT}.")
     if study is not None:
-        written += studies.plot(study, root, out)
+        written += search.plot(study, root, out)
     out(f"Wrote {', '.join(written)}")
     return rows
 
 
 def best_trial_line(root: str, study) -> str | None:
     """Names the best complete trial of a search, its run folder and host (any root's)."""
-    best = studies.best(study)
+    best = search.best(study)
     if best is None:
         return None
-    host, folder = studies.where(best, root)
+    host, folder = search.where(best, root)
     return (f"Best trial: {best.number} in {folder or best.user_attrs['folder']}{f' on {host}' if host else ''} "
             f"(best validation accuracy {best.value:.2%}): "
-            + ", ".join(f"{k}={studies.value_text(v)}" for k, v in best.params.items()))
+            + ", ".join(f"{k}={search.value_text(v)}" for k, v in best.params.items()))

@@ -402,7 +402,7 @@ def test_the_importance_plot_says_when_it_rests_on_fewer_than_10_finished_trials
             intermediate_values={10: 0.5}))
     figures, said = [], []
     monkeypatch.setattr(plt, "close", figures.append)
-    assert search.plot(study, config.root, said.append) == [str(tmp_path / n) for n in roots.STUDY_PLOTS]
+    assert reports.plot_study(study, config.root, said.append) == [str(tmp_path / n) for n in roots.STUDY_PLOTS]
     importances = figures[1].axes[0].get_title()
     caveat = "param_importances.png: from 3 finished trials only: a rough guide until 10 or more"
     assert said == ([caveat] if finished < 10 else [])

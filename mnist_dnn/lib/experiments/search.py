@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import math
 import os
-import socket
 import warnings
 
 from mnist_dnn.lib import files, settings
@@ -191,8 +190,6 @@ def describe(space: list[Param]) -> dict:
 
 INSTALL_HINT = "the search needs Optuna: pip install -e '.[search]' (in a checkout; or 'mnist-dnn-course[search]')"
 STORAGE_ENV = "MNIST_DNN_STORAGE"  # the storage URL with its password, which no file holds
-FEW_TRIALS = 10  # parameter importances from fewer finished trials say so
-STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting", "FAIL": "failed"}
 
 
 def optuna():
@@ -411,81 +408,3 @@ def load_from_root(root: str):
         return optuna().load_study(study_name=config.study_name, storage=open_storage(config.storage_url()))
     except KeyError:
         raise DataError(f"{shown(config.storage_url())} holds no study {config.study_name}") from None
-
-
-def value_text(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _in_root(trial, root: str) -> bool:
-    return "folder" in trial.user_attrs and os.path.isdir(os.path.join(root, trial.user_attrs["folder"]))
-
-
-def where(trial, root: str) -> tuple[str | None, str | None]:
-    """(host, folder) of the trial: its folder under `root`, or where the host that trained it wrote it."""
-    if _in_root(trial, root):
-        return trial.user_attrs.get("host") or socket.gethostname(), roots.run_dir(root, trial.user_attrs["folder"])
-    folder = trial.user_attrs.get("root") and os.path.join(trial.user_attrs["root"], trial.user_attrs["folder"])
-    return trial.user_attrs.get("host"), folder
-
-
-def reported(trial) -> dict:
-    """The best validation the trial reported to the study, and its step: for a trial whose folder is elsewhere."""
-    values = trial.intermediate_values
-    step = max(values, key=lambda s: (values[s], -s)) if values else None
-    return {"steps": trial.last_step, "best_accuracy": values.get(step), "best_step": step}
-
-
-def runs(study, root: str) -> tuple[list[str], list[dict]]:
-    """The space's names, and one run per trial folder of the study, from every root that shares it (its latest
-    trial): name, params, status, trial, host, folder; and `reported` for a folder that is not under `root`."""
-    latest = {t.user_attrs["folder"]: t for t in study.get_trials(deepcopy=False) if "folder" in t.user_attrs}
-    names = [spec.split("=", 1)[0] for spec in study.user_attrs.get("search", {}).get("space", [])]
-    return ["trial", *names], [
-        {"name": folder, "params": {"trial": folder, **{n: value_text(t.params.get(n, "")) for n in names}},
-         "status": STATES.get(t.state.name, t.state.name.lower()), "trial": t.number,
-         **dict(zip(("host", "folder"), where(t, root))), **({} if _in_root(t, root) else {"reported": reported(t)})}
-        for folder, t in sorted(latest.items())]
-
-
-def best(study):
-    """The best complete trial of the study, or None."""
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    return max(complete, key=lambda t: t.value) if complete else None
-
-
-def plot(study, root: str, say) -> list[str]:
-    """Optuna's optimization history and parameter importances as PNGs in `root` (with matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    plots = optuna().visualization.matplotlib
-    drawings = dict(zip(roots.STUDY_PLOTS, (plots.plot_optimization_history, plots.plot_param_importances)))
-    written = []
-    if best(study) is None:
-        return written
-    finished = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
-    for name, draw in drawings.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # matplotlib: an empty legend
-                axes = draw(study)
-        except (ValueError, RuntimeError) as e:  # too few finished trials, or a single-valued space
-            say(f"No {name}: {first_line(e)}")
-            continue
-        if draw is plots.plot_param_importances and finished < FEW_TRIALS:
-            caveat = f"from {finished} finished trials only: a rough guide until {FEW_TRIALS} or more"
-            axes.set_title(f"{axes.get_title()}\n({caveat})")
-            say(f"{name}: {caveat}")
-        path = os.path.join(root, name)
-        axes.figure.set_size_inches(8, 5)
-        axes.figure.tight_layout()
-        # Two searches sharing a root may draw at once: each writes its own temporary file.
-        files.write_with(path, lambda f: axes.figure.savefig(f, format="png", dpi=100))
-        plt.close(axes.figure)
-        written.append(path)
-    return written

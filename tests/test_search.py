@@ -319,9 +319,9 @@ PLAIN_URL = "postgresql+psycopg://ann@db.example:5432/studies?sslmode=require"
 
 
 def test_a_storage_url_is_written_without_its_password_and_connected_with_the_environments(monkeypatch):
-    assert search.without_password(SECRET_URL) == PLAIN_URL
-    assert search.without_password(PLAIN_URL) == PLAIN_URL and search.without_password(None) is None
-    assert search.without_password("sqlite:////data/study.db") == "sqlite:////data/study.db"
+    assert search.shown(SECRET_URL, masked=False) == PLAIN_URL
+    assert search.shown(PLAIN_URL, masked=False) == PLAIN_URL and search.shown(None, masked=False) is None
+    assert search.shown("sqlite:////data/study.db", masked=False) == "sqlite:////data/study.db"
     assert search.shown(SECRET_URL) == "postgresql+psycopg://ann:***@db.example:5432/studies?sslmode=require"
     monkeypatch.delenv(search.STORAGE_ENV, raising=False)
     assert search.connect_url(PLAIN_URL) == PLAIN_URL  # libpq looks in ~/.pgpass itself

@@ -215,7 +215,7 @@ def check_storage_url(url: str) -> None:
 
 
 def shown(url: str | None, masked: bool = True) -> str | None:
-    """The URL with *** for its password, for messages; not `masked`: left out, as json keeps it."""
+    """The URL with *** for its password, for messages; not `masked`: left out, as search.json keeps it."""
     try:
         from sqlalchemy.engine import make_url
 
@@ -225,15 +225,11 @@ def shown(url: str | None, masked: bool = True) -> str | None:
     return (parsed if masked else parsed._replace(password=None)).render_as_string(hide_password=True)
 
 
-def without_password(url: str | None) -> str | None:
-    return shown(url, masked=False)
-
-
 def connect_url(url: str) -> str:
     """The URL to connect with: `url`, or the environment's STORAGE_ENV when that is `url` with a password (else
     the driver finds one in ~/.pgpass, or connects without)."""
     given = os.environ.get(STORAGE_ENV)
-    if given and shown(url) == without_password(url) == without_password(given):
+    if given and shown(url) == shown(url, masked=False) == shown(given, masked=False):
         return given
     return url
 
@@ -268,10 +264,6 @@ def open_storage(url: str):
         # workers read the same waiting (or stale) trial, and all took it, trained it in one folder, and failed.
         sqlalchemy.event.listen(storage.engine, "begin", lambda c: c.exec_driver_sql("BEGIN IMMEDIATE"))
     return storage
-
-
-def default_storage_exists(config: SearchConfig) -> bool:
-    return os.path.isfile(os.path.join(config.root, roots.STUDY_FILE))
 
 
 def open_study(config: SearchConfig, description: dict, create: bool):
@@ -346,8 +338,8 @@ def folder_name(trial) -> str:
 
 
 def root_description(config: SearchConfig) -> dict:
-    """What root/json holds: the study's name and storage URL, without its password."""
-    return {"study_name": config.study_name, "storage": without_password(config.storage)}
+    """What root/search.json holds: the study's name and storage URL, without its password."""
+    return {"study_name": config.study_name, "storage": shown(config.storage, masked=False)}
 
 
 def check_root(config: SearchConfig) -> None:
@@ -357,7 +349,7 @@ def check_root(config: SearchConfig) -> None:
         raise ConfigError("root", f"{config.root} is a file; pass a folder for the search's trials")
     if is_search_root(config.root):
         stored = read_root(config.root)
-        if {**stored, "storage": without_password(stored.get("storage"))} != root_description(config):
+        if {**stored, "storage": shown(stored.get("storage"), masked=False)} != root_description(config):
             where = shown(stored.get("storage") or f"its {roots.STUDY_FILE}")
             raise ConfigError("root", f"{config.root} holds the trials of another study ({stored['study_name']} in "
                               f"{where}); pass another --root")
@@ -366,14 +358,14 @@ def check_root(config: SearchConfig) -> None:
 def start(config: SearchConfig, space, say) -> None:
     """Creates the study, or checks that the stored one has this space, before anything is written; then the root."""
     description = describe(space)
-    if config.storage or default_storage_exists(config):
+    if config.storage or os.path.isfile(os.path.join(config.root, roots.STUDY_FILE)):
         open_study(config, description, create=True)
     record_root(config, say)
     open_study(config, description, create=True)
 
 
 def record_root(config: SearchConfig, say=print) -> None:
-    """root/json names the study, for the report (the search refused a root of another study first). One
+    """root/search.json names the study, for the report (the search refused a root of another study first). One
     written before the password was left out is written again without it."""
     path = os.path.join(config.root, roots.SEARCH_FILE)
     rewrite = os.path.exists(path)

@@ -83,13 +83,9 @@ def check_exit_codes(codes: list[int]) -> None:
         raise SearchError(f"{sum(map(bool, codes))} worker(s) failed (exit codes {codes}); see the lines above")
 
 
-def threads_per_worker(workers: int) -> int:
-    return max(1, len(os.sched_getaffinity(0)) // workers)
-
-
 def make_plan(config: search.SearchConfig, space, base: TrainConfig) -> Plan:
     total = min(config.trials, search.grid_size(space)) if config.sampler == "grid" else config.trials
-    return Plan(config, tuple(space), base, total, threads_per_worker(config.workers))
+    return Plan(config, tuple(space), base, total, threads=max(1, len(os.sched_getaffinity(0)) // config.workers))
 
 
 def run_workers(plan: Plan, say) -> list[int]:

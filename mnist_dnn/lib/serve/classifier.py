@@ -47,14 +47,6 @@ class Prediction:
         return cls(int(digit), float(p[digit]), runner_up, float(p[runner_up]), tuple(float(v) for v in p))
 
 
-def read_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """The bytes of a regular file of at most `max_bytes` (`files.read_input`); DataError otherwise."""
-    try:
-        return files.read_input(path, max_bytes, to_raise_it="pass a smaller image, or raise `max_image_bytes`")
-    except OSError as e:
-        raise DataError(e.strerror or str(e)) from None
-
-
 def check_image(contents: bytes) -> None:
     """Refuses an image larger than images.MAX_PIXELS before it is decoded."""
     height, width = (int(v) for v in images.image_size(tf.constant(contents)))
@@ -71,7 +63,10 @@ class ImageFile:
 
 def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> ImageFile:
     """A PNG, JPEG, BMP or GIF (its first frame) of up to images.MAX_PIXELS, with its MNIST pixels: uint8 [28, 28, 1]."""
-    contents = read_file(path, max_bytes)
+    try:
+        contents = files.read_input(path, max_bytes, to_raise_it="pass a smaller image, or raise `max_image_bytes`")
+    except OSError as e:  # not a regular file, or larger than `max_bytes`
+        raise DataError(e.strerror or str(e)) from None
     with native_output.quiet_unless_logging():  # libjpeg says why it fails on descriptor 2: the line below says it
         try:
             check_image(contents)

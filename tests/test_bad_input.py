@@ -575,11 +575,11 @@ def _zero(path):
 
 
 def _search_root_of_another_space(root):
-    from mnist_dnn.lib.experiments import search, studies
+    from mnist_dnn.lib.experiments import search
 
     config = search.SearchConfig(root=root)
-    studies.record_root(config)
-    studies.open_study(config, {"space": ["learning_rate=loguniform:0.0001:0.1"], "objective": search.OBJECTIVE},
+    search.record_root(config)
+    search.open_study(config, {"space": ["learning_rate=loguniform:0.0001:0.1"], "objective": search.OBJECTIVE},
                        create=True)
 
 
@@ -724,7 +724,7 @@ def test_bad_input_is_one_error_line_and_touches_nothing(tool, args, code, fragm
 def test_a_storage_that_needs_a_password_given_none_is_one_line(tool, extra, postgres_password, tiny_data, tmp_path):
     """Issue 36 (item 4): the URL without the password, none in MNIST_DNN_STORAGE or a pgpass file: one line that
     says where to give it; nothing written (the search's root is not created; the report's root is unchanged)."""
-    from mnist_dnn.lib.experiments import studies
+    from mnist_dnn.lib.experiments import search
 
     root = tmp_path / "root"
     if tool == "report":  # a root as a search writes it: the study's name and the URL without the password
@@ -732,11 +732,11 @@ def test_a_storage_that_needs_a_password_given_none_is_one_line(tool, extra, pos
         _write(root / "search.json", json.dumps({"study_name": "shared", "storage": postgres_password}))
     args = [f"--root={root}", f"--data_dir={tiny_data.data_dir}", *(a.format(url=postgres_password) for a in extra)]
     before = folder_hashes(tmp_path)
-    result = call_tool(tool, *args, env_extra={"PGPASSFILE": str(tmp_path / "none"), studies.STORAGE_ENV: ""})
+    result = call_tool(tool, *args, env_extra={"PGPASSFILE": str(tmp_path / "none"), search.STORAGE_ENV: ""})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: the storage {postgres_password} needs a password, and none was given: put the whole "
-                      f"URL in the environment, {studies.STORAGE_ENV}=postgresql+psycopg://user:PASSWORD@host/db, or "
+                      f"URL in the environment, {search.STORAGE_ENV}=postgresql+psycopg://user:PASSWORD@host/db, or "
                       "the password in ~/.pgpass (no file of the search holds it)"], result.stderr
     assert folder_hashes(tmp_path) == before
 

@@ -32,7 +32,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from conftest import ROOT, assert_one_line_error, hparams, scalars, tiny_config
 from test_sweep import wait_for
 from mnist_dnn.lib.core import evaluation
-from mnist_dnn.lib.experiments import reports, roots, search, studies, trials
+from mnist_dnn.lib.experiments import reports, roots, search, trials
 from mnist_dnn.lib.config import ConfigError, ModelConfig
 from mnist_dnn.lib.core.run_dir import RunDir
 from mnist_dnn.lib.trainer.training import TrainResult
@@ -123,14 +123,14 @@ def run_work(tiny_data, root, total, monkeypatch, pruner=None, sampler="random")
     config = search.SearchConfig(root=str(root), trials=total, sampler=sampler, pruner="none", search_seed=1)
     space = [parse("learning_rate=loguniform:1e-3:1e-1"), parse("hidden_units=choice:16,32")]
     base = dataclasses.replace(tiny_config(tiny_data, root / "unused"), max_steps=30)
-    studies.record_root(config)
-    studies.open_study(config, search.describe(space), create=True)
+    search.record_root(config)
+    search.open_study(config, search.describe(space), create=True)
     if pruner:
-        monkeypatch.setattr(studies, "make_pruner", lambda *args: pruner)
+        monkeypatch.setattr(search, "make_pruner", lambda *args: pruner)
     lines = []
     code = trials.work(trials.make_plan(config, space, base), 0, lines.append)
     monkeypatch.undo()
-    study = studies.load_from_root(str(root))
+    study = search.load_from_root(str(root))
     return code, lines, states(study), study
 
 
@@ -179,7 +179,7 @@ def test_an_interrupted_trial_is_queued_again_and_resumes_from_its_checkpoint(se
     with open(searched["root"] / "trial-0002" / "result.json") as f:
         result = TrainResult.from_json(f.read())
     assert (result.start_step, result.step) == (20, 30)
-    assert studies.progress(study) == (3, 0, 0)  # counted once: --trials is honoured in total
+    assert search.progress(study) == (3, 0, 0)  # counted once: --trials is honoured in total
 
 
 @pytest.mark.slow  # four tiny trainings in process: ~10 s alone, a minute on the loaded machine
@@ -194,7 +194,7 @@ def test_the_report_of_a_search_root_ranks_its_trials_and_draws_optunas_pictures
     root = str(searched["root"])
     lines = []
     rows = reports.report(root, data_dir=tiny_data.data_dir, out=lines.append)
-    study = studies.load_from_root(root)
+    study = search.load_from_root(root)
     values = {t.user_attrs["folder"]: t.value for t in study.trials if t.state.name == "COMPLETE"}
     assert [r.name for r in rows] == sorted(values, key=lambda name: -values[name])
     assert [r.best_accuracy for r in rows] == sorted(values.values(), reverse=True)
@@ -218,8 +218,8 @@ def any_flag(name):
 
 def start_study(root, space, **settings):
     config = search.SearchConfig(root=str(root), pruner="none", **settings)
-    studies.record_root(config)
-    studies.open_study(config, search.describe(space), create=True)
+    search.record_root(config)
+    search.open_study(config, search.describe(space), create=True)
     return config
 
 
@@ -245,7 +245,7 @@ def test_each_trial_trains_the_model_and_widths_its_params_name(tiny_data, tmp_p
     config = start_study(tmp_path / "root", space, trials=4, sampler="grid")
     base = tiny_config(tiny_data, tmp_path / "unused", model=ModelConfig("dense", (64,)))
     assert trials.work(trials.make_plan(config, space, base), 0, lambda line: None) == 0
-    study = studies.load_from_root(str(tmp_path / "root"))
+    study = search.load_from_root(str(tmp_path / "root"))
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     combinations = set()
     for trial in study.trials:
@@ -261,7 +261,7 @@ def test_workers_sharing_a_search_seed_draw_different_points_and_the_same_ones_a
     """--workers=3 --search_seed=S: each worker's sampler (as `work` makes it) proposes its own first point, and
     the same S proposes the same points again; another S, another point for worker 0."""
     space = [search.parse_param("learning_rate=loguniform:1e-4:1e-1", any_flag, lambda name, value: None)]
-    make_sampler = studies.make_sampler
+    make_sampler = search.make_sampler
 
     class Made(Exception):
         pass
@@ -274,7 +274,7 @@ def test_workers_sharing_a_search_seed_draw_different_points_and_the_same_ones_a
             made.append(make_sampler(*args))
             raise Made()  # before any training
 
-        monkeypatch.setattr(studies, "make_sampler", record)
+        monkeypatch.setattr(search, "make_sampler", record)
         with pytest.raises(Made):
             trials.work(trials.make_plan(config, space, search.TrainConfig()), worker, lambda line: None)
         monkeypatch.undo()
@@ -295,13 +295,13 @@ def test_a_retried_trial_resumes_from_the_checkpoint_in_its_own_folder(tiny_data
     space = [search.parse_param("learning_rate=loguniform:1e-3:1e-1", any_flag, lambda name, value: None)]
     config = start_study(root, space, trials=1, sampler="random", search_seed=1)
     plan = trials.make_plan(config, space, tiny_config(tiny_data, tmp_path / "unused", max_steps=20))
-    monkeypatch.setattr(studies, "make_pruner", lambda *args: SignalAt(10))
+    monkeypatch.setattr(search, "make_pruner", lambda *args: SignalAt(10))
     assert trials.work(plan, 0, lambda line: None) == 128 + signal.SIGTERM
     monkeypatch.undo()
     assert RunDir(str(root / "trial-0000" / "ckpt")).steps() == [10]
     lines = []
     assert trials.work(plan, 0, lines.append) == 0
-    study = studies.load_from_root(str(root))
+    study = search.load_from_root(str(root))
     assert [(t.number, t.state.name) for t in study.trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert study.trials[1].params == study.trials[0].params
     assert sorted(p.name for p in root.glob("trial-*")) == ["trial-0000"]
@@ -319,31 +319,31 @@ PLAIN_URL = "postgresql+psycopg://ann@db.example:5432/studies?sslmode=require"
 
 
 def test_a_storage_url_is_written_without_its_password_and_connected_with_the_environments(monkeypatch):
-    assert studies.without_password(SECRET_URL) == PLAIN_URL
-    assert studies.without_password(PLAIN_URL) == PLAIN_URL and studies.without_password(None) is None
-    assert studies.without_password("sqlite:////data/study.db") == "sqlite:////data/study.db"
-    assert studies.shown(SECRET_URL) == "postgresql+psycopg://ann:***@db.example:5432/studies?sslmode=require"
-    monkeypatch.delenv(studies.STORAGE_ENV, raising=False)
-    assert studies.connect_url(PLAIN_URL) == PLAIN_URL  # libpq looks in ~/.pgpass itself
-    monkeypatch.setenv(studies.STORAGE_ENV, SECRET_URL)
-    assert studies.connect_url(PLAIN_URL) == SECRET_URL
-    assert studies.connect_url(PLAIN_URL.replace("ann@", "bob@")) == PLAIN_URL.replace("ann@", "bob@")  # not its
+    assert search.shown(SECRET_URL, masked=False) == PLAIN_URL
+    assert search.shown(PLAIN_URL, masked=False) == PLAIN_URL and search.shown(None, masked=False) is None
+    assert search.shown("sqlite:////data/study.db", masked=False) == "sqlite:////data/study.db"
+    assert search.shown(SECRET_URL) == "postgresql+psycopg://ann:***@db.example:5432/studies?sslmode=require"
+    monkeypatch.delenv(search.STORAGE_ENV, raising=False)
+    assert search.connect_url(PLAIN_URL) == PLAIN_URL  # libpq looks in ~/.pgpass itself
+    monkeypatch.setenv(search.STORAGE_ENV, SECRET_URL)
+    assert search.connect_url(PLAIN_URL) == SECRET_URL
+    assert search.connect_url(PLAIN_URL.replace("ann@", "bob@")) == PLAIN_URL.replace("ann@", "bob@")  # not its
     other_password = SECRET_URL.replace("p%40ss", "other")
-    assert studies.connect_url(other_password) == other_password  # the flag's own password first
+    assert search.connect_url(other_password) == other_password  # the flag's own password first
 
 
 def test_an_older_search_json_holding_the_password_is_read_then_written_again_without_it(tmp_path):
     (tmp_path / "search.json").write_text(json.dumps({"study_name": "shared", "storage": SECRET_URL}))
-    assert studies.read_root(str(tmp_path))["storage"] == SECRET_URL  # still read: the report connects with it
+    assert search.read_root(str(tmp_path))["storage"] == SECRET_URL  # still read: the report connects with it
     said = []
-    studies.record_root(search.SearchConfig(root=str(tmp_path), storage=PLAIN_URL, study_name="shared"), said.append)
+    search.record_root(search.SearchConfig(root=str(tmp_path), storage=PLAIN_URL, study_name="shared"), said.append)
     assert json.loads((tmp_path / "search.json").read_text()) == {"study_name": "shared", "storage": PLAIN_URL}
     assert said == [f"{tmp_path / 'search.json'} held the storage's password: written again without it (give it in "
-                    f"`storage`, {studies.STORAGE_ENV} or ~/.pgpass)"]
-    studies.record_root(search.SearchConfig(root=str(tmp_path), storage=SECRET_URL, study_name="shared"), said.append)
+                    f"`storage`, {search.STORAGE_ENV} or ~/.pgpass)"]
+    search.record_root(search.SearchConfig(root=str(tmp_path), storage=SECRET_URL, study_name="shared"), said.append)
     assert len(said) == 1 and b"p%40ss" not in (tmp_path / "search.json").read_bytes()
     new = tmp_path / "new"
-    studies.record_root(search.SearchConfig(root=str(new), storage=SECRET_URL, study_name="shared"), said.append)
+    search.record_root(search.SearchConfig(root=str(new), storage=SECRET_URL, study_name="shared"), said.append)
     assert json.loads((new / "search.json").read_text())["storage"] == PLAIN_URL and len(said) == 1
 
 
@@ -355,7 +355,7 @@ def test_the_report_of_a_root_ranks_the_trials_other_roots_trained_from_what_the
 
     space = [parse("learning_rate=loguniform:1e-3:1e-1")]
     config = start_study(tmp_path / "here", space)
-    study = studies.load_from_root(config.root)
+    study = search.load_from_root(config.root)
     distributions = {"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}
     reported = {0: {10: 0.5, 20: 0.8, 30: 0.8}, 1: {10: 0.6, 20: 0.9, 30: 0.7}, 2: {10: 0.3}}
     for number, values in reported.items():
@@ -389,7 +389,7 @@ def test_the_importance_plot_says_when_it_rests_on_fewer_than_10_finished_trials
 
     space = [parse("learning_rate=loguniform:1e-3:1e-1"), parse("dropout=uniform:0:0.5")]
     config = start_study(tmp_path, space)
-    study = studies.load_from_root(config.root)
+    study = search.load_from_root(config.root)
     rng = np.random.default_rng(0)
     distributions = {"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
                      "dropout": optuna.distributions.FloatDistribution(0, 0.5)}
@@ -402,7 +402,7 @@ def test_the_importance_plot_says_when_it_rests_on_fewer_than_10_finished_trials
             intermediate_values={10: 0.5}))
     figures, said = [], []
     monkeypatch.setattr(plt, "close", figures.append)
-    assert studies.plot(study, config.root, said.append) == [str(tmp_path / n) for n in roots.STUDY_PLOTS]
+    assert reports.plot_study(study, config.root, said.append) == [str(tmp_path / n) for n in roots.STUDY_PLOTS]
     importances = figures[1].axes[0].get_title()
     caveat = "param_importances.png: from 3 finished trials only: a rough guide until 10 or more"
     assert said == ([caveat] if finished < 10 else [])
@@ -430,7 +430,7 @@ def search_command(base, root, *extra):
 
 
 def trial_states(root, storage=None):
-    study = studies.load_from_root(str(root)) if storage is None else optuna.load_study(study_name="mnist_dnn",
+    study = search.load_from_root(str(root)) if storage is None else optuna.load_study(study_name="mnist_dnn",
                                                                                         storage=storage)
     return study.get_trials()
 
@@ -568,8 +568,8 @@ def test_two_roots_share_one_study_on_postgresql_and_each_reports_all_of_it(post
     pgpass = tmp_path / "pgpass"
     pgpass.write_text(f"127.0.0.1:*:*:postgres:{PASSWORD}\n")
     pgpass.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_DNN_IDX_DIR", studies.STORAGE_ENV)}
-    passwords = {"a": {studies.STORAGE_ENV: full}, "b": {"PGPASSFILE": str(pgpass)}}
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_DNN_IDX_DIR", search.STORAGE_ENV)}
+    passwords = {"a": {search.STORAGE_ENV: full}, "b": {"PGPASSFILE": str(pgpass)}}
     results = [subprocess.run(search_command(base, tmp_path / machine, f"--trials={trials}"), cwd=ROOT,
                               env={**env, **passwords[machine]}, capture_output=True, text=True, timeout=600)
                for machine, trials in (("a", 2), ("b", 3))]
@@ -598,7 +598,7 @@ def test_two_roots_share_one_study_on_postgresql_and_each_reports_all_of_it(post
         assert f"Best trial: {int(best[-4:])} in {folders[best]} on {socket.gethostname()} " in report.stdout
     no_password = subprocess.run([sys.executable, "-m", "mnist_dnn.report", f"--root={tmp_path / 'b'}"], cwd=ROOT,
                                  env=env, capture_output=True, text=True, timeout=300)
-    assert_one_line_error(no_password, 2, f"the storage {url} needs a password", studies.STORAGE_ENV, "~/.pgpass")
+    assert_one_line_error(no_password, 2, f"the storage {url} needs a password", search.STORAGE_ENV, "~/.pgpass")
     for path in tmp_path.glob("[ab]/**/*"):
         assert not path.is_file() or PASSWORD.encode() not in path.read_bytes(), path
 
@@ -609,11 +609,11 @@ def test_two_roots_share_one_study_on_postgresql_and_each_reports_all_of_it(post
 # the trial the first had failed. (The intermittent failure of the killed-search test above.)
 POP_WAITING = """
 import os, sys, time
-from mnist_dnn.lib.experiments import studies
+from mnist_dnn.lib.experiments import search
 url, folder, rounds, me = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-storage = studies.open_storage(url)
+storage = search.open_storage(url)
 for r in range(rounds):
-    study = studies.optuna().load_study(study_name=f"race-{r}", storage=storage)
+    study = search.optuna().load_study(study_name=f"race-{r}", storage=storage)
     open(os.path.join(folder, f"ready-{r}-{me}"), "w").close()
     while not os.path.exists(os.path.join(folder, f"go-{r}")):
         time.sleep(0.0002)
@@ -625,7 +625,7 @@ for r in range(rounds):
 def test_one_waiting_trial_asked_for_by_four_processes_at_once_goes_to_one(tmp_path):
     url, rounds = f"sqlite:///{tmp_path / 'study.db'}", 20
     for r in range(rounds):
-        optuna.create_study(study_name=f"race-{r}", storage=studies.open_storage(url)).enqueue_trial({})
+        optuna.create_study(study_name=f"race-{r}", storage=search.open_storage(url)).enqueue_trial({})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     askers = [subprocess.Popen([sys.executable, "-c", POP_WAITING, url, str(tmp_path), str(rounds), str(i)], env=env,
                                stdout=subprocess.PIPE, text=True) for i in range(4)]
@@ -728,8 +728,8 @@ def killed_ten_times(tiny_data, tmp_path, storage=None):
 
 def check_whole(root, tiny_data, output, tmp_path, env):
     """The study reads; --trials counted once each, none lost; every trial's folder evaluates; the best exports."""
-    trials_ = studies.load_from_root(str(root)).get_trials()
-    counted = [t for t in trials_ if studies.counts_toward_total(t)]
+    trials_ = search.load_from_root(str(root)).get_trials()
+    counted = [t for t in trials_ if search.counts_toward_total(t)]
     assert [t.state.name for t in counted] == ["COMPLETE"] * KILL_TRIALS, states_of(trials_)
     assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials_), states_of(trials_)  # none running or waiting
     folders = [t.user_attrs["folder"] for t in counted]

@@ -32,11 +32,11 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx's succe
 
 from conftest import ROOT, call_tool
 from mnist_dnn.lib.core import data, exporting, models
-from mnist_dnn.lib.serve import rest, servables, server
+from mnist_dnn.lib.serve import classifier, rest, server
 from mnist_dnn.lib.config import ConfigError
 from mnist_dnn.lib.errors import UsageError
 from mnist_dnn.lib.config import ServeConfig
-from mnist_dnn.lib.serve.servables import ModelVersions
+from mnist_dnn.lib.serve.classifier import ModelVersions
 
 needs_litert = pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,
                                   reason='needs the litert extra: pip install -e ".[litert]"')
@@ -343,8 +343,8 @@ def test_a_version_that_fails_to_load_is_marked_failed_and_retried_only_when_its
     whole = data_file.read_bytes()
     data_file.write_bytes(whole[:len(whole) // 2])
     next((model_dir / "4" / "variables").glob("*.index")).write_bytes(b"")
-    real_load = servables.load
-    monkeypatch.setattr(servables, "load", lambda path, version: loads.append(version) or real_load(path, version))
+    real_load = classifier.load
+    monkeypatch.setattr(classifier, "load", lambda path, version: loads.append(version) or real_load(path, version))
     with client_for(model_dir, versions) as test_client:
         assert versions.refresh() and versions.current.version == 2 and loads == [4, 3, 2]
         assert [line.split(",")[0] for line in said] == ["version 4 failed to load (marked failed", "version 3 failed to "

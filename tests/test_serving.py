@@ -353,7 +353,7 @@ def trained(real_data, tmp_path_factory):
 def test_litert_scores_the_test_set_as_the_saved_model_does(trained, name):
     run = trained(name)
     pixels, labels = run["pixels"], run["labels"]
-    saved = classifier.SavedModelSignature(run["saved_model"])(pixels)["classes"]
+    saved = classifier.Classifier(run["saved_model"]).model(pixels)["classes"]
     float_classes = classifier.LiteRTModel(run["float"])(pixels)["classes"]
     int8_classes = classifier.LiteRTModel(run["int8"])(pixels)["classes"]
 
@@ -372,7 +372,7 @@ def test_onnx_scores_the_test_set_as_the_saved_model_does(trained, capsys):
     run = trained("cnn")
     restored, _, _, _ = checkpoints.restore_model(run["ckpt_dir"])
     path = exporting.export_onnx(restored, str(run["folder"] / "onnx"))
-    saved = classifier.SavedModelSignature(run["saved_model"])(run["pixels"])
+    saved = classifier.Classifier(run["saved_model"]).model(run["pixels"])
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])  # as a user would, not our reader
     classes, probabilities = session.run(["classes", "probabilities"], {"images": run["pixels"]})
     same_class = (classes == saved["classes"]).mean()
@@ -409,7 +409,7 @@ FOREIGN_CLIENT = textwrap.dedent("""
 
 def confident_digits(run, count=6) -> list[int]:
     """Indices of test images of `count` different digits that the SavedModel classifies with > 99%."""
-    probabilities = classifier.SavedModelSignature(run["saved_model"])(run["pixels"][:500])["probabilities"]
+    probabilities = classifier.Classifier(run["saved_model"]).model(run["pixels"][:500])["probabilities"]
     chosen = {}
     for index in np.flatnonzero(probabilities.max(axis=1) > 0.99):
         chosen.setdefault(int(probabilities[index].argmax()), int(index))
@@ -427,7 +427,7 @@ def test_predict_serving_bytes_and_rest_bodies_agree_in_a_foreign_process(traine
     run = trained("dense")
     files, expected = [], []
     chosen = confident_digits(run)
-    classes = classifier.SavedModelSignature(run["saved_model"])(run["pixels"][chosen])["classes"]
+    classes = classifier.Classifier(run["saved_model"]).model(run["pixels"][chosen])["classes"]
     for index, digit in zip(chosen, classes):
         for name, contents in digit_files(run["pixels"][index]).items():
             files.append(str(tmp_path / f"{index}.{name}"))
@@ -470,7 +470,7 @@ def test_saved_model_cli_runs_serving_bytes(trained, tmp_path):
                           "--outdir", str(tmp_path / "out")],
                          capture_output=True, text=True, env={**os.environ, **QUIET}, timeout=300)
     assert ran.returncode == 0, ran.stderr[-2000:]
-    expected = classifier.SavedModelSignature(run["saved_model"])(run["pixels"][index:index + 1])["classes"][0]
+    expected = classifier.Classifier(run["saved_model"]).model(run["pixels"][index:index + 1])["classes"][0]
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "classes.npy"), [expected] * len(files))
 
 

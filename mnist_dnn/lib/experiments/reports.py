@@ -11,19 +11,24 @@ import functools
 import io
 import math
 import os
+import socket
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files
 from mnist_dnn.lib.core import data, evaluation
-from mnist_dnn.lib.experiments import roots, studies, sweeps
+from mnist_dnn.lib.errors import first_line
+from mnist_dnn.lib.experiments import roots, search, sweeps
 from mnist_dnn.lib.core.checkpoint_store import CheckpointStore
 
 PARTS = ("train", "validation", "diagnostics")  # a run's summaries: its log folder's tag prefixes
 PLOTS_HEIGHT = 4.2  # inches of report.png above the legend
 LEGEND_MARGIN = 0.2  # inches around the legend (constrained layout's padding)
 PLOTS_HINT = "install matplotlib (pip install matplotlib, or the package's plots extra) to draw report.png"
+FEW_TRIALS = 10  # parameter importances from fewer finished trials say so
+STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running", "WAITING": "waiting", "FAIL": "failed"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +72,55 @@ def collect(root: str, data_dir=None, idx_dir=None, say=print) -> tuple[list[str
     """The varied flag names and the rows, best validation accuracy first (runs without one last).
 
     `say` tells of a dataset import (the test accuracy of each run's best checkpoint needs the data)."""
-    if os.path.isdir(root) and studies.is_search_root(root):
-        names, runs = studies.runs(studies.load_from_root(root), root)
+    load_once = functools.lru_cache(maxsize=None)(functools.partial(data.load_splits, say=say))  # one dataset for all
+    row = functools.partial(collect_row, root, data_dir=data_dir, idx_dir=idx_dir, load_splits=load_once)
+    if os.path.isdir(root) and search.is_search_root(root):
+        names, rows = trial_rows(search.load_from_root(root), root, row)
     else:
         sweep = sweeps.load(root)
-        names, runs = list(sweep["grid"]), sweep["runs"]
-    load_once = functools.lru_cache(maxsize=None)(functools.partial(data.load_splits, say=say))  # one dataset for all
-    where = lambda r: dict(host=r.get("host"), folder=r.get("folder"))  # noqa: E731 (a search's trial)
-    rows = [Row(r["name"], r["params"], r["status"], **r["reported"], **where(r))
-            if "reported" in r else  # a trial of the study whose folder is on another root: what the study holds
-            dataclasses.replace(collect_row(root, r["name"], r["params"], data_dir, idx_dir, load_once,
-                                            r.get("status")), **where(r)) for r in runs]
+        names, rows = list(sweep["grid"]), [row(r["name"], r["params"]) for r in sweep["runs"]]
     rows.sort(key=lambda r: -r.best_accuracy if r.best_accuracy is not None else math.inf)
     return names, rows
+
+
+def trial_rows(study, root: str, row) -> tuple[list[str], list[Row]]:
+    """The space's names, and the row of each trial folder of the study, from every root that shares it (its latest
+    trial): `row` reads a folder under `root`; another root's trial is what the study holds of it."""
+    latest = {t.user_attrs["folder"]: t for t in study.get_trials(deepcopy=False) if "folder" in t.user_attrs}
+    names = [spec.split("=", 1)[0] for spec in study.user_attrs.get("search", {}).get("space", [])]
+    rows = []
+    for name, trial in sorted(latest.items()):
+        params = {"trial": name, **{n: value_text(trial.params.get(n, "")) for n in names}}
+        status = STATES.get(trial.state.name, trial.state.name.lower())
+        host, folder = where(trial, root)
+        if _in_root(trial, root):
+            rows.append(dataclasses.replace(row(name, params, status=status), host=host, folder=folder))
+        else:  # a folder on another root: what the study holds
+            rows.append(Row(name, params, status, **reported(trial), host=host, folder=folder))
+    return ["trial", *names], rows
+
+
+def value_text(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _in_root(trial, root: str) -> bool:
+    return "folder" in trial.user_attrs and os.path.isdir(os.path.join(root, trial.user_attrs["folder"]))
+
+
+def where(trial, root: str) -> tuple[str | None, str | None]:
+    """(host, folder) of the trial: its folder under `root`, or where the host that trained it wrote it."""
+    if _in_root(trial, root):
+        return trial.user_attrs.get("host") or socket.gethostname(), roots.run_dir(root, trial.user_attrs["folder"])
+    folder = trial.user_attrs.get("root") and os.path.join(trial.user_attrs["root"], trial.user_attrs["folder"])
+    return trial.user_attrs.get("host"), folder
+
+
+def reported(trial) -> dict:
+    """The best validation the trial reported to the study, and its step: for a trial whose folder is elsewhere."""
+    values = trial.intermediate_values
+    step = max(values, key=lambda s: (values[s], -s)) if values else None
+    return {"steps": trial.last_step, "best_accuracy": values.get(step), "best_step": step}
 
 
 COLUMNS = ("status", "steps", "best val acc", "best step", "test acc (best)", "wall s", "examples/s")
@@ -147,14 +188,22 @@ def read_scalars(log_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.array([by_step[s] for s in steps])
 
 
-def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
-    """Draws validation accuracy and training loss against step for every run; False without matplotlib."""
+def _pyplot():
+    """matplotlib's pyplot, drawing to files only; None without matplotlib (the `plots` extra)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot(root: str, names: list[str], rows: list[Row], path: str) -> bool:
+    """Draws validation accuracy and training loss against step for every run; False without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
         return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, PLOTS_HEIGHT), dpi=100, layout="constrained")
     for row in rows:
@@ -194,7 +243,7 @@ def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
     names, rows = collect(root, data_dir, idx_dir, out)
     grid = table(names, rows)
     out(format_text(grid))
-    study = studies.load_from_root(root) if studies.is_search_root(root) else None
+    study = search.load_from_root(root) if search.is_search_root(root) else None
     best = study and best_trial_line(root, study)
     if best:
         out(best)
@@ -207,17 +256,54 @@ def report(root: str, data_dir=None, idx_dir=None, out=print) -> list[Row]:
     else:
         out(f"No picture: {PLOTS_HINT}.")
     if study is not None:
-        written += studies.plot(study, root, out)
+        written += plot_study(study, root, out)
     out(f"Wrote {', '.join(written)}")
     return rows
 
 
 def best_trial_line(root: str, study) -> str | None:
     """Names the best complete trial of a search, its run folder and host (any root's)."""
-    best = studies.best(study)
+    best = best_trial(study)
     if best is None:
         return None
-    host, folder = studies.where(best, root)
+    host, folder = where(best, root)
     return (f"Best trial: {best.number} in {folder or best.user_attrs['folder']}{f' on {host}' if host else ''} "
             f"(best validation accuracy {best.value:.2%}): "
-            + ", ".join(f"{k}={studies.value_text(v)}" for k, v in best.params.items()))
+            + ", ".join(f"{k}={value_text(v)}" for k, v in best.params.items()))
+
+
+def best_trial(study):
+    """The best complete trial of the study, or None."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    return max(complete, key=lambda t: t.value) if complete else None
+
+
+def plot_study(study, root: str, say) -> list[str]:
+    """Optuna's optimization history and parameter importances as PNGs in `root` (with matplotlib)."""
+    plt = _pyplot()
+    if plt is None or best_trial(study) is None:
+        return []
+    plots = search.optuna().visualization.matplotlib
+    drawings = dict(zip(roots.STUDY_PLOTS, (plots.plot_optimization_history, plots.plot_param_importances)))
+    written = []
+    finished = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+    for name, draw in drawings.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # matplotlib: an empty legend
+                axes = draw(study)
+        except (ValueError, RuntimeError) as e:  # too few finished trials, or a single-valued space
+            say(f"No {name}: {first_line(e)}")
+            continue
+        if draw is plots.plot_param_importances and finished < FEW_TRIALS:
+            caveat = f"from {finished} finished trials only: a rough guide until {FEW_TRIALS} or more"
+            axes.set_title(f"{axes.get_title()}\n({caveat})")
+            say(f"{name}: {caveat}")
+        path = os.path.join(root, name)
+        axes.figure.set_size_inches(8, 5)
+        axes.figure.tight_layout()
+        # Two searches sharing a root may draw at once: each writes its own temporary file.
+        files.write_with(path, lambda f: axes.figure.savefig(f, format="png", dpi=100))
+        plt.close(axes.figure)
+        written.append(path)
+    return written

@@ -127,14 +127,14 @@ def describe(axes: list[Axis], base_args: list[str], runs: list[Run]) -> dict:
             "runs": [{"name": r.name, "params": r.params} for r in runs]}
 
 
-def check_root(root: str | None) -> dict | None:
-    """Refuses a --root that cannot hold a sweep, and a damaged sweep.json, before anything is written; returns the
-    sweep that sweep.json describes, if there is one."""
+def check_root(root: str | None, fix: str = "pass a folder for the sweep's runs") -> dict | None:
+    """Refuses a --root that cannot hold a sweep (`fix`: what to pass instead), and a damaged sweep.json, before
+    anything is written; returns the sweep that sweep.json describes, if there is one."""
     if not root:
         raise UsageError("`root` is required: the folder of the sweep's runs, e.g. `root`=runs/lr-width")
-    files.check_link("root", root, "pass a folder for the sweep's runs")
+    files.check_link("root", root, fix)
     if os.path.exists(root) and not os.path.isdir(root):
-        raise UsageError(f"`root` {root} is a file; pass a folder for the sweep's runs")
+        raise UsageError(f"`root` {root} is a file; {fix}")
     path = os.path.join(root, roots.SWEEP_FILE)
     return _read_description(path) if os.path.exists(path) else None
 
@@ -161,13 +161,11 @@ def record(root: str, description: dict) -> None:
 
 
 def load(root: str) -> dict:
-    files.check_link("root", root, "pass the folder mnist_dnn.sweep or mnist_dnn.search wrote")
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise UsageError(f"`root` {root} is a file, not a sweep folder; pass the folder mnist_dnn.sweep wrote")
-    path = os.path.join(root, roots.SWEEP_FILE)
-    if not os.path.isfile(path):
-        raise UsageError(f"{path} is missing: is `root`={root} a folder written by mnist_dnn.sweep?")
-    return _read_description(path)
+    description = check_root(root, "pass the folder mnist_dnn.sweep or mnist_dnn.search wrote")
+    if description is None:
+        raise UsageError(f"{os.path.join(root, roots.SWEEP_FILE)} is missing: is `root`={root} a folder written by "
+                         "mnist_dnn.sweep?")
+    return description
 
 
 def train_command(root: str, run: Run, base_args: list[str], train: list[str]) -> list[str]:

@@ -20,7 +20,7 @@ import time
 from multiprocessing import resource_tracker
 
 from mnist_dnn.lib import files, native_output, processes
-from mnist_dnn.lib.experiments import roots, search, studies, sweeps
+from mnist_dnn.lib.experiments import roots, search, sweeps
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import Error, first_line
 
@@ -52,12 +52,12 @@ class SearchError(Error):
 
 def check_search(config: search.SearchConfig, space_specs: list[str], base: TrainConfig):
     """(the config, its storage $MNIST_DNN_STORAGE if it names none; the space's Params), checked before any write."""
-    if config.storage is None and os.environ.get(studies.STORAGE_ENV):
-        config = dataclasses.replace(config, storage=os.environ[studies.STORAGE_ENV])
+    if config.storage is None and os.environ.get(search.STORAGE_ENV):
+        config = dataclasses.replace(config, storage=os.environ[search.STORAGE_ENV])
     config.validate()
-    studies.check_root(config)
+    search.check_root(config)
     if config.storage:
-        studies.check_storage_url(config.storage)
+        search.check_storage_url(config.storage)
     check, is_flag = functools.partial(sweeps.check_value, "space"), sweeps.TRAIN_FLAGS.__contains__
     space = [search.parse_param(spec, is_flag, check) for spec in space_specs]
     search.check_space(space, config.sampler)
@@ -68,7 +68,7 @@ def check_search(config: search.SearchConfig, space_specs: list[str], base: Trai
 
 def start_search(config: search.SearchConfig, space, base: TrainConfig, say) -> "Plan":
     """Opens (or creates) the study and its root; the plan that `run_workers` carries out."""
-    studies.start(config, space, say)
+    search.start(config, space, say)
     plan = make_plan(config, space, base)
     say(f"Search of {plan.total} trials in {config.root} ({config.sampler} sampler, {config.pruner} pruner): "
         + " x ".join(p.spec() for p in space))
@@ -83,13 +83,9 @@ def check_exit_codes(codes: list[int]) -> None:
         raise SearchError(f"{sum(map(bool, codes))} worker(s) failed (exit codes {codes}); see the lines above")
 
 
-def threads_per_worker(workers: int) -> int:
-    return max(1, len(os.sched_getaffinity(0)) // workers)
-
-
 def make_plan(config: search.SearchConfig, space, base: TrainConfig) -> Plan:
     total = min(config.trials, search.grid_size(space)) if config.sampler == "grid" else config.trials
-    return Plan(config, tuple(space), base, total, threads_per_worker(config.workers))
+    return Plan(config, tuple(space), base, total, threads=max(1, len(os.sched_getaffinity(0)) // config.workers))
 
 
 def run_workers(plan: Plan, say) -> list[int]:
@@ -183,16 +179,16 @@ def work(plan: Plan, index: int, say, stop: Stop | None = None) -> int:
     """Trains trials until the study has `plan.total` finished ones; 0, or 128 + a signal that stopped it."""
     stop = stop or Stop(os.getppid())
     with processes.signals_to(stop):
-        study = studies.open_study(plan.search, search.describe(list(plan.space)), create=False)
+        study = search.open_study(plan.search, search.describe(list(plan.space)), create=False)
         # Each worker, and each rerun, draws from its own seed: not the same points again.
         seed = None if plan.search.search_seed is None else plan.search.search_seed + 1000 * len(study.trials) + index
-        study.sampler = studies.make_sampler(plan.search.sampler, plan.space, seed, plan.total)
-        study.pruner = studies.make_pruner(plan.search.pruner, plan.base.eval_every, plan.base.max_steps)
-        optuna = studies.optuna()
+        study.sampler = search.make_sampler(plan.search.sampler, plan.space, seed, plan.total)
+        study.pruner = search.make_pruner(plan.search.pruner, plan.base.eval_every, plan.base.max_steps)
+        optuna = search.optuna()
         while not stop.signals:
             with stop.deferred(whole=True):  # a stale trial is failed, then queued again
                 optuna.storages.fail_stale_trials(study)
-            finished, running, waiting = studies.progress(study)
+            finished, running, waiting = search.progress(study)
             if finished >= plan.total:
                 return 0
             if not waiting and finished + running >= plan.total:
@@ -204,7 +200,7 @@ def work(plan: Plan, index: int, say, stop: Stop | None = None) -> int:
                     study.optimize(_objective(plan, study, say, current, stop), n_trials=1, catch=(Error,),
                                    gc_after_trial=True)
                 except _Interrupted as e:
-                    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, studies.frozen(study, current[0]))
+                    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, search.frozen(study, current[0]))
                     say(f"trial {current[0]} stopped by signal {e.args[0]}; queued again to resume from its checkpoint")
         return 128 + stop.signals[0]
 
@@ -212,10 +208,10 @@ def work(plan: Plan, index: int, say, stop: Stop | None = None) -> int:
 def _objective(plan: Plan, study, say, current: list, stop: Stop):
     def objective(trial):
         current.append(trial.number)
-        if studies.trials_before(study, trial.number) >= plan.total:
+        if search.trials_before(study, trial.number) >= plan.total:
             trial.set_user_attr("surplus", True)
             raise _NoRoom()
-        name = studies.folder_name(studies.frozen(study, trial.number))
+        name = search.folder_name(search.frozen(study, trial.number))
         where = {"folder": name, "host": socket.gethostname(), "root": os.path.abspath(plan.search.root)}
         for key, value in where.items():
             trial.set_user_attr(key, value)  # where the report of any root of the study finds it

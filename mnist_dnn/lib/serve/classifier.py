@@ -1,8 +1,13 @@
-"""Classifying image files with an exported model (a SavedModel, a LiteRT, ONNX or Keras file), as a client would.
+"""Exported models loaded (a SavedModel, a LiteRT, ONNX or Keras file): their signatures, the newest version of a
+model folder, and a classifier of image files, as a client would use them.
 
-The image is brought to MNIST's form here (28x28 grayscale, light digit on a dark background) by the same TensorFlow ops
-as the SavedModel's `serving_bytes` signature; the model's `serving_default` signature does the rest (scaling,
-flattening)."""
+A model folder holds numbered versions (`exports/mnist/1/`, `2/`, ...), each a SavedModel or a model file, as `export`
+writes them. Like TensorFlow Serving, the server serves the highest version that loads, and `ModelVersions.refresh`
+switches to a newer one once it has loaded: requests already running finish on the model they started with.
+
+An image file is brought to MNIST's form here (28x28 grayscale, light digit on a dark background) by the same
+TensorFlow ops as the SavedModel's `serving_bytes` signature; the model's `serving_default` signature does the rest
+(scaling, flattening)."""
 
 import base64
 import dataclasses
@@ -10,15 +15,16 @@ import json
 import os
 import threading
 import zipfile
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from mnist_dnn.lib import files, native_output
-from mnist_dnn.lib.config import BYTES_SIGNATURE, MAX_IMAGE_BYTES, SERVING_SIGNATURE
-from mnist_dnn.lib.core import data, export_dir, exporting, images
-from mnist_dnn.lib.errors import DataError, UsageError, first_line
+from mnist_dnn.lib.config import BYTES_SIGNATURE, IMAGE_SIZE, MAX_IMAGE_BYTES, NUM_CLASSES, SERVING_SIGNATURE
+from mnist_dnn.lib.core import export_dir, exporting, images
+from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
 
 # The LiteRT interpreter and onnxruntime are optional extras: imported by the reader that needs them.
 LITERT_INSTALL_HINT = ('running LiteRT models needs the ai-edge-litert package: pip install -e ".[litert]" (or pip '
@@ -41,14 +47,6 @@ class Prediction:
         return cls(int(digit), float(p[digit]), runner_up, float(p[runner_up]), tuple(float(v) for v in p))
 
 
-def read_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """The bytes of a regular file of at most `max_bytes` (`files.read_input`); DataError otherwise."""
-    try:
-        return files.read_input(path, max_bytes, to_raise_it="pass a smaller image, or raise `max_image_bytes`")
-    except OSError as e:
-        raise DataError(e.strerror or str(e)) from None
-
-
 def check_image(contents: bytes) -> None:
     """Refuses an image larger than images.MAX_PIXELS before it is decoded."""
     height, width = (int(v) for v in images.image_size(tf.constant(contents)))
@@ -65,7 +63,10 @@ class ImageFile:
 
 def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> ImageFile:
     """A PNG, JPEG, BMP or GIF (its first frame) of up to images.MAX_PIXELS, with its MNIST pixels: uint8 [28, 28, 1]."""
-    contents = read_file(path, max_bytes)
+    try:
+        contents = files.read_input(path, max_bytes, to_raise_it="pass a smaller image, or raise `max_image_bytes`")
+    except OSError as e:  # not a regular file, or larger than `max_bytes`
+        raise DataError(e.strerror or str(e)) from None
     with native_output.quiet_unless_logging():  # libjpeg says why it fails on descriptor 2: the line below says it
         try:
             check_image(contents)
@@ -75,38 +76,19 @@ def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> ImageFile:
     raise DataError(f"not an image TensorFlow can decode ({images.FORMATS})")
 
 
-class SavedModelSignature:
-    """The `serving_default` signature of a SavedModel folder: uint8 [N, 28, 28, 1] in, its outputs as numpy."""
-
-    def __init__(self, path: str):
-        self.path = path
-        try:
-            # Keep the loaded object: its signatures read variables it owns.
-            self.loaded = tf.saved_model.load(path)
-        except Exception as e:  # whatever damaged files raise (a truncated variables file: IndexError)
-            raise UsageError(f"cannot load the SavedModel {path}: {first_line(e)}") from None
-        if SERVING_SIGNATURE not in self.loaded.signatures:
-            raise UsageError(f"the SavedModel {path} has no {SERVING_SIGNATURE} signature")
-        self.signature = self.loaded.signatures[SERVING_SIGNATURE]
-
-    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: value.numpy() for name, value in self.signature(images=tf.constant(pixels)).items()}
-
-
 class KerasFile:
     """A `model.keras` of `export --format=keras` (float [N, 784] in, logits out), answering as `serving_default`."""
 
     def __init__(self, path: str):
         try:
-            self.model = keras.models.load_model(path, compile=False)
-            self(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))
+            self.model = exporting.ImagesModel(keras.models.load_model(path, compile=False))
+            self(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8))
         except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as e:
             raise UsageError(f"{path} is not a Keras model of mnist_dnn ({first_line(e)}); export one with "
                              "python -m mnist_dnn.export `format`=keras") from None
 
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        flat = exporting.ServingModule.flatten(data.to_float(tf.constant(pixels)))
-        return {name: value.numpy() for name, value in exporting.outputs(self.model, flat).items()}
+        return {name: value.numpy() for name, value in self.model(tf.constant(pixels)).items()}
 
 
 class LiteRTModel:
@@ -127,7 +109,7 @@ class LiteRTModel:
             if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
                 raise ValueError(f"its {SERVING_SIGNATURE} signature does not take uint8 images")
             with native_output.quiet_unless_logging():  # the first run prints `INFO: Created ... XNNPACK delegate`
-                self(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))
+                self(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8))
         except (ValueError, RuntimeError) as e:
             raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({first_line(e)}); export one with "
                              "python -m mnist_dnn.export `format`=litert") from None
@@ -149,7 +131,7 @@ class OnnxModel:
         self.path = path
         try:
             self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            self(np.zeros((1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), np.uint8))
+            self(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8))
         except Exception as e:  # onnxruntime's errors (InvalidProtobuf, InvalidArgument, ...) derive from Exception only
             raise UsageError(f"{path} is not an ONNX model of mnist_dnn ({first_line(e)}); export one with "
                              "python -m mnist_dnn.export `format`=onnx") from None
@@ -164,12 +146,78 @@ def file_reader(path: str):
     return {".onnx": OnnxModel, ".keras": KerasFile}.get(os.path.splitext(path)[1], LiteRTModel)
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    dtype: tf.DType
+    shape: tuple[int | None, ...]  # None: any size (the batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """One callable signature: named numpy inputs in, named numpy outputs out."""
+
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Servable:
+    """One loaded version of the model."""
+
+    version: int
+    path: str
+    signatures: dict[str, Signature]
+    owner: object = None  # what the signatures need alive (a loaded SavedModel reads its own variables)
+
+
+def _info(spec: tf.TensorSpec) -> TensorInfo:
+    return TensorInfo(spec.dtype, tuple(spec.shape.as_list()))
+
+
+def _saved_model_signature(function) -> Signature:
+    def run(inputs):
+        return {name: value.numpy() for name, value in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+
+    _, inputs = function.structured_input_signature
+    return Signature({name: _info(spec) for name, spec in inputs.items()},
+                     {name: _info(spec) for name, spec in function.structured_outputs.items()}, run)
+
+
+def load(path: str, version: int, error: type[Error] = DataError) -> Servable:
+    """A SavedModel folder, or a .tflite, .onnx or .keras file read as `predict` reads it (`serving_default` alone);
+    `error` is what a model that does not load raises (predict's: UsageError)."""
+    if os.path.isdir(path):
+        try:
+            loaded = tf.saved_model.load(path)
+        except Exception as e:  # whatever damaged files raise (a truncated variables file: IndexError)
+            raise error(f"cannot load the SavedModel {path}: {first_line(e)}") from None
+        signatures = {name: _saved_model_signature(function) for name, function in loaded.signatures.items()}
+        return Servable(version, path, signatures, owner=loaded)
+    try:
+        model = file_reader(path)(path)
+    except Error:
+        raise
+    except Exception as e:  # whatever a damaged file makes its reader raise
+        raise error(f"cannot load {path}: {first_line(e)}") from None
+    inputs = {"images": TensorInfo(tf.uint8, (None, IMAGE_SIZE, IMAGE_SIZE, 1))}
+    outputs = {"probabilities": TensorInfo(tf.float32, (None, NUM_CLASSES)), "classes": TensorInfo(tf.int64, (None,))}
+    return Servable(version, path, {SERVING_SIGNATURE: Signature(inputs, outputs, lambda named: model(named["images"]))},
+                    owner=model)
+
+
 class Classifier:
     """An exported model: a SavedModel, a .tflite, .onnx or .keras file, or the latest version in a model folder."""
 
     def __init__(self, model_dir: str):
         self.path = export_dir.resolve_model(model_dir)
-        self.model = SavedModelSignature(self.path) if os.path.isdir(self.path) else file_reader(self.path)(self.path)
+        self.servable = load(self.path, 1, UsageError)
+        if SERVING_SIGNATURE not in self.servable.signatures:
+            raise UsageError(f"the SavedModel {self.path} has no {SERVING_SIGNATURE} signature")
+
+    def model(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Its `serving_default` signature: uint8 [N, 28, 28, 1] in, its outputs as numpy."""
+        return self.servable.signatures[SERVING_SIGNATURE].run({"images": pixels})
 
     def __call__(self, pixels) -> list[Prediction]:
         """Classifies uint8 images 0..255, [28, 28, 1] or [28, 28] each: a list of them, or a numpy batch."""
@@ -178,6 +226,79 @@ class Classifier:
         batch = np.stack(pixels)
         outputs = self.model(batch[..., np.newaxis] if batch.ndim == 3 else batch)
         return [Prediction.from_outputs(c, p) for c, p in zip(outputs["classes"], outputs["probabilities"])]
+
+
+def _loadable(folder: str) -> str | None:
+    """The SavedModel folder or the one model file in `folder`; None when it holds neither (yet)."""
+    try:
+        return export_dir.model_in(folder)  # the rule export and predict use
+    except UsageError:
+        return None  # more than one model file: not a version export writes
+
+
+def _fingerprint(path: str) -> tuple:
+    """Names, sizes and times of the files below `path`: a version that failed is retried when they change."""
+    walked = (os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    stats = [(p, os.stat(p)) for p in ([path] if os.path.isfile(path) else walked)]
+    return tuple(sorted((p, stat.st_size, stat.st_mtime_ns) for p, stat in stats))
+
+
+class ModelVersions:
+    """The servable of `model_dir`: the highest numbered version that loads, or a single model. `model_dir` is a folder
+    of numbered versions (watched by `refresh`), or one SavedModel folder or .tflite file (served as it is, as version 1
+    unless its folder is numbered)."""
+
+    def __init__(self, model_dir: str, say: Callable[[str], None] = lambda line: None):
+        self.model_dir = model_dir
+        self.say = say
+        self.failed: dict[int, tuple[tuple, str]] = {}  # version -> (fingerprint of what failed to load, error)
+        self.watched = not (os.path.isfile(model_dir) or (os.path.isdir(model_dir) and _loadable(model_dir)))
+        self.current = self._first()
+
+    def _first(self) -> Servable:
+        if not self.watched:
+            path = self.model_dir if os.path.isfile(self.model_dir) else _loadable(self.model_dir)
+            folder = os.path.basename(os.path.normpath(self.model_dir if os.path.isdir(path) else os.path.dirname(path)))
+            return load(path, int(folder) if folder.isdigit() else 1)
+        files.check_link("model_dir", self.model_dir, "point it at a model folder")
+        if not os.path.exists(self.model_dir):
+            raise DataError(f"{self.model_dir} does not exist; export a model there with python -m mnist_dnn.export")
+        candidates = self.candidates()
+        if not candidates:
+            raise DataError(f"{self.model_dir} holds no model: neither a SavedModel, a .tflite, .onnx or .keras file nor "
+                            "numbered version folders holding one; export one with python -m mnist_dnn.export")
+        version, path = candidates[0]
+        return load(path, version)  # the newest must load at start-up: its error is the one to see
+
+    def candidates(self) -> list[tuple[int, str]]:
+        """(version, model path) of the complete versions, newest first."""
+        versions = reversed(export_dir.versions(self.model_dir))
+        found = [(v, _loadable(os.path.join(self.model_dir, str(v)))) for v in versions]
+        return [(version, path) for version, path in found if path]
+
+    def refresh(self) -> bool:
+        """Loads and switches to the newest version if it is not the one served; True if it switched. A version that
+        fails to load is said once and kept in `failed` until its files change; older ones are tried in the same pass."""
+        if not self.watched:
+            return False
+        for version, path in self.candidates():
+            if version == self.current.version:
+                return False
+            fingerprint = _fingerprint(path)
+            if self.failed.get(version, (None,))[0] == fingerprint:
+                continue  # still the files that failed: try an older version
+            try:
+                servable = load(path, version)
+            except Error as e:
+                self.failed = {**self.failed, version: (fingerprint, str(e))}  # replaced whole: status reads it
+                self.say(f"version {version} failed to load (marked failed, tried again once its files change), "
+                         f"still serving version {self.current.version}: {e}")
+                continue
+            self.say(f"serving version {version} ({path}) instead of version {self.current.version}")
+            self.failed = {v: failure for v, failure in self.failed.items() if v != version}
+            self.current = servable
+            return True
+        return False
 
 
 # --- TensorFlow Serving's REST API --------------------------------------------------------

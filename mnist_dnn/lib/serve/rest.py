@@ -13,7 +13,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
 from mnist_dnn.lib.config import SERVING_SIGNATURE
-from mnist_dnn.lib.serve.servables import Servable, Signature, TensorInfo
+from mnist_dnn.lib.serve.classifier import Servable, Signature, TensorInfo
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 

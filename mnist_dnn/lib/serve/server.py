@@ -27,7 +27,7 @@ from mnist_dnn.lib import processes
 from mnist_dnn.lib.serve import rest
 from mnist_dnn.lib.errors import UsageError, first_line
 from mnist_dnn.lib.config import ServeConfig
-from mnist_dnn.lib.serve.servables import ModelVersions, Servable
+from mnist_dnn.lib.serve.classifier import ModelVersions, Servable
 
 VERSION_HEADER = "X-Model-Version"  # on each predict answer: the version that computed it (not TensorFlow Serving's)
 MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"

@@ -16,10 +16,10 @@ import tensorflow as tf
 
 from mnist_dnn.lib import files, onednn, processes, xla_cache
 from mnist_dnn.lib.core import data, evaluation, export_dir
-from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps, summaries
+from mnist_dnn.lib.trainer import actions, controller, distribute, steps, summaries
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
-from mnist_dnn.lib.core.models import create_model, mean_loss
+from mnist_dnn.lib.core.models import create_model
 from mnist_dnn.lib.core.checkpoint_store import Best, CheckpointStore
 from mnist_dnn.lib.core.run_dir import LOGS_DIR, RunConfig, RunDir, new_run_id
 from mnist_dnn.lib.core.models import per_example_loss  # noqa: F401 (the loss, as the course's train.py had it)
@@ -234,11 +234,10 @@ class _Run:
         self.writer = summaries.summary_writer(log_dir)
         self.log = actions.TrainingLog(self.writer, self.metrics, state.optimizer, self.start, config.max_steps,
                                        self.clock, say)
-        self.diagnose = diagnostics.Diagnostics(self.writer, state.model, mean_loss, splits["validation"],
-                                                config.diagnostics and log_dir is not None)
         save_best = lambda best: save_to.save_best(state.checkpoint, best, state.weights())  # noqa: E731
         self.validation = actions.Validation(state, splits["validation"], self.writer, save_best, best,
-                                             config.early_stopping_patience, config.eval_every, self.diagnose,
+                                             config.early_stopping_patience, config.eval_every,
+                                             config.diagnostics and log_dir is not None,
                                              say=self.log.message, on_result=on_validation)
         self.save = lambda step: save_to.save(state.checkpoint, step, state.weights(), config.keep_checkpoints)
         self.export = None

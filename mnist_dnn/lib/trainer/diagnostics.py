@@ -105,10 +105,6 @@ def counts_markdown(matrix: list[list[int]]) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def _name(variable) -> str:
-    return getattr(variable, "path", None) or variable.name.split(":")[0]
-
-
 class Diagnostics:
     """Writes the diagnostics of one run; does nothing when disabled."""
 
@@ -137,9 +133,9 @@ class Diagnostics:
         gradients = [g.numpy() for g in self.gradients()]
         summaries = []
         for variable, gradient in zip(variables, gradients):
-            summaries += [histogram_pb(f"{PART}/weights/{_name(variable)}", variable.numpy()),
-                          histogram_pb(f"{PART}/gradients/{_name(variable)}", gradient),
-                          scalar_pb(f"{PART}/gradient_norm/{_name(variable)}", np.linalg.norm(gradient))]
+            summaries += [histogram_pb(f"{PART}/weights/{variable.path}", variable.numpy()),
+                          histogram_pb(f"{PART}/gradients/{variable.path}", gradient),
+                          scalar_pb(f"{PART}/gradient_norm/{variable.path}", np.linalg.norm(gradient))]
         global_norm = np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in gradients))
         return summaries + [scalar_pb(f"{PART}/gradient_norm/global", global_norm)]
 

@@ -56,10 +56,7 @@ def _idx_path(idx_dir: str, stem: str) -> str:
 
 def _read_bytes(path: str) -> bytes:
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        with open(path, "rb") as f:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
             return f.read()
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read {path}: {e}; replace it with an intact copy") from None

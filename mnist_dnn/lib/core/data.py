@@ -345,5 +345,4 @@ def _decode_and_cache(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_float(images: tf.Tensor) -> tf.Tensor:
-    """uint8 pixels to float32 in [0, 1]."""
     return tf.cast(images, tf.float32) / 255.0

@@ -101,7 +101,6 @@ class RunDir(CheckpointStore):
         files.write_text(self.config_path, config.to_json())
 
     def is_run(self) -> bool:
-        """Whether the folder holds a run: its model_config.json, or checkpoints."""
         return os.path.isfile(self.config_path) or self.latest() is not None
 
     def check_readable(self) -> None:

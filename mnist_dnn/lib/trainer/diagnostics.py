@@ -109,7 +109,6 @@ class Diagnostics:
     """Writes the diagnostics of one run; does nothing when disabled."""
 
     def __init__(self, writer, model, validation_split: data.Split, enabled: bool = True):
-        """`writer`: the run's; its tags here start with diagnostics/."""
         self.enabled = enabled
         if not enabled:
             return

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from mnist_dnn.lib.core import data, evaluation, models
+from mnist_dnn.lib.core import data, evaluation
 from mnist_dnn.lib.trainer import diagnostics
 
 
@@ -18,7 +18,7 @@ def test_histograms_and_gradient_norms_match_numpy_on_a_fixed_logistic_regressio
     split = data.Split(tf.constant(images), tf.constant(labels))
     metrics = evaluation.evaluate_split(evaluation.make_predict_fn(model), split)
     writer = tf.summary.create_file_writer(str(tmp_path))
-    diagnostics.Diagnostics(writer, model, models.mean_loss, split).write(7, metrics)
+    diagnostics.Diagnostics(writer, model, split).write(7, metrics.predictions, metrics.confusion_matrix)
     writer.close()
 
     # Mean cross-entropy over the first 500 images: d/dW = X^T (softmax - onehot) / N.

@@ -119,7 +119,6 @@ class CheckpointStore:
         _remove_temporary(os.path.join(glob.escape(self.path), f"{CHECKPOINT_NAME}-*"))
 
     def read_best(self) -> Best | None:
-        """The recorded best of the folder, or None if it has none yet."""
         path = os.path.join(self.best_dir, BEST_FILE)
         try:
             with open(path) as f:

@@ -15,11 +15,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import files
 from mnist_dnn.lib.core import export_dir
 from mnist_dnn.lib.errors import CheckpointError, UsageError, first_line
 from mnist_dnn.lib.core.models import create_model
-from mnist_dnn.lib.core.checkpoint_store import RESTORE_ERRORS, CheckpointStore
+from mnist_dnn.lib.core.checkpoint_store import RESTORE_ERRORS
 from mnist_dnn.lib.core.run_dir import WHICH, RunConfig, RunDir
 
 
@@ -31,15 +30,9 @@ def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str 
         if which != "latest":
             raise UsageError("pass either `checkpoint` or `which`=best, not both")
         return _existing_checkpoint(checkpoint)
-    if not ckpt_dir.strip():
-        raise UsageError("`ckpt_dir` is empty; point it at the folder train wrote (by default: checkpoints)")
-    if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
-        raise UsageError(f"`ckpt_dir` {ckpt_dir} is a file, not a run folder; point it at the folder train wrote")
-    files.check_link("ckpt_dir", ckpt_dir, "point it at a run folder")
-    if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"`ckpt_dir` {ckpt_dir} does not exist; train first or point it at a run folder")
-    store = CheckpointStore(ckpt_dir)
-    path = store.latest() if which == "latest" else store.best_checkpoint()
+    run = RunDir(ckpt_dir)
+    run.check_readable()
+    path = run.latest() if which == "latest" else run.best_checkpoint()
     exported = None if path else export_dir.exported_model(ckpt_dir)
     if exported:
         raise UsageError(f"`ckpt_dir` {ckpt_dir} holds {exported}: an export, not a training run's folder; read it "
@@ -108,9 +101,9 @@ def _held(path: str):
     match = re.search(r"-of-(\d+)$", names[-1])
     if not match or len(names) != 1 + int(match[1]):
         raise _Pruned()
-    with contextlib.ExitStack() as files, tempfile.TemporaryDirectory(prefix="mnist_dnn-checkpoint-") as folder:
+    with contextlib.ExitStack() as opening, tempfile.TemporaryDirectory(prefix="mnist_dnn-checkpoint-") as folder:
         try:
-            opened = [files.enter_context(open(name, "rb")) for name in names]
+            opened = [opening.enter_context(open(name, "rb")) for name in names]
         except FileNotFoundError:
             raise _Pruned() from None
         for source in opened:

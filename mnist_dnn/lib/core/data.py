@@ -56,10 +56,7 @@ def _idx_path(idx_dir: str, stem: str) -> str:
 
 def _read_bytes(path: str) -> bytes:
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        with open(path, "rb") as f:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
             return f.read()
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read {path}: {e}; replace it with an intact copy") from None
@@ -179,15 +176,9 @@ _BUILDERS = {"mnist": tfds_mnist.MNIST, "fashion_mnist": tfds_mnist.FashionMNIST
 assert tuple(_BUILDERS) == DATASETS
 
 
-def _builder_class(dataset: str):
-    if dataset not in DATASETS:
-        raise UsageError(f"unknown `dataset`={dataset!r}; choose one of: {', '.join(DATASETS)}")
-    return _BUILDERS[dataset]
-
-
 def _offline_builder_class(dataset: str, idx_dir: str):
     """The dataset's own TFDS builder, fed from local IDX files instead of its URLs."""
-    base = _builder_class(dataset)
+    base = _BUILDERS[dataset]
 
     class OfflineBuilder(base, skip_registration=True):
         name = base.name
@@ -219,7 +210,7 @@ def import_idx(config: DataConfig, verify: bool = True, say=print) -> tfds.core.
         builder = _offline_builder_class(config.dataset, folder)(data_dir=config.data_dir)
     with _preparing(builder.data_dir, say):
         with _tfds_quiet():
-            done = _builder_class(config.dataset)(data_dir=config.data_dir)
+            done = _BUILDERS[config.dataset](data_dir=config.data_dir)
             if done.is_prepared():  # by another process, while this one waited
                 return done
         say(f"Importing {config.dataset} from {folder} into {builder.data_dir} (once)")
@@ -280,14 +271,14 @@ def prepare(config: DataConfig, say=print) -> tfds.core.DatasetBuilder:
     config.validate()
     _check_data_dir(config.data_dir)
     with _tfds_quiet():
-        builder = _builder_class(config.dataset)(data_dir=config.data_dir)
+        builder = _BUILDERS[config.dataset](data_dir=config.data_dir)
         prepared = builder.is_prepared()
     if prepared:
         return builder
     if config.idx_folder:
         return import_idx(config, say=say)
     try:
-        _check_reachable(urllib.parse.urlparse(_builder_class(config.dataset).URL).hostname)
+        _check_reachable(urllib.parse.urlparse(_BUILDERS[config.dataset].URL).hostname)
         builder.download_and_prepare()
     except (OSError, ImportError) as e:  # requests' ConnectionError is an OSError
         raise _not_available(config, str(e).splitlines()[0]) from None
@@ -354,5 +345,4 @@ def _decode_and_cache(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_float(images: tf.Tensor) -> tf.Tensor:
-    """uint8 pixels to float32 in [0, 1]."""
     return tf.cast(images, tf.float32) / 255.0

@@ -23,14 +23,12 @@ NAMES = {"saved_model": "SavedModel", "litert": "LiteRT", "keras": "Keras", "onn
 
 
 def versions(export_dir: str) -> list[int]:
-    """The numbered versions already in `export_dir`, ascending."""
     if not os.path.isdir(export_dir):
         return []
     return sorted(int(name) for name in os.listdir(export_dir) if name.isascii() and name.isdigit())
 
 
 def model_files(folder: str) -> list[str]:
-    """The model files in `folder` (.tflite, .keras, .onnx), sorted."""
     return sorted(path for extension in FILE_FORMATS for path in glob.glob(os.path.join(glob.escape(folder), "*" + extension)))
 
 

@@ -162,7 +162,3 @@ def create_model(config: ModelConfig, seed: int = 0) -> keras.Model:
 def per_example_loss(labels, logits):
     """Sparse softmax cross-entropy on logits (never on softmax outputs), in float32 even under mixed precision."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))
-
-
-def mean_loss(labels, logits):
-    return tf.reduce_mean(per_example_loss(labels, logits))

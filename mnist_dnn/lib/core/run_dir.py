@@ -101,8 +101,17 @@ class RunDir(CheckpointStore):
         files.write_text(self.config_path, config.to_json())
 
     def is_run(self) -> bool:
-        """Whether the folder holds a run: its model_config.json, or checkpoints."""
         return os.path.isfile(self.config_path) or self.latest() is not None
+
+    def check_readable(self) -> None:
+        """Refuses a `ckpt_dir` that a tool cannot read a run from: empty, a file, a broken link, missing."""
+        if not self.path.strip():
+            raise UsageError("`ckpt_dir` is empty; point it at the folder train wrote (by default: checkpoints)")
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise UsageError(f"`ckpt_dir` {self.path} is a file, not a run folder; point it at the folder train wrote")
+        files.check_link("ckpt_dir", self.path, "point it at a run folder")
+        if not os.path.isdir(self.path):
+            raise CheckpointError(f"`ckpt_dir` {self.path} does not exist; train first or point it at a run folder")
 
     def check_own_folder(self) -> None:
         """Refuses a folder that is part of another run, or whose reserved subfolders are other runs' folders."""

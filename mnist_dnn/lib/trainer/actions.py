@@ -130,9 +130,10 @@ class Validation:
     True requests the stop (`pruned`)."""
 
     def __init__(self, state, split, writer, save_best, best: Best | None, patience: int, eval_every: int,
-                 diagnose: diagnostics.Diagnostics, say=print, on_result=None):
+                 diagnose: bool, say=print, on_result=None):
         self.state, self.split, self.writer, self.save_best, self.best = state, split, writer, save_best, best
-        self.patience, self.eval_every, self.diagnose, self.say = patience, eval_every, diagnose, say
+        self.patience, self.eval_every, self.say = patience, eval_every, say
+        self.diagnostics = diagnostics.Diagnostics(writer, state.model, split, enabled=diagnose)
         self.predict_fn = evaluation.make_predict_fn(state.model)
         self.on_result = on_result
         self.last = None
@@ -145,7 +146,7 @@ class Validation:
         if self.best is None or metrics.accuracy > self.best.accuracy:
             self.best = Best(step, metrics.loss, metrics.accuracy)
             self.save_best(self.best)
-        self.diagnose.write(step, metrics)
+        self.diagnostics.write(step, metrics.predictions, metrics.confusion_matrix)
         self.last = metrics
         self.pruned = bool(self.on_result and self.on_result(step, metrics))
         self.stop_requested = self.pruned or patience_exhausted(self.best, step, self.patience, self.eval_every)

@@ -9,7 +9,8 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 
-from mnist_dnn.lib.core import data, evaluation
+from mnist_dnn.lib.core import data
+from mnist_dnn.lib.core.models import per_example_loss
 
 PART = "diagnostics"  # the tags' prefix in the run's TensorBoard folder
 GRADIENT_BATCH = 500
@@ -104,20 +105,15 @@ def counts_markdown(matrix: list[list[int]]) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def _name(variable) -> str:
-    return getattr(variable, "path", None) or variable.name.split(":")[0]
-
-
 class Diagnostics:
     """Writes the diagnostics of one run; does nothing when disabled."""
 
-    def __init__(self, writer, model, loss_fn, validation_split: data.Split, enabled: bool = True):
-        """`writer`: the run's; its tags here start with diagnostics/."""
+    def __init__(self, writer, model, validation_split: data.Split, enabled: bool = True):
         self.enabled = enabled
         if not enabled:
             return
         self.writer = writer
-        self.model, self.loss_fn = model, loss_fn
+        self.model = model
         self.images = validation_split.images.numpy().astype(np.float32) / 255.0
         self.labels = validation_split.labels.numpy()
         self.gradients = tf.function(self._gradients)
@@ -125,7 +121,7 @@ class Diagnostics:
     def _gradients(self):
         with tf.GradientTape() as tape:
             logits = self.model(self.images[:GRADIENT_BATCH], training=False)
-            loss = self.loss_fn(self.labels[:GRADIENT_BATCH], logits)
+            loss = tf.reduce_mean(per_example_loss(self.labels[:GRADIENT_BATCH], logits))  # the training loss
         return tape.gradient(loss, self.model.trainable_variables)
 
     def _variable_summaries(self) -> list[summary_pb2.Summary]:
@@ -136,24 +132,24 @@ class Diagnostics:
         gradients = [g.numpy() for g in self.gradients()]
         summaries = []
         for variable, gradient in zip(variables, gradients):
-            summaries += [histogram_pb(f"{PART}/weights/{_name(variable)}", variable.numpy()),
-                          histogram_pb(f"{PART}/gradients/{_name(variable)}", gradient),
-                          scalar_pb(f"{PART}/gradient_norm/{_name(variable)}", np.linalg.norm(gradient))]
+            summaries += [histogram_pb(f"{PART}/weights/{variable.path}", variable.numpy()),
+                          histogram_pb(f"{PART}/gradients/{variable.path}", gradient),
+                          scalar_pb(f"{PART}/gradient_norm/{variable.path}", np.linalg.norm(gradient))]
         global_norm = np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in gradients))
         return summaries + [scalar_pb(f"{PART}/gradient_norm/global", global_norm)]
 
-    def write(self, step: int, metrics: evaluation.Metrics) -> None:
-        """`metrics`: of the validation split at `step`, with its predictions."""
+    def write(self, step: int, predictions: np.ndarray, confusion_matrix: list[list[int]]) -> None:
+        """The validation split's `predictions` (a class per example) and `confusion_matrix` at `step`."""
         if not self.enabled:
             return
-        grid, names = misclassified_grid(self.images, self.labels, metrics.predictions)
+        grid, names = misclassified_grid(self.images, self.labels, predictions)
         with self.writer.as_default(step=step):
             tf.summary.experimental.write_raw_pb([s.SerializeToString() for s in self._variable_summaries()])
-            if metrics.confusion_matrix:
-                tf.summary.image(f"{PART}/confusion_matrix", confusion_image(metrics.confusion_matrix)[None],
+            if confusion_matrix:
+                tf.summary.image(f"{PART}/confusion_matrix", confusion_image(confusion_matrix)[None],
                                  description="Validation confusion matrix: rows true class 0-9 (top to bottom, green), "
                                  "columns predicted class 0-9 (left to right, red); brightness sqrt(row share).")
-                tf.summary.text(f"{PART}/confusion_matrix_counts", counts_markdown(metrics.confusion_matrix))
+                tf.summary.text(f"{PART}/confusion_matrix_counts", counts_markdown(confusion_matrix))
             tf.summary.image(f"{PART}/misclassified", grid[None],
                              description=f"First {len(names)} misclassified validation digits, row by row, "
                              f"labelled true (green, left) and predicted (red, right): {', '.join(names)}")

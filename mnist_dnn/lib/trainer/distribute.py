@@ -7,7 +7,6 @@ import os
 
 import tensorflow as tf
 
-from mnist_dnn.lib.config import STRATEGIES
 from mnist_dnn.lib.errors import UsageError
 
 
@@ -22,10 +21,7 @@ def split_cpu(virtual_cpus: int) -> None:
 
 
 def make_strategy(name: str, devices: tuple[str, ...] = (), virtual_cpus: int = 0) -> tf.distribute.Strategy:
-    if name not in STRATEGIES:
-        raise UsageError(f"unknown `strategy`={name!r}; choose one of: {', '.join(STRATEGIES)}")
-    if virtual_cpus < 0:
-        raise UsageError(f"`virtual_cpus` must be 0 (off) or more, got {virtual_cpus}")
+    """The strategy `name` of `TrainConfig.strategy` (which `TrainConfig.validate` has checked, with `virtual_cpus`)."""
     if virtual_cpus:
         split_cpu(virtual_cpus)
     if name == "default":

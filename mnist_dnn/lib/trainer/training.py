@@ -16,10 +16,10 @@ import tensorflow as tf
 
 from mnist_dnn.lib import files, onednn, processes, xla_cache
 from mnist_dnn.lib.core import data, evaluation, export_dir
-from mnist_dnn.lib.trainer import actions, controller, diagnostics, distribute, steps, summaries
+from mnist_dnn.lib.trainer import actions, controller, distribute, steps, summaries
 from mnist_dnn.lib.config import OPTIMIZER_NAMES, TrainConfig  # noqa: F401 (TrainConfig: part of this API)
 from mnist_dnn.lib.errors import TrainingError, UsageError
-from mnist_dnn.lib.core.models import create_model, mean_loss
+from mnist_dnn.lib.core.models import create_model
 from mnist_dnn.lib.core.checkpoint_store import Best, CheckpointStore
 from mnist_dnn.lib.core.run_dir import LOGS_DIR, RunConfig, RunDir, new_run_id
 from mnist_dnn.lib.core.models import per_example_loss  # noqa: F401 (the loss, as the course's train.py had it)
@@ -104,14 +104,6 @@ def build_state(config: TrainConfig, strategy=None) -> TrainState:
     seed_state = list(model.non_trainable_variables)
     checkpoint = tf.train.Checkpoint(step=step, model=model, optimizer=optimizer, seed_state=seed_state)
     return TrainState(step, model, optimizer, checkpoint)
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """Turns SIGINT/SIGTERM into a request (`received[0]`) that the loop honours."""
-    received = []
-    with processes.signals_to(lambda signum, frame: received.append(signum)):
-        yield received
 
 
 # What a collective op raises on the workers of a cluster when one of them dies.
@@ -203,9 +195,12 @@ def _run(config: TrainConfig, strategy, splits, log_dir: str | None, save_to: Ch
         graph = run.validation.predict_fn.get_concrete_function().graph if first_in_log_dir else None
         summaries.write_run_summary(run.writer, hparams(config), graph, summaries.trial_id(log_dir, run_id))
     run.log.message(describe(config, strategy, start, log_dir))
-    stopping = stop_on_signals() if stop_signals is None else contextlib.nullcontext(stop_signals)
-    with _report_lost_workers(chief_dir), stopping as received, contextlib.closing(run):
-        end = controller.run(run.guarded_runner(), state.current_step, config.max_steps, config.steps_per_call,
+    # SIGINT and SIGTERM become a request (`received[0]`) that the loop honours, unless the caller's handler fills it.
+    received = [] if stop_signals is None else stop_signals
+    stopping = (processes.signals_to(lambda signum, frame: received.append(signum)) if stop_signals is None else
+                contextlib.nullcontext())
+    with _report_lost_workers(chief_dir), stopping, contextlib.closing(run):
+        end = controller.run(run.run_steps, state.current_step, config.max_steps, config.steps_per_call,
                              run.actions(lambda: bool(received)), lambda: bool(received) or run.validation.stop_requested)
     return run.finish(end, received[0] if received else None, resumed_from)
 
@@ -234,11 +229,10 @@ class _Run:
         self.writer = summaries.summary_writer(log_dir)
         self.log = actions.TrainingLog(self.writer, self.metrics, state.optimizer, self.start, config.max_steps,
                                        self.clock, say)
-        self.diagnose = diagnostics.Diagnostics(self.writer, state.model, mean_loss, splits["validation"],
-                                                config.diagnostics and log_dir is not None)
         save_best = lambda best: save_to.save_best(state.checkpoint, best, state.weights())  # noqa: E731
         self.validation = actions.Validation(state, splits["validation"], self.writer, save_best, best,
-                                             config.early_stopping_patience, config.eval_every, self.diagnose,
+                                             config.early_stopping_patience, config.eval_every,
+                                             config.diagnostics and log_dir is not None,
                                              say=self.log.message, on_result=on_validation)
         self.save = lambda step: save_to.save(state.checkpoint, step, state.weights(), config.keep_checkpoints)
         self.export = None
@@ -261,17 +255,14 @@ class _Run:
         with self.clock.paused():
             work(step)
 
-    def guarded_runner(self):
-        def run_steps(num_steps: int) -> None:
-            try:
-                self._run_steps(num_steps)
-            except steps.NonFiniteLoss:
-                raise TrainingError(
-                    f"the loss or a gradient became NaN or infinite at step {self.state.current_step() + 1}; nothing "
-                    f"was saved after it. Last good checkpoint: {self.save_to.latest() or 'none'}. Lower "
-                    "`learning_rate` and rerun to resume") from None
-
-        return run_steps
+    def run_steps(self, num_steps: int) -> None:
+        try:
+            self._run_steps(num_steps)
+        except steps.NonFiniteLoss:
+            raise TrainingError(
+                f"the loss or a gradient became NaN or infinite at step {self.state.current_step() + 1}; nothing "
+                f"was saved after it. Last good checkpoint: {self.save_to.latest() or 'none'}. Lower "
+                "`learning_rate` and rerun to resume") from None
 
     def _run_steps(self, num_steps: int) -> None:
         """Runs the steps; if XLA's persistent cache fails the compiled loop, warns once and goes on without XLA."""

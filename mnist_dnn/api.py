@@ -5,16 +5,14 @@ to a config (`cli.config_from`) and the same checks. TensorFlow is imported by t
 importing this module."""
 
 import functools
-import json
-import os
 import sys
 
 from mnist_dnn.cli import app as cli
-from mnist_dnn.lib import files, onednn
-from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, MAX_IMAGE_BYTES, EvaluateConfig,  # noqa: F401 (the tools' configs)
-                                  ExportConfig, PredictConfig, RestoreConfig, RunData, ServeConfig, TrainConfig)
+from mnist_dnn.lib import onednn
+from mnist_dnn.lib.config import (DEFAULT_EXPORT_DIRS, MAX_IMAGE_BYTES, SEARCH_KINDS,  # noqa: F401 (the tools' configs)
+                                  EvaluateConfig, ExportConfig, PredictConfig, RestoreConfig, RunData, SearchConfig,
+                                  ServeConfig, TrainConfig)
 from mnist_dnn.lib.errors import BusyError, CheckpointError, DataError, Error, UsageError  # noqa: F401 (for the tools)
-from mnist_dnn.lib.experiments.search import KINDS as SEARCH_KINDS, SearchConfig  # noqa: F401 (the search tool's)
 
 
 def preset(name: str, **changes) -> TrainConfig:
@@ -93,12 +91,9 @@ def read_checkpoint(restore_config: RestoreConfig) -> tuple[str, int | None, lis
 
 def stored_config(checkpoint: str) -> tuple[str, dict | CheckpointError]:
     """(the file in the run folder of `checkpoint` that holds its run's config, the config or why there is none)."""
-    from mnist_dnn.lib.core import run_dir
+    from mnist_dnn.lib.core import checkpoints
 
-    try:
-        return run_dir.CONFIG_FILE, json.loads(run_dir.RunDir.of_checkpoint(checkpoint).load_config().to_json())
-    except CheckpointError as e:
-        return run_dir.CONFIG_FILE, e
+    return checkpoints.stored_config(checkpoint)
 
 
 def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES):
@@ -117,23 +112,9 @@ def rest_request(signature: str, image_files: list) -> str:
 
 def write_test_digits(folder: str, count: int, data_dir: str | None = None, idx_dir=None, say=print) -> None:
     """The first `count` test images as folder/test-N.png, to try a model on; refuses to replace a file."""
-    import tensorflow as tf
-
     from mnist_dnn.lib.core import data
 
-    paths = [os.path.join(folder, f"test-{i}.png") for i in range(count)]
-    files.check_link("write_test_digits", folder, "pass another folder")
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UsageError(f"{folder} is not a folder; pass a folder for the PNG files", field="write_test_digits")
-    taken = [p for p in paths if os.path.lexists(p)]
-    if taken:
-        raise UsageError(f"{taken[0]} exists; pass another folder", field="write_test_digits")
-    test = data.load_splits(data.DataConfig(data_dir=data_dir, idx_dir=idx_dir), say=say)["test"]
-    os.makedirs(folder, exist_ok=True)
-    for path, image, label in zip(paths, test.images[:count], test.labels[:count].numpy()):
-        png = tf.io.encode_png(tf.reshape(image, (data.IMAGE_SIZE, data.IMAGE_SIZE, 1))).numpy()
-        files.write_with(path, lambda f: f.write(png))
-        say(f"Wrote {path}: a {label}")
+    data.write_test_digits(folder, count, data.DataConfig(data_dir=data_dir, idx_dir=idx_dir), say)
 
 
 def serve(serve_config: ServeConfig, say=print, on_start=lambda servable, port: None,

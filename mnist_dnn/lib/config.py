@@ -26,6 +26,9 @@ DATASETS = ("mnist", "fashion_mnist", "kmnist")
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+SEARCH_KINDS = ("loguniform", "uniform", "int", "choice")  # a search space's parameters
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
 WHICH = ("latest", "best")  # which checkpoint of a run folder the tools read
 IDX_DIR_ENV = "MNIST_DNN_IDX_DIR"  # the offline MNIST, for the tools that are not told --idx_dir
 # Exports: their formats, LiteRT quantizations and the SavedModel's signatures.
@@ -388,4 +391,32 @@ class ServeConfig:
         _float32_in("file_system_poll_wait_seconds", self.file_system_poll_wait_seconds, 0, 86400,
                     "a number of seconds from 0 to 86400", low_inclusive=True)
         _whole_number("model_threads", self.model_threads, 1, 64)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    root: str | None = setting(None, "Folder of the search: one run folder per trial (trial-NNNN/), the study "
+                               "(study.db unless --storage), report.{csv,md,png}.")
+    trials: int = setting(20, "Trials in total, over every run of this command and every worker sharing the study.")
+    workers: int = setting(1, "Trials trained at once on this machine, each in a process of its own; the CPU cores "
+                           "are split between them.")
+    sampler: str = setting("tpe", f"How trials are chosen: {', '.join(SAMPLERS)} (every combination of the choice "
+                           "and int parameters).")
+    pruner: str = setting("median", f"Stops hopeless trials at an evaluation: {', '.join(PRUNERS)}.")
+    storage: str | None = setting(None, "Optuna RDB storage URL shared by several machines, e.g. "
+                                  "postgresql+psycopg://user@host/db, its password in ~/.pgpass; or the whole URL in "
+                                  "MNIST_DNN_STORAGE (default: sqlite under --root). No file holds the password.")
+    study_name: str = setting("mnist_dnn", "Name of the study in the storage (one storage can hold several).")
+    search_seed: int | None = setting(None, "Seed of the sampler (worker i uses seed + i); default: random.")
+
+    def validate(self) -> "SearchConfig":
+        if not self.root:
+            raise ConfigError("root", "is required: the folder of the search's trials, e.g. `root`=runs/search")
+        _whole_number("trials", self.trials, 1, 100_000)
+        _whole_number("workers", self.workers, 1, 64)
+        _choice("sampler", self.sampler, SAMPLERS)
+        _choice("pruner", self.pruner, PRUNERS)
+        if not self.study_name:
+            raise ConfigError("study_name", "must not be empty")
         return self

@@ -5,6 +5,7 @@ folder's business (`run_dir`)."""
 import contextlib
 import dataclasses
 import glob
+import json
 import math
 import os
 import re
@@ -19,7 +20,7 @@ from mnist_dnn.lib.core import export_dir
 from mnist_dnn.lib.errors import CheckpointError, UsageError, first_line
 from mnist_dnn.lib.core.models import create_model
 from mnist_dnn.lib.core.checkpoint_store import RESTORE_ERRORS
-from mnist_dnn.lib.core.run_dir import WHICH, RunConfig, RunDir
+from mnist_dnn.lib.core.run_dir import CONFIG_FILE, WHICH, RunConfig, RunDir
 
 
 def resolve_checkpoint(ckpt_dir: str, checkpoint: str | None = None, which: str = "latest") -> str:
@@ -177,3 +178,11 @@ def check_dataset(path: str, config: RunConfig, dataset: str | None) -> None:
     if dataset and dataset != config.dataset:
         raise UsageError(f"is {dataset}, but {path} was trained on {config.dataset}; a model is scored and exported "
                          f"with its own dataset: drop `dataset`, or pass a run trained on {dataset}", field="dataset")
+
+
+def stored_config(checkpoint: str) -> tuple[str, dict | CheckpointError]:
+    """(the file in the run folder of `checkpoint` that holds its run's config, the config or why there is none)."""
+    try:
+        return CONFIG_FILE, json.loads(RunDir.of_checkpoint(checkpoint).load_config().to_json())
+    except CheckpointError as e:
+        return CONFIG_FILE, e

@@ -346,3 +346,20 @@ def _decode_and_cache(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def to_float(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 255.0
+
+
+def write_test_digits(folder: str, count: int, config: DataConfig, say=print) -> None:
+    """The first `count` test images of `config`'s dataset as folder/test-N.png; refuses to replace a file."""
+    paths = [os.path.join(folder, f"test-{i}.png") for i in range(count)]
+    files.check_link("write_test_digits", folder, "pass another folder")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{folder} is not a folder; pass a folder for the PNG files", field="write_test_digits")
+    taken = [p for p in paths if os.path.lexists(p)]
+    if taken:
+        raise UsageError(f"{taken[0]} exists; pass another folder", field="write_test_digits")
+    test = load_splits(config, say=say)["test"]
+    os.makedirs(folder, exist_ok=True)
+    for path, image, label in zip(paths, test.images[:count], test.labels[:count].numpy()):
+        png = tf.io.encode_png(tf.reshape(image, (IMAGE_SIZE, IMAGE_SIZE, 1))).numpy()
+        files.write_with(path, lambda f: f.write(png))
+        say(f"Wrote {path}: a {label}")

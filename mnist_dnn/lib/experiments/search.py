@@ -20,13 +20,10 @@ import os
 import warnings
 
 from mnist_dnn.lib import files, settings
-from mnist_dnn.lib.config import ConfigError, TrainConfig, setting
+from mnist_dnn.lib.config import SEARCH_KINDS as KINDS, ConfigError, SearchConfig, TrainConfig  # noqa: F401 (SearchConfig: this module's)
 from mnist_dnn.lib.errors import DataError, UsageError, first_line
 from mnist_dnn.lib.experiments import roots
 
-KINDS = ("loguniform", "uniform", "int", "choice")
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
 STORAGE_KINDS = ("sqlite", "postgresql", "mysql")
 OBJECTIVE = "maximize best validation accuracy"
 HEARTBEAT_S = 10
@@ -36,37 +33,8 @@ POLL_S = 2.0
 TRIAL_FLAGS = ("ckpt_dir", "log_dir", "result_file", "export_dir")
 
 
-@dataclasses.dataclass(frozen=True)
-class SearchConfig:
-    root: str | None = setting(None, "Folder of the search: one run folder per trial (trial-NNNN/), the study "
-                               "(study.db unless --storage), report.{csv,md,png}.")
-    trials: int = setting(20, "Trials in total, over every run of this command and every worker sharing the study.")
-    workers: int = setting(1, "Trials trained at once on this machine, each in a process of its own; the CPU cores "
-                           "are split between them.")
-    sampler: str = setting("tpe", f"How trials are chosen: {', '.join(SAMPLERS)} (every combination of the choice "
-                           "and int parameters).")
-    pruner: str = setting("median", f"Stops hopeless trials at an evaluation: {', '.join(PRUNERS)}.")
-    storage: str | None = setting(None, "Optuna RDB storage URL shared by several machines, e.g. "
-                                  "postgresql+psycopg://user@host/db, its password in ~/.pgpass; or the whole URL in "
-                                  "MNIST_DNN_STORAGE (default: sqlite under --root). No file holds the password.")
-    study_name: str = setting("mnist_dnn", "Name of the study in the storage (one storage can hold several).")
-    search_seed: int | None = setting(None, "Seed of the sampler (worker i uses seed + i); default: random.")
-
-    def validate(self) -> None:
-        if not self.root:
-            raise ConfigError("root", "is required: the folder of the search's trials, e.g. `root`=runs/search")
-        for field, maximum in (("trials", 100_000), ("workers", 64)):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
-                raise ConfigError(field, f"must be a whole number from 1 to {maximum:,}; got {value!r}")
-        for field, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
-            if getattr(self, field) not in choices:
-                raise ConfigError(field, f"must be one of {', '.join(choices)}; got {getattr(self, field)!r}")
-        if not self.study_name:
-            raise ConfigError("study_name", "must not be empty")
-
-    def storage_url(self) -> str:
-        return self.storage or "sqlite:///" + os.path.abspath(os.path.join(self.root, roots.STUDY_FILE))
+def storage_url(config: SearchConfig) -> str:
+    return config.storage or "sqlite:///" + os.path.abspath(os.path.join(config.root, roots.STUDY_FILE))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,19 +237,19 @@ def open_storage(url: str):
 def open_study(config: SearchConfig, description: dict, create: bool):
     """Loads the study (or creates it, when `create`), refusing one of another space or objective."""
     op = optuna()
-    storage = open_storage(config.storage_url())
+    storage = open_storage(storage_url(config))
     try:
         study = op.load_study(study_name=config.study_name, storage=storage)
     except KeyError:
         if not create:
-            raise DataError(f"the storage {shown(config.storage_url())} holds no study {config.study_name}") from None
+            raise DataError(f"the storage {shown(storage_url(config))} holds no study {config.study_name}") from None
         study = op.create_study(storage=storage, study_name=config.study_name, direction="maximize",
                                 load_if_exists=True)
     stored = study.user_attrs.get("search")
     if stored is None and create:
         study.set_user_attr("search", description)
     elif stored != description:
-        raise UsageError(f"the study {config.study_name} in {shown(config.storage_url())} was created with another "
+        raise UsageError(f"the study {config.study_name} in {shown(storage_url(config))} was created with another "
                          f"space or objective ({'; '.join((stored or {}).get('space', []))}; "
                          f"{(stored or {}).get('objective')}); pass the same `space`, or another `study_name` or `root`")
     return study
@@ -397,6 +365,6 @@ def load_from_root(root: str):
     stored = read_root(root)
     config = SearchConfig(root=root, study_name=stored["study_name"], storage=stored.get("storage"))
     try:
-        return optuna().load_study(study_name=config.study_name, storage=open_storage(config.storage_url()))
+        return optuna().load_study(study_name=config.study_name, storage=open_storage(storage_url(config)))
     except KeyError:
-        raise DataError(f"{shown(config.storage_url())} holds no study {config.study_name}") from None
+        raise DataError(f"{shown(storage_url(config))} holds no study {config.study_name}") from None

@@ -1,4 +1,4 @@
-"""lib/settings.py: the one way from text (a flag's, a grid's, a search space's) to a config; FLAGS left alone."""
+"""lib/config.py's build_config: the one way from text (a flag's, a grid's, a search space's) to a config; FLAGS left alone."""
 
 import contextlib
 import functools
@@ -8,14 +8,14 @@ from absl import flags
 
 import conftest
 from mnist_dnn.cli import app as cli
-from mnist_dnn.lib import settings
+from mnist_dnn.lib.config import build_config
 from mnist_dnn.lib.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from mnist_dnn.lib.errors import UsageError
 from mnist_dnn.lib.experiments import reports, search, sweeps, trials
 
 
 def test_text_becomes_each_field_s_type():
-    built = settings.build(TrainConfig, {
+    built = build_config(TrainConfig, {
         "model": "cnn", "hidden_units": "256-128", "conv_filters": "8,16", "learning_rate": "0.003",
         "batch_size": "64", "deterministic": "true", "jit_compile": "False", "optimizer": "sgd", "log_dir": "L",
         "devices": "/cpu:0,/cpu:1", "dataset": "kmnist"})
@@ -27,31 +27,31 @@ def test_text_becomes_each_field_s_type():
 
 @pytest.mark.parametrize("given", ["256-128", "256,128", " 256 , 128 ", ["256", "128"], (256, 128)])
 def test_a_list_is_a_grid_s_text_a_command_line_s_text_or_absl_s_strings(given):
-    assert settings.build(TrainConfig, {"hidden_units": given}).model.hidden_units == (256, 128)
+    assert build_config(TrainConfig, {"hidden_units": given}).model.hidden_units == (256, 128)
 
 
 def test_no_list_is_the_model_s_own_and_an_empty_one_is_empty():
-    assert settings.build(TrainConfig, {"model": "cnn", "hidden_units": None, "conv_filters": None}).model == \
+    assert build_config(TrainConfig, {"model": "cnn", "hidden_units": None, "conv_filters": None}).model == \
         ModelConfig("cnn", (128,), conv_filters=(32, 64))
-    assert settings.build(TrainConfig, {"model": "logistic", "hidden_units": ""}).model.hidden_units == ()
-    assert settings.build(TrainConfig, {"devices": []}).devices == ()
+    assert build_config(TrainConfig, {"model": "logistic", "hidden_units": ""}).model.hidden_units == ()
+    assert build_config(TrainConfig, {"devices": []}).devices == ()
 
 
 @pytest.mark.parametrize("text, value", [("true", True), ("TRUE", True), ("t", True), ("1", True), ("false", False),
                                          ("False", False), ("f", False), ("0", False)])
 def test_booleans_read_as_absl_reads_them(text, value):
-    assert settings.build(TrainConfig, {"diagnostics": text}).diagnostics is value
+    assert build_config(TrainConfig, {"diagnostics": text}).diagnostics is value
 
 
 def test_values_absl_parsed_are_taken_as_they_are():
-    built = settings.build(TrainConfig, {"batch_size": 64, "deterministic": True, "jit_compile": None,
+    built = build_config(TrainConfig, {"batch_size": 64, "deterministic": True, "jit_compile": None,
                                          "learning_rate": 0.5})
     assert (built.batch_size, built.deterministic, built.jit_compile, built.learning_rate) == (64, True, None, 0.5)
 
 
 def test_a_choice_is_read_as_text_and_checked_by_validate():
-    assert settings.build(TrainConfig, {"model": "DNN"}).model == ModelConfig("raw", (128,))  # the course's alias
-    built = settings.build(TrainConfig, {"optimizer": "lbfgs"})
+    assert build_config(TrainConfig, {"model": "DNN"}).model == ModelConfig("raw", (128,))  # the course's alias
+    built = build_config(TrainConfig, {"optimizer": "lbfgs"})
     with pytest.raises(ConfigError, match="must be one of sgd") as caught:
         built.validate()
     assert caught.value.field == "optimizer"
@@ -67,7 +67,7 @@ def test_a_choice_is_read_as_text_and_checked_by_validate():
 ])
 def test_a_bad_value_is_one_config_error_naming_its_field(name, text, fragment):
     with pytest.raises(ConfigError) as caught:
-        settings.build(TrainConfig, {name: text})
+        build_config(TrainConfig, {name: text})
     assert caught.value.field == name and fragment in caught.value.problem
 
 
@@ -86,15 +86,15 @@ def test_a_scalar_s_bad_text_from_a_grid_or_a_space_names_both():
 
 def test_a_config_given_as_base_keeps_its_values_but_those_named():
     base = TrainConfig(model=ModelConfig("dense", (60, 30)), batch_size=32, seed=7)
-    assert settings.build(base, {"dropout": "0.25", "optimizer": "sgd"}) == \
+    assert build_config(base, {"dropout": "0.25", "optimizer": "sgd"}) == \
         TrainConfig(model=ModelConfig("dense", (60, 30), 0.25), batch_size=32, seed=7, optimizer="sgd")
-    assert settings.build(base, {}) == base
+    assert build_config(base, {}) == base
 
 
 def test_grid_runs_get_each_model_s_own_widths_as_a_command_line_would():
     axes = [sweeps.parse_axis("model=cnn,lenet5", sweeps.LIST_FLAGS, functools.partial(sweeps.check_value, "grid"))]
     base = {"model": "dense", "hidden_units": None, "conv_filters": None, "learning_rate": 0.01}
-    configs = [settings.build(TrainConfig, {**base, **run.params}) for run in sweeps.expand(axes, sweeps.LIST_FLAGS)]
+    configs = [build_config(TrainConfig, {**base, **run.params}) for run in sweeps.expand(axes, sweeps.LIST_FLAGS)]
     assert [c.model for c in configs] == [ModelConfig("cnn", (128,), conv_filters=(32, 64)),
                                           ModelConfig("lenet5", (120, 84), conv_filters=(6, 16))]
     assert {c.learning_rate for c in configs} == {0.01}

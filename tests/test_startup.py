@@ -19,7 +19,7 @@ from absl import flags
 from conftest import ROOT, TF_STARTUP, assert_one_line_error, run_cli
 import mnist_dnn
 from mnist_dnn.cli import startup
-from mnist_dnn.lib import native_output, xla_cache
+from mnist_dnn.lib import processes, xla_cache
 
 
 
@@ -43,12 +43,12 @@ def test_tensorflow_logs_are_shown_only_when_asked(argv, env, wanted):
 
 
 def test_captured_stderr_is_dropped_unless_the_block_fails(capfd):
-    with native_output.captured_stderr():
+    with processes.captured_stderr():
         os.write(2, b"C++ noise\n")
     os.write(2, b"ours after it\n")
     assert capfd.readouterr().err == "ours after it\n"
     with pytest.raises(ImportError):
-        with native_output.captured_stderr():
+        with processes.captured_stderr():
             os.write(2, b"why it failed\n")
             raise ImportError("no luck")
     assert capfd.readouterr().err == "why it failed\n"

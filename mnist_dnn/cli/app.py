@@ -15,7 +15,8 @@ startup.interrupt_quietly()  # first: in a tool's process, Ctrl-C during the imp
 from absl import app, flags, logging
 
 from mnist_dnn.cli import command_line
-from mnist_dnn.lib import files, settings
+from mnist_dnn.lib import files
+from mnist_dnn.lib.config import build_config, env_idx_dir, flag_fields, value_type
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 startup.define_onednn_flag()
@@ -29,12 +30,12 @@ def define_config_flags(config_class, only: tuple[str, ...] | None = None, flag_
     shows them as shared flags, but a `tool`'s own fields (given its __name__) in its own group."""
     own = set(dataclasses.fields(config_class)) if tool else set()
     module = {"module_name": sys.argv[0] if tool == "__main__" else tool}  # as absl files a main module's flags
-    for field, name in settings.flag_fields(config_class):
+    for field, name in flag_fields(config_class):
         if only is None or name in only:
             default = field.default
             default = list(default) if isinstance(default, tuple) and default else (None if default == () else default)
             choices = {"enum_values": field.metadata["choices"]} if field.metadata.get("choices") else {}
-            define = flags.DEFINE_enum if choices else _DEFINE[settings.kind(field.type)]
+            define = flags.DEFINE_enum if choices else _DEFINE[value_type(field.type)]
             define(name, default, help=field.metadata["help"], flag_values=flag_values, **choices,
                    **(module if field in own else {}))
 
@@ -65,8 +66,8 @@ def preset_settings(name: str, config_class) -> dict:
 
 def tool_settings(config_class, values=flags.FLAGS) -> dict:
     """A tool's settings by flag name: its flags as parsed, and --idx_dir (if it has one) else the environment's."""
-    given = {name: values[name].value for _, name in settings.flag_fields(config_class)}
-    return {**given, "idx_dir": settings.idx_dir(given["idx_dir"])} if "idx_dir" in given else given
+    given = {name: values[name].value for _, name in flag_fields(config_class)}
+    return {**given, "idx_dir": env_idx_dir(given["idx_dir"])} if "idx_dir" in given else given
 
 
 def tool_config(config_class, values=flags.FLAGS):
@@ -76,17 +77,17 @@ def tool_config(config_class, values=flags.FLAGS):
 
 def config_from(config_class, given: dict):
     """A `config_class` from settings named as its flags (a tool's, or the Python API's keywords): another name is a
-    UsageError; without `idx_dir`, the environment's (`settings.idx_dir`)."""
-    unknown = sorted(set(given) - {name for _, name in settings.flag_fields(config_class)})
+    UsageError; without `idx_dir`, the environment's (`env_idx_dir`)."""
+    unknown = sorted(set(given) - {name for _, name in flag_fields(config_class)})
     if unknown:
         raise UsageError(f"{', '.join(unknown)}: not a setting of {config_class.__name__} (the settings are named as "
                          "the tool's flags: python -m mnist_dnn.train --help)")
-    return settings.build(config_class, {**given, "idx_dir": settings.idx_dir(given.get("idx_dir"))})
+    return build_config(config_class, {**given, "idx_dir": env_idx_dir(given.get("idx_dir"))})
 
 
 def idx_dir(values):
-    """The --idx_dir of the parsed `values`, or else the environment's (`settings.idx_dir`)."""
-    return settings.idx_dir(values.idx_dir)
+    """The --idx_dir of the parsed `values`, or else the environment's (`env_idx_dir`)."""
+    return env_idx_dir(values.idx_dir)
 
 
 def as_flags(text: str, flag_values=flags.FLAGS) -> str:

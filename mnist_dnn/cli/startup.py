@@ -13,7 +13,7 @@ import platform
 import signal
 import sys
 
-from mnist_dnn.lib import native_output, onednn, xla_cache
+from mnist_dnn.lib import onednn, processes, xla_cache
 
 TF_LOGS_ENV = "MNIST_DNN_TF_LOGS"
 XLA_CACHE_ENV = "MNIST_DNN_XLA_CACHE"
@@ -153,4 +153,4 @@ def quiet_tensorflow(argv: list[str], environ=os.environ) -> None:
         return
     environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if "tensorflow" not in sys.modules:
-        native_output.import_tensorflow(quiet=True)
+        processes.import_tensorflow(quiet=True)

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import native_output
+from mnist_dnn.lib import processes
 from mnist_dnn.lib.core import data, export_dir as layout, images, models
 from mnist_dnn.lib.config import BYTES_SIGNATURE, FLAT_SIGNATURE, QUANTIZATIONS, REPRESENTATIVE_IMAGES, SERVING_SIGNATURE
 from mnist_dnn.lib.errors import UsageError
@@ -178,7 +178,7 @@ def convert_int8(serving_module: ServingModule, representative: np.ndarray) -> b
     converter.representative_dataset = batches
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.uint8
-    with native_output.quiet_unless_logging():  # the quantizer prints `fully_quantize: 0, ...`
+    with processes.quiet_unless_logging():  # the quantizer prints `fully_quantize: 0, ...`
         return converter.convert()
 
 

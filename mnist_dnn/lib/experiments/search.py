@@ -19,8 +19,8 @@ import math
 import os
 import warnings
 
-from mnist_dnn.lib import files, settings
-from mnist_dnn.lib.config import SEARCH_KINDS as KINDS, ConfigError, SearchConfig, TrainConfig  # noqa: F401 (SearchConfig: this module's)
+from mnist_dnn.lib import files
+from mnist_dnn.lib.config import SEARCH_KINDS as KINDS, ConfigError, SearchConfig, TrainConfig, build_config  # noqa: F401 (SearchConfig)
 from mnist_dnn.lib.errors import DataError, UsageError, first_line
 from mnist_dnn.lib.experiments import roots
 
@@ -136,7 +136,7 @@ def grid_size(space: list[Param]) -> int:
 
 
 def trial_config(base: TrainConfig, values: dict, folder: str) -> TrainConfig:
-    config = settings.build(base, values)
+    config = build_config(base, values)
     return dataclasses.replace(config, ckpt_dir=os.path.join(folder, roots.CKPT_DIR),
                                log_dir=os.path.join(folder, roots.LOGS_DIR), export_dir=None)
 
@@ -145,7 +145,7 @@ def check_space_against(base: TrainConfig, space: list[Param]) -> None:
     """Each bound and choice, put into the base config, passes training's own validation."""
     for param in space:
         for value in param.candidates():
-            settings.build(base, {param.name: value}).validate()
+            build_config(base, {param.name: value}).validate()
 
 
 def describe(space: list[Param]) -> dict:

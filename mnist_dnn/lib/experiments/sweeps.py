@@ -15,16 +15,16 @@ import signal
 import subprocess
 import time
 
-from mnist_dnn.lib import files, processes, settings
-from mnist_dnn.lib.config import TrainConfig
+from mnist_dnn.lib import files, processes
+from mnist_dnn.lib.config import TrainConfig, build_config, flag_fields, value_type
 from mnist_dnn.lib.experiments import roots
 from mnist_dnn.lib.errors import DataError, Error, UsageError
 
 # Flags the sweep sets for each run; a grid or base flag cannot set them.
 RUN_FLAGS = ("ckpt_dir", "log_dir", "result_file")
 # The training flags that a grid or a search space varies, and those of them that take a list.
-TRAIN_FLAGS = [name for _, name in settings.flag_fields(TrainConfig)]
-LIST_FLAGS = {name for field, name in settings.flag_fields(TrainConfig) if settings.kind(field.type) is tuple}
+TRAIN_FLAGS = [name for _, name in flag_fields(TrainConfig)]
+LIST_FLAGS = {name for field, name in flag_fields(TrainConfig) if value_type(field.type) is tuple}
 
 
 class SweepError(Error):
@@ -72,7 +72,7 @@ def check_value(source: str, name: str, text: str) -> None:
     """Reads a value that a grid or a search space (the flag `source`) gives training flag `name`, as the flag's."""
     if name not in TRAIN_FLAGS:
         raise UsageError(f"`{source}` names --{name}, which is not a flag of mnist_dnn.train")
-    settings.build(TrainConfig, {name: text}, source)
+    build_config(TrainConfig, {name: text}, source)
 
 
 def check_axes(axes: list[Axis]) -> None:
@@ -119,7 +119,7 @@ def expand(axes: list[Axis], list_flags) -> list[Run]:
 def check_runs(base: dict, runs: list[Run]) -> None:
     """Every run's settings (`base`, flag name -> value, under its own) pass train's own validation."""
     for run in runs:
-        settings.build(TrainConfig, {**base, **run.params}).validate()
+        build_config(TrainConfig, {**base, **run.params}).validate()
 
 
 def describe(axes: list[Axis], base_args: list[str], runs: list[Run]) -> dict:

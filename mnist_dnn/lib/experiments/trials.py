@@ -19,7 +19,7 @@ import threading
 import time
 from multiprocessing import resource_tracker
 
-from mnist_dnn.lib import files, native_output, processes
+from mnist_dnn.lib import files, processes
 from mnist_dnn.lib.experiments import roots, search, sweeps
 from mnist_dnn.lib.config import TrainConfig
 from mnist_dnn.lib.errors import Error, first_line
@@ -163,7 +163,7 @@ def _worker_main(plan: Plan, index: int, parent: int) -> None:
 
     # A spawned worker imports TensorFlow afresh, as quietly as the search's start-up did: that set
     # TF_CPP_MIN_LOG_LEVEL to 3 exactly when it kept TensorFlow's lines off (not a 2 of the user's).
-    tf = native_output.import_tensorflow(quiet=os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3")
+    tf = processes.import_tensorflow(quiet=os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3")
     tf.config.threading.set_intra_op_parallelism_threads(plan.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     try:

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dnn.lib import files, native_output
+from mnist_dnn.lib import files, processes
 from mnist_dnn.lib.config import BYTES_SIGNATURE, IMAGE_SIZE, MAX_IMAGE_BYTES, NUM_CLASSES, SERVING_SIGNATURE
 from mnist_dnn.lib.core import export_dir, exporting, images
 from mnist_dnn.lib.errors import DataError, Error, UsageError, first_line
@@ -67,7 +67,7 @@ def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> ImageFile:
         contents = files.read_input(path, max_bytes, to_raise_it="pass a smaller image, or raise `max_image_bytes`")
     except OSError as e:  # not a regular file, or larger than `max_bytes`
         raise DataError(e.strerror or str(e)) from None
-    with native_output.quiet_unless_logging():  # libjpeg says why it fails on descriptor 2: the line below says it
+    with processes.quiet_unless_logging():  # libjpeg says why it fails on descriptor 2: the line below says it
         try:
             check_image(contents)
             return ImageFile(path, contents, images.decode_digit(tf.constant(contents)).numpy())
@@ -108,7 +108,7 @@ class LiteRTModel:
             inputs = self.runner.get_input_details()
             if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
                 raise ValueError(f"its {SERVING_SIGNATURE} signature does not take uint8 images")
-            with native_output.quiet_unless_logging():  # the first run prints `INFO: Created ... XNNPACK delegate`
+            with processes.quiet_unless_logging():  # the first run prints `INFO: Created ... XNNPACK delegate`
                 self(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8))
         except (ValueError, RuntimeError) as e:
             raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({first_line(e)}); export one with "

@@ -89,10 +89,9 @@ async def load(url: str, pixels: np.ndarray, batch: int, clients: int, requests:
     return summary(latencies, time.perf_counter() - started, batch, len(errors))
 
 
-def in_process_rows(model_path: str, pixels: np.ndarray, batch: int, clients: int, requests: int) -> dict:
+def in_process_rows(signature, pixels: np.ndarray, batch: int, clients: int, requests: int) -> dict:
     """One caller, and `clients` threads, calling the SavedModel's signature with batches of `batch` images."""
     import tensorflow as tf
-    signature = tf.saved_model.load(model_path).signatures["serving_default"]
     batches = [tf.constant(pixels[(i * batch) % (len(pixels) - batch + 1):][:batch]) for i in range(requests)]
 
     def caller(calls):
@@ -158,8 +157,8 @@ class Wrong(Exception):
 class Rollout:
     """The clients' answers, checked as they come, and the moments of the rollout (seconds from the start)."""
 
-    def __init__(self, url: str, pixels: np.ndarray, expected: dict[int, np.ndarray]):
-        self.url, self.pixels, self.expected = url, pixels, expected
+    def __init__(self, url: str, pixels: np.ndarray, expected: dict[int, np.ndarray], pause: float = 0):
+        self.url, self.pixels, self.expected, self.pause = url, pixels, expected, pause
         self.status_url = url.rsplit(":", 1)[0]
         self.started = time.perf_counter()
         self.events, self.answers, self.problems = {}, [], []  # answers: (start, seconds, batch, version or None)
@@ -206,6 +205,7 @@ class Rollout:
                                           "kind": "wrong" if isinstance(e, Wrong) else "failed",
                                           "problem": f"{type(e).__name__}: {e}"[:300]})
                 self.answers.append((started, self.now() - started, batch, version, index))
+                await asyncio.sleep(self.pause)
 
     async def status(self, http) -> list[dict]:
         return (await http.get(self.status_url)).json()["model_version_status"]
@@ -317,7 +317,7 @@ def run_rollout(args, pixels: np.ndarray) -> dict:
         spare = exporting.export_model(models.create_model(models.make_config("dense"), seed=SEEDS[3]), spare, version=3)
         process, url, said = start_server(model_dir, args.model_threads, args.poll_seconds)
         try:
-            rollout = Rollout(url, pixels, expected)
+            rollout = Rollout(url, pixels, expected, args.client_pause)
             bodies = [rollout.bodies(i, BATCHES[i % 2]) for i in range(args.rollout_clients)]
 
             async def everything():
@@ -351,6 +351,7 @@ def rollout_table(result: dict) -> str:
 
 
 def run_steady(args, pixels: np.ndarray) -> tuple[dict, str]:
+    import tensorflow as tf
     from mnist_dnn.lib.core import export_dir, exporting, models
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model_dir or os.path.join(scratch, "mnist")
@@ -360,9 +361,9 @@ def run_steady(args, pixels: np.ndarray) -> tuple[dict, str]:
         try:
             rows = {f"server_batch_{b}": lambda b=b: asyncio.run(load(url, pixels, b, args.clients, args.requests))
                     for b in BATCHES}
+            signature = tf.saved_model.load(export_dir.resolve_model(model_dir)).signatures["serving_default"]
             for b in BATCHES:
-                path = export_dir.resolve_model(model_dir)
-                rows.update(in_process_rows(path, pixels, b, args.clients, args.requests))
+                rows.update(in_process_rows(signature, pixels, b, args.clients, args.requests))
             rounds = harness.interleaved(rows, args.rounds)
         finally:
             process.terminate()
@@ -388,9 +389,11 @@ def main():
     parser.add_argument("--phase_seconds", type=float, default=25, help="the rollout's before and after phases")
     parser.add_argument("--hold_seconds", type=float, default=5, help="how long version 3 stays half written, "
                         "at least (and twice the time it took to be listed as failed)")
+    parser.add_argument("--client_pause", type=float, default=0, help="seconds each rollout client waits between "
+                        "its requests (--smoke: the server's loads and the export get their turn in one process)")
     parser.add_argument("--poll_seconds", type=float, default=1, help="the server's --file_system_poll_wait_seconds")
     args = harness.parse(parser, smoke={"clients": 2, "requests": 3, "rollout_clients": 2, "phase_seconds": 0.3,
-                                        "hold_seconds": 0.3, "poll_seconds": 0.05})
+                                        "hold_seconds": 0.3, "poll_seconds": 0.05, "client_pause": 0.1})
     parts = set(args.parts.split(","))
     if not parts or parts - {"steady", "rollout"}:
         parser.error(f"--parts must name steady, rollout or both, got {args.parts!r}")

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import ROOT, call_tool, copy_run, folder_hashes, hparams, run_cli, scalars, tiny_config
+from conftest import ROOT, call_tool, copy_run, folder_hashes, hparams, run_cli, scalars, tiny_config, write_idx_folder
 from mnist_dnn.lib.core import data, models
 from mnist_dnn.lib.core.checkpoint_store import CheckpointStore
 from mnist_dnn.lib.trainer import actions, steps, summaries, training
@@ -311,7 +311,8 @@ def test_the_process_ends_with_every_summary_on_disk(tiny_data, tmp_path, ending
 
 def test_the_library_prints_nothing_itself_every_line_goes_to_say(tiny_data, tmp_path, capsys, monkeypatch):
     lines = []
-    fresh_data = dataclasses.replace(tiny_data, data_dir=str(tmp_path / "tfds"))  # an import to tell of, too
+    write_idx_folder(tmp_path / "idx", n_train=1000, n_test=100)  # an import to tell of, too: a small one
+    fresh_data = dataclasses.replace(tiny_data, data_dir=str(tmp_path / "tfds"), idx_dir=str(tmp_path / "idx"))
     monkeypatch.setattr(data, "check_canonical", lambda *args: None)  # the tiny IDX files are not the official ones
     from tensorflow_datasets.core.utils import tqdm_utils
     monkeypatch.setattr(tqdm_utils, "_active", False)  # TFDS's own bars, the host's choice, as the tools make it

@@ -60,8 +60,8 @@ def main(argv):
     if config.write_test_digits:
         if paths:
             raise UsageError(f"`write_test_digits` takes no image files; got {' '.join(paths)}")
-        return api.write_test_digits(config.write_test_digits, config.digits, flags.FLAGS.data_dir,
-                                     cli.idx_dir(flags.FLAGS), say=cli.say)
+        return api.write_test_digits(config.write_test_digits, config.digits, data_dir=flags.FLAGS.data_dir,
+                                     idx_dir=cli.idx_dir(flags.FLAGS), say=cli.say)
     if not paths:
         raise UsageError("no image files given: python -m mnist_dnn.predict --model_dir=exports/mnist/1 FILE [FILE...]")
     if config.rest_request:

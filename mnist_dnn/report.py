@@ -25,7 +25,7 @@ def main(argv):
     del argv
     if not FLAGS.root:
         raise api.UsageError("--root is required: the folder of a sweep or a search, e.g. --root=runs/lr-width")
-    api.report(FLAGS.root, FLAGS.data_dir, cli.idx_dir(FLAGS), say=cli.say)
+    api.report(FLAGS.root, data_dir=FLAGS.data_dir, idx_dir=cli.idx_dir(FLAGS), say=cli.say)
 
 
 def run():

@@ -28,7 +28,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     given = {name: FLAGS[name].serialize() for name in FLAGS if FLAGS[name].present}  # passed on to each run
-    api.sweep(FLAGS.root, FLAGS.grid, cli.tool_settings(api.TrainConfig), given, say=cli.say)
+    api.sweep(FLAGS.root, FLAGS.grid, train_settings=cli.tool_settings(api.TrainConfig), given_args=given, say=cli.say)
 
 
 def run():

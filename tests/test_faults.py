@@ -14,7 +14,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -276,14 +275,19 @@ def test_ctrl_c_while_a_tool_starts_is_one_line_and_exit_130(moment, tiny_data, 
 # issue 27: evaluate, export and inspect beside a trainer that prunes every checkpoint but the newest.
 def test_the_tools_read_a_run_beside_a_trainer_that_saves_and_prunes_every_step(tiny_data, tmp_path):
     ckpt = tmp_path / "ckpt"
+    own_tmp = tmp_path / "tmp"  # the tools' temporary folders: /tmp is shared with whatever else runs on the machine
+    own_tmp.mkdir()
+    env = {"TMPDIR": str(own_tmp)}
     trainer = _start(_train_args(tiny_data.data_dir, ckpt, "--max_steps=100000000", "--checkpoint_every=1",
                                  "--keep_checkpoints=1"))
     try:
         _wait_for_checkpoint(trainer, ckpt)
         for attempt in range(3):
-            evaluated = run_cli("evaluate", f"--ckpt_dir={ckpt}", f"--data_dir={tiny_data.data_dir}", cwd=ROOT)
-            exported = run_cli("export", f"--ckpt_dir={ckpt}", f"--export_dir={tmp_path / f'export{attempt}'}", cwd=ROOT)
-            inspected = run_cli("inspect_checkpoint", f"--ckpt_dir={ckpt}", cwd=ROOT)
+            evaluated = run_cli("evaluate", f"--ckpt_dir={ckpt}", f"--data_dir={tiny_data.data_dir}", env_extra=env,
+                                cwd=ROOT)
+            exported = run_cli("export", f"--ckpt_dir={ckpt}", f"--export_dir={tmp_path / f'export{attempt}'}",
+                               env_extra=env, cwd=ROOT)
+            inspected = run_cli("inspect_checkpoint", f"--ckpt_dir={ckpt}", env_extra=env, cwd=ROOT)
             for result in (evaluated, exported, inspected):
                 assert result.returncode == 0 and "error" not in result.stderr, result.stderr[-2000:]
             assert "test" in evaluated.stdout and os.listdir(tmp_path / f"export{attempt}") == ["1"]
@@ -291,7 +295,7 @@ def test_the_tools_read_a_run_beside_a_trainer_that_saves_and_prunes_every_step(
     finally:
         trainer.send_signal(signal.SIGKILL)
         trainer.communicate()
-    assert not glob.glob(os.path.join(tempfile.gettempdir(), "mnist_dnn-checkpoint-*"))  # the copies are gone
+    assert not glob.glob(str(own_tmp / "mnist_dnn-checkpoint-*"))  # the copies are gone
 
 
 # issue 27: export onto a full disk, both formats: one line, no export folder left.

@@ -49,12 +49,11 @@ class TrainingLog:
     """Training loss, accuracy, learning rate and examples/s: to TensorBoard, and as progress: on a terminal,
     tqdm's bar fitted to its width (never wrapped); otherwise a line per report, fit for logs."""
 
-    def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock, say=print,
-                 interactive: bool | None = None):
+    def __init__(self, writer, metrics, optimizer, start_step: int, max_steps: int, clock: Clock, say=print):
         self.writer, self.metrics, self.optimizer, self.clock, self.say = writer, metrics, optimizer, clock, say
         self.start_step, self.max_steps = start_step, max_steps
         self.examples, self.seconds = 0.0, 0.0  # totals over the reports
-        self.interactive = sys.stdout.isatty() if interactive is None else interactive
+        self.interactive = sys.stdout.isatty()
         self.bar = None  # made at the first report: after the run's first line, its ETA without the compilation
 
     @property
@@ -82,7 +81,7 @@ class TrainingLog:
             self.bar = tqdm.tqdm(total=self.max_steps, initial=step, file=sys.stdout, mininterval=0.2, smoothing=0.1,
                                  bar_format="step {n}/{total} {bar} {elapsed}<{remaining}{postfix}")
         # The terminal's width now (it may have changed), less room for the "^C" a terminal echoes at a Ctrl-C.
-        self.bar.ncols = _terminal_width() - 2
+        self.bar.ncols = shutil.get_terminal_size().columns - 2
         self.bar.set_postfix_str(figures, refresh=False)
         self.bar.update(step - self.bar.n)
         self.bar.refresh()
@@ -99,12 +98,9 @@ class TrainingLog:
         """A line of its own (the run's first line, validations, how it ended): above the progress bar, which
         stays whole. On a terminal, broken between words to its width rather than wrapped by it."""
         if self.interactive:
-            text = textwrap.fill(text, _terminal_width() - 1, subsequent_indent="  ", break_long_words=False,
-                                 break_on_hyphens=False)
-        if self.bar is None:
-            self.say(text)
-            return
-        with self.bar.external_write_mode():
+            text = textwrap.fill(text, shutil.get_terminal_size().columns - 1, subsequent_indent="  ",
+                                 break_long_words=False, break_on_hyphens=False)
+        with self.bar.external_write_mode() if self.bar else contextlib.nullcontext():
             self.say(text)
 
     def close(self) -> None:
@@ -112,10 +108,6 @@ class TrainingLog:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def _terminal_width() -> int:
-    return shutil.get_terminal_size().columns
 
 
 def patience_exhausted(best: Best | None, step: int, patience: int, eval_every: int) -> bool:

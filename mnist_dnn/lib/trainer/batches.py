@@ -1,6 +1,6 @@
 """The batches the training loops read: each epoch's order, padding, image shifts, tf.data pipelines. Every batch is a
 function of the seed and the global step alone (stateless shuffles and shifts), so a resumed run reads exactly the
-batches an uninterrupted one would have read."""
+batches an uninterrupted one would have read, while its checkpoint stores only the step."""
 
 import math
 
@@ -15,9 +15,8 @@ def steps_per_epoch(size: int, batch_size: int) -> int:
 
 
 def random_shift(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
-    """Moves each image [B, 784] by its own random (dy, dx) in [-max_shift, max_shift], filling with 0. Stateless in
-    `seed` (shape [2]): the same seed always gives the same shifts, so a resumed run augments each step as an
-    uninterrupted one does."""
+    """Moves each image [B, 784] by its own random (dy, dx) in [-max_shift, max_shift], filling with 0; stateless in
+    `seed` (shape [2]), as every draw here."""
     side = IMAGE_SIZE + 2 * max_shift
     padded = tf.pad(tf.reshape(images, [-1, IMAGE_SIZE, IMAGE_SIZE]), [[0, 0], [max_shift] * 2, [max_shift] * 2])
     # Shape [B, 2] so that image i gets the same offsets in a batch padded to any size; Philox
@@ -120,11 +119,9 @@ def gather_batch(images, labels, order, weights, batch_in_epoch, batch_size: int
 
 def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0,
                   augmentation: Augmentation = Augmentation()) -> tf.data.Dataset:
-    """Endless (images, labels, weights) batches, reshuffled every epoch, starting at `start_step`. The whole split
-    stays in memory as uint8; each epoch's order is a stateless permutation of (seed, epoch). So the batch at any step
-    is a function of the seed and the step alone, and a resumed run sees exactly the batches it would have seen without
-    a stop, while the checkpoint stores only the step. Every batch has `batch_size` rows: an epoch's last one is padded
-    with weight-0 examples (`padded_epoch_order`)."""
+    """Endless (images, labels, weights) batches, reshuffled every epoch (`epoch_order`), starting at `start_step`; the
+    whole split stays in memory as uint8. Every batch has `batch_size` rows: an epoch's last one is padded with
+    weight-0 examples (`padded_epoch_order`)."""
     epoch_steps = steps_per_epoch(split.size, batch_size)
     start_epoch, skip = divmod(start_step, epoch_steps)
 

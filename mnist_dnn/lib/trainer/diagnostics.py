@@ -106,8 +106,6 @@ def counts_markdown(matrix: list[list[int]]) -> str:
 
 
 class Diagnostics:
-    """Writes the diagnostics of one run; does nothing when disabled."""
-
     def __init__(self, writer, model, validation_split: data.Split, enabled: bool = True):
         self.enabled = enabled
         if not enabled:

@@ -140,8 +140,6 @@ class CompiledRunner:
 
 
 class PipelineRunner:
-    """`runner(num_steps)` over a `tf.data` pipeline that the strategy spreads over its devices."""
-
     def __init__(self, state, metrics: TrainMetrics, split: data.Split, batch_size: int, seed: int,
                  augmentation: Augmentation = Augmentation(), strategy=None, start_step: int = 0):
         strategy = strategy or tf.distribute.get_strategy()
@@ -160,7 +158,6 @@ class PipelineRunner:
 
 
 def make_runner(config, state, metrics: TrainMetrics, split: data.Split, strategy=None, start_step: int = 0):
-    """The compiled in-memory runner, or the tf.data pipeline (several devices, --nojit_compile)."""
     settings = (state, metrics, split, config.batch_size, config.seed, config.augmentation)
     if config.compiled:
         return CompiledRunner(*settings, xla=xla_for(config.model))

@@ -135,7 +135,7 @@ def check_output_file(flag: str, path: str, kinds: tuple[tuple[str, ...], ...], 
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UsageError(f"{path}: its folder does not exist or is not writable; pass a file in an existing folder",
                          field=flag)
-    files.check_plain_target(flag, path)
+    files.refuse(flag, files.special_file_problem(path), "pass the path of a regular file")
     target = os.path.realpath(path)
     for other in inputs:
         if os.path.exists(other) and os.path.realpath(other) == target:

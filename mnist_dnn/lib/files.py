@@ -41,18 +41,14 @@ def broken_link(path: str) -> str | None:
     return f"{path} is {_broken_link(existing)}{where}"
 
 
-def check_link(field: str, path: str, fix: str) -> None:
-    """Refuses, naming the setting `field`, a path that is or lies under a broken link (`broken_link`)."""
-    problem = broken_link(path)
+def refuse(field: str, problem: str | None, fix: str) -> None:
+    """A `problem` (of the checks here) refused, if there is one: a UsageError naming the setting `field`, and `fix`."""
     if problem:
         raise UsageError(f"{problem}; {fix}", field=field)
 
 
-def check_folder(field: str, folder: str) -> None:
-    """Refuses, naming the setting `field`, a folder that cannot be used or created (`folder_problem`)."""
-    problem = folder_problem(folder)
-    if problem:
-        raise UsageError(f"{problem}; pass another folder", field=field)
+def check_link(field: str, path: str, fix: str) -> None:
+    refuse(field, broken_link(path), fix)
 
 
 def special_file_problem(path: str) -> str | None:
@@ -70,13 +66,6 @@ def _not_regular(path: str, mode: int) -> str:
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
     return f"is{link} {next((name for test, name in kinds if test(mode)), 'a special file')}, not a regular file"
-
-
-def check_plain_target(field: str, path: str) -> None:
-    """Refuses, naming the setting `field`, an output path where something other than a regular file exists."""
-    problem = special_file_problem(path)
-    if problem:
-        raise UsageError(f"{problem}; pass the path of a regular file", field=field)
 
 
 def _broken_link(path: str) -> str:
@@ -186,7 +175,6 @@ def read_input(path: str, max_bytes: int, to_raise_it: str = "") -> bytes:
 
 
 def _check_input(path: str, status: os.stat_result, max_bytes: int, to_raise_it: str) -> int:
-    """The size of a regular file of at most `max_bytes` (what `read_input` reads); OSError otherwise."""
     if not stat.S_ISREG(status.st_mode):
         raise OSError(errno.EINVAL, f"{_not_regular(path, status.st_mode)}; pass a regular file")
     if status.st_size > max_bytes:

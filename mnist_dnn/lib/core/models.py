@@ -141,7 +141,6 @@ def make_config(name: str, hidden_units=None, dropout=0.0, conv_filters=None, po
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> keras.Model:
-    """Builds the model named by `config`, with its variables created."""
     if config.name == "raw":
         model = RawDNN(config.hidden_units, seed)
     elif config.name == "dense":

@@ -72,8 +72,6 @@ class RunConfig:
 
 
 class RunDir(CheckpointStore):
-    """One run folder: its checkpoints and best/ (a CheckpointStore), model_config.json, the resume rules, the lock."""
-
     def __init__(self, path: str):
         super().__init__(path)
         self.config_path = os.path.join(path, CONFIG_FILE)

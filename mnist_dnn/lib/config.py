@@ -454,9 +454,8 @@ def env_idx_dir(given: str | None = None) -> str | DatasetIdxDir | None:
 
 def value_type(annotation) -> type:
     """The type of a field's annotation, None aside: str, int, float, bool or tuple (a list flag)."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return value_type(args[0])
+    if isinstance(annotation, types.UnionType):  # `X | None` (every optional field here is written so)
+        return value_type(typing.get_args(annotation)[0])
     return typing.get_origin(annotation) or annotation
 
 

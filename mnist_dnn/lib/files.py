@@ -42,7 +42,7 @@ def broken_link(path: str) -> str | None:
 
 
 def refuse(field: str, problem: str | None, fix: str) -> None:
-    """A `problem` (of the checks here) refused, if there is one: a UsageError naming the setting `field`, and `fix`."""
+    """If there is a `problem` (found by the checks here), a UsageError naming the setting `field`: "problem; fix"."""
     if problem:
         raise UsageError(f"{problem}; {fix}", field=field)
 

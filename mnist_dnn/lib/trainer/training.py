@@ -238,22 +238,17 @@ class _Run:
         self.export = None
 
     def actions(self, signalled) -> list[controller.Action]:
-        """The periodic work; `signalled()` tells whether a signal is stopping the run."""
-        def paused(work):
-            return lambda step: self._paused(work, step)
-
+        """The periodic work; `signalled()` tells whether a signal is stopping the run. The clock leaves out the time of
+        `paused()(work)`: a contextlib.contextmanager is also a decorator, with a new pause each call."""
+        paused = self.clock.paused
         # Validation before saving: the save sees an early stop, and links a best checkpoint of its step.
         periodic = [controller.Action(self.config.log_every, self.log, at_stop=True),
-                    controller.Action(self.config.eval_every, paused(self.validation)),
-                    controller.Action(self.config.checkpoint_every, paused(self.save), at_stop=True)]
+                    controller.Action(self.config.eval_every, paused()(self.validation)),
+                    controller.Action(self.config.checkpoint_every, paused()(self.save), at_stop=True)]
         if self.config.export_dir and self.log_dir:  # on a cluster, the chief only
             self.export = actions.EndOfRunExport(self.state.model, self.config.export_dir, signalled, self.log.message)
-            periodic.append(controller.Action(self.config.max_steps, paused(self.export), at_stop=True))
+            periodic.append(controller.Action(self.config.max_steps, paused()(self.export), at_stop=True))
         return periodic
-
-    def _paused(self, work, step: int) -> None:
-        with self.clock.paused():
-            work(step)
 
     def run_steps(self, num_steps: int) -> None:
         try:

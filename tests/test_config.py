@@ -158,6 +158,7 @@ def test_no_preset_pins_the_log_folder_and_each_has_a_run_folder_of_its_own():
     (config_lib.PredictConfig(min_confidence=1.5), "min_confidence"),
     (config_lib.PredictConfig(min_confidence=-0.1), "min_confidence"),
     (config_lib.PredictConfig(min_confidence=float("nan")), "min_confidence"),
+    (config_lib.ExportConfig(format="zip"), "format"), (config_lib.ExportConfig(format="litert", quantize="int4"), "quantize"),
     (config_lib.ServeConfig(model_threads=65), "model_threads"), (config_lib.ServeConfig(port=65536), "port"),
 ])
 def test_each_tool_s_config_refuses_what_is_out_of_range_naming_the_field(config, field):

@@ -349,6 +349,8 @@ class ExportConfig:
     version: int | None = setting(None, "Version number to write (default: the next free one). Never overwritten.")
 
     def validate(self) -> "ExportConfig":
+        _choice("format", self.format, EXPORT_FORMATS)
+        _choice("quantize", self.quantize, QUANTIZATIONS)
         if self.quantize != "none" and self.format != "litert":
             raise ConfigError("quantize", "applies to `format`=litert only")
         return self

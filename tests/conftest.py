@@ -73,13 +73,16 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     """Ends a `pytest` process as the tools end theirs: without Python's teardown of TensorFlow.
 
-    That teardown takes seconds and checks nothing; the report is written by now. Not when
-    something else called `pytest.main()` in its own process.
+    That teardown takes seconds and checks nothing; the report is written by now. So do the
+    workers of pytest-xdist (`-n 2`): they have sent their results and the end of their session
+    to the main process, which marks them done and no longer reads them. Not when something
+    else called `pytest.main()` in its own process.
     """
     main_spec = getattr(sys.modules["__main__"], "__spec__", None)
     started_as_pytest = (main_spec is not None and main_spec.name == "pytest.__main__"
                          or os.path.basename(sys.argv[0]) in ("pytest", "py.test"))
-    if started_as_pytest and _EXIT_STATUS in config.stash:
+    xdist_worker = hasattr(config, "workerinput")
+    if (started_as_pytest or xdist_worker) and _EXIT_STATUS in config.stash:
         cli._end_process(config.stash[_EXIT_STATUS])
 
 

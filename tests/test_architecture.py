@@ -36,11 +36,12 @@ def test_the_layer_contracts_hold():
 
 @pytest.fixture(scope="module")
 def package_copy(tmp_path_factory):
-    """A copy of the package and setup.cfg, to break."""
+    """A copy of the package and setup.cfg, to break; and what `lint-imports` says of it unbroken (each test
+    restores the file it breaks)."""
     folder = tmp_path_factory.mktemp("checkout")
     shutil.copytree(ROOT / "mnist_dnn", folder / "mnist_dnn", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "setup.cfg", folder)
-    return folder
+    return folder, words(lint_imports(folder).stdout)
 
 
 @pytest.mark.parametrize("importer, imported", [
@@ -49,14 +50,15 @@ def package_copy(tmp_path_factory):
     ("mnist_dnn.lib.files", "mnist_dnn.lib.core.export_dir"),  # the ground below the core
 ])
 def test_a_forbidden_import_breaks_a_contract(package_copy, importer, imported):
-    path = package_copy.joinpath(*importer.split(".")).with_suffix(".py")
+    copy, unbroken = package_copy
+    path = copy.joinpath(*importer.split(".")).with_suffix(".py")
     original = path.read_text()
     package, name = imported.rsplit(".", 1)
     chain = f"- {importer} -> {imported} (l.{len(original.splitlines()) + 1})"  # as lint-imports reports it
-    assert chain not in words(lint_imports(package_copy).stdout)  # the copy as it is
+    assert chain not in unbroken  # the copy as it is
     path.write_text(original + f"from {package} import {name}  # forbidden\n")
     try:
-        linted = lint_imports(package_copy)
+        linted = lint_imports(copy)
     finally:
         path.write_text(original)
     assert linted.returncode == 1 and "BROKEN" in linted.stdout, linted.stdout[-3000:] + linted.stderr[-2000:]

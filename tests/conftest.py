@@ -16,6 +16,9 @@ import subprocess
 import sys
 import tempfile
 
+# Before any module of the package is imported: the import probe of test_host_process starts from it.
+ENVIRON_AT_START = dict(os.environ)
+
 # Before TensorFlow is imported: XLA's compiled programs go to the tests' own cache (shared with
 # the tools they start), not the user's: trainings of the same tiny model reuse them, and so does
 # the next test session. MNIST_DNN_TEST_XLA_CACHE=off starts every session cold.

@@ -168,19 +168,16 @@ def load(root: str) -> dict:
     return description
 
 
-def train_command(root: str, run: Run, base_args: list[str], train: list[str]) -> list[str]:
-    """`train` (the training tool's command) with the run's flags."""
-    folder = roots.run_dir(root, run.name)
+def train_command(folder: str, run: Run, base_args: list[str], train: list[str]) -> list[str]:
+    """`train` (the training tool's command) with the flags of the run in `folder`."""
     return [*train, *base_args, *run.args,
             f"--ckpt_dir={os.path.join(folder, roots.CKPT_DIR)}", f"--log_dir={os.path.join(folder, roots.LOGS_DIR)}",
             f"--result_file={os.path.join(folder, roots.RESULT_FILE)}"]
 
 
-def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
-    """Runs (or resumes) one run, its output appended to its train.log; writes done.json on success."""
-    folder = roots.run_dir(root, run.name)
-    os.makedirs(folder, exist_ok=True)
-    command = train_command(root, run, base_args, train)
+def execute(folder: str, run: Run, base_args: list[str], train: list[str]) -> int:
+    """Runs (or resumes) the run in its `folder`, its output appended to its train.log; writes done.json on success."""
+    command = train_command(folder, run, base_args, train)
     started = time.perf_counter()
     with open(os.path.join(folder, roots.LOG_FILE), "a") as log:
         log.write(f"$ {' '.join(command)}\n")
@@ -246,7 +243,7 @@ def _run_one(root: str, run: Run, base_args: list[str], train: list[str], prefix
         if locked:
             resuming = os.path.isdir(os.path.join(folder, roots.CKPT_DIR))
             out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(folder, roots.LOG_FILE)})")
-        code = execute(root, run, base_args, train) if locked else None
+        code = execute(folder, run, base_args, train) if locked else None
     if code is None or code and _was_busy(folder):
         out(f"{prefix} busy: another process is training it; skipped (not failed)")
         return "busy"

@@ -147,17 +147,11 @@ def file_reader(path: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    dtype: tf.DType
-    shape: tuple[int | None, ...]  # None: any size (the batch)
-
-
-@dataclasses.dataclass(frozen=True)
 class Signature:
-    """One callable signature: named numpy inputs in, named numpy outputs out."""
+    """One callable signature: named numpy inputs in, named numpy outputs out (their shapes: None, any size)."""
 
-    inputs: dict[str, TensorInfo]
-    outputs: dict[str, TensorInfo]
+    inputs: dict[str, tf.TensorSpec]
+    outputs: dict[str, tf.TensorSpec]
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -171,17 +165,12 @@ class Servable:
     owner: object = None  # what the signatures need alive (a loaded SavedModel reads its own variables)
 
 
-def _info(spec: tf.TensorSpec) -> TensorInfo:
-    return TensorInfo(spec.dtype, tuple(spec.shape.as_list()))
-
-
 def _saved_model_signature(function) -> Signature:
     def run(inputs):
         return {name: value.numpy() for name, value in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
 
     _, inputs = function.structured_input_signature
-    return Signature({name: _info(spec) for name, spec in inputs.items()},
-                     {name: _info(spec) for name, spec in function.structured_outputs.items()}, run)
+    return Signature(inputs, function.structured_outputs, run)
 
 
 def load(path: str, version: int, error: type[Error] = DataError) -> Servable:
@@ -200,8 +189,9 @@ def load(path: str, version: int, error: type[Error] = DataError) -> Servable:
         raise
     except Exception as e:  # whatever a damaged file makes its reader raise
         raise error(f"cannot load {path}: {first_line(e)}") from None
-    inputs = {"images": TensorInfo(tf.uint8, (None, IMAGE_SIZE, IMAGE_SIZE, 1))}
-    outputs = {"probabilities": TensorInfo(tf.float32, (None, NUM_CLASSES)), "classes": TensorInfo(tf.int64, (None,))}
+    inputs = {"images": tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 1), tf.uint8)}
+    outputs = {"probabilities": tf.TensorSpec((None, NUM_CLASSES), tf.float32),
+               "classes": tf.TensorSpec((None,), tf.int64)}
     return Servable(version, path, {SERVING_SIGNATURE: Signature(inputs, outputs, lambda named: model(named["images"]))},
                     owner=model)
 

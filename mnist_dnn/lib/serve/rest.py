@@ -13,7 +13,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
 from mnist_dnn.lib.config import SERVING_SIGNATURE
-from mnist_dnn.lib.serve.classifier import Servable, Signature, TensorInfo
+from mnist_dnn.lib.serve.classifier import Servable, Signature
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 
@@ -123,7 +123,7 @@ def _json_kind(array: np.ndarray) -> str:
     return {"f": "float", "b": "bool", "U": "string"}.get(array.dtype.kind, "object or out of range")
 
 
-def to_array(name: str, value, info: TensorInfo) -> np.ndarray:
+def to_array(name: str, value, info: tf.TensorSpec) -> np.ndarray:
     """One input's JSON value as a numpy array of the signature's dtype and shape."""
     if info.dtype == tf.string:
         array = np.asarray(_decode_strings(value), dtype=object)
@@ -172,7 +172,7 @@ def status(name: str, servable: Servable, failed: dict[int, str], version: str |
     return {"model_version_status": listed}
 
 
-def _tensor_info(info: TensorInfo) -> dict:
+def _tensor_info(info: tf.TensorSpec) -> dict:
     return {"dtype": types_pb2.DataType.Name(info.dtype.as_datatype_enum),
             "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in _shape(info.shape)], "unknown_rank": False}}
 

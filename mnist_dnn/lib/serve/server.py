@@ -19,7 +19,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -38,13 +38,8 @@ def static_folder():
     return importlib.resources.files("mnist_dnn") / "static"
 
 
-def _json_response(content: dict, status: int = 200) -> Response:
-    # allow_nan: TensorFlow Serving writes a NaN probability as NaN rather than failing the request
-    return Response(json.dumps(content, separators=(",", ":")), status, media_type="application/json")
-
-
 def _error(status: int, message: str, headers: dict | None = None) -> Response:
-    return Response(json.dumps({"error": message}), status, headers, media_type="application/json")
+    return JSONResponse({"error": message}, status, headers)
 
 
 async def _starlette_error(request: Request, error: Exception) -> Response:
@@ -87,6 +82,7 @@ def run_predict(servable: Servable, body: bytes) -> str:
         raise rest.RestError(tf_error_message(e)) from None
     except ValueError as e:  # the LiteRT interpreter's refusals
         raise rest.RestError(first_line(e)) from None
+    # allow_nan (not JSONResponse): TensorFlow Serving writes a NaN probability as NaN rather than failing the request
     return json.dumps(rest.predict_response(outputs, row_format), separators=(",", ":"))
 
 
@@ -115,11 +111,11 @@ class ModelServer:
                 raise rest.RestError(f"Malformed request: {request.method} {request.url.path}", 404)
             if request.method == "GET" and not match["metadata"]:
                 failed = {v: error for v, (_, error) in self.versions.failed.items()}
-                return _json_response(rest.status(match["name"], self.servable(match["name"], None), failed,
-                                                  match["version"] and str(int(match["version"]))))
+                return JSONResponse(rest.status(match["name"], self.servable(match["name"], None), failed,
+                                               match["version"] and str(int(match["version"]))))
             servable = self.servable(match["name"], match["version"])
             if request.method == "GET":
-                return _json_response(rest.metadata(match["name"], servable))
+                return JSONResponse(rest.metadata(match["name"], servable))
             if match["method"] != "predict":
                 raise rest.RestError(f"{match['method']} is not supported: this server answers predict only")
             body = await read_body(request, self.config.max_request_bytes)
@@ -194,7 +190,7 @@ def uvicorn_server(app) -> uvicorn.Server:
 
 def run(config: ServeConfig, say: Callable[[str], None], on_start, after_switch: Callable[[], None]) -> None:
     """Serves the newest version of `config.model_dir` until Ctrl-C or SIGTERM, then returns once the requests under
-    way are answered: `on_start(servable, port)` once it listens, `after_switch()` after each newer version is loaded."""
+    way are answered: `on_start(servable, port)` once it listens, `after_switch()` after each newer version loads."""
     versions = ModelVersions(config.model_dir, say)
     sock = bind(config.host, config.port)
     on_start(versions.current, sock.getsockname()[1])

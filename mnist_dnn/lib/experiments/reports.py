@@ -273,7 +273,6 @@ def best_trial_line(root: str, study) -> str | None:
 
 
 def best_trial(study):
-    """The best complete trial of the study, or None."""
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     return max(complete, key=lambda t: t.value) if complete else None
 

@@ -92,7 +92,8 @@ def prepare(root: str, grid: list[str], train_settings: dict, given_args: dict[s
     check_axes(axes)
     args = base_args(given_args, {a.name for a in axes})
     runs = expand(axes, LIST_FLAGS)
-    check_runs(train_settings, runs)  # before anything is written
+    for run in runs:  # each run's settings, the given ones under its own, pass train's own validation
+        build_config(TrainConfig, {**train_settings, **run.params}).validate()
     record(root, describe(axes, args, runs))
     say(f"Sweep of {len(runs)} runs in {root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}")
     return runs, args
@@ -114,12 +115,6 @@ def expand(axes: list[Axis], list_flags) -> list[Run]:
         args = tuple(f"--{k}={v.replace('-', ',') if k in list_flags else v}" for k, v in params.items())
         runs.append(Run(name, params, args))
     return runs
-
-
-def check_runs(base: dict, runs: list[Run]) -> None:
-    """Every run's settings (`base`, flag name -> value, under its own) pass train's own validation."""
-    for run in runs:
-        build_config(TrainConfig, {**base, **run.params}).validate()
 
 
 def describe(axes: list[Axis], base_args: list[str], runs: list[Run]) -> dict:

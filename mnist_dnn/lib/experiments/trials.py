@@ -76,7 +76,6 @@ def start_search(config: search.SearchConfig, space, base: TrainConfig, say) -> 
 
 
 def check_exit_codes(codes: list[int]) -> None:
-    """SearchError if a worker was interrupted or failed."""
     if any(c in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM) for c in codes):
         raise SearchError("interrupted (the trials saved a checkpoint); run the same command to resume")
     if any(codes):
@@ -271,8 +270,7 @@ STATE_CODES = {"complete": 1, "pruned": 2, "failed": 3}  # the HParams column se
 
 
 def _record_state(log_dir: str, state: str) -> None:
-    """The trial's end in TensorBoard's HParams: its session status, and search/state (1 complete, 2 pruned,
-    3 failed; no value yet: running)."""
+    """The trial's end in TensorBoard's HParams: its session status, and search/state (no value yet: running)."""
     from mnist_dnn.lib.trainer import summaries
 
     summaries.write_session_end(log_dir, state != "failed", **{"search/state": STATE_CODES[state]})

@@ -129,7 +129,6 @@ class OnnxModel:
 
 
 def file_reader(path: str):
-    """What reads a model file with this name: OnnxModel, KerasFile or (any other) LiteRTModel."""
     return {".onnx": OnnxModel, ".keras": KerasFile}.get(os.path.splitext(path)[1], LiteRTModel)
 
 

@@ -4,6 +4,7 @@ import atexit
 import contextlib
 import dataclasses
 import os
+import pathlib
 import re
 import sys
 from typing import NoReturn
@@ -155,15 +156,11 @@ def check_output_file(flag: str, path: str, kinds: tuple[tuple[str, ...], ...], 
 
 def _enclosing_folder(path: str) -> tuple[str, str] | None:
     """(folder, "a run folder" or "an export") of the nearest such folder that holds `path`, if any."""
-    folder = os.path.dirname(path)
-    while True:
+    for folder in map(str, pathlib.Path(path).parents):
         kind = _folder_kind(folder)
         if kind:
             return folder, kind
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return None
-        folder = parent
+    return None
 
 
 def _folder_kind(folder: str) -> str | None:
@@ -237,20 +234,17 @@ def run(main, positional_args: bool = False, presets: bool = False) -> None:
     configs/NAME.cfg's flags as defaults (`command_line.expand_presets`); without, it is refused. TensorFlow is imported
     first, quietly (`startup.quiet_tensorflow`); the tools import the library in `main`."""
 
-    def guarded_main(argv):
-        startup.end_of_start_up()
-        import tensorflow_datasets as tfds  # (imported here: after the quiet start-up)
-
-        tfds.disable_progress_bar()  # the tools print their own progress
-        if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines drown the progress
-        if len(argv) > 1 and not positional_args:
-            raise UsageError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
-        return main(argv)
-
     def report_errors(argv):
         try:
-            return guarded_main(argv)
+            startup.end_of_start_up()
+            import tensorflow_datasets as tfds  # (imported here: after the quiet start-up)
+
+            tfds.disable_progress_bar()  # the tools print their own progress
+            if not flags.FLAGS["verbosity"].present:
+                logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines drown the progress
+            if len(argv) > 1 and not positional_args:
+                raise UsageError(f"unexpected arguments {argv[1:]}; flags are written --name=value")
+            return main(argv)
         except Error as e:
             _report(e)
         except KeyboardInterrupt:  # Ctrl-C before training started (training itself saves and stops)

@@ -1,9 +1,5 @@
-"""The report of a sweep or a search: its runs ranked by best validation accuracy, and their curves.
-
-Writes `report.csv`, `report.md` and (with matplotlib, the `plots` extra) `report.png`
-into the root, and returns the rows. On a search root (mnist_dnn.search) the status is the
-trial's state in the study, and Optuna draws `optimization_history.png` and `param_importances.png`.
-"""
+"""The report of a sweep or a search: its runs ranked by best validation accuracy and their curves, in the root's
+report files (roots.py lists them); on a search root a run's status is its trial's state in the study."""
 
 import csv
 import dataclasses
@@ -273,7 +269,6 @@ def best_trial_line(root: str, study) -> str | None:
 
 
 def best_trial(study):
-    """The best complete trial of the study, or None."""
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     return max(complete, key=lambda t: t.value) if complete else None
 

@@ -20,7 +20,7 @@ import os
 import warnings
 
 from mnist_dnn.lib import files
-from mnist_dnn.lib.config import SEARCH_KINDS as KINDS, ConfigError, SearchConfig, TrainConfig, build_config  # noqa: F401 (SearchConfig)
+from mnist_dnn.lib.config import SEARCH_KINDS as KINDS, ConfigError, SearchConfig, TrainConfig, build_config
 from mnist_dnn.lib.errors import DataError, UsageError, first_line
 from mnist_dnn.lib.experiments import roots
 
@@ -55,7 +55,7 @@ class Param:
         """The values to check against the base config: the bounds, or every choice."""
         if self.kind == "choice":
             return list(self.choices)
-        return [_number_text(self, self.low), _number_text(self, self.high)]
+        return [str(int(bound)) if self.kind == "int" else repr(float(bound)) for bound in (self.low, self.high)]
 
     def grid(self) -> list:
         if self.kind == "choice":
@@ -71,10 +71,6 @@ class Param:
         if self.kind == "int":
             return str(trial.suggest_int(self.name, int(self.low), int(self.high)))
         return repr(trial.suggest_float(self.name, self.low, self.high, log=self.kind == "loguniform"))
-
-
-def _number_text(param: Param, value: float) -> str:
-    return str(int(value)) if param.kind == "int" else repr(float(value))
 
 
 def parse_param(spec: str, is_flag, check_value) -> Param:
@@ -234,8 +230,9 @@ def open_storage(url: str):
     return storage
 
 
-def open_study(config: SearchConfig, description: dict, create: bool):
-    """Loads the study (or creates it, when `create`), refusing one of another space or objective."""
+def open_study(config: SearchConfig, description: dict | None, create: bool):
+    """Loads the study (or creates it, when `create`), refusing one of another space or objective (any, without a
+    `description`: the report's)."""
     op = optuna()
     storage = open_storage(storage_url(config))
     try:
@@ -248,7 +245,7 @@ def open_study(config: SearchConfig, description: dict, create: bool):
     stored = study.user_attrs.get("search")
     if stored is None and create:
         study.set_user_attr("search", description)
-    elif stored != description:
+    elif description is not None and stored != description:
         raise UsageError(f"the study {config.study_name} in {shown(storage_url(config))} was created with another "
                          f"space or objective ({'; '.join((stored or {}).get('space', []))}; "
                          f"{(stored or {}).get('objective')}); pass the same `space`, or another `study_name` or `root`")
@@ -363,8 +360,5 @@ def is_search_root(root: str) -> bool:
 
 def load_from_root(root: str):
     stored = read_root(root)
-    config = SearchConfig(root=root, study_name=stored["study_name"], storage=stored.get("storage"))
-    try:
-        return optuna().load_study(study_name=config.study_name, storage=open_storage(storage_url(config)))
-    except KeyError:
-        raise DataError(f"{shown(storage_url(config))} holds no study {config.study_name}") from None
+    return open_study(SearchConfig(root=root, study_name=stored["study_name"], storage=stored.get("storage")), None,
+                      create=False)

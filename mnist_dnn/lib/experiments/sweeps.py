@@ -92,7 +92,8 @@ def prepare(root: str, grid: list[str], train_settings: dict, given_args: dict[s
     check_axes(axes)
     args = base_args(given_args, {a.name for a in axes})
     runs = expand(axes, LIST_FLAGS)
-    check_runs(train_settings, runs)  # before anything is written
+    for run in runs:  # each run's settings, the given ones under its own, pass train's own validation
+        build_config(TrainConfig, {**train_settings, **run.params}).validate()
     record(root, describe(axes, args, runs))
     say(f"Sweep of {len(runs)} runs in {root}: {' x '.join(f'{a.name} ({len(a.values)})' for a in axes)}")
     return runs, args
@@ -114,12 +115,6 @@ def expand(axes: list[Axis], list_flags) -> list[Run]:
         args = tuple(f"--{k}={v.replace('-', ',') if k in list_flags else v}" for k, v in params.items())
         runs.append(Run(name, params, args))
     return runs
-
-
-def check_runs(base: dict, runs: list[Run]) -> None:
-    """Every run's settings (`base`, flag name -> value, under its own) pass train's own validation."""
-    for run in runs:
-        build_config(TrainConfig, {**base, **run.params}).validate()
 
 
 def describe(axes: list[Axis], base_args: list[str], runs: list[Run]) -> dict:
@@ -168,19 +163,16 @@ def load(root: str) -> dict:
     return description
 
 
-def train_command(root: str, run: Run, base_args: list[str], train: list[str]) -> list[str]:
-    """`train` (the training tool's command) with the run's flags."""
-    folder = roots.run_dir(root, run.name)
+def train_command(folder: str, run: Run, base_args: list[str], train: list[str]) -> list[str]:
+    """`train` (the training tool's command) with the flags of the run in `folder`."""
     return [*train, *base_args, *run.args,
             f"--ckpt_dir={os.path.join(folder, roots.CKPT_DIR)}", f"--log_dir={os.path.join(folder, roots.LOGS_DIR)}",
             f"--result_file={os.path.join(folder, roots.RESULT_FILE)}"]
 
 
-def execute(root: str, run: Run, base_args: list[str], train: list[str]) -> int:
-    """Runs (or resumes) one run, its output appended to its train.log; writes done.json on success."""
-    folder = roots.run_dir(root, run.name)
-    os.makedirs(folder, exist_ok=True)
-    command = train_command(root, run, base_args, train)
+def execute(folder: str, run: Run, base_args: list[str], train: list[str]) -> int:
+    """Runs (or resumes) the run in its `folder`, its output appended to its train.log; writes done.json on success."""
+    command = train_command(folder, run, base_args, train)
     started = time.perf_counter()
     with open(os.path.join(folder, roots.LOG_FILE), "a") as log:
         log.write(f"$ {' '.join(command)}\n")
@@ -246,7 +238,7 @@ def _run_one(root: str, run: Run, base_args: list[str], train: list[str], prefix
         if locked:
             resuming = os.path.isdir(os.path.join(folder, roots.CKPT_DIR))
             out(f"{prefix} {'resuming' if resuming else 'starting'} (log: {os.path.join(folder, roots.LOG_FILE)})")
-        code = execute(root, run, base_args, train) if locked else None
+        code = execute(folder, run, base_args, train) if locked else None
     if code is None or code and _was_busy(folder):
         out(f"{prefix} busy: another process is training it; skipped (not failed)")
         return "busy"

@@ -21,7 +21,7 @@ from multiprocessing import resource_tracker
 
 from mnist_dnn.lib import files, processes
 from mnist_dnn.lib.experiments import roots, search, sweeps
-from mnist_dnn.lib.config import TrainConfig
+from mnist_dnn.lib.config import SearchConfig, TrainConfig
 from mnist_dnn.lib.errors import Error, first_line
 
 ORPHAN_EXIT_S = 3  # a worker whose search is gone ends within this, whatever it is doing
@@ -31,7 +31,7 @@ ORPHAN_EXIT_S = 3  # a worker whose search is gone ends within this, whatever it
 class Plan:
     """Everything a worker process needs (it is pickled to the process)."""
 
-    search: search.SearchConfig
+    search: SearchConfig
     space: tuple[search.Param, ...]
     base: TrainConfig
     total: int  # trials in total: --trials, or the grid's size if smaller
@@ -50,7 +50,7 @@ class SearchError(Error):
     """The search stopped before its end (interrupted, or its workers failed)."""
 
 
-def check_search(config: search.SearchConfig, space_specs: list[str], base: TrainConfig):
+def check_search(config: SearchConfig, space_specs: list[str], base: TrainConfig):
     """(the config, its storage $MNIST_DNN_STORAGE if it names none; the space's Params), checked before any write."""
     if config.storage is None and os.environ.get(search.STORAGE_ENV):
         config = dataclasses.replace(config, storage=os.environ[search.STORAGE_ENV])
@@ -66,7 +66,7 @@ def check_search(config: search.SearchConfig, space_specs: list[str], base: Trai
     return config, space
 
 
-def start_search(config: search.SearchConfig, space, base: TrainConfig, say) -> "Plan":
+def start_search(config: SearchConfig, space, base: TrainConfig, say) -> "Plan":
     """Opens (or creates) the study and its root; the plan that `run_workers` carries out."""
     search.start(config, space, say)
     plan = make_plan(config, space, base)
@@ -76,14 +76,13 @@ def start_search(config: search.SearchConfig, space, base: TrainConfig, say) -> 
 
 
 def check_exit_codes(codes: list[int]) -> None:
-    """SearchError if a worker was interrupted or failed."""
     if any(c in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM) for c in codes):
         raise SearchError("interrupted (the trials saved a checkpoint); run the same command to resume")
     if any(codes):
         raise SearchError(f"{sum(map(bool, codes))} worker(s) failed (exit codes {codes}); see the lines above")
 
 
-def make_plan(config: search.SearchConfig, space, base: TrainConfig) -> Plan:
+def make_plan(config: SearchConfig, space, base: TrainConfig) -> Plan:
     total = min(config.trials, search.grid_size(space)) if config.sampler == "grid" else config.trials
     return Plan(config, tuple(space), base, total, threads=max(1, len(os.sched_getaffinity(0)) // config.workers))
 
@@ -97,8 +96,7 @@ def run_workers(plan: Plan, say) -> list[int]:
     def forward(signum, frame):
         for process in workers:
             if process.is_alive():
-                with contextlib.suppress(ProcessLookupError):  # it ended in between
-                    os.kill(process.pid, signal.SIGTERM)
+                process.terminate()  # SIGTERM; one that ended in between is left alone
 
     resource_tracker.ensure_running()  # now: its start unblocks the signals that are blocked below
     with processes.signals_to(forward):
@@ -271,8 +269,7 @@ STATE_CODES = {"complete": 1, "pruned": 2, "failed": 3}  # the HParams column se
 
 
 def _record_state(log_dir: str, state: str) -> None:
-    """The trial's end in TensorBoard's HParams: its session status, and search/state (1 complete, 2 pruned,
-    3 failed; no value yet: running)."""
+    """The trial's end in TensorBoard's HParams: its session status, and search/state (no value yet: running)."""
     from mnist_dnn.lib.trainer import summaries
 
     summaries.write_session_end(log_dir, state != "failed", **{"search/state": STATE_CODES[state]})

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import threading
-import zipfile
 from collections.abc import Callable
 
 import keras
@@ -79,13 +78,10 @@ def read_image_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> ImageFile:
 class KerasFile:
     """A `model.keras` of `export --format=keras` (float [N, 784] in, logits out), answering as `serving_default`."""
 
+    kind, export_format = "a Keras model", "keras"
+
     def __init__(self, path: str):
-        try:
-            self.model = exporting.ImagesModel(keras.models.load_model(path, compile=False))
-            self(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8))
-        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as e:
-            raise UsageError(f"{path} is not a Keras model of mnist_dnn ({first_line(e)}); export one with "
-                             "python -m mnist_dnn.export `format`=keras") from None
+        self.model = exporting.ImagesModel(keras.models.load_model(path, compile=False))
 
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         return {name: value.numpy() for name, value in self.model(tf.constant(pixels)).items()}
@@ -96,23 +92,18 @@ class LiteRTModel:
 
     One interpreter, so calls take turns (it is not thread-safe)."""
 
+    kind, export_format = "a LiteRT model", "litert"
+
     def __init__(self, path: str):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
             raise UsageError(LITERT_INSTALL_HINT) from None
-        self.path, self.lock = path, threading.Lock()
-        try:
-            self.interpreter = Interpreter(model_path=path)
-            self.runner = self.interpreter.get_signature_runner(SERVING_SIGNATURE)
-            inputs = self.runner.get_input_details()
-            if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
-                raise ValueError(f"its {SERVING_SIGNATURE} signature does not take uint8 images")
-            with processes.quiet_unless_logging():  # the first run prints `INFO: Created ... XNNPACK delegate`
-                self(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8))
-        except (ValueError, RuntimeError) as e:
-            raise UsageError(f"{path} is not a LiteRT model of mnist_dnn ({first_line(e)}); export one with "
-                             "python -m mnist_dnn.export `format`=litert") from None
+        self.lock, self.interpreter = threading.Lock(), Interpreter(model_path=path)
+        self.runner = self.interpreter.get_signature_runner(SERVING_SIGNATURE)
+        inputs = self.runner.get_input_details()
+        if list(inputs) != ["images"] or inputs["images"]["dtype"] != np.uint8:
+            raise ValueError(f"its {SERVING_SIGNATURE} signature does not take uint8 images")
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """`probabilities` float32 [N, 10] and `classes` int64 [N]."""
@@ -123,18 +114,14 @@ class LiteRTModel:
 class OnnxModel:
     """A `model.onnx`: uint8 images [N, 28, 28, 1] in, `probabilities` float32 [N, 10] and `classes` int64 [N] out."""
 
+    kind, export_format = "an ONNX model", "onnx"
+
     def __init__(self, path: str):
         try:
             import onnxruntime
         except ImportError:
             raise UsageError(ONNX_INSTALL_HINT) from None
-        self.path = path
-        try:
-            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            self(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8))
-        except Exception as e:  # onnxruntime's errors (InvalidProtobuf, InvalidArgument, ...) derive from Exception only
-            raise UsageError(f"{path} is not an ONNX model of mnist_dnn ({first_line(e)}); export one with "
-                             "python -m mnist_dnn.export `format`=onnx") from None
+        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         names = ["probabilities", "classes"]
@@ -142,22 +129,15 @@ class OnnxModel:
 
 
 def file_reader(path: str):
-    """What reads a model file with this name: OnnxModel, KerasFile or (any other) LiteRTModel."""
     return {".onnx": OnnxModel, ".keras": KerasFile}.get(os.path.splitext(path)[1], LiteRTModel)
 
 
 @dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    dtype: tf.DType
-    shape: tuple[int | None, ...]  # None: any size (the batch)
-
-
-@dataclasses.dataclass(frozen=True)
 class Signature:
-    """One callable signature: named numpy inputs in, named numpy outputs out."""
+    """One callable signature: named numpy inputs in, named numpy outputs out (their shapes: None, any size)."""
 
-    inputs: dict[str, TensorInfo]
-    outputs: dict[str, TensorInfo]
+    inputs: dict[str, tf.TensorSpec]
+    outputs: dict[str, tf.TensorSpec]
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -171,22 +151,17 @@ class Servable:
     owner: object = None  # what the signatures need alive (a loaded SavedModel reads its own variables)
 
 
-def _info(spec: tf.TensorSpec) -> TensorInfo:
-    return TensorInfo(spec.dtype, tuple(spec.shape.as_list()))
-
-
 def _saved_model_signature(function) -> Signature:
     def run(inputs):
         return {name: value.numpy() for name, value in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
 
     _, inputs = function.structured_input_signature
-    return Signature({name: _info(spec) for name, spec in inputs.items()},
-                     {name: _info(spec) for name, spec in function.structured_outputs.items()}, run)
+    return Signature(inputs, function.structured_outputs, run)
 
 
 def load(path: str, version: int, error: type[Error] = DataError) -> Servable:
     """A SavedModel folder, or a .tflite, .onnx or .keras file read as `predict` reads it (`serving_default` alone);
-    `error` is what a model that does not load raises (predict's: UsageError)."""
+    `error` is what a SavedModel that does not load raises (predict's: UsageError)."""
     if os.path.isdir(path):
         try:
             loaded = tf.saved_model.load(path)
@@ -194,14 +169,19 @@ def load(path: str, version: int, error: type[Error] = DataError) -> Servable:
             raise error(f"cannot load the SavedModel {path}: {first_line(e)}") from None
         signatures = {name: _saved_model_signature(function) for name, function in loaded.signatures.items()}
         return Servable(version, path, signatures, owner=loaded)
+    reader = file_reader(path)
     try:
-        model = file_reader(path)(path)
+        model = reader(path)
+        with processes.quiet_unless_logging():  # LiteRT's first run prints `INFO: Created ... XNNPACK delegate`
+            model(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8))  # a damaged file may open, then fail here
     except Error:
         raise
-    except Exception as e:  # whatever a damaged file makes its reader raise
-        raise error(f"cannot load {path}: {first_line(e)}") from None
-    inputs = {"images": TensorInfo(tf.uint8, (None, IMAGE_SIZE, IMAGE_SIZE, 1))}
-    outputs = {"probabilities": TensorInfo(tf.float32, (None, NUM_CLASSES)), "classes": TensorInfo(tf.int64, (None,))}
+    except Exception as e:  # whatever a damaged file makes its reader raise (onnxruntime's errors: Exception only)
+        raise UsageError(f"{path} is not {reader.kind} of mnist_dnn ({first_line(e)}); export one with "
+                         f"python -m mnist_dnn.export `format`={reader.export_format}") from None
+    inputs = {"images": tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 1), tf.uint8)}
+    outputs = {"probabilities": tf.TensorSpec((None, NUM_CLASSES), tf.float32),
+               "classes": tf.TensorSpec((None,), tf.int64)}
     return Servable(version, path, {SERVING_SIGNATURE: Signature(inputs, outputs, lambda named: model(named["images"]))},
                     owner=model)
 

@@ -13,21 +13,17 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
 from mnist_dnn.lib.config import SERVING_SIGNATURE
-from mnist_dnn.lib.serve.classifier import Servable, Signature, TensorInfo
+from mnist_dnn.lib.serve.classifier import Servable, Signature
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 
 class RestError(Exception):
-    """A request the server refuses: an HTTP status and TensorFlow Serving's error message."""
+    """A request the server refuses: TensorFlow Serving's error message and an HTTP status (400: a bad request)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-def bad_request(message: str) -> RestError:
-    return RestError(400, message)
 
 
 # --- Requests ----------------------------------------------------------------------------
@@ -37,19 +33,19 @@ def parse_json(body: bytes) -> dict:
     try:
         request = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad_request(f"JSON Parse error: {e}") from None
+        raise RestError(f"JSON Parse error: {e}") from None
     except RecursionError:
-        raise bad_request("JSON Parse error: nested too deeply") from None
+        raise RestError("JSON Parse error: nested too deeply") from None
     if not isinstance(request, dict):
-        raise bad_request("JSON Value: the request body must be a JSON object")
+        raise RestError("JSON Value: the request body must be a JSON object")
     return request
 
 
 def signature_of(request: dict, signatures: dict[str, Signature]) -> Signature:
     name = request.get("signature_name", SERVING_SIGNATURE)
     if not isinstance(name, str) or name not in signatures:
-        raise bad_request(f"Serving signature name: {json.dumps(name)} not found in signature def "
-                          f"(the model has {', '.join(sorted(signatures))})")
+        raise RestError(f"Serving signature name: {json.dumps(name)} not found in signature def "
+                        f"(the model has {', '.join(sorted(signatures))})")
     return signatures[name]
 
 
@@ -64,19 +60,19 @@ def _named(value) -> bool:
 
 def _check_names(given, expected, where: str) -> None:
     if set(given) != set(expected):
-        raise bad_request(f"{where}: expected the inputs {sorted(expected)}, got {sorted(given)}")
+        raise RestError(f"{where}: expected the inputs {sorted(expected)}, got {sorted(given)}")
 
 
 def predict_inputs(request: dict, signature: Signature) -> tuple[dict[str, np.ndarray], bool]:
     """The signature's inputs as numpy arrays, and whether the request used the row format."""
     if ("instances" in request) == ("inputs" in request):
-        raise bad_request("Missing 'inputs' or 'instances' key" if "instances" not in request else
-                          "Not formatted correctly expecting only one of 'inputs' or 'instances' keys exist")
+        raise RestError("Missing 'inputs' or 'instances' key" if "instances" not in request else
+                        "Not formatted correctly expecting only one of 'inputs' or 'instances' keys exist")
     names = list(signature.inputs)
     if "instances" in request:
         instances = request["instances"]
         if not isinstance(instances, list) or not instances:
-            raise bad_request("'instances' must be a non-empty list, one element per example")
+            raise RestError("'instances' must be a non-empty list, one element per example")
         if all(_named(instance) for instance in instances):
             for i, instance in enumerate(instances):
                 _check_names(instance, names, f"instance {i}")
@@ -84,7 +80,7 @@ def predict_inputs(request: dict, signature: Signature) -> tuple[dict[str, np.nd
         elif len(names) == 1:
             columns = {names[0]: instances}
         else:
-            raise bad_request(f"the signature takes {len(names)} inputs: each instance must be an object naming them")
+            raise RestError(f"the signature takes {len(names)} inputs: each instance must be an object naming them")
         return {name: to_array(name, columns[name], signature.inputs[name]) for name in names}, True
     inputs = request["inputs"]
     if _named(inputs):
@@ -92,7 +88,7 @@ def predict_inputs(request: dict, signature: Signature) -> tuple[dict[str, np.nd
     elif len(names) == 1:
         inputs = {names[0]: inputs}
     else:
-        raise bad_request(f"the signature takes {len(names)} inputs: 'inputs' must be an object naming them")
+        raise RestError(f"the signature takes {len(names)} inputs: 'inputs' must be an object naming them")
     return {name: to_array(name, inputs[name], signature.inputs[name]) for name in names}, False
 
 
@@ -104,22 +100,22 @@ def _decode_strings(value):
         try:
             return base64.b64decode(value["b64"], validate=True)
         except (binascii.Error, ValueError):
-            raise bad_request("Unable to base64 decode a {\"b64\": ...} value") from None
+            raise RestError("Unable to base64 decode a {\"b64\": ...} value") from None
     if isinstance(value, str):
         return value.encode("utf-8")
-    raise bad_request(f"expected a string or a {{\"b64\": ...}} value, got {json.dumps(value)[:40]}")
+    raise RestError(f"expected a string or a {{\"b64\": ...}} value, got {json.dumps(value)[:40]}")
 
 
 def _numbers(name: str, value, dtype: tf.DType) -> np.ndarray:
     try:
         array = np.asarray(value)
     except ValueError:  # nested lists of different lengths
-        raise bad_request(f"input {name}: the lists are ragged; every example must have the same shape") from None
+        raise RestError(f"input {name}: the lists are ragged; every example must have the same shape") from None
     if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and dtype.is_integer):
         kind = "integers" if dtype.is_integer else "numbers"
-        raise bad_request(f"input {name} expects {kind} of type {dtype.name}, got values of type {_json_kind(array)}")
+        raise RestError(f"input {name} expects {kind} of type {dtype.name}, got values of type {_json_kind(array)}")
     if dtype.is_integer and array.size and (array.min() < dtype.min or array.max() > dtype.max):
-        raise bad_request(f"input {name} expects {dtype.name} values from {dtype.min} to {dtype.max}")
+        raise RestError(f"input {name} expects {dtype.name} values from {dtype.min} to {dtype.max}")
     return array.astype(dtype.as_numpy_dtype)
 
 
@@ -127,15 +123,15 @@ def _json_kind(array: np.ndarray) -> str:
     return {"f": "float", "b": "bool", "U": "string"}.get(array.dtype.kind, "object or out of range")
 
 
-def to_array(name: str, value, info: TensorInfo) -> np.ndarray:
+def to_array(name: str, value, info: tf.TensorSpec) -> np.ndarray:
     """One input's JSON value as a numpy array of the signature's dtype and shape."""
     if info.dtype == tf.string:
         array = np.asarray(_decode_strings(value), dtype=object)
     else:
         array = _numbers(name, value, info.dtype)
     if array.ndim != len(info.shape) or any(d is not None and d != a for d, a in zip(info.shape, array.shape)):
-        raise bad_request(f"input {name} expects shape {_shape(info.shape)} and dtype {info.dtype.name}, "
-                          f"got shape {list(array.shape)}")
+        raise RestError(f"input {name} expects shape {_shape(info.shape)} and dtype {info.dtype.name}, "
+                        f"got shape {list(array.shape)}")
     return array
 
 
@@ -172,11 +168,11 @@ def status(name: str, servable: Servable, failed: dict[int, str], version: str |
     listed = [{"version": str(v), "state": state, "status": {"error_code": code, "error_message": error}}
               for v, (state, code, error) in sorted(states.items(), reverse=True) if version in (None, str(v))]
     if not listed:
-        raise RestError(404, f"Could not find version {version} of model {name}")
+        raise RestError(f"Could not find version {version} of model {name}", 404)
     return {"model_version_status": listed}
 
 
-def _tensor_info(info: TensorInfo) -> dict:
+def _tensor_info(info: tf.TensorSpec) -> dict:
     return {"dtype": types_pb2.DataType.Name(info.dtype.as_datatype_enum),
             "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in _shape(info.shape)], "unknown_rank": False}}
 

@@ -19,7 +19,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -38,13 +38,8 @@ def static_folder():
     return importlib.resources.files("mnist_dnn") / "static"
 
 
-def _json_response(content: dict, status: int = 200) -> Response:
-    # allow_nan: TensorFlow Serving writes a NaN probability as NaN rather than failing the request
-    return Response(json.dumps(content, separators=(",", ":")), status, media_type="application/json")
-
-
 def _error(status: int, message: str, headers: dict | None = None) -> Response:
-    return Response(json.dumps({"error": message}), status, headers, media_type="application/json")
+    return JSONResponse({"error": message}, status, headers)
 
 
 async def _starlette_error(request: Request, error: Exception) -> Response:
@@ -58,12 +53,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 (before it is read, when Content-Length says so) past `limit` bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise rest.RestError(413, f"the request body of {int(declared):,} bytes is over the limit of {limit:,} bytes")
+        raise rest.RestError(f"the request body of {int(declared):,} bytes is over the limit of {limit:,} bytes", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise rest.RestError(413, f"the request body is over the limit of {limit:,} bytes")
+            raise rest.RestError(f"the request body is over the limit of {limit:,} bytes", 413)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -84,9 +79,10 @@ def run_predict(servable: Servable, body: bytes) -> str:
     try:
         outputs = signature.run(inputs)
     except tf.errors.InvalidArgumentError as e:  # e.g. a {"b64": ...} value that is not an image
-        raise rest.bad_request(tf_error_message(e)) from None
+        raise rest.RestError(tf_error_message(e)) from None
     except ValueError as e:  # the LiteRT interpreter's refusals
-        raise rest.bad_request(first_line(e)) from None
+        raise rest.RestError(first_line(e)) from None
+    # allow_nan (not JSONResponse): TensorFlow Serving writes a NaN probability as NaN rather than failing the request
     return json.dumps(rest.predict_response(outputs, row_format), separators=(",", ":"))
 
 
@@ -102,9 +98,9 @@ class ModelServer:
         """The servable a request names; taken once, so a switch of version never changes it mid-request."""
         servable = self.versions.current
         if name != self.config.model_name:
-            raise rest.RestError(404, f"Servable not found for request: Latest({name})")
+            raise rest.RestError(f"Servable not found for request: Latest({name})", 404)
         if version is not None and int(version) != servable.version:
-            raise rest.RestError(404, f"Servable not found for request: Specific({name}, {version})")
+            raise rest.RestError(f"Servable not found for request: Specific({name}, {version})", 404)
         return servable
 
     async def models(self, request: Request) -> Response:
@@ -112,16 +108,16 @@ class ModelServer:
         try:
             if not match or (request.method == "GET") != (match["method"] is None) or \
                     (match["metadata"] and request.method != "GET"):
-                raise rest.RestError(404, f"Malformed request: {request.method} {request.url.path}")
+                raise rest.RestError(f"Malformed request: {request.method} {request.url.path}", 404)
             if request.method == "GET" and not match["metadata"]:
                 failed = {v: error for v, (_, error) in self.versions.failed.items()}
-                return _json_response(rest.status(match["name"], self.servable(match["name"], None), failed,
-                                                  match["version"] and str(int(match["version"]))))
+                return JSONResponse(rest.status(match["name"], self.servable(match["name"], None), failed,
+                                               match["version"] and str(int(match["version"]))))
             servable = self.servable(match["name"], match["version"])
             if request.method == "GET":
-                return _json_response(rest.metadata(match["name"], servable))
+                return JSONResponse(rest.metadata(match["name"], servable))
             if match["method"] != "predict":
-                raise rest.RestError(400, f"{match['method']} is not supported: this server answers predict only")
+                raise rest.RestError(f"{match['method']} is not supported: this server answers predict only")
             body = await read_body(request, self.config.max_request_bytes)
             answer = await anyio.to_thread.run_sync(run_predict, servable, body, limiter=self.model_calls)
             return Response(answer, media_type="application/json", headers={VERSION_HEADER: str(servable.version)})
@@ -193,17 +189,12 @@ def uvicorn_server(app) -> uvicorn.Server:
 
 
 def run(config: ServeConfig, say: Callable[[str], None], on_start, after_switch: Callable[[], None]) -> None:
-    """Serves the newest version of `config.model_dir` until Ctrl-C: `on_start(servable, port)` once it listens,
-    `after_switch()` after each newer version is loaded."""
+    """Serves the newest version of `config.model_dir` until Ctrl-C or SIGTERM, then returns once the requests under
+    way are answered: `on_start(servable, port)` once it listens, `after_switch()` after each newer version loads."""
     versions = ModelVersions(config.model_dir, say)
     sock = bind(config.host, config.port)
     on_start(versions.current, sock.getsockname()[1])
-    serve(create_app(config, versions, say, after_switch=after_switch), sock)
-
-
-def serve(app, sock: socket.socket) -> None:
-    """Serves until Ctrl-C or SIGTERM, then returns once the requests under way are answered."""
-    server = uvicorn_server(app)
+    server = uvicorn_server(create_app(config, versions, say, after_switch=after_switch))
     # uvicorn raises the signal it caught again once stopped (a traceback for Ctrl-C, death by
     # SIGTERM); handlers that do nothing make both a clean return.
     try:

@@ -95,7 +95,8 @@ def parse(parser: argparse.ArgumentParser, smoke: dict, argv=None, rest: bool = 
 
 
 # --smoke's flags for a `mnist_dnn.train` (or `.search`) command: a few steps, no diagnostics, and the tf.data runner,
-# since compiling the default loop with XLA takes most of such a short run's seconds (the real runs compile).
+# since compiling the default loop with XLA takes most of such a short run's seconds when XLA's cache is cold (a
+# fresh checkout's tests); the real runs compile.
 SMOKE_TRAINING = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5", "--nodiagnostics",
                   "--nojit_compile"]
 

@@ -16,8 +16,6 @@ import tempfile
 
 import harness
 
-SMOKE_STEPS = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5", "--nodiagnostics"]
-
 
 def run_seed(seed, args, scratch):
     folder = os.path.join(scratch, f"seed{seed}")
@@ -25,7 +23,7 @@ def run_seed(seed, args, scratch):
     data_flags = [f"--data_dir={args.data_dir}"] + ([f"--idx_dir={args.idx_dir}"] if args.idx_dir else [])
     train = [sys.executable, "-m", "mnist_dnn.train", f"--flagfile=configs/{args.preset}.cfg", f"--seed={seed}",
              f"--ckpt_dir={folder}/ckpt", f"--log_dir={folder}/logs", f"--result_file={folder}/train.json", *data_flags,
-             *(SMOKE_STEPS if args.smoke else [])]
+             *(harness.SMOKE_TRAINING + ["--hidden_units=32"] if args.smoke else [])]  # --smoke: a small model
     load_before = os.getloadavg()[0]
     seconds, _ = harness.run(train)
     load_after = os.getloadavg()[0]

@@ -274,8 +274,8 @@ def main():
     parser.add_argument("--peak_size", type=int, default=2048, help="the peak rows' matmul side (conv batch: /8)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds for one run (warm-up and repeats)")
     parser.add_argument("--worker", help="(internal) measure these rows, comma-separated")
-    # --smoke: each kind of runner once (not the XLA rows: minutes of compiling), the peers if installed.
-    args = harness.parse(parser, smoke={"steps": 2, "rounds": 1, "peak_size": 64,
+    # --smoke: each kind of runner once (not the XLA rows: minutes of compiling), the peers if installed; small convs.
+    args = harness.parse(parser, smoke={"steps": 2, "rounds": 1, "peak_size": 64, "filters": (4, 8),
                                         "rows": "peak,mnist_dnn,mnist_dnn_pipeline,keras_fit,jax_jit,torch_eager,"
                                                 "mnist_dnn_bare"})
     if args.worker:

@@ -304,10 +304,10 @@ def run_project(args):
     data_flags = [f"--data_dir={args.data_dir}", f"--idx_dir={args.idx_dir}"]
     train = [sys.executable, "-m", "mnist_dnn.train", "--preset=cnn_fast", f"--ckpt_dir={folder}/ckpt", *data_flags,
              f"--result_file={folder}/train.json"]
-    if args.subset:  # a tiny test run: as many steps as --subset images make
+    if args.subset:  # a tiny test run: as many steps as --subset images make, small convs, no XLA compiling
         steps = max(1, args.subset // 128)
-        train += [f"--max_steps={steps}", f"--eval_every={steps}", f"--checkpoint_every={steps}",
-                  f"--log_dir={folder}/logs", "--nodiagnostics"]  # not into the checkout's logs/
+        train += [f"--max_steps={steps}", f"--eval_every={steps}", f"--checkpoint_every={steps}", "--conv_filters=4,8",
+                  f"--log_dir={folder}/logs", "--nodiagnostics", "--nojit_compile"]  # not into the checkout's logs/
     try:
         train_s, _ = harness.run(train, args.timeout)
         evaluate_s, _ = harness.run([sys.executable, "-m", "mnist_dnn.evaluate", f"--ckpt_dir={folder}/ckpt",

@@ -21,7 +21,8 @@ def examples_per_second(extra_flags, args) -> float:
             [sys.executable, "-m", "mnist_dnn.train", f"--data_dir={args.data_dir}", f"--ckpt_dir={tmp}/ckpt",
              f"--log_dir={tmp}/logs", f"--max_steps={args.steps}", f"--log_every={max(1, args.steps // 10)}",
              "--eval_every=100000", "--checkpoint_every=100000",
-             *([f"--idx_dir={args.idx_dir}"] if args.idx_dir else []), *(["--nodiagnostics"] if args.smoke else []),
+             *([f"--idx_dir={args.idx_dir}"] if args.idx_dir else []),
+             *(["--nodiagnostics", "--nojit_compile"] if args.smoke else []),  # --smoke: no XLA compiling
              *extra_flags])
     rates = [float(rate.replace(",", "")) for rate in re.findall(r"([\d,.]+) examples/s", stdout)]
     return statistics.median(rates[1:])
@@ -31,7 +32,7 @@ def main():
     parser = harness.parser(__doc__, "determinism.json")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5000)
-    args = harness.parse(parser, smoke={"rounds": 1, "steps": 30})
+    args = harness.parse(parser, smoke={"rounds": 1, "steps": 10})
     bench = harness.Benchmark("determinism", args)
     rounds = harness.interleaved({"plain": lambda: examples_per_second([], args),
                                   "deterministic": lambda: examples_per_second(["--deterministic"], args)},

@@ -22,7 +22,6 @@ import tempfile
 import harness
 
 IMPORT_TF = [sys.executable, "-c", "import tensorflow"]
-SMOKE_STEPS = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5", "--nodiagnostics"]
 
 
 def paired(command: list[str], args, before=lambda: None) -> dict:
@@ -54,7 +53,7 @@ def main():
             shutil.rmtree(logs, ignore_errors=True)
 
         train = [sys.executable, "-m", "mnist_dnn.train", f"--ckpt_dir={ckpt}", f"--log_dir={logs}", *data_flags,
-                 *(SMOKE_STEPS if args.smoke else [])]
+                 *(harness.SMOKE_TRAINING if args.smoke else [])]
         evaluate = [sys.executable, "-m", "mnist_dnn.evaluate", f"--ckpt_dir={ckpt}", *data_flags]
         results = {"train": paired(train, args, fresh), "evaluate": paired(evaluate, args)}
     bench.write(results, "\n".join(

@@ -15,7 +15,6 @@ import tempfile
 import harness
 
 COMMAND = ["-m", "mnist_dnn.train", "--model=dense", "--optimizer=adam"]
-SMOKE_STEPS = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5", "--nodiagnostics"]
 
 
 def one_round(args, scratch: str) -> dict:
@@ -28,7 +27,7 @@ def one_round(args, scratch: str) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
         command = [sys.executable, *COMMAND, f"--data_dir={data_dir}", f"--ckpt_dir={folder}",
                    *([f"--idx_dir={args.idx_dir}"] if args.idx_dir else []),
-                   *(SMOKE_STEPS + [f"--log_dir={folder}-logs"] if args.smoke else [])]  # not into the checkout's logs/
+                   *(harness.SMOKE_TRAINING + [f"--log_dir={folder}-logs"] if args.smoke else [])]  # not in logs/
         seconds[run] = harness.run(command)[0]
     return seconds
 

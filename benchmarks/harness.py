@@ -94,6 +94,13 @@ def parse(parser: argparse.ArgumentParser, smoke: dict, argv=None, rest: bool = 
     return args
 
 
+# --smoke's flags for a `mnist_dnn.train` (or `.search`) command: a few steps, no diagnostics, and the tf.data runner,
+# since compiling the default loop with XLA takes most of such a short run's seconds when XLA's cache is cold (a
+# fresh checkout's tests); the real runs compile.
+SMOKE_TRAINING = ["--max_steps=5", "--eval_every=5", "--checkpoint_every=5", "--log_every=5", "--nodiagnostics",
+                  "--nojit_compile"]
+
+
 def cpu(cpuinfo: str = "/proc/cpuinfo") -> dict:
     """The CPU's model, its vector extensions (AVX2, FMA, any AVX-512 and AMX) and the cores this process may use."""
     try:

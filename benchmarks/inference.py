@@ -82,7 +82,7 @@ def tiny_checkpoint(args, folder: str) -> str:
     from mnist_dnn.lib.trainer import training
     config = training.TrainConfig(data=data.DataConfig("mnist", args.data_dir, args.idx_dir), max_steps=5,
                                   eval_every=5, checkpoint_every=5, ckpt_dir=os.path.join(folder, "ckpt"),
-                                  log_dir=None, diagnostics=False)
+                                  log_dir=None, diagnostics=False, jit_compile=False)  # (no XLA compiling)
     training.train(config)
     return config.ckpt_dir
 

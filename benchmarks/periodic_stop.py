@@ -19,7 +19,8 @@ def make_run(args, folder: str):
     from mnist_dnn.lib.core.run_dir import RunDir
     from mnist_dnn.lib.trainer import distribute, training
     config = training.TrainConfig(data=data.DataConfig("mnist", args.data_dir, args.idx_dir),
-                                  ckpt_dir=f"{folder}/ckpt", log_dir=f"{folder}/logs")
+                                  ckpt_dir=f"{folder}/ckpt", log_dir=f"{folder}/logs",
+                                  jit_compile=False if args.smoke else None)  # --smoke: no XLA compiling
     state = training.build_state(config)
     splits = data.load_splits(config.data)
     run = training._Run(config, state, distribute.make_strategy("default"), splits, config.log_dir,

@@ -29,7 +29,7 @@ def one_search(method: str, seed: int, folder: str, args) -> dict:
     base = ["--model=dense", "--optimizer=adam", "--batch_size=128", f"--max_steps={args.steps}",
             f"--eval_every={args.steps // 6}", f"--log_every={args.steps // 6}",
             f"--checkpoint_every={args.steps // 3}", "--nodiagnostics", f"--trials={args.trials}", "--workers=1",
-            f"--data_dir={args.data_dir}"]
+            f"--data_dir={args.data_dir}", *(["--nojit_compile"] if args.smoke else [])]  # --smoke: no XLA compiling
     seconds, _ = harness.run([sys.executable, "-m", "mnist_dnn.search", *base, *METHODS[method],
                               f"--search_seed={seed}", f"--root={root}"])
     with open(os.path.join(root, "report.csv")) as f:

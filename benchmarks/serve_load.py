@@ -393,7 +393,7 @@ def main():
                         "its requests (--smoke: the server's loads and the export get their turn in one process)")
     parser.add_argument("--poll_seconds", type=float, default=1, help="the server's --file_system_poll_wait_seconds")
     args = harness.parse(parser, smoke={"clients": 2, "requests": 3, "rollout_clients": 2, "phase_seconds": 0.3,
-                                        "hold_seconds": 0.3, "poll_seconds": 0.05, "client_pause": 0.1})
+                                        "hold_seconds": 0.1, "poll_seconds": 0.02, "client_pause": 0.1})
     parts = set(args.parts.split(","))
     if not parts or parts - {"steady", "rollout"}:
         parser.error(f"--parts must name steady, rollout or both, got {args.parts!r}")

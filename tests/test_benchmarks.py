@@ -56,10 +56,12 @@ def committed_results() -> dict:
 
 
 def checkout_files() -> set[str]:
-    """The checkout's files and folders (not git's, pytest's or Python's caches): a run must add none (logs/, ...)."""
+    """The checkout's files and folders (not git's, pytest's or Python's caches, nor a virtualenv in it, whose tens of
+    thousands of files walked twice a test cost more than the benchmark): a run must add none (logs/, ...)."""
     found = set()
     for folder, dirs, names in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if d not in (".git", ".pytest_cache", "__pycache__", ".import_linter_cache")]
+        dirs[:] = [d for d in dirs if d not in (".git", ".pytest_cache", "__pycache__", ".import_linter_cache")
+                   and not os.path.isfile(os.path.join(folder, d, "pyvenv.cfg"))]
         found.update(os.path.relpath(os.path.join(folder, name), ROOT) for name in dirs + names)
     return found
 

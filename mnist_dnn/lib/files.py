@@ -51,6 +51,10 @@ def check_link(field: str, path: str, fix: str) -> None:
     refuse(field, broken_link(path), fix)
 
 
+def check_folder(field: str, folder: str) -> None:
+    refuse(field, folder_problem(folder), "pass another folder")
+
+
 def special_file_problem(path: str) -> str | None:
     """"<path> is a FIFO" (a folder, device, socket, or a link to one) when something other than a
     regular file exists at `path`: a write there must not replace it. None otherwise."""

@@ -58,7 +58,7 @@ def exported_model(folder: str) -> str | None:
 def check_export_dir(export_dir: str) -> None:
     """Refuses an export_dir that is, or lies under, a file or a symbolic link that leads nowhere, and a
     training run's folder (TensorFlow Serving would watch its checkpoints, and its trainer prune beside versions)."""
-    files.refuse("export_dir", files.folder_problem(export_dir), "pass another folder")
+    files.check_folder("export_dir", export_dir)
     if RunDir(export_dir).is_run():
         raise UsageError(f"`export_dir` {export_dir} is a training run's folder (checkpoints, {CONFIG_FILE}), not an "
                          "export folder; give the exports a folder of their own, e.g. `export_dir`=exports/mnist")

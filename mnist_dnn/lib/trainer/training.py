@@ -154,7 +154,7 @@ def check_folders(config: TrainConfig) -> tuple[RunDir, str, str]:
     log_dir = config.log_dir or os.path.join(config.ckpt_dir, LOGS_DIR)
     for field, folder in (("ckpt_dir", config.ckpt_dir), ("log_dir", log_dir), ("export_dir", config.export_dir)):
         if folder:
-            files.refuse(field, files.folder_problem(folder), "pass another folder")
+            files.check_folder(field, folder)
     run_dir = RunDir(config.ckpt_dir)
     exported = export_dir.exported_model(config.ckpt_dir)
     if exported and not run_dir.is_run():
